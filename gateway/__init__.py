@@ -1,0 +1,1 @@
+"""The Envoy edge: config rendering, descriptor build and the launcher (`python -m gateway.run`)."""

@@ -1,0 +1,58 @@
+"""`python -m gateway.run` (what `make run` does): runs Envoy + the service in the foreground.
+
+Environment: CONFIG (a config.json; without it, sandbox mode with bundled provider simulators),
+HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), ADMIN_PORT (Envoy
+admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1).
+SIGINT/SIGTERM stop everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gateway.stack import Stack
+
+
+def main() -> int:
+    config = os.environ.get("CONFIG")
+    stack = Stack(
+        config=Path(config).resolve() if config else None,
+        http_port=int(os.environ.get("HTTP_PORT", "8080")),
+        grpc_port=int(os.environ.get("GRPC_PORT", "50051")),
+        admin_port=int(os.environ.get("ADMIN_PORT", "9901")),
+        bind_host=os.environ.get("BIND_HOST", "127.0.0.1"),
+    )
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"batchgate: {exc}", file=sys.stderr)
+        return 1
+    mode = "sandbox mode (simulated providers, no accounts needed)" if config is None else f"config {config}"
+    print(f"batchgate is up in {mode}", flush=True)
+    print(f"  REST + gRPC edge: {stack.http_url}   gRPC service: 127.0.0.1:{stack.grpc_port}", flush=True)
+    print(f"  try: curl -X POST '{stack.http_url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    code = 0
+    while not stopping:
+        if any(proc.poll() is not None for proc in stack.procs):
+            print("batchgate: a component exited; stopping", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.2)
+    stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Starts and stops the whole gateway: provider sandbox (optional), service workers and Envoy.
+
+Used by `python -m gateway.run` (what `make run` starts) and by the end-to-end tests, so the tests
+exercise exactly what users run. Every child gets SIGKILL if this process dies (PR_SET_PDEATHSIG),
+so no Envoy or simulator outlives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.render import ROOT, render
+
+BUILD = ROOT / "build"
+SANDBOX_KEYS = {"openai": "sk-sandbox-openai", "azure": "sandbox-azure-key"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def sandbox_config(sandbox_url: str) -> dict:
+    """A config.json that points every sandboxed provider at the simulator."""
+    return {
+        "client": {"allow_per_request_raw_override": True},
+        "providers": {
+            "openai": {
+                "keys": [{"name": "sandbox", "value": SANDBOX_KEYS["openai"], "use_for_batch_api": True}],
+                "network_config": {"base_url": f"{sandbox_url}/openai"},
+            },
+            "azure": {
+                "keys": [
+                    {
+                        "name": "sandbox",
+                        "value": SANDBOX_KEYS["azure"],
+                        "use_for_batch_api": True,
+                        "azure_key_config": {"endpoint": f"{sandbox_url}/azure", "api_version": "2024-10-21"},
+                    }
+                ]
+            },
+        },
+    }
+
+
+@dataclass
+class Stack:
+    """One gateway. With `config=None` it runs in sandbox mode (simulators serve every provider)."""
+
+    config: Path | None = None
+    http_port: int = 8080
+    grpc_port: int = 50051
+    admin_port: int = 9901
+    bind_host: str = "127.0.0.1"
+    sandbox_auto_create: bool = True
+    log_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    sandbox_port: int | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}"
+
+    def _spawn(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+        out = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=kwargs.pop("stdout", out),
+            stderr=out if out is not None else None,
+            preexec_fn=_die_with_parent,
+            **kwargs,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, timeout: float = 20.0) -> Stack:
+        try:
+            self._start(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self, deadline: float) -> None:
+        BUILD.mkdir(exist_ok=True)
+        config = self.config
+        if config is None:
+            sandbox = self._spawn(
+                "sandbox",
+                [sys.executable, "-m", "sandbox", "--port", "0", *(["--auto-create"] if self.sandbox_auto_create else [])],
+                stdout=subprocess.PIPE,
+            )
+            line = sandbox.stdout.readline().decode().strip()
+            if not line.startswith("SANDBOX_PORT="):
+                raise RuntimeError(f"sandbox did not start: {line!r}")
+            self.sandbox_port = int(line.split("=", 1)[1])
+            config = BUILD / f"sandbox-config-{self.http_port}.json"
+            config.write_text(json.dumps(sandbox_config(self.sandbox_url), indent=2))
+        service = self._spawn(
+            "service",
+            [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}"],
+        )
+        envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
+        envoy_yaml.write_text(
+            render(http_port=self.http_port, grpc_ports=[self.grpc_port], admin_port=self.admin_port,
+                   bind_host=self.bind_host)
+        )
+        envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+        self._spawn(
+            "envoy",
+            [envoy_bin, "-c", str(envoy_yaml), "--concurrency", os.environ.get("ENVOY_CONCURRENCY", "2"),
+             "--log-level", "warn", "--base-id", str(self.http_port)],
+        )
+        self._wait_ready(service, deadline)
+
+    def _wait_ready(self, service: subprocess.Popen, deadline: float) -> None:
+        """Ready when Envoy's admin says LIVE and a gRPC health check through it would route:
+        we probe the service port directly, then Envoy's readiness."""
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} during start")
+            if _port_open(self.grpc_port) and _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("gateway did not become ready in time")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (Envoy first), wait, then SIGKILL what is left."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        self.procs.clear()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False

@@ -1,0 +1,424 @@
+"""Shared simulator machinery: batch state, per-provider stores, fault injection, call recording and
+the base class every simulated provider builds on.
+
+Batch state uses the OpenAI status vocabulary (validating, in_progress, finalizing, completed,
+failed, expired, cancelling, cancelled); each provider module renders it in its own wire shape.
+State advances lazily when a batch is read, so the simulator runs no background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from itertools import repeat
+from time import time
+from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
+
+import orjson
+from aiohttp import web
+
+CANCELLABLE = frozenset({"validating", "in_progress", "finalizing"})
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+STATUSES = CANCELLABLE | TERMINAL | {"cancelling"}
+
+DEFAULT_COUNTS: Mapping[str, int] = {"total": 100, "completed": 10, "failed": 0}
+DEFAULT_CANCEL_DELAY_S = 0.2
+# With auto_create, ids with this prefix stay unknown so a demo can show a 404.
+MISSING_PREFIX = "missing"
+# Auto-created batches beyond this many evict the oldest auto-created one (benchmarks touch many ids).
+AUTO_CREATED_LIMIT = 100_000
+CALLS_LIMIT = 10_000
+BATCH_LIFETIME_S = 24 * 3600
+
+MALFORMED_JSON = b'{"id": "batch_sandbox", "object": "batch", "status": "in_pro'
+BAD_GATEWAY_HTML = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NotCancellable(Exception):
+    """The batch already reached a terminal state."""
+
+    def __init__(self, batch: SimBatch) -> None:
+        super().__init__(f"batch {batch.id!r} is {batch.status}")
+        self.batch = batch
+
+
+@dataclass(slots=True)
+class SimBatch:
+    """One simulated batch. `cancel_delay_s` is the time from the cancel call until the batch reads
+    as `cancelled` (0: it is `cancelling` in the cancel answer and `cancelled` on the next read)."""
+
+    provider: str
+    id: str
+    status: str = "in_progress"
+    created_at: int = field(default_factory=lambda: int(time()))
+    request_counts: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S
+    in_progress_at: int | None = None
+    # Exact time the cancel was accepted; cancelling_at is its whole-second rendering.
+    _cancel_started: float | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError("id must be a non-empty string")
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {sorted(STATUSES)}, not {self.status!r}")
+        if not _is_number(self.cancel_delay_s) or self.cancel_delay_s < 0:
+            raise ValueError("cancel_delay_s must be a number >= 0")
+        for name in ("created_at", "cancelling_at", "cancelled_at", "in_progress_at"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be unix seconds (an integer)")
+        self.request_counts = _counts(self.request_counts)
+        if self.in_progress_at is None and self.status not in ("validating", "failed"):
+            self.in_progress_at = self.created_at
+        if self.status == "cancelling":
+            self._cancel_started = time() if self.cancelling_at is None else float(self.cancelling_at)
+            self.cancelling_at = int(self._cancel_started)
+        elif self.status == "cancelled":
+            self.cancelled_at = self.cancelled_at or int(time())
+            self.cancelling_at = self.cancelling_at or self.cancelled_at
+
+    def refresh(self, now: float) -> SimBatch:
+        """Advances a pending cancel: `cancelling` reads as `cancelled` once cancel_delay_s passed."""
+        if self.status == "cancelling" and now - self._cancel_started >= self.cancel_delay_s:
+            self.status = "cancelled"
+            self.cancelled_at = int(self._cancel_started + self.cancel_delay_s)
+        return self
+
+    def cancel(self, now: float) -> SimBatch:
+        """Accepts a cancel: running batches move to `cancelling`; a batch already `cancelling` is
+        left as it is. Raises NotCancellable for a finished batch."""
+        if self.status in TERMINAL:
+            raise NotCancellable(self)
+        if self.status != "cancelling":
+            self.status = "cancelling"
+            self.cancelling_at = int(now)
+            self._cancel_started = now
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The batch as an OpenAI Batch object (the canonical shape, also used by the admin API)."""
+        status, created = self.status, self.created_at
+        expires = created + BATCH_LIFETIME_S
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": None,
+            "input_file_id": "file-sandbox-input",
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": created,
+            "in_progress_at": self.in_progress_at,
+            "expires_at": expires,
+            "finalizing_at": created if status in ("finalizing", "completed") else None,
+            "completed_at": created if status == "completed" else None,
+            "failed_at": created if status == "failed" else None,
+            "expired_at": expires if status == "expired" else None,
+            "cancelling_at": self.cancelling_at,
+            "cancelled_at": self.cancelled_at,
+            "request_counts": dict(self.request_counts),
+            "metadata": None,
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping) or not set(value) <= set(DEFAULT_COUNTS):
+        raise ValueError(f"request_counts must be an object with keys {sorted(DEFAULT_COUNTS)}")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value.values()):
+        raise ValueError("request_counts values must be integers >= 0")
+    return {**DEFAULT_COUNTS, **value}
+
+
+class BatchStore:
+    """One provider's batches. With `auto_create`, an unknown id (not starting with `missing`) is
+    created on first touch as an in_progress batch with the default counts."""
+
+    def __init__(self, provider: str, *, auto_create: bool = False) -> None:
+        self.provider = provider
+        self.auto_create = auto_create
+        self._seeded: dict[str, SimBatch] = {}
+        self._auto: dict[str, SimBatch] = {}
+
+    def seed(self, id: str, **fields: Any) -> SimBatch:
+        """Creates or replaces a batch; `fields` are SimBatch fields (status, created_at, ...)."""
+        batch = SimBatch(self.provider, id, **fields)
+        self._auto.pop(id, None)
+        self._seeded[id] = batch
+        return batch
+
+    def peek(self, batch_id: str) -> SimBatch | None:
+        """The batch's current state without auto-creating it."""
+        batch = self._seeded.get(batch_id)
+        if batch is None:
+            batch = self._auto.get(batch_id)
+        return None if batch is None else batch.refresh(time())
+
+    def get(self, batch_id: str) -> SimBatch | None:
+        """The batch's current state, auto-creating it when the store does that."""
+        batch = self.peek(batch_id)
+        if batch is None and self.auto_create and not batch_id.startswith(MISSING_PREFIX):
+            if len(self._auto) >= AUTO_CREATED_LIMIT:
+                del self._auto[next(iter(self._auto))]
+            batch = self._auto[batch_id] = SimBatch(self.provider, batch_id)
+        return batch
+
+    def clear(self) -> None:
+        self._seeded.clear()
+        self._auto.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One injected misbehaviour, consumed by one call. Effects combine in this order: wait
+    `latency_ms`, then the first of reset (drop the connection), malformed (200 with truncated
+    JSON), html (502 HTML page) or status (an error answer); with none of those the call is then
+    answered normally."""
+
+    status: int | None = None
+    retry_after: float | None = None
+    body: str | None = None
+    content_type: str | None = None
+    latency_ms: float = 0
+    reset: bool = False
+    malformed: bool = False
+    html: bool = False
+
+    @classmethod
+    def parse(cls, data: Any) -> tuple[Fault, int]:
+        """A fault and its repeat count from its JSON form; ValueError when it is not valid."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a fault must be a JSON object")
+        fields = dict(data)
+        count = fields.pop("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("count must be an integer >= 1")
+        try:
+            fault = cls(**fields)
+        except TypeError:
+            unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
+            raise ValueError(f"unknown fault fields {unknown}") from None
+        fault._validate()
+        return fault, count
+
+    def _validate(self) -> None:
+        if self.status is not None:
+            lowest = 200 if self.body is not None else 400
+            if not isinstance(self.status, int) or isinstance(self.status, bool) or not lowest <= self.status <= 599:
+                raise ValueError(f"status must be an HTTP status {lowest}-599")
+        elif (self.retry_after, self.body, self.content_type) != (None, None, None):
+            raise ValueError("retry_after, body and content_type need a status")
+        if self.retry_after is not None and (not _is_number(self.retry_after) or self.retry_after < 0):
+            raise ValueError("retry_after must be a number of seconds >= 0")
+        for name in ("body", "content_type"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string")
+        if not _is_number(self.latency_ms) or self.latency_ms < 0:
+            raise ValueError("latency_ms must be a number >= 0")
+        if not all(isinstance(flag, bool) for flag in (self.reset, self.malformed, self.html)):
+            raise ValueError("reset, malformed and html must be booleans")
+        if self.status is None and not (self.latency_ms or self.reset or self.malformed or self.html):
+            raise ValueError("a fault needs one of status, latency_ms, reset, malformed or html")
+
+
+class Simulator:
+    """The state of one sandbox: a batch store and a fault queue per provider, the accepted keys
+    (`keys[provider]`; a provider without keys accepts none), recorded calls and options."""
+
+    def __init__(
+        self, *, keys: Mapping[str, Iterable[str]], auto_create: bool = False, azure_quirks: bool = False
+    ) -> None:
+        self.keys = {provider: frozenset(values) for provider, values in keys.items()}
+        self.auto_create = auto_create
+        self.azure_quirks = azure_quirks
+        self._stores: dict[str, BatchStore] = {}
+        self._faults: dict[str, deque[Fault]] = {}
+        self._calls: deque[dict[str, Any]] = deque(maxlen=CALLS_LIMIT)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._stores)
+
+    def add_provider(self, provider: str) -> BatchStore:
+        """Registers a simulated provider and returns its batch store."""
+        store = self._stores.setdefault(provider, BatchStore(provider, auto_create=self.auto_create))
+        self._faults.setdefault(provider, deque())
+        return store
+
+    def store(self, provider: str) -> BatchStore:
+        try:
+            return self._stores[provider]
+        except KeyError:
+            raise KeyError(f"no simulated provider {provider!r}; known: {self.providers}") from None
+
+    def seed(self, provider: str, id: str, **fields: Any) -> SimBatch:
+        """Creates or replaces a batch, e.g. `seed("openai", "b1", status="completed")`."""
+        return self.store(provider).seed(id, **fields)
+
+    def batch(self, provider: str, batch_id: str) -> SimBatch | None:
+        """A batch's current state (never auto-created)."""
+        return self.store(provider).peek(batch_id)
+
+    def add_fault(self, provider: str, fault: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> int:
+        """Queues one fault or a list of them (all validated first); returns how many calls are
+        now pending a fault."""
+        self.store(provider)  # unknown provider -> KeyError
+        queue = self._faults[provider]
+        parsed = [Fault.parse(item) for item in ([fault] if isinstance(fault, Mapping) else fault)]
+        for item, count in parsed:
+            queue.extend(repeat(item, count))
+        return len(queue)
+
+    def next_fault(self, provider: str) -> Fault | None:
+        queue = self._faults[provider]
+        return queue.popleft() if queue else None
+
+    def key_ok(self, provider: str, key: str | None) -> bool:
+        return bool(key) and key in self.keys.get(provider, ())
+
+    def record(self, provider: str, request: web.Request, body: str) -> None:
+        self._calls.append(
+            {
+                "provider": provider,
+                "method": request.method,
+                "path": request.raw_path.partition("?")[0],
+                "query": dict(request.query),
+                "headers": {str(name): value for name, value in request.headers.items()},
+                "body": body,
+                "at": time(),
+            }
+        )
+
+    def calls(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """Recorded provider calls, oldest first (the last CALLS_LIMIT)."""
+        return [call for call in self._calls if provider is None or call["provider"] == provider]
+
+    def clear_calls(self) -> None:
+        self._calls.clear()
+
+    def reset(self) -> None:
+        """Forgets all batches, pending faults and recorded calls."""
+        for store in self._stores.values():
+            store.clear()
+        for queue in self._faults.values():
+            queue.clear()
+        self._calls.clear()
+
+
+SIMULATOR_KEY = web.AppKey("sandbox_simulator", Simulator)
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def mask_key(key: str) -> str:
+    """A key as providers echo it: first 3 and last 4 characters; short keys are not shown at all."""
+    return f"{key[:3]}...{key[-4:]}" if len(key) >= 12 else "***"
+
+
+def reason(status: int) -> str:
+    """The HTTP reason phrase for a status ('HTTP 599' for unregistered ones)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def retry_after_header(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+
+
+class ProviderSim:
+    """One provider's simulated API, mounted under a URL prefix. Subclasses set `name`, list their
+    routes in `routes()`, and implement the provider's error envelope (`status_error`,
+    `not_found_route`). Every call is recorded and may be replaced by a queued fault before the
+    route handler runs."""
+
+    name: ClassVar[str]
+
+    def __init__(self, sim: Simulator, prefix: str) -> None:
+        self.sim = sim
+        self.prefix = prefix.rstrip("/")
+        self.store = sim.add_provider(self.name)
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """(method, path below the prefix, handler) for each provider endpoint."""
+        raise NotImplementedError
+
+    def status_error(self, status: int) -> web.Response:
+        """The provider's answer for an injected error status without a body."""
+        raise NotImplementedError
+
+    async def not_found_route(self, request: web.Request) -> web.StreamResponse:
+        """The provider's answer for a path below the prefix that matches no endpoint."""
+        raise NotImplementedError
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers the provider sends on every answer (request ids)."""
+        return {}
+
+    def route_table(self) -> list[web.RouteDef]:
+        """The provider's routes under its prefix plus a catch-all for unknown paths, all recorded
+        and subject to faults."""
+        table = [web.route(method, self.prefix + path, self._wrap(handler)) for method, path, handler in self.routes()]
+        table.append(web.route("*", self.prefix + "/{tail:.*}", self._wrap(self.not_found_route)))
+        return table
+
+    def _wrap(self, handler: Handler) -> Handler:
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            self.sim.record(self.name, request, await request.text())
+            fault = self.sim.next_fault(self.name)
+            if fault is not None:
+                response = await self._inject(fault, request)
+                if response is not None:
+                    return response
+            return await handler(request)
+
+        return dispatch
+
+    async def _inject(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
+        """The fault's answer, or None when the call should be answered normally after its latency."""
+        if fault.latency_ms:
+            await asyncio.sleep(fault.latency_ms / 1000)
+        if fault.reset:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        if fault.malformed:
+            return web.Response(body=MALFORMED_JSON, content_type="application/json", headers=self.response_headers())
+        if fault.html:
+            return web.Response(status=502, text=BAD_GATEWAY_HTML, content_type="text/html")
+        if fault.status is None:
+            return None
+        if fault.body is not None:
+            headers = {**self.response_headers(), "Content-Type": fault.content_type or "application/json"}
+            response = web.Response(status=fault.status, body=fault.body.encode(), headers=headers)
+        else:
+            response = self.status_error(fault.status)
+        if fault.retry_after is not None:
+            response.headers["Retry-After"] = retry_after_header(fault.retry_after)
+        return response

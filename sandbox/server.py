@@ -1,0 +1,50 @@
+"""Builds and starts the sandbox application: every simulated provider under its own URL prefix on
+one flat router, plus the admin API under `/_sim/`.
+
+    OpenAI  base_url  http://HOST:PORT/openai  ->  /openai/v1/batches/{id}/cancel
+    Azure   endpoint  http://HOST:PORT/azure   ->  /azure/openai/batches/{id}/cancel?api-version=V
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from aiohttp import web
+
+from sandbox.admin import AdminAPI
+from sandbox.core import SIMULATOR_KEY, ProviderSim, Simulator
+from sandbox.openai import AzureSim, OpenAISim
+
+# (provider simulator, URL prefix). A new provider is one module plus one line here.
+PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = (
+    (OpenAISim, "/openai"),
+    (AzureSim, "/azure"),
+)
+DEFAULT_KEYS: Mapping[str, list[str]] = {"openai": ["sk-sandbox-openai"], "azure": ["sandbox-azure-key"]}
+
+
+def build_app(
+    *, keys: Mapping[str, Iterable[str]], auto_create: bool = False, azure_quirks: bool = False
+) -> web.Application:
+    """The sandbox app; its Simulator is `app[SIMULATOR_KEY]`. `keys[provider]` lists the keys that
+    provider accepts."""
+    sim = Simulator(keys=keys, auto_create=auto_create, azure_quirks=azure_quirks)
+    app = web.Application()
+    app[SIMULATOR_KEY] = sim
+    for provider, prefix in PROVIDERS:
+        app.router.add_routes(provider(sim, prefix).route_table())
+    app.router.add_routes(AdminAPI(sim).route_table())
+    return app
+
+
+async def start(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serves the app without access logging; returns the runner (call `cleanup()` to stop) and
+    the bound port (useful with port 0)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]

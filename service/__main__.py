@@ -1,0 +1,34 @@
+"""`python -m service --config config.json --address 127.0.0.1:50051` runs the gRPC service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from service.config import ConfigError, load_config
+from service.server import serve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m service", description="batchgate gRPC service")
+    parser.add_argument("--config", default=os.environ.get("CONFIG"), required=not os.environ.get("CONFIG"))
+    parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '50051')}")
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"batchgate: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    asyncio.run(serve(config, args.address, reuse_port=args.reuse_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The gRPC face of the use case: a thin servicer, its proto<->domain converters, and the one
+place where errors become gRPC statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2, json_format, struct_pb2
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.cancel import Canceller
+from service.errors import REQUEST_TYPE, GatewayError
+from service.model import CancelCommand, CancelResult
+
+log = logging.getLogger(__name__)
+
+# Headers (gRPC metadata) the edge reads to shape REST error answers: see gateway/errors.lua.
+ERROR_BODY_HEADER = "x-bf-error-body"
+ERROR_STATUS_HEADER = "x-bf-status"
+RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
+
+# Which provider a compatible API surface defaults to when the caller names none.
+SURFACE_DEFAULT_PROVIDER = {"openai": "openai"}
+
+
+def command_from_proto(request: pb.CancelBatchRequest, metadata: Any) -> CancelCommand:
+    headers = {key: value for key, value in metadata or () if not key.endswith("-bin")}
+    provider = request.provider.strip().lower() or SURFACE_DEFAULT_PROVIDER.get(request.surface, "")
+    return CancelCommand(
+        batch_id=request.batch_id,
+        provider=provider,
+        raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
+        headers=headers,
+    )
+
+
+def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
+    batch = result.batch
+    response = pb.BatchCancelResponse(
+        id=batch.id,
+        object="batch",
+        status=batch.status,
+        cancelling_at=batch.cancelling_at,
+        cancelled_at=batch.cancelled_at,
+        extra_fields=pb.ExtraFields(
+            request_type=REQUEST_TYPE,
+            provider=result.provider,
+            latency=result.latency_ms,
+            chunk_index=0,
+        ),
+    )
+    if batch.counts is not None:
+        counts = batch.counts
+        response.request_counts.CopyFrom(
+            pb.RequestCounts(
+                total=counts.total,
+                completed=counts.completed,
+                failed=counts.failed,
+                succeeded=counts.succeeded,
+                expired=counts.expired,
+                canceled=counts.canceled,
+                pending=counts.pending,
+            )
+        )
+    if result.raw_response is not None:
+        json_format.ParseDict(result.raw_response, response.extra_fields.raw_response)
+    return response
+
+
+def error_to_status(error: GatewayError) -> status_pb2.Status:
+    detail = pb.ErrorDetail(
+        is_bifrost_error=error.is_bifrost_error,
+        status_code=error.status_code,
+        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
+        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
+    )
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
+
+
+def maps_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Turns a raised GatewayError into its gRPC status (typed ErrorDetail attached) plus the
+    rendered REST body for the edge; anything unexpected becomes INTERNAL with details hidden."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except GatewayError as error:
+            failure = error
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            failure = GatewayError("internal error")
+        await context.send_initial_metadata(
+            ((ERROR_BODY_HEADER, failure.to_json()), (ERROR_STATUS_HEADER, str(failure.status_code)))
+        )
+        await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+
+    return wrapper
+
+
+class BatchServicer(pb_grpc.BatchServiceServicer):
+    def __init__(self, canceller: Canceller) -> None:
+        self._canceller = canceller
+
+    @maps_errors
+    async def Cancel(self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchCancelResponse:
+        command = command_from_proto(request, context.invocation_metadata())
+        result = await self._canceller.cancel(command, context.time_remaining())
+        return result_to_proto(result)

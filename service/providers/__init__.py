@@ -1,0 +1,1 @@
+"""Provider adapters: one module per provider wire format, a shared HTTP executor and a registry."""

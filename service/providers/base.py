@@ -1,0 +1,163 @@
+"""What every provider adapter provides, and the parsing helpers they share."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Mapping
+from urllib.parse import quote
+
+import orjson
+
+from service.config import Key, ProviderConfig
+from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
+from service.model import STATUSES, BatchState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+# An id may not change the upstream path: no separators, dot segments, query or fragment marks,
+# percent-escapes (an encoded separator), backslashes, spaces or control characters.
+_UNSAFE_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]|^\.{1,2}$|\.\.")
+MAX_ID_LENGTH = 512
+
+
+def path_segment(batch_id: str) -> str:
+    """Checks a batch id and escapes it as exactly one URL path segment."""
+    if not batch_id:
+        raise InvalidRequest("batch_id is required", param="batch_id")
+    if len(batch_id) > MAX_ID_LENGTH or _UNSAFE_ID.search(batch_id) or not batch_id.isprintable():
+        raise InvalidRequest("batch_id contains characters that are not allowed in a batch id", param="batch_id")
+    return quote(batch_id, safe="")
+
+
+class Adapter:
+    """A provider's batch-cancel wire format. Subclasses set the class attributes and override the
+    request builders and parsers; the use case (`service.cancel`) drives them."""
+
+    name: ClassVar[str]
+    default_base_url: ClassVar[str] = ""
+    # Provider status (lowercased) -> unified status. Unknown ones pass through lowercased.
+    statuses: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self._unknown_statuses: set[str] = set()
+
+    def base_url(self, key: Key) -> str:
+        return self.config.network.base_url or self.default_base_url
+
+    def cancel_request(self, key: Key, batch_id: str) -> UpstreamRequest:
+        raise NotImplementedError
+
+    def parse_batch(self, batch_id: str, data: Any) -> BatchState:
+        raise NotImplementedError
+
+    def parse_error(self, response: UpstreamResponse) -> ProviderError:
+        """Turns a non-2xx answer into a ProviderError that keeps the provider's HTTP status."""
+        data = decode_json(response, self.name, allow_error=True)
+        err = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(err, dict):
+            err = data if isinstance(data, dict) else {}
+        message = err.get("message") or err.get("detail") or f"{self.name} answered HTTP {response.status}"
+        return ProviderError(
+            str(message),
+            status_code=response.status,
+            type=_str_or(err.get("type"), "provider_error"),
+            code=_str_or(err.get("code"), None) or _str_or(err.get("status"), None),
+            param=err.get("param") if isinstance(err.get("param"), str) else None,
+            provider=self.name,
+        )
+
+    def status(self, raw: Any) -> str:
+        """Maps a provider status to the unified vocabulary; unknown ones pass through lowercased
+        and are logged once per adapter."""
+        value = str(raw or "").strip().lower()
+        mapped = self.statuses.get(value)
+        if mapped is not None:
+            return mapped
+        if value in STATUSES:
+            return value
+        if value not in self._unknown_statuses:
+            self._unknown_statuses.add(value)
+            log.warning("unknown %s batch status %r passed through", self.name, value)
+        return value
+
+
+def _str_or(value: Any, default: str | None) -> str | None:
+    return value if isinstance(value, str) and value else default
+
+
+def decode_json(response: UpstreamResponse, provider: str, *, allow_error: bool = False) -> Any:
+    """Parses a JSON answer. An HTML page or broken JSON is an upstream failure (502), never parsed
+    as data; on error answers (allow_error) it yields {} so the caller falls back to the status."""
+    ctype = response.headers.get("Content-Type", "")
+    body = response.body
+    if "html" in ctype or body[:1] == b"<":
+        if allow_error:
+            return {}
+        raise UpstreamUnavailable(f"{provider} answered with an HTML page instead of JSON", provider=provider)
+    if not body.strip():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if allow_error:
+            return {}
+        raise UpstreamUnavailable(f"{provider} answered with malformed JSON", provider=provider) from None
+
+
+def unix_seconds(value: Any) -> int | None:
+    """Unix seconds from an int, a float, a numeric string or an RFC 3339 / ISO 8601 string."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value > 0 else None
+    if isinstance(value, str) and value:
+        if value.isdigit():
+            return int(value) or None
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        # datetime keeps microseconds at most; Google sends up to nanoseconds.
+        match = re.match(r"^(.*?\.\d{1,6})\d*(.*)$", text)
+        if match:
+            text = match.group(1) + match.group(2)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return int(parsed.timestamp())
+    return None
+
+
+def count(value: Any) -> int | None:
+    """A request count from an int or a numeric string (Google sends int64 as strings)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer():
+        return int(value) if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,122 @@
+"""The shared HTTP executor: one pooled aiohttp session per provider, deadlines and retries.
+
+Retry policy is data (`RETRYABLE_STATUSES`, backoff from the provider's network_config): a cancel
+only moves a batch forward, so connection errors, 408, 429 and 5xx are retried with exponential
+backoff and full jitter, `Retry-After` honoured when it fits the deadline. Redirects are never
+followed (a redirect must not carry a provider key to another host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from email.utils import parsedate_to_datetime
+from time import time
+
+import aiohttp
+from yarl import URL
+
+from service.config import NetworkConfig
+from service.errors import DeadlineExceeded, UpstreamUnavailable
+from service.providers.base import UpstreamRequest, UpstreamResponse
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+MAX_RESPONSE_BYTES = 1 << 20
+USER_AGENT = "batchgate/0.1"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class HttpExecutor:
+    """Sends upstream requests for one provider over a pooled session."""
+
+    def __init__(self, provider: str, network: NetworkConfig, concurrency: int) -> None:
+        self.provider = provider
+        self.network = network
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": USER_AGENT},
+                auto_decompress=True,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, request: UpstreamRequest, deadline: float) -> UpstreamResponse:
+        """Sends with retries until an answer that is final or the deadline (loop time) is reached.
+        Returns the last answer, whatever its status; raises only when no answer came."""
+        loop = asyncio.get_running_loop()
+        net = self.network
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
+            try:
+                response = await self._send_once(request, remaining)
+                if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
+                    return response
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+            except (aiohttp.ClientError, OSError) as exc:
+                if attempt > net.max_retries:
+                    raise UpstreamUnavailable(
+                        f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
+                    ) from None
+                response, wait = None, None
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
+            if wait is None:
+                cap = min(net.retry_backoff_max_ms, net.retry_backoff_initial_ms * 2 ** (attempt - 1))
+                wait = random.uniform(0, cap) / 1000
+            if loop.time() + wait >= deadline:
+                if response is not None:
+                    return response  # no time to wait: the caller gets the provider's answer
+                raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
+            await asyncio.sleep(wait)
+
+    async def _send_once(self, request: UpstreamRequest, timeout: float) -> UpstreamResponse:
+        async with self._get_session().request(
+            request.method,
+            URL(request.url, encoded=True),
+            headers=request.headers,
+            data=request.body,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            if resp.content_length is not None and resp.content_length <= MAX_RESPONSE_BYTES:
+                body = await resp.read()
+            else:
+                body = await self._read_capped(resp)
+            return UpstreamResponse(resp.status, resp.headers, body)
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise UpstreamUnavailable(f"{self.provider} answered with an oversized body", provider=self.provider)
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,70 @@
+"""OpenAI-shaped batch APIs: OpenAI itself and Azure OpenAI.
+
+The cancel call answers with the batch object, so no follow-up read is needed. Azure preview builds
+send capitalised statuses, ISO timestamps and null counts; the parsing accepts all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.config import Key
+from service.errors import UpstreamUnavailable
+from service.model import BatchState, RequestCounts
+from service.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
+
+_JSON_HEADERS = {"Accept": "application/json"}
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    default_base_url = "https://api.openai.com"
+    # Accept both spellings; emit OpenAI's `cancelled`.
+    statuses = {"canceled": "cancelled", "canceling": "cancelling"}
+    path_prefix = "/v1"
+
+    def auth_headers(self, key: Key) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key.value}"}
+
+    def cancel_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
+
+    def cancel_request(self, key: Key, batch_id: str) -> UpstreamRequest:
+        headers = {**self.config.network.extra_headers, **_JSON_HEADERS, **self.auth_headers(key)}
+        return UpstreamRequest("POST", self.cancel_url(key, path_segment(batch_id)), headers)
+
+    def parse_batch(self, batch_id: str, data: Any) -> BatchState:
+        if not isinstance(data, dict) or not data.get("status"):
+            raise UpstreamUnavailable(f"{self.name} answered without a batch object", provider=self.name)
+        counts = data.get("request_counts")
+        return BatchState(
+            id=str(data.get("id") or batch_id),
+            status=self.status(data["status"]),
+            counts=RequestCounts(
+                total=count(counts.get("total")),
+                completed=count(counts.get("completed")),
+                failed=count(counts.get("failed")),
+            )
+            if isinstance(counts, dict)
+            else None,
+            cancelling_at=unix_seconds(data.get("cancelling_at")),
+            cancelled_at=unix_seconds(data.get("cancelled_at")),
+        )
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """`{endpoint}/openai/batches/{id}/cancel?api-version=V` with the `api-key` header."""
+
+    name = "azure"
+    default_base_url = ""
+
+    def auth_headers(self, key: Key) -> dict[str, str]:
+        return {"api-key": key.value}
+
+    def base_url(self, key: Key) -> str:
+        # network_config.base_url (tests, proxies) wins over the key's own resource endpoint.
+        return self.config.network.base_url or (key.azure.endpoint if key.azure else "")
+
+    def cancel_url(self, key: Key, segment: str) -> str:
+        version = key.azure.api_version if key.azure else "2024-10-21"
+        return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={version}"

@@ -1,0 +1,24 @@
+"""Which providers exist, and which of them can cancel a batch."""
+
+from __future__ import annotations
+
+from service.providers.base import Adapter
+from service.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
+
+# Providers that can cancel a batch through batchgate.
+ADAPTERS: dict[str, type[Adapter]] = {
+    cls.name: cls
+    for cls in (OpenAIAdapter, AzureOpenAIAdapter)
+}
+
+# Providers batchgate knows (a config may name them) but cannot cancel batches on:
+# a cancel there answers 400 `unsupported_operation`.
+NO_BATCH_CANCEL = frozenset(
+    {
+        "anthropic", "gemini", "vertex", "bedrock", "mistral", "groq", "together", "fireworks",
+        "xai", "cohere", "openrouter", "ollama", "cerebras", "perplexity", "sgl", "parasail",
+        "elevenlabs", "huggingface", "nebius",
+    }
+) - ADAPTERS.keys()
+
+KNOWN_PROVIDERS = frozenset(ADAPTERS) | NO_BATCH_CANCEL

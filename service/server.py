@@ -1,0 +1,71 @@
+"""Wiring: the grpc.aio server with the batch servicer, health, reflection, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api import BatchServicer
+from service.cancel import Canceller
+from service.config import Config
+from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+GRACE_SECONDS = 10.0
+
+
+class App:
+    """A running service: the server, its port, and what must be closed on shutdown."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, canceller: Canceller, health: health.aio.HealthServicer):
+        self.server, self.port, self.canceller, self.health = server, port, canceller, health
+
+    async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Stops taking calls, lets in-flight ones finish within `grace`, then closes the pools."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.canceller.close()
+
+
+async def create_server(config: Config, address: str = "127.0.0.1:0", *, reuse_port: bool = False) -> App:
+    """Builds and starts the server on `address` (port 0 picks a free one) and returns it."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", 1 << 20),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+    )
+    canceller = Canceller(config)
+    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(canceller), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return App(server, port, canceller, health_servicer)
+
+
+async def serve(config: Config, address: str, *, reuse_port: bool = False) -> None:
+    """Runs until SIGINT/SIGTERM, then drains and exits."""
+    app = await create_server(config, address, reuse_port=reuse_port)
+    log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls")
+    await app.stop()
