@@ -80,14 +80,14 @@ class HttpExecutor:
                 if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
                     return response
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
+            except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
+                raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
                 if attempt > net.max_retries:
                     raise UpstreamUnavailable(
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
                     ) from None
                 response, wait = None, None
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             if wait is None:
                 cap = min(net.retry_backoff_max_ms, net.retry_backoff_initial_ms * 2 ** (attempt - 1))
                 wait = random.uniform(0, cap) / 1000
