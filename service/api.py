@@ -53,6 +53,7 @@ def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
             provider=result.provider,
             latency=result.latency_ms,
             chunk_index=0,
+            warning=result.warning,
         ),
     )
     if batch.counts is not None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from time import perf_counter
+from typing import Any
 
-from service.config import Config
+from service.config import Config, Key
 from service.errors import GatewayError, InvalidRequest, ProviderError, UnsupportedOperation
-from service.model import CancelCommand, CancelResult
-from service.providers.base import Adapter, decode_json, path_segment
+from service.model import BatchState, CancelCommand, CancelResult
+from service.providers.base import Adapter, decode_json
 from service.providers.http import HttpExecutor
 from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL
+
+log = logging.getLogger(__name__)
 
 # Upstream answers that settle the matter for this batch: another key would not change them.
 # Anything else (401/403 for this key, 404 because the batch lives in another key's account,
@@ -50,35 +54,55 @@ class Canceller:
 
     async def cancel(self, command: CancelCommand, time_remaining: float | None = None) -> CancelResult:
         adapter, executor = self._resolve(command.provider)
-        provider = adapter.name
         try:
-            path_segment(command.batch_id)  # every bad id is refused before any upstream call
+            ref = adapter.parse_id(command.batch_id)  # every bad id is refused before any upstream call
             keys = adapter.config.batch_keys
             if not keys:
-                raise InvalidRequest(f"no batch-enabled keys found for provider: {provider}", code="no_batch_keys")
+                raise InvalidRequest(f"no batch-enabled keys found for provider: {adapter.name}", code="no_batch_keys")
         except GatewayError as err:
-            err.provider = provider
+            err.provider = adapter.name
             raise
         timeout = adapter.config.network.timeout_s
         if time_remaining is not None:
             timeout = min(timeout, time_remaining)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         started = perf_counter()
         error: ProviderError | None = None
         for key in keys:
-            response = await executor.send(adapter.cancel_request(key, command.batch_id), deadline)
+            response = await executor.send(await adapter.prepare(key, adapter.cancel_request(key, ref)), deadline)
             if response.status < 300:
-                data = decode_json(response, provider)
-                batch = adapter.parse_batch(command.batch_id, data)
+                batch, raw, warning = await self._read_state(adapter, executor, key, ref, command, response, deadline)
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
-                raw = data if self._send_back_raw(adapter, command) else None
-                return CancelResult(batch, provider, int((perf_counter() - started) * 1000), raw)
+                if not self._send_back_raw(adapter, command):
+                    raw = None
+                return CancelResult(batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning)
             error = adapter.parse_error(response)
             if response.status in FINAL_STATUSES:
                 break
         assert error is not None
         raise error
+
+    async def _read_state(
+        self, adapter: Adapter, executor: HttpExecutor, key: Key, ref: Any, command: CancelCommand, response, deadline
+    ) -> tuple[BatchState, Any, str | None]:
+        """The batch after an accepted cancel: from the cancel answer itself, or from a follow-up read
+        for providers whose cancel answers `{}`. A failed follow-up read still reports the cancel
+        (status `cancelling`) with a warning: the cancel did happen."""
+        cancel_data = decode_json(response, adapter.name)
+        follow_up = adapter.status_request(key, ref)
+        if follow_up is None:
+            return adapter.parse_batch(command.batch_id, cancel_data), cancel_data, None
+        try:
+            answer = await executor.send(await adapter.prepare(key, follow_up), deadline)
+            if answer.status >= 300:
+                raise adapter.parse_error(answer)
+            data = decode_json(answer, adapter.name)
+            batch = adapter.parse_batch(command.batch_id, data)
+        except GatewayError as err:
+            log.warning("%s: cancel accepted but the follow-up read failed: %s", adapter.name, err.message)
+            warning = f"cancel accepted; reading the batch state afterwards failed: {err.message}"
+            return BatchState(id=command.batch_id, status="cancelling"), {"cancel": cancel_data}, warning
+        return batch, {"cancel": cancel_data, "retrieve": data}, None
 
     def _send_back_raw(self, adapter: Adapter, command: CancelCommand) -> bool:
         if adapter.config.send_back_raw_response:

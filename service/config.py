@@ -26,6 +26,22 @@ class AzureKeyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VertexKeyConfig:
+    project_id: str
+    region: str
+    # Service-account JSON (its `token_uri` is where access tokens are minted).
+    auth_credentials: dict = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BedrockKeyConfig:
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    region: str
+    session_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Key:
     id: str
     name: str
@@ -34,6 +50,10 @@ class Key:
     enabled: bool = True
     use_for_batch_api: bool = False
     azure: AzureKeyConfig | None = None
+    vertex: VertexKeyConfig | None = None
+    bedrock: BedrockKeyConfig | None = None
+    # Fireworks batch jobs live under an account: `fireworks_key_config.account_id`.
+    account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +141,38 @@ def _base_url(value: str, where: str) -> str:
     return value.rstrip("/")
 
 
+def _vertex(reader: _Reader) -> VertexKeyConfig:
+    # A JSON object, or a string holding one (literal or env.VAR).
+    creds = reader.data.get("auth_credentials")
+    if isinstance(creds, str):
+        creds = reader.secret("auth_credentials", required=True)
+        try:
+            creds = json.loads(creds)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{reader.where('auth_credentials')}: not a service-account JSON document") from None
+    if not isinstance(creds, dict) or not {"client_email", "private_key", "token_uri"} <= creds.keys():
+        raise ConfigError(
+            f"{reader.where('auth_credentials')}: needs a service-account JSON with client_email, private_key, token_uri"
+        )
+    return VertexKeyConfig(
+        project_id=reader.secret("project_id", required=True),
+        region=reader.secret("region", required=True),
+        auth_credentials=creds,
+    )
+
+
+def _bedrock(reader: _Reader) -> BedrockKeyConfig:
+    return BedrockKeyConfig(
+        access_key=reader.secret("access_key", required=True),
+        secret_key=reader.secret("secret_key", required=True),
+        session_token=reader.secret("session_token", required=False) or None,
+        region=reader.secret("region", required=True),
+    )
+
+
 def _key(reader: _Reader, provider: str, index: int) -> Key:
     name = reader.get("name", str, "") or f"{provider}-key-{index}"
-    azure = None
+    azure = vertex = bedrock = account_id = None
     if provider == "azure":
         az = reader.child("azure_key_config")
         endpoint = az.secret("endpoint", required=True)
@@ -131,17 +180,28 @@ def _key(reader: _Reader, provider: str, index: int) -> Key:
             endpoint=_base_url(endpoint, az.where("endpoint")),
             api_version=az.secret("api_version", required=False) or "2024-10-21",
         )
+    elif provider == "vertex":
+        vertex = _vertex(reader.child("vertex_key_config"))
+    elif provider == "bedrock":
+        bedrock = _bedrock(reader.child("bedrock_key_config"))
+    elif provider == "fireworks":
+        account_id = reader.child("fireworks_key_config").secret("account_id", required=True)
     weight = reader.get("weight", float, 1.0)
     if weight < 0:
         raise ConfigError(f"{reader.where('weight')}: must not be negative")
+    # Vertex and Bedrock authenticate with their key configs; `value` is optional there.
+    value_required = provider not in ("vertex", "bedrock")
     return Key(
         id=reader.get("id", str, "") or name,
         name=name,
-        value=reader.secret("value", required=True),
+        value=reader.secret("value", required=value_required),
         weight=weight,
         enabled=reader.get("enabled", bool, True),
         use_for_batch_api=reader.get("use_for_batch_api", bool, False),
         azure=azure,
+        vertex=vertex,
+        bedrock=bedrock,
+        account_id=account_id,
     )
 
 

@@ -51,3 +51,4 @@ class CancelResult:
     provider: str
     latency_ms: int
     raw_response: Any = None
+    warning: str | None = None

@@ -50,7 +50,16 @@ def path_segment(batch_id: str) -> str:
 
 class Adapter:
     """A provider's batch-cancel wire format. Subclasses set the class attributes and override the
-    request builders and parsers; the use case (`service.cancel`) drives them."""
+    request builders and parsers; the use case (`service.cancel`) drives them in this order:
+
+    1. `parse_id(batch_id)` once, before any upstream call: validates the caller's id (in any form
+       the provider accepts) and returns the reference the request builders take.
+    2. per key: `cancel_request(key, ref)`, then `prepare(key, request)` (signing, tokens), sent;
+    3. when `status_request(key, ref)` returns a request (the cancel answer does not carry the
+       batch), it is prepared and sent too, within the same deadline;
+    4. `parse_batch(batch_id, data)` on the answer that carries the batch, `parse_error(response)`
+       on a non-2xx answer.
+    """
 
     name: ClassVar[str]
     default_base_url: ClassVar[str] = ""
@@ -64,8 +73,24 @@ class Adapter:
     def base_url(self, key: Key) -> str:
         return self.config.network.base_url or self.default_base_url
 
-    def cancel_request(self, key: Key, batch_id: str) -> UpstreamRequest:
+    def headers(self, auth: Mapping[str, str]) -> dict[str, str]:
+        """Configured extra headers, then JSON accept, then auth (auth always wins)."""
+        return {**self.config.network.extra_headers, "Accept": "application/json", **auth}
+
+    def parse_id(self, batch_id: str) -> Any:
+        path_segment(batch_id)  # raises InvalidRequest for an unsafe id
+        return batch_id
+
+    def cancel_request(self, key: Key, ref: Any) -> UpstreamRequest:
         raise NotImplementedError
+
+    def status_request(self, key: Key, ref: Any) -> UpstreamRequest | None:
+        """The follow-up read for providers whose cancel answers without the batch, else None."""
+        return None
+
+    async def prepare(self, key: Key, request: UpstreamRequest) -> UpstreamRequest:
+        """Last step before sending: request signing or token minting. Default: nothing to do."""
+        return request
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         raise NotImplementedError

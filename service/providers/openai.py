@@ -7,14 +7,12 @@ send capitalised statuses, ISO timestamps and null counts; the parsing accepts a
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from service.config import Key
 from service.errors import UpstreamUnavailable
 from service.model import BatchState, RequestCounts
 from service.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
-
-_JSON_HEADERS = {"Accept": "application/json"}
-
 
 class OpenAIAdapter(Adapter):
     name = "openai"
@@ -29,9 +27,8 @@ class OpenAIAdapter(Adapter):
     def cancel_url(self, key: Key, segment: str) -> str:
         return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
 
-    def cancel_request(self, key: Key, batch_id: str) -> UpstreamRequest:
-        headers = {**self.config.network.extra_headers, **_JSON_HEADERS, **self.auth_headers(key)}
-        return UpstreamRequest("POST", self.cancel_url(key, path_segment(batch_id)), headers)
+    def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
+        return UpstreamRequest("POST", self.cancel_url(key, path_segment(ref)), self.headers(self.auth_headers(key)))
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -66,5 +63,5 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return self.config.network.base_url or (key.azure.endpoint if key.azure else "")
 
     def cancel_url(self, key: Key, segment: str) -> str:
-        version = key.azure.api_version if key.azure else "2024-10-21"
+        version = quote(key.azure.api_version if key.azure else "2024-10-21", safe="")
         return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={version}"
