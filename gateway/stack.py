@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.render import ROOT, render
+from sandbox.server import gateway_config
 
 BUILD = ROOT / "build"
-SANDBOX_KEYS = {"openai": "sk-sandbox-openai", "azure": "sandbox-azure-key"}
 
 
 def free_port() -> int:
@@ -35,29 +35,6 @@ def free_port() -> int:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def sandbox_config(sandbox_url: str) -> dict:
-    """A config.json that points every sandboxed provider at the simulator."""
-    return {
-        "client": {"allow_per_request_raw_override": True},
-        "providers": {
-            "openai": {
-                "keys": [{"name": "sandbox", "value": SANDBOX_KEYS["openai"], "use_for_batch_api": True}],
-                "network_config": {"base_url": f"{sandbox_url}/openai"},
-            },
-            "azure": {
-                "keys": [
-                    {
-                        "name": "sandbox",
-                        "value": SANDBOX_KEYS["azure"],
-                        "use_for_batch_api": True,
-                        "azure_key_config": {"endpoint": f"{sandbox_url}/azure", "api_version": "2024-10-21"},
-                    }
-                ]
-            },
-        },
-    }
 
 
 @dataclass
@@ -122,7 +99,7 @@ class Stack:
                 raise RuntimeError(f"sandbox did not start: {line!r}")
             self.sandbox_port = int(line.split("=", 1)[1])
             config = BUILD / f"sandbox-config-{self.http_port}.json"
-            config.write_text(json.dumps(sandbox_config(self.sandbox_url), indent=2))
+            config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
         service = self._spawn(
             "service",
             [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}"],

@@ -359,6 +359,18 @@ class ProviderSim:
     route handler runs."""
 
     name: ClassVar[str]
+    # URL prefix the sandbox mounts the provider under, and the key the sandbox accepts by default.
+    prefix: ClassVar[str]
+    default_key: ClassVar[str]
+
+    @classmethod
+    def gateway_config(cls, base_url: str, key: str) -> dict[str, Any]:
+        """The config.json provider block that points batchgate at this simulator (served at
+        `base_url`, which ends in the prefix) with `key`."""
+        return {
+            "keys": [{"name": "sandbox", "value": key, "use_for_batch_api": True}],
+            "network_config": {"base_url": base_url},
+        }
 
     def __init__(self, sim: Simulator, prefix: str) -> None:
         self.sim = sim

@@ -65,6 +65,8 @@ class OpenAISim(ProviderSim):
     `Authorization: Bearer <key>`."""
 
     name = "openai"
+    prefix = "/openai"
+    default_key = "sk-sandbox-openai"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -131,6 +133,13 @@ class AzureSim(OpenAISim):
     api-version) carry only code and message; the batch API's own errors use the full envelope."""
 
     name = "azure"
+    prefix = "/azure"
+    default_key = "sandbox-azure-key"
+
+    @classmethod
+    def gateway_config(cls, base_url: str, key: str) -> dict[str, Any]:
+        azure = {"endpoint": base_url, "api_version": "2024-10-21"}
+        return {"keys": [{"name": "sandbox", "value": key, "use_for_batch_api": True, "azure_key_config": azure}]}
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

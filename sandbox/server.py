@@ -15,12 +15,22 @@ from sandbox.admin import AdminAPI
 from sandbox.core import SIMULATOR_KEY, ProviderSim, Simulator
 from sandbox.openai import AzureSim, OpenAISim
 
-# (provider simulator, URL prefix). A new provider is one module plus one line here.
-PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = (
-    (OpenAISim, "/openai"),
-    (AzureSim, "/azure"),
+# Every simulated provider. A new provider is one module plus one line here.
+SIMULATORS: tuple[type[ProviderSim], ...] = (
+    OpenAISim,
+    AzureSim,
 )
-DEFAULT_KEYS: Mapping[str, list[str]] = {"openai": ["sk-sandbox-openai"], "azure": ["sandbox-azure-key"]}
+# (provider simulator, URL prefix), kept for callers that mount them elsewhere.
+PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = tuple((sim, sim.prefix) for sim in SIMULATORS)
+DEFAULT_KEYS: Mapping[str, list[str]] = {sim.name: [sim.default_key] for sim in SIMULATORS}
+
+
+def gateway_config(sandbox_url: str) -> dict:
+    """A batchgate config.json pointing every simulated provider at the sandbox at `sandbox_url`."""
+    return {
+        "client": {"allow_per_request_raw_override": True},
+        "providers": {sim.name: sim.gateway_config(sandbox_url + sim.prefix, sim.default_key) for sim in SIMULATORS},
+    }
 
 
 def build_app(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from sandbox import SIMULATOR_KEY, Simulator, build_app, start
+from sandbox import DEFAULT_KEYS, SIMULATOR_KEY, Simulator, build_app, start
 from tests.support import SANDBOX_KEYS
 
 
@@ -20,7 +20,7 @@ class Sandbox:
 
 @pytest_asyncio.fixture(scope="session")
 async def sandbox() -> Sandbox:
-    app = build_app(keys=SANDBOX_KEYS)
+    app = build_app(keys={**DEFAULT_KEYS, **SANDBOX_KEYS})
     runner, port = await start(app)
     yield Sandbox(app[SIMULATOR_KEY], f"http://127.0.0.1:{port}")
     await runner.cleanup()
