@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gateway.stack import Stack
+from service.config import ConfigError
 
 
 def main() -> int:
@@ -36,6 +37,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except ConfigError as exc:
+        print(f"batchgate: config error: {exc}", file=sys.stderr)
+        return 2
     except (RuntimeError, TimeoutError) as exc:
         print(f"batchgate: {exc}", file=sys.stderr)
         return 1

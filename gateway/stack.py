@@ -22,6 +22,8 @@ from pathlib import Path
 
 from gateway.render import ROOT, render
 from sandbox.server import gateway_config
+from service.auth import exposure_problem
+from service.config import load_config
 
 BUILD = ROOT / "build"
 
@@ -100,6 +102,9 @@ class Stack:
             self.sandbox_port = int(line.split("=", 1)[1])
             config = BUILD / f"sandbox-config-{self.http_port}.json"
             config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
+        problem = exposure_problem(load_config(config), self.bind_host)
+        if problem:
+            raise RuntimeError(problem)
         service = self._spawn(
             "service",
             [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}"],

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from service.auth import exposure_problem
 from service.config import ConfigError, load_config
 from service.server import serve
 
@@ -27,6 +28,10 @@ def main() -> None:
     except ConfigError as exc:
         print(f"batchgate: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    problem = exposure_problem(config, args.address.rsplit(":", 1)[0])
+    if problem:
+        print(f"batchgate: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     asyncio.run(serve(config, args.address, reuse_port=args.reuse_port))
 
 

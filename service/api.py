@@ -100,7 +100,11 @@ def maps_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitabl
             log.exception("unexpected error in %s", method.__name__)
             failure = GatewayError("internal error")
         await context.send_initial_metadata(
-            ((ERROR_BODY_HEADER, failure.to_json()), (ERROR_STATUS_HEADER, str(failure.status_code)))
+            (
+                *failure.headers.items(),
+                (ERROR_BODY_HEADER, failure.to_json()),
+                (ERROR_STATUS_HEADER, str(failure.status_code)),
+            )
         )
         await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 

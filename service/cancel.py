@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
+from service.auth import Authenticator, Caller
 from service.config import Config, Key
 from service.errors import GatewayError, InvalidRequest, ProviderError, UnsupportedOperation
 from service.model import BatchState, CancelCommand, CancelResult
@@ -29,6 +31,7 @@ class Canceller:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.auth = Authenticator(config)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
             name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency))
             for name, pc in config.providers.items()
@@ -53,12 +56,13 @@ class Canceller:
         return entry
 
     async def cancel(self, command: CancelCommand, time_remaining: float | None = None) -> CancelResult:
+        # Everything that can refuse the call does so before any upstream request.
+        caller = self.auth.authenticate(command.headers)
         adapter, executor = self._resolve(command.provider)
         try:
-            ref = adapter.parse_id(command.batch_id)  # every bad id is refused before any upstream call
-            keys = adapter.config.batch_keys
-            if not keys:
-                raise InvalidRequest(f"no batch-enabled keys found for provider: {adapter.name}", code="no_batch_keys")
+            allowed_key_ids = self.auth.authorize(caller, adapter.name)
+            ref = adapter.parse_id(command.batch_id)
+            keys = self._keys(adapter, caller, allowed_key_ids)
         except GatewayError as err:
             err.provider = adapter.name
             raise
@@ -103,6 +107,25 @@ class Canceller:
             warning = f"cancel accepted; reading the batch state afterwards failed: {err.message}"
             return BatchState(id=command.batch_id, status="cancelling"), {"cancel": cancel_data}, warning
         return batch, {"cancel": cancel_data, "retrieve": data}, None
+
+    @staticmethod
+    def _keys(adapter: Adapter, caller: Caller, allowed_key_ids: frozenset[str] | None) -> tuple[Key, ...]:
+        """The keys to try, in order: the caller's direct key alone, or the configured batch keys
+        the caller's virtual key allows."""
+        if caller.direct_key is not None:
+            if not adapter.accepts_direct_keys:
+                raise InvalidRequest(
+                    f"direct keys are not supported for provider: {adapter.name}", code="direct_key_unsupported"
+                )
+            # Provider settings other than the secret (an Azure endpoint, say) come from the first key.
+            template = adapter.config.keys[0] if adapter.config.keys else Key(id="direct", name="direct", value="")
+            return (replace(template, id="direct", name="direct", value=caller.direct_key),)
+        keys = adapter.config.batch_keys
+        if allowed_key_ids is not None:
+            keys = tuple(key for key in keys if key.id in allowed_key_ids)
+        if not keys:
+            raise InvalidRequest(f"no batch-enabled keys found for provider: {adapter.name}", code="no_batch_keys")
+        return keys
 
     def _send_back_raw(self, adapter: Adapter, command: CancelCommand) -> bool:
         if adapter.config.send_back_raw_response:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,12 +87,54 @@ class ClientConfig:
     allow_per_request_raw_override: bool = False
     allow_direct_keys: bool = False
     enforce_auth_on_inference: bool = False
+    # An open gateway (no virtual keys required, no admin credentials) only listens on loopback
+    # unless this is set.
+    allow_unauthenticated_public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    id: str
+    request_max_limit: int
+    reset_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualKey:
+    id: str
+    name: str
+    value: str = field(repr=False)
+    is_active: bool = True
+    expires_at: int | None = None  # unix seconds
+    # provider -> allowed configured key ids (None: every key of that provider).
+    providers: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Gateway credentials (HTTP Basic). With `is_enabled` every call must carry them or a virtual
+    key, unless `disable_auth_on_inference`."""
+
+    is_enabled: bool = False
+    admin_username: str = ""
+    admin_password: str = field(default="", repr=False)
+    disable_auth_on_inference: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     client: ClientConfig = ClientConfig()
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    virtual_keys: tuple[VirtualKey, ...] = ()
+    auth: AuthConfig = AuthConfig()
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether every call must carry a virtual key or gateway credentials."""
+        return self.client.enforce_auth_on_inference or (
+            self.auth.is_enabled and not self.auth.disable_auth_on_inference
+        )
 
 
 class _Reader:
@@ -253,9 +297,96 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             allow_per_request_raw_override=client.get("allow_per_request_raw_override", bool, False),
             allow_direct_keys=client.get("allow_direct_keys", bool, False),
             enforce_auth_on_inference=client.get("enforce_auth_on_inference", bool, False),
+            allow_unauthenticated_public=client.get("allow_unauthenticated_public", bool, False),
         ),
         providers=providers,
+        virtual_keys=_virtual_keys(root.child("governance"), providers),
+        auth=_auth(root.child("auth_config")),
     )
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(reader: _Reader, name: str) -> float:
+    value = reader.get(name, str, "")
+    match = _DURATION.match(value)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{reader.where(name)}: expected a duration like 30s, 1m, 1h, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _timestamp(reader: _Reader, name: str) -> int | None:
+    value = reader.get(name, (str, int), None)
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        raise ConfigError(f"{reader.where(name)}: expected an RFC 3339 time, got {value!r}") from None
+
+
+def _virtual_keys(gov: _Reader, providers: dict[str, ProviderConfig]) -> tuple[VirtualKey, ...]:
+    limits: dict[str, RateLimit] = {}
+    for i, item in enumerate(gov.get("rate_limits", list, [])):
+        r = _Reader(item, f"{gov.where('rate_limits')}[{i}]", gov.env)
+        limit_id = r.get("id", str, "") or f"rate-limit-{i}"
+        maximum = r.get("request_max_limit", int, 0)
+        if maximum < 1:
+            raise ConfigError(f"{r.where('request_max_limit')}: must be at least 1")
+        limits[limit_id] = RateLimit(limit_id, maximum, _duration(r, "request_reset_duration"))
+    keys: list[VirtualKey] = []
+    seen: set[str] = set()
+    for i, item in enumerate(gov.get("virtual_keys", list, [])):
+        r = _Reader(item, f"{gov.where('virtual_keys')}[{i}]", gov.env)
+        value = r.secret("value", required=True)
+        if not value.startswith("sk-bf-"):
+            raise ConfigError(f"{r.where('value')}: virtual key values start with sk-bf-")
+        if value in seen:
+            raise ConfigError(f"{r.where('value')}: the same value is used by another virtual key")
+        seen.add(value)
+        allowed: dict[str, frozenset[str] | None] = {}
+        for j, pc in enumerate(r.get("provider_configs", list, [])):
+            pr = _Reader(pc, f"{r.where('provider_configs')}[{j}]", gov.env)
+            provider = pr.get("provider", str, "")
+            if not provider:
+                raise ConfigError(f"{pr.where('provider')}: required")
+            key_ids = pr.get("key_ids", list, None)
+            if key_ids is not None:
+                known = {k.id for k in providers[provider].keys} if provider in providers else set()
+                for key_id in key_ids:
+                    if key_id not in known:
+                        raise ConfigError(f"{pr.where('key_ids')}: no key {key_id!r} configured for {provider}")
+            allowed[provider] = None if key_ids is None else frozenset(key_ids)
+        limit_id = r.get("rate_limit_id", str, "")
+        if limit_id and limit_id not in limits:
+            raise ConfigError(f"{r.where('rate_limit_id')}: no rate limit {limit_id!r} in governance.rate_limits")
+        name = r.get("name", str, "") or f"virtual-key-{i}"
+        keys.append(
+            VirtualKey(
+                id=r.get("id", str, "") or name,
+                name=name,
+                value=value,
+                is_active=r.get("is_active", bool, True),
+                expires_at=_timestamp(r, "expires_at"),
+                providers=allowed,
+                rate_limit=limits.get(limit_id),
+            )
+        )
+    return tuple(keys)
+
+
+def _auth(reader: _Reader) -> AuthConfig:
+    config = AuthConfig(
+        is_enabled=reader.get("is_enabled", bool, False),
+        admin_username=reader.secret("admin_username", required=False),
+        admin_password=reader.secret("admin_password", required=False),
+        disable_auth_on_inference=reader.get("disable_auth_on_inference", bool, False),
+    )
+    if config.is_enabled and not (config.admin_username and config.admin_password):
+        raise ConfigError(f"{reader.path}: is_enabled needs admin_username and admin_password")
+    return config
 
 
 def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:

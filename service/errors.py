@@ -66,6 +66,7 @@ class GatewayError(Exception):
         param: str | None = None,
         provider: str = "",
         is_bifrost_error: bool | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -79,6 +80,8 @@ class GatewayError(Exception):
             self.is_bifrost_error = is_bifrost_error
         self.param = param
         self.provider = provider
+        # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
+        self.headers = headers or {}
 
     @property
     def grpc_code(self) -> grpc.StatusCode:

@@ -65,6 +65,8 @@ class Adapter:
     default_base_url: ClassVar[str] = ""
     # Provider status (lowercased) -> unified status. Unknown ones pass through lowercased.
     statuses: ClassVar[Mapping[str, str]] = {}
+    # Whether a caller's own key (client.allow_direct_keys) can stand in for a configured key's value.
+    accepts_direct_keys: ClassVar[bool] = True
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
