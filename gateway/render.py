@@ -24,8 +24,12 @@ def render(
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
     descriptor: Path = DESCRIPTOR,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> str:
-    """Returns the Envoy YAML for one edge listener in front of the given service ports."""
+    """Returns the Envoy YAML for one edge listener in front of the given service ports. With a
+    certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
+    which then serves TLS too (the loopback hop is encrypted but not verified)."""
     endpoints = "\n".join(
         f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"
         for port in grpc_ports
@@ -38,7 +42,31 @@ def render(
         LUA_FILE=LUA_FILE,
         DESCRIPTOR=descriptor,
         ENDPOINTS=endpoints,
+        LISTENER_TLS=_listener_tls(tls_cert, tls_key) if tls_cert else "",
+        CLUSTER_TLS=_CLUSTER_TLS if tls_cert else "",
     )
+
+
+_CLUSTER_TLS = """\
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context: {alpn_protocols: [h2]}
+"""
+
+
+def _listener_tls(cert: Path, key: Path) -> str:
+    return f"""transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates:
+            - certificate_chain: {{filename: {cert}}}
+              private_key: {{filename: {key}}}
+      """
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 
 Environment: CONFIG (a config.json; without it, sandbox mode with bundled provider simulators),
 HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), ADMIN_PORT (Envoy
-admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1).
+admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1), TLS_CERT_FILE
+and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port).
 SIGINT/SIGTERM stop everything it started.
 """
 
@@ -18,6 +19,10 @@ from gateway.stack import Stack
 from service.config import ConfigError
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value).resolve() if value else None
+
+
 def main() -> int:
     config = os.environ.get("CONFIG")
     stack = Stack(
@@ -26,7 +31,12 @@ def main() -> int:
         grpc_port=int(os.environ.get("GRPC_PORT", "50051")),
         admin_port=int(os.environ.get("ADMIN_PORT", "9901")),
         bind_host=os.environ.get("BIND_HOST", "127.0.0.1"),
+        tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
+        tls_key=_path(os.environ.get("TLS_KEY_FILE")),
     )
+    if bool(stack.tls_cert) != bool(stack.tls_key):
+        print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
+        return 2
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -45,8 +55,10 @@ def main() -> int:
         return 1
     mode = "sandbox mode (simulated providers, no accounts needed)" if config is None else f"config {config}"
     print(f"batchgate is up in {mode}", flush=True)
-    print(f"  REST + gRPC edge: {stack.http_url}   gRPC service: 127.0.0.1:{stack.grpc_port}", flush=True)
-    print(f"  try: curl -X POST '{stack.http_url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    url = stack.http_url
+    print(f"  REST + gRPC edge: {url}   gRPC service: 127.0.0.1:{stack.grpc_port}", flush=True)
+    insecure = "-k " if stack.tls_cert else ""
+    print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
     code = 0
     while not stopping:
         if any(proc.poll() is not None for proc in stack.procs):

@@ -50,13 +50,16 @@ class Stack:
     bind_host: str = "127.0.0.1"
     sandbox_auto_create: bool = True
     log_dir: Path | None = None
+    # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def sandbox_url(self) -> str:
@@ -105,14 +108,16 @@ class Stack:
         problem = exposure_problem(load_config(config), self.bind_host)
         if problem:
             raise RuntimeError(problem)
+        tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
         service = self._spawn(
             "service",
-            [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}"],
+            [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
+             *tls_args],
         )
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
             render(http_port=self.http_port, grpc_ports=[self.grpc_port], admin_port=self.admin_port,
-                   bind_host=self.bind_host)
+                   bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key)
         )
         envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from service.auth import exposure_problem
 from service.config import ConfigError, load_config
@@ -18,6 +19,8 @@ def main() -> None:
     parser.add_argument("--config", default=os.environ.get("CONFIG"), required=not os.environ.get("CONFIG"))
     parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '50051')}")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
+    parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
+    parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
@@ -32,7 +35,14 @@ def main() -> None:
     if problem:
         print(f"batchgate: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    asyncio.run(serve(config, args.address, reuse_port=args.reuse_port))
+    tls = None
+    if args.tls_cert or args.tls_key:
+        try:
+            tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+        except (OSError, TypeError) as exc:
+            print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    asyncio.run(serve(config, args.address, reuse_port=args.reuse_port, tls=tls))
 
 
 if __name__ == "__main__":

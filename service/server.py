@@ -34,8 +34,15 @@ class App:
         await self.canceller.close()
 
 
-async def create_server(config: Config, address: str = "127.0.0.1:0", *, reuse_port: bool = False) -> App:
-    """Builds and starts the server on `address` (port 0 picks a free one) and returns it."""
+async def create_server(
+    config: Config,
+    address: str = "127.0.0.1:0",
+    *,
+    reuse_port: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
+) -> App:
+    """Builds and starts the server on `address` (port 0 picks a free one) and returns it. `tls` is
+    (private key PEM, certificate chain PEM) to serve gRPC over TLS."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -49,7 +56,10 @@ async def create_server(config: Config, address: str = "127.0.0.1:0", *, reuse_p
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
@@ -58,9 +68,11 @@ async def create_server(config: Config, address: str = "127.0.0.1:0", *, reuse_p
     return App(server, port, canceller, health_servicer)
 
 
-async def serve(config: Config, address: str, *, reuse_port: bool = False) -> None:
+async def serve(
+    config: Config, address: str, *, reuse_port: bool = False, tls: tuple[bytes, bytes] | None = None
+) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits."""
-    app = await create_server(config, address, reuse_port=reuse_port)
+    app = await create_server(config, address, reuse_port=reuse_port, tls=tls)
     log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
