@@ -152,8 +152,9 @@ class _Reader:
         value = self.data.get(name, default)
         if value is None:
             return default
-        if kind in (int, float) and isinstance(value, bool):
-            raise ConfigError(f"{self.where(name)}: expected a number")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(f"{self.where(name)}: expected a number, got bool")
         if kind is float and isinstance(value, int):
             value = float(value)
         if not isinstance(value, kind):
@@ -177,10 +178,11 @@ class _Reader:
 
 
 def _base_url(value: str, where: str) -> str:
+    # Error messages never repeat the URL: it may hold credentials.
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{where}: must be an http(s) URL with a host, got {value!r}")
-    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{where}: must be an http(s) URL with a host")
+    if "?" in value or "#" in value or parts.username or parts.password:
         raise ConfigError(f"{where}: must not carry a query, fragment or credentials")
     return value.rstrip("/")
 
@@ -256,17 +258,17 @@ def _network(reader: _Reader) -> NetworkConfig:
     headers = reader.get("extra_headers", dict, {})
     for name, value in headers.items():
         if not isinstance(value, str) or not name or any(c in name + value for c in "\r\n\0"):
-            raise ConfigError(f"{reader.where('extra_headers')}.{name}: must be a single-line string")
-    numbers = {
-        "timeout_s": reader.get("default_request_timeout_in_seconds", (int, float), 30),
-        "max_retries": reader.get("max_retries", int, 2),
-        "retry_backoff_initial_ms": reader.get("retry_backoff_initial_ms", int, 100),
-        "retry_backoff_max_ms": reader.get("retry_backoff_max_ms", int, 2000),
-    }
-    for name, value in numbers.items():
-        if value < 0 or (name == "timeout_s" and value == 0):
-            raise ConfigError(f"{reader.path}: {name} must be positive")
-    return NetworkConfig(base_url=base_url, extra_headers=dict(headers), **numbers)
+            shown = name.encode("unicode_escape").decode()  # keep the error on one line
+            raise ConfigError(f"{reader.where('extra_headers')}.{shown}: must be a single-line string")
+    timeout = reader.get("default_request_timeout_in_seconds", (int, float), 30)
+    if timeout <= 0:
+        raise ConfigError(f"{reader.where('default_request_timeout_in_seconds')}: must be positive")
+    counts = {}
+    for name, default in (("max_retries", 2), ("retry_backoff_initial_ms", 100), ("retry_backoff_max_ms", 2000)):
+        counts[name] = reader.get(name, int, default)
+        if counts[name] < 0:
+            raise ConfigError(f"{reader.where(name)}: must not be negative")
+    return NetworkConfig(base_url=base_url, extra_headers=dict(headers), timeout_s=float(timeout), **counts)
 
 
 def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
@@ -391,9 +393,11 @@ def _auth(reader: _Reader) -> AuthConfig:
 
 def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -151,40 +152,60 @@ def decode_json(response: UpstreamResponse, provider: str, *, allow_error: bool 
         raise UpstreamUnavailable(f"{provider} answered with malformed JSON", provider=provider) from None
 
 
+# Values above this are milliseconds, not seconds (1e11 s is the year 5138).
+_MILLIS_THRESHOLD = 100_000_000_000
+_UINT32_MAX = 2**32 - 1
+
+
 def unix_seconds(value: Any) -> int | None:
-    """Unix seconds from an int, a float, a numeric string or an RFC 3339 / ISO 8601 string."""
+    """Unix seconds from an int, a float, a numeric string (milliseconds are recognised) or an
+    RFC 3339 / ISO 8601 string; None for anything else, for times at or before 1970, and for times
+    past 2106 (the response carries uint32)."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return int(value) if value > 0 else None
-    if isinstance(value, str) and value:
-        if value.isdigit():
-            return int(value) or None
+    if isinstance(value, str):
         text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        # datetime keeps microseconds at most; Google sends up to nanoseconds.
-        match = re.match(r"^(.*?\.\d{1,6})\d*(.*)$", text)
-        if match:
-            text = match.group(1) + match.group(2)
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return int(parsed.timestamp())
-    return None
+        if not _NUMBER.match(text):
+            seconds = _parse_iso(text)
+            return _in_range(int(seconds)) if seconds is not None else None
+        value = float(text)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return _in_range(int(value / 1000 if value > _MILLIS_THRESHOLD else value))
+
+
+def _in_range(seconds: int) -> int | None:
+    return seconds if 0 < seconds <= _UINT32_MAX else None
+
+
+_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+def _parse_iso(text: str) -> float | None:
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # datetime keeps microseconds at most; Google sends up to nanoseconds.
+    match = re.match(r"^(.*?\.\d{1,6})\d*(.*)$", text)
+    if match:
+        text = match.group(1) + match.group(2)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
 
 
 def count(value: Any) -> int | None:
-    """A request count from an int or a numeric string (Google sends int64 as strings)."""
+    """A request count from an int or a numeric string (Google sends int64 as strings); None for
+    anything else, negatives (Vertex's -1 means unknown) and values beyond uint32."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
     if isinstance(value, float) and value.is_integer():
-        return int(value) if value >= 0 else None
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None
+        value = int(value)
+    elif isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int):
+        return None
+    return value if 0 <= value <= _UINT32_MAX else None

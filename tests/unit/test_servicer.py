@@ -1,0 +1,366 @@
+"""The servicer: errors raised before any upstream call become the right gRPC status, REST error
+headers and typed detail; unexpected exceptions become a sealed INTERNAL.
+
+grpc_testing drives only synchronous servicers (its ServicerContext has no `abort_with_status`
+and nothing awaits a coroutine), so most tests drive `BatchServicer.Cancel` directly with a small
+fake grpc.aio context. A thin sync bridge then lets grpc_testing drive the real servicer end to end
+(an error, and a cancel against the in-process sandbox). The generated descriptor's HTTP bindings,
+which Envoy's transcoder reads, are checked too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+
+import grpc
+import grpc_testing
+import pytest
+from google.api import annotations_pb2
+from google.rpc import status_pb2
+
+from service.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
+from service.cancel import Canceller
+from service.config import parse_config
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.model import BatchState, CancelResult, RequestCounts
+from service.providers.http import HttpExecutor
+from service.providers.registry import NO_BATCH_CANCEL
+from tests.support import OPENAI_KEYS, config_dict
+
+SERVICE = pb.DESCRIPTOR.services_by_name["BatchService"]
+CANCEL = SERVICE.methods_by_name["Cancel"]
+SECRET = "sk-unit-servicer-SECRET-9999"
+# A known provider without batch cancel (and without a provider-specific key config).
+_PLAIN_UNSUPPORTED = sorted(NO_BATCH_CANCEL - {"vertex", "bedrock", "fireworks"})
+UNSUPPORTED = "cohere" if "cohere" in NO_BATCH_CANCEL else _PLAIN_UNSUPPORTED[0]
+
+
+def config(*, batch: bool = True):
+    return parse_config(
+        {
+            "providers": {
+                "openai": {
+                    "keys": [{"name": "main", "value": SECRET, "use_for_batch_api": batch}],
+                    "network_config": {"base_url": "http://127.0.0.1:9", "max_retries": 0},
+                },
+                UNSUPPORTED: {"keys": [{"value": "other-key"}]},
+            }
+        },
+        env={},
+    )
+
+
+class Aborted(Exception):
+    """What grpc.aio's abort raises: the handler stops there."""
+
+
+class FakeContext:
+    """The part of grpc.aio.ServicerContext the servicer uses, recording what it is asked to do."""
+
+    def __init__(self, metadata=(), time_remaining=None):
+        self._metadata = tuple(metadata)
+        self._time_remaining = time_remaining
+        self.initial_metadata: list[tuple] = []
+        self.statuses: list[grpc.Status] = []
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def time_remaining(self):
+        return self._time_remaining
+
+    async def send_initial_metadata(self, metadata):
+        self.initial_metadata.append(tuple(metadata))
+
+    async def abort_with_status(self, status):
+        self.statuses.append(status)
+        raise Aborted
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any upstream call fails the test (and would surface as INTERNAL)."""
+    calls = []
+
+    async def send(self, request, deadline):
+        calls.append(request)
+        raise AssertionError(f"unexpected upstream call to {request.url}")
+
+    monkeypatch.setattr(HttpExecutor, "send", send)
+    return calls
+
+
+async def call(request: pb.CancelBatchRequest, canceller: Canceller | None = None, **context_args):
+    canceller = canceller or Canceller(config())
+    context = FakeContext(**context_args)
+    try:
+        with pytest.raises(Aborted):
+            await BatchServicer(canceller).Cancel(request, context)
+    finally:
+        await canceller.close()
+    (status,) = context.statuses  # aborted exactly once
+    (metadata,) = context.initial_metadata  # error headers sent exactly once, before the abort
+    return status, dict(metadata)
+
+
+def unpack(trailing_metadata) -> tuple[status_pb2.Status, pb.ErrorDetail]:
+    (entry,) = [value for key, value in trailing_metadata if key == "grpc-status-details-bin"]
+    rich = status_pb2.Status.FromString(entry)
+    detail = pb.ErrorDetail()
+    assert rich.details[0].Unpack(detail)
+    return rich, detail
+
+
+CASES = [
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1"),
+        {"code": "invalid_request", "param": "provider", "provider": "",
+         "message": "provider query parameter is required"},
+        id="missing-provider",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1", provider="nosuch"),
+        {"code": "unknown_provider", "param": "provider", "provider": "", "message": "unknown provider: nosuch"},
+        id="unknown-provider",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1", provider="open ai/../x"),
+        {"code": "unknown_provider", "param": "provider", "provider": "", "message": "unknown provider: open ai/../x"},
+        id="malformed-provider",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1", provider="p" * 200),
+        {"code": "unknown_provider", "param": "provider", "provider": "", "message": "unknown provider: " + "p" * 64},
+        id="long-provider-truncated",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED.upper()),
+        {"code": "unsupported_operation", "param": None, "provider": UNSUPPORTED,
+         "message": f"batch cancel is not supported by provider: {UNSUPPORTED}"},
+        id="unsupported-provider",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="batch_1", provider="azure"),
+        {"code": "provider_not_configured", "param": None, "provider": "azure",
+         "message": "provider is not configured: azure"},
+        id="unconfigured-provider",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="../files/x", surface="openai"),
+        {"code": "invalid_request", "param": "batch_id", "provider": "openai",
+         "message": "batch_id contains characters that are not allowed in a batch id"},
+        id="bad-batch-id",
+    ),
+    pytest.param(
+        pb.CancelBatchRequest(batch_id="", provider="openai"),
+        {"code": "invalid_request", "param": "batch_id", "provider": "openai", "message": "batch_id is required"},
+        id="empty-batch-id",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_", "expected"), CASES)
+async def test_errors_before_any_upstream_call(request_, expected, no_network):
+    status, metadata = await call(request_)
+    assert no_network == []
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert status.details == expected["message"]
+    body = {
+        "is_bifrost_error": True,
+        "status_code": 400,
+        "error": {
+            "type": "invalid_request_error",
+            "code": expected["code"],
+            "message": expected["message"],
+            "param": expected["param"],
+        },
+        "extra_fields": {"provider": expected["provider"], "request_type": "batch_cancel"},
+    }
+    assert json.loads(metadata[ERROR_BODY_HEADER]) == body
+    assert metadata[ERROR_STATUS_HEADER] == "400"
+    assert set(metadata) == {ERROR_BODY_HEADER, ERROR_STATUS_HEADER}
+    rich, detail = unpack(status.trailing_metadata)
+    assert rich.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and rich.message == expected["message"]
+    assert (detail.error.code, detail.status_code, detail.is_bifrost_error) == (expected["code"], 400, True)
+    assert detail.error.HasField("param") is (expected["param"] is not None)
+    assert detail.extra_fields.provider == expected["provider"]
+
+
+async def test_no_batch_enabled_keys(no_network):
+    request = pb.CancelBatchRequest(batch_id="b", provider="openai")
+    status, metadata = await call(request, Canceller(config(batch=False)))
+    assert status.code is grpc.StatusCode.INVALID_ARGUMENT
+    body = json.loads(metadata[ERROR_BODY_HEADER])
+    assert body["error"]["code"] == "no_batch_keys"
+    assert body["error"]["message"] == "no batch-enabled keys found for provider: openai"
+    assert body["extra_fields"]["provider"] == "openai"
+    assert no_network == []
+
+
+async def test_error_body_is_ascii_for_non_ascii_provider(no_network):
+    status, metadata = await call(pb.CancelBatchRequest(batch_id="b", provider="öpenai"))
+    assert metadata[ERROR_BODY_HEADER].isascii()
+    assert json.loads(metadata[ERROR_BODY_HEADER])["error"]["message"] == "unknown provider: öpenai"
+
+
+async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
+    canceller = Canceller(config())
+
+    async def boom(command, time_remaining=None):
+        raise RuntimeError(f"connection string postgres://admin:{SECRET}@db/batch")
+
+    monkeypatch.setattr(canceller, "cancel", boom)
+    with caplog.at_level(logging.ERROR, logger="service.api"):
+        status, metadata = await call(pb.CancelBatchRequest(batch_id="b", provider="openai"), canceller)
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert status.details == "internal error"
+    assert metadata[ERROR_STATUS_HEADER] == "500"
+    body = json.loads(metadata[ERROR_BODY_HEADER])
+    assert body == {
+        "is_bifrost_error": True,
+        "status_code": 500,
+        "error": {"type": "internal_error", "code": "internal_error", "message": "internal error", "param": None},
+        "extra_fields": {"provider": "", "request_type": "batch_cancel"},
+    }
+    _, detail = unpack(status.trailing_metadata)
+    assert detail.error.message == "internal error" and detail.status_code == 500
+    everything_sent = repr((status.details, status.trailing_metadata, metadata))
+    for leaked in (SECRET, "RuntimeError", "postgres"):
+        assert leaked not in everything_sent
+    # ...but the operator sees it in the log, with the traceback.
+    (record,) = [r for r in caplog.records if r.name == "service.api"]
+    assert record.exc_info and record.exc_info[0] is RuntimeError
+
+
+async def test_success_passes_metadata_and_deadline_and_answers_the_proto():
+    canceller = Canceller(config())
+    seen = []
+
+    async def cancel(command, time_remaining=None):
+        seen.append((command, time_remaining))
+        batch = BatchState("batch_1", "cancelling", RequestCounts(total=3, completed=1, failed=0), 1738667012)
+        return CancelResult(batch, "openai", 17, {"id": "batch_1"})
+
+    canceller.cancel = cancel
+    context = FakeContext(metadata=(("x-bf-send-back-raw-response", "true"),), time_remaining=2.5)
+    request = pb.CancelBatchRequest(batch_id="batch_1", surface="openai")
+    response = await BatchServicer(canceller).Cancel(request, context)
+    await canceller.close()
+    assert context.statuses == [] and context.initial_metadata == []
+    ((command, time_remaining),) = seen
+    assert (command.batch_id, command.provider, command.raw_response_requested, time_remaining) == (
+        "batch_1",
+        "openai",
+        True,
+        2.5,
+    )
+    assert isinstance(response, pb.BatchCancelResponse)
+    assert (response.id, response.status, response.cancelling_at) == ("batch_1", "cancelling", 1738667012)
+    assert response.request_counts.total == 3 and not response.HasField("cancelled_at")
+    assert response.extra_fields.latency == 17 and response.extra_fields.provider == "openai"
+
+
+# --- grpc_testing -----------------------------------------------------------------------------------
+
+
+def test_descriptor_exposes_the_http_bindings():
+    assert (CANCEL.full_name, CANCEL.input_type.name, CANCEL.output_type.name) == (
+        "batchgate.v1.BatchService.Cancel",
+        "CancelBatchRequest",
+        "BatchCancelResponse",
+    )
+    rule = CANCEL.GetOptions().Extensions[annotations_pb2.http]
+    assert (rule.WhichOneof("pattern"), rule.post, rule.body) == ("post", "/v1/batches/{batch_id}/cancel", "")
+    bindings = [(b.WhichOneof("pattern"), b.post, b.body) for b in rule.additional_bindings]
+    assert bindings == [
+        ("post", "/{surface=openai}/v1/batches/{batch_id}/cancel", "*"),
+        ("post", "/{surface=openai}/batches/{batch_id}/cancel", "*"),
+    ]
+    # Every bound path variable is a field of the request message.
+    fields = set(CANCEL.input_type.fields_by_name)
+    assert {"batch_id", "surface"} <= fields
+
+
+class _Bridge:
+    """grpc.aio-style context over grpc_testing's synchronous one."""
+
+    def __init__(self, context):
+        self._context = context
+
+    def invocation_metadata(self):
+        return self._context.invocation_metadata()
+
+    def time_remaining(self):
+        return self._context.time_remaining()
+
+    async def send_initial_metadata(self, metadata):
+        self._context.send_initial_metadata(metadata)
+
+    async def abort_with_status(self, status):
+        self._context.set_code(status.code)
+        self._context.set_details(status.details)
+        self._context.set_trailing_metadata(status.trailing_metadata)
+        raise Aborted
+
+
+class SyncBatchServicer(pb_grpc.BatchServiceServicer):
+    """Runs the real async servicer on a private event loop in grpc_testing's handler thread."""
+
+    def __init__(self, config):
+        self._config = config
+
+    def Cancel(self, request, context):
+        async def run():
+            canceller = Canceller(self._config)
+            try:
+                return await BatchServicer(canceller).Cancel(request, _Bridge(context))
+            except Aborted:
+                return None
+            finally:
+                await canceller.close()
+
+        return asyncio.run(run())
+
+
+def _invoke(config, request, metadata=()):
+    servicers = {SERVICE: SyncBatchServicer(config)}
+    server = grpc_testing.server_from_dictionary(servicers, grpc_testing.strict_real_time())
+    return server.invoke_unary_unary(CANCEL, metadata, request, None)
+
+
+def test_grpc_testing_drives_an_error_end_to_end(no_network):
+    rpc = _invoke(config(), pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED))
+    initial = dict(rpc.initial_metadata())
+    response, trailing, code, details = rpc.termination()
+    assert response is None
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert details == f"batch cancel is not supported by provider: {UNSUPPORTED}"
+    assert initial[ERROR_STATUS_HEADER] == "400"
+    assert json.loads(initial[ERROR_BODY_HEADER])["error"]["code"] == "unsupported_operation"
+    rich, detail = unpack(trailing)
+    assert rich.code == code.value[0] and rich.message == details
+    assert detail.error.code == "unsupported_operation" and detail.extra_fields.provider == UNSUPPORTED
+
+
+async def test_grpc_testing_drives_a_cancel_against_the_sandbox(sandbox, sim):
+    batch_id = f"batch_unit_{uuid.uuid4().hex[:12]}"
+    sim.seed("openai", batch_id, request_counts={"total": 7, "completed": 3, "failed": 1})
+    metadata = (("x-request-id", "unit-1"),)
+    request = pb.CancelBatchRequest(batch_id=batch_id, surface="openai")
+    rpc = _invoke(parse_config(config_dict(sandbox.url), env={}), request, metadata)
+    # The sandbox runs on this loop: wait for the handler thread without blocking it.
+    response, trailing, code, details = await asyncio.to_thread(rpc.termination)
+    assert code is grpc.StatusCode.OK, details
+    assert (response.id, response.object, response.status) == (batch_id, "batch", "cancelling")
+    rc = response.request_counts
+    assert (rc.total, rc.completed, rc.failed) == (7, 3, 1) and not rc.HasField("pending")
+    assert response.HasField("cancelling_at") and not response.HasField("cancelled_at")
+    assert response.extra_fields.provider == "openai" and response.extra_fields.request_type == "batch_cancel"
+    assert not response.extra_fields.HasField("raw_response")  # not enabled in this config
+    (upstream,) = sim.calls("openai")
+    assert upstream["method"] == "POST" and upstream["path"] == f"/openai/v1/batches/{batch_id}/cancel"
+    assert upstream["headers"]["Authorization"] == f"Bearer {OPENAI_KEYS[0]}"
