@@ -15,8 +15,9 @@ from grpc_status import rpc_status
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.cancel import Canceller
-from service.errors import REQUEST_TYPE, GatewayError
+from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest
 from service.model import CancelCommand, CancelResult
+from service.routes import ORIGINAL_PATH_HEADER, RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,23 @@ RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 SURFACE_DEFAULT_PROVIDER = {"openai": "openai"}
 
 
+CANCEL_ROUTES = RouteTable(pb.DESCRIPTOR.services_by_name["BatchService"].methods_by_name["Cancel"])
+
+
 def command_from_proto(request: pb.CancelBatchRequest, metadata: Any) -> CancelCommand:
     headers = {key: value for key, value in metadata or () if not key.endswith("-bin")}
-    provider = request.provider.strip().lower() or SURFACE_DEFAULT_PROVIDER.get(request.surface, "")
+    batch_id, surface = request.batch_id, request.surface
+    original_path = headers.get(ORIGINAL_PATH_HEADER)
+    if original_path is not None:
+        # A REST call: only the path may set the batch id and the surface (see service.routes).
+        route = CANCEL_ROUTES.path_values(original_path)
+        if route is not None:
+            if route["batch_id"] != batch_id:
+                raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
+            surface = route["surface"]
+    provider = request.provider.strip().lower() or SURFACE_DEFAULT_PROVIDER.get(surface, "")
     return CancelCommand(
-        batch_id=request.batch_id,
+        batch_id=batch_id,
         provider=provider,
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
         headers=headers,

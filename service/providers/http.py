@@ -54,6 +54,8 @@ class HttpExecutor:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"User-Agent": USER_AGENT},
+                # No invented Content-Type on body-less calls; adapters that send a body set theirs.
+                skip_auto_headers=("Content-Type",),
                 auto_decompress=True,
                 raise_for_status=False,
             )

@@ -119,7 +119,7 @@ async def test_unknown_batch_is_not_found(service, sim):
     [
         ("", "invalid_request", "provider query parameter is required"),
         ("nosuchprovider", "unknown_provider", "unknown provider: nosuchprovider"),
-        ("cohere", "unsupported_operation", "batch cancel is not supported by provider: cohere"),
+        ("ollama", "unsupported_operation", "batch cancel is not supported by provider: ollama"),
     ],
 )
 async def test_bad_provider_is_invalid_argument_before_any_upstream_call(service, sim, provider, code, message):

@@ -1,0 +1,58 @@
+"""The REST routes of each RPC, read from the `google.api.http` annotations in the proto, so the
+service can check what Envoy's transcoder did.
+
+The transcoder lets a query parameter or a body field overwrite a path variable
+(`/v1/batches/A/cancel?batch_id=B` arrives with batch_id "B"), and lets a caller set fields that only
+routes should set (`?surface=openai`). Envoy passes the original path in `x-envoy-original-path`; the
+service matches it against these templates and trusts only the path's values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+from urllib.parse import unquote
+
+from google.api import annotations_pb2
+from google.protobuf.descriptor import MethodDescriptor
+
+ORIGINAL_PATH_HEADER = "x-envoy-original-path"
+_VARIABLE = re.compile(r"\{(\w+)(?:=([^}]*))?\}")
+
+
+def _bindings(method: MethodDescriptor) -> Iterator[str]:
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    for binding in (rule, *rule.additional_bindings):
+        pattern = getattr(binding, binding.WhichOneof("pattern"))
+        if pattern:
+            yield pattern
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    """`/{surface=openai}/v1/batches/{batch_id}/cancel` -> a regex over the raw (still
+    percent-encoded) path with one named group per variable."""
+    parts, last = [], 0
+    for match in _VARIABLE.finditer(template):
+        parts.append(re.escape(template[last : match.start()]))
+        name, literal = match.groups()
+        parts.append(f"(?P<{name}>{re.escape(literal) if literal else '[^/]+'})")
+        last = match.end()
+    parts.append(re.escape(template[last:]))
+    return re.compile("^" + "".join(parts) + r"(?:\?.*)?$")
+
+
+class RouteTable:
+    def __init__(self, method: MethodDescriptor) -> None:
+        self._patterns = [_compile(template) for template in _bindings(method)]
+        self.variables = frozenset(name for p in self._patterns for name in p.groupindex)
+
+    def path_values(self, original_path: str) -> dict[str, str] | None:
+        """The path variables of the route the request came through (decoded; variables the
+        route does not have are ""), or None when no route matches."""
+        for pattern in self._patterns:
+            match = pattern.match(original_path)
+            if match:
+                values = dict.fromkeys(self.variables, "")
+                values.update((name, unquote(value)) for name, value in match.groupdict().items())
+                return values
+        return None

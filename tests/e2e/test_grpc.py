@@ -1,0 +1,163 @@
+"""Native gRPC: through Envoy on the REST port (passthrough) and directly on the service port."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from gateway.stack import Stack
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from tests.e2e.conftest import Gateway, SimAdmin, new_id
+
+SERVICE = "batchgate.v1.BatchService"
+
+
+@pytest.fixture(scope="module", params=["envoy", "direct"])
+def channel(request: pytest.FixtureRequest, stack: Stack) -> Iterator[grpc.Channel]:
+    port = stack.http_port if request.param == "envoy" else stack.grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+        yield chan
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.BatchServiceStub:
+    return pb_grpc.BatchServiceStub(channel)
+
+
+def test_cancel_success_fields(stub: pb_grpc.BatchServiceStub, sim: SimAdmin, t0: float) -> None:
+    batch_id = sim.seed("openai", request_counts={"total": 30, "completed": 20, "failed": 3})
+
+    resp = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), timeout=10)
+
+    assert (resp.id, resp.object, resp.status) == (batch_id, "batch", "cancelling")
+    counts = resp.request_counts
+    assert all(counts.HasField(name) for name in ("total", "completed", "failed"))
+    assert (counts.total, counts.completed, counts.failed) == (30, 20, 3)
+    assert not any(counts.HasField(name) for name in ("succeeded", "expired", "canceled", "pending"))
+    assert resp.HasField("cancelling_at")
+    assert resp.cancelling_at == sim.batch("openai", batch_id)["cancelling_at"]
+    assert not resp.HasField("cancelled_at")
+    extra = resp.extra_fields
+    assert (extra.request_type, extra.provider, extra.chunk_index) == ("batch_cancel", "openai", 0)
+    assert not extra.HasField("raw_response")
+    calls = sim.calls(since=t0)
+    assert [(c["provider"], c["path"]) for c in calls] == [("openai", f"/openai/v1/batches/{batch_id}/cancel")]
+
+
+def test_cancel_on_azure(stub: pb_grpc.BatchServiceStub, sim: SimAdmin, t0: float) -> None:
+    batch_id = sim.seed("azure")
+
+    resp = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="azure"), timeout=10)
+
+    assert (resp.id, resp.status, resp.extra_fields.provider) == (batch_id, "cancelling", "azure")
+    assert [c["path"] for c in sim.calls(since=t0)] == [f"/azure/openai/batches/{batch_id}/cancel"]
+
+
+def test_raw_response_via_metadata(stub: pb_grpc.BatchServiceStub, sim: SimAdmin) -> None:
+    batch_id = sim.seed("openai")
+
+    resp = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"),
+                       metadata=(("x-bf-send-back-raw-response", "true"),), timeout=10)
+
+    assert resp.extra_fields.HasField("raw_response")
+    assert json_format.MessageToDict(resp.extra_fields.raw_response) == sim.batch("openai", batch_id)
+
+
+ERROR_CASES = {
+    # case: (status to seed the batch with, or None; id prefix; provider; gRPC code)
+    "finished batch": ("completed", "batch_e2e", "openai", grpc.StatusCode.FAILED_PRECONDITION),
+    "unknown batch": (None, "missing", "openai", grpc.StatusCode.NOT_FOUND),
+    "missing provider": ("in_progress", "batch_e2e", "", grpc.StatusCode.INVALID_ARGUMENT),
+    "unknown provider": (None, "batch_e2e", "nope", grpc.StatusCode.INVALID_ARGUMENT),
+    "unsupported provider": (None, "batch_e2e", "ollama", grpc.StatusCode.INVALID_ARGUMENT),
+    "bad id": (None, "a/b", "openai", grpc.StatusCode.INVALID_ARGUMENT),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_carry_canonical_code_and_typed_detail_matching_rest(
+    stub: pb_grpc.BatchServiceStub, gw: Gateway, sim: SimAdmin, case: str
+) -> None:
+    seed_status, prefix, provider, code = ERROR_CASES[case]
+    batch_id = new_id(prefix)
+    if seed_status is not None:
+        sim.seed("openai", batch_id, status=seed_status)
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider=provider), timeout=10)
+    err = info.value
+
+    assert err.code() == code
+    status = rpc_status.from_call(err)
+    assert status is not None and status.code == code.value[0]
+    assert len(status.details) == 1
+    detail = pb.ErrorDetail()
+    assert status.details[0].Unpack(detail)
+
+    # The REST edge answers the same call with the same fields.
+    query = f"?provider={provider}" if provider else ""
+    segment = batch_id.replace("/", "%2F")
+    rest = gw.post(f"/v1/batches/{segment}/cancel{query}")
+    body = rest.json()
+    assert rest.status_code == body["status_code"] == detail.status_code
+    assert err.details() == status.message == body["error"]["message"] == detail.error.message
+    assert detail.is_bifrost_error == body["is_bifrost_error"]
+    assert detail.error.type == body["error"]["type"]
+    assert (detail.error.code if detail.error.HasField("code") else None) == body["error"]["code"]
+    assert (detail.error.param if detail.error.HasField("param") else None) == body["error"]["param"]
+    assert detail.extra_fields.provider == body["extra_fields"]["provider"]
+    assert detail.extra_fields.request_type == body["extra_fields"]["request_type"] == "batch_cancel"
+
+
+def test_finished_batch_detail_is_the_providers_409(stub: pb_grpc.BatchServiceStub, sim: SimAdmin) -> None:
+    batch_id = sim.seed("openai", status="completed")
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), timeout=10)
+
+    detail = pb.ErrorDetail()
+    rpc_status.from_call(info.value).details[0].Unpack(detail)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert detail.status_code == 409
+    assert detail.is_bifrost_error is False
+    assert detail.error.message == "Cannot cancel a batch with status 'completed'."
+    assert detail.error.type == "invalid_request_error"
+    assert detail.extra_fields.provider == "openai"
+
+
+def test_rate_limit_is_resource_exhausted(stub: pb_grpc.BatchServiceStub, faults: SimAdmin) -> None:
+    batch_id = faults.seed("openai")
+    faults.add_faults("openai", {"status": 429, "retry_after": 0, "count": 3})
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), timeout=10)
+
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    detail = pb.ErrorDetail()
+    rpc_status.from_call(info.value).details[0].Unpack(detail)
+    assert (detail.status_code, detail.error.code) == (429, "rate_limit_exceeded")
+
+
+@pytest.mark.parametrize("service", ["", SERVICE])
+def test_health_check_serving(channel: grpc.Channel, service: str) -> None:
+    resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+
+    (answer,) = list(stub.ServerReflectionInfo(requests, timeout=5))
+
+    names = {service.name for service in answer.list_services_response.service}
+    assert SERVICE in names
+    assert "grpc.health.v1.Health" in names

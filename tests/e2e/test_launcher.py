@@ -1,0 +1,182 @@
+"""`python -m gateway.run`, what `make run` starts, run as users run it: a foreground process that
+prints a working curl line and stops everything it started on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.render import ROOT
+from gateway.stack import free_port
+
+CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
+
+
+def launcher_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    env.update(HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), **extra)
+    return env
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """Direct children of `pid` (from /proc) with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def read_until_curl_line(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[str, list[str]]:
+    """Reads the launcher's stdout (raw fd, so select() sees everything) up to the curl line."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buffer = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buffer += chunk
+        lines = buffer.decode(errors="replace").split("\n")
+        for line in lines[:-1]:  # complete lines only
+            match = CURL_LINE.match(line)
+            if match:
+                return match.group(1), lines[:-1]
+    raise AssertionError(f"no `try: curl ...` line; exit={proc.poll()} stdout={buffer!r}")
+
+
+def run_printed_curl(command: str) -> tuple[int, str]:
+    """Runs the printed command as is (curl prints the body; we also ask for the status code)."""
+    args = shlex.split(command)
+    assert args[0] == "curl"
+    if shutil.which("curl"):
+        out = subprocess.run([*args, "--silent", "--show-error", "--max-time", "10", "--write-out", "\n%{http_code}"],
+                             capture_output=True, text=True, timeout=15)
+        assert out.returncode == 0, out.stderr
+        body, _, code = out.stdout.rpartition("\n")
+        return int(code), body
+    # No curl binary: send the same request (POST, no body) with requests.
+    assert args[1:3] == ["-X", "POST"] and len(args) == 4
+    resp = requests.post(args[3], timeout=10)
+    return resp.status_code, resp.text
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "ctrl-c"])
+def test_sandbox_mode_prints_a_working_curl_line_and_stops_cleanly(tmp_path: Path, how: str) -> None:
+    """SIGTERM/SIGINT to the launcher alone, and Ctrl-C in a terminal (SIGINT to the whole group)."""
+    env = launcher_env()
+    ports = [int(env["HTTP_PORT"]), int(env["GRPC_PORT"]), int(env["ADMIN_PORT"])]
+    stderr_path = tmp_path / "stderr.log"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=stderr, bufsize=0, start_new_session=True)
+    try:
+        command, _ = read_until_curl_line(proc)
+        assert f"http://127.0.0.1:{env['HTTP_PORT']}/" in command
+        kids = children_of(proc.pid)
+        roles = sorted(
+            "sandbox" if " -m sandbox" in cmd else "service" if " -m service" in cmd else "envoy" if "envoy -c" in cmd
+            else cmd
+            for cmd in kids.values()
+        )
+        assert roles == ["envoy", "sandbox", "service"], kids
+
+        status, body = run_printed_curl(command)
+
+        assert status == 200, body
+        answer = json.loads(body)
+        assert answer["object"] == "batch" and answer["status"] == "cancelling"
+        assert answer["extra_fields"]["provider"] == "openai"
+
+        started = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    left = {pid: cmd for pid, cmd in kids.items() if alive(pid)}
+    assert left == {}, f"orphans after shutdown: {left}"
+    assert [p for p in ports if port_open(p)] == []
+    assert "Traceback" not in stderr_path.read_text()
+
+
+BROKEN_CONFIGS = {
+    "missing env var": (
+        {"providers": {"openai": {"keys": [{"value": "env.NOPE_MISSING"}]}}},
+        "providers.openai.keys[0].value: environment variable NOPE_MISSING is not set",
+    ),
+    "unknown provider": (
+        {"providers": {"openai": {"keys": []}, "nope": {}}},
+        "providers.nope: unknown provider",
+    ),
+    "wrong type": (
+        {"providers": {"openai": {"keys": [{"value": "k", "use_for_batch_api": "yes"}]}}},
+        "providers.openai.keys[0].use_for_batch_api: expected bool, got str",
+    ),
+    "not json": ("{not json", "{path}: not valid JSON (line 1 column 2:"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_broken_config_fails_with_one_clear_line(tmp_path: Path, case: str) -> None:
+    config, expected = BROKEN_CONFIGS[case]
+    path = tmp_path / "config.json"
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    env = launcher_env(CONFIG=str(path))
+    ports = [int(env["HTTP_PORT"]), int(env["GRPC_PORT"]), int(env["ADMIN_PORT"])]
+    env.pop("NOPE_MISSING", None)
+
+    done = subprocess.run([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=30)
+
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert f"batchgate: config error: {expected.format(path=path)}" in done.stderr, output
+    assert "Traceback" not in output
+    assert "batchgate is up" not in done.stdout
+    assert [p for p in ports if port_open(p)] == []
