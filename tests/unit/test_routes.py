@@ -1,0 +1,51 @@
+"""The REST route table is read from the proto's google.api.http annotations."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.api import CANCEL_ROUTES, command_from_proto
+from service.errors import InvalidRequest
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+
+
+@pytest.mark.parametrize(
+    ("path", "batch_id", "surface"),
+    [
+        ("/v1/batches/batch_1/cancel", "batch_1", ""),
+        ("/v1/batches/batch_1/cancel?provider=openai", "batch_1", ""),
+        ("/openai/v1/batches/b%3A1/cancel", "b:1", "openai"),
+        ("/openai/batches/batches%2Fx/cancel?provider=gemini", "batches/x", "openai"),
+    ],
+)
+def test_original_path_gives_the_path_variables(path, batch_id, surface):
+    assert CANCEL_ROUTES.path_values(path) == {"batch_id": batch_id, "surface": surface}
+
+
+@pytest.mark.parametrize("path", ["/v1/batches/a/b/cancel", "/other/v1/batches/x/cancel", "/v1/batches//cancel"])
+def test_paths_of_no_route_do_not_match(path):
+    assert CANCEL_ROUTES.path_values(path) is None
+
+
+def test_surface_from_the_query_is_ignored_on_the_native_route():
+    request = pb.CancelBatchRequest(batch_id="b", surface="openai")
+    command = command_from_proto(request, [("x-envoy-original-path", "/v1/batches/b/cancel?surface=openai")])
+    assert command.provider == ""
+
+
+def test_surface_from_the_path_wins_over_the_body():
+    request = pb.CancelBatchRequest(batch_id="b", surface="zzz")
+    command = command_from_proto(request, [("x-envoy-original-path", "/openai/v1/batches/b/cancel")])
+    assert command.provider == "openai"
+
+
+def test_batch_id_that_differs_from_the_path_is_refused():
+    request = pb.CancelBatchRequest(batch_id="other", provider="openai")
+    with pytest.raises(InvalidRequest) as info:
+        command_from_proto(request, [("x-envoy-original-path", "/v1/batches/mine/cancel?batch_id=other")])
+    assert info.value.param == "batch_id"
+
+
+def test_direct_grpc_calls_use_the_request_fields():
+    command = command_from_proto(pb.CancelBatchRequest(batch_id="b", surface="openai"), [])
+    assert (command.batch_id, command.provider) == ("b", "openai")
