@@ -12,13 +12,26 @@ from typing import Iterable, Mapping
 from aiohttp import web
 
 from sandbox.admin import AdminAPI
+from sandbox.anthropic import AnthropicSim
+from sandbox.bedrock import BedrockSim
+from sandbox.cohere import CohereSim
+from sandbox.fireworks import FireworksSim
+from sandbox.groq import GroqSim
+from sandbox.mistral import MistralSim
+from sandbox.together import TogetherSim
+from sandbox.xai import XAISim
 from sandbox.core import SIMULATOR_KEY, ProviderSim, Simulator
+from sandbox.google import GeminiSim, VertexSim
 from sandbox.openai import AzureSim, OpenAISim
 
 # Every simulated provider. A new provider is one module plus one line here.
 SIMULATORS: tuple[type[ProviderSim], ...] = (
     OpenAISim,
     AzureSim,
+    AnthropicSim,
+    BedrockSim,
+    GeminiSim, VertexSim,
+    MistralSim, GroqSim, TogetherSim, FireworksSim, XAISim, CohereSim,
 )
 # (provider simulator, URL prefix), kept for callers that mount them elsewhere.
 PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = tuple((sim, sim.prefix) for sim in SIMULATORS)

@@ -11,7 +11,7 @@ from typing import Any
 
 from service.auth import Authenticator, Caller
 from service.config import Config, Key
-from service.errors import GatewayError, InvalidRequest, ProviderError, UnsupportedOperation
+from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation
 from service.model import BatchState, CancelCommand, CancelResult
 from service.providers.base import Adapter, decode_json
 from service.providers.http import HttpExecutor
@@ -71,9 +71,16 @@ class Canceller:
             timeout = min(timeout, time_remaining)
         deadline = asyncio.get_running_loop().time() + timeout
         started = perf_counter()
-        error: ProviderError | None = None
+        error: GatewayError | None = None
         for key in keys:
-            response = await executor.send(await adapter.prepare(key, adapter.cancel_request(key, ref)), deadline)
+            try:
+                request = await adapter.prepare(key, adapter.cancel_request(key, ref))
+            except (DeadlineExceeded, InvalidRequest):
+                raise
+            except GatewayError as err:  # this key's credentials could not be used (token mint failed)
+                error = err
+                continue
+            response = await executor.send(request, deadline)
             if response.status < 300:
                 batch, raw, warning = await self._read_state(adapter, executor, key, ref, command, response, deadline)
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
@@ -81,8 +88,8 @@ class Canceller:
                     raw = None
                 return CancelResult(batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning)
             error = adapter.parse_error(response)
-            if response.status in FINAL_STATUSES:
-                break
+            if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
+                break  # about the batch, not the key (Gemini says a bad key with a 400)
         assert error is not None
         raise error
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from service.providers.anthropic import AnthropicAdapter
 from service.providers.base import Adapter
+from service.providers.bedrock import BedrockAdapter
+from service.providers.cohere import CohereAdapter
+from service.providers.fireworks import FireworksAdapter
+from service.providers.groq import GroqAdapter
+from service.providers.mistral import MistralAdapter
+from service.providers.together import TogetherAdapter
+from service.providers.xai import XAIAdapter
+from service.providers.google import GeminiAdapter, VertexAdapter
 from service.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 
 # Providers that can cancel a batch through batchgate.
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.name: cls
-    for cls in (OpenAIAdapter, AzureOpenAIAdapter)
+    for cls in (OpenAIAdapter, AzureOpenAIAdapter, AnthropicAdapter, BedrockAdapter, GeminiAdapter, VertexAdapter,
+                MistralAdapter, GroqAdapter, TogetherAdapter, FireworksAdapter, XAIAdapter, CohereAdapter)
 }
 
 # Providers batchgate knows (a config may name them) but cannot cancel batches on:

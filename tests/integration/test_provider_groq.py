@@ -1,0 +1,118 @@
+"""Groq over real gRPC (grpc.aio on loopback) against the Groq simulator over real HTTP: OpenAI's
+batch API under `/openai/v1`, answered with the Batch itself."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from sandbox.groq import GroqSim
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from tests.support import running_service
+
+KEY = GroqSim.default_key
+
+
+def new_id() -> str:
+    return f"batch_01{uuid.uuid4().hex[:24]}"
+
+
+def config(sandbox, *keys: str) -> dict:
+    block = GroqSim.gateway_config(f"{sandbox.url}{GroqSim.prefix}", KEY)
+    block["network_config"]["max_retries"] = 0
+    if keys:
+        block["keys"] = [{"name": f"k{i}", "value": k, "use_for_batch_api": True} for i, k in enumerate(keys)]
+    return {"providers": {"groq": block}}
+
+
+def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin on the error"
+    detail = pb.ErrorDetail()
+    assert status.details[0].Unpack(detail)
+    return detail
+
+
+async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
+    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="groq"), metadata=metadata)
+
+
+async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cancel(stub, batch_id)
+    return info.value, error_detail(info.value)
+
+
+@pytest.fixture
+async def service(sandbox, sim):
+    async with running_service(config(sandbox)) as (_, stub):
+        yield stub
+
+
+async def test_cancel_reports_cancelling_with_counts_and_time(service, sim):
+    batch = sim.seed("groq", new_id(), request_counts={"total": 30, "completed": 12, "failed": 2})
+    response = await cancel(service, batch.id)
+    state = sim.batch("groq", batch.id)
+    assert (response.id, response.status) == (batch.id, "cancelling")
+    counts = response.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (30, 12, 2)
+    assert response.cancelling_at == state.cancelling_at and not response.HasField("cancelled_at")
+    assert response.extra_fields.provider == "groq"
+
+
+async def test_cancel_goes_to_the_openai_path_with_the_configured_key(service, sim):
+    batch = sim.seed("groq", new_id())
+    await cancel(service, batch.id, metadata=(("authorization", "Bearer caller-secret"),))
+    (call,) = sim.calls("groq")
+    assert (call["method"], call["path"]) == ("POST", f"/groq/openai/v1/batches/{batch.id}/cancel")
+    assert call["headers"]["Authorization"] == f"Bearer {KEY}" and "caller-secret" not in str(call["headers"])
+
+
+async def test_second_cancel_of_a_cancelling_batch_answers_its_state(service, sim):
+    started = int(time.time()) - 60
+    batch = sim.seed("groq", new_id(), status="cancelling", cancelling_at=started, cancel_delay_s=3600)
+    response = await cancel(service, batch.id)
+    assert (response.status, response.cancelling_at) == ("cancelling", started)
+
+
+async def test_finished_batch_keeps_the_409_conflict(service, sim):
+    batch = sim.seed("groq", new_id(), status="completed")
+    err, detail = await cancel_error(service, batch.id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (detail.status_code, detail.error.message, detail.error.type) == (
+        409, "Cannot cancel a batch with status 'completed'.", "invalid_request_error",
+    )  # fmt: skip
+
+
+async def test_unknown_batch_is_not_found(service, sim):
+    err, detail = await cancel_error(service, new_id())
+    assert (err.code(), detail.status_code) == (grpc.StatusCode.NOT_FOUND, 404)
+
+
+async def test_bad_credentials_then_a_good_key(sandbox, sim):
+    batch = sim.seed("groq", new_id())
+    async with running_service(config(sandbox, "gsk_revoked_000000000000")) as (_, stub):
+        err, detail = await cancel_error(stub, batch.id)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (detail.status_code, detail.error.message, detail.error.code) == (401, "Invalid API Key", "invalid_api_key")
+    async with running_service(config(sandbox, "gsk_revoked_000000000000", KEY)) as (_, stub):
+        assert (await cancel(stub, batch.id)).status == "cancelling"
+
+
+async def test_rate_limit_keeps_429(service, sim):
+    sim.add_fault("groq", {"status": 429})
+    err, detail = await cancel_error(service, new_id())
+    assert (err.code(), detail.status_code, detail.error.code) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_exceeded",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a?b"])
+async def test_ids_with_a_slash_or_path_tricks_never_reach_groq(service, sim, batch_id):
+    err, detail = await cancel_error(service, batch_id)
+    assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
+    assert sim.calls("groq") == []

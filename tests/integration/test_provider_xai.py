@@ -1,0 +1,139 @@
+"""xAI over real gRPC (grpc.aio on loopback) against the xAI simulator over real HTTP. The cancel
+answers the Batch itself; its status is derived from the request tallies and `cancel_time`."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from grpc_status import rpc_status
+
+from sandbox.xai import XAISim
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from tests.support import running_service
+
+KEY = XAISim.default_key
+
+
+def new_id() -> str:
+    return f"batch_{uuid.uuid4()}"
+
+
+def config(sandbox, *keys: str) -> dict:
+    block = XAISim.gateway_config(f"{sandbox.url}{XAISim.prefix}", KEY)
+    block["network_config"]["max_retries"] = 0
+    if keys:
+        block["keys"] = [{"name": f"k{i}", "value": k, "use_for_batch_api": True} for i, k in enumerate(keys)]
+    return {"providers": {"xai": block}}
+
+
+def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin on the error"
+    detail = pb.ErrorDetail()
+    assert status.details[0].Unpack(detail)
+    return detail
+
+
+async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
+    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="xai"), metadata=metadata)
+
+
+async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cancel(stub, batch_id)
+    return info.value, error_detail(info.value)
+
+
+def counts_of(response: pb.BatchCancelResponse) -> tuple:
+    c = response.request_counts
+    return c.total, c.completed, c.failed, c.succeeded, c.canceled, c.pending
+
+
+@pytest.fixture
+async def service(sandbox, sim):
+    async with running_service(config(sandbox)) as (_, stub):
+        yield stub
+
+
+async def test_cancel_with_pending_requests_is_cancelling_with_all_tallies(service, sim):
+    batch = sim.seed("xai", new_id(), request_counts={"total": 100, "completed": 70, "failed": 5}, cancel_delay_s=3600)
+    response = await cancel(service, batch.id)
+    state = sim.batch("xai", batch.id)
+    assert (response.id, response.status) == (batch.id, "cancelling")
+    assert counts_of(response) == (100, 70, 5, 70, 0, 25)
+    assert response.cancelling_at == state.cancelling_at and not response.HasField("cancelled_at")
+
+
+async def test_cancel_that_takes_effect_at_once_is_cancelled(service, sim, monkeypatch):
+    monkeypatch.setattr(XAISim, "cancel_immediately", True)
+    batch = sim.seed("xai", new_id(), request_counts={"total": 10, "completed": 4, "failed": 1})
+    response = await cancel(service, batch.id)
+    state = sim.batch("xai", batch.id)
+    assert response.status == "cancelled" and counts_of(response) == (10, 4, 1, 4, 5, 0)
+    assert response.cancelling_at == response.cancelled_at == state.cancelling_at
+
+
+async def test_cancel_uses_the_colon_method_with_the_configured_key(service, sim):
+    batch = sim.seed("xai", new_id())
+    await cancel(service, batch.id, metadata=(("authorization", "Bearer caller-secret"),))
+    (call,) = sim.calls("xai")
+    assert (call["method"], call["path"]) == ("POST", f"/xai/v1/batches/{batch.id}:cancel")
+    assert call["headers"]["Authorization"] == f"Bearer {KEY}" and "caller-secret" not in str(call["headers"])
+
+
+async def test_finished_batch_is_a_conflict(service, sim):
+    batch = sim.seed("xai", new_id(), status="completed")
+    err, detail = await cancel_error(service, batch.id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (detail.status_code, detail.error.message) == (409, f"Batch {batch.id} has already finished")
+    assert detail.error.code == "The system is not in a state required for the operation's execution"
+
+
+async def test_finished_batch_answered_unchanged_reads_completed(service, sim, monkeypatch):
+    monkeypatch.setattr(XAISim, "reject_finished_cancel", False)
+    batch = sim.seed("xai", new_id(), status="completed", request_counts={"total": 8, "completed": 6, "failed": 2})
+    response = await cancel(service, batch.id)
+    assert (response.status, counts_of(response)) == ("completed", (8, 6, 2, 6, 0, 0))
+    assert not response.HasField("cancelling_at")
+
+
+async def test_unknown_batch_is_not_found(service, sim):
+    batch_id = new_id()
+    err, detail = await cancel_error(service, batch_id)
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert (detail.status_code, detail.error.message) == (404, f"Batch {batch_id} not found")
+
+
+async def test_incorrect_key_is_unauthenticated(sandbox, sim):
+    async with running_service(config(sandbox, "xai-revoked-key-0000")) as (_, stub):
+        err, detail = await cancel_error(stub, new_id())
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert detail.status_code == 401
+    assert detail.error.message.startswith("Incorrect API key provided: xa***00.")
+    assert "xai-revoked-key-0000" not in str(detail)
+
+
+async def test_after_an_incorrect_key_the_next_key_is_tried(sandbox, sim):
+    batch = sim.seed("xai", new_id())
+    async with running_service(config(sandbox, "xai-revoked-key-0000", KEY)) as (_, stub):
+        assert (await cancel(stub, batch.id)).status == "cancelling"
+    assert [c["headers"]["Authorization"] for c in sim.calls("xai")] == [
+        "Bearer xai-revoked-key-0000", f"Bearer {KEY}",
+    ]  # fmt: skip
+
+
+async def test_rate_limit_keeps_429(service, sim):
+    sim.add_fault("xai", {"status": 429})
+    err, detail = await cancel_error(service, new_id())
+    assert (err.code(), detail.status_code, detail.error.code) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "Some resource has been exhausted",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a?b"])
+async def test_ids_with_a_slash_or_path_tricks_never_reach_xai(service, sim, batch_id):
+    err, detail = await cancel_error(service, batch_id)
+    assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
+    assert sim.calls("xai") == []
