@@ -8,13 +8,22 @@ import logging
 from typing import Any, Awaitable, Callable
 
 import grpc
-from google.protobuf import any_pb2, json_format, struct_pb2
+from google.protobuf import any_pb2, empty_pb2, json_format
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.cancel import Canceller
+from service.compat import (
+    SURFACE_DEFAULT_PROVIDER,
+    RenderedError,
+    anthropic_error,
+    bedrock_error,
+    bifrost_error,
+    google_error,
+    to_anthropic,
+)
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest
 from service.model import CancelCommand, CancelResult
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
@@ -26,28 +35,33 @@ ERROR_BODY_HEADER = "x-bf-error-body"
 ERROR_STATUS_HEADER = "x-bf-status"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 
-# Which provider a compatible API surface defaults to when the caller names none.
-SURFACE_DEFAULT_PROVIDER = {"openai": "openai"}
+MODEL_PROVIDER_HEADER = "x-model-provider"
+
+_METHODS = pb.DESCRIPTOR.services_by_name["BatchService"].methods_by_name
+ROUTES = {name: RouteTable(method) for name, method in _METHODS.items()}
 
 
-CANCEL_ROUTES = RouteTable(pb.DESCRIPTOR.services_by_name["BatchService"].methods_by_name["Cancel"])
-
-
-def command_from_proto(request: pb.CancelBatchRequest, metadata: Any) -> CancelCommand:
+def command_from_proto(
+    request: pb.CancelBatchRequest, metadata: Any, method: str = "Cancel", surface: str | None = None
+) -> CancelCommand:
+    """The domain command for one call of `method`. `surface` is fixed by the drop-in RPCs; for
+    `Cancel` it comes from the route (REST) or the request (gRPC)."""
     headers = {key: value for key, value in metadata or () if not key.endswith("-bin")}
-    batch_id, surface = request.batch_id, request.surface
+    batch_id = request.batch_id
+    if surface is None:
+        surface = request.surface
     original_path = headers.get(ORIGINAL_PATH_HEADER)
     if original_path is not None:
         # A REST call: only the path may set the batch id and the surface (see service.routes).
-        route = CANCEL_ROUTES.path_values(original_path)
+        route = ROUTES[method].path_values(original_path)
         if route is not None:
             if route["batch_id"] != batch_id:
                 raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
             surface = route["surface"]
-    provider = request.provider.strip().lower() or SURFACE_DEFAULT_PROVIDER.get(surface, "")
+    provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
     return CancelCommand(
         batch_id=batch_id,
-        provider=provider,
+        provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
         headers=headers,
     )
@@ -99,37 +113,61 @@ def error_to_status(error: GatewayError) -> status_pb2.Status:
     return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
 
 
-def maps_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Turns a raised GatewayError into its gRPC status (typed ErrorDetail attached) plus the
-    rendered REST body for the edge; anything unexpected becomes INTERNAL with details hidden."""
+def maps_errors(render: Callable[[GatewayError], RenderedError] = bifrost_error):
+    """Decorates a servicer method: a raised GatewayError becomes its gRPC status (typed
+    ErrorDetail attached) plus, for the REST edge, the error rendered in the route's own shape;
+    anything unexpected becomes INTERNAL with details hidden."""
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except GatewayError as error:
-            failure = error
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            failure = GatewayError("internal error")
-        await context.send_initial_metadata(
-            (
-                *failure.headers.items(),
-                (ERROR_BODY_HEADER, failure.to_json()),
-                (ERROR_STATUS_HEADER, str(failure.status_code)),
+    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(self, request, context)
+            except GatewayError as error:
+                failure = error
+            except Exception:
+                log.exception("unexpected error in %s", method.__name__)
+                failure = GatewayError("internal error")
+            rest = render(failure)
+            await context.send_initial_metadata(
+                (
+                    *failure.headers.items(),
+                    *rest.headers,
+                    (ERROR_BODY_HEADER, rest.body),
+                    (ERROR_STATUS_HEADER, str(rest.status)),
+                )
             )
-        )
-        await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+            await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
+    """Four thin methods: convert in, run the use case, convert out."""
+
     def __init__(self, canceller: Canceller) -> None:
         self._canceller = canceller
 
-    @maps_errors
+    async def _cancel(self, request, context, method: str, surface: str | None = None) -> CancelResult:
+        command = command_from_proto(request, context.invocation_metadata(), method, surface)
+        return await self._canceller.cancel(command, context.time_remaining())
+
+    @maps_errors()
     async def Cancel(self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchCancelResponse:
-        command = command_from_proto(request, context.invocation_metadata())
-        result = await self._canceller.cancel(command, context.time_remaining())
-        return result_to_proto(result)
+        return result_to_proto(await self._cancel(request, context, "Cancel"))
+
+    @maps_errors(anthropic_error)
+    async def CancelAnthropic(self, request, context) -> pb.AnthropicMessageBatch:
+        return to_anthropic(await self._cancel(request, context, "CancelAnthropic", "anthropic"))
+
+    @maps_errors(google_error)
+    async def CancelGenAI(self, request, context) -> empty_pb2.Empty:
+        await self._cancel(request, context, "CancelGenAI", "genai")
+        return empty_pb2.Empty()
+
+    @maps_errors(bedrock_error)
+    async def StopModelInvocationJob(self, request, context) -> empty_pb2.Empty:
+        await self._cancel(request, context, "StopModelInvocationJob", "bedrock")
+        return empty_pb2.Empty()

@@ -37,7 +37,7 @@ from service.model import BatchState, CancelResult, RequestCounts
         ("   ", "openai", "openai"),
         ("azure", "openai", "azure"),
         ("", "", ""),
-        ("", "anthropic", ""),  # a surface without a default provider
+        ("", "nosuchsurface", ""),  # a surface without a default provider
     ],
 )
 def test_command_provider(provider, surface, expected):

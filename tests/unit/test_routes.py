@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.api import CANCEL_ROUTES, command_from_proto
+from service.api import ROUTES, command_from_proto
 from service.errors import InvalidRequest
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 
@@ -19,12 +19,12 @@ from service.gen.batchgate.v1 import batchgate_pb2 as pb
     ],
 )
 def test_original_path_gives_the_path_variables(path, batch_id, surface):
-    assert CANCEL_ROUTES.path_values(path) == {"batch_id": batch_id, "surface": surface}
+    assert ROUTES["Cancel"].path_values(path) == {"batch_id": batch_id, "surface": surface}
 
 
 @pytest.mark.parametrize("path", ["/v1/batches/a/b/cancel", "/other/v1/batches/x/cancel", "/v1/batches//cancel"])
 def test_paths_of_no_route_do_not_match(path):
-    assert CANCEL_ROUTES.path_values(path) is None
+    assert ROUTES["Cancel"].path_values(path) is None
 
 
 def test_surface_from_the_query_is_ignored_on_the_native_route():
@@ -49,3 +49,35 @@ def test_batch_id_that_differs_from_the_path_is_refused():
 def test_direct_grpc_calls_use_the_request_fields():
     command = command_from_proto(pb.CancelBatchRequest(batch_id="b", surface="openai"), [])
     assert (command.batch_id, command.provider) == ("b", "openai")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "batch_id"),
+    [
+        ("CancelGenAI", "/genai/v1beta/batches/abc:cancel", "abc"),
+        ("CancelGenAI", "/genai/v1/batches/abc:cancel", "abc"),
+        ("CancelAnthropic", "/anthropic/v1/messages/batches/msgbatch_1/cancel", "msgbatch_1"),
+        ("StopModelInvocationJob", "/bedrock/model-invocation-job/arn%3Aaws%3Abedrock%3Ax%2Fj/stop", "arn:aws:bedrock:x/j"),
+    ],
+)
+def test_drop_in_routes_are_read_from_the_proto(method, path, batch_id):
+    values = ROUTES[method].path_values(path)
+    assert values is not None and values["batch_id"] == batch_id
+
+
+def test_genai_route_needs_the_cancel_verb():
+    assert ROUTES["CancelGenAI"].path_values("/genai/v1beta/batches/abc") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "surface", "headers", "provider"),
+    [
+        ("CancelAnthropic", "anthropic", [], "anthropic"),
+        ("CancelGenAI", "genai", [], "gemini"),
+        ("StopModelInvocationJob", "bedrock", [], "bedrock"),
+        ("CancelAnthropic", "anthropic", [("x-model-provider", "OpenAI")], "openai"),
+    ],
+)
+def test_drop_in_surfaces_default_their_provider(method, surface, headers, provider):
+    command = command_from_proto(pb.CancelBatchRequest(batch_id="b"), headers, method, surface)
+    assert command.provider == provider
