@@ -56,6 +56,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
+    _roles: dict[int, str] = field(default_factory=dict)
 
     @property
     def http_url(self) -> str:
@@ -80,6 +81,7 @@ class Stack:
             **kwargs,
         )
         self.procs.append(proc)
+        self._roles[proc.pid] = name
         return proc
 
     def start(self, timeout: float = 20.0) -> Stack:
@@ -109,11 +111,12 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        service = self._spawn(
+        self._spawn(
             "service",
             [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
              *tls_args],
         )
+        self._wait(lambda: _port_open(self.grpc_port), deadline, "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
             render(http_port=self.http_port, grpc_ports=[self.grpc_port], admin_port=self.admin_port,
@@ -125,27 +128,34 @@ class Stack:
             [envoy_bin, "-c", str(envoy_yaml), "--concurrency", os.environ.get("ENVOY_CONCURRENCY", "2"),
              "--log-level", "warn", "--base-id", str(self.http_port)],
         )
-        self._wait_ready(service, deadline)
+        # Ready when Envoy is live and its health checks see the service.
+        self._wait(self._edge_ready, deadline, "the gateway did not become ready")
 
-    def _wait_ready(self, service: subprocess.Popen, deadline: float) -> None:
-        """Ready when Envoy's admin says LIVE and a gRPC health check through it would route:
-        we probe the service port directly, then Envoy's readiness."""
+    def _edge_ready(self) -> bool:
+        admin = f"http://127.0.0.1:{self.admin_port}"
+        return _http_ok(f"{admin}/ready") and "health_flags::healthy" in _http_text(f"{admin}/clusters")
+
+    def _wait(self, check, deadline: float, what: str) -> None:
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} during start")
-            if _port_open(self.grpc_port) and _http_ok(f"http://127.0.0.1:{self.admin_port}/ready"):
+                    raise RuntimeError(f"{Path(proc.args[0]).name} {' '.join(proc.args[1:3])} exited with "
+                                       f"{proc.returncode} during start")
+            if check():
                 return
             time.sleep(0.05)
-        raise TimeoutError("gateway did not become ready in time")
+        raise TimeoutError(what + " in time")
+
+    # Stop order: services drain first (in-flight calls finish and their answers still get out
+    # through Envoy and the simulators), then Envoy, then the sandbox.
+    _STOP_ORDER = {"service": 0, "envoy": 1}
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every child (Envoy first), wait, then SIGKILL what is left."""
-        for proc in reversed(self.procs):
+        """SIGTERM each child in stop order and wait for it; SIGKILL what outlives `timeout`."""
+        end = time.monotonic() + timeout
+        for proc in sorted(self.procs, key=lambda p: self._STOP_ORDER.get(self._roles.get(p.pid, ""), 2)):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        end = time.monotonic() + timeout
-        for proc in reversed(self.procs):
             try:
                 proc.wait(max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -154,6 +164,7 @@ class Stack:
             if proc.stdout:
                 proc.stdout.close()
         self.procs.clear()
+        self._roles.clear()
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -168,6 +179,14 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _http_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as resp:
+            return resp.read().decode()
+    except OSError:
+        return ""
 
 
 def _http_ok(url: str) -> bool:

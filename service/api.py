@@ -36,6 +36,7 @@ ERROR_STATUS_HEADER = "x-bf-status"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 
 MODEL_PROVIDER_HEADER = "x-model-provider"
+EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 
 _METHODS = pb.DESCRIPTOR.services_by_name["BatchService"].methods_by_name
 ROUTES = {name: RouteTable(method) for name, method in _METHODS.items()}
@@ -65,6 +66,16 @@ def command_from_proto(
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
         headers=headers,
     )
+
+
+def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float | None:
+    """Seconds the call may take: the gRPC deadline, or for REST calls the route timeout Envoy
+    announces in `x-envoy-expected-rq-timeout-ms`, whichever is shorter (None: no limit here)."""
+    expected = headers.get(EXPECTED_TIMEOUT_HEADER, "")
+    if expected.isascii() and expected.isdigit():
+        edge = int(expected) / 1000
+        return edge if grpc_remaining is None else min(edge, grpc_remaining)
+    return grpc_remaining
 
 
 def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
@@ -152,7 +163,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     async def _cancel(self, request, context, method: str, surface: str | None = None) -> CancelResult:
         command = command_from_proto(request, context.invocation_metadata(), method, surface)
-        return await self._canceller.cancel(command, context.time_remaining())
+        return await self._canceller.cancel(command, time_budget(context.time_remaining(), command.headers))
 
     @maps_errors()
     async def Cancel(self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchCancelResponse:

@@ -10,12 +10,13 @@ from time import perf_counter
 from typing import Any
 
 from service.auth import Authenticator, Caller
-from service.config import Config, Key
-from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation
+from service.config import Config, Key, ProviderConfig
+from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.model import BatchState, CancelCommand, CancelResult
 from service.providers.base import Adapter, decode_json
 from service.providers.http import HttpExecutor
 from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL
+from service.resilience import Admission, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ FINAL_STATUSES = frozenset({400, 409, 422})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
+def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
+    net = config.network
+    return CircuitBreaker(name, net.breaker_failure_threshold, net.breaker_open_seconds)
+
+
 class Canceller:
     """Holds one adapter and one pooled HTTP executor per configured provider."""
 
@@ -33,9 +39,12 @@ class Canceller:
         self.config = config
         self.auth = Authenticator(config)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
-            name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency))
+            name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))
             for name, pc in config.providers.items()
             if name in ADAPTERS
+        }
+        self._admission = {
+            name: Admission(name, pc.concurrency, pc.buffer_size) for name, pc in config.providers.items()
         }
 
     async def close(self) -> None:
@@ -70,6 +79,17 @@ class Canceller:
         if time_remaining is not None:
             timeout = min(timeout, time_remaining)
         deadline = asyncio.get_running_loop().time() + timeout
+        async with self._admission[adapter.name].slot():
+            return await self._cancel(adapter, executor, keys, ref, command, deadline)
+
+    def breaker_states(self) -> dict[str, str]:
+        """Circuit state per configured provider that can cancel (for health reporting)."""
+        return {name: executor.breaker.state for name, (_, executor) in self._providers.items()}
+
+    async def _cancel(
+        self, adapter: Adapter, executor: HttpExecutor, keys: tuple[Key, ...], ref: Any, command: CancelCommand,
+        deadline: float,
+    ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
         for key in keys:
@@ -93,6 +113,20 @@ class Canceller:
         assert error is not None
         raise error
 
+    @staticmethod
+    def _parse(adapter: Adapter, batch_id: str, data: Any) -> BatchState:
+        """The adapter's reading of a 2xx answer; an answer of the wrong shape (a string where an
+        object belongs, say) is the provider's failure (502), never a crash."""
+        try:
+            return adapter.parse_batch(batch_id, data)
+        except GatewayError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError):
+            log.warning("%s answered a batch of an unexpected shape", adapter.name, exc_info=True)
+            raise UpstreamUnavailable(
+                f"{adapter.name} answered with an unexpected batch shape", provider=adapter.name
+            ) from None
+
     async def _read_state(
         self, adapter: Adapter, executor: HttpExecutor, key: Key, ref: Any, command: CancelCommand, response, deadline
     ) -> tuple[BatchState, Any, str | None]:
@@ -102,13 +136,13 @@ class Canceller:
         cancel_data = decode_json(response, adapter.name)
         follow_up = adapter.status_request(key, ref)
         if follow_up is None:
-            return adapter.parse_batch(command.batch_id, cancel_data), cancel_data, None
+            return self._parse(adapter, command.batch_id, cancel_data), cancel_data, None
         try:
             answer = await executor.send(await adapter.prepare(key, follow_up), deadline)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
             data = decode_json(answer, adapter.name)
-            batch = adapter.parse_batch(command.batch_id, data)
+            batch = self._parse(adapter, command.batch_id, data)
         except GatewayError as err:
             log.warning("%s: cancel accepted but the follow-up read failed: %s", adapter.name, err.message)
             warning = f"cancel accepted; reading the batch state afterwards failed: {err.message}"

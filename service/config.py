@@ -66,6 +66,9 @@ class NetworkConfig:
     max_retries: int = 2
     retry_backoff_initial_ms: int = 100
     retry_backoff_max_ms: int = 2000
+    # Circuit breaker (batchgate's own addition): opens after this many consecutive failures.
+    breaker_failure_threshold: int = 5
+    breaker_open_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class ProviderConfig:
     network: NetworkConfig = NetworkConfig()
     send_back_raw_response: bool = False
     concurrency: int = 1000
+    buffer_size: int = 5000
 
     @property
     def batch_keys(self) -> tuple[Key, ...]:
@@ -268,7 +272,19 @@ def _network(reader: _Reader) -> NetworkConfig:
         counts[name] = reader.get(name, int, default)
         if counts[name] < 0:
             raise ConfigError(f"{reader.where(name)}: must not be negative")
-    return NetworkConfig(base_url=base_url, extra_headers=dict(headers), timeout_s=float(timeout), **counts)
+    breaker = reader.child("circuit_breaker")
+    threshold = breaker.get("failure_threshold", int, 5)
+    open_seconds = breaker.get("open_seconds", (int, float), 10.0)
+    if threshold < 1 or open_seconds <= 0:
+        raise ConfigError(f"{breaker.path}: failure_threshold must be at least 1 and open_seconds positive")
+    return NetworkConfig(
+        base_url=base_url,
+        extra_headers=dict(headers),
+        timeout_s=float(timeout),
+        breaker_failure_threshold=threshold,
+        breaker_open_seconds=float(open_seconds),
+        **counts,
+    )
 
 
 def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
@@ -284,15 +300,20 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             raise ConfigError(f"providers.{name}: unknown provider (known: {', '.join(sorted(KNOWN_PROVIDERS))})")
         p = provs.child(name)
         keys = p.get("keys", list, [])
-        concurrency = p.child("concurrency_and_buffer_size").get("concurrency", int, 1000)
+        limits = p.child("concurrency_and_buffer_size")
+        concurrency = limits.get("concurrency", int, 1000)
+        buffer_size = limits.get("buffer_size", int, 5000)
         if concurrency < 1:
-            raise ConfigError(f"providers.{name}.concurrency_and_buffer_size.concurrency: must be at least 1")
+            raise ConfigError(f"{limits.where('concurrency')}: must be at least 1")
+        if buffer_size < 0:
+            raise ConfigError(f"{limits.where('buffer_size')}: must not be negative")
         providers[name] = ProviderConfig(
             name=name,
             keys=tuple(_key(_Reader(k, f"{p.where('keys')}[{i}]", root.env), name, i) for i, k in enumerate(keys)),
             network=_network(p.child("network_config")),
             send_back_raw_response=p.get("send_back_raw_response", bool, False),
             concurrency=concurrency,
+            buffer_size=buffer_size,
         )
     return Config(
         client=ClientConfig(

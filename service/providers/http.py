@@ -19,6 +19,7 @@ from yarl import URL
 from service.config import NetworkConfig
 from service.errors import DeadlineExceeded, UpstreamUnavailable
 from service.providers.base import UpstreamRequest, UpstreamResponse
+from service.resilience import CircuitBreaker
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
 MAX_RESPONSE_BYTES = 1 << 20
@@ -42,9 +43,12 @@ def retry_after_seconds(value: str | None) -> float | None:
 class HttpExecutor:
     """Sends upstream requests for one provider over a pooled session."""
 
-    def __init__(self, provider: str, network: NetworkConfig, concurrency: int) -> None:
+    def __init__(
+        self, provider: str, network: NetworkConfig, concurrency: int, breaker: CircuitBreaker | None = None
+    ) -> None:
         self.provider = provider
         self.network = network
+        self.breaker = breaker or CircuitBreaker(provider)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -68,7 +72,21 @@ class HttpExecutor:
 
     async def send(self, request: UpstreamRequest, deadline: float) -> UpstreamResponse:
         """Sends with retries until an answer that is final or the deadline (loop time) is reached.
-        Returns the last answer, whatever its status; raises only when no answer came."""
+        Returns the last answer, whatever its status; raises only when no answer came. The whole
+        exchange counts once for the circuit breaker."""
+        self.breaker.before_call()
+        healthy: bool | None = None  # unknown for timeouts and cancelled calls
+        try:
+            response = await self._send_with_retries(request, deadline)
+            healthy = response.status < 500
+            return response
+        except UpstreamUnavailable:
+            healthy = False
+            raise
+        finally:
+            self.breaker.record(healthy)
+
+    async def _send_with_retries(self, request: UpstreamRequest, deadline: float) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         net = self.network
         attempt = 0
@@ -79,9 +97,6 @@ class HttpExecutor:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
             try:
                 response = await self._send_once(request, remaining)
-                if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
-                    return response
-                wait = retry_after_seconds(response.headers.get("Retry-After"))
             except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
@@ -90,6 +105,10 @@ class HttpExecutor:
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
                     ) from None
                 response, wait = None, None
+            else:
+                if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
+                    return response
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
             if wait is None:
                 cap = min(net.retry_backoff_max_ms, net.retry_backoff_initial_ms * 2 ** (attempt - 1))
                 wait = random.uniform(0, cap) / 1000
