@@ -10,7 +10,7 @@ GEN := service/gen
 GEN_STAMP := $(GEN)/.generated
 DESCRIPTOR := build/batchgate.pb
 
-.PHONY: all install proto run test unit integration e2e bench bench-smoke clean
+.PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak clean
 
 all: proto
 
@@ -49,6 +49,16 @@ integration: proto
 
 e2e: proto
 	$(PY) -m pytest -q tests/e2e
+
+# Benchmark (not part of `make test`): gateway overhead over a direct provider call.
+bench: proto
+	$(PY) -m bench.run
+
+bench-smoke: proto
+	$(PY) -m bench.run --smoke
+
+bench-soak: proto
+	$(PY) -m bench.run --rss-soak 200000
 
 clean:
 	rm -rf $(VENV) build $(GEN)
