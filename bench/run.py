@@ -255,7 +255,7 @@ class System:
         self.floor_port = int(line.split("=", 1)[1])
 
     def start(self) -> None:
-        from gateway.stack import Stack, free_port
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
         from sandbox.server import gateway_config
 
         self.sim = subprocess.Popen(
@@ -284,6 +284,8 @@ class System:
             grpc_port=free_port(),
             admin_port=free_port(),
             log_dir=self.workdir / "logs",
+            workers=default_workers(),
+            envoy_concurrency=default_envoy_concurrency(),
         )
         self.stack.start(timeout=30)
 
@@ -697,6 +699,8 @@ def evaluate_targets(runs: list[Run], high_c: int, rss_growth: float | None) -> 
 
 
 def machine_info(client, args: argparse.Namespace) -> list[str]:
+    from gateway.stack import default_envoy_concurrency, default_workers
+
     import grpc
 
     model = "unknown"
@@ -717,8 +721,8 @@ def machine_info(client, args: argparse.Namespace) -> list[str]:
         f"- load generator: {client.name} ({client.version}), one client thread; gRPC: "
         f"c calls over min(c, {args.grpc_conns}) HTTP/2 connections; REST and baseline: HTTP/1.1, one connection per "
         "concurrent request",
-        f"- ENVOY_CONCURRENCY={os.environ.get('ENVOY_CONCURRENCY', '(stack default)')}, "
-        f"WORKERS={os.environ.get('WORKERS', '(service default)')}",
+        f"- service workers: {default_workers()}, Envoy --concurrency {default_envoy_concurrency()} "
+        "(WORKERS / ENVOY_CONCURRENCY)",
     ]
 
 

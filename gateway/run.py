@@ -3,7 +3,8 @@
 Environment: CONFIG (a config.json; without it, sandbox mode with bundled provider simulators),
 HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), ADMIN_PORT (Envoy
 admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1), TLS_CERT_FILE
-and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port).
+and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
+default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores).
 SIGINT/SIGTERM stop everything it started.
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.stack import Stack
+from gateway.stack import Stack, default_envoy_concurrency, default_workers
 from service.config import ConfigError
 
 
@@ -31,6 +32,8 @@ def main() -> int:
         grpc_port=int(os.environ.get("GRPC_PORT", "50051")),
         admin_port=int(os.environ.get("ADMIN_PORT", "9901")),
         bind_host=os.environ.get("BIND_HOST", "127.0.0.1"),
+        workers=default_workers(),
+        envoy_concurrency=default_envoy_concurrency(),
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
     )

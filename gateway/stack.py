@@ -34,6 +34,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def default_workers() -> int:
+    """WORKERS, else one service process per core."""
+    return int(os.environ.get("WORKERS") or os.cpu_count() or 1)
+
+
+def default_envoy_concurrency() -> int:
+    """ENVOY_CONCURRENCY, else half the cores: Envoy needs far less CPU than the Python workers."""
+    return int(os.environ.get("ENVOY_CONCURRENCY") or max(1, (os.cpu_count() or 1) // 2))
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -48,6 +58,10 @@ class Stack:
     grpc_port: int = 50051
     admin_port: int = 9901
     bind_host: str = "127.0.0.1"
+    # Service worker processes. They share grpc_port (SO_REUSEPORT) for direct gRPC callers and each
+    # has a private port that Envoy balances over per request.
+    workers: int = 1
+    envoy_concurrency: int = 1
     sandbox_auto_create: bool = True
     log_dir: Path | None = None
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
@@ -56,6 +70,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
+    worker_ports: list[int] = field(default_factory=list)
     _roles: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -111,21 +126,23 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        self._spawn(
-            "service",
-            [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-             *tls_args],
-        )
-        self._wait(lambda: _port_open(self.grpc_port), deadline, "the service did not start listening")
+        self.worker_ports = [free_port() for _ in range(self.workers)]
+        for port in self.worker_ports:
+            self._spawn(
+                "service",
+                [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
+                 "--reuse-port", "--private-port", str(port), *tls_args],
+            )
+        self._wait(lambda: all(map(_port_open, self.worker_ports)), deadline, "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
-            render(http_port=self.http_port, grpc_ports=[self.grpc_port], admin_port=self.admin_port,
+            render(http_port=self.http_port, grpc_ports=self.worker_ports, admin_port=self.admin_port,
                    bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key)
         )
         envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(
             "envoy",
-            [envoy_bin, "-c", str(envoy_yaml), "--concurrency", os.environ.get("ENVOY_CONCURRENCY", "2"),
+            [envoy_bin, "-c", str(envoy_yaml), "--concurrency", str(self.envoy_concurrency),
              "--log-level", "warn", "--base-id", str(self.http_port)],
         )
         # Ready when Envoy is live and its health checks see the service.
@@ -133,7 +150,8 @@ class Stack:
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"
-        return _http_ok(f"{admin}/ready") and "health_flags::healthy" in _http_text(f"{admin}/clusters")
+        healthy = _http_text(f"{admin}/clusters").count("health_flags::healthy")
+        return _http_ok(f"{admin}/ready") and healthy >= len(self.worker_ports)
 
     def _wait(self, check, deadline: float, what: str) -> None:
         while time.monotonic() < deadline:

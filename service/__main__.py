@@ -19,6 +19,9 @@ def main() -> None:
     parser.add_argument("--config", default=os.environ.get("CONFIG"), required=not os.environ.get("CONFIG"))
     parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '50051')}")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
+    parser.add_argument(
+        "--private-port", type=int, help="also listen on this loopback port of this worker's own (Envoy's endpoint)"
+    )
     parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
     parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
     args = parser.parse_args()
@@ -42,7 +45,8 @@ def main() -> None:
         except (OSError, TypeError) as exc:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-    asyncio.run(serve(config, args.address, reuse_port=args.reuse_port, tls=tls))
+    extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
+    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -37,12 +38,13 @@ class App:
 async def create_server(
     config: Config,
     address: str = "127.0.0.1:0",
-    *,
+    *extra_addresses: str,
     reuse_port: bool = False,
     tls: tuple[bytes, bytes] | None = None,
 ) -> App:
-    """Builds and starts the server on `address` (port 0 picks a free one) and returns it. `tls` is
-    (private key PEM, certificate chain PEM) to serve gRPC over TLS."""
+    """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
+    and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
+    chain PEM) to serve gRPC over TLS."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -56,12 +58,14 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    credentials = grpc.ssl_server_credentials([tls]) if tls is not None else None
+    ports = [
+        server.add_insecure_port(addr) if credentials is None else server.add_secure_port(addr, credentials)
+        for addr in (address, *extra_addresses)
+    ]
+    if 0 in ports:
+        raise OSError(f"cannot listen on {(address, *extra_addresses)[ports.index(0)]}")
+    port = ports[0]
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -69,10 +73,12 @@ async def create_server(
 
 
 async def serve(
-    config: Config, address: str, *, reuse_port: bool = False, tls: tuple[bytes, bytes] | None = None
+    config: Config, address: str, *extra_addresses: str, reuse_port: bool = False, tls: tuple[bytes, bytes] | None = None
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits."""
-    app = await create_server(config, address, reuse_port=reuse_port, tls=tls)
+    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls)
+    # Everything allocated so far lives as long as the process: keep it out of the collector's way.
+    gc.freeze()
     log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
