@@ -27,7 +27,7 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 def launcher_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    env.update(HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), **extra)
+    env.update(HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), WORKERS="2", **extra)
     return env
 
 
@@ -118,7 +118,7 @@ def test_sandbox_mode_prints_a_working_curl_line_and_stops_cleanly(tmp_path: Pat
             else cmd
             for cmd in kids.values()
         )
-        assert roles == ["envoy", "sandbox", "service"], kids
+        assert roles == ["envoy", "sandbox", "service", "service"], kids  # WORKERS=2
 
         status, body = run_printed_curl(command)
 
