@@ -4,7 +4,8 @@ Environment: CONFIG (a config.json; without it, sandbox mode with bundled provid
 HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), ADMIN_PORT (Envoy
 admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1), TLS_CERT_FILE
 and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
-default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores).
+default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
+METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off).
 SIGINT/SIGTERM stop everything it started.
 """
 
@@ -33,6 +34,7 @@ def main() -> int:
         admin_port=int(os.environ.get("ADMIN_PORT", "9901")),
         bind_host=os.environ.get("BIND_HOST", "127.0.0.1"),
         workers=default_workers(),
+        metrics_port=int(os.environ.get("METRICS_PORT", "9464")) or None,
         envoy_concurrency=default_envoy_concurrency(),
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
@@ -61,6 +63,10 @@ def main() -> int:
     url = stack.http_url
     print(f"  REST + gRPC edge: {url}   gRPC service: 127.0.0.1:{stack.grpc_port}", flush=True)
     insecure = "-k " if stack.tls_cert else ""
+    if stack.metrics_port:
+        last = stack.metrics_port + stack.workers - 1
+        print(f"  metrics: http://127.0.0.1:{stack.metrics_port}/metrics (workers: ports {stack.metrics_port}-{last}),"
+              f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
     code = 0
     while not stopping:

@@ -62,6 +62,8 @@ class Stack:
     # has a private port that Envoy balances over per request.
     workers: int = 1
     envoy_concurrency: int = 1
+    # Prometheus /metrics of worker i on metrics_port + i (None: off).
+    metrics_port: int | None = None
     sandbox_auto_create: bool = True
     log_dir: Path | None = None
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
@@ -127,11 +129,12 @@ class Stack:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
         self.worker_ports = [free_port() for _ in range(self.workers)]
-        for port in self.worker_ports:
+        for i, port in enumerate(self.worker_ports):
+            metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
             self._spawn(
                 "service",
                 [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-                 "--reuse-port", "--private-port", str(port), *tls_args],
+                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args],
             )
         self._wait(lambda: all(map(_port_open, self.worker_ports)), deadline, "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
@@ -168,19 +171,25 @@ class Stack:
     # through Envoy and the simulators), then Envoy, then the sandbox.
     _STOP_ORDER = {"service": 0, "envoy": 1}
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM each child in stop order and wait for it; SIGKILL what outlives `timeout`."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM each group of children in stop order and wait for the group; SIGKILL what
+        outlives `timeout`."""
         end = time.monotonic() + timeout
-        for proc in sorted(self.procs, key=lambda p: self._STOP_ORDER.get(self._roles.get(p.pid, ""), 2)):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        groups: dict[int, list[subprocess.Popen]] = {}
+        for proc in self.procs:
+            groups.setdefault(self._STOP_ORDER.get(self._roles.get(proc.pid, ""), 2), []).append(proc)
+        for _, group in sorted(groups.items()):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(max(0.1, end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                if proc.stdout:
+                    proc.stdout.close()
         self.procs.clear()
         self._roles.clear()
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
 from service.config import ConfigError, load_config
+from service.observability import configure_logging
 from service.server import serve
 
 
@@ -22,13 +22,14 @@ def main() -> None:
     parser.add_argument(
         "--private-port", type=int, help="also listen on this loopback port of this worker's own (Envoy's endpoint)"
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT") or 0) or None,
+        help="serve Prometheus /metrics on this loopback port (METRICS_PORT)",
+    )
     parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
     parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
     args = parser.parse_args()
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -46,7 +47,7 @@ def main() -> None:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
-    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls))
+    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ place where errors become gRPC statuses."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import grpc
@@ -24,8 +26,9 @@ from service.compat import (
     google_error,
     to_anthropic,
 )
-from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest
+from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.model import CancelCommand, CancelResult
+from service.observability import IN_FLIGHT, REQUEST_ID_HEADER, Trace, record_request, request_id
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,28 @@ _METHODS = pb.DESCRIPTOR.services_by_name["BatchService"].methods_by_name
 ROUTES = {name: RouteTable(method) for name, method in _METHODS.items()}
 
 
+def metadata_headers(metadata: Any) -> dict[str, str]:
+    """Request headers from gRPC metadata (binary `-bin` entries are not headers we read)."""
+    return {key: value for key, value in metadata or () if not key.endswith("-bin")}
+
+
+def route_label(surface: str, headers: dict[str, str]) -> str:
+    """The route a call came through, for metrics and logs: the REST surface, or `grpc`."""
+    if ORIGINAL_PATH_HEADER not in headers:
+        return "grpc"
+    return surface or "native"
+
+
 def command_from_proto(
-    request: pb.CancelBatchRequest, metadata: Any, method: str = "Cancel", surface: str | None = None
+    request: pb.CancelBatchRequest,
+    metadata: Any,
+    method: str = "Cancel",
+    surface: str | None = None,
+    trace: Trace | None = None,
 ) -> CancelCommand:
     """The domain command for one call of `method`. `surface` is fixed by the drop-in RPCs; for
     `Cancel` it comes from the route (REST) or the request (gRPC)."""
-    headers = {key: value for key, value in metadata or () if not key.endswith("-bin")}
+    headers = metadata if isinstance(metadata, dict) else metadata_headers(metadata)
     batch_id = request.batch_id
     if surface is None:
         surface = request.surface
@@ -60,11 +79,14 @@ def command_from_proto(
                 raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
             surface = route["surface"]
     provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
+    if trace is not None:
+        trace.route = route_label(surface, headers)
     return CancelCommand(
         batch_id=batch_id,
         provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
         headers=headers,
+        trace=trace,
     )
 
 
@@ -124,31 +146,73 @@ def error_to_status(error: GatewayError) -> status_pb2.Status:
     return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
 
 
-def maps_errors(render: Callable[[GatewayError], RenderedError] = bifrost_error):
-    """Decorates a servicer method: a raised GatewayError becomes its gRPC status (typed
-    ErrorDetail attached) plus, for the REST edge, the error rendered in the route's own shape;
-    anything unexpected becomes INTERNAL with details hidden."""
+async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
+    """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
+    rendering in initial metadata for the edge (gateway/errors.lua)."""
+    await context.send_initial_metadata(
+        (
+            *extra,
+            *failure.headers.items(),
+            *rendered.headers,
+            (ERROR_BODY_HEADER, rendered.body),
+            (ERROR_STATUS_HEADER, str(rendered.status)),
+        )
+    )
+    await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+
+
+@dataclass(slots=True)
+class Call:
+    """One cancel RPC in flight: what its log line, audit event and metrics need once it ends."""
+
+    headers: dict[str, str]
+    trace: Trace
+    command: CancelCommand | None = None
+
+
+def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_error):
+    """Decorates a cancel RPC: request id, in-flight gauge, and once it ends its metrics, log line
+    and audit event. A raised GatewayError becomes its gRPC status plus, for the REST edge, the
+    error rendered in the route's own shape; anything unexpected becomes INTERNAL with details
+    hidden (logged here, with the traceback)."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            headers = metadata_headers(context.invocation_metadata())
+            rid, generated = request_id(headers)
+            call = Call(headers, Trace(rid, route_label("", headers)))
+            echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
+            code, status, failure = "OK", 200, None
+            IN_FLIGHT.inc()
             try:
-                return await method(self, request, context)
+                response = await method(self, request, context, call)
+                if echo_id:
+                    await context.send_initial_metadata(echo_id)
+                return response
             except GatewayError as error:
                 failure = error
+            except asyncio.CancelledError:
+                code, status = "CANCELLED", 499  # the caller went away; upstream work stops with us
+                raise
             except Exception:
                 log.exception("unexpected error in %s", method.__name__)
                 failure = GatewayError("internal error")
-            rest = render(failure)
-            await context.send_initial_metadata(
-                (
-                    *failure.headers.items(),
-                    *rest.headers,
-                    (ERROR_BODY_HEADER, rest.body),
-                    (ERROR_STATUS_HEADER, str(rest.status)),
+            finally:
+                IN_FLIGHT.dec()
+                if failure is not None:
+                    code, status = failure.grpc_code.name, failure.status_code
+                command = call.command
+                record_request(
+                    call.trace,
+                    provider=command.provider if command else "",
+                    batch_id=command.batch_id if command else getattr(request, "batch_id", ""),
+                    caller=command.caller if command else "anonymous",
+                    code=code,
+                    http_status=status,
+                    error=failure.message if failure is not None else None,
                 )
-            )
-            await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+            await abort(context, failure, render(failure), *echo_id)
 
         return wrapper
 
@@ -156,29 +220,42 @@ def maps_errors(render: Callable[[GatewayError], RenderedError] = bifrost_error)
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
-    """Four thin methods: convert in, run the use case, convert out."""
+    """Thin methods: convert in, run the use case, convert out."""
 
     def __init__(self, canceller: Canceller) -> None:
         self._canceller = canceller
+        self.draining = False
 
-    async def _cancel(self, request, context, method: str, surface: str | None = None) -> CancelResult:
-        command = command_from_proto(request, context.invocation_metadata(), method, surface)
-        return await self._canceller.cancel(command, time_budget(context.time_remaining(), command.headers))
+    async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
+        call.command = command_from_proto(request, call.headers, method, surface, call.trace)
+        return await self._canceller.cancel(call.command, time_budget(context.time_remaining(), call.headers))
 
-    @maps_errors()
-    async def Cancel(self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchCancelResponse:
-        return result_to_proto(await self._cancel(request, context, "Cancel"))
+    @handles_cancel()
+    async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
+        return result_to_proto(await self._cancel(request, context, call, "Cancel"))
 
-    @maps_errors(anthropic_error)
-    async def CancelAnthropic(self, request, context) -> pb.AnthropicMessageBatch:
-        return to_anthropic(await self._cancel(request, context, "CancelAnthropic", "anthropic"))
+    @handles_cancel(anthropic_error)
+    async def CancelAnthropic(self, request, context, call: Call) -> pb.AnthropicMessageBatch:
+        return to_anthropic(await self._cancel(request, context, call, "CancelAnthropic", "anthropic"))
 
-    @maps_errors(google_error)
-    async def CancelGenAI(self, request, context) -> empty_pb2.Empty:
-        await self._cancel(request, context, "CancelGenAI", "genai")
+    @handles_cancel(google_error)
+    async def CancelGenAI(self, request, context, call: Call) -> empty_pb2.Empty:
+        await self._cancel(request, context, call, "CancelGenAI", "genai")
         return empty_pb2.Empty()
 
-    @maps_errors(bedrock_error)
-    async def StopModelInvocationJob(self, request, context) -> empty_pb2.Empty:
-        await self._cancel(request, context, "StopModelInvocationJob", "bedrock")
+    @handles_cancel(bedrock_error)
+    async def StopModelInvocationJob(self, request, context, call: Call) -> empty_pb2.Empty:
+        await self._cancel(request, context, call, "StopModelInvocationJob", "bedrock")
         return empty_pb2.Empty()
+
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+        """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider."""
+        providers = {name: pb.ProviderHealth(circuit=state) for name, state in self._canceller.breaker_states().items()}
+        if not self.draining:
+            return pb.HealthResponse(status="ok", providers=providers)
+        body = json_format.MessageToJson(
+            pb.HealthResponse(status="draining", providers=providers),
+            preserving_proto_field_name=True, indent=None, ensure_ascii=True,
+        )
+        draining = UpstreamUnavailable("the service is shutting down", status_code=503, code="draining")
+        await abort(context, draining, RenderedError(503, body))

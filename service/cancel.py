@@ -13,7 +13,8 @@ from service.auth import Authenticator, Caller
 from service.config import Config, Key, ProviderConfig
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.model import BatchState, CancelCommand, CancelResult
-from service.providers.base import Adapter, decode_json
+from service.observability import KEY_FAILOVERS, Trace
+from service.providers.base import Adapter, UpstreamRequest, decode_json
 from service.providers.http import HttpExecutor
 from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL
 from service.resilience import Admission, CircuitBreaker
@@ -67,6 +68,7 @@ class Canceller:
     async def cancel(self, command: CancelCommand, time_remaining: float | None = None) -> CancelResult:
         # Everything that can refuse the call does so before any upstream request.
         caller = self.auth.authenticate(command.headers)
+        command.caller = caller.identity
         adapter, executor = self._resolve(command.provider)
         try:
             allowed_key_ids = self.auth.authorize(caller, adapter.name)
@@ -92,15 +94,19 @@ class Canceller:
     ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
-        for key in keys:
+        trace = command.trace
+        for index, key in enumerate(keys):
+            if index and trace is not None:
+                trace.key_failovers += 1
+                KEY_FAILOVERS.labels(adapter.name).inc()
             try:
-                request = await adapter.prepare(key, adapter.cancel_request(key, ref))
+                request = await adapter.prepare(key, self._with_request_id(adapter, adapter.cancel_request(key, ref), trace))
             except (DeadlineExceeded, InvalidRequest):
                 raise
             except GatewayError as err:  # this key's credentials could not be used (token mint failed)
                 error = err
                 continue
-            response = await executor.send(request, deadline)
+            response = await executor.send(request, deadline, trace)
             if response.status < 300:
                 batch, raw, warning = await self._read_state(adapter, executor, key, ref, command, response, deadline)
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
@@ -112,6 +118,13 @@ class Canceller:
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
         assert error is not None
         raise error
+
+    @staticmethod
+    def _with_request_id(adapter: Adapter, request: UpstreamRequest, trace: Trace | None) -> UpstreamRequest:
+        """Sends the request id upstream where the provider takes one (OpenAI X-Client-Request-Id)."""
+        if adapter.request_id_header and trace is not None:
+            request.headers[adapter.request_id_header] = trace.request_id
+        return request
 
     @staticmethod
     def _parse(adapter: Adapter, batch_id: str, data: Any) -> BatchState:
@@ -138,7 +151,9 @@ class Canceller:
         if follow_up is None:
             return self._parse(adapter, command.batch_id, cancel_data), cancel_data, None
         try:
-            answer = await executor.send(await adapter.prepare(key, follow_up), deadline)
+            trace = command.trace
+            follow_up = self._with_request_id(adapter, follow_up, trace)
+            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
             data = decode_json(answer, adapter.name)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.observability import Trace
 
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
 STATUSES = frozenset(
@@ -43,6 +46,10 @@ class CancelCommand:
     # the config allows per-request override.
     raw_response_requested: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # Filled in on the way: what the request did upstream (observability), and who called
+    # (`vk:<id>`, `admin`, `anonymous`; safe to log).
+    trace: Trace | None = None
+    caller: str = "anonymous"
 
 
 @dataclass(slots=True)

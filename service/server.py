@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 
 import grpc
@@ -15,22 +16,38 @@ from service.api import BatchServicer
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.observability import start_metrics
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 GRACE_SECONDS = 10.0
+# Between turning NOT_SERVING and refusing calls: Envoy's health checks (1 s interval, 2 failures)
+# take this long to move traffic to other replicas.
+DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "2"))
 
 
 class App:
     """A running service: the server, its port, and what must be closed on shutdown."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, canceller: Canceller, health: health.aio.HealthServicer):
-        self.server, self.port, self.canceller, self.health = server, port, canceller, health
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        canceller: Canceller,
+        servicer: BatchServicer,
+        health: health.aio.HealthServicer,
+    ):
+        self.server, self.port, self.canceller, self.servicer, self.health = server, port, canceller, servicer, health
 
-    async def stop(self, grace: float = GRACE_SECONDS) -> None:
-        """Stops taking calls, lets in-flight ones finish within `grace`, then closes the pools."""
+    async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
+        """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
+        `drain_delay` (time for its health checks to notice; calls keep being served meanwhile)
+        new calls are refused and in-flight ones get `grace` to finish; then the pools close."""
+        self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
+        if drain_delay:
+            await asyncio.sleep(drain_delay)
         await self.server.stop(grace)
         await self.canceller.close()
 
@@ -54,7 +71,8 @@ async def create_server(
         ]
     )
     canceller = Canceller(config)
-    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(canceller), server)
+    servicer = BatchServicer(canceller)
+    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -69,14 +87,22 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, canceller, health_servicer)
+    return App(server, port, canceller, servicer, health_servicer)
 
 
 async def serve(
-    config: Config, address: str, *extra_addresses: str, reuse_port: bool = False, tls: tuple[bytes, bytes] | None = None
+    config: Config,
+    address: str,
+    *extra_addresses: str,
+    reuse_port: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
+    metrics_port: int | None = None,
+    drain_delay: float = DRAIN_DELAY_SECONDS,
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits."""
     app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls)
+    if metrics_port:
+        start_metrics(metrics_port, app.canceller.breaker_states)
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
     gc.freeze()
     log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
@@ -86,4 +112,4 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining in-flight calls")
-    await app.stop()
+    await app.stop(drain_delay=drain_delay)

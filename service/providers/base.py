@@ -68,6 +68,8 @@ class Adapter:
     statuses: ClassVar[Mapping[str, str]] = {}
     # Whether a caller's own key (client.allow_direct_keys) can stand in for a configured key's value.
     accepts_direct_keys: ClassVar[bool] = True
+    # Header the provider takes a client request id in (logged on its side), if any.
+    request_id_header: ClassVar[str | None] = None
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -117,7 +119,9 @@ class Adapter:
     def status(self, raw: Any) -> str:
         """Maps a provider status to the unified vocabulary; unknown ones pass through lowercased
         and are logged once per adapter."""
-        value = str(raw or "").strip().lower()
+        if raw is not None and not isinstance(raw, str):
+            raise TypeError(f"{self.name} sent a status that is not a string")  # 502 via the use case
+        value = (raw or "").strip().lower()
         mapped = self.statuses.get(value)
         if mapped is not None:
             return mapped

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from email.utils import parsedate_to_datetime
-from time import time
 
 import aiohttp
 from yarl import URL
 
 from service.config import NetworkConfig
 from service.errors import DeadlineExceeded, UpstreamUnavailable
+from service.observability import Trace
 from service.providers.base import UpstreamRequest, UpstreamResponse
 from service.resilience import CircuitBreaker
 
@@ -35,7 +36,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
@@ -70,14 +71,14 @@ class HttpExecutor:
             await self._session.close()
             self._session = None
 
-    async def send(self, request: UpstreamRequest, deadline: float) -> UpstreamResponse:
+    async def send(self, request: UpstreamRequest, deadline: float, trace: Trace | None = None) -> UpstreamResponse:
         """Sends with retries until an answer that is final or the deadline (loop time) is reached.
         Returns the last answer, whatever its status; raises only when no answer came. The whole
         exchange counts once for the circuit breaker."""
         self.breaker.before_call()
         healthy: bool | None = None  # unknown for timeouts and cancelled calls
         try:
-            response = await self._send_with_retries(request, deadline)
+            response = await self._send_with_retries(request, deadline, trace)
             healthy = response.status < 500
             return response
         except UpstreamUnavailable:
@@ -86,7 +87,9 @@ class HttpExecutor:
         finally:
             self.breaker.record(healthy)
 
-    async def _send_with_retries(self, request: UpstreamRequest, deadline: float) -> UpstreamResponse:
+    async def _send_with_retries(
+        self, request: UpstreamRequest, deadline: float, trace: Trace | None
+    ) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         net = self.network
         attempt = 0
@@ -95,17 +98,22 @@ class HttpExecutor:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
+            started = time.perf_counter()
             try:
                 response = await self._send_once(request, remaining)
             except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
+                if trace is not None:
+                    trace.attempt(self.provider, None, time.perf_counter() - started)
                 if attempt > net.max_retries:
                     raise UpstreamUnavailable(
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
                     ) from None
                 response, wait = None, None
             else:
+                if trace is not None:
+                    trace.attempt(self.provider, response.status, time.perf_counter() - started)
                 if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
                     return response
                 wait = retry_after_seconds(response.headers.get("Retry-After"))

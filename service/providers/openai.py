@@ -20,6 +20,7 @@ class OpenAIAdapter(Adapter):
     # Accept both spellings; emit OpenAI's `cancelled`.
     statuses = {"canceled": "cancelled", "canceling": "cancelling"}
     path_prefix = "/v1"
+    request_id_header = "X-Client-Request-Id"
 
     def auth_headers(self, key: Key) -> dict[str, str]:
         return {"Authorization": f"Bearer {key.value}"}
@@ -54,6 +55,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     name = "azure"
     default_base_url = ""
+    request_id_header = "x-ms-client-request-id"
 
     def auth_headers(self, key: Key) -> dict[str, str]:
         return {"api-key": key.value}

@@ -86,7 +86,7 @@ def no_network(monkeypatch):
     """Any upstream call fails the test (and would surface as INTERNAL)."""
     calls = []
 
-    async def send(self, request, deadline):
+    async def send(self, request, deadline, trace=None):
         calls.append(request)
         raise AssertionError(f"unexpected upstream call to {request.url}")
 
@@ -182,7 +182,7 @@ async def test_errors_before_any_upstream_call(request_, expected, no_network):
     }
     assert json.loads(metadata[ERROR_BODY_HEADER]) == body
     assert metadata[ERROR_STATUS_HEADER] == "400"
-    assert set(metadata) == {ERROR_BODY_HEADER, ERROR_STATUS_HEADER}
+    assert set(metadata) == {ERROR_BODY_HEADER, ERROR_STATUS_HEADER, "x-request-id"}  # id generated here
     rich, detail = unpack(status.trailing_metadata)
     assert rich.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and rich.message == expected["message"]
     assert (detail.error.code, detail.status_code, detail.is_bifrost_error) == (expected["code"], 400, True)
@@ -246,11 +246,11 @@ async def test_success_passes_metadata_and_deadline_and_answers_the_proto():
         return CancelResult(batch, "openai", 17, {"id": "batch_1"})
 
     canceller.cancel = cancel
-    context = FakeContext(metadata=(("x-bf-send-back-raw-response", "true"),), time_remaining=2.5)
+    context = FakeContext(metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5)
     request = pb.CancelBatchRequest(batch_id="batch_1", surface="openai")
     response = await BatchServicer(canceller).Cancel(request, context)
     await canceller.close()
-    assert context.statuses == [] and context.initial_metadata == []
+    assert context.statuses == [] and context.initial_metadata == []  # the request id came with the call
     ((command, time_remaining),) = seen
     assert (command.batch_id, command.provider, command.raw_response_requested, time_remaining) == (
         "batch_1",

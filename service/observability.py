@@ -1,0 +1,180 @@
+"""What operators see: Prometheus metrics, one structured log line per request plus an audit event,
+request ids, and OpenTelemetry spans (off unless OTEL_* variables turn them on).
+
+No label or log field ever holds a secret or an unbounded value: labels are route, provider (a
+known name or "unknown") and gRPC code names; callers appear as `vk:<id>`, `admin`, `anonymous`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+from service.providers.registry import KNOWN_PROVIDERS
+
+access_log = logging.getLogger("batchgate.access")
+audit_log = logging.getLogger("batchgate.audit")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter(
+    "batchgate_requests", "Cancel calls answered, by route, provider and gRPC code", ["route", "provider", "code"]
+)
+REQUEST_SECONDS = Histogram(
+    "batchgate_request_seconds", "Time to answer a cancel call", ["route"], buckets=_LATENCY_BUCKETS
+)
+IN_FLIGHT = Gauge("batchgate_in_flight_requests", "Cancel calls being handled")
+UPSTREAM_SECONDS = Histogram(
+    "batchgate_upstream_seconds", "One upstream HTTP attempt, by provider", ["provider"], buckets=_LATENCY_BUCKETS
+)
+UPSTREAM_ATTEMPTS = Counter(
+    "batchgate_upstream_attempts", "Upstream HTTP attempts by provider and result (2xx..5xx, error)",
+    ["provider", "result"],
+)
+UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
+KEY_FAILOVERS = Counter("batchgate_key_failovers", "Moves to the next configured key", ["provider"])
+
+
+def provider_label(provider: str) -> str:
+    return provider if provider in KNOWN_PROVIDERS else "unknown"
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one request did upstream, filled in as it goes; becomes its log line and metrics."""
+
+    request_id: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    attempts: int = 0
+    upstream_status: int | None = None
+    key_failovers: int = 0
+
+    def attempt(self, provider: str, status: int | None, seconds: float) -> None:
+        """Records one upstream HTTP attempt (status None: no answer)."""
+        self.attempts += 1
+        if self.attempts > 1:
+            UPSTREAM_RETRIES.labels(provider).inc()
+        self.upstream_status = status
+        UPSTREAM_SECONDS.labels(provider).observe(seconds)
+        UPSTREAM_ATTEMPTS.labels(provider, f"{status // 100}xx" if status else "error").inc()
+
+
+def request_id(headers: dict[str, str]) -> tuple[str, bool]:
+    """The caller's (or Envoy's) request id when it is safe to log and forward, else a new one;
+    the flag says whether it was generated here."""
+    given = headers.get(REQUEST_ID_HEADER, "")
+    if _SAFE_REQUEST_ID.match(given):
+        return given, False
+    return uuid.uuid4().hex, True
+
+
+def record_request(
+    trace: Trace, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
+) -> None:
+    """Metrics, the access log line and the audit event for one finished call."""
+    seconds = time.perf_counter() - trace.started
+    label = provider_label(provider)
+    REQUESTS.labels(trace.route, label, code).inc()
+    REQUEST_SECONDS.labels(trace.route).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": trace.request_id, "route": trace.route, "provider": label,
+                    "batch_id": batch_id[:256], "caller": caller, "outcome": code, "status": http_status,
+                    "upstream_status": trace.upstream_status, "attempts": trace.attempts,
+                    "key_failovers": trace.key_failovers, "latency_ms": round(seconds * 1000, 2),
+                    **({"error": error} if error else {}),
+                }
+            },
+        )
+    if audit_log.isEnabledFor(logging.INFO):
+        audit_log.info(
+            "audit",
+            extra={
+                "fields": {
+                    "event": "audit", "request_id": trace.request_id, "who": caller, "action": "batch.cancel",
+                    "provider": label, "batch_id": batch_id[:256], "result": "ok" if code == "OK" else code,
+                    "status": http_status,
+                }
+            },
+        )
+
+
+class CircuitCollector(Collector):
+    """Exposes each provider's circuit state at scrape time (0 closed, 1 half-open, 2 open)."""
+
+    _VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+    def __init__(self, states: Callable[[], dict[str, str]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "batchgate_circuit_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+            labels=["provider"],
+        )
+        for provider, state in self._states().items():
+            family.add_metric([provider], self._VALUES.get(state, 0))
+        yield family
+
+
+def start_metrics(port: int, circuit_states: Callable[[], dict[str, str]]) -> None:
+    """Serves /metrics on 127.0.0.1:`port` (METRICS_HOST to change) with the circuit gauge."""
+    REGISTRY.register(CircuitCollector(circuit_states))
+    start_http_server(port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            # Values JSON-quoted: a batch id with a newline must not forge a log line.
+            text += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
+        return text
+
+
+def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """LOG_LEVEL (INFO) and LOG_FORMAT (json | text; json by default) for every logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    if (fmt or os.environ.get("LOG_FORMAT", "json")).lower() == "text":
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    else:
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
