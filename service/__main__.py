@@ -10,7 +10,7 @@ from pathlib import Path
 
 from service.auth import exposure_problem
 from service.config import ConfigError, load_config
-from service.observability import configure_logging
+from service.observability import configure_logging, configure_tracing
 from service.server import serve
 
 
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
     args = parser.parse_args()
     configure_logging()
+    configure_tracing()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -28,7 +28,18 @@ from service.compat import (
 )
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.model import CancelCommand, CancelResult
-from service.observability import IN_FLIGHT, REQUEST_ID_HEADER, Trace, record_request, request_id
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanKind
+
+from service.observability import (
+    IN_FLIGHT,
+    REQUEST_ID_HEADER,
+    Trace,
+    incoming_context,
+    record_request,
+    request_id,
+    tracer,
+)
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
 
 log = logging.getLogger(__name__)
@@ -185,8 +196,15 @@ def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_err
             echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
             code, status, failure = "OK", 200, None
             IN_FLIGHT.inc()
+            span = tracer.start_span(
+                f"batchgate.v1.BatchService/{method.__name__}",
+                context=incoming_context(headers),
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "batchgate.request_id": rid},
+            )
             try:
-                response = await method(self, request, context, call)
+                with otel_trace.use_span(span, end_on_exit=False):
+                    response = await method(self, request, context, call)
                 if echo_id:
                     await context.send_initial_metadata(echo_id)
                 return response
@@ -203,6 +221,10 @@ def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_err
                 if failure is not None:
                     code, status = failure.grpc_code.name, failure.status_code
                 command = call.command
+                span.set_attribute("rpc.grpc.status_code", code)
+                if command is not None:
+                    span.set_attribute("batchgate.provider", command.provider)
+                span.end()
                 record_request(
                     call.trace,
                     provider=command.provider if command else "",

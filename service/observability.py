@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from opentelemetry import propagate
+from opentelemetry import trace as otel_trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -178,3 +180,53 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+
+
+# --- tracing -------------------------------------------------------------------------------------
+# Spans for each RPC and each upstream attempt. Without configuration the API's tracer is a no-op
+# (a few microseconds per call); OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT turns the SDK
+# on, configured by the standard OTEL_* variables (service name, endpoint, headers, sampler).
+
+tracer = otel_trace.get_tracer("batchgate")
+_tracing = False
+
+
+def tracing_enabled() -> bool:
+    return _tracing
+
+
+def configure_tracing(exporter: Any = None) -> bool:
+    """Installs the SDK when the environment asks for it (or an exporter is given, for tests)."""
+    global _tracing
+    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    if exporter is None and (wanted in ("", "none") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+        return False
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "batchgate")}))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    elif wanted == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    otel_trace.set_tracer_provider(provider)
+    _tracing = True
+    return True
+
+
+def incoming_context(headers: dict[str, str]) -> Any:
+    """The caller's trace context (traceparent), when tracing is on."""
+    return propagate.extract(headers) if _tracing else None
+
+
+def inject_context(headers: dict[str, str]) -> None:
+    """Passes the current trace context upstream, when tracing is on."""
+    if _tracing:
+        propagate.inject(headers)

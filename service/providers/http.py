@@ -18,7 +18,9 @@ from yarl import URL
 
 from service.config import NetworkConfig
 from service.errors import DeadlineExceeded, UpstreamUnavailable
-from service.observability import Trace
+from opentelemetry.trace import SpanKind
+
+from service.observability import Trace, inject_context, tracer
 from service.providers.base import UpstreamRequest, UpstreamResponse
 from service.resilience import CircuitBreaker
 
@@ -100,7 +102,15 @@ class HttpExecutor:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
             started = time.perf_counter()
             try:
-                response = await self._send_once(request, remaining)
+                with tracer.start_as_current_span(
+                    f"{request.method} {self.provider}",
+                    kind=SpanKind.CLIENT,
+                    attributes={"http.request.method": request.method, "batchgate.provider": self.provider,
+                                "batchgate.attempt": attempt},
+                ) as span:
+                    inject_context(request.headers)
+                    response = await self._send_once(request, remaining)
+                    span.set_attribute("http.response.status_code", response.status)
             except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:

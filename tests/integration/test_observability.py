@@ -1,0 +1,155 @@
+"""What operators see, over real gRPC: metrics after a scripted mix of cancels, one access line and
+one audit event per request with the documented fields, request ids, traces, and no secret in any
+log line at any level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.observability import JsonFormatter, configure_tracing
+from tests.integration.test_auth import VK_TEAM, governed
+from tests.support import AZURE_KEY, OPENAI_KEYS, running_service
+
+ACCESS_FIELDS = {
+    "request_id", "route", "provider", "batch_id", "caller", "outcome", "status", "upstream_status", "attempts",
+    "key_failovers", "latency_ms",
+}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def new_id() -> str:
+    return f"batch_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+async def service(sandbox, sim):
+    async with running_service(governed(sandbox.url)) as (_, stub):
+        yield stub
+
+
+async def call(stub, batch_id: str, metadata=()) -> grpc.aio.UnaryUnaryCall:
+    invocation = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=metadata)
+    try:
+        await invocation
+    except grpc.aio.AioRpcError:
+        pass
+    return invocation
+
+
+async def test_counters_follow_a_scripted_mix_of_outcomes(service, sim):
+    before = {
+        "ok": sample("batchgate_requests_total", route="grpc", provider="openai", code="OK"),
+        "not_found": sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND"),
+        "blocked": sample("batchgate_requests_total", route="grpc", provider="openai", code="UNAUTHENTICATED"),
+        "attempts_2xx": sample("batchgate_upstream_attempts_total", provider="openai", result="2xx"),
+        "attempts_4xx": sample("batchgate_upstream_attempts_total", provider="openai", result="4xx"),
+        "failovers": sample("batchgate_key_failovers_total", provider="openai"),
+    }
+    await call(service, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))  # success
+    await call(service, new_id(), (("x-bf-vk", VK_TEAM),))  # 404 on both keys: one failover
+    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),))  # refused, no upstream call
+    assert sample("batchgate_requests_total", route="grpc", provider="openai", code="OK") == before["ok"] + 1
+    assert sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND") == before["not_found"] + 1
+    assert sample("batchgate_requests_total", route="grpc", provider="openai", code="UNAUTHENTICATED") == (
+        before["blocked"] + 1
+    )
+    assert sample("batchgate_upstream_attempts_total", provider="openai", result="2xx") == before["attempts_2xx"] + 1
+    assert sample("batchgate_upstream_attempts_total", provider="openai", result="4xx") == before["attempts_4xx"] + 2
+    assert sample("batchgate_key_failovers_total", provider="openai") == before["failovers"] + 1
+    assert sample("batchgate_in_flight_requests") == 0
+
+
+async def test_unknown_provider_names_never_become_labels(service, sim):
+    stub = service
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Cancel(pb.CancelBatchRequest(batch_id="b", provider=f"zz{uuid.uuid4().hex}"))
+    labels = {s.labels.get("provider") for m in REGISTRY.collect() if m.name == "batchgate_requests" for s in m.samples}
+    assert all(label in {"unknown"} or not label.startswith("zz") for label in labels)
+
+
+async def test_one_access_line_and_one_audit_event_per_request(service, sim, caplog):
+    caplog.set_level(logging.INFO)
+    batch = sim.seed("openai", new_id())
+    await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", "req-abc-1")))
+    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),))
+    access = [r for r in caplog.records if r.name == "batchgate.access"]
+    audit = [r for r in caplog.records if r.name == "batchgate.audit"]
+    assert len(access) == 2 and len(audit) == 2
+    ok, refused = (r.fields for r in access)
+    assert ACCESS_FIELDS <= ok.keys()
+    assert (ok["request_id"], ok["route"], ok["provider"], ok["batch_id"]) == ("req-abc-1", "grpc", "openai", batch.id)
+    assert (ok["caller"], ok["outcome"], ok["status"], ok["upstream_status"], ok["attempts"]) == (
+        "vk:team-a", "OK", 200, 200, 1,
+    )
+    assert (refused["caller"], refused["outcome"], refused["status"], refused["attempts"]) == (
+        "anonymous", "UNAUTHENTICATED", 401, 0,
+    )
+    assert audit[0].fields == {
+        "event": "audit", "request_id": "req-abc-1", "who": "vk:team-a", "action": "batch.cancel",
+        "provider": "openai", "batch_id": batch.id, "result": "ok", "status": 200,
+    }
+    assert audit[1].fields["result"] == "UNAUTHENTICATED"
+    line = json.loads(JsonFormatter().format(access[0]))
+    assert line["request_id"] == "req-abc-1" and line["logger"] == "batchgate.access"
+
+
+async def test_request_id_is_generated_returned_and_sent_upstream(service, sim):
+    batch = sim.seed("openai", new_id())
+    invocation = await call(service, batch.id, (("x-bf-vk", VK_TEAM),))
+    rid = dict(await invocation.initial_metadata())["x-request-id"]
+    assert len(rid) == 32
+    assert sim.calls("openai")[0]["headers"]["X-Client-Request-Id"] == rid
+
+
+async def test_unsafe_request_ids_are_replaced(service, sim):
+    batch = sim.seed("openai", new_id())
+    await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", "a b;c" + "x" * 300)))
+    sent = sim.calls("openai")[0]["headers"]["X-Client-Request-Id"]
+    assert " " not in sent and len(sent) == 32
+
+
+async def test_no_secret_in_any_log_line_at_any_level(sandbox, sim, caplog):
+    caplog.set_level(logging.DEBUG)
+    config = governed(sandbox.url, allow_direct_keys=True)
+    config["auth_config"] = {"is_enabled": True, "admin_username": "admin", "admin_password": "pw-SECRET-0001"}
+    secrets = [*OPENAI_KEYS, AZURE_KEY, VK_TEAM, "pw-SECRET-0001", "sk-direct-SECRET-0002"]
+    async with running_service(config) as (_, stub):
+        await call(stub, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))
+        await call(stub, new_id(), (("authorization", "Basic YWRtaW46d3Jvbmc="),))
+        await call(stub, new_id(), (("x-api-key", "sk-direct-SECRET-0002"), ("authorization", "Basic "
+                                                                                         "YWRtaW46cHctU0VDUkVULTAwMDE=")))
+        sim.add_fault("openai", {"status": 500, "count": 3})
+        await call(stub, new_id(), (("x-bf-vk", VK_TEAM),))
+    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    assert "batchgate.access" in text
+    for secret in secrets:
+        assert secret not in text
+
+
+async def test_spans_for_the_rpc_and_each_attempt_continue_the_callers_trace(service, sim):
+    exporter = InMemorySpanExporter()
+    configure_tracing(exporter)
+    trace_id = uuid.uuid4().hex
+    parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    sim.add_fault("openai", {"status": 503})
+    batch = sim.seed("openai", new_id())
+    await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("traceparent", parent)))
+    spans = exporter.get_finished_spans()
+    server = [s for s in spans if s.name == "batchgate.v1.BatchService/Cancel"]
+    client = [s for s in spans if s.name == "POST openai"]
+    assert len(server) == 1 and len(client) == 2  # the 503 and its retry
+    assert format(server[0].context.trace_id, "032x") == trace_id
+    assert all(s.parent.span_id == server[0].context.span_id for s in client)
+    assert [s.attributes["http.response.status_code"] for s in client] == [503, 200]
+    assert sim.calls("openai")[-1]["headers"]["traceparent"].split("-")[1] == trace_id
