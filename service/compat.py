@@ -107,11 +107,18 @@ def to_anthropic(result: CancelResult) -> pb.AnthropicMessageBatch:
             canceled=counts.canceled or 0,
             expired=counts.expired or 0,
         )
+    # Anthropic says "cancelled" as ended + cancel_initiated_at: a provider that reports only the
+    # end of a cancelled batch still reads as cancelled here.
+    initiated = batch.cancelling_at
+    if initiated is None and batch.status == "cancelled":
+        initiated = batch.cancelled_at
     return pb.AnthropicMessageBatch(
         id=batch.id,
         type="message_batch",
         processing_status=status,
         request_counts=request_counts,
-        cancel_initiated_at=_rfc3339(batch.cancelling_at),
+        cancel_initiated_at=_rfc3339(initiated),
         ended_at=_rfc3339(batch.cancelled_at) if status == "ended" else None,
+        created_at=_rfc3339(batch.created_at),
+        expires_at=_rfc3339(batch.expires_at),
     )

@@ -36,6 +36,9 @@ class BatchState:
     counts: RequestCounts | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+    # Not part of the unified answer; the drop-in surfaces use them (Anthropic's message_batch).
+    created_at: int | None = None
+    expires_at: int | None = None
 
 
 @dataclass(slots=True)

@@ -91,6 +91,8 @@ class AnthropicAdapter(Adapter):
             counts=_counts(data.get("request_counts")),
             cancelling_at=_seconds(data.get("cancel_initiated_at")),
             cancelled_at=cancelled_at,
+            created_at=_seconds(data.get("created_at")),
+            expires_at=_seconds(data.get("expires_at")),
         )
 
     def parse_error(self, response: UpstreamResponse) -> ProviderError:

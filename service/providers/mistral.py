@@ -59,7 +59,9 @@ class MistralAdapter(Adapter):
         status = self.status(data["status"])
         counts = RequestCounts(
             total=count(data.get("total_requests")),
-            completed=count(data.get("completed_requests")),
+            # Mistral's completed_requests counts failures too; the unified `completed` means
+            # succeeded, as OpenAI's does.
+            completed=count(data.get("succeeded_requests")),
             failed=count(data.get("failed_requests")),
             succeeded=count(data.get("succeeded_requests")),
         )

@@ -47,6 +47,8 @@ class OpenAIAdapter(Adapter):
             else None,
             cancelling_at=unix_seconds(data.get("cancelling_at")),
             cancelled_at=unix_seconds(data.get("cancelled_at")),
+            created_at=unix_seconds(data.get("created_at")),
+            expires_at=unix_seconds(data.get("expires_at")),
         )
 
 
