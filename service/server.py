@@ -24,7 +24,7 @@ SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_na
 GRACE_SECONDS = 10.0
 # Between turning NOT_SERVING and refusing calls: Envoy's health checks (1 s interval, 2 failures)
 # take this long to move traffic to other replicas.
-DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "2"))
+DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "3"))
 
 
 class App:

@@ -438,11 +438,6 @@ def test_unsupported_provider_header_is_a_400_in_the_routes_envelope(gw: Gateway
     assert_envelope(route, resp, 400, "batch cancel is not supported by provider: ollama")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: errors Envoy's transcoder answers itself on the drop-in routes (malformed JSON body, an "
-    "unknown query parameter such as Gemini's documented `?key=`) come back in the Bifrost envelope "
-    "(no x-amzn-ErrorType for boto3, no `type: error` for Anthropic, error.code a string for Google)"
-))
 @pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("mistake", ["malformed json body", "unknown query parameter"])
 def test_edge_refusals_are_in_the_routes_envelope(gw: Gateway, route: str, mistake: str) -> None:

@@ -1,0 +1,179 @@
+"""gateway/render.py: every config it renders passes `envoy --mode validate` (static loopback
+endpoints and STRICT_DNS, with and without TLS), and the DNS variant differs from the static one
+only in how the cluster finds its endpoints, so health checks, outlier detection and retries are
+the same in both. Also checks that the Kubernetes example config in deploy/ may listen publicly."""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.render import DESCRIPTOR, LUA_FILE, ROOT, render, split_host_port
+from service.auth import exposure_problem
+from service.config import parse_config
+
+ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+K8S_UPSTREAM = "batchgate-service.default.svc.cluster.local:50051"
+
+
+def validate(config: str, tmp_path: Path) -> None:
+    """Runs `envoy --mode validate` on the config; fails on an error or a deprecated field."""
+    path = tmp_path / "envoy.yaml"
+    path.write_text(config)
+    proc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+                          capture_output=True, text=True, timeout=30)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "OK" in proc.stdout
+    assert "Deprecated" not in output, output
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate and key (Envoy reads both while validating)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _tls(tls: bool, tls_files: tuple[Path, Path]) -> dict:
+    return {"tls_cert": tls_files[0], "tls_key": tls_files[1]} if tls else {}
+
+
+def _cluster(config: str) -> str:
+    return config[config.index("  clusters:"):]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("ports", [[50051], [40001, 40002, 40003]], ids=["1-endpoint", "3-endpoints"])
+def test_static_config_validates(ports: list[int], tls: bool, tls_files, tmp_path: Path) -> None:
+    config = render(http_port=8080, grpc_ports=ports, **_tls(tls, tls_files))
+
+    validate(config, tmp_path)
+    cluster = _cluster(config)
+    assert "    type: STATIC\n" in cluster
+    assert re.findall(r"address: 127\.0\.0\.1, port_value: (\d+)", cluster) == [str(p) for p in ports]
+    assert ("UpstreamTlsContext" in cluster) is tls
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_dns_config_validates(tls: bool, tls_files, tmp_path: Path) -> None:
+    config = render(http_port=8080, upstream_dns=K8S_UPSTREAM, bind_host="0.0.0.0", **_tls(tls, tls_files))
+
+    validate(config, tmp_path)
+    cluster = _cluster(config)
+    assert "    type: STRICT_DNS\n    dns_lookup_family: V4_PREFERRED\n" in cluster
+    assert "type: STATIC" not in config
+    endpoints = re.findall(r"socket_address: \{address: ([^,]+), port_value: (\d+)\}", cluster)
+    assert endpoints == [("batchgate-service.default.svc.cluster.local", "50051")]
+    assert "address: 0.0.0.0, port_value: 8080" in config
+    assert ("UpstreamTlsContext" in cluster) is tls
+
+
+def test_dns_config_keeps_health_checks_outlier_detection_and_retries() -> None:
+    """Only the cluster type and the endpoint line differ from the static config."""
+    static = render(http_port=8080, grpc_ports=[50051]).splitlines()
+    dns = render(http_port=8080, upstream_dns=K8S_UPSTREAM).splitlines()
+
+    changed = [line for line in difflib.unified_diff(static, dns, lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert changed == [
+        "-    type: STATIC",
+        "+    type: STRICT_DNS",
+        "+    dns_lookup_family: V4_PREFERRED",
+        "-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 50051}}}",
+        "+        - endpoint: {address: {socket_address: "
+        "{address: batchgate-service.default.svc.cluster.local, port_value: 50051}}}",
+    ]
+    text = "\n".join(dns)
+    for kept in ("grpc_health_check: {service_name: batchgate.v1.BatchService}", "outlier_detection:",
+                 "consecutive_local_origin_failure: 3", "retry_on: connect-failure,refused-stream,reset-before-request",
+                 "envoy.retry_host_predicates.previous_hosts", "http2_protocol_options"):
+        assert kept in text
+
+
+def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
+    """What deploy/README.md tells users to run, with the assets where the Envoy pod mounts them."""
+    assets = tmp_path / "etc-envoy"
+    assets.mkdir()
+    shutil.copy(DESCRIPTOR, assets / "batchgate.pb")
+    shutil.copy(LUA_FILE, assets / "errors.lua")
+    out = tmp_path / "envoy.yaml"
+
+    subprocess.run([sys.executable, "-m", "gateway.render", "--upstream-dns", K8S_UPSTREAM, "--bind-host", "0.0.0.0",
+                    "--assets-dir", str(assets), "--out", str(out)], cwd=ROOT, check=True, timeout=30)
+
+    config = out.read_text()
+    assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
+    assert f"filename: {assets / 'errors.lua'}" in config
+    validate(config, tmp_path)
+
+
+def test_cli_rejects_a_malformed_upstream(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gateway.render", "--upstream-dns", "batchgate-service",
+                           "--out", str(tmp_path / "envoy.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "expected HOST:PORT" in proc.stderr
+    assert not (tmp_path / "envoy.yaml").exists()
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("svc.ns.svc.cluster.local:50051", ("svc.ns.svc.cluster.local", 50051)),
+    ("10.0.0.7:1", ("10.0.0.7", 1)),
+    ("[fd00::7]:50051", ("fd00::7", 50051)),
+])
+def test_split_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert split_host_port(value) == expected
+
+
+@pytest.mark.parametrize("value", ["host", "host:", ":50051", "host:0", "host:65536", "host:http"])
+def test_split_host_port_rejects(value: str) -> None:
+    with pytest.raises(ValueError):
+        split_host_port(value)
+
+
+def test_render_needs_an_upstream() -> None:
+    with pytest.raises(ValueError):
+        render(http_port=8080)
+
+
+def test_kubernetes_example_config_is_safe_to_expose() -> None:
+    """deploy/service.yaml's config.json loads with deploy/secret.example.yaml's values in the
+    environment and enforces auth, so the service accepts `--address 0.0.0.0:50051`."""
+    manifest = (ROOT / "deploy" / "service.yaml").read_text()
+    block = re.search(r"^  config\.json: \|\n((?:    .*\n|\n)+)", manifest, re.MULTILINE)
+    assert block, "deploy/service.yaml: no `config.json: |` block in the ConfigMap"
+    data = json.loads("\n".join(line[4:] for line in block.group(1).splitlines()))
+    secret = (ROOT / "deploy" / "secret.example.yaml").read_text()
+    env = dict(re.findall(r'^  ([A-Z][A-Z0-9_]*): "([^"]*)"$', secret, re.MULTILINE))
+
+    config = parse_config(data, env)
+
+    assert {m for m in re.findall(r'"env\.([A-Z0-9_]+)"', block.group(1))} == set(env)
+    assert config.auth_required
+    assert not config.client.allow_unauthenticated_public
+    assert exposure_problem(config, "0.0.0.0") is None
