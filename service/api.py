@@ -28,17 +28,14 @@ from service.compat import (
 )
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.model import CancelCommand, CancelResult
-from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanKind
-
 from service.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
     Trace,
-    incoming_context,
+    activate,
     record_request,
     request_id,
-    tracer,
+    server_span,
 )
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
 
@@ -196,14 +193,9 @@ def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_err
             echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
             code, status, failure = "OK", 200, None
             IN_FLIGHT.inc()
-            span = tracer.start_span(
-                f"batchgate.v1.BatchService/{method.__name__}",
-                context=incoming_context(headers),
-                kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "batchgate.request_id": rid},
-            )
+            span = server_span(method.__name__, headers, rid)
             try:
-                with otel_trace.use_span(span, end_on_exit=False):
+                with activate(span):
                     response = await method(self, request, context, call)
                 if echo_id:
                     await context.send_initial_metadata(echo_id)

@@ -7,6 +7,7 @@ known name or "unknown") and gRPC code names; callers appear as `vk:<id>`, `admi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import orjson
 from opentelemetry import propagate
 from opentelemetry import trace as otel_trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -143,11 +145,21 @@ def start_metrics(port: int, circuit_states: Callable[[], dict[str, str]]) -> No
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the record's `fields`."""
+    """One JSON object per line: time, level, logger, message, and the record's `fields`. On the
+    request path twice per call, so it is kept cheap (orjson, the timestamp prefix cached per second)."""
+
+    _second = -1
+    _prefix = ""
+
+    def _timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -155,7 +167,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return orjson.dumps(line, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -174,9 +186,11 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     if (fmt or os.environ.get("LOG_FORMAT", "json")).lower() == "text":
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
-        formatter = JsonFormatter()
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+        handler.setFormatter(JsonFormatter())
+    # Records don't need the caller's source line, thread or process (see the logging HOWTO's
+    # "Optimization"): skipping them halves the cost of a log call on the request path.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
@@ -221,9 +235,33 @@ def configure_tracing(exporter: Any = None) -> bool:
     return True
 
 
-def incoming_context(headers: dict[str, str]) -> Any:
-    """The caller's trace context (traceparent), when tracing is on."""
-    return propagate.extract(headers) if _tracing else None
+def server_span(rpc: str, headers: dict[str, str], request_id: str) -> otel_trace.Span:
+    """The span of one RPC, continuing the caller's traceparent; a shared no-op span when tracing
+    is off (nothing is allocated per call)."""
+    if not _tracing:
+        return otel_trace.INVALID_SPAN
+    return tracer.start_span(
+        f"batchgate.v1.BatchService/{rpc}",
+        context=propagate.extract(headers),
+        kind=otel_trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "batchgate.request_id": request_id},
+    )
+
+
+def activate(span: otel_trace.Span) -> Any:
+    """Makes `span` current for the enclosed code (a no-op when tracing is off)."""
+    return otel_trace.use_span(span, end_on_exit=False) if _tracing else contextlib.nullcontext()
+
+
+def client_span(provider: str, method: str, attempt: int) -> Any:
+    """A context manager for one upstream attempt (a no-op when tracing is off)."""
+    if not _tracing:
+        return contextlib.nullcontext(otel_trace.INVALID_SPAN)
+    return tracer.start_as_current_span(
+        f"{method} {provider}",
+        kind=otel_trace.SpanKind.CLIENT,
+        attributes={"http.request.method": method, "batchgate.provider": provider, "batchgate.attempt": attempt},
+    )
 
 
 def inject_context(headers: dict[str, str]) -> None:

@@ -18,9 +18,7 @@ from yarl import URL
 
 from service.config import NetworkConfig
 from service.errors import DeadlineExceeded, UpstreamUnavailable
-from opentelemetry.trace import SpanKind
-
-from service.observability import Trace, inject_context, tracer
+from service.observability import Trace, client_span, inject_context
 from service.providers.base import UpstreamRequest, UpstreamResponse
 from service.resilience import CircuitBreaker
 
@@ -102,12 +100,7 @@ class HttpExecutor:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
             started = time.perf_counter()
             try:
-                with tracer.start_as_current_span(
-                    f"{request.method} {self.provider}",
-                    kind=SpanKind.CLIENT,
-                    attributes={"http.request.method": request.method, "batchgate.provider": self.provider,
-                                "batchgate.attempt": attempt},
-                ) as span:
+                with client_span(self.provider, request.method, attempt) as span:
                     inject_context(request.headers)
                     response = await self._send_once(request, remaining)
                     span.set_attribute("http.response.status_code", response.status)
