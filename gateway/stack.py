@@ -95,6 +95,9 @@ class Stack:
             stdout=kwargs.pop("stdout", out),
             stderr=out if out is not None else None,
             preexec_fn=_die_with_parent,
+            # Own process group: a Ctrl-C in the terminal reaches only us, and we stop the
+            # children in order (services drain before Envoy goes).
+            start_new_session=True,
             **kwargs,
         )
         self.procs.append(proc)
