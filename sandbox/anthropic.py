@@ -161,12 +161,6 @@ class AnthropicSim(ProviderSim):
             ("GET", "/v1/messages/batches/{batch_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         denied = self.check_headers(request)
         if denied is not None:

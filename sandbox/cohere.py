@@ -45,12 +45,6 @@ class CohereSim(ProviderSim):
             ("GET", "/v2/batches/{batch_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         key = bearer_token(request)
         if not self.sim.key_ok(self.name, key):

@@ -94,15 +94,18 @@ class SimBatch:
             self.cancelled_at = int(self._cancel_started + self.cancel_delay_s)
         return self
 
-    def cancel(self, now: float) -> SimBatch:
+    def cancel(self, now: float, *, immediately: bool = False) -> SimBatch:
         """Accepts a cancel: running batches move to `cancelling`; a batch already `cancelling` is
-        left as it is. Raises NotCancellable for a finished batch."""
+        left as it is (with `immediately`, either one is `cancelled` at `now` instead). Raises
+        NotCancellable for a finished batch."""
         if self.status in TERMINAL:
             raise NotCancellable(self)
         if self.status != "cancelling":
             self.status = "cancelling"
             self.cancelling_at = int(now)
             self._cancel_started = now
+        if immediately:
+            self.status, self.cancelled_at = "cancelled", int(now)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -379,6 +382,18 @@ class ProviderSim:
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """(method, path below the prefix, handler) for each provider endpoint."""
+        raise NotImplementedError
+
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        """The cancel endpoint, for a provider whose cancel and read answer alike (see `answer`)."""
+        return self.answer(request, cancel=True)
+
+    async def retrieve(self, request: web.Request) -> web.StreamResponse:
+        """The read endpoint, for a provider whose cancel and read answer alike (see `answer`)."""
+        return self.answer(request, cancel=False)
+
+    def answer(self, request: web.Request, *, cancel: bool) -> web.StreamResponse:
+        """Authenticates, finds the batch, cancels it when `cancel` and answers in the provider's shape."""
         raise NotImplementedError
 
     def status_error(self, status: int) -> web.Response:

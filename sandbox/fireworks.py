@@ -83,9 +83,6 @@ class FireworksSim(ProviderSim):
             return self.rpc_error(400, INVALID_ARGUMENT, "invalid character in request body: expected a JSON object")
         return self.answer(request, cancel=True)
 
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     async def retrieve_inference_job(self, request: web.Request) -> web.Response:
         return self.answer(request, cancel=False, collection="batchInferenceJobs")
 
@@ -104,14 +101,11 @@ class FireworksSim(ProviderSim):
         if not cancel:
             render = self.render if collection == "batchJobs" else self.render_inference_job
             return json_response(render(batch, name), headers=self.response_headers())
-        now = time()
         try:
-            batch.cancel(now)
+            batch.cancel(time(), immediately=self.cancel_immediately)
         except NotCancellable:
             message = f"batch job is in state {STATE[batch.status]} and cannot be cancelled"
             return self.rpc_error(400, FAILED_PRECONDITION, message)
-        if self.cancel_immediately and batch.status == "cancelling":
-            batch.status, batch.cancelled_at = "cancelled", int(now)
         return json_response({}, headers=self.response_headers())
 
     def render(self, batch: SimBatch, name: str) -> dict[str, Any]:

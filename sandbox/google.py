@@ -303,15 +303,9 @@ class GeminiSim(_GoogleSim):
             for version in ("v1beta", "v1")
             for route in (
                 ("POST", f"/{version}/batches/{{batch_id:[^/]+}}:cancel", self.cancel),
-                ("GET", f"/{version}/batches/{{batch_id}}", self.get),
+                ("GET", f"/{version}/batches/{{batch_id}}", self.retrieve),
             )
         ]
-
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def get(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         denied = self.authenticate(request)
@@ -416,7 +410,7 @@ class VertexSim(_GoogleSim):
             for version in ("v1", "v1beta1")
             for route in (
                 ("POST", f"/{version}{job}/{{job_id:[^/]+}}:cancel", self.cancel),
-                ("GET", f"/{version}{job}/{{job_id}}", self.get),
+                ("GET", f"/{version}{job}/{{job_id}}", self.retrieve),
             )
         ]
 
@@ -489,12 +483,6 @@ class VertexSim(_GoogleSim):
         return json_response({"error": error, "error_description": description}, 400)
 
     # The API
-
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def get(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         denied = self.authenticate(request)

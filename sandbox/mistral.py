@@ -53,12 +53,6 @@ class MistralSim(ProviderSim):
             ("GET", "/v1/batch/jobs/{job_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         if not self.sim.key_ok(self.name, bearer_token(request)):
             return self.gateway_error(401)
@@ -69,13 +63,10 @@ class MistralSim(ProviderSim):
         if batch is None:
             return self.detail(404, "Batch job not found")
         if cancel:
-            now = time()
             try:
-                batch.cancel(now)
+                batch.cancel(time(), immediately=self.cancel_immediately)
             except NotCancellable:
                 return self.detail(400, f"Batch job {job_id} is {STATUS[batch.status]} and cannot be cancelled")
-            if self.cancel_immediately and batch.status == "cancelling":
-                batch.status, batch.cancelled_at = "cancelled", int(now)
         return json_response(self.render(batch), headers=self.response_headers())
 
     def render(self, batch: SimBatch) -> dict[str, Any]:

@@ -74,12 +74,6 @@ class OpenAISim(ProviderSim):
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         """Authenticates, finds the batch, cancels it when asked and renders it."""
         denied = self.authenticate(request)

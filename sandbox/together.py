@@ -57,12 +57,6 @@ class TogetherSim(ProviderSim):
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         key = bearer_token(request)
         if not self.sim.key_ok(self.name, key):
@@ -72,12 +66,10 @@ class TogetherSim(ProviderSim):
         if batch is None:
             return self.error(404, f"batch job {batch_id} not found")
         if cancel:
-            now = time()
             try:
-                batch.cancel(now)
+                batch.cancel(time(), immediately=True)  # no interim state on Together
             except NotCancellable:
                 return self.error(400, f"cannot cancel batch job {batch_id} with status {STATUS[batch.status]}")
-            batch.status, batch.cancelled_at = "cancelled", int(now)  # no interim state on Together
         return json_response(self.render(batch), headers=self.response_headers())
 
     def render(self, batch: SimBatch) -> dict[str, Any]:

@@ -64,12 +64,6 @@ class XAISim(ProviderSim):
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
         ]
 
-    async def cancel(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=True)
-
-    async def retrieve(self, request: web.Request) -> web.Response:
-        return self.answer(request, cancel=False)
-
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         key = bearer_token(request)
         if key is None:
@@ -81,14 +75,11 @@ class XAISim(ProviderSim):
         if batch is None:
             return self.error(404, f"Batch {batch_id} not found")
         if cancel:
-            now = time()
             try:
-                batch.cancel(now)
+                batch.cancel(time(), immediately=self.cancel_immediately)
             except NotCancellable:
                 if self.reject_finished_cancel:
                     return self.error(400, f"Batch {batch_id} has already finished", code=FAILED_PRECONDITION)
-            if self.cancel_immediately and batch.status == "cancelling":
-                batch.status, batch.cancelled_at = "cancelled", int(now)
         return json_response(self.render(batch), headers=self.response_headers())
 
     def render(self, batch: SimBatch) -> dict[str, Any]:

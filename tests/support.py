@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import grpc
+import pytest
+from grpc_status import rpc_status
 
+from sandbox.core import ProviderSim
 from service.config import Config, parse_config
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.server import App, create_server
 
@@ -38,6 +42,54 @@ def config_dict(sandbox_url: str, **client: Any) -> dict:
             },
         },
     }
+
+
+def sim_config(
+    sim_cls: type[ProviderSim],
+    sandbox_url: str,
+    key: str | None = None,
+    *,
+    max_retries: int = 0,
+    network: Mapping[str, Any] | None = None,
+    **provider_fields: Any,
+) -> dict:
+    """A config with one provider: the simulator's own block for the sandbox at `sandbox_url` (with
+    `key`, else the simulator's default key), `max_retries` and `network` set in its network_config,
+    and `provider_fields` laid over the block."""
+    block = sim_cls.gateway_config(f"{sandbox_url}{sim_cls.prefix}", sim_cls.default_key if key is None else key)
+    block["network_config"].update({"max_retries": max_retries, **(network or {})})
+    return {"providers": {sim_cls.name: {**block, **provider_fields}}}
+
+
+def batch_keys(*values: str) -> list[dict]:
+    """Plain batch keys named k0, k1, ... in the order given."""
+    return [{"name": f"k{i}", "value": value, "use_for_batch_api": True} for i, value in enumerate(values)]
+
+
+def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
+    """The ErrorDetail carried in a failed call's grpc-status-details-bin."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin on the error"
+    detail = pb.ErrorDetail()
+    assert status.details[0].Unpack(detail)
+    return detail
+
+
+async def cancel(stub, batch_id: str, provider: str = "openai", metadata=(), **fields) -> pb.BatchCancelResponse:
+    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider=provider, **fields), metadata=metadata)
+
+
+async def cancel_error(stub, *args, **kwargs) -> grpc.aio.AioRpcError:
+    """The error of a cancel that must fail (same arguments as `cancel`)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await cancel(stub, *args, **kwargs)
+    return info.value
+
+
+async def cancel_failure(stub, *args, **kwargs) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
+    """`cancel_error` with the error's ErrorDetail."""
+    err = await cancel_error(stub, *args, **kwargs)
+    return err, error_detail(err)
 
 
 @contextlib.asynccontextmanager

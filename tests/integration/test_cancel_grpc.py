@@ -8,32 +8,22 @@ import uuid
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import AZURE_KEY, OPENAI_KEYS, config_dict, running_service
+# cancel, cancel_error and error_detail are also imported from this module by other test modules.
+from tests.support import (
+    AZURE_KEY,
+    OPENAI_KEYS,
+    cancel,
+    cancel_error,
+    config_dict,
+    error_detail,
+    running_service,
+)
 
 
 def new_id() -> str:
     return f"batch_{uuid.uuid4().hex[:16]}"
-
-
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, provider: str = "openai", metadata=(), **fields) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider=provider, **fields), metadata=metadata)
-
-
-async def cancel_error(stub, *args, **kwargs) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, *args, **kwargs)
-    return info.value
 
 
 @pytest.fixture

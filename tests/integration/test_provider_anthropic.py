@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.anthropic import AnthropicSim, anthropic_options, message_batch_counts
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import error_detail, running_service, sim_config
 
 KEY = AnthropicSim.default_key
 
@@ -22,28 +23,12 @@ def new_id() -> str:
     return f"msgbatch_{uuid.uuid4().hex[:20]}"
 
 
-def config(sandbox, **network) -> dict:
-    block = AnthropicSim.gateway_config(f"{sandbox.url}{AnthropicSim.prefix}", KEY)
-    block["network_config"].update({"max_retries": 0, **network})
-    return {"providers": {"anthropic": block}}
+def config(sandbox, max_retries: int = 0, **network) -> dict:
+    return sim_config(AnthropicSim, sandbox.url, max_retries=max_retries, network=network)
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="anthropic"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value
+cancel = partial(support.cancel, provider="anthropic")
+cancel_error = partial(support.cancel_error, provider="anthropic")
 
 
 def counts_of(response: pb.BatchCancelResponse) -> dict:

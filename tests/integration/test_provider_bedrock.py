@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import secrets
 import time
+from functools import partial
 from urllib.parse import quote
 
 import aiohttp
@@ -22,11 +23,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotoConfig
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from grpc_status import rpc_status
 
 from sandbox.bedrock import ACCOUNT_ID, REGION, BedrockOptions, BedrockSim, SandboxCredentials, bedrock_options
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import running_service, sim_config
 
 CREDS = SandboxCredentials.parse(BedrockSim.default_key)
 ARN_PREFIX = f"arn:aws:bedrock:{REGION}:{ACCOUNT_ID}:model-invocation-job/"
@@ -41,26 +41,13 @@ def encoded_arn(job_id: str) -> str:
 
 
 def config(sandbox, **key_overrides) -> dict:
-    block = BedrockSim.gateway_config(f"{sandbox.url}{BedrockSim.prefix}", BedrockSim.default_key)
-    block["keys"][0]["bedrock_key_config"].update(key_overrides)
-    block["network_config"]["max_retries"] = 0
-    return {"providers": {"bedrock": block}}
+    cfg = sim_config(BedrockSim, sandbox.url)
+    cfg["providers"]["bedrock"]["keys"][0]["bedrock_key_config"].update(key_overrides)
+    return cfg
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    detail = pb.ErrorDetail()
-    assert rpc_status.from_call(err).details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="bedrock"))
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="bedrock")
+cancel_failure = partial(support.cancel_failure, provider="bedrock")
 
 
 @pytest.fixture
@@ -181,7 +168,7 @@ async def test_arn_ids_in_every_accepted_form_go_upstream_as_one_segment(service
     ],
 )
 async def test_unsafe_ids_never_reach_bedrock(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.error.param) == (400, "batch_id")
     assert sim.calls("bedrock") == []
@@ -191,7 +178,7 @@ async def test_unsafe_ids_never_reach_bedrock(service, sim, batch_id):
 
 
 async def test_unknown_job_is_not_found(service, sim):
-    err, detail = await cancel_error(service, new_job_id())
+    err, detail = await cancel_failure(service, new_job_id())
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.type) == (404, "ResourceNotFoundException")
     assert detail.is_bifrost_error is False and detail.extra_fields.provider == "bedrock"
@@ -201,7 +188,7 @@ async def test_unknown_job_is_not_found(service, sim):
                                                ("expired", "Expired"), ("cancelled", "Stopped")])  # fmt: skip
 async def test_finished_job_is_a_409_conflict_with_bedrocks_message(service, sim, status, shown):
     batch = sim.seed("bedrock", new_job_id(), status=status)
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (detail.status_code, detail.error.type, detail.error.code) == (409, "ConflictException", "ConflictException")
     assert detail.error.message == f"Job {ARN_PREFIX}{batch.id} cannot be stopped because it is in {shown} status."
@@ -211,20 +198,20 @@ async def test_finished_job_is_a_409_conflict_with_bedrocks_message(service, sim
 async def test_partially_completed_job_is_a_conflict(service, sim, options):
     options.status_names = {"completed": "PartiallyCompleted"}
     batch = sim.seed("bedrock", new_job_id(), status="completed")
-    _, detail = await cancel_error(service, batch.id)
+    _, detail = await cancel_failure(service, batch.id)
     assert detail.status_code == 409 and "PartiallyCompleted" in detail.error.message
 
 
 async def test_stop_of_a_stopping_job_can_be_refused_too(service, sim, options):
     options.conflict_when_stopping = True
     batch = sim.seed("bedrock", new_job_id(), status="cancelling", cancel_delay_s=3600)
-    _, detail = await cancel_error(service, batch.id)
+    _, detail = await cancel_failure(service, batch.id)
     assert (detail.status_code, detail.error.type) == (409, "ConflictException")
 
 
 async def test_identifier_outside_awss_pattern_is_a_validation_error(service, sim, options):
     options.strict_identifiers = True
-    err, detail = await cancel_error(service, "not_a_bedrock_id")
+    err, detail = await cancel_failure(service, "not_a_bedrock_id")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.error.type) == (400, "ValidationException")
     assert "failed to satisfy constraint" in detail.error.message
@@ -246,7 +233,7 @@ async def test_identifier_outside_awss_pattern_is_a_validation_error(service, si
 async def test_bad_credentials_are_403_with_awss_exception(sandbox, sim, options, overrides, error_type, message):
     batch = sim.seed("bedrock", new_job_id())
     async with running_service(config(sandbox, **overrides)) as (_, stub):
-        err, detail = await cancel_error(stub, batch.id)
+        err, detail = await cancel_failure(stub, batch.id)
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert (detail.status_code, detail.error.type, detail.error.message) == (403, error_type, message)
     assert "Canonical String" not in detail.error.message
@@ -268,7 +255,7 @@ async def test_session_credentials_sign_the_token(sandbox, sim, options):
             assert (await cancel(stub, batch.id)).status == "cancelling"
             cfg["providers"]["bedrock"]["keys"][0]["bedrock_key_config"].pop("session_token")
         async with running_service(cfg) as (_, stub):
-            _, detail = await cancel_error(stub, batch.id)
+            _, detail = await cancel_failure(stub, batch.id)
     finally:
         sim.keys["bedrock"] = saved
     stop = sim.calls("bedrock")[0]
@@ -279,7 +266,7 @@ async def test_session_credentials_sign_the_token(sandbox, sim, options):
 
 async def test_rate_limited_stop_keeps_429(service, sim):
     sim.add_fault("bedrock", {"status": 429})
-    err, detail = await cancel_error(service, sim.seed("bedrock", new_job_id()).id)
+    err, detail = await cancel_failure(service, sim.seed("bedrock", new_job_id()).id)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (detail.status_code, detail.error.type) == (429, "ThrottlingException")
     assert detail.error.message == "Too many requests, please wait before trying again."

@@ -4,14 +4,14 @@ The cancel answers `{}`: the state comes from a follow-up GET within the same de
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.cohere import CohereSim
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import running_service, sim_config
 
 KEY = CohereSim.default_key
 
@@ -20,28 +20,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def config(sandbox, key: str = KEY, **provider) -> dict:
-    block = CohereSim.gateway_config(f"{sandbox.url}{CohereSim.prefix}", key)
-    block["network_config"]["max_retries"] = 0
-    return {"providers": {"cohere": {**block, **provider}}}
+def config(sandbox, key: str | None = None, **provider) -> dict:
+    return sim_config(CohereSim, sandbox.url, key, **provider)
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="cohere"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="cohere")
+cancel_failure = partial(support.cancel_failure, provider="cohere")
 
 
 @pytest.fixture
@@ -80,7 +64,7 @@ async def test_cancel_posts_the_colon_method_then_gets_the_batch(service, sim):
 
 async def test_finished_batch_keeps_cohere_400_and_message(service, sim):
     batch = sim.seed("cohere", new_id(), status="completed")
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.error.message) == (
         400, f"batch {batch.id} is BATCH_STATUS_COMPLETED and cannot be canceled",
@@ -90,21 +74,21 @@ async def test_finished_batch_keeps_cohere_400_and_message(service, sim):
 
 async def test_unknown_batch_is_not_found(service, sim):
     batch_id = new_id()
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.message) == (404, f"batch {batch_id} not found")
 
 
 async def test_bad_credentials_are_unauthenticated(sandbox, sim):
     async with running_service(config(sandbox, key="wrong-cohere-key-000")) as (_, stub):
-        err, detail = await cancel_error(stub, new_id())
+        err, detail = await cancel_failure(stub, new_id())
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (detail.status_code, detail.error.message) == (401, "invalid api token")
 
 
 async def test_rate_limit_keeps_429(service, sim):
     sim.add_fault("cohere", {"status": 429})
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (detail.status_code, detail.error.message) == (
         429, "You are using a Trial key, which is limited to 10 API calls / minute.",
@@ -126,6 +110,6 @@ async def test_failed_follow_up_read_still_reports_the_accepted_cancel(sandbox, 
 
 @pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a?b"])
 async def test_ids_with_a_slash_or_path_tricks_never_reach_cohere(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("cohere") == []

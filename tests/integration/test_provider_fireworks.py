@@ -4,17 +4,17 @@ The cancel answers `{}`: the state comes from a follow-up GET within the same de
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import aiohttp
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.fireworks import FireworksSim
 from service.config import parse_config
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.providers.fireworks import FireworksAdapter
-from tests.support import running_service
+from tests import support
+from tests.support import running_service, sim_config
 
 KEY = FireworksSim.default_key
 ACCOUNT = FireworksSim.account_id
@@ -24,29 +24,14 @@ def new_id() -> str:
     return f"job-{uuid.uuid4().hex[:12]}"
 
 
-def config(sandbox, key: str = KEY, account: str = ACCOUNT, **provider) -> dict:
-    block = FireworksSim.gateway_config(f"{sandbox.url}{FireworksSim.prefix}", key)
-    block["keys"][0]["fireworks_key_config"]["account_id"] = account
-    block["network_config"]["max_retries"] = 0
-    return {"providers": {"fireworks": {**block, **provider}}}
+def config(sandbox, key: str | None = None, account: str = ACCOUNT, **provider) -> dict:
+    cfg = sim_config(FireworksSim, sandbox.url, key, **provider)
+    cfg["providers"]["fireworks"]["keys"][0]["fireworks_key_config"]["account_id"] = account
+    return cfg
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="fireworks"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="fireworks")
+cancel_failure = partial(support.cancel_failure, provider="fireworks")
 
 
 @pytest.fixture
@@ -95,7 +80,7 @@ async def test_full_resource_name_is_accepted_and_answered_as_sent(service, sim)
 
 async def test_resource_name_of_another_account_is_refused_by_fireworks(service, sim):
     batch = sim.seed("fireworks", new_id())
-    err, detail = await cancel_error(service, f"accounts/someone-else/batchJobs/{batch.id}")
+    err, detail = await cancel_failure(service, f"accounts/someone-else/batchJobs/{batch.id}")
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert (detail.status_code, detail.error.code) == (403, "PERMISSION_DENIED")
     assert sim.batch("fireworks", batch.id).status == "in_progress"
@@ -104,7 +89,7 @@ async def test_resource_name_of_another_account_is_refused_by_fireworks(service,
 async def test_account_comes_from_the_key_config(sandbox, sim):
     batch = sim.seed("fireworks", new_id())
     async with running_service(config(sandbox, account="wrong-account")) as (_, stub):
-        _, detail = await cancel_error(stub, batch.id)
+        _, detail = await cancel_failure(stub, batch.id)
     assert detail.status_code == 403
     assert sim.calls("fireworks")[0]["path"].startswith("/fireworks/v1/accounts/wrong-account/batchJobs/")
 
@@ -112,7 +97,7 @@ async def test_account_comes_from_the_key_config(sandbox, sim):
 @pytest.mark.parametrize(("status", "state"), [("completed", "COMPLETED"), ("cancelled", "CANCELLED")])
 async def test_finished_job_is_a_conflict_with_fireworks_message(service, sim, status, state):
     batch = sim.seed("fireworks", new_id(), status=status)
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (detail.status_code, detail.error.code, detail.is_bifrost_error) == (409, "FAILED_PRECONDITION", False)
     assert detail.error.message == f"batch job is in state {state} and cannot be cancelled"
@@ -121,7 +106,7 @@ async def test_finished_job_is_a_conflict_with_fireworks_message(service, sim, s
 
 async def test_unknown_job_is_not_found(service, sim):
     batch_id = new_id()
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.code) == (404, "NOT_FOUND")
     assert detail.error.message == f'batch job "accounts/{ACCOUNT}/batchJobs/{batch_id}" not found'
@@ -129,7 +114,7 @@ async def test_unknown_job_is_not_found(service, sim):
 
 async def test_bad_credentials_are_unauthenticated(sandbox, sim):
     async with running_service(config(sandbox, key="fw_wrong_key_0000000")) as (_, stub):
-        err, detail = await cancel_error(stub, new_id())
+        err, detail = await cancel_failure(stub, new_id())
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (detail.status_code, detail.error.code) == (401, "UNAUTHORIZED")
     assert "fw_wrong_key_0000000" not in str(detail)
@@ -137,7 +122,7 @@ async def test_bad_credentials_are_unauthenticated(sandbox, sim):
 
 async def test_rate_limited_cancel_keeps_429(service, sim):
     sim.add_fault("fireworks", {"status": 429})
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert (err.code(), detail.status_code, detail.error.code) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "RESOURCE_EXHAUSTED",
     )  # fmt: skip
@@ -172,7 +157,7 @@ async def test_raw_response_holds_both_answers(sandbox, sim):
     ["a/b", "accounts/x/batchInferenceJobs/j", "accounts/x/batchJobs/j/k", "accounts/../batchJobs/j", "a%2Fb", ".."],
 )
 async def test_other_slash_forms_never_reach_fireworks(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("fireworks") == []
 

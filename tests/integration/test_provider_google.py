@@ -23,8 +23,7 @@ from sandbox.google import (
     reset_options,
     vertex_options,
 )
-from tests.integration.test_cancel_grpc import cancel, cancel_error, error_detail
-from tests.support import running_service
+from tests.support import cancel, cancel_error, error_detail, running_service, sim_config
 
 REGION = "us-central1"
 
@@ -53,10 +52,7 @@ def b64url(text: str) -> str:
 def google_config(sandbox, *, raw: bool = False) -> dict:
     providers = {}
     for sim in (GeminiSim, VertexSim):
-        block = sim.gateway_config(f"{sandbox.url}{sim.prefix}", sim.default_key)
-        block["network_config"]["max_retries"] = 0
-        block["send_back_raw_response"] = raw
-        providers[sim.name] = block
+        providers |= sim_config(sim, sandbox.url, send_back_raw_response=raw)["providers"]
     return {"providers": providers}
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.groq import GroqSim
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import batch_keys, running_service, sim_config
 
 KEY = GroqSim.default_key
 
@@ -22,29 +22,12 @@ def new_id() -> str:
 
 
 def config(sandbox, *keys: str) -> dict:
-    block = GroqSim.gateway_config(f"{sandbox.url}{GroqSim.prefix}", KEY)
-    block["network_config"]["max_retries"] = 0
-    if keys:
-        block["keys"] = [{"name": f"k{i}", "value": k, "use_for_batch_api": True} for i, k in enumerate(keys)]
-    return {"providers": {"groq": block}}
+    """The simulator's block; with `keys`, those keys in order instead of its own."""
+    return sim_config(GroqSim, sandbox.url, **({"keys": batch_keys(*keys)} if keys else {}))
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="groq"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="groq")
+cancel_failure = partial(support.cancel_failure, provider="groq")
 
 
 @pytest.fixture
@@ -81,7 +64,7 @@ async def test_second_cancel_of_a_cancelling_batch_answers_its_state(service, si
 
 async def test_finished_batch_keeps_the_409_conflict(service, sim):
     batch = sim.seed("groq", new_id(), status="completed")
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (detail.status_code, detail.error.message, detail.error.type) == (
         409, "Cannot cancel a batch with status 'completed'.", "invalid_request_error",
@@ -89,14 +72,14 @@ async def test_finished_batch_keeps_the_409_conflict(service, sim):
 
 
 async def test_unknown_batch_is_not_found(service, sim):
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert (err.code(), detail.status_code) == (grpc.StatusCode.NOT_FOUND, 404)
 
 
 async def test_bad_credentials_then_a_good_key(sandbox, sim):
     batch = sim.seed("groq", new_id())
     async with running_service(config(sandbox, "gsk_revoked_000000000000")) as (_, stub):
-        err, detail = await cancel_error(stub, batch.id)
+        err, detail = await cancel_failure(stub, batch.id)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (detail.status_code, detail.error.message, detail.error.code) == (401, "Invalid API Key", "invalid_api_key")
     async with running_service(config(sandbox, "gsk_revoked_000000000000", KEY)) as (_, stub):
@@ -105,7 +88,7 @@ async def test_bad_credentials_then_a_good_key(sandbox, sim):
 
 async def test_rate_limit_keeps_429(service, sim):
     sim.add_fault("groq", {"status": 429})
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert (err.code(), detail.status_code, detail.error.code) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_exceeded",
     )  # fmt: skip
@@ -113,6 +96,6 @@ async def test_rate_limit_keeps_429(service, sim):
 
 @pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a?b"])
 async def test_ids_with_a_slash_or_path_tricks_never_reach_groq(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("groq") == []

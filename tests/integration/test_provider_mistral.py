@@ -4,14 +4,14 @@ The cancel answers the BatchJob itself: no follow-up read."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.mistral import MistralSim
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import running_service, sim_config
 
 KEY = MistralSim.default_key
 
@@ -20,28 +20,12 @@ def new_id() -> str:
     return str(uuid.uuid4())  # Mistral job ids are UUIDs
 
 
-def config(sandbox, key: str = KEY, **provider) -> dict:
-    block = MistralSim.gateway_config(f"{sandbox.url}{MistralSim.prefix}", key)
-    block["network_config"]["max_retries"] = 0
-    return {"providers": {"mistral": {**block, **provider}}}
+def config(sandbox, key: str | None = None, **provider) -> dict:
+    return sim_config(MistralSim, sandbox.url, key, **provider)
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="mistral"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="mistral")
+cancel_failure = partial(support.cancel_failure, provider="mistral")
 
 
 @pytest.fixture
@@ -91,7 +75,7 @@ async def test_second_cancel_while_cancellation_is_requested_answers_the_job(ser
                                               ("expired", "TIMEOUT_EXCEEDED")])  # fmt: skip
 async def test_finished_job_keeps_mistrals_400_and_message(service, sim, status, wire):
     batch = sim.seed("mistral", new_id(), status=status)
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.is_bifrost_error) == (400, False)
     assert detail.error.message == f"Batch job {batch.id} is {wire} and cannot be cancelled"
@@ -100,13 +84,13 @@ async def test_finished_job_keeps_mistrals_400_and_message(service, sim, status,
 
 
 async def test_unknown_job_is_not_found(service, sim):
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.message) == (404, "Batch job not found")
 
 
 async def test_id_that_is_not_a_uuid_gets_the_validation_error(service, sim):
-    err, detail = await cancel_error(service, "batch_abc")
+    err, detail = await cancel_failure(service, "batch_abc")
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.error.param) == (422, "job_id")
     assert detail.error.message.startswith("path.job_id: Input should be a valid UUID")
@@ -114,7 +98,7 @@ async def test_id_that_is_not_a_uuid_gets_the_validation_error(service, sim):
 
 async def test_bad_credentials_are_unauthenticated(sandbox, sim):
     async with running_service(config(sandbox, key="wrong-mistral-key-0000")) as (_, stub):
-        err, detail = await cancel_error(stub, new_id())
+        err, detail = await cancel_failure(stub, new_id())
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (detail.status_code, detail.error.message) == (401, "Unauthorized")
     assert "wrong-mistral-key-0000" not in str(detail)
@@ -122,14 +106,14 @@ async def test_bad_credentials_are_unauthenticated(sandbox, sim):
 
 async def test_rate_limit_keeps_429(service, sim):
     sim.add_fault("mistral", {"status": 429, "retry_after": 1})
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (detail.status_code, detail.error.message) == (429, "Requests rate limit exceeded")
 
 
 @pytest.mark.parametrize("batch_id", ["jobs/abc", f"batch/jobs/{uuid.UUID(int=1)}", "a%2Fb", "..", "a?b"])
 async def test_ids_with_a_slash_or_path_tricks_never_reach_mistral(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("mistral") == []
 

@@ -4,14 +4,14 @@ The cancel answers the BatchJob, already CANCELLED; Together reports no request 
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.together import TogetherSim
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import running_service, sim_config
 
 KEY = TogetherSim.default_key
 
@@ -20,28 +20,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def config(sandbox, key: str = KEY, **provider) -> dict:
-    block = TogetherSim.gateway_config(f"{sandbox.url}{TogetherSim.prefix}", key)
-    block["network_config"]["max_retries"] = 0
-    return {"providers": {"together": {**block, **provider}}}
+def config(sandbox, key: str | None = None, **provider) -> dict:
+    return sim_config(TogetherSim, sandbox.url, key, **provider)
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="together"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="together")
+cancel_failure = partial(support.cancel_failure, provider="together")
 
 
 @pytest.fixture
@@ -73,7 +57,7 @@ async def test_cancel_is_a_bearer_post_with_the_configured_key_only(service, sim
                                               ("failed", "FAILED")])  # fmt: skip
 async def test_finished_job_keeps_togethers_400_and_message(service, sim, status, wire):
     batch = sim.seed("together", new_id(), status=status)
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (detail.status_code, detail.is_bifrost_error) == (400, False)
     assert detail.error.message == f"cannot cancel batch job {batch.id} with status {wire}"
@@ -81,14 +65,14 @@ async def test_finished_job_keeps_togethers_400_and_message(service, sim, status
 
 async def test_unknown_job_is_not_found(service, sim):
     batch_id = new_id()
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.message) == (404, f"batch job {batch_id} not found")
 
 
 async def test_bad_credentials_are_unauthenticated(sandbox, sim):
     async with running_service(config(sandbox, key="wrong-together-key-00")) as (_, stub):
-        err, detail = await cancel_error(stub, new_id())
+        err, detail = await cancel_failure(stub, new_id())
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert detail.status_code == 401 and detail.error.message.startswith("Invalid API key provided.")
     assert (detail.error.code, detail.error.type) == ("invalid_api_key", "invalid_request_error")
@@ -98,13 +82,13 @@ async def test_bad_credentials_are_unauthenticated(sandbox, sim):
                                                         ({"status": 500}, 500, grpc.StatusCode.INTERNAL)])  # fmt: skip
 async def test_rate_limit_and_server_errors_keep_their_status(service, sim, fault, status, code):
     sim.add_fault("together", fault)
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert (err.code(), detail.status_code) == (code, status)
 
 
 @pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a#b"])
 async def test_ids_with_a_slash_or_path_tricks_never_reach_together(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("together") == []
 

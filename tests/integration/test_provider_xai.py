@@ -4,14 +4,15 @@ answers the Batch itself; its status is derived from the request tallies and `ca
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 
 from sandbox.xai import XAISim
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.support import running_service
+from tests import support
+from tests.support import batch_keys, running_service, sim_config
 
 KEY = XAISim.default_key
 
@@ -21,29 +22,12 @@ def new_id() -> str:
 
 
 def config(sandbox, *keys: str) -> dict:
-    block = XAISim.gateway_config(f"{sandbox.url}{XAISim.prefix}", KEY)
-    block["network_config"]["max_retries"] = 0
-    if keys:
-        block["keys"] = [{"name": f"k{i}", "value": k, "use_for_batch_api": True} for i, k in enumerate(keys)]
-    return {"providers": {"xai": block}}
+    """The simulator's block; with `keys`, those keys in order instead of its own."""
+    return sim_config(XAISim, sandbox.url, **({"keys": batch_keys(*keys)} if keys else {}))
 
 
-def error_detail(err: grpc.aio.AioRpcError) -> pb.ErrorDetail:
-    status = rpc_status.from_call(err)
-    assert status is not None, "no grpc-status-details-bin on the error"
-    detail = pb.ErrorDetail()
-    assert status.details[0].Unpack(detail)
-    return detail
-
-
-async def cancel(stub, batch_id: str, metadata=()) -> pb.BatchCancelResponse:
-    return await stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="xai"), metadata=metadata)
-
-
-async def cancel_error(stub, batch_id: str) -> tuple[grpc.aio.AioRpcError, pb.ErrorDetail]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await cancel(stub, batch_id)
-    return info.value, error_detail(info.value)
+cancel = partial(support.cancel, provider="xai")
+cancel_failure = partial(support.cancel_failure, provider="xai")
 
 
 def counts_of(response: pb.BatchCancelResponse) -> tuple:
@@ -85,7 +69,7 @@ async def test_cancel_uses_the_colon_method_with_the_configured_key(service, sim
 
 async def test_finished_batch_is_a_conflict(service, sim):
     batch = sim.seed("xai", new_id(), status="completed")
-    err, detail = await cancel_error(service, batch.id)
+    err, detail = await cancel_failure(service, batch.id)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert (detail.status_code, detail.error.message) == (409, f"Batch {batch.id} has already finished")
     assert detail.error.code == "The system is not in a state required for the operation's execution"
@@ -101,14 +85,14 @@ async def test_finished_batch_answered_unchanged_reads_completed(service, sim, m
 
 async def test_unknown_batch_is_not_found(service, sim):
     batch_id = new_id()
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert (detail.status_code, detail.error.message) == (404, f"Batch {batch_id} not found")
 
 
 async def test_incorrect_key_is_unauthenticated(sandbox, sim):
     async with running_service(config(sandbox, "xai-revoked-key-0000")) as (_, stub):
-        err, detail = await cancel_error(stub, new_id())
+        err, detail = await cancel_failure(stub, new_id())
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert detail.status_code == 401
     assert detail.error.message.startswith("Incorrect API key provided: xa***00.")
@@ -126,7 +110,7 @@ async def test_after_an_incorrect_key_the_next_key_is_tried(sandbox, sim):
 
 async def test_rate_limit_keeps_429(service, sim):
     sim.add_fault("xai", {"status": 429})
-    err, detail = await cancel_error(service, new_id())
+    err, detail = await cancel_failure(service, new_id())
     assert (err.code(), detail.status_code, detail.error.code) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "Some resource has been exhausted",
     )  # fmt: skip
@@ -134,6 +118,6 @@ async def test_rate_limit_keeps_429(service, sim):
 
 @pytest.mark.parametrize("batch_id", ["batches/abc", "a%2Fb", "..", "a?b"])
 async def test_ids_with_a_slash_or_path_tricks_never_reach_xai(service, sim, batch_id):
-    err, detail = await cancel_error(service, batch_id)
+    err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("xai") == []
