@@ -66,6 +66,10 @@ async def create_server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 1 << 20),
+            # Envoy admits 60 KiB of request headers, and they all arrive as metadata (a long path
+            # twice): accept that much so an oversized id gets our 400, not a gRPC refusal.
+            ("grpc.max_metadata_size", 64 << 10),
+            ("grpc.absolute_max_metadata_size", 64 << 10),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
