@@ -1,0 +1,391 @@
+"""Soak under mixed upstream faults: `python -m bench.soak --seconds 60 --concurrency 16`.
+
+Starts the gateway in sandbox mode (`gateway.stack.Stack`: provider simulators + gRPC service + Envoy,
+loopback only) and drives REST cancels through Envoy at steady concurrency from an asyncio aiohttp
+client, while a background task injects faults into the simulators through their admin API at a
+fixed rate. Bounded by time (--seconds) AND by a request count (--max-requests).
+
+Each fault type goes to its own provider, so its effect can be read off that provider's calls (the
+simulators' fault queues are per provider; a fault is consumed by the next call to it):
+
+    openai     5xx         500/502/503/504/529 in turn       retried
+    azure      429         429 + Retry-After 0.2 s           retried after the Retry-After
+    groq       reset       connection dropped                retried
+    together   malformed   200 with truncated JSON           not retried: 502
+    xai        slow        +400 ms latency                   answered, slower
+    mistral    stall       +5 s latency (deadline is 2 s)    504 at the deadline, not retried
+    anthropic  none        control                           no retries at all
+
+The sandbox-mode config is the one `make run` uses, with the network settings tightened for a soak
+(deadline 2 s, backoff 50-500 ms, max_retries 2): the stall must hit a deadline well inside the
+client's own per-request timeout (10 s), which counts a request as lost when it expires.
+
+Recorded: requests sent / answered / lost (timeouts and connection errors: must be 0), the status
+histogram (with the error code of every non-200), service process crashes (polled: must be 0),
+service RSS (all worker processes) at start (after a warm-up), middle and end plus samples, and per fault type the faults
+injected and consumed, the upstream attempts the simulators recorded per client request (every
+request uses a fresh batch id, so attempts are grouped exactly) and the retries that makes.
+Prints a markdown report and writes bench/results/soak-faults.md. Exit status 0 when lost == 0,
+crashes == 0 and RSS growth is under 10 %; 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+import gateway.stack as stack_module
+from gateway.stack import Stack, free_port
+
+RESULTS = Path(__file__).resolve().parent / "results" / "soak-faults.md"
+CLIENT_TIMEOUT_S = 10.0
+DEADLINE_S = 2.0
+NETWORK = {
+    "default_request_timeout_in_seconds": DEADLINE_S,
+    "max_retries": 2,
+    "retry_backoff_initial_ms": 50,
+    "retry_backoff_max_ms": 500,
+}
+RSS_GROWTH_LIMIT = 0.10
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    provider: str
+    kind: str
+    every_s: float  # one fault per this many seconds
+    faults: tuple[dict, ...]  # used in turn
+    expectation: str
+
+
+PLANS = (
+    FaultPlan("openai", "5xx", 0.1, tuple({"status": s} for s in (500, 502, 503, 504, 529)), "retried"),
+    FaultPlan("azure", "429 + Retry-After", 0.2, ({"status": 429, "retry_after": 0.2},), "retried after 0.2 s"),
+    FaultPlan("groq", "connection reset", 0.1, ({"reset": True},), "retried"),
+    FaultPlan("together", "malformed JSON", 0.2, ({"malformed": True},), "502, not retried"),
+    FaultPlan("xai", "slow (+400 ms)", 0.25, ({"latency_ms": 400},), "answered, not retried"),
+    FaultPlan("mistral", "stall (+5 s)", 2.0, ({"latency_ms": 5000},), "504 at the 2 s deadline"),
+)
+CONTROL = "anthropic"
+PROVIDERS = tuple(plan.provider for plan in PLANS) + (CONTROL,)
+
+
+def batch_id(provider: str) -> str:
+    # Mistral job ids are UUIDs; a fresh id per request makes attempts countable per request.
+    return str(uuid.uuid4()) if provider == "mistral" else f"soak_{uuid.uuid4().hex}"
+
+
+def rss_kib(pids: list[int]) -> int:
+    """VmRSS summed over the service worker processes."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    answered: int = 0
+    timeouts: int = 0
+    conn_errors: Counter = field(default_factory=Counter)
+    statuses: Counter = field(default_factory=Counter)  # (status, error code)
+    per_provider: dict = field(default_factory=lambda: defaultdict(Counter))  # provider -> (status, code)
+    ids: dict = field(default_factory=dict)  # batch id -> provider
+    latencies: list = field(default_factory=list)
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tally = Tally()
+        self.faults_injected: Counter = Counter()
+        self.calls: dict[str, list] = defaultdict(list)  # batch id -> [call]
+        self.calls_seen_at = 0.0
+        self.calls_gap = False
+        self.rss: list[tuple[float, int]] = []
+        self.crashes: list[str] = []
+        self.stop_at = 0.0
+
+    # --- the system -------------------------------------------------------------------------------
+
+    def start_stack(self, log_dir: Path) -> Stack:
+        original = stack_module.gateway_config
+
+        def tuned(url: str) -> dict:
+            config = original(url)
+            for provider in config["providers"].values():
+                provider.setdefault("network_config", {}).update(NETWORK)
+            return config
+
+        stack_module.gateway_config = tuned  # only for this process's Stack; nothing on disk changes
+        try:
+            stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+                          log_dir=log_dir)
+            stack.start()
+        finally:
+            stack_module.gateway_config = original
+        return stack
+
+    # --- load -------------------------------------------------------------------------------------
+
+    async def worker(self, session: aiohttp.ClientSession, url: str, turn: itertools.count) -> None:
+        tally = self.tally
+        while time.monotonic() < self.stop_at and tally.sent < self.args.max_requests:
+            provider = PROVIDERS[next(turn) % len(PROVIDERS)]
+            bid = batch_id(provider)
+            tally.ids[bid] = provider
+            tally.sent += 1
+            started = time.monotonic()
+            try:
+                async with session.post(f"{url}/v1/batches/{bid}/cancel?provider={provider}") as resp:
+                    body = await resp.read()
+                    status = resp.status
+            except asyncio.TimeoutError:
+                tally.timeouts += 1
+                continue
+            except aiohttp.ClientError as exc:
+                tally.conn_errors[type(exc).__name__] += 1
+                continue
+            tally.answered += 1
+            tally.latencies.append(time.monotonic() - started)
+            code = ""
+            if status != 200:
+                try:
+                    error = orjson.loads(body).get("error") or {}
+                    code = str(error.get("code") or error.get("type") or "?")
+                except (orjson.JSONDecodeError, AttributeError):
+                    code = "not-json"
+            tally.statuses[(status, code)] += 1
+            tally.per_provider[provider][(status, code)] += 1
+
+    # --- background tasks -------------------------------------------------------------------------
+
+    async def inject(self, session: aiohttp.ClientSession, sandbox: str, plan: FaultPlan) -> None:
+        faults = itertools.cycle(plan.faults)
+        next_at = time.monotonic()
+        while time.monotonic() < self.stop_at:
+            async with session.post(f"{sandbox}/_sim/{plan.provider}/faults", json=next(faults)) as resp:
+                assert resp.status == 200, await resp.text()
+            self.faults_injected[plan.provider] += 1
+            next_at += plan.every_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def pending_faults(self, session: aiohttp.ClientSession, sandbox: str, provider: str) -> int:
+        async with session.post(f"{sandbox}/_sim/{provider}/faults", json=[]) as resp:
+            return (await resp.json())["pending"]
+
+    async def collect_calls(self, session: aiohttp.ClientSession, sandbox: str) -> None:
+        """Reads the simulators' recorded calls (the last 10,000) and keeps the new ones."""
+        async with session.get(f"{sandbox}/_sim/calls") as resp:
+            calls = orjson.loads(await resp.read())
+        if calls and self.calls_seen_at and calls[0]["at"] > self.calls_seen_at and len(calls) >= 10_000:
+            self.calls_gap = True  # calls were evicted before we read them
+        for call in calls:
+            if call["at"] > self.calls_seen_at:
+                parts = call["path"].split("/")
+                key = next((p.split(":")[0] for p in parts if p.startswith("soak_") or _is_uuid(p.split(":")[0])), None)
+                if key is not None:
+                    self.calls[key].append((call["provider"], call["method"], call["at"]))
+        if calls:
+            self.calls_seen_at = max(self.calls_seen_at, calls[-1]["at"])
+
+    async def watch(self, session: aiohttp.ClientSession, stack: Stack, service_pids: list[int]) -> None:
+        started = time.monotonic()
+        next_rss = started
+        while time.monotonic() < self.stop_at:
+            for proc in stack.procs:
+                if proc.poll() is not None and not any(proc.pid == pid for pid, _ in self.crashes):
+                    self.crashes.append((proc.pid, f"{' '.join(map(str, proc.args[1:3]))} exited {proc.returncode}"))
+            if time.monotonic() >= next_rss:
+                self.rss.append((time.monotonic() - started, rss_kib(service_pids)))
+                next_rss += self.args.rss_every
+            await self.collect_calls(session, stack.sandbox_url)
+            await asyncio.sleep(1.0)
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    async def run(self, stack: Stack, service_pids: list[int]) -> float:
+        timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
+        connector = aiohttp.TCPConnector(limit=self.args.concurrency, force_close=False)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as load, \
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as admin:
+            # Warm-up without faults, then the start RSS.
+            self.stop_at = time.monotonic() + min(3.0, self.args.seconds / 10)
+            turn = itertools.count()
+            await asyncio.gather(*(self.worker(load, stack.http_url, turn) for _ in range(self.args.concurrency)))
+            async with admin.post(f"{stack.sandbox_url}/_sim/reset") as resp:
+                assert resp.status == 204
+            self.tally = Tally()
+            self.warm_rss = rss_kib(service_pids)
+
+            started = time.monotonic()
+            self.stop_at = started + self.args.seconds
+            background = [asyncio.create_task(self.inject(admin, stack.sandbox_url, plan)) for plan in PLANS]
+            background.append(asyncio.create_task(self.watch(admin, stack, service_pids)))
+            await asyncio.gather(*(self.worker(load, stack.http_url, turn) for _ in range(self.args.concurrency)))
+            elapsed = time.monotonic() - started
+            await asyncio.gather(*background)
+            await asyncio.sleep(0.5)  # let the last upstream calls land
+            await self.collect_calls(admin, stack.sandbox_url)
+            self.pending = {p.provider: await self.pending_faults(admin, stack.sandbox_url, p.provider) for p in PLANS}
+            self.rss.append((elapsed, rss_kib(service_pids)))
+            return elapsed
+
+    # --- the report -------------------------------------------------------------------------------
+
+    def report(self, elapsed: float) -> tuple[str, bool]:
+        t = self.tally
+        lost = t.timeouts + sum(t.conn_errors.values())
+        rss_start = self.rss[0][1] if self.rss else 0
+        rss_mid = min(self.rss, key=lambda s: abs(s[0] - elapsed / 2))[1] if self.rss else 0
+        rss_end = self.rss[-1][1] if self.rss else 0
+        growth = (rss_end - rss_start) / rss_start if rss_start else 0.0
+        ok = lost == 0 and not self.crashes and growth < RSS_GROWTH_LIMIT and t.sent == t.answered
+        lat = sorted(t.latencies)
+
+        def pct(p: float) -> str:
+            return f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.0f}" if lat else "-"
+
+        lines = [
+            "# batchgate soak under mixed upstream faults",
+            "",
+            f"`python -m bench.soak --seconds {self.args.seconds:g} --concurrency {self.args.concurrency}` "
+            f"(max {self.args.max_requests:,} requests), {_commit()}{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+            f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
+            "",
+            "Sandbox-mode gateway (simulators + service + Envoy on loopback), REST cancels through Envoy from an "
+            f"aiohttp client (per-request timeout {CLIENT_TIMEOUT_S:g} s), network config: deadline {DEADLINE_S:g} s, "
+            "max_retries 2, backoff 50-500 ms. Faults injected through the sandbox admin API at a fixed rate, one "
+            "fault type per provider; `anthropic` is the fault-free control.",
+            "",
+            "## Totals",
+            "",
+            "| | |",
+            "|--|--:|",
+            f"| run time | {elapsed:.1f} s |",
+            f"| requests sent | {t.sent:,} |",
+            f"| answered | {t.answered:,} |",
+            f"| lost (timeouts + connection errors) | {lost} ({t.timeouts} timeouts, "
+            f"{sum(t.conn_errors.values())} connection errors{': ' + str(dict(t.conn_errors)) if t.conn_errors else ''}) |",
+            f"| throughput | {t.answered / elapsed:.0f} req/s |",
+            f"| latency p50 / p99 / max | {pct(0.5)} / {pct(0.99)} / {pct(1.0)} ms |",
+            f"| service process crashes | {len(self.crashes)}{' ' + str(self.crashes) if self.crashes else ''} |",
+            f"| service RSS start (after warm-up {self.warm_rss / 1024:.1f} MiB) / middle / end | "
+            f"{rss_start / 1024:.1f} / {rss_mid / 1024:.1f} / {rss_end / 1024:.1f} MiB ({growth:+.1%}) |",
+            f"| upstream calls recorded | {sum(len(v) for v in self.calls.values()):,}"
+            f"{' (some evicted before read: retry counts are lower bounds)' if self.calls_gap else ''} |",
+            "",
+            "## Answers",
+            "",
+            "| HTTP status | error code | count |",
+            "|--:|--|--:|",
+        ]
+        for (status, code), n in sorted(t.statuses.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            lines.append(f"| {status} | {code or '-'} | {n:,} |")
+        lines += [
+            "",
+            "## Retries per fault type",
+            "",
+            "Upstream attempts are the simulators' recorded calls grouped by batch id (every request has a fresh "
+            "one); retries = attempts beyond the first.",
+            "",
+            "| provider | fault | faults injected | consumed | requests | upstream attempts | retries | "
+            "requests retried | answers | expected |",
+            "|--|--|--:|--:|--:|--:|--:|--:|--|--|",
+        ]
+        requests_by_provider = Counter(t.ids.values())
+        rows = [(p.provider, p.kind, self.faults_injected[p.provider], p.expectation) for p in PLANS]
+        rows.append((CONTROL, "none (control)", 0, "no retries"))
+        for provider, kind, injected, expectation in rows:
+            attempts = [
+                sum(1 for prov, method, _ in self.calls.get(bid, ()) if prov == provider and method == "POST")
+                for bid, p in t.ids.items() if p == provider
+            ]
+            total_attempts = sum(attempts)
+            retries = sum(a - 1 for a in attempts if a > 1)
+            retried = sum(1 for a in attempts if a > 1)
+            consumed = injected - self.pending.get(provider, 0) if injected else 0
+            answers = ", ".join(
+                f"{status}{'/' + code if code else ''}: {n}"
+                for (status, code), n in sorted(t.per_provider[provider].items(), key=lambda kv: -kv[1])
+            )
+            lines.append(
+                f"| {provider} | {kind} | {injected} | {consumed} | {requests_by_provider[provider]:,} | "
+                f"{total_attempts:,} | {retries} | {retried} | {answers} | {expectation} |"
+            )
+        lines += ["", "## Service RSS samples", "", "| t (s) | RSS MiB |", "|--:|--:|"]
+        lines += [f"| {at:.0f} | {kib / 1024:.1f} |" for at, kib in self.rss]
+        lines += [
+            "",
+            f"**{'PASS' if ok else 'FAIL'}**: lost {lost} (must be 0), crashes {len(self.crashes)} (must be 0), "
+            f"every request answered: {t.sent == t.answered}, RSS growth {growth:+.1%} "
+            f"(limit {RSS_GROWTH_LIMIT:.0%}).",
+            "",
+        ]
+        return "\n".join(lines), ok
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except OSError:
+        return ""
+    return f"commit {out.stdout.strip()}, " if out.returncode == 0 else ""
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-requests", type=int, default=500_000)
+    parser.add_argument("--rss-every", type=float, default=5.0, help="seconds between service RSS samples")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    soak = Soak(args)
+    with tempfile.TemporaryDirectory(prefix="batchgate-soak-") as tmp:
+        stack = soak.start_stack(Path(tmp))
+        try:
+            services = [p.pid for p in stack.procs if "service" in p.args]
+            elapsed = asyncio.run(soak.run(stack, services))
+        finally:
+            stack.stop()
+    text, ok = soak.report(elapsed)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written to {args.out}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
