@@ -51,6 +51,7 @@ import orjson
 
 import gateway.stack as stack_module
 from gateway.stack import Stack, free_port
+from bench.run import rss_kib
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak-faults.md"
 CLIENT_TIMEOUT_S = 10.0
@@ -88,19 +89,6 @@ PROVIDERS = tuple(plan.provider for plan in PLANS) + (CONTROL,)
 def batch_id(provider: str) -> str:
     # Mistral job ids are UUIDs; a fresh id per request makes attempts countable per request.
     return str(uuid.uuid4()) if provider == "mistral" else f"soak_{uuid.uuid4().hex}"
-
-
-def rss_kib(pids: list[int]) -> int:
-    """VmRSS summed over the service worker processes."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 @dataclass
