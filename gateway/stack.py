@@ -127,7 +127,7 @@ class Stack:
             self.sandbox_port = int(line.split("=", 1)[1])
             config = BUILD / f"sandbox-config-{self.http_port}.json"
             config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
-        problem = exposure_problem(load_config(config), self.bind_host)
+        problem = exposure_problem(load_config(config, {**os.environ, **self.env}), self.bind_host)
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
