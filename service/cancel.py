@@ -100,7 +100,8 @@ class Canceller:
                 trace.key_failovers += 1
                 KEY_FAILOVERS.labels(adapter.name).inc()
             try:
-                request = await adapter.prepare(key, self._with_request_id(adapter, adapter.cancel_request(key, ref), trace))
+                request = self._with_request_id(adapter, adapter.cancel_request(key, ref), trace)
+                request = await adapter.prepare(key, request)
             except (DeadlineExceeded, InvalidRequest):
                 raise
             except GatewayError as err:  # this key's credentials could not be used (token mint failed)
