@@ -103,9 +103,12 @@ def ensure_h2load() -> str | None:
     log("h2load missing: apt-get install -y nghttp2-client")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "nghttp2-client"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        subprocess.run(install, env=env, capture_output=True)
+    try:  # bounded: a registry that does not answer must not hang the run (the Python client remains)
+        if subprocess.run(install, env=env, capture_output=True, timeout=180).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=180)
+            subprocess.run(install, env=env, capture_output=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        log("apt-get did not finish in time; using the Python client")
     return shutil.which("h2load")
 
 
@@ -118,10 +121,14 @@ def ensure_pip_requirements(requirements: Path, module: str) -> bool:
     except ImportError:
         pass
     log(f"{module} missing: pip install -r {requirements.relative_to(ROOT)}")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
-        capture_output=True,
-    )
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+            capture_output=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired:
+        log(f"installing {module} did not finish in time")
     try:
         __import__(module)
         return True
