@@ -5,7 +5,6 @@ the same in both. Also checks that the Kubernetes example config in deploy/ may 
 
 from __future__ import annotations
 
-import datetime
 import difflib
 import json
 import re
@@ -15,14 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.render import DESCRIPTOR, LUA_FILE, ROOT, render, split_host_port
 from service.auth import exposure_problem
 from service.config import parse_config
+from tests.support import self_signed_cert
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
 K8S_UPSTREAM = "batchgate-service.default.svc.cluster.local:50051"
@@ -42,22 +38,8 @@ def validate(config: str, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A throwaway self-signed certificate and key (Envoy reads both while validating)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    """A throwaway certificate and key (Envoy reads both while validating)."""
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 def _tls(tls: bool, tls_files: tuple[Path, Path]) -> dict:
