@@ -94,6 +94,7 @@ def command_from_proto(
         provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
         headers=headers,
+        surface=surface or "",
         trace=trace,
     )
 

@@ -14,9 +14,9 @@ from service.config import Config, Key, ProviderConfig
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.model import BatchState, CancelCommand, CancelResult
 from service.observability import KEY_FAILOVERS, Trace
-from service.providers.base import Adapter, UpstreamRequest, decode_json
+from service.providers.base import Adapter, UpstreamRequest, after_accepted_cancel, decode_json, merge_headers
 from service.providers.http import HttpExecutor
-from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL
+from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
 from service.resilience import Admission, CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class Canceller:
         if not _PROVIDER_NAME.match(provider) or provider not in KNOWN_PROVIDERS:
             raise InvalidRequest(f"unknown provider: {provider[:64]}", code="unknown_provider", param="provider")
         if provider in NO_BATCH_CANCEL:
-            raise UnsupportedOperation(f"batch cancel is not supported by provider: {provider}", provider=provider)
+            message = UNSUPPORTED_REASONS.get(provider, f"batch cancel is not supported by provider: {provider}")
+            raise UnsupportedOperation(message, provider=provider)
         entry = self._providers.get(provider)
         if entry is None:
             raise InvalidRequest(
@@ -74,6 +75,9 @@ class Canceller:
             allowed_key_ids = self.auth.authorize(caller, adapter.name)
             ref = adapter.parse_id(command.batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
+            # The provider's own drop-in route passes some of its SDK's headers through (Anthropic's
+            # anthropic-version): the caller's SDK expects the answer shape they choose.
+            passed = adapter.caller_headers(command.headers) if command.surface == adapter.sdk_surface else {}
         except GatewayError as err:
             err.provider = adapter.name
             raise
@@ -82,7 +86,7 @@ class Canceller:
             timeout = min(timeout, time_remaining)
         deadline = asyncio.get_running_loop().time() + timeout
         async with self._admission[adapter.name].slot():
-            return await self._cancel(adapter, executor, keys, ref, command, deadline)
+            return await self._cancel(adapter, executor, keys, ref, command, deadline, passed)
 
     def breaker_states(self) -> dict[str, str]:
         """Circuit state per configured provider that can cancel (for health reporting)."""
@@ -90,7 +94,7 @@ class Canceller:
 
     async def _cancel(
         self, adapter: Adapter, executor: HttpExecutor, keys: tuple[Key, ...], ref: Any, command: CancelCommand,
-        deadline: float,
+        deadline: float, passed: dict[str, str],
     ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
@@ -100,7 +104,7 @@ class Canceller:
                 trace.key_failovers += 1
                 KEY_FAILOVERS.labels(adapter.name).inc()
             try:
-                request = self._with_request_id(adapter, adapter.cancel_request(key, ref), trace)
+                request = self._outgoing(adapter, adapter.cancel_request(key, ref), trace, passed)
                 request = await adapter.prepare(key, request)
             except (DeadlineExceeded, InvalidRequest):
                 raise
@@ -109,8 +113,11 @@ class Canceller:
                 continue
             response = await executor.send(request, deadline, trace)
             if response.status < 300:
-                batch, raw, warning = await self._read_state(adapter, executor, key, ref, command, response, deadline)
+                batch, raw, warning = await self._read_state(
+                    adapter, executor, key, ref, command, response, deadline, passed
+                )
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
+                batch.status = after_accepted_cancel(batch.status)
                 if not self._send_back_raw(adapter, command):
                     raw = None
                 return CancelResult(batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning)
@@ -121,8 +128,13 @@ class Canceller:
         raise error
 
     @staticmethod
-    def _with_request_id(adapter: Adapter, request: UpstreamRequest, trace: Trace | None) -> UpstreamRequest:
-        """Sends the request id upstream where the provider takes one (OpenAI X-Client-Request-Id)."""
+    def _outgoing(
+        adapter: Adapter, request: UpstreamRequest, trace: Trace | None, passed: dict[str, str]
+    ) -> UpstreamRequest:
+        """Adds the caller's passed-through headers, and the request id where the provider takes one
+        (OpenAI X-Client-Request-Id)."""
+        if passed:
+            request.headers = merge_headers(request.headers, passed)
         if adapter.request_id_header and trace is not None:
             request.headers[adapter.request_id_header] = trace.request_id
         return request
@@ -142,18 +154,21 @@ class Canceller:
             ) from None
 
     async def _read_state(
-        self, adapter: Adapter, executor: HttpExecutor, key: Key, ref: Any, command: CancelCommand, response, deadline
+        self, adapter: Adapter, executor: HttpExecutor, key: Key, ref: Any, command: CancelCommand, response,
+        deadline: float, passed: dict[str, str],
     ) -> tuple[BatchState, Any, str | None]:
         """The batch after an accepted cancel: from the cancel answer itself, or from a follow-up read
         for providers whose cancel answers `{}`. A failed follow-up read still reports the cancel
-        (status `cancelling`) with a warning: the cancel did happen."""
+        (status `cancelling`) with a warning: the cancel did happen. Either way a batch that has not
+        finished is then reported as `cancelling` (`after_accepted_cancel`), whatever the provider's
+        answer still says."""
         cancel_data = decode_json(response, adapter.name)
         follow_up = adapter.status_request(key, ref)
         if follow_up is None:
             return self._parse(adapter, command.batch_id, cancel_data), cancel_data, None
         try:
             trace = command.trace
-            follow_up = self._with_request_id(adapter, follow_up, trace)
+            follow_up = self._outgoing(adapter, follow_up, trace, passed)
             answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
@@ -171,8 +186,11 @@ class Canceller:
         the caller's virtual key allows."""
         if caller.direct_key is not None:
             if not adapter.accepts_direct_keys:
+                # Never fall back to the gateway's own credentials for a call that brought its own.
                 raise InvalidRequest(
-                    f"direct keys are not supported for provider: {adapter.name}", code="direct_key_unsupported"
+                    f"direct keys are not supported for provider: {adapter.name} (its requests are authenticated "
+                    "with the configured key settings, not a caller's key); call it with a virtual key instead",
+                    code="direct_key_unsupported",
                 )
             # Provider settings other than the secret (an Azure endpoint, say) come from the first key.
             template = adapter.config.keys[0] if adapter.config.keys else Key(id="direct", name="direct", value="")

@@ -54,8 +54,6 @@ class Key:
     azure: AzureKeyConfig | None = None
     vertex: VertexKeyConfig | None = None
     bedrock: BedrockKeyConfig | None = None
-    # Fireworks batch jobs live under an account: `fireworks_key_config.account_id`.
-    account_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +77,15 @@ class ProviderConfig:
     send_back_raw_response: bool = False
     concurrency: int = 1000
     buffer_size: int = 5000
+    # The provider's API version where it has one (Anthropic: the `anthropic-version` header).
+    api_version: str | None = None
 
     @property
     def batch_keys(self) -> tuple[Key, ...]:
-        """Keys a batch call may use, in the stable order they are tried."""
-        return tuple(k for k in self.keys if k.enabled and k.use_for_batch_api)
+        """Keys a batch call may use, in the order they are tried: higher `weight` first (the key
+        carrying most traffic most likely owns the batch), config order among equal weights."""
+        usable = (k for k in self.keys if k.enabled and k.use_for_batch_api)
+        return tuple(sorted(usable, key=lambda k: -k.weight))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +143,12 @@ class Config:
         )
 
 
+# How a config type error names what was expected, in JSON terms.
+_JSON_TYPES = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "an object"
+}
+
+
 class _Reader:
     """Typed access to one JSON object, with the field path for error messages."""
 
@@ -157,12 +165,12 @@ class _Reader:
         if value is None:
             return default
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.where(name)}: expected a number, got bool")
-        if kind is float and isinstance(value, int):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        # bool is an int in Python, never in the config: `true` is not a count.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            numbers = kinds if float not in kinds else tuple(k for k in kinds if k is not int)
+            expected = " or ".join(_JSON_TYPES.get(k, k.__name__) for k in numbers)
             raise ConfigError(f"{self.where(name)}: expected {expected}, got {type(value).__name__}")
         return value
 
@@ -222,7 +230,7 @@ def _bedrock(reader: _Reader) -> BedrockKeyConfig:
 
 def _key(reader: _Reader, provider: str, index: int) -> Key:
     name = reader.get("name", str, "") or f"{provider}-key-{index}"
-    azure = vertex = bedrock = account_id = None
+    azure = vertex = bedrock = None
     if provider == "azure":
         az = reader.child("azure_key_config")
         endpoint = az.secret("endpoint", required=True)
@@ -234,8 +242,6 @@ def _key(reader: _Reader, provider: str, index: int) -> Key:
         vertex = _vertex(reader.child("vertex_key_config"))
     elif provider == "bedrock":
         bedrock = _bedrock(reader.child("bedrock_key_config"))
-    elif provider == "fireworks":
-        account_id = reader.child("fireworks_key_config").secret("account_id", required=True)
     weight = reader.get("weight", float, 1.0)
     if weight < 0:
         raise ConfigError(f"{reader.where('weight')}: must not be negative")
@@ -251,7 +257,6 @@ def _key(reader: _Reader, provider: str, index: int) -> Key:
         azure=azure,
         vertex=vertex,
         bedrock=bedrock,
-        account_id=account_id,
     )
 
 
@@ -314,6 +319,7 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             send_back_raw_response=p.get("send_back_raw_response", bool, False),
             concurrency=concurrency,
             buffer_size=buffer_size,
+            api_version=_api_version(p),
         )
     return Config(
         client=ClientConfig(
@@ -323,9 +329,20 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             allow_unauthenticated_public=client.get("allow_unauthenticated_public", bool, False),
         ),
         providers=providers,
-        virtual_keys=_virtual_keys(root.child("governance"), providers),
+        virtual_keys=_virtual_keys(root.child("governance"), providers, KNOWN_PROVIDERS),
         auth=_auth(root.child("auth_config")),
     )
+
+
+_API_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _api_version(reader: _Reader) -> str | None:
+    # Sent as a header value: a short token, never anything that could break a header line.
+    value = reader.get("api_version", str, "")
+    if value and not _API_VERSION.match(value):
+        raise ConfigError(f"{reader.where('api_version')}: expected a version like 2023-06-01, got {value[:64]!r}")
+    return value or None
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -341,16 +358,25 @@ def _duration(reader: _Reader, name: str) -> float:
 
 
 def _timestamp(reader: _Reader, name: str) -> int | None:
+    """Unix seconds, or an RFC 3339 time. RFC 3339 times carry their zone (`Z` or `+02:00`); one
+    without is refused rather than read in whatever zone the server happens to run in."""
     value = reader.get(name, (str, int), None)
     if value is None or isinstance(value, int):
         return value
     try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ConfigError(f"{reader.where(name)}: expected an RFC 3339 time, got {value!r}") from None
+        raise ConfigError(f"{reader.where(name)}: expected an RFC 3339 time, got {value[:64]!r}") from None
+    if parsed.tzinfo is None:
+        raise ConfigError(
+            f"{reader.where(name)}: {value[:64]!r} has no time zone; add one, e.g. Z for UTC (2027-01-01T00:00:00Z)"
+        )
+    return int(parsed.timestamp())
 
 
-def _virtual_keys(gov: _Reader, providers: dict[str, ProviderConfig]) -> tuple[VirtualKey, ...]:
+def _virtual_keys(
+    gov: _Reader, providers: dict[str, ProviderConfig], known_providers: frozenset[str]
+) -> tuple[VirtualKey, ...]:
     limits: dict[str, RateLimit] = {}
     for i, item in enumerate(gov.get("rate_limits", list, [])):
         r = _Reader(item, f"{gov.where('rate_limits')}[{i}]", gov.env)
@@ -375,10 +401,19 @@ def _virtual_keys(gov: _Reader, providers: dict[str, ProviderConfig]) -> tuple[V
             provider = pr.get("provider", str, "")
             if not provider:
                 raise ConfigError(f"{pr.where('provider')}: required")
+            if provider not in providers:
+                # A typo (`opneai`) would otherwise silently block the team.
+                problem = (
+                    f"provider {provider!r} is not configured under providers" if provider in known_providers
+                    else f"unknown provider {provider[:64]!r}"
+                )
+                raise ConfigError(f"{pr.where('provider')}: {problem} (configured: {', '.join(sorted(providers))})")
             key_ids = pr.get("key_ids", list, None)
             if key_ids is not None:
-                known = {k.id for k in providers[provider].keys} if provider in providers else set()
-                for key_id in key_ids:
+                known = {k.id for k in providers[provider].keys}
+                for k, key_id in enumerate(key_ids):
+                    if not isinstance(key_id, str):
+                        raise ConfigError(f"{pr.where('key_ids')}[{k}]: expected a string, got {type(key_id).__name__}")
                     if key_id not in known:
                         raise ConfigError(f"{pr.where('key_ids')}: no key {key_id!r} configured for {provider}")
             allowed[provider] = None if key_ids is None else frozenset(key_ids)

@@ -49,6 +49,8 @@ class CancelCommand:
     # the config allows per-request override.
     raw_response_requested: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # The drop-in route the call came through (`anthropic`, `genai`, `bedrock`, `openai`), else "".
+    surface: str = ""
     # Filled in on the way: what the request did upstream (observability), and who called
     # (`vk:<id>`, `admin`, `anonymous`; safe to log).
     trace: Trace | None = None

@@ -1,6 +1,6 @@
 """Anthropic Message Batches: `POST {base}/v1/messages/batches/{id}/cancel`, no body.
 
-Auth is `x-api-key: KEY` plus the required `anthropic-version` header. The cancel answers the
+Auth is `x-api-key: KEY` plus the required `anthropic-version` header (see API_VERSION). The cancel answers the
 `message_batch` object itself, so no follow-up read is needed:
 
     {"id", "type": "message_batch", "processing_status": "in_progress" | "canceling" | "ended",
@@ -22,10 +22,11 @@ status no public source pins down (most likely 400 invalid_request_error); it is
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+from typing import Any, Mapping
 
 from service.config import Key, ProviderConfig
-from service.errors import ProviderError, UpstreamUnavailable
+from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
 from service.model import BatchState, RequestCounts
 from service.providers.base import (
     Adapter,
@@ -39,10 +40,13 @@ from service.providers.base import (
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "2023-06-01"
+# The newest `anthropic-version` whose message_batch shape this adapter reads: what the official SDK
+# (anthropic 2.14.0, `_constants.ANTHROPIC_API_VERSION`) sends, with the same MessageBatch fields as
+# under 2023-06-01. `providers.anthropic.api_version` chooses another; on the `/anthropic` route the
+# caller's own header is sent instead.
+API_VERSION = "2026-10-21"
 VERSION_HEADER = "anthropic-version"
-# Header names that carry credentials: configured extra headers never override the key.
-_AUTH_HEADERS = frozenset({"x-api-key", "authorization"})
+_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _COUNT_FIELDS = ("processing", "succeeded", "errored", "canceled", "expired")
 # The unified answer carries times and counts as uint32: anything outside is unknown, not a crash.
 _UINT32_LIMIT = 1 << 32
@@ -59,23 +63,29 @@ class AnthropicAdapter(Adapter):
         "ended": "ended",
     }
 
+    accepts_direct_keys = True
+    sdk_surface = "anthropic"
+
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        # Everything but the key is the same on every request: built once. A configured
-        # `anthropic-version` (any case) replaces the default one instead of being sent twice.
-        static = {
-            name: value
-            for name, value in config.network.extra_headers.items()
-            if name.lower() not in _AUTH_HEADERS and name.lower() != "accept"
-        }
-        if not any(name.lower() == VERSION_HEADER for name in static):
-            static[VERSION_HEADER] = API_VERSION
-        static["Accept"] = "application/json"
-        self._static_headers = static
+        self.version = config.api_version or API_VERSION
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
         url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}/cancel"
-        return UpstreamRequest("POST", url, {**self._static_headers, "x-api-key": key.value})
+        headers = self.headers({"x-api-key": key.value}, defaults={VERSION_HEADER: self.version})
+        return UpstreamRequest("POST", url, headers)
+
+    def caller_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """On the `/anthropic` route the caller's SDK chose an `anthropic-version`; it is sent as is
+        (a date, `YYYY-MM-DD`), so Anthropic answers in the shape that SDK expects."""
+        version = headers.get(VERSION_HEADER)
+        if version is None:
+            return {}
+        if not _VERSION.match(version):
+            raise InvalidRequest(
+                f"{VERSION_HEADER} must be a date like {API_VERSION}", param=VERSION_HEADER, provider=self.name
+            )
+        return {VERSION_HEADER: version}
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("processing_status"):

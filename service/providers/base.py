@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 from urllib.parse import quote
 
@@ -17,6 +18,45 @@ from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
 from service.model import STATUSES, BatchState
 
 log = logging.getLogger(__name__)
+
+# Unified states of a batch that has not finished. Right after an accepted cancel such a batch is
+# reported as `cancelling`: several providers still answer the running state for a moment (Together's
+# own cancel example says IN_PROGRESS; Bedrock's and Cohere's reads lag; Gemini has no interim state).
+RUNNING_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
+
+
+def after_accepted_cancel(status: str) -> str:
+    """The status to report for a batch read right after the provider accepted its cancel."""
+    return "cancelling" if status in RUNNING_STATUSES else status
+
+
+# Header names that carry credentials or that the HTTP layer and request signing own. A configured
+# extra header never sends any of them: the only credential upstream is the gateway's chosen one.
+RESERVED_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "host",
+     "content-length", "transfer-encoding", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
+)  # fmt: skip
+
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def merge_headers(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Merges header layers, later ones winning; names compare case-insensitively (HTTP header names
+    are), so `authorization` in one layer and `Authorization` in a later one send one header."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
+
+
+def extra_headers(configured: Mapping[str, str], provider: str) -> dict[str, str]:
+    """A provider's `network_config.extra_headers` without the reserved ones (logged once, at start)."""
+    dropped = sorted(name for name in configured if name.lower() in RESERVED_HEADERS)
+    if dropped:
+        log.warning("%s: extra_headers %s are not sent (the gateway sets them itself)", provider, ", ".join(dropped))
+    return merge_headers({name: value for name, value in configured.items() if name.lower() not in RESERVED_HEADERS})
 
 
 @dataclass(slots=True)
@@ -66,21 +106,36 @@ class Adapter:
     default_base_url: ClassVar[str] = ""
     # Provider status (lowercased) -> unified status. Unknown ones pass through lowercased.
     statuses: ClassVar[Mapping[str, str]] = {}
-    # Whether a caller's own key (client.allow_direct_keys) can stand in for a configured key's value.
-    accepts_direct_keys: ClassVar[bool] = True
+    # Whether a caller's own key (client.allow_direct_keys) can stand in for a configured key's
+    # value. Only adapters that authenticate with `key.value` alone say yes; the others (signed or
+    # token-minted requests) refuse a direct key rather than use the gateway's own credentials.
+    accepts_direct_keys: ClassVar[bool] = False
     # Header the provider takes a client request id in (logged on its side), if any.
     request_id_header: ClassVar[str | None] = None
+    # The drop-in SDK route (service.compat surface) that speaks this provider's own API, if any:
+    # calls through it may pass the caller's `caller_headers` upstream.
+    sdk_surface: ClassVar[str | None] = None
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
+        self.extra_headers = extra_headers(config.network.extra_headers, self.name)
         self._unknown_statuses: set[str] = set()
 
     def base_url(self, key: Key) -> str:
         return self.config.network.base_url or self.default_base_url
 
-    def headers(self, auth: Mapping[str, str]) -> dict[str, str]:
-        """Configured extra headers, then JSON accept, then auth (auth always wins)."""
-        return {**self.config.network.extra_headers, "Accept": "application/json", **auth}
+    def headers(
+        self, auth: Mapping[str, str], *, defaults: Mapping[str, str] = _EMPTY, fixed: Mapping[str, str] = _EMPTY
+    ) -> dict[str, str]:
+        """The request headers: the adapter's `defaults`, then the configured extra headers, then JSON
+        accept and the adapter's `fixed` ones, then auth. Names compare case-insensitively, so the
+        gateway's credential always wins."""
+        return merge_headers(defaults, self.extra_headers, {"Accept": "application/json"}, fixed, auth)
+
+    def caller_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Headers of the caller's own SDK to send upstream on the provider's drop-in route (checked
+        here; raise InvalidRequest for a bad value). Default: none."""
+        return {}
 
     def parse_id(self, batch_id: str) -> Any:
         path_segment(batch_id)  # raises InvalidRequest for an unsafe id

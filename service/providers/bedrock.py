@@ -25,8 +25,14 @@ Expired -> expired.
 Times: `cancelled_at` is `endTime` of a Stopped job; `cancelling_at` is `lastModifiedTime` of a
 Stopping job (nothing else modifies a job while it stops, so that is when the stop was accepted; a
 Stopped job's lastModifiedTime is when it stopped, so it is not reported as the cancel time).
-Counts: GetModelInvocationJob carries `totalRecordCount`, `successRecordCount` and
-`errorRecordCount` in current API versions (total, completed, failed); when absent, no counts.
+Counts: GetModelInvocationJob carries `totalRecordCount`, `processedRecordCount`,
+`successRecordCount` and `errorRecordCount` (botocore's bedrock 2023-04-20 service model, all
+optional NonNegativeLong): total, completed (= successRecordCount), failed, and pending =
+total - processed when both are sent; when all are absent, no counts (never invented).
+
+A caller's direct key (client.allow_direct_keys) cannot stand in: requests are SigV4-signed with the
+key config's AWS credentials, so such a call is refused (400 `direct_key_unsupported`) rather than
+signed with the gateway's own keys.
 
 Errors: the exception name comes in the `x-amzn-ErrorType` header (possibly with a
 `:http://internal.amazon.com/...` suffix), else in the body's `code`/`__type`; the message in
@@ -74,8 +80,6 @@ _BASE64_ARN_PREFIX = "YXJuO"
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 _MAX_ENCODED_ID = 2048
 _REGION = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+){2,3}$")
-# Headers the signer owns: a configured extra header must not shadow them.
-_SIGNING_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "host"})
 # The part of an InvalidSignatureException message that echoes the canonical request (signed
 # headers, including X-Amz-Security-Token).
 _SIGNATURE_DETAILS = re.compile(r"\s*The Canonical String for this request should have been.*", re.S)
@@ -183,12 +187,9 @@ class BedrockAdapter(Adapter):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         self._signers: dict[BedrockKeyConfig, SigV4Auth] = {}
-        # Unsigned headers, built once; the signer adds Authorization, X-Amz-Date (and the token).
-        self._base_headers = {
-            name: value
-            for name, value in self.headers({}).items()
-            if name.lower() not in _SIGNING_HEADERS
-        }
+        # Unsigned headers, built once; the signer adds Authorization, X-Amz-Date (and the token),
+        # which configured extra headers can never carry (base.RESERVED_HEADERS).
+        self._base_headers = self.headers({})
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -252,11 +253,13 @@ class BedrockAdapter(Adapter):
     @staticmethod
     def _counts(data: dict) -> RequestCounts | None:
         total = count(data.get("totalRecordCount"))
+        processed = count(data.get("processedRecordCount"))
         succeeded = count(data.get("successRecordCount"))
         failed = count(data.get("errorRecordCount"))
-        if total is None and succeeded is None and failed is None:
+        if total is None and processed is None and succeeded is None and failed is None:
             return None
-        return RequestCounts(total=total, completed=succeeded, failed=failed)
+        pending = total - processed if total is not None and processed is not None and processed <= total else None
+        return RequestCounts(total=total, completed=succeeded, failed=failed, pending=pending)
 
     def parse_error(self, response: UpstreamResponse) -> ProviderError:
         body = decode_json(response, self.name, allow_error=True)

@@ -37,6 +37,7 @@ from service.providers.base import (
 class CohereAdapter(Adapter):
     name = "cohere"
     default_base_url = "https://api.cohere.com"
+    accepts_direct_keys = True
     statuses = {
         "batch_status_queued": "validating",
         "batch_status_in_progress": "in_progress",

@@ -18,8 +18,9 @@ GenerateContentBatch (`state` BATCH_STATE_*, `batchStats` with int64-as-string c
 `createTime`/`updateTime`/`endTime` RFC 3339 with 0/3/6/9 fraction digits). The batch is also
 accepted at the top level or under `response`, and `state` as BATCH_STATE_* or JOB_STATE_* (what
 the google-genai SDK converts it to). Gemini has no interim cancelling state: a batch still
-PENDING/RUNNING right after an accepted cancel is reported as `cancelling`; `cancelled_at` is
-`endTime` (else `updateTime`) of a CANCELLED batch; there is no cancel-request time to report.
+PENDING/RUNNING right after an accepted cancel is reported as `cancelling` (the use case's rule for
+every provider); `cancelled_at` is `endTime` (else `updateTime`) of a CANCELLED batch; there is no
+cancel-request time to report.
 A bad API key is HTTP 400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID: the status is
 kept, the error type says `authentication_error`.
 IDs: `batches/x` (Envoy decodes `%2F`), `batches-x` (the seed gateway's encoding) and bare `x`
@@ -38,7 +39,8 @@ reached); neither message carries key material. The BatchPredictionJob has `stat
 and `completionStats` {successfulCount, failedCount, incompleteCount} (int64 strings;
 incompleteCount -1 = unknown). `cancelling_at` is `updateTime` while JOB_STATE_CANCELLING (the
 cancel is the job's latest update); `cancelled_at` is `endTime` (else `updateTime`) once
-CANCELLED. A job still queued/running right after an accepted cancel is reported `cancelling`.
+CANCELLED. A job still queued/running right after an accepted cancel is reported `cancelling` (the
+use case's rule).
 IDs: bare job id (project and region from the key), the full resource name
 `projects/p/locations/l/batchPredictionJobs/id`, or its URL-safe unpadded base64 (the seed
 gateway's encoding). A full name is authoritative: its project and location are used even when
@@ -102,9 +104,6 @@ BATCH_STATES: Mapping[str, str] = {
     "batch_state_cancelled": "cancelled",
     "batch_state_expired": "expired",
 }
-# Unified states of a batch that has not finished: right after an accepted cancel it is cancelling.
-_NOT_FINISHED = frozenset({"validating", "in_progress", "finalizing"})
-
 # Canonical status string -> our error type.
 _ERROR_TYPES: Mapping[str, str] = {
     "INVALID_ARGUMENT": "invalid_request_error",
@@ -178,25 +177,10 @@ def _stats(data: Any, names: tuple[str, ...]) -> tuple[int | None, ...] | None:
 
 
 class _GoogleAdapter(Adapter):
-    """What Gemini and Vertex share: the error envelope, the post-cancel status and static headers."""
-
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config)
-        # Built once. Configured extra headers never carry or override credentials.
-        self._static_headers = {
-            name: value
-            for name, value in config.network.extra_headers.items()
-            if name.lower() not in ("authorization", "x-goog-api-key", "accept", "content-type")
-        }
-        self._static_headers["Accept"] = "application/json"
+    """What Gemini and Vertex share: the error envelope."""
 
     def parse_error(self, response: UpstreamResponse) -> ProviderError:
         return google_error(self.name, response)
-
-    def after_cancel(self, raw_state: Any) -> str:
-        """The unified status of a batch read right after an accepted cancel."""
-        status = self.status(raw_state)
-        return "cancelling" if status in _NOT_FINISHED else status
 
 
 # --- Gemini -------------------------------------------------------------------------------------------
@@ -218,6 +202,7 @@ class GeminiAdapter(_GoogleAdapter):
     default_base_url = "https://generativelanguage.googleapis.com"
     api_version = "v1beta"
     statuses = {**BATCH_STATES, **JOB_STATES}
+    accepts_direct_keys = True
 
     def parse_id(self, batch_id: str) -> str:
         """`batches/x`, `batches-x` or `x` -> `x` (a bare id that itself starts with `batches-` is
@@ -234,7 +219,7 @@ class GeminiAdapter(_GoogleAdapter):
         return f"{self.base_url(key)}/{self.api_version}/batches/{path_segment(ref)}{suffix}"
 
     def _headers(self, key: Key) -> dict[str, str]:
-        return {**self._static_headers, "x-goog-api-key": key.value}
+        return self.headers({"x-goog-api-key": key.value})
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
         # "The request body must be empty."
@@ -251,7 +236,7 @@ class GeminiAdapter(_GoogleAdapter):
             if isinstance(error, dict) and error.get("code") == 1 and data.get("done") is True:
                 return BatchState(id=batch_id, status="cancelled")
             raise UpstreamUnavailable(f"{self.name} answered without a batch state", provider=self.name)
-        status = self.after_cancel(batch["state"])
+        status = self.status(batch["state"])
         stats = _stats(
             batch.get("batchStats"),
             ("requestCount", "successfulRequestCount", "failedRequestCount", "pendingRequestCount"),
@@ -331,7 +316,6 @@ class VertexAdapter(_GoogleAdapter):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._static_headers["Content-Type"] = "application/json"
         self._tokens: dict[tuple, _TokenSource] = {}
         self._http_request: Any = None  # google-auth transport, created on first mint
 
@@ -382,12 +366,11 @@ class VertexAdapter(_GoogleAdapter):
         )
 
     def cancel_request(self, key: Key, ref: VertexJobRef) -> UpstreamRequest:
-        return UpstreamRequest("POST", self._url(key, ref, ":cancel"), dict(self._static_headers), b"{}")
+        headers = self.headers({}, fixed={"Content-Type": "application/json"})
+        return UpstreamRequest("POST", self._url(key, ref, ":cancel"), headers, b"{}")
 
     def status_request(self, key: Key, ref: VertexJobRef) -> UpstreamRequest:
-        headers = dict(self._static_headers)
-        del headers["Content-Type"]
-        return UpstreamRequest("GET", self._url(key, ref), headers)
+        return UpstreamRequest("GET", self._url(key, ref), self.headers({}))
 
     # OAuth2
 
@@ -477,7 +460,7 @@ class VertexAdapter(_GoogleAdapter):
         if not isinstance(data, dict) or not isinstance(data.get("state"), str) or not data["state"]:
             raise UpstreamUnavailable(f"{self.name} answered without a batch prediction job", provider=self.name)
         raw_state = data["state"]
-        status = self.after_cancel(raw_state)
+        status = self.status(raw_state)
         stats = _stats(data.get("completionStats"), ("successfulCount", "failedCount", "incompleteCount"))
         counts = None
         if stats is not None:

@@ -2,7 +2,9 @@
 
 Retry policy is data (`RETRYABLE_STATUSES`, backoff from the provider's network_config): a cancel
 only moves a batch forward, so connection errors, 408, 429 and 5xx are retried with exponential
-backoff and full jitter, `Retry-After` honoured when it fits the deadline. Redirects are never
+backoff and full jitter, `Retry-After` honoured when it fits the deadline. Two 5xx are not: 501 Not
+Implemented and 505 HTTP Version Not Supported say the server will never handle this request, so a
+retry only repeats the answer. Redirects are never
 followed (a redirect must not carry a provider key to another host).
 """
 
@@ -22,7 +24,7 @@ from service.observability import Trace, client_span, inject_context
 from service.providers.base import UpstreamRequest, UpstreamResponse
 from service.resilience import CircuitBreaker
 
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)} - {501, 505})
 MAX_RESPONSE_BYTES = 1 << 20
 USER_AGENT = "batchgate/0.1"
 

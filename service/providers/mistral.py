@@ -39,6 +39,7 @@ from service.providers.base import (
 class MistralAdapter(Adapter):
     name = "mistral"
     default_base_url = "https://api.mistral.ai"
+    accepts_direct_keys = True
     statuses = {
         "queued": "validating",
         "running": "in_progress",

@@ -21,6 +21,7 @@ class OpenAIAdapter(Adapter):
     statuses = {"canceled": "cancelled", "canceling": "cancelling"}
     path_prefix = "/v1"
     request_id_header = "X-Client-Request-Id"
+    accepts_direct_keys = True
 
     def auth_headers(self, key: Key) -> dict[str, str]:
         return {"Authorization": f"Bearer {key.value}"}

@@ -6,7 +6,6 @@ from service.providers.anthropic import AnthropicAdapter
 from service.providers.base import Adapter
 from service.providers.bedrock import BedrockAdapter
 from service.providers.cohere import CohereAdapter
-from service.providers.fireworks import FireworksAdapter
 from service.providers.groq import GroqAdapter
 from service.providers.mistral import MistralAdapter
 from service.providers.together import TogetherAdapter
@@ -18,7 +17,7 @@ from service.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 ADAPTERS: dict[str, type[Adapter]] = {
     cls.name: cls
     for cls in (OpenAIAdapter, AzureOpenAIAdapter, AnthropicAdapter, BedrockAdapter, GeminiAdapter, VertexAdapter,
-                MistralAdapter, GroqAdapter, TogetherAdapter, FireworksAdapter, XAIAdapter, CohereAdapter)
+                MistralAdapter, GroqAdapter, TogetherAdapter, XAIAdapter, CohereAdapter)
 }
 
 # Providers batchgate knows (a config may name them) but cannot cancel batches on:
@@ -32,3 +31,15 @@ NO_BATCH_CANCEL = frozenset(
 ) - ADAPTERS.keys()
 
 KNOWN_PROVIDERS = frozenset(ADAPTERS) | NO_BATCH_CANCEL
+
+# Why a provider cannot cancel, where there is more to say than "not supported".
+UNSUPPORTED_REASONS: dict[str, str] = {
+    # fireworks-ai SDK (resources/batch_inference_jobs.py) and Fireworks' API reference: LLM batch
+    # inference jobs have create, list, get and delete only. `batchJobs/{id}:cancel` exists, but a
+    # batch job is a node-pool compute job, not an LLM batch: calling it could stop something else.
+    "fireworks": (
+        "batch cancel is not supported by provider: fireworks (Fireworks documents no cancel for LLM batch "
+        "inference jobs, only create, get, list and delete; its batchJobs cancel is for compute jobs, not "
+        "LLM batches)"
+    ),
+}

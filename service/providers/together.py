@@ -36,6 +36,7 @@ from service.providers.base import (
 class TogetherAdapter(Adapter):
     name = "together"
     default_base_url = "https://api.together.xyz"
+    accepts_direct_keys = True
     statuses = {
         "validating": "validating",
         "in_progress": "in_progress",

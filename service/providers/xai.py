@@ -6,14 +6,19 @@ The cancel answers the Batch itself (xAI REST API docs and the official xai-sdk 
      "cancel_by_xai_message", "state": {"num_requests", "num_pending", "num_success", "num_error",
      "num_cancelled"}, "cost_breakdown", "input_file_id"}
 
-A batch has no status field: it is a container whose progress is its request tallies. The status
-is derived from them (one table below, keyed by the derived state):
+A batch has no status field: it is a container whose progress is its request tallies, and xAI's
+own `batch.proto` (xai-org/xai-proto, `Batch.state`) says the tallies are "not always populated".
+The status is derived (one table below, keyed by the derived state):
 
     cancel_time (or cancel_by_xai_message) set, requests still pending -> cancelling
     cancel_time (or cancel_by_xai_message) set, nothing pending        -> cancelled
-    requests pending                                                    -> in_progress
+    cancel_time set, no tallies                                         -> cancelling
+    requests pending, or no tallies at all                              -> in_progress
     nothing pending, at least one request                               -> completed
     no requests yet                                                     -> validating
+
+A 2xx cancel answer is an accepted cancel whatever it carries (even `{}`); the use case then reports
+a batch that is not finished as `cancelling`.
 
 A `status` string, should one ever appear, wins over the derivation. Timestamps are RFC 3339
 (protobuf JSON: up to nanoseconds). `cancel_time` is both `cancelling_at` and, once nothing is
@@ -52,6 +57,7 @@ FAILED_PRECONDITION = "not in a state required"
 class XAIAdapter(Adapter):
     name = "xai"
     default_base_url = "https://api.x.ai"
+    accepts_direct_keys = True
     # Keys are the states derived from the batch's tallies (see the module docstring).
     statuses = {
         "empty": "validating",
@@ -66,9 +72,10 @@ class XAIAdapter(Adapter):
         return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
-        if not isinstance(data, dict) or not (isinstance(data.get("state"), dict) or data.get("status")):
+        if not isinstance(data, dict):
             raise UpstreamUnavailable(f"{self.name} answered without a batch", provider=self.name)
-        tallies = data.get("state") if isinstance(data.get("state"), dict) else {}
+        has_tallies = isinstance(data.get("state"), dict)  # `{}` is all zeros (proto3 JSON omits them)
+        tallies = data["state"] if has_tallies else {}
         counts = RequestCounts(
             total=count(tallies.get("num_requests")),
             completed=count(tallies.get("num_success")),
@@ -82,7 +89,7 @@ class XAIAdapter(Adapter):
         if isinstance(data.get("status"), str) and data["status"]:
             status = self.status(data["status"])
         else:
-            status = self.status(_derived_state(counts, cancelled))
+            status = self.status(_derived_state(counts if has_tallies else None, cancelled))
         return BatchState(
             id=str(data.get("batch_id") or batch_id),
             status=status,
@@ -109,7 +116,9 @@ class XAIAdapter(Adapter):
         return ProviderError(message, status_code=status, type=error_type, code=code, provider=self.name)
 
 
-def _derived_state(counts: RequestCounts, cancelled: bool) -> str:
+def _derived_state(counts: RequestCounts | None, cancelled: bool) -> str:
+    if counts is None:  # no tallies: not known to be finished
+        return "cancel_pending" if cancelled else "processing"
     pending = counts.pending or 0
     if cancelled:
         return "cancel_pending" if pending else "cancel_done"

@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.anthropic import AnthropicSim, anthropic_options, message_batch_counts
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.providers.anthropic import API_VERSION
 from tests import support
 from tests.support import error_detail, running_service, sim_config
 
@@ -68,7 +69,7 @@ async def test_cancel_is_a_bodiless_post_with_the_configured_key_and_version(ser
         "POST", f"/anthropic/v1/messages/batches/{batch.id}/cancel", "",
     )  # fmt: skip
     assert call["headers"]["x-api-key"] == KEY
-    assert call["headers"]["anthropic-version"] == "2023-06-01"
+    assert call["headers"]["anthropic-version"] == API_VERSION == "2026-10-21"
     assert "Authorization" not in call["headers"] and "caller" not in str(call["headers"])
 
 
@@ -201,9 +202,41 @@ async def test_raw_response_is_the_message_batch_without_the_key(sandbox, sim):
 
 
 async def test_configured_version_header_replaces_the_default(sandbox, sim):
-    cfg = config(sandbox, extra_headers={"anthropic-version": "2026-10-21", "anthropic-beta": "x-test"})
+    cfg = config(sandbox, extra_headers={"anthropic-version": "2023-06-01", "anthropic-beta": "x-test"})
     batch = sim.seed("anthropic", new_id())
     async with running_service(cfg) as (_, stub):
         await cancel(stub, batch.id)
     headers = sim.calls("anthropic")[0]["headers"]
-    assert (headers["anthropic-version"], headers["anthropic-beta"]) == ("2026-10-21", "x-test")
+    assert (headers["anthropic-version"], headers["anthropic-beta"]) == ("2023-06-01", "x-test")
+
+
+async def test_the_version_setting_is_sent(sandbox, sim):
+    cfg = config(sandbox)
+    cfg["providers"]["anthropic"]["api_version"] = "2024-01-01"
+    batch = sim.seed("anthropic", new_id())
+    async with running_service(cfg) as (_, stub):
+        await cancel(stub, batch.id)
+    assert sim.calls("anthropic")[0]["headers"]["anthropic-version"] == "2024-01-01"
+
+
+async def test_the_anthropic_drop_in_passes_the_callers_version_and_the_native_route_does_not(service, sim):
+    first, second = sim.seed("anthropic", new_id()), sim.seed("anthropic", new_id())
+    caller = (("anthropic-version", "2024-01-01"), ("anthropic-beta", "caller-beta"))
+    batch = await service.CancelAnthropic(pb.CancelBatchRequest(batch_id=first.id), metadata=caller)
+    assert (batch.id, batch.processing_status) == (first.id, "canceling")
+    await cancel(service, second.id, metadata=caller)
+    sent = [call["headers"] for call in sim.calls("anthropic")]
+    assert [h["anthropic-version"] for h in sent] == ["2024-01-01", API_VERSION]
+    assert all("anthropic-beta" not in h for h in sent)  # only the version is the caller's to choose
+
+
+async def test_a_malformed_caller_version_is_refused_before_any_call(service, sim):
+    batch = sim.seed("anthropic", new_id())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.CancelAnthropic(pb.CancelBatchRequest(batch_id=batch.id),
+                                      metadata=(("anthropic-version", "latest"),))  # fmt: skip
+    detail = error_detail(info.value)
+    assert (info.value.code(), detail.status_code, detail.error.param) == (
+        grpc.StatusCode.INVALID_ARGUMENT, 400, "anthropic-version",
+    )  # fmt: skip
+    assert sim.calls("anthropic") == []

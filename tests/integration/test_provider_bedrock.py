@@ -7,6 +7,7 @@ import asyncio
 import base64
 import dataclasses
 import datetime
+import json
 import secrets
 import time
 from functools import partial
@@ -24,7 +25,15 @@ from botocore.config import Config as BotoConfig
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from sandbox.bedrock import ACCOUNT_ID, REGION, BedrockOptions, BedrockSim, SandboxCredentials, bedrock_options
+from sandbox.bedrock import (
+    ACCOUNT_ID,
+    REGION,
+    BedrockOptions,
+    BedrockSim,
+    SandboxCredentials,
+    bedrock_options,
+    render_job,
+)
 from tests import support
 from tests.support import running_service, sim_config
 
@@ -77,7 +86,7 @@ async def test_stop_then_read_reports_stopping_with_counts_and_time(service, sim
     assert response.cancelling_at == state.cancelling_at
     assert not response.HasField("cancelled_at")
     counts = response.request_counts
-    assert (counts.total, counts.completed, counts.failed) == (50, 20, 3)
+    assert (counts.total, counts.completed, counts.failed, counts.pending) == (50, 20, 3, 27)  # total - processed
     assert response.extra_fields.provider == "bedrock" and not response.extra_fields.HasField("warning")
     stop, get = sim.calls("bedrock")
     assert (stop["method"], stop["path"]) == ("POST", f"/bedrock/model-invocation-job/{batch.id}/stop")
@@ -402,3 +411,33 @@ async def test_simulator_finds_a_job_seeded_under_its_arn(sandbox, sim, options)
     url = f"{sandbox.url}/bedrock/model-invocation-job/{quote(arn, safe='')}"
     status, _, job = await raw_get(url, signed_headers(url))
     assert (status, job["jobArn"]) == (200, arn)
+
+
+async def test_read_still_in_progress_after_the_stop_is_reported_as_cancelling(service, sim, options):
+    """Bedrock accepted the stop but the read still says InProgress: the answer is cancelling."""
+    batch = sim.seed("bedrock", new_job_id(), request_counts={"total": 50, "completed": 20, "failed": 3})
+    running = {**render_job(batch, options), "status": "InProgress"}
+    sim.add_fault("bedrock", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])  # the stop goes through
+    response = await cancel(service, batch.id)
+    assert (response.status, response.request_counts.pending) == ("cancelling", 27)
+    assert sim.batch("bedrock", batch.id).status == "cancelling"
+
+
+@pytest.mark.parametrize("header", [("authorization", "Bearer caller-aws-key"), ("x-api-key", "caller-aws-key")])
+async def test_a_direct_key_is_refused_never_replaced_by_the_gateways_keys(sandbox, sim, header):
+    """Bedrock signs with the key config's AWS credentials; a caller's own key cannot be used, and the
+    gateway must not sign the call with its own keys instead."""
+    cfg = config(sandbox)
+    cfg["client"] = {"allow_direct_keys": True}
+    batch = sim.seed("bedrock", new_job_id())
+    async with running_service(cfg) as (_, stub):
+        err, detail = await cancel_failure(stub, batch.id, metadata=(header,))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (detail.status_code, detail.error.code, detail.extra_fields.provider) == (
+            400, "direct_key_unsupported", "bedrock",
+        )  # fmt: skip
+        assert "caller-aws-key" not in detail.error.message
+        assert sim.calls("bedrock") == []
+        assert sim.batch("bedrock", batch.id).status == "in_progress"
+        await cancel(stub, batch.id)  # without a direct key the configured keys are used
+    assert sim.batch("bedrock", batch.id).status == "cancelling"

@@ -3,6 +3,7 @@ The cancel answers `{}`: the state comes from a follow-up GET within the same de
 
 from __future__ import annotations
 
+import json
 import uuid
 from functools import partial
 
@@ -113,3 +114,14 @@ async def test_ids_with_a_slash_or_path_tricks_never_reach_cohere(service, sim, 
     err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("cohere") == []
+
+
+async def test_follow_up_read_still_in_progress_is_reported_as_cancelling(service, sim):
+    """Cohere accepted the cancel but its read still says IN_PROGRESS: the answer is cancelling."""
+    batch = sim.seed("cohere", new_id())
+    running = {"batch": {"id": batch.id, "status": "BATCH_STATUS_IN_PROGRESS", "num_records": 10}}
+    sim.add_fault("cohere", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])  # the cancel goes through
+    response = await cancel(service, batch.id)
+    assert (response.status, response.request_counts.total) == ("cancelling", 10)
+    assert sim.batch("cohere", batch.id).status == "cancelling"
+    assert [c["method"] for c in sim.calls("cohere")] == ["POST", "GET"]

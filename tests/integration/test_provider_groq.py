@@ -99,3 +99,24 @@ async def test_ids_with_a_slash_or_path_tricks_never_reach_groq(service, sim, ba
     err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("groq") == []
+
+
+async def test_an_extra_authorization_header_in_any_case_never_replaces_the_key(sandbox, sim):
+    extra = {"authorization": "Bearer extra-evil", "X-Api-Key": "extra-evil", "X-Team": "batch-ops"}
+    batch = sim.seed("groq", new_id())
+    async with running_service(sim_config(GroqSim, sandbox.url, network={"extra_headers": extra})) as (_, stub):
+        response = await cancel(stub, batch.id)
+    assert response.status == "cancelling"
+    (call,) = sim.calls("groq")
+    auth = [value for name, value in call["headers"].items() if name.lower() == "authorization"]
+    assert auth == [f"Bearer {KEY}"]
+    assert "extra-evil" not in str(call["headers"]) and call["headers"]["X-Team"] == "batch-ops"
+
+
+async def test_keys_are_tried_highest_weight_first(sandbox, sim):
+    keys = [{"name": "light", "value": "gsk_wrong_light_key_000", "use_for_batch_api": True, "weight": 1},
+            {"name": "heavy", "value": KEY, "use_for_batch_api": True, "weight": 5}]  # fmt: skip
+    batch = sim.seed("groq", new_id())
+    async with running_service(sim_config(GroqSim, sandbox.url, keys=keys)) as (_, stub):
+        await cancel(stub, batch.id)
+    assert [c["headers"]["Authorization"] for c in sim.calls("groq")] == [f"Bearer {KEY}"]  # no failover needed

@@ -3,6 +3,7 @@ The cancel answers the BatchJob, already CANCELLED; Together reports no request 
 
 from __future__ import annotations
 
+import json
 import uuid
 from functools import partial
 
@@ -100,3 +101,14 @@ async def test_raw_response_is_togethers_job(sandbox, sim):
     raw = response.extra_fields.raw_response.struct_value
     assert (raw["id"], raw["status"]) == (batch.id, "CANCELLED") and "progress" in raw
     assert KEY not in str(response)
+
+
+async def test_cancel_answer_still_in_progress_is_reported_as_cancelling(service, sim):
+    """Together's own cancel example answers `"status": "IN_PROGRESS"`: the cancel was accepted, so the
+    batch is cancelling (one rule for every provider, in the use case)."""
+    batch_id = new_id()
+    answer = {"id": batch_id, "status": "IN_PROGRESS", "progress": 40, "created_at": "2026-03-04T05:06:07Z"}
+    sim.add_fault("together", {"status": 200, "body": json.dumps(answer)})
+    response = await cancel(service, batch_id)
+    assert (response.id, response.status) == (batch_id, "cancelling")
+    assert not response.HasField("cancelled_at")

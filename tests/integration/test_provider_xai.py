@@ -121,3 +121,25 @@ async def test_ids_with_a_slash_or_path_tricks_never_reach_xai(service, sim, bat
     err, detail = await cancel_failure(service, batch_id)
     assert (err.code(), detail.error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "batch_id")
     assert sim.calls("xai") == []
+
+
+# xAI's batch.proto: `Batch.state` is "not always populated". The cancel was accepted all the same.
+@pytest.mark.parametrize(
+    ("body", "cancelling_at"),
+    [
+        ('{"batch_id": "{id}", "name": "nightly", "cancel_time": "2026-03-04T05:06:07.5Z"}', 1772600767),
+        ('{"batch_id": "{id}", "cancel_time": "2026-03-04T05:06:07Z", "state": null}', 1772600767),
+        ("{}", None),
+        ("", None),
+    ],
+)
+async def test_cancel_answer_without_tallies_is_cancelling_not_a_502(service, sim, body, cancelling_at):
+    batch_id = new_id()
+    sim.add_fault("xai", {"status": 200, "body": body.replace("{id}", batch_id)})
+    response = await cancel(service, batch_id)
+    assert (response.id, response.status) == (batch_id, "cancelling")
+    assert not response.HasField("request_counts") and not response.HasField("cancelled_at")
+    if cancelling_at is None:
+        assert not response.HasField("cancelling_at")
+    else:
+        assert response.cancelling_at == cancelling_at

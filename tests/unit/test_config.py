@@ -418,14 +418,14 @@ def test_non_utf8_file_is_a_config_error(tmp_path):
 def test_load_config_passes_field_errors_through(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(with_value("providers.openai.keys[0].weight", "x")))
-    with pytest.raises(ConfigError, match=r"^providers\.openai\.keys\[0\]\.weight: expected float, got str$"):
+    with pytest.raises(ConfigError, match=r"^providers\.openai\.keys\[0\]\.weight: expected a number, got str$"):
         load_config(path, env={})
 
 
 # --- batch keys and secrets -------------------------------------------------------------------------
 
 
-def test_batch_keys_are_enabled_batch_keys_in_config_order():
+def test_batch_keys_are_enabled_batch_keys_higher_weight_first_then_config_order():
     keys = [
         {"name": "zeta", "value": "v1", "use_for_batch_api": True},
         {"name": "alpha", "value": "v2"},
@@ -435,8 +435,94 @@ def test_batch_keys_are_enabled_batch_keys_in_config_order():
         {"name": "aardvark", "value": "v6", "use_for_batch_api": True, "weight": 99},
     ]
     provider = parse_config({"providers": {"openai": {"keys": keys}}}, env={}).providers["openai"]
-    assert [k.name for k in provider.batch_keys] == ["zeta", "gamma", "aardvark"]
+    assert [k.name for k in provider.batch_keys] == ["aardvark", "zeta", "gamma"]
     assert [k.name for k in provider.keys] == ["zeta", "alpha", "beta", "gamma", "delta", "aardvark"]
+
+
+def test_equal_weights_keep_config_order_and_zero_weight_goes_last():
+    keys = [{"name": n, "value": n, "use_for_batch_api": True, "weight": w}
+            for n, w in (("a", 1), ("b", 0), ("c", 2.5), ("d", 1), ("e", 2.5))]  # fmt: skip
+    provider = parse_config({"providers": {"openai": {"keys": keys}}}, env={}).providers["openai"]
+    assert [k.name for k in provider.batch_keys] == ["c", "e", "a", "d", "b"]
+
+
+# --- type errors name the expected JSON type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("providers.openai.keys", True, "providers.openai.keys: expected a list, got bool"),
+        ("providers.openai.keys", 3, "providers.openai.keys: expected a list, got int"),
+        ("providers.openai.keys[0].name", True, "providers.openai.keys[0].name: expected a string, got bool"),
+        ("providers.openai.keys[0].weight", True, "providers.openai.keys[0].weight: expected a number, got bool"),
+        ("providers.openai.keys[0].enabled", 1, "providers.openai.keys[0].enabled: expected true or false, got int"),
+        ("providers.openai.network_config.max_retries", True,
+         "providers.openai.network_config.max_retries: expected an integer, got bool"),
+        ("providers.openai.network_config.default_request_timeout_in_seconds", False,
+         "providers.openai.network_config.default_request_timeout_in_seconds: expected a number, got bool"),
+        ("providers.openai.network_config.extra_headers", True,
+         "providers.openai.network_config.extra_headers: expected an object, got bool"),
+    ],
+)  # fmt: skip
+def test_type_errors_name_the_expected_json_type(path, value, message):
+    assert config_error(with_value(path, value)) == message
+
+
+# --- virtual keys -----------------------------------------------------------------------------------
+
+
+def with_virtual_key(**fields) -> dict:
+    data = base()
+    data["governance"] = {"virtual_keys": [{"id": "team", "value": "sk-bf-team", **fields}]}
+    return data
+
+
+def test_virtual_key_provider_must_be_a_configured_provider():
+    message = config_error(with_virtual_key(provider_configs=[{"provider": "opneai"}]))
+    assert message == (
+        "governance.virtual_keys[0].provider_configs[0].provider: unknown provider 'opneai' (configured: azure, openai)"
+    )
+    message = config_error(with_virtual_key(provider_configs=[{"provider": "openai"}, {"provider": "anthropic"}]))
+    assert message == (
+        "governance.virtual_keys[0].provider_configs[1].provider: provider 'anthropic' is not configured under "
+        "providers (configured: azure, openai)"
+    )
+
+
+def test_virtual_key_key_ids_must_name_configured_keys_of_that_provider():
+    data = with_value("providers.openai.keys[0].id", "prod")
+    data["governance"] = {"virtual_keys": [{"value": "sk-bf-x", "provider_configs": [
+        {"provider": "openai", "key_ids": ["prod"]}, {"provider": "azure", "key_ids": ["prod"]}]}]}  # fmt: skip
+    assert config_error(data) == "governance.virtual_keys[0].provider_configs[1].key_ids: no key 'prod' configured for azure"
+    data["governance"]["virtual_keys"][0]["provider_configs"][1]["key_ids"] = [7]
+    assert config_error(data) == "governance.virtual_keys[0].provider_configs[1].key_ids[0]: expected a string, got int"
+    del data["governance"]["virtual_keys"][0]["provider_configs"][1]
+    assert parse_config(data, env={}).virtual_keys[0].providers == {"openai": frozenset({"prod"})}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2027-01-01T00:00:00Z", 1798761600), ("2027-01-01T02:00:00+02:00", 1798761600), (1798761600, 1798761600)],
+)
+def test_expires_at_is_rfc3339_with_a_zone_or_unix_seconds(value, expected):
+    config = parse_config(with_virtual_key(expires_at=value, provider_configs=[{"provider": "openai"}]), env={})
+    assert config.virtual_keys[0].expires_at == expected
+
+
+@pytest.mark.parametrize("value", ["2027-01-01T00:00:00", "2027-01-01"])
+def test_expires_at_without_a_zone_is_refused_not_read_in_local_time(value):
+    message = config_error(with_virtual_key(expires_at=value, provider_configs=[{"provider": "openai"}]))
+    assert message.startswith(f"governance.virtual_keys[0].expires_at: {value!r} has no time zone")
+
+
+def test_api_version_is_a_short_token():
+    data = with_value("providers.openai.api_version", "2024-10-21")
+    assert parse_config(data, env={}).providers["openai"].api_version == "2024-10-21"
+    assert parse_config(base(), env={}).providers["openai"].api_version is None
+    assert config_error(with_value("providers.openai.api_version", "2024\r\nX: y")).startswith(
+        "providers.openai.api_version: expected a version like"
+    )
 
 
 def test_reprs_never_contain_the_secret():

@@ -265,8 +265,9 @@ def test_cancel_request_is_a_bodiless_post_with_api_key_and_version():
     assert request.method == "POST"
     assert request.url == "https://api.anthropic.com/v1/messages/batches/msgbatch_01/cancel"
     assert request.body is None
-    assert request.headers == {"x-api-key": KEY, "anthropic-version": "2023-06-01", "Accept": "application/json"}
-    assert API_VERSION == "2023-06-01"
+    assert request.headers == {"x-api-key": KEY, "anthropic-version": API_VERSION, "Accept": "application/json"}
+    # What the pinned official SDK sends (anthropic 2.14.0 `_constants.ANTHROPIC_API_VERSION`).
+    assert API_VERSION == "2026-10-21"
     assert a.status_request(key, "msgbatch_01") is None  # the cancel answers the batch itself
 
 
@@ -282,16 +283,42 @@ def test_extra_headers_are_sent_but_never_replace_the_key():
     headers = a.cancel_request(a.config.batch_keys[0], "b").headers
     assert headers == {
         "anthropic-beta": "message-batches-2024-09-24",
-        "anthropic-version": "2023-06-01",
+        "anthropic-version": API_VERSION,
         "Accept": "application/json",
         "x-api-key": KEY,
     }
 
 
 def test_configured_version_replaces_the_default_in_any_case():
-    a = adapter(extra_headers={"Anthropic-Version": "2026-10-21"})
+    a = adapter(extra_headers={"Anthropic-Version": "2023-06-01"})
     headers = CIMultiDict(a.cancel_request(a.config.batch_keys[0], "b").headers)
-    assert headers.getall("anthropic-version") == ["2026-10-21"]
+    assert headers.getall("anthropic-version") == ["2023-06-01"]
+
+
+def test_the_version_is_a_provider_setting():
+    config = parse_config(
+        {"providers": {"anthropic": {"keys": [{"name": "k", "value": KEY, "use_for_batch_api": True}],
+                                     "api_version": "2024-01-01"}}},
+        env={},
+    )  # fmt: skip
+    a = AnthropicAdapter(config.providers["anthropic"])
+    headers = CIMultiDict(a.cancel_request(a.config.batch_keys[0], "b").headers)
+    assert headers.getall("anthropic-version") == ["2024-01-01"]
+
+
+def test_the_anthropic_route_passes_the_callers_version_and_only_that():
+    a = adapter()
+    assert a.sdk_surface == "anthropic"
+    caller = {"anthropic-version": "2023-06-01", "anthropic-beta": "x", "x-api-key": "sk-bf-caller"}
+    assert a.caller_headers(caller) == {"anthropic-version": "2023-06-01"}
+    assert a.caller_headers({}) == {}
+
+
+@pytest.mark.parametrize("value", ["", "latest", "2023-06-01\r\nx-api-key: y", "2023-6-1", "2023-06-01 "])
+def test_a_callers_malformed_version_is_refused(value):
+    with pytest.raises(InvalidRequest) as info:
+        adapter().caller_headers({"anthropic-version": value})
+    assert info.value.status_code == 400 and info.value.param == "anthropic-version"
 
 
 def test_each_request_gets_its_own_headers():
@@ -360,7 +387,7 @@ def test_error_as_a_plain_string_keeps_its_message():
 # --- simulator -------------------------------------------------------------------------------------
 
 SIM_KEY = "sk-ant-api03-simSECRETkey-2222"
-HEADERS = {"x-api-key": SIM_KEY, "anthropic-version": "2023-06-01"}
+HEADERS = {"x-api-key": SIM_KEY, "anthropic-version": API_VERSION}
 MESSAGE_BATCH_FIELDS = {
     "id", "type", "processing_status", "request_counts", "ended_at", "created_at", "expires_at", "archived_at",
     "cancel_initiated_at", "results_url",
@@ -484,9 +511,9 @@ async def test_sim_accepts_the_key_as_x_api_key_or_bearer_with_any_version():
 @pytest.mark.parametrize(
     ("headers", "status", "error_type", "message"),
     [
-        ({"anthropic-version": "2023-06-01"}, 401, "authentication_error", "x-api-key header is required"),
+        ({"anthropic-version": API_VERSION}, 401, "authentication_error", "x-api-key header is required"),
         ({**HEADERS, "x-api-key": "sk-ant-api03-WRONGkey-9999"}, 401, "authentication_error", "invalid x-api-key"),
-        ({"Authorization": "Bearer sk-ant-WRONG", "anthropic-version": "2023-06-01"}, 401, "authentication_error",
+        ({"Authorization": "Bearer sk-ant-WRONG", "anthropic-version": API_VERSION}, 401, "authentication_error",
          "Invalid bearer token"),
         ({"x-api-key": SIM_KEY}, 400, "invalid_request_error", "anthropic-version: header is required"),
         ({"x-api-key": SIM_KEY, "anthropic-version": " "}, 400, "invalid_request_error",

@@ -116,7 +116,26 @@ def test_record_counts_of_current_api_versions_are_read_including_strings(adapte
            "errorRecordCount": 10}  # fmt: skip
     counts = adapter[0].parse_batch(JOB_ID, job).counts
     assert (counts.total, counts.completed, counts.failed) == (1000, 240, 10)
-    assert counts.succeeded is None and counts.pending is None
+    assert counts.pending == 750  # total - processedRecordCount
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"totalRecordCount": 1000},  # processedRecordCount not sent
+        {"processedRecordCount": 250},  # totalRecordCount not sent
+        {"totalRecordCount": 10, "processedRecordCount": 11},  # inconsistent: unknown, never negative
+        {"totalRecordCount": 10, "processedRecordCount": "x"},
+    ],
+)
+def test_pending_is_only_derived_when_both_record_counts_are_sent(adapter, fields):
+    counts = adapter[0].parse_batch(JOB_ID, {**STOPPING_JOB, **fields}).counts
+    assert counts is not None and counts.pending is None
+
+
+def test_processed_record_count_alone_still_reports_counts(adapter):
+    counts = adapter[0].parse_batch(JOB_ID, {**STOPPING_JOB, "processedRecordCount": 5}).counts
+    assert counts is not None and (counts.total, counts.pending) == (None, None)
 
 
 def test_partial_record_counts_leave_the_rest_unknown(adapter):

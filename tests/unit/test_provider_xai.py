@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 from service.config import parse_config
 from service.errors import InvalidRequest, UpstreamUnavailable
 from service.model import RequestCounts
-from service.providers.base import UpstreamResponse
+from service.providers.base import UpstreamResponse, after_accepted_cancel
 from service.providers.xai import XAIAdapter
 
 KEY = "xai-unitXaiKey0123456789abcdefghijkl"
@@ -98,10 +98,28 @@ def test_a_status_string_wins_over_the_derivation():
     assert (batch.status, batch.counts, batch.cancelled_at) == ("cancelled", None, CANCEL_TIME)
 
 
-@pytest.mark.parametrize("data", [{}, {"batch_id": BATCH_ID}, {"state": None}, [], "cancelled"])
-def test_answer_without_a_batch_is_an_upstream_failure(data):
+@pytest.mark.parametrize("data", [[], "cancelled", 7])
+def test_answer_that_is_not_an_object_is_an_upstream_failure(data):
     with pytest.raises(UpstreamUnavailable):
         adapter().parse_batch(BATCH_ID, data)
+
+
+# xAI's batch.proto: `state` is "not always populated". A 2xx cancel answer without it is still an
+# accepted cancel, never a 502.
+@pytest.mark.parametrize(
+    ("data", "status", "cancelling_at"),
+    [
+        ({"batch_id": BATCH_ID, "cancel_time": "2026-03-04T05:06:07.123456789Z"}, "cancelling", 1772600767),
+        ({"batch_id": BATCH_ID, "cancel_time": "2026-03-04T05:06:07Z", "state": None}, "cancelling", 1772600767),
+        ({"batch_id": BATCH_ID, "cancel_by_xai_message": "input file failed validation"}, "cancelling", None),
+        ({"batch_id": BATCH_ID}, "in_progress", None),  # nothing known: not finished (cancelling after a cancel)
+        ({}, "in_progress", None),
+    ],
+)
+def test_answer_without_tallies_is_derived_from_the_cancel_time(data, status, cancelling_at):
+    batch = adapter().parse_batch(BATCH_ID, data)
+    assert (batch.status, batch.counts, batch.cancelling_at, batch.cancelled_at) == (status, None, cancelling_at, None)
+    assert after_accepted_cancel(batch.status) == "cancelling"
 
 
 def test_cancel_request_uses_the_colon_cancel_method():
