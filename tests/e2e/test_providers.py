@@ -28,13 +28,15 @@ from gateway.stack import Stack, free_port
 from sandbox.bedrock import ARN_PREFIX, BedrockSim
 from sandbox.google import SANDBOX_PROJECT, SANDBOX_PROJECT_NUMBER, SANDBOX_REGION
 from sandbox.server import SIMULATORS, gateway_config
+from service.providers.registry import NO_BATCH_CANCEL
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import INTERNAL_HEADERS, Gateway, SimAdmin
 
-PROVIDERS = [sim.name for sim in SIMULATORS]
+# Simulated providers that batchgate cancels on (Fireworks is simulated but has no batch cancel).
+PROVIDERS = [sim.name for sim in SIMULATORS if sim.name not in NO_BATCH_CANCEL]
 # Providers whose cancel answers without the batch: batchgate reads it back with a GET.
-FOLLOW_UP = frozenset({"gemini", "vertex", "bedrock", "fireworks", "cohere"})
+FOLLOW_UP = frozenset({"gemini", "vertex", "bedrock", "cohere"})
 SEEDED_COUNTS = {"total": 9, "completed": 4, "failed": 2}
 BEDROCK_ACCESS_KEY = BedrockSim.default_key.split(":")[0]
 VERTEX_JOBS = f"projects/{SANDBOX_PROJECT}/locations/{SANDBOX_REGION}/batchPredictionJobs"
@@ -42,9 +44,36 @@ VERTEX_JOBS = f"projects/{SANDBOX_PROJECT}/locations/{SANDBOX_REGION}/batchPredi
 
 def test_every_simulated_provider_is_covered() -> None:
     assert sorted(PROVIDERS) == sorted(
-        ["openai", "azure", "anthropic", "gemini", "vertex", "bedrock", "mistral", "groq", "together", "fireworks",
-         "xai", "cohere"]
+        ["openai", "azure", "anthropic", "gemini", "vertex", "bedrock", "mistral", "groq", "together", "xai", "cohere"]
     )
+    assert [sim.name for sim in SIMULATORS if sim.name not in PROVIDERS] == ["fireworks"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/batches/{id}/cancel?provider=fireworks", "/openai/v1/batches/{id}/cancel?provider=fireworks",
+     "/anthropic/v1/messages/batches/{id}/cancel"],
+)  # fmt: skip
+def test_fireworks_cancel_is_unsupported_and_never_reaches_fireworks(
+    gw: Gateway, sim: SimAdmin, t0: float, path: str
+) -> None:
+    """Fireworks documents no cancel for LLM batch inference jobs (its batchJobs cancel is for compute
+    jobs): a clear 400 before any upstream call, on every route."""
+    job = sim.seed("fireworks", batch_id("fireworks"))
+    headers = {"x-model-provider": "fireworks"} if path.startswith("/anthropic") else {}
+
+    resp = gw.post(path.format(id=job), headers=headers)
+
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    message = body["error"]["message"]
+    assert "no cancel for LLM batch inference jobs" in message and "compute jobs" in message
+    if path.startswith("/anthropic"):
+        assert body["error"]["type"] == "invalid_request_error"
+    else:
+        assert (body["is_bifrost_error"], body["error"]["code"]) == (True, "unsupported_operation")
+    assert sim.calls("fireworks", since=t0) == []
+    assert sim.batch("fireworks", job)["status"] == "in_progress"
 
 
 def batch_id(provider: str, prefix: str = "b") -> str:
@@ -100,8 +129,10 @@ def expected_counts(provider: str, state: dict) -> dict | None:
     total, done, failed = counts["total"], counts["completed"], counts["failed"]
     rest = total - done - failed
     openai_counts = {"total": total, "completed": done, "failed": failed}
-    if provider in ("openai", "azure", "groq", "bedrock"):
+    if provider in ("openai", "azure", "groq"):
         return openai_counts
+    if provider == "bedrock":  # pending = totalRecordCount - processedRecordCount
+        return {**openai_counts, "pending": rest}
     if provider == "anthropic":  # every request stays `processing` until the batch ends
         return {"total": total, "completed": 0, "failed": 0, "succeeded": 0, "expired": 0, "canceled": 0,
                 "pending": total}
@@ -115,7 +146,7 @@ def expected_counts(provider: str, state: dict) -> dict | None:
                 "pending": 0 if cancelled else rest}
     if provider == "cohere":
         return {**openai_counts, "succeeded": done}
-    assert provider in ("together", "fireworks")  # no request counts on the wire: none invented
+    assert provider == "together"  # no request counts on the wire: none invented
     return None
 
 
@@ -221,7 +252,6 @@ UNKNOWN_MESSAGES = {
     "vertex": 'The BatchPredictionJob "' + VERTEX_JOBS + '/{id}" does not exist.',
     "bedrock": "Could not find model invocation job {id}.",
     "together": "batch job {id} not found",
-    "fireworks": 'batch job "accounts/sandbox-account/batchJobs/{id}" not found',
     "xai": "Batch {id} not found",
     "cohere": "batch {id} not found",
 }
@@ -286,7 +316,7 @@ def test_unknown_mistral_job_keeps_mistrals_404(gw: Gateway, faults: SimAdmin, t
 # --- finished batch -------------------------------------------------------------------------------
 
 # provider -> (HTTP status batchgate answers, the provider's message). README: 409 for the
-# OpenAI family, Bedrock, Google, Fireworks and xAI; the provider's own status otherwise.
+# OpenAI family, Bedrock, Google and xAI; the provider's own status otherwise.
 FINISHED = {
     "openai": (409, "Cannot cancel a batch with status 'completed'."),
     "azure": (409, "Cannot cancel a batch with status 'completed'."),
@@ -298,7 +328,6 @@ FINISHED = {
     "bedrock": (409, "Job " + ARN_PREFIX + "{id} cannot be stopped because it is in Completed status."),
     "mistral": (400, "Batch job {id} is SUCCESS and cannot be cancelled"),
     "together": (400, "cannot cancel batch job {id} with status COMPLETED"),
-    "fireworks": (409, "batch job is in state COMPLETED and cannot be cancelled"),
     "xai": (409, "Batch {id} has already finished"),
     "cohere": (400, "batch {id} is BATCH_STATUS_COMPLETED and cannot be canceled"),
 }
@@ -379,7 +408,6 @@ BAD_CREDENTIALS = {
     "bedrock": (403, "InvalidSignatureException"),
     "mistral": (401, "provider_error"),
     "together": (401, "invalid_request_error"),
-    "fireworks": (401, "provider_error"),
     "xai": (401, "authentication_error"),
     "cohere": (401, "provider_error"),
 }

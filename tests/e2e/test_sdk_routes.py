@@ -19,6 +19,7 @@ import botocore.exceptions
 import grpc
 import pytest
 import requests
+from anthropic._constants import ANTHROPIC_API_VERSION
 from anthropic.types.messages import MessageBatch
 from google import genai
 from google.genai import errors as genai_errors
@@ -89,6 +90,30 @@ def test_anthropic_cancel_returns_a_message_batch(
     assert [c["path"] for c in calls] == [f"/anthropic/v1/messages/batches/{job}/cancel"]
     assert calls[0]["headers"]["x-api-key"] == AnthropicSim.default_key  # not the SDK's "anything"
     assert "Authorization" not in calls[0]["headers"]
+
+
+def test_anthropic_sdks_version_reaches_anthropic(claude: anthropic.Anthropic, sim: SimAdmin, t0: float) -> None:
+    """The caller's SDK chose the anthropic-version whose shape it reads: the /anthropic route sends
+    that one upstream (the SDK's default, or one it sets), not the gateway's configured version."""
+    default, chosen = sim.seed("anthropic", hex_id("msgbatch_")), sim.seed("anthropic", hex_id("msgbatch_"))
+
+    claude.messages.batches.cancel(default)
+    claude.messages.batches.cancel(chosen, extra_headers={"anthropic-version": "2024-01-01"})
+
+    sent = {c["path"].split("/")[-2]: c["headers"]["anthropic-version"] for c in sim.calls("anthropic", since=t0)}
+    assert sent == {default: ANTHROPIC_API_VERSION, chosen: "2024-01-01"}
+
+
+def test_anthropic_sdks_malformed_version_is_a_400_in_anthropics_shape(claude: anthropic.Anthropic,
+                                                                        sim: SimAdmin, t0: float) -> None:
+    job = sim.seed("anthropic", hex_id("msgbatch_"))
+
+    with pytest.raises(anthropic.BadRequestError) as err:
+        claude.messages.batches.cancel(job, extra_headers={"anthropic-version": "latest"})
+
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert "anthropic-version" in err.value.body["error"]["message"]
+    assert sim.calls("anthropic", since=t0) == []
 
 
 def test_anthropic_message_batch_keeps_the_required_times(

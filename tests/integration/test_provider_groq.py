@@ -120,3 +120,15 @@ async def test_keys_are_tried_highest_weight_first(sandbox, sim):
     async with running_service(sim_config(GroqSim, sandbox.url, keys=keys)) as (_, stub):
         await cancel(stub, batch.id)
     assert [c["headers"]["Authorization"] for c in sim.calls("groq")] == [f"Bearer {KEY}"]  # no failover needed
+
+
+@pytest.mark.parametrize(("status", "calls"), [(501, 1), (505, 1), (500, 3), (507, 3), (529, 3), (408, 3)])
+async def test_retried_statuses_are_408_429_and_5xx_but_501_and_505(sandbox, sim, status, calls):
+    """README: 501 Not Implemented and 505 HTTP Version Not Supported are final (a retry repeats them)."""
+    batch = sim.seed("groq", new_id(), status="completed")  # a retry that gets through answers 409
+    sim.add_fault("groq", [{"status": status}] * calls)
+    net = {"retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 1}
+    async with running_service(sim_config(GroqSim, sandbox.url, max_retries=2, network=net)) as (_, stub):
+        err, detail = await cancel_failure(stub, batch.id)
+    assert detail.status_code == status
+    assert len(sim.calls("groq")) == calls
