@@ -28,9 +28,9 @@ from gateway.stack import Stack, free_port
 from sandbox.bedrock import ARN_PREFIX, BedrockSim
 from sandbox.google import SANDBOX_PROJECT, SANDBOX_PROJECT_NUMBER, SANDBOX_REGION
 from sandbox.server import SIMULATORS, gateway_config
-from service.providers.registry import NO_BATCH_CANCEL
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.providers.registry import NO_BATCH_CANCEL
 from tests.e2e.conftest import INTERNAL_HEADERS, Gateway, SimAdmin
 
 # Simulated providers that batchgate cancels on (Fireworks is simulated but has no batch cancel).

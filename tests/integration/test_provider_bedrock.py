@@ -417,7 +417,8 @@ async def test_read_still_in_progress_after_the_stop_is_reported_as_cancelling(s
     """Bedrock accepted the stop but the read still says InProgress: the answer is cancelling."""
     batch = sim.seed("bedrock", new_job_id(), request_counts={"total": 50, "completed": 20, "failed": 3})
     running = {**render_job(batch, options), "status": "InProgress"}
-    sim.add_fault("bedrock", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])  # the stop goes through
+    # The stop goes through; the read after it still says InProgress.
+    sim.add_fault("bedrock", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])
     response = await cancel(service, batch.id)
     assert (response.status, response.request_counts.pending) == ("cancelling", 27)
     assert sim.batch("bedrock", batch.id).status == "cancelling"

@@ -120,7 +120,8 @@ async def test_follow_up_read_still_in_progress_is_reported_as_cancelling(servic
     """Cohere accepted the cancel but its read still says IN_PROGRESS: the answer is cancelling."""
     batch = sim.seed("cohere", new_id())
     running = {"batch": {"id": batch.id, "status": "BATCH_STATUS_IN_PROGRESS", "num_records": 10}}
-    sim.add_fault("cohere", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])  # the cancel goes through
+    # The cancel goes through; the read after it answers the running batch.
+    sim.add_fault("cohere", [{"latency_ms": 1}, {"status": 200, "body": json.dumps(running)}])
     response = await cancel(service, batch.id)
     assert (response.status, response.request_counts.total) == ("cancelling", 10)
     assert sim.batch("cohere", batch.id).status == "cancelling"

@@ -129,6 +129,6 @@ async def test_retried_statuses_are_408_429_and_5xx_but_501_and_505(sandbox, sim
     sim.add_fault("groq", [{"status": status}] * calls)
     net = {"retry_backoff_initial_ms": 1, "retry_backoff_max_ms": 1}
     async with running_service(sim_config(GroqSim, sandbox.url, max_retries=2, network=net)) as (_, stub):
-        err, detail = await cancel_failure(stub, batch.id)
+        _, detail = await cancel_failure(stub, batch.id)
     assert detail.status_code == status
     assert len(sim.calls("groq")) == calls

@@ -494,7 +494,9 @@ def test_virtual_key_key_ids_must_name_configured_keys_of_that_provider():
     data = with_value("providers.openai.keys[0].id", "prod")
     data["governance"] = {"virtual_keys": [{"value": "sk-bf-x", "provider_configs": [
         {"provider": "openai", "key_ids": ["prod"]}, {"provider": "azure", "key_ids": ["prod"]}]}]}  # fmt: skip
-    assert config_error(data) == "governance.virtual_keys[0].provider_configs[1].key_ids: no key 'prod' configured for azure"
+    assert config_error(data) == (
+        "governance.virtual_keys[0].provider_configs[1].key_ids: no key 'prod' configured for azure"
+    )
     data["governance"]["virtual_keys"][0]["provider_configs"][1]["key_ids"] = [7]
     assert config_error(data) == "governance.virtual_keys[0].provider_configs[1].key_ids[0]: expected a string, got int"
     del data["governance"]["virtual_keys"][0]["provider_configs"][1]
