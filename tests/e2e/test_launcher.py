@@ -156,7 +156,7 @@ BROKEN_CONFIGS = {
     ),
     "wrong type": (
         {"providers": {"openai": {"keys": [{"value": "k", "use_for_batch_api": "yes"}]}}},
-        "providers.openai.keys[0].use_for_batch_api: expected bool, got str",
+        "providers.openai.keys[0].use_for_batch_api: expected true or false, got str",
     ),
     "not json": ("{not json", "{path}: not valid JSON (line 1 column 2:"),
 }
