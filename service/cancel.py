@@ -133,10 +133,10 @@ class Canceller:
     ) -> UpstreamRequest:
         """Adds the caller's passed-through headers, and the request id where the provider takes one
         (OpenAI X-Client-Request-Id)."""
+        if adapter.request_id_header and trace is not None:
+            passed = {**passed, adapter.request_id_header: trace.request_id}
         if passed:
             request.headers = merge_headers(request.headers, passed)
-        if adapter.request_id_header and trace is not None:
-            request.headers[adapter.request_id_header] = trace.request_id
         return request
 
     @staticmethod

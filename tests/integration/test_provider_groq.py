@@ -102,7 +102,8 @@ async def test_ids_with_a_slash_or_path_tricks_never_reach_groq(service, sim, ba
 
 
 async def test_an_extra_authorization_header_in_any_case_never_replaces_the_key(sandbox, sim):
-    extra = {"authorization": "Bearer extra-evil", "X-Api-Key": "extra-evil", "X-Team": "batch-ops"}
+    extra = {"authorization": "Bearer extra-evil", "X-Api-Key": "extra-evil", "X-Team": "batch-ops",
+             "x-client-request-id": "from-config"}  # fmt: skip
     batch = sim.seed("groq", new_id())
     async with running_service(sim_config(GroqSim, sandbox.url, network={"extra_headers": extra})) as (_, stub):
         response = await cancel(stub, batch.id)
@@ -111,6 +112,8 @@ async def test_an_extra_authorization_header_in_any_case_never_replaces_the_key(
     auth = [value for name, value in call["headers"].items() if name.lower() == "authorization"]
     assert auth == [f"Bearer {KEY}"]
     assert "extra-evil" not in str(call["headers"]) and call["headers"]["X-Team"] == "batch-ops"
+    request_ids = [value for name, value in call["headers"].items() if name.lower() == "x-client-request-id"]
+    assert len(request_ids) == 1 and request_ids != ["from-config"]  # the call's own request id, once
 
 
 async def test_keys_are_tried_highest_weight_first(sandbox, sim):
