@@ -330,6 +330,11 @@ class FileWatcher:
         except OSError:
             return
         digest = hashlib.sha256(raw).digest()
+        if digest == self._live.digest and not self._live.last_reload_successful:
+            # Put back to what runs after a failed reload: that is a successful reload.
+            self._suspect = None
+            self._live.apply(raw, "file change")
+            return
         if digest in (self._live.digest, self._live.failed_digest):
             self._suspect = None
             return

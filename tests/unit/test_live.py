@@ -389,3 +389,16 @@ def test_a_signal_reload_is_not_repeated_by_the_watcher(config_file: Path) -> No
 def test_from_file_errors_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         LiveConfig.from_file(tmp_path / "absent.json")
+
+
+def test_putting_back_the_running_file_after_a_failure_clears_the_failure(config_file: Path) -> None:
+    live, watcher = watched(config_file)
+    good = config_file.read_bytes()
+    running = live.current
+    atomic_write(config_file, b"{broken")
+    watcher.poll()
+    watcher.poll()
+    assert not live.last_reload_successful
+    atomic_write(config_file, good)
+    watcher.poll()
+    assert live.last_reload_successful and live.current.version == running.version
