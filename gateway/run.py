@@ -83,7 +83,9 @@ def main() -> int:
             break
         if reloading:
             reloading = False
-            print("batchgate: SIGHUP: the service workers reload the config", flush=True)
+            print("batchgate: SIGHUP: the service workers reload the config; HTTP_PORT, GRPC_PORT, ADMIN_PORT, "
+                  "METRICS_PORT, BIND_HOST, WORKERS, ENVOY_CONCURRENCY and the TLS files keep their values until a "
+                  "restart", flush=True)
             stack.reload()
         time.sleep(0.05)
     stack.stop()
