@@ -301,7 +301,8 @@ class FileWatcher:
         if live.path is None:
             raise ValueError("the config was not loaded from a file")
         self._live, self._path, self.interval = live, Path(live.path), interval
-        self._signature = self._stat()
+        # None: the first poll reads the file, in case it changed since it was loaded.
+        self._signature: tuple | None = None
         self._suspect: bytes | None = None
         self._missing = False
 

@@ -402,3 +402,11 @@ def test_putting_back_the_running_file_after_a_failure_clears_the_failure(config
     atomic_write(config_file, good)
     watcher.poll()
     assert live.last_reload_successful and live.current.version == running.version
+
+
+def test_a_change_between_loading_and_watching_is_not_missed(config_file: Path) -> None:
+    live = LiveConfig.from_file(config_file, env=dict(ENV))
+    atomic_write(config_file, raw(document(client={})))
+    watcher = FileWatcher(live)
+    watcher.poll()
+    assert not live.current.config.auth_required
