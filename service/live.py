@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import os
@@ -213,7 +214,8 @@ class LiveConfig:
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
         if previous.version != self.current.version:
-            CONFIG_INFO.remove(previous.version)
+            with contextlib.suppress(KeyError):  # another LiveConfig in this process (tests) removed it
+                CONFIG_INFO.remove(previous.version)
             CONFIG_INFO.labels(self.current.version).set(1)
         changed = describe_changes(previous.config, config)
         log.info(
