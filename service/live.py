@@ -197,17 +197,22 @@ class LiveConfig:
         """Makes `raw` the running config if it is valid. A failure is logged and counted only with
         `report` (the file watcher first waits to see whether a write was still in progress)."""
         digest = hashlib.sha256(raw).digest()
+        previous = self.current
         try:
             config = parse_config_bytes(raw, self.path or "config", self._env)
             problem = self._check(config) if self._check is not None else None
             if problem:
                 raise ConfigError(problem)
+            runtime = self._build(config, raw, previous)
         except ConfigError as exc:
             if report:
                 self._failed(exc, digest)
             return False
-        previous = self.current
-        self.current = self._build(config, raw, previous)
+        except Exception as exc:  # never a traceback out of a signal handler: the running config stays
+            if report:
+                self._failed(ConfigError(f"{self.path or 'config'}: cannot be loaded ({type(exc).__name__})"), digest)
+            return False
+        self.current = runtime
         self.digest, self.failed_digest, self.last_reload_successful = digest, None, True
         self._retire(previous)
         CONFIG_RELOADS.labels("success").inc()

@@ -410,3 +410,12 @@ def test_a_change_between_loading_and_watching_is_not_missed(config_file: Path) 
     watcher = FileWatcher(live)
     watcher.poll()
     assert not live.current.config.auth_required
+
+
+def test_an_unexpected_error_while_loading_is_a_failed_reload_not_a_crash(caplog) -> None:
+    live = live_from(document())
+    running = live.current
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up with RecursionError
+    assert not live.apply(deep, "test")
+    assert live.current is running
+    assert "config reload failed: config.json: cannot be loaded (RecursionError)" in caplog.text
