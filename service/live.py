@@ -324,19 +324,18 @@ class FileWatcher:
         """One look at the file (the watcher's loop calls it; tests call it directly)."""
         signature = self._stat()
         if signature is None:
-            if not self._missing:
-                log.warning("config file %s cannot be read; the running config stays", self._path)
-            self._missing, self._signature = True, None
+            self._unreadable("it is gone")
             return
-        self._missing = False
         stable = signature == self._signature
         if stable and self._suspect is None:
             return
         self._signature = signature
         try:
             raw = self._path.read_bytes()
-        except OSError:
+        except OSError as exc:
+            self._unreadable(exc.strerror or type(exc).__name__)
             return
+        self._missing = False
         digest = hashlib.sha256(raw).digest()
         if digest == self._live.digest and not self._live.last_reload_successful:
             # Put back to what runs after a failed reload: that is a successful reload.
@@ -351,6 +350,12 @@ class FileWatcher:
             self._live.apply(raw, "file change")
         elif not self._live.apply(raw, "file change", report=False):
             self._suspect = digest
+
+    def _unreadable(self, why: str) -> None:
+        """Logged once until the file can be read again; the running config stays meanwhile."""
+        if not self._missing:
+            log.warning("config file %s cannot be read (%s); the running config stays", self._path, why)
+        self._missing = True
 
     async def run(self) -> None:
         while True:

@@ -371,7 +371,7 @@ def test_a_missing_file_keeps_the_running_config(config_file: Path, caplog) -> N
     watcher.poll()
     watcher.poll()
     assert live.current is running
-    assert caplog.text.count("cannot be read; the running config stays") == 1
+    assert caplog.text.count("cannot be read (it is gone); the running config stays") == 1
     config_file.write_bytes(raw(document(client={})))
     watcher.poll()
     assert live.current is not running
@@ -419,3 +419,18 @@ def test_an_unexpected_error_while_loading_is_a_failed_reload_not_a_crash(caplog
     assert not live.apply(deep, "test")
     assert live.current is running
     assert "config reload failed: config.json: cannot be loaded (RecursionError)" in caplog.text
+
+
+def test_an_unreadable_file_is_reported_once_and_the_running_config_stays(config_file: Path, caplog) -> None:
+    live, watcher = watched(config_file)
+    running = live.current
+    config_file.unlink()
+    config_file.mkdir()  # something that stats but cannot be read as a file
+    watcher.poll()
+    watcher.poll()
+    assert live.current is running
+    assert caplog.text.count("cannot be read (Is a directory); the running config stays") == 1
+    config_file.rmdir()
+    config_file.write_bytes(raw(document(client={})))
+    watcher.poll()
+    assert live.current is not running
