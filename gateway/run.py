@@ -6,7 +6,8 @@ admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.
 and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off).
-SIGINT/SIGTERM stop everything it started.
+SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
+file (they also notice a change of the file by themselves).
 """
 
 from __future__ import annotations
@@ -42,14 +43,19 @@ def main() -> int:
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
         return 2
-    stopping = False
+    stopping = reloading = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        nonlocal reloading
+        reloading = True
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         stack.start()
     except ConfigError as exc:
@@ -68,13 +74,20 @@ def main() -> int:
         print(f"  metrics: http://127.0.0.1:{stack.metrics_port}/metrics (workers: ports {stack.metrics_port}-{last}),"
               f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0
     while not stopping:
         if any(proc.poll() is not None for proc in stack.procs):
             print("batchgate: a component exited; stopping", file=sys.stderr)
             code = 1
             break
-        time.sleep(0.2)
+        if reloading:
+            reloading = False
+            print("batchgate: SIGHUP: the service workers reload the config; HTTP_PORT, GRPC_PORT, ADMIN_PORT, "
+                  "METRICS_PORT, BIND_HOST, WORKERS, ENVOY_CONCURRENCY and the TLS files keep their values until a "
+                  "restart", flush=True)
+            stack.reload()
+        time.sleep(0.05)
     stack.stop()
     return code
 

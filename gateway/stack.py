@@ -73,6 +73,8 @@ class Stack:
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
     worker_ports: list[int] = field(default_factory=list)
+    # The config file the workers run (the generated one in sandbox mode).
+    config_path: Path | None = None
     _roles: dict[int, str] = field(default_factory=dict)
 
     @property
@@ -127,17 +129,23 @@ class Stack:
             self.sandbox_port = int(line.split("=", 1)[1])
             config = BUILD / f"sandbox-config-{self.http_port}.json"
             config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
+        self.config_path = config
         problem = exposure_problem(load_config(config, {**os.environ, **self.env}), self.bind_host)
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
+        # Each worker publishes the config version it runs here, so /health (answered by one of
+        # them) shows every worker's.
+        state_dir = BUILD / f"state-{self.http_port}"
+        shutil.rmtree(state_dir, ignore_errors=True)
         self.worker_ports = [free_port() for _ in range(self.workers)]
         for i, port in enumerate(self.worker_ports):
             metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
             self._spawn(
                 "service",
                 [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args],
+                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args, "--edge-host", self.bind_host,
+                 "--state-dir", str(state_dir), "--worker", str(i)],
             )
         self._wait(lambda: all(map(_port_open, self.worker_ports)), deadline, "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
@@ -169,6 +177,16 @@ class Stack:
                 return
             time.sleep(0.05)
         raise TimeoutError(what + " in time")
+
+    def service_workers(self) -> list[subprocess.Popen]:
+        """The service processes, in the order of `worker_ports`."""
+        return [proc for proc in self.procs if self._roles.get(proc.pid) == "service"]
+
+    def reload(self) -> None:
+        """Asks every service worker to reload its config file (SIGHUP); Envoy needs no reload."""
+        for proc in self.service_workers():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
 
     # Stop order: services drain first (in-flight calls finish and their answers still get out
     # through Envoy and the simulators), then Envoy, then the sandbox.

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
+import signal
 import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
-from service.config import ConfigError, load_config
+from service.config import Config, ConfigError
+from service.live import LiveConfig, StateDir
 from service.observability import configure_logging, configure_tracing
 from service.server import serve
+
+
+def _file_digest(path: str | None) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
 
 
 def main() -> None:
@@ -28,15 +38,35 @@ def main() -> None:
     )
     parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
     parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
+    parser.add_argument(
+        "--edge-host", help="address the REST edge in front of this worker listens on (a reload must not open it)"
+    )
+    parser.add_argument("--state-dir", help="directory where the workers of one gateway publish their config version")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
     args = parser.parse_args()
+    # A SIGHUP (reload) that arrives before the server is up must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging()
     configure_tracing()
+    hosts = [args.address.rsplit(":", 1)[0], *([args.edge_host] if args.edge_host else [])]
+
+    def exposure(config: Config) -> str | None:
+        return next(filter(None, (exposure_problem(config, host) for host in hosts)), None)
+
     try:
-        config = load_config(args.config)
+        live = LiveConfig.from_file(
+            args.config,
+            check=exposure,
+            restart_only={
+                "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
+                "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
+            },
+            state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
+        )
     except ConfigError as exc:
         print(f"batchgate: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    problem = exposure_problem(config, args.address.rsplit(":", 1)[0])
+    problem = exposure_problem(live.current.config, hosts[0])
     if problem:
         print(f"batchgate: {problem}", file=sys.stderr)
         raise SystemExit(2)
@@ -48,7 +78,7 @@ def main() -> None:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
-    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
+    asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from service.compat import (
     to_anthropic,
 )
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
+from service.live import LiveConfig
 from service.model import CancelCommand, CancelResult
 from service.observability import (
     IN_FLIGHT,
@@ -237,13 +238,16 @@ def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_err
 class BatchServicer(pb_grpc.BatchServiceServicer):
     """Thin methods: convert in, run the use case, convert out."""
 
-    def __init__(self, canceller: Canceller) -> None:
-        self._canceller = canceller
+    def __init__(self, live: LiveConfig | Canceller) -> None:
+        # The config can change under a running server (service.live); a bare Canceller never does.
+        self._live = live if isinstance(live, LiveConfig) else LiveConfig(live.config, canceller=live)
         self.draining = False
 
     async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
         call.command = command_from_proto(request, call.headers, method, surface, call.trace)
-        return await self._canceller.cancel(call.command, time_budget(context.time_remaining(), call.headers))
+        # The config current now serves this call to its end, whatever reloads meanwhile.
+        with self._live.current as runtime:
+            return await runtime.canceller.cancel(call.command, time_budget(context.time_remaining(), call.headers))
 
     @handles_cancel()
     async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
@@ -264,12 +268,19 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         return empty_pb2.Empty()
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
-        """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider."""
-        providers = {name: pb.ProviderHealth(circuit=state) for name, state in self._canceller.breaker_states().items()}
+        """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
+        config version this worker and its sibling workers run."""
+        live = self._live
+        breakers = live.current.canceller.breaker_states()
+        providers = {name: pb.ProviderHealth(circuit=state) for name, state in breakers.items()}
+        config = {
+            "config": pb.ConfigState(**live.state()),
+            "workers": [pb.ConfigState(**state) for state in live.workers()],
+        }
         if not self.draining:
-            return pb.HealthResponse(status="ok", providers=providers)
+            return pb.HealthResponse(status="ok", providers=providers, **config)
         body = json_format.MessageToJson(
-            pb.HealthResponse(status="draining", providers=providers),
+            pb.HealthResponse(status="draining", providers=providers, **config),
             preserving_proto_field_name=True, indent=None, ensure_ascii=True,
         )
         draining = UpstreamUnavailable("the service is shutting down", status_code=503, code="draining")

@@ -79,13 +79,16 @@ class RateLimiter:
 
 
 class Authenticator:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, clock: Callable[[], float] = time.time, limiter: RateLimiter | None = None
+    ) -> None:
         self._config = config
         self._clock = clock
         self._virtual_keys = {_digest(vk.value): vk for vk in config.virtual_keys}
         auth = config.auth
         self._admin = _digest(f"{auth.admin_username}:{auth.admin_password}") if auth.is_enabled else None
-        self._limiter = RateLimiter()
+        # Given by the caller so that counts outlive a config reload (one limiter per process).
+        self._limiter = limiter or RateLimiter()
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """Identifies the caller from its headers; raises Unauthenticated (401)."""

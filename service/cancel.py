@@ -9,7 +9,7 @@ from dataclasses import replace
 from time import perf_counter
 from typing import Any
 
-from service.auth import Authenticator, Caller
+from service.auth import Authenticator, Caller, RateLimiter
 from service.config import Config, Key, ProviderConfig
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.model import BatchState, CancelCommand, CancelResult
@@ -34,22 +34,42 @@ def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
 
 
 class Canceller:
-    """Holds one adapter and one pooled HTTP executor per configured provider."""
+    """Holds one adapter and one pooled HTTP executor per configured provider.
 
-    def __init__(self, config: Config) -> None:
+    Built once per loaded config. `limiter` outlives configs (rate-limit counts carry over a
+    reload), and with `previous` (the canceller of the config being replaced) whatever did not
+    change is taken over rather than rebuilt: a provider's adapter (token caches) when its block is
+    unchanged, its executor (connection pool and circuit breaker) when its network settings are,
+    its admission queue when its limits are. Taken-over parts are then shared with `previous` until
+    its in-flight calls end (service.live closes what is no longer used)."""
+
+    def __init__(self, config: Config, limiter: RateLimiter | None = None, previous: Canceller | None = None) -> None:
         self.config = config
-        self.auth = Authenticator(config)
-        self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
-            name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))
-            for name, pc in config.providers.items()
-            if name in ADAPTERS
-        }
-        self._admission = {
-            name: Admission(name, pc.concurrency, pc.buffer_size) for name, pc in config.providers.items()
-        }
+        self.auth = Authenticator(config, limiter=limiter)
+        old = previous.config.providers if previous is not None else {}
+        self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {}
+        self._admission: dict[str, Admission] = {}
+        for name, pc in config.providers.items():
+            before = old.get(name)
+            if name in ADAPTERS:
+                adapter, executor = previous._providers[name] if before is not None else (None, None)
+                if before != pc:
+                    adapter = ADAPTERS[name](pc)
+                if before is None or (before.network, before.concurrency) != (pc.network, pc.concurrency):
+                    executor = HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc))
+                self._providers[name] = (adapter, executor)
+            same_limits = before is not None and (before.concurrency, before.buffer_size) == (
+                pc.concurrency, pc.buffer_size
+            )
+            self._admission[name] = (
+                previous._admission[name] if same_limits else Admission(name, pc.concurrency, pc.buffer_size)
+            )
+
+    def executors(self) -> list[HttpExecutor]:
+        return [executor for _, executor in self._providers.values()]
 
     async def close(self) -> None:
-        await asyncio.gather(*(executor.close() for _, executor in self._providers.values()))
+        await asyncio.gather(*(executor.close() for executor in self.executors()))
 
     def _resolve(self, provider: str) -> tuple[Adapter, HttpExecutor]:
         if not provider:

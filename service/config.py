@@ -7,6 +7,7 @@ String values of the form `env.NAME` are read from the environment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -447,11 +448,24 @@ def _auth(reader: _Reader) -> AuthConfig:
     return config
 
 
-def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:
+def read_config(path: str | Path) -> bytes:
+    """The config file's bytes (following symlinks, as a Kubernetes-mounted ConfigMap needs)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+
+
+def config_version(raw: bytes) -> str:
+    """A config's version: the first 12 hex digits of its bytes' SHA-256. Safe to show: it names
+    the content without revealing any of it."""
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def parse_config_bytes(raw: bytes, path: str | Path, env: os._Environ | dict | None = None) -> Config:
+    """`raw` (the bytes of the file at `path`, which error messages name) as a checked Config."""
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
@@ -459,3 +473,7 @@ def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Conf
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
     return parse_config(data, env)
+
+
+def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:
+    return parse_config_bytes(read_config(path), path, env)

@@ -50,6 +50,17 @@ UPSTREAM_ATTEMPTS = Counter(
 )
 UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
 KEY_FAILOVERS = Counter("batchgate_key_failovers", "Moves to the next configured key", ["provider"])
+# Config reloads, named the way Prometheus and Alertmanager name theirs.
+CONFIG_RELOADS = Counter("batchgate_config_reloads", "Config reload attempts by result (success, failure)", ["result"])
+CONFIG_LAST_RELOAD_SUCCESSFUL = Gauge(
+    "batchgate_config_last_reload_successful", "1 if the last config reload attempt succeeded, else 0"
+)
+CONFIG_LAST_RELOAD_SUCCESS_SECONDS = Gauge(
+    "batchgate_config_last_reload_success_timestamp_seconds", "When the running config was loaded (unix time)"
+)
+CONFIG_INFO = Gauge("batchgate_config_info", "The running config's version (always 1)", ["version"])
+for _result in ("success", "failure"):
+    CONFIG_RELOADS.labels(_result)
 
 
 def provider_label(provider: str) -> str:

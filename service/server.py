@@ -16,6 +16,7 @@ from service.api import BatchServicer
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.live import FileWatcher, LiveConfig
 from service.observability import start_metrics
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,22 @@ DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "3"))
 
 
 class App:
-    """A running service: the server, its port, and what must be closed on shutdown."""
+    """A running service: the server, its port, its (live) config and what must be closed on shutdown."""
 
     def __init__(
         self,
         server: grpc.aio.Server,
         port: int,
-        canceller: Canceller,
+        live: LiveConfig,
         servicer: BatchServicer,
         health: health.aio.HealthServicer,
     ):
-        self.server, self.port, self.canceller, self.servicer, self.health = server, port, canceller, servicer, health
+        self.server, self.port, self.live, self.servicer, self.health = server, port, live, servicer, health
+
+    @property
+    def canceller(self) -> Canceller:
+        """The canceller of the config running now (it changes on reload)."""
+        return self.live.current.canceller
 
     async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
         """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
@@ -49,11 +55,11 @@ class App:
         if drain_delay:
             await asyncio.sleep(drain_delay)
         await self.server.stop(grace)
-        await self.canceller.close()
+        await self.live.close()
 
 
 async def create_server(
-    config: Config,
+    config: Config | LiveConfig,
     address: str = "127.0.0.1:0",
     *extra_addresses: str,
     reuse_port: bool = False,
@@ -61,7 +67,7 @@ async def create_server(
 ) -> App:
     """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
     and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
-    chain PEM) to serve gRPC over TLS."""
+    chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -74,8 +80,8 @@ async def create_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    canceller = Canceller(config)
-    servicer = BatchServicer(canceller)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    servicer = BatchServicer(live)
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -91,11 +97,11 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, canceller, servicer, health_servicer)
+    return App(server, port, live, servicer, health_servicer)
 
 
 async def serve(
-    config: Config,
+    config: Config | LiveConfig,
     address: str,
     *extra_addresses: str,
     reuse_port: bool = False,
@@ -103,10 +109,12 @@ async def serve(
     metrics_port: int | None = None,
     drain_delay: float = DRAIN_DELAY_SECONDS,
 ) -> None:
-    """Runs until SIGINT/SIGTERM, then drains and exits."""
+    """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
+    SIGHUP and when the file changes."""
     app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls)
+    live = app.live
     if metrics_port:
-        start_metrics(metrics_port, app.canceller.breaker_states)
+        start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
     gc.freeze()
     log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
@@ -114,6 +122,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, live.reload)
+    watcher = asyncio.create_task(FileWatcher(live).run()) if live.path is not None else None
     await stop.wait()
     log.info("shutting down: draining in-flight calls")
+    if watcher is not None:
+        watcher.cancel()
     await app.stop(drain_delay=drain_delay)
