@@ -372,7 +372,7 @@ def test_a_broken_file_changes_nothing_and_the_log_names_the_field(gateway: Stac
     running = {w["version"] for w in health(gateway)["workers"]}
     failures = worker_metric(gateway, FAILURES)
     log = gateway.log_dir / "service.log"
-    expected = "config reload failed: providers.openai.network_config.max_retries: expected int, got str"
+    expected = "config reload failed: providers.openai.network_config.max_retries: expected an integer, got str"
     seen = log.read_text().count(expected)
 
     mount.write(encode(config_for(sandbox, broken=True)))

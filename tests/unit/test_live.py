@@ -357,7 +357,7 @@ def test_a_broken_file_is_reported_once_it_stays_and_the_next_good_one_is_taken(
     watcher.poll()  # unchanged for an interval: now it counts
     watcher.poll()  # and only once
     assert live.current is running
-    assert caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected int") == 1
+    assert caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected an integer") == 1
     assert sample("batchgate_config_reloads_total", result="failure") == failures + 1
     atomic_write(config_file, raw(document(client={})))
     watcher.poll()
