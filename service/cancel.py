@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any
 
@@ -18,6 +18,7 @@ from service.providers.base import Adapter, UpstreamRequest, decode_json
 from service.providers.http import HttpExecutor
 from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL
 from service.resilience import Admission, CircuitBreaker
+from service.waiting import PollPolicy, wait_for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,27 @@ FINAL_STATUSES = frozenset({400, 409, 422})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 
+@dataclass(slots=True)
+class Target:
+    """One batch the caller may cancel: its provider's adapter and executor, the keys to try, and
+    the adapter's reference to the batch."""
+
+    adapter: Adapter
+    executor: HttpExecutor
+    keys: tuple[Key, ...]
+    ref: Any
+
+
+@dataclass(slots=True)
+class ReadBack:
+    """What reading a cancelled batch back needs: the key whose account holds it."""
+
+    adapter: Adapter
+    executor: HttpExecutor
+    key: Key
+    ref: Any
+
+
 def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
     net = config.network
     return CircuitBreaker(name, net.breaker_failure_threshold, net.breaker_open_seconds)
@@ -36,8 +58,10 @@ def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
 class Canceller:
     """Holds one adapter and one pooled HTTP executor per configured provider."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, poll_policy: PollPolicy = PollPolicy()) -> None:
         self.config = config
+        # How a wait reads batches back (service.waiting); tests pass a faster one.
+        self.poll_policy = poll_policy
         self.auth = Authenticator(config)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
             name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))
@@ -69,20 +93,57 @@ class Canceller:
         # Everything that can refuse the call does so before any upstream request.
         caller = self.auth.authenticate(command.headers)
         command.caller = caller.identity
-        adapter, executor = self._resolve(command.provider)
+        target = self.target(caller, command.provider, command.batch_id)
+        call_end = None if time_remaining is None else asyncio.get_running_loop().time() + time_remaining
+        result = await self.cancel_target(target, command, call_end)
+        if command.wait_seconds > 0:
+            result = await wait_for_terminal(self, result, command, call_end)
+        return result
+
+    def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
+        """What a cancel of `batch_id` on `provider` needs, once the caller may do it: raises the
+        single cancel's 400/403/429 before any upstream call."""
+        adapter, executor = self._resolve(provider)
         try:
             allowed_key_ids = self.auth.authorize(caller, adapter.name)
-            ref = adapter.parse_id(command.batch_id)
+            ref = adapter.parse_id(batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
         except GatewayError as err:
             err.provider = adapter.name
             raise
-        timeout = adapter.config.network.timeout_s
-        if time_remaining is not None:
-            timeout = min(timeout, time_remaining)
-        deadline = asyncio.get_running_loop().time() + timeout
+        return Target(adapter, executor, keys, ref)
+
+    async def cancel_target(self, target: Target, command: CancelCommand, call_end: float | None) -> CancelResult:
+        """The cancel call itself, within the provider's admission limit and the call's deadline."""
+        adapter = target.adapter
+        deadline = self._deadline(adapter, call_end)
         async with self._admission[adapter.name].slot():
-            return await self._cancel(adapter, executor, keys, ref, command, deadline)
+            return await self._cancel(adapter, target.executor, target.keys, target.ref, command, deadline)
+
+    async def read(self, handle: ReadBack, command: CancelCommand, call_end: float | None) -> tuple[BatchState, Any]:
+        """Reads a cancelled batch back with the provider's retrieve call and the key that cancelled
+        it (admission, breaker and retries as for a cancel). Raises the provider's error."""
+        adapter = handle.adapter
+        request = adapter.retrieve_request(handle.key, handle.ref)
+        if request is None:
+            raise UnsupportedOperation(f"reading a batch back is not supported by provider: {adapter.name}")
+        request = self._with_request_id(adapter, request, command.trace)
+        request.operation = "read"
+        deadline = self._deadline(adapter, call_end)
+        async with self._admission[adapter.name].slot():
+            answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, command.trace)
+        if answer.status >= 300:
+            raise adapter.parse_error(answer)
+        data = decode_json(answer, adapter.name)
+        state = self._parse(adapter, command.batch_id, data)
+        state.id = command.batch_id
+        return state, data
+
+    @staticmethod
+    def _deadline(adapter: Adapter, call_end: float | None) -> float:
+        """Loop time by which one upstream exchange must end: the provider's timeout, within the call's."""
+        deadline = asyncio.get_running_loop().time() + adapter.config.network.timeout_s
+        return deadline if call_end is None else min(deadline, call_end)
 
     def breaker_states(self) -> dict[str, str]:
         """Circuit state per configured provider that can cancel (for health reporting)."""
@@ -113,7 +174,10 @@ class Canceller:
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
                 if not self._send_back_raw(adapter, command):
                     raw = None
-                return CancelResult(batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning)
+                return CancelResult(
+                    batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning,
+                    read_back=ReadBack(adapter, executor, key, ref),
+                )
             error = adapter.parse_error(response)
             if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
@@ -154,6 +218,7 @@ class Canceller:
         try:
             trace = command.trace
             follow_up = self._with_request_id(adapter, follow_up, trace)
+            follow_up.operation = "read"
             answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
