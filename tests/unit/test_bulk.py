@@ -3,6 +3,8 @@ bulk call (service.bulk)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.bulk import check_items, check_wait
@@ -128,3 +130,32 @@ def test_bounds_of_a_bulk_call():
         assert info.value.param == param and info.value.status_code == 400
     with pytest.raises(InvalidRequest):
         check_wait(MAX_WAIT_SECONDS + 1)
+
+
+def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
+    from gateway.render import render
+
+    config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
+    match = re.search(r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config)
+    assert match is not None
+    regex, timeout, idle = match.groups()
+    assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
+    pattern = re.compile(regex.replace("\\\\", "\\"))
+    assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
+        True, True, False,
+    ]
+    assert "stream_newline_delimited: true" in config
+    assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout
+
+
+def test_sandbox_cancel_delay_is_a_simulator_setting():
+    from sandbox import Simulator
+
+    sim = Simulator(keys={}, auto_create=True, cancel_delay_s=3.0)
+    store = sim.add_provider("openai")
+    assert store.seed("b1").cancel_delay_s == 3.0
+    assert store.seed("b2", cancel_delay_s=0).cancel_delay_s == 0
+    assert store.get("b3").cancel_delay_s == 3.0
+    assert Simulator(keys={}).add_provider("openai").seed("b4").cancel_delay_s == 0.2
+    with pytest.raises(ValueError):
+        Simulator(keys={}, cancel_delay_s=-1)
