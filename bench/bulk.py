@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 import orjson
 import requests
@@ -39,7 +40,7 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, rss_kib(self._pids))
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

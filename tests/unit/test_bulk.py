@@ -3,6 +3,7 @@ bulk call (service.bulk)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -57,7 +58,7 @@ async def test_reads_start_after_one_second_and_back_off_to_thirty():
     read, reads = reader(clock, ["cancelling"])
     steps = await steps_of(read, clock, until=200.0)
     assert reads[:7] == [1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # gaps 1, 2, 4, 8, 16, 30, 30
-    assert max(b - a for a, b in zip(reads, reads[1:])) == 30.0
+    assert max(b - a for a, b in itertools.pairwise(reads)) == 30.0
     assert len(steps) == 1 and steps[0].final and steps[0].state.status == "cancelling"
     assert "still cancelling" in steps[0].warning
     assert clock.now == 200.0  # the last sleep is cut to the end of the wait
