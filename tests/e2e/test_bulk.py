@@ -167,3 +167,13 @@ def test_a_rest_client_that_goes_away_stops_the_reads(stack: Stack, sim: SimAdmi
     gone = time.time()  # the connection is closed; the next read was due 1.6-2 s after the first
     time.sleep(3.0)
     assert [c for c in sim.calls("openai", batch_id=stuck) if c["at"] > gone + 0.5] == []
+
+
+def test_a_thousand_long_ids_fit_and_a_larger_body_gets_the_edges_413(gw: Gateway, t0: float) -> None:
+    items = [{"id": f"missing{i:04d}" + "x" * 500, "provider": "openai"} for i in range(1000)]
+    resp, lines = bulk_lines(gw, {"batches": items})
+    assert resp.status_code == 200 and len(lines) == 1000
+    assert {event["error"]["status_code"] for _, event in lines} == {404}
+    too_big = gw.post(BULK, data=b'{"batches": [{"id": "' + b"a" * (800 * 1024) + b'", "provider": "openai"}]}',
+                      headers={"Content-Type": "application/json"})
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"

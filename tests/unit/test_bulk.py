@@ -160,3 +160,31 @@ def test_sandbox_cancel_delay_is_a_simulator_setting():
     assert Simulator(keys={}).add_provider("openai").seed("b4").cancel_delay_s == 0.2
     with pytest.raises(ValueError):
         Simulator(keys={}, cancel_delay_s=-1)
+
+
+def test_the_bulk_routes_transcoder_config_differs_only_in_its_body_limit():
+    """The per-route copy replaces the filter's config on POST /v1/batches/cancel: it must keep
+    every other option (print options, validation) of the filter's own."""
+    from gateway.render import BULK_MAX_REQUEST_BYTES, render
+
+    config = render(http_port=8080, grpc_ports=[50051])
+    marker = '"@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder'
+    blocks = []
+    for start in [i for i in range(len(config)) if config.startswith(marker, i)]:
+        line_start = config.rfind("\n", 0, start) + 1
+        indent = start - line_start
+        lines = []
+        for line in config[line_start:].splitlines():
+            if lines and (len(line) - len(line.lstrip()) < indent or not line.strip()):
+                break
+            text = line[indent:].split(" #")[0].rstrip()
+            if text.strip() and not text.lstrip().startswith("#"):
+                lines.append(text)
+        blocks.append(lines)
+    per_route, filter_config = blocks
+    limit = [line for line in per_route if "max_request_body_size" in line]
+    assert limit == [f"max_request_body_size: {BULK_MAX_REQUEST_BYTES}"]
+    assert [line for line in per_route if line not in limit] == [
+        line for line in filter_config if "max_request_body_size" not in line
+    ]
+    assert BULK_MAX_REQUEST_BYTES >= MAX_BULK_ITEMS * 600
