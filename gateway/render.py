@@ -17,6 +17,13 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.model import MAX_WAIT_SECONDS
+
+# A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
+# below the service's 1 MiB gRPC message limit (service/server.py) so Envoy refuses a larger one
+# with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
+BULK_MAX_REQUEST_BYTES = 768 * 1024
+
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
@@ -53,6 +60,8 @@ def render(
         ADMIN_PORT=admin_port,
         BIND_HOST=bind_host,
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
+        WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
+        BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
         LUA_FILE=lua_file,
         DESCRIPTOR=descriptor,
         SURFACE_MAPPERS=_surface_mappers(),

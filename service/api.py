@@ -4,8 +4,10 @@ place where errors become gRPC statuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -16,6 +18,7 @@ from grpc_status import rpc_status
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.bulk import BulkCanceller, check_wait
 from service.cancel import Canceller
 from service.compat import (
     SURFACE_DEFAULT_PROVIDER,
@@ -28,12 +31,14 @@ from service.compat import (
 )
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.live import LiveConfig
-from service.model import CancelCommand, CancelResult
+from service.model import CancelCommand, CancelResult, ItemEvent
 from service.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
     Trace,
     activate,
+    record_bulk,
+    record_item,
     record_request,
     request_id,
     server_span,
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 ERROR_BODY_HEADER = "x-bf-error-body"
 ERROR_STATUS_HEADER = "x-bf-status"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
+# Tells the edge that a REST answer is a stream of newline-delimited JSON events (gateway/errors.lua).
+STREAM_HEADER = "x-bf-stream"
 
 MODEL_PROVIDER_HEADER = "x-model-provider"
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
@@ -171,6 +178,33 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
+def error_detail(error: GatewayError) -> pb.ErrorDetail:
+    """The typed detail of an error: the REST error body's fields."""
+    return pb.ErrorDetail(
+        is_bifrost_error=error.is_bifrost_error,
+        status_code=error.status_code,
+        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
+        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
+    )
+
+
+def event_to_proto(event: ItemEvent) -> pb.CancelManyEvent:
+    """One bulk event: the single cancel's answer (`batch`) or its error (`error`)."""
+    message = pb.CancelManyEvent(index=event.index, id=event.batch_id, provider=event.provider, final=event.final)
+    if event.result is not None:
+        message.batch.CopyFrom(result_to_proto(event.result))
+    else:
+        message.error.CopyFrom(error_detail(event.error))
+    return message
+
+
+def event_outcome(event: ItemEvent) -> tuple[str, int]:
+    """gRPC code name and HTTP status of an item's final event, for its audit event and the counts."""
+    if event.error is None:
+        return "OK", 200
+    return event.error.grpc_code.name, event.error.status_code
+
+
 @dataclass(slots=True)
 class Call:
     """One cancel RPC in flight: what its log line, audit event and metrics need once it ends."""
@@ -241,10 +275,25 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def __init__(self, live: LiveConfig | Canceller) -> None:
         # The config can change under a running server (service.live); a bare Canceller never does.
         self._live = live if isinstance(live, LiveConfig) else LiveConfig(live.config, canceller=live)
+        self._bulk = BulkCanceller()
         self.draining = False
+
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began (health says so); waiting calls then answer with what they know."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value:  # shared by every runtime: waits under an older config end too
+            self._live.current.canceller.stopping.set()
 
     async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
         call.command = command_from_proto(request, call.headers, method, surface, call.trace)
+        if method == "Cancel":
+            check_wait(request.wait_seconds)
+            call.command.wait_seconds = request.wait_seconds
         # The config current now serves this call to its end, whatever reloads meanwhile.
         with self._live.current as runtime:
             return await runtime.canceller.cancel(call.command, time_budget(context.time_remaining(), call.headers))
@@ -266,6 +315,66 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     async def StopModelInvocationJob(self, request, context, call: Call) -> empty_pb2.Empty:
         await self._cancel(request, context, call, "StopModelInvocationJob", "bedrock")
         return empty_pb2.Empty()
+
+    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext) -> None:
+        """Streams each item's events as they happen. Errors of the whole call (bounds, credentials)
+        end it before any event, with the single cancel's error shape and status; an item's error
+        is its own event."""
+        headers = metadata_headers(context.invocation_metadata())
+        rid, generated = request_id(headers)
+        trace = Trace(rid, "bulk" if ORIGINAL_PATH_HEADER in headers else "grpc")
+        echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        caller, started, outcomes = "anonymous", False, Counter()
+        code, status, failure = "OK", 200, None
+        IN_FLIGHT.inc()
+        span = server_span("CancelMany", headers, rid)
+        try:
+            # The config current now serves the whole stream, whatever reloads meanwhile.
+            with self._live.current as runtime:
+                call = self._bulk.prepare(
+                    runtime.canceller, [(item.id, item.provider) for item in request.batches], request.wait_seconds,
+                    headers, trace, raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
+                )
+                caller = call.caller.identity
+                await context.send_initial_metadata((*echo_id, (STREAM_HEADER, "ndjson")))
+                started = True
+                budget = time_budget(context.time_remaining(), headers)
+                with activate(span):
+                    async with contextlib.aclosing(self._bulk.run(call, budget)) as events:
+                        async for event in events:
+                            await context.write(event_to_proto(event))
+                            if event.final:
+                                item_code, item_status = event_outcome(event)
+                                outcomes[item_code] += 1
+                                warning = event.result.warning if event.result is not None else None
+                                record_item(
+                                    trace, index=event.index, provider=event.provider, batch_id=event.batch_id,
+                                    caller=caller, code=item_code, http_status=item_status, warning=warning,
+                                )
+        except GatewayError as error:
+            failure = error
+        except asyncio.CancelledError:
+            code, status = "CANCELLED", 499  # the caller went away: every upstream call stopped with us
+            raise
+        except Exception:
+            log.exception("unexpected error in CancelMany")
+            failure = GatewayError("internal error")
+        finally:
+            IN_FLIGHT.dec()
+            if failure is not None:
+                code, status = failure.grpc_code.name, failure.status_code
+            span.set_attribute("rpc.grpc.status_code", code)
+            span.set_attribute("batchgate.items", len(request.batches))
+            span.end()
+            record_bulk(
+                trace, caller=caller, items=len(request.batches), outcomes=dict(outcomes), code=code,
+                http_status=status, error=failure.message if failure is not None else None,
+            )
+        if failure is None:
+            return
+        if started:  # events already went out: only the status can still say it
+            await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+        await abort(context, failure, bifrost_error(failure), *echo_id)
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Any
 
@@ -18,6 +18,7 @@ from service.providers.base import Adapter, UpstreamRequest, after_accepted_canc
 from service.providers.http import HttpExecutor
 from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
 from service.resilience import Admission, CircuitBreaker
+from service.waiting import PollPolicy, wait_for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,29 @@ log = logging.getLogger(__name__)
 # 429/5xx after retries) moves on to the next eligible key.
 FINAL_STATUSES = frozenset({400, 409, 422})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
+
+
+@dataclass(slots=True)
+class Target:
+    """One batch the caller may cancel: its provider's adapter and executor, the keys to try, and
+    the adapter's reference to the batch, and the caller's headers passed through to the provider."""
+
+    adapter: Adapter
+    executor: HttpExecutor
+    keys: tuple[Key, ...]
+    ref: Any
+    passed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReadBack:
+    """What reading a cancelled batch back needs: the key whose account holds it."""
+
+    adapter: Adapter
+    executor: HttpExecutor
+    key: Key
+    ref: Any
+    passed: dict[str, str] = field(default_factory=dict)
 
 
 def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
@@ -43,8 +67,19 @@ class Canceller:
     its admission queue when its limits are. Taken-over parts are then shared with `previous` until
     its in-flight calls end (service.live closes what is no longer used)."""
 
-    def __init__(self, config: Config, limiter: RateLimiter | None = None, previous: Canceller | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        limiter: RateLimiter | None = None,
+        previous: Canceller | None = None,
+        poll_policy: PollPolicy | None = None,
+    ) -> None:
         self.config = config
+        # How a wait reads batches back (service.waiting); tests pass a faster one.
+        self.poll_policy = poll_policy or (previous.poll_policy if previous is not None else PollPolicy())
+        # Set once the service drains: waits end at once with the last known state. Shared across
+        # reloads, so a drain reaches waits that started under an older config.
+        self.stopping = previous.stopping if previous is not None else asyncio.Event()
         self.auth = Authenticator(config, limiter=limiter)
         old = previous.config.providers if previous is not None else {}
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {}
@@ -90,23 +125,68 @@ class Canceller:
         # Everything that can refuse the call does so before any upstream request.
         caller = self.auth.authenticate(command.headers)
         command.caller = caller.identity
-        adapter, executor = self._resolve(command.provider)
-        try:
-            allowed_key_ids = self.auth.authorize(caller, adapter.name)
-            ref = adapter.parse_id(command.batch_id)
-            keys = self._keys(adapter, caller, allowed_key_ids)
+        target = self.target(caller, command.provider, command.batch_id)
+        if command.surface and command.surface == target.adapter.sdk_surface:
             # The provider's own drop-in route passes some of its SDK's headers through (Anthropic's
             # anthropic-version): the caller's SDK expects the answer shape they choose.
-            passed = adapter.caller_headers(command.headers) if command.surface == adapter.sdk_surface else {}
+            try:
+                target.passed = target.adapter.caller_headers(command.headers)
+            except GatewayError as err:
+                err.provider = target.adapter.name
+                raise
+        call_end = None if time_remaining is None else asyncio.get_running_loop().time() + time_remaining
+        result = await self.cancel_target(target, command, call_end)
+        if command.wait_seconds > 0:
+            result = await wait_for_terminal(self, result, command, call_end)
+        return result
+
+    def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
+        """What a cancel of `batch_id` on `provider` needs, once the caller may do it: raises the
+        single cancel's 400/403/429 before any upstream call."""
+        adapter, executor = self._resolve(provider)
+        try:
+            allowed_key_ids = self.auth.authorize(caller, adapter.name)
+            ref = adapter.parse_id(batch_id)
+            keys = self._keys(adapter, caller, allowed_key_ids)
         except GatewayError as err:
             err.provider = adapter.name
             raise
-        timeout = adapter.config.network.timeout_s
-        if time_remaining is not None:
-            timeout = min(timeout, time_remaining)
-        deadline = asyncio.get_running_loop().time() + timeout
+        return Target(adapter, executor, keys, ref)
+
+    async def cancel_target(self, target: Target, command: CancelCommand, call_end: float | None) -> CancelResult:
+        """The cancel call itself, within the provider's admission limit and the call's deadline."""
+        adapter = target.adapter
+        deadline = self._deadline(adapter, call_end)
         async with self._admission[adapter.name].slot():
-            return await self._cancel(adapter, executor, keys, ref, command, deadline, passed)
+            return await self._cancel(
+                adapter, target.executor, target.keys, target.ref, command, deadline, target.passed
+            )
+
+    async def read(self, handle: ReadBack, command: CancelCommand, call_end: float | None) -> tuple[BatchState, Any]:
+        """Reads a cancelled batch back with the provider's retrieve call and the key that cancelled
+        it (admission, breaker and retries as for a cancel). Raises the provider's error."""
+        adapter = handle.adapter
+        request = adapter.retrieve_request(handle.key, handle.ref)
+        if request is None:
+            raise UnsupportedOperation(f"reading a batch back is not supported by provider: {adapter.name}")
+        request = self._outgoing(adapter, request, command.trace, handle.passed)
+        request.operation = "read"
+        deadline = self._deadline(adapter, call_end)
+        async with self._admission[adapter.name].slot():
+            answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, command.trace)
+        if answer.status >= 300:
+            raise adapter.parse_error(answer)
+        data = decode_json(answer, adapter.name)
+        state = self._parse(adapter, command.batch_id, data)
+        state.id = command.batch_id
+        state.status = after_accepted_cancel(state.status)
+        return state, data
+
+    @staticmethod
+    def _deadline(adapter: Adapter, call_end: float | None) -> float:
+        """Loop time by which one upstream exchange must end: the provider's timeout, within the call's."""
+        deadline = asyncio.get_running_loop().time() + adapter.config.network.timeout_s
+        return deadline if call_end is None else min(deadline, call_end)
 
     def breaker_states(self) -> dict[str, str]:
         """Circuit state per configured provider that can cancel (for health reporting)."""
@@ -140,7 +220,10 @@ class Canceller:
                 batch.status = after_accepted_cancel(batch.status)
                 if not self._send_back_raw(adapter, command):
                     raw = None
-                return CancelResult(batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning)
+                return CancelResult(
+                    batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning,
+                    read_back=ReadBack(adapter, executor, key, ref, passed),
+                )
             error = adapter.parse_error(response)
             if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
@@ -189,6 +272,7 @@ class Canceller:
         try:
             trace = command.trace
             follow_up = self._outgoing(adapter, follow_up, trace, passed)
+            follow_up.operation = "read"
             answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)

@@ -97,6 +97,8 @@ class ClientConfig:
     # An open gateway (no virtual keys required, no admin credentials) only listens on loopback
     # unless this is set.
     allow_unauthenticated_public: bool = False
+    # Upstream calls (cancels and reads) one bulk cancel may have in flight at once.
+    bulk_concurrency: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +301,9 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
 
     root = _Reader(data, "", os.environ if env is None else env)
     client = root.child("client")
+    bulk_concurrency = client.get("bulk_concurrency", int, 16)
+    if not 1 <= bulk_concurrency <= 1000:
+        raise ConfigError(f"{client.where('bulk_concurrency')}: must be between 1 and 1000")
     providers: dict[str, ProviderConfig] = {}
     provs = root.child("providers")
     for name in provs.data:
@@ -328,6 +333,7 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             allow_direct_keys=client.get("allow_direct_keys", bool, False),
             enforce_auth_on_inference=client.get("enforce_auth_on_inference", bool, False),
             allow_unauthenticated_public=client.get("allow_unauthenticated_public", bool, False),
+            bulk_concurrency=bulk_concurrency,
         ),
         providers=providers,
         virtual_keys=_virtual_keys(root.child("governance"), providers, KNOWN_PROVIDERS),

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
 STATUSES = frozenset(
     {"validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled", "ended"}
 )
+# Statuses a batch never leaves: waiting for a cancel to take effect ends at one of these.
+TERMINAL_STATUSES = frozenset({"cancelled", "completed", "failed", "expired", "ended"})
+# Bounds of a wait (seconds) and of a bulk call (items), checked before anything happens.
+MAX_WAIT_SECONDS = 3600
+MAX_BULK_ITEMS = 1000
 
 
 @dataclass(slots=True)
@@ -55,6 +60,8 @@ class CancelCommand:
     # (`vk:<id>`, `admin`, `anonymous`; safe to log).
     trace: Trace | None = None
     caller: str = "anonymous"
+    # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
+    wait_seconds: int = 0
 
 
 @dataclass(slots=True)
@@ -64,3 +71,19 @@ class CancelResult:
     latency_ms: int
     raw_response: Any = None
     warning: str | None = None
+    # What reading this batch back needs (the key that cancelled it, the adapter's reference);
+    # internal to the use case, never rendered.
+    read_back: Any = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class ItemEvent:
+    """One step of one item of a bulk cancel: its result or its error, and whether it is the
+    item's last event."""
+
+    index: int
+    batch_id: str
+    provider: str
+    final: bool
+    result: CancelResult | None = None
+    error: Any = None  # a service.errors.GatewayError

@@ -41,12 +41,15 @@ REQUEST_SECONDS = Histogram(
     "batchgate_request_seconds", "Time to answer a cancel call", ["route"], buckets=_LATENCY_BUCKETS
 )
 IN_FLIGHT = Gauge("batchgate_in_flight_requests", "Cancel calls being handled")
+# `operation` tells cancel calls from reads of a batch (follow-up reads and waiting).
 UPSTREAM_SECONDS = Histogram(
-    "batchgate_upstream_seconds", "One upstream HTTP attempt, by provider", ["provider"], buckets=_LATENCY_BUCKETS
+    "batchgate_upstream_seconds", "One upstream HTTP attempt, by provider and operation (cancel, read)",
+    ["provider", "operation"], buckets=_LATENCY_BUCKETS,
 )
 UPSTREAM_ATTEMPTS = Counter(
-    "batchgate_upstream_attempts", "Upstream HTTP attempts by provider and result (2xx..5xx, error)",
-    ["provider", "result"],
+    "batchgate_upstream_attempts",
+    "Upstream HTTP attempts by provider, operation (cancel, read) and result (2xx..5xx, error)",
+    ["provider", "operation", "result"],
 )
 UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
 KEY_FAILOVERS = Counter("batchgate_key_failovers", "Moves to the next configured key", ["provider"])
@@ -77,15 +80,19 @@ class Trace:
     attempts: int = 0
     upstream_status: int | None = None
     key_failovers: int = 0
+    # Of the attempts, those that read a batch (the rest are cancel calls).
+    reads: int = 0
 
-    def attempt(self, provider: str, status: int | None, seconds: float) -> None:
+    def attempt(self, provider: str, status: int | None, seconds: float, operation: str = "cancel") -> None:
         """Records one upstream HTTP attempt (status None: no answer)."""
         self.attempts += 1
-        if self.attempts > 1:
+        if operation == "read":
+            self.reads += 1
+        elif self.attempts - self.reads > 1:
             UPSTREAM_RETRIES.labels(provider).inc()
         self.upstream_status = status
-        UPSTREAM_SECONDS.labels(provider).observe(seconds)
-        UPSTREAM_ATTEMPTS.labels(provider, f"{status // 100}xx" if status else "error").inc()
+        UPSTREAM_SECONDS.labels(provider, operation).observe(seconds)
+        UPSTREAM_ATTEMPTS.labels(provider, operation, f"{status // 100}xx" if status else "error").inc()
 
 
 def request_id(headers: dict[str, str]) -> tuple[str, bool]:
@@ -112,7 +119,7 @@ def record_request(
                 "fields": {
                     "request_id": trace.request_id, "route": trace.route, "provider": label,
                     "batch_id": batch_id[:256], "caller": caller, "outcome": code, "status": http_status,
-                    "upstream_status": trace.upstream_status, "attempts": trace.attempts,
+                    "upstream_status": trace.upstream_status, "attempts": trace.attempts, "reads": trace.reads,
                     "key_failovers": trace.key_failovers, "latency_ms": round(seconds * 1000, 2),
                     **({"error": error} if error else {}),
                 }
@@ -126,6 +133,50 @@ def record_request(
                     "event": "audit", "request_id": trace.request_id, "who": caller, "action": "batch.cancel",
                     "provider": label, "batch_id": batch_id[:256], "result": "ok" if code == "OK" else code,
                     "status": http_status,
+                }
+            },
+        )
+
+
+def record_item(
+    trace: Trace, *, index: int, provider: str, batch_id: str, caller: str, code: str, http_status: int,
+    warning: str | None = None,
+) -> None:
+    """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
+    call's request id plus the item's index identify it."""
+    label = provider_label(provider)
+    REQUESTS.labels(trace.route, label, code).inc()
+    if audit_log.isEnabledFor(logging.INFO):
+        audit_log.info(
+            "audit",
+            extra={
+                "fields": {
+                    "event": "audit", "request_id": trace.request_id, "index": index, "who": caller,
+                    "action": "batch.cancel", "provider": label, "batch_id": batch_id[:256],
+                    "result": "ok" if code == "OK" else code, "status": http_status,
+                    **({"warning": warning} if warning else {}),
+                }
+            },
+        )
+
+
+def record_bulk(
+    trace: Trace, *, caller: str, items: int, outcomes: dict[str, int], code: str, http_status: int,
+    error: str | None,
+) -> None:
+    """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
+    what it did upstream (cancel attempts and reads)."""
+    seconds = time.perf_counter() - trace.started
+    REQUEST_SECONDS.labels(trace.route).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": trace.request_id, "route": trace.route, "rpc": "CancelMany", "caller": caller,
+                    "outcome": code, "status": http_status, "items": items, "item_outcomes": outcomes,
+                    "attempts": trace.attempts, "reads": trace.reads, "key_failovers": trace.key_failovers,
+                    "latency_ms": round(seconds * 1000, 2), **({"error": error} if error else {}),
                 }
             },
         )

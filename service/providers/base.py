@@ -65,6 +65,8 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes | None = None
+    # `cancel`, or `read` for a read of the batch (metrics and logs tell them apart).
+    operation: str = "cancel"
 
 
 @dataclass(slots=True)
@@ -97,7 +99,8 @@ class Adapter:
        the provider accepts) and returns the reference the request builders take.
     2. per key: `cancel_request(key, ref)`, then `prepare(key, request)` (signing, tokens), sent;
     3. when `status_request(key, ref)` returns a request (the cancel answer does not carry the
-       batch), it is prepared and sent too, within the same deadline;
+       batch), it is prepared and sent too, within the same deadline; when the caller waits,
+       `retrieve_request(key, ref)` reads the batch back until its status is terminal;
     4. `parse_batch(batch_id, data)` on the answer that carries the batch, `parse_error(response)`
        on a non-2xx answer.
     """
@@ -147,6 +150,11 @@ class Adapter:
     def status_request(self, key: Key, ref: Any) -> UpstreamRequest | None:
         """The follow-up read for providers whose cancel answers without the batch, else None."""
         return None
+
+    def retrieve_request(self, key: Key, ref: Any) -> UpstreamRequest | None:
+        """The provider's documented read of one batch (waiting for a cancel to take effect reads
+        it until terminal); its answer is parsed by `parse_batch`. Default: the follow-up read."""
+        return self.status_request(key, ref)
 
     async def prepare(self, key: Key, request: UpstreamRequest) -> UpstreamRequest:
         """Last step before sending: request signing or token minting. Default: nothing to do."""

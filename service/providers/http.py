@@ -110,7 +110,7 @@ class HttpExecutor:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
                 if trace is not None:
-                    trace.attempt(self.provider, None, time.perf_counter() - started)
+                    trace.attempt(self.provider, None, time.perf_counter() - started, request.operation)
                 if attempt > net.max_retries:
                     raise UpstreamUnavailable(
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
@@ -118,7 +118,7 @@ class HttpExecutor:
                 response, wait = None, None
             else:
                 if trace is not None:
-                    trace.attempt(self.provider, response.status, time.perf_counter() - started)
+                    trace.attempt(self.provider, response.status, time.perf_counter() - started, request.operation)
                 if response.status not in RETRYABLE_STATUSES or attempt > net.max_retries:
                     return response
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
