@@ -90,7 +90,8 @@ class AnthropicAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/messages/batches/{id}`: the same message_batch the cancel answers."""
         url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}"
-        return UpstreamRequest("GET", url, {**self._static_headers, "x-api-key": key.value})
+        headers = self.headers({"x-api-key": key.value}, defaults={VERSION_HEADER: self.version})
+        return UpstreamRequest("GET", url, headers)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("processing_status"):

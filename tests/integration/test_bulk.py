@@ -16,10 +16,12 @@ from prometheus_client import REGISTRY
 
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.providers.registry import ADAPTERS
 from service.waiting import PollPolicy
 from tests.support import config_dict, error_detail, running_service
 
-PROVIDERS = [sim.name for sim in SIMULATORS]
+# Every simulated provider that can cancel (Fireworks is simulated for reads only).
+PROVIDERS = [sim.name for sim in SIMULATORS if sim.name in ADAPTERS]
 FAST_POLLS = PollPolicy(first_s=0.2, max_s=0.5)
 VK_OPENAI_ONLY = "sk-bf-bulk-openai-only-0001"
 
