@@ -7,6 +7,9 @@
 --   response header and the HTTP status it wants in `x-bf-status`; this swaps them in as body and
 --   status, so a provider's 409 stays a 409 (the gRPC code alone would say 400).
 -- * Transcoded JSON answers lose the gRPC-internal headers. Native gRPC responses are untouched.
+-- * CancelMany streams (the service sends `x-bf-stream: ndjson`): each line is passed on as it comes
+--   (no buffering), typed `application/x-ndjson`; in an item's `error` the transcoder omits unset
+--   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
 local function is_grpc(ctype)
   return ctype ~= nil and string.sub(ctype, 1, 16) == "application/grpc"
 end
@@ -65,6 +68,46 @@ function envoy_on_request(handle)
   end
 end
 
+-- One NDJSON line of a CancelMany stream. Keys print in proto field order and every quote inside
+-- a JSON string is escaped, so `,"message":` and `},"extra_fields":{` found after the inner
+-- error's `"type":` are that object's own keys and its end.
+local ITEM_ERROR = '"error":{"is_bifrost_error":'
+local function null_missing_error_fields(line)
+  local _, item = string.find(line, ITEM_ERROR, 1, true)
+  if item == nil then return line end
+  local _, inner = string.find(line, '"error":{"type":', item, true)
+  if inner == nil then return line end
+  local close = string.find(line, '},"extra_fields":{', inner, true)
+  if close == nil then return line end
+  local fields = string.sub(line, inner + 1, close - 1)
+  if string.find(fields, ',"code":', 1, true) == nil then
+    local message = string.find(fields, ',"message":', 1, true)
+    if message ~= nil then
+      fields = string.sub(fields, 1, message - 1) .. ',"code":null' .. string.sub(fields, message)
+    end
+  end
+  if string.find(fields, ',"param":', 1, true) == nil then
+    fields = fields .. ',"param":null'
+  end
+  return string.sub(line, 1, inner) .. fields .. string.sub(line, close)
+end
+
+local function shape_stream(handle)
+  for chunk in handle:bodyChunks() do
+    local size = chunk:length()
+    if size > 0 then
+      local text = chunk:getBytes(0, size)
+      if string.find(text, ITEM_ERROR, 1, true) ~= nil then
+        local lines = {}
+        for line in string.gmatch(text, "[^\n]*\n?") do
+          if line ~= "" then lines[#lines + 1] = null_missing_error_fields(line) end
+        end
+        chunk:setBytes(table.concat(lines))
+      end
+    end
+  end
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
   local ctype = headers:get("content-type")
@@ -75,6 +118,12 @@ function envoy_on_response(handle)
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
   headers:remove("grpc-status-details-bin")
+  if headers:get("x-bf-stream") ~= nil then
+    headers:remove("x-bf-stream")
+    headers:replace("content-type", "application/x-ndjson")
+    shape_stream(handle)
+    return
+  end
   local body = headers:get("x-bf-error-body")
   if body == nil then
     return

@@ -17,6 +17,8 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 
+from service.model import MAX_WAIT_SECONDS
+
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
@@ -53,6 +55,7 @@ def render(
         ADMIN_PORT=admin_port,
         BIND_HOST=bind_host,
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
+        WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         LUA_FILE=lua_file,
         DESCRIPTOR=descriptor,
         SURFACE_MAPPERS=_surface_mappers(),

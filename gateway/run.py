@@ -5,7 +5,8 @@ HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), AD
 admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1), TLS_CERT_FILE
 and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
-METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off).
+METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
+SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3).
 SIGINT/SIGTERM stop everything it started.
 """
 
@@ -38,6 +39,7 @@ def main() -> int:
         envoy_concurrency=default_envoy_concurrency(),
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
+        sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)

@@ -65,6 +65,8 @@ class Stack:
     # Prometheus /metrics of worker i on metrics_port + i (None: off).
     metrics_port: int | None = None
     sandbox_auto_create: bool = True
+    # Seconds a cancelled sandbox batch reads as `cancelling` (None: the simulator's default).
+    sandbox_cancel_delay_s: float | None = None
     log_dir: Path | None = None
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
     tls_cert: Path | None = None
@@ -118,7 +120,9 @@ class Stack:
         if config is None:
             sandbox = self._spawn(
                 "sandbox",
-                [sys.executable, "-m", "sandbox", "--port", "0", *(["--auto-create"] if self.sandbox_auto_create else [])],
+                [sys.executable, "-m", "sandbox", "--port", "0", *(["--auto-create"] if self.sandbox_auto_create else []),
+                 *(["--cancel-delay", str(self.sandbox_cancel_delay_s)] if self.sandbox_cancel_delay_s is not None
+                   else [])],
                 stdout=subprocess.PIPE,
             )
             line = sandbox.stdout.readline().decode().strip()

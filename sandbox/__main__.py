@@ -1,4 +1,4 @@
-"""`python -m sandbox [--host H] [--port P] [--auto-create] [--azure-quirks] [--keys-file F]`
+"""`python -m sandbox [--host H] [--port P] [--auto-create] [--azure-quirks] [--keys-file F] [--cancel-delay S]`
 
 Serves the provider sandbox, prints `SANDBOX_PORT=<port>` once listening and runs until SIGINT or
 SIGTERM. The keys file is JSON `{provider: [key, ...]}` and replaces the default keys.
@@ -14,6 +14,7 @@ from typing import Mapping
 
 import orjson
 
+from sandbox.core import DEFAULT_CANCEL_DELAY_S
 from sandbox.server import DEFAULT_KEYS, build_app, start
 
 
@@ -33,7 +34,9 @@ def load_keys(path: str | None, parser: argparse.ArgumentParser) -> Mapping[str,
 
 
 async def serve(args: argparse.Namespace, keys: Mapping[str, list[str]]) -> None:
-    app = build_app(keys=keys, auto_create=args.auto_create, azure_quirks=args.azure_quirks)
+    app = build_app(
+        keys=keys, auto_create=args.auto_create, azure_quirks=args.azure_quirks, cancel_delay_s=args.cancel_delay
+    )
     runner, port = await start(app, args.host, args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--auto-create", action="store_true", help="unknown batch ids exist as in_progress")
     parser.add_argument("--azure-quirks", action="store_true", help="answer Azure like a preview build")
     parser.add_argument("--keys-file", help='JSON {"provider": ["key", ...]}')
+    parser.add_argument(
+        "--cancel-delay", type=float, default=DEFAULT_CANCEL_DELAY_S, metavar="SECONDS",
+        help=f"how long a cancelled batch reads as cancelling (default {DEFAULT_CANCEL_DELAY_S})",
+    )
     args = parser.parse_args(argv)
     asyncio.run(serve(args, load_keys(args.keys_file, parser)))
 

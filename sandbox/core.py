@@ -152,14 +152,19 @@ class BatchStore:
     """One provider's batches. With `auto_create`, an unknown id (not starting with `missing`) is
     created on first touch as an in_progress batch with the default counts."""
 
-    def __init__(self, provider: str, *, auto_create: bool = False) -> None:
+    def __init__(
+        self, provider: str, *, auto_create: bool = False, cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S
+    ) -> None:
         self.provider = provider
         self.auto_create = auto_create
+        # How long batches created without their own `cancel_delay_s` stay `cancelling`.
+        self.cancel_delay_s = cancel_delay_s
         self._seeded: dict[str, SimBatch] = {}
         self._auto: dict[str, SimBatch] = {}
 
     def seed(self, id: str, **fields: Any) -> SimBatch:
         """Creates or replaces a batch; `fields` are SimBatch fields (status, created_at, ...)."""
+        fields.setdefault("cancel_delay_s", self.cancel_delay_s)
         batch = SimBatch(self.provider, id, **fields)
         self._auto.pop(id, None)
         self._seeded[id] = batch
@@ -178,7 +183,7 @@ class BatchStore:
         if batch is None and self.auto_create and not batch_id.startswith(MISSING_PREFIX):
             if len(self._auto) >= AUTO_CREATED_LIMIT:
                 del self._auto[next(iter(self._auto))]
-            batch = self._auto[batch_id] = SimBatch(self.provider, batch_id)
+            batch = self._auto[batch_id] = SimBatch(self.provider, batch_id, cancel_delay_s=self.cancel_delay_s)
         return batch
 
     def clear(self) -> None:
@@ -244,11 +249,22 @@ class Simulator:
     (`keys[provider]`; a provider without keys accepts none), recorded calls and options."""
 
     def __init__(
-        self, *, keys: Mapping[str, Iterable[str]], auto_create: bool = False, azure_quirks: bool = False
+        self,
+        *,
+        keys: Mapping[str, Iterable[str]],
+        auto_create: bool = False,
+        azure_quirks: bool = False,
+        cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S,
     ) -> None:
+        if not _is_number(cancel_delay_s) or cancel_delay_s < 0:
+            raise ValueError("cancel_delay_s must be a number >= 0")
         self.keys = {provider: frozenset(values) for provider, values in keys.items()}
         self.auto_create = auto_create
         self.azure_quirks = azure_quirks
+        self.cancel_delay_s = cancel_delay_s
+        # Calls being answered right now and the most there were at once (reset() zeroes the peak).
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._stores: dict[str, BatchStore] = {}
         self._faults: dict[str, deque[Fault]] = {}
         self._calls: deque[dict[str, Any]] = deque(maxlen=CALLS_LIMIT)
@@ -259,7 +275,9 @@ class Simulator:
 
     def add_provider(self, provider: str) -> BatchStore:
         """Registers a simulated provider and returns its batch store."""
-        store = self._stores.setdefault(provider, BatchStore(provider, auto_create=self.auto_create))
+        store = self._stores.setdefault(
+            provider, BatchStore(provider, auto_create=self.auto_create, cancel_delay_s=self.cancel_delay_s)
+        )
         self._faults.setdefault(provider, deque())
         return store
 
@@ -321,6 +339,7 @@ class Simulator:
         for queue in self._faults.values():
             queue.clear()
         self._calls.clear()
+        self.peak_in_flight = self.in_flight
 
 
 SIMULATOR_KEY = web.AppKey("sandbox_simulator", Simulator)
@@ -417,13 +436,19 @@ class ProviderSim:
 
     def _wrap(self, handler: Handler) -> Handler:
         async def dispatch(request: web.Request) -> web.StreamResponse:
-            self.sim.record(self.name, request, await request.text())
-            fault = self.sim.next_fault(self.name)
-            if fault is not None:
-                response = await self._inject(fault, request)
-                if response is not None:
-                    return response
-            return await handler(request)
+            sim = self.sim
+            sim.record(self.name, request, await request.text())
+            sim.in_flight += 1
+            sim.peak_in_flight = max(sim.peak_in_flight, sim.in_flight)
+            try:
+                fault = sim.next_fault(self.name)
+                if fault is not None:
+                    response = await self._inject(fault, request)
+                    if response is not None:
+                        return response
+                return await handler(request)
+            finally:
+                sim.in_flight -= 1
 
         return dispatch
 

@@ -20,7 +20,7 @@ from sandbox.groq import GroqSim
 from sandbox.mistral import MistralSim
 from sandbox.together import TogetherSim
 from sandbox.xai import XAISim
-from sandbox.core import SIMULATOR_KEY, ProviderSim, Simulator
+from sandbox.core import DEFAULT_CANCEL_DELAY_S, SIMULATOR_KEY, ProviderSim, Simulator
 from sandbox.google import GeminiSim, VertexSim
 from sandbox.openai import AzureSim, OpenAISim
 
@@ -47,11 +47,15 @@ def gateway_config(sandbox_url: str) -> dict:
 
 
 def build_app(
-    *, keys: Mapping[str, Iterable[str]], auto_create: bool = False, azure_quirks: bool = False
+    *,
+    keys: Mapping[str, Iterable[str]],
+    auto_create: bool = False,
+    azure_quirks: bool = False,
+    cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S,
 ) -> web.Application:
     """The sandbox app; its Simulator is `app[SIMULATOR_KEY]`. `keys[provider]` lists the keys that
-    provider accepts."""
-    sim = Simulator(keys=keys, auto_create=auto_create, azure_quirks=azure_quirks)
+    provider accepts; `cancel_delay_s` is how long a cancelled batch reads as `cancelling`."""
+    sim = Simulator(keys=keys, auto_create=auto_create, azure_quirks=azure_quirks, cancel_delay_s=cancel_delay_s)
     app = web.Application()
     app[SIMULATOR_KEY] = sim
     for provider, prefix in PROVIDERS:

@@ -55,6 +55,8 @@ class BulkCall:
     caller: Caller
     # Distinct (id, provider) -> the indexes it appears at, in first-appearance order.
     items: dict[tuple[str, str], list[int]]
+    # The provider name as sent at each index (events echo it; the lookup ignores case).
+    sent_providers: list[str]
     wait_seconds: int
     headers: dict[str, str]
     trace: Trace
@@ -76,7 +78,9 @@ class BulkCanceller:
         grouped: dict[tuple[str, str], list[int]] = {}
         for index, (batch_id, provider) in enumerate(items):
             grouped.setdefault((batch_id, provider.strip().lower()), []).append(index)
-        return BulkCall(caller, grouped, wait_seconds, headers, trace, raw_response_requested)
+        return BulkCall(
+            caller, grouped, [provider for _, provider in items], wait_seconds, headers, trace, raw_response_requested
+        )
 
     async def run(self, call: BulkCall, time_remaining: float | None) -> AsyncIterator[ItemEvent]:
         """Every item's events as they happen; ends once each has had its final one. Closing the
@@ -97,7 +101,7 @@ class BulkCanceller:
                 if event.final:
                     pending -= 1
                 for index in indexes_of[event.index]:
-                    yield event if index == event.index else replace(event, index=index)
+                    yield replace(event, index=index, provider=call.sent_providers[index])
         finally:
             for task in tasks:
                 task.cancel()

@@ -77,6 +77,11 @@ class AnthropicAdapter(Adapter):
         url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}/cancel"
         return UpstreamRequest("POST", url, {**self._static_headers, "x-api-key": key.value})
 
+    def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
+        """`GET /v1/messages/batches/{id}`: the same message_batch the cancel answers."""
+        url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}"
+        return UpstreamRequest("GET", url, {**self._static_headers, "x-api-key": key.value})
+
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("processing_status"):
             raise UpstreamUnavailable(f"{self.name} answered without a message_batch object", provider=self.name)

@@ -28,8 +28,15 @@ class OpenAIAdapter(Adapter):
     def cancel_url(self, key: Key, segment: str) -> str:
         return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
 
+    def batch_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}"
+
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
         return UpstreamRequest("POST", self.cancel_url(key, path_segment(ref)), self.headers(self.auth_headers(key)))
+
+    def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
+        """`GET .../batches/{id}`: the same Batch object the cancel answers."""
+        return UpstreamRequest("GET", self.batch_url(key, path_segment(ref)), self.headers(self.auth_headers(key)))
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -69,3 +76,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def cancel_url(self, key: Key, segment: str) -> str:
         version = quote(key.azure.api_version if key.azure else "2024-10-21", safe="")
         return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={version}"
+
+    def batch_url(self, key: Key, segment: str) -> str:
+        version = quote(key.azure.api_version if key.azure else "2024-10-21", safe="")
+        return f"{self.base_url(key)}/openai/batches/{segment}?api-version={version}"

@@ -52,6 +52,11 @@ class TogetherAdapter(Adapter):
         url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}/cancel"
         return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
 
+    def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
+        """`GET /v1/batches/{id}`: the same BatchJob the cancel answers."""
+        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}"
+        return UpstreamRequest("GET", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
             raise UpstreamUnavailable(f"{self.name} answered without a batch job", provider=self.name)

@@ -65,6 +65,11 @@ class XAIAdapter(Adapter):
         url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}:cancel"
         return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
 
+    def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
+        """`GET /v1/batches/{id}`: the same batch the cancel answers."""
+        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}"
+        return UpstreamRequest("GET", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not (isinstance(data.get("state"), dict) or data.get("status")):
             raise UpstreamUnavailable(f"{self.name} answered without a batch", provider=self.name)

@@ -68,8 +68,8 @@ def test_metrics_logs_and_audit_follow_a_scripted_mix(observed: Stack) -> None:
     assert delta('batchgate_requests_total{code="OK",provider="openai",route="native"}') == 1
     assert delta('batchgate_requests_total{code="NOT_FOUND",provider="openai",route="native"}') == 1
     assert delta('batchgate_requests_total{code="INVALID_ARGUMENT",provider="unknown",route="native"}') == 1
-    assert delta('batchgate_upstream_attempts_total{provider="openai",result="2xx"}') == 1
-    assert delta('batchgate_upstream_attempts_total{provider="openai",result="4xx"}') == 1
+    assert delta('batchgate_upstream_attempts_total{operation="cancel",provider="openai",result="2xx"}') == 1
+    assert delta('batchgate_upstream_attempts_total{operation="cancel",provider="openai",result="4xx"}') == 1
     assert after['batchgate_in_flight_requests'] == 0
     assert after['batchgate_circuit_state{provider="openai"}'] == 0
     assert not any(ok_id in name or missing_id in name for name in after)  # no batch id in any label

@@ -28,6 +28,10 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def cancel_attempts(result: str) -> float:
+    return sample("batchgate_upstream_attempts_total", provider="openai", operation="cancel", result=result)
+
+
 def new_id() -> str:
     return f"batch_{uuid.uuid4().hex[:16]}"
 
@@ -52,8 +56,8 @@ async def test_counters_follow_a_scripted_mix_of_outcomes(service, sim):
         "ok": sample("batchgate_requests_total", route="grpc", provider="openai", code="OK"),
         "not_found": sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND"),
         "blocked": sample("batchgate_requests_total", route="grpc", provider="openai", code="UNAUTHENTICATED"),
-        "attempts_2xx": sample("batchgate_upstream_attempts_total", provider="openai", result="2xx"),
-        "attempts_4xx": sample("batchgate_upstream_attempts_total", provider="openai", result="4xx"),
+        "attempts_2xx": cancel_attempts("2xx"),
+        "attempts_4xx": cancel_attempts("4xx"),
         "failovers": sample("batchgate_key_failovers_total", provider="openai"),
     }
     await call(service, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))  # success
@@ -64,8 +68,8 @@ async def test_counters_follow_a_scripted_mix_of_outcomes(service, sim):
     assert sample("batchgate_requests_total", route="grpc", provider="openai", code="UNAUTHENTICATED") == (
         before["blocked"] + 1
     )
-    assert sample("batchgate_upstream_attempts_total", provider="openai", result="2xx") == before["attempts_2xx"] + 1
-    assert sample("batchgate_upstream_attempts_total", provider="openai", result="4xx") == before["attempts_4xx"] + 2
+    assert cancel_attempts("2xx") == before["attempts_2xx"] + 1
+    assert cancel_attempts("4xx") == before["attempts_4xx"] + 2
     assert sample("batchgate_key_failovers_total", provider="openai") == before["failovers"] + 1
     assert sample("batchgate_in_flight_requests") == 0
 

@@ -1,0 +1,130 @@
+"""Waiting for a cancel to take effect (service.waiting) with a stepped clock, and the bounds of a
+bulk call (service.bulk)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.bulk import check_items, check_wait
+from service.errors import InvalidRequest, Overloaded, ProviderError
+from service.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
+from service.waiting import PollPolicy, wait_end, watch
+
+
+class Clock:
+    """Loop time that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def reader(clock: Clock, answers: list):
+    """A read that answers the given states (or raises the given errors) in turn, noting when."""
+    reads: list[float] = []
+
+    async def read():
+        reads.append(clock.now)
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return BatchState(id="b", status=answer), {"status": answer}
+
+    return read, reads
+
+
+async def steps_of(read, clock: Clock, until: float, status: str = "cancelling", rand=lambda: 0.0, policy=None):
+    return [
+        step
+        async for step in watch(
+            read, BatchState(id="b", status=status), until, policy or PollPolicy(), clock=clock, sleep=clock.sleep,
+            rand=rand,
+        )
+    ]
+
+
+async def test_reads_start_after_one_second_and_back_off_to_thirty():
+    clock = Clock()
+    read, reads = reader(clock, ["cancelling"])
+    steps = await steps_of(read, clock, until=200.0)
+    assert reads[:7] == [1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # gaps 1, 2, 4, 8, 16, 30, 30
+    assert max(b - a for a, b in zip(reads, reads[1:])) == 30.0
+    assert len(steps) == 1 and steps[0].final and steps[0].state.status == "cancelling"
+    assert "still cancelling" in steps[0].warning
+    assert clock.now == 200.0  # the last sleep is cut to the end of the wait
+
+
+async def test_jitter_only_shortens_a_gap():
+    policy = PollPolicy()
+    assert policy.next_delay(1.0, lambda: 0.0) == 2.0
+    assert policy.next_delay(1.0, lambda: 1.0) == pytest.approx(1.6)
+    assert policy.next_delay(30.0, lambda: 0.5) == pytest.approx(27.0)
+    assert all(0 < policy.next_delay(d, lambda: 0.999) <= 30 for d in (1, 16, 30))
+
+
+async def test_a_line_per_status_change_and_the_terminal_one_is_final():
+    clock = Clock()
+    read, reads = reader(clock, ["cancelling", "cancelling", "finalizing", "cancelled"])
+    steps = await steps_of(read, clock, until=100.0, status="validating")
+    assert [(s.state.status, s.final) for s in steps] == [
+        ("cancelling", False), ("finalizing", False), ("cancelled", True),
+    ]
+    assert steps[-1].warning is None
+    assert len(reads) == 4  # no read after the terminal status
+
+
+async def test_an_already_terminal_batch_is_not_read():
+    clock = Clock()
+    read, reads = reader(clock, ["cancelled"])
+    steps = await steps_of(read, clock, until=100.0, status="cancelled")
+    assert reads == [] and [(s.state.status, s.final) for s in steps] == [("cancelled", True)]
+
+
+async def test_retry_after_on_a_failed_read_is_honoured_and_the_wait_goes_on():
+    clock = Clock()
+    throttled = Overloaded("slow down", headers={"retry-after": "20"})
+    read, reads = reader(clock, [throttled, "cancelled"])
+    steps = await steps_of(read, clock, until=100.0)
+    assert reads == [1.0, 21.0]  # not 3.0: the provider asked for 20 s
+    assert steps[-1].state.status == "cancelled" and steps[-1].warning is None
+
+
+async def test_a_read_failure_that_cannot_pass_ends_the_wait_with_the_last_state():
+    clock = Clock()
+    gone = ProviderError("No batch found", status_code=404)
+    read, reads = reader(clock, [gone])
+    steps = await steps_of(read, clock, until=100.0)
+    assert reads == [1.0]
+    (step,) = steps
+    assert step.final and step.state.status == "cancelling"
+    assert "still cancelling" in step.warning and "No batch found" in step.warning
+
+
+async def test_wait_ends_before_the_calls_deadline():
+    assert wait_end(10, None, now=5.0) == 15.0
+    assert wait_end(3600, call_end=65.0, now=5.0) == 64.0  # a margin to answer in
+    assert wait_end(3600, call_end=7.0, now=5.0) == pytest.approx(6.8)
+
+
+def test_bounds_of_a_bulk_call():
+    check_items([("b", "openai")], 0)
+    check_items([("b", "openai")] * MAX_BULK_ITEMS, MAX_WAIT_SECONDS)
+    for items, wait, param in [
+        ([], 0, "batches"),
+        ([("b", "openai")] * (MAX_BULK_ITEMS + 1), 0, "batches"),
+        ([("b", "openai")], MAX_WAIT_SECONDS + 1, "wait_seconds"),
+        ([("b", "openai"), ("", "openai")], 0, "batches[1].id"),
+        ([("b", " ")], 0, "batches[0].provider"),
+    ]:
+        with pytest.raises(InvalidRequest) as info:
+            check_items(items, wait)
+        assert info.value.param == param and info.value.status_code == 400
+    with pytest.raises(InvalidRequest):
+        check_wait(MAX_WAIT_SECONDS + 1)
