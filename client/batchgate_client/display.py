@@ -22,7 +22,7 @@ from rich.text import Text
 from batchgate_client.client import TERMINAL_STATUSES, CancelEvent
 
 # The summary lists at most this many failed items (the count is always complete).
-MAX_LISTED_FAILURES = 50
+MAX_LISTED_FAILURES = 20
 
 STATUS_STYLES = {
     "cancelled": "green",
@@ -75,7 +75,8 @@ class Tally:
 def describe(event: CancelEvent) -> str:
     """`ID PROVIDER STATUS [detail]`: the plain line of one item."""
     if event.error is not None:
-        return f"{event.id} {event.provider} error {event.error}"
+        err = event.error
+        return f"{event.id} {event.provider} error {err.status_code} {err.label}: {err.message}"
     line = f"{event.id} {event.provider} {event.status}"
     if event.batch is not None and event.batch.extra_fields.HasField("warning"):
         line += f" (warning: {event.batch.extra_fields.warning})"
@@ -127,7 +128,7 @@ def summary_line(tally: Tally) -> str:
 
 def _reason(event: CancelEvent) -> str:
     if event.error is not None:
-        return f"{event.error.status_code} {event.error.code or event.error.type}"
+        return f"{event.error.status_code} {event.error.label}"
     return f"still {event.status}"
 
 

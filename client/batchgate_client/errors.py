@@ -59,7 +59,12 @@ class BatchgateError(Exception):
 
     def __str__(self) -> str:
         where = f" ({self.provider})" if self.provider else ""
-        return f"{self.status_code} {self.code or self.type}{where}: {self.message}"
+        return f"{self.status_code} {self.label}{where}: {self.message}"
+
+    @property
+    def label(self) -> str:
+        """The error's code, or its type when the code is absent or just repeats the status."""
+        return self.code if self.code and self.code != str(self.status_code) else self.type
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, code={self.code!r}, message={self.message!r})"
