@@ -28,8 +28,8 @@ def stubs_present(out: Path = OUT) -> bool:
 def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
     """Runs protoc (grpcio-tools) on `protos/batchgate/v1/batchgate.proto`: messages, gRPC stubs and
     type stubs (.pyi), then rewrites `from batchgate.v1 import` to a relative import."""
-    from grpc_tools import protoc  # build-time only: grpcio-tools
     import google.api  # googleapis-common-protos ships google/api/annotations.proto
+    from grpc_tools import protoc  # build-time only: grpcio-tools
 
     if not (protos / PROTO).is_file():
         raise SystemExit(f"gen_stubs: {protos / PROTO} not found")
@@ -47,7 +47,7 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
         raise SystemExit("gen_stubs: protoc failed")
     for path in (tmp / "batchgate" / "v1").glob("*.py*"):
         text = path.read_text()
-        path.write_text(re.sub(r"^from batchgate\.v1 import", "from . import", text, flags=re.M))
+        path.write_text(re.sub(r"^from batchgate\.v1 import", "from . import", text, flags=re.MULTILINE))
     for package in (tmp, tmp / "batchgate", tmp / "batchgate" / "v1"):
         (package / "__init__.py").write_text('"""Generated from protos/ by client/gen_stubs.py. Do not edit."""\n')
     shutil.rmtree(out, ignore_errors=True)

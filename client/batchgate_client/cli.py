@@ -77,11 +77,13 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument("--target", metavar="HOST:PORT",
                        default=default(os.environ.get("BATCHGATE_TARGET") or DEFAULT_TARGET),
-                       help=f"batchgate's gRPC address: the service or Envoy (BATCHGATE_TARGET, default {DEFAULT_TARGET})")
+                       help=f"batchgate's gRPC address, the service's or Envoy's (BATCHGATE_TARGET, "
+                            f"default {DEFAULT_TARGET})")
     group.add_argument("--tls-ca", metavar="FILE", default=default(os.environ.get("BATCHGATE_TLS_CA")),
                        help="PEM certificate to trust: connect with TLS (BATCHGATE_TLS_CA)")
     group.add_argument("--vk", metavar="KEY", default=default(None),
-                       help="virtual key (prefer the BATCHGATE_VK environment variable: arguments are visible to other users)")
+                       help="virtual key (prefer the BATCHGATE_VK environment variable: arguments are visible "
+                            "to other users)")
     group.add_argument("--timeout", metavar="SECONDS", type=_timeout, default=default(DEFAULT_TIMEOUT),
                        help=f"deadline of each call, on top of --wait (default {DEFAULT_TIMEOUT:g})")
     group.add_argument("--output", "-o", choices=("text", "json"), default=default("text"),

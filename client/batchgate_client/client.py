@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from batchgate_client.errors import BatchgateError, from_detail, from_rpc_error
-from batchgate_client.retry import RetryPolicy
+from batchgate_client.retry import DEFAULT_RETRY, RetryPolicy
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -44,7 +44,7 @@ class BatchRef:
 
 # What `cancel_many` accepts per item: a BatchRef, a mapping with "id" and "provider", or an
 # (id, provider) pair, the order of `cancel(batch_id, provider)`.
-ItemLike = Union[BatchRef, Mapping[str, Any], tuple[str, str]]
+ItemLike = BatchRef | Mapping[str, Any] | tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +144,7 @@ class _Base:
         tls_ca: str | Path | bytes | None = None,
         tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         metadata: Iterable[tuple[str, str]] = (),
         clock: Callable[[], float] = time.monotonic,
         rand: random.Random | None = None,

@@ -43,4 +43,5 @@ class RetryPolicy:
         return pause
 
 
+DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)

@@ -11,7 +11,6 @@ import sys
 
 import grpc
 import pytest
-
 from batchgate_client import (
     BatchRef,
     CancelEvent,
@@ -29,7 +28,6 @@ from batchgate_client.batchfile import BatchFileError, read_batches
 from batchgate_client.cli import run
 from batchgate_client.display import PlainView, Tally, summary_line
 from batchgate_client.errors import class_for_http_status, from_detail
-
 
 # --- the --from file -------------------------------------------------------------------------------
 

@@ -68,7 +68,8 @@ def test_cancel_several_ids_one_line_each_and_exit_1_naming_the_failure(grpc_tar
     assert result.returncode == 1, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert (lines[first], lines[second]) == (f"{first} anthropic cancelling", f"{second} anthropic cancelling")
-    assert lines[missing] == f"{missing} anthropic error 404 not_found_error: message_batch_id '{missing}' was not found."
+    not_found = f"404 not_found_error: message_batch_id '{missing}' was not found."
+    assert lines[missing] == f"{missing} anthropic error {not_found}"
     assert f"1 failed: {missing} (404" in result.stderr and result.stderr.count("\n") == 1
     no_traceback(result)
 

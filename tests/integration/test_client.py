@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from batchgate_client import (
     AsyncBatchgateClient,
     BatchgateClient,
@@ -32,6 +31,7 @@ from batchgate_client import (
     Unavailable,
     batch_to_dict,
 )
+
 from service.config import parse_config
 from service.server import create_server
 from service.waiting import PollPolicy
