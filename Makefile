@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak soak clean
+.PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -76,6 +76,10 @@ bench-smoke: proto
 
 bench-soak: proto
 	$(PY) -m bench.run --rss-soak 200000
+
+# One bulk cancel of 1,000 sandbox batches (no wait), timed, with the service's peak RSS.
+bench-bulk: proto
+	$(PY) -m bench.bulk --items 1000 --runs 3
 
 # 60 s at steady concurrency under mixed injected faults: lost requests, crashes, RSS, retries.
 soak: proto

@@ -19,6 +19,11 @@ from pathlib import Path
 
 from service.model import MAX_WAIT_SECONDS
 
+# A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
+# below the service's 1 MiB gRPC message limit (service/server.py) so Envoy refuses a larger one
+# with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
+BULK_MAX_REQUEST_BYTES = 768 * 1024
+
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
@@ -56,6 +61,7 @@ def render(
         BIND_HOST=bind_host,
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
+        BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
         LUA_FILE=lua_file,
         DESCRIPTOR=descriptor,
         SURFACE_MAPPERS=_surface_mappers(),

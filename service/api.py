@@ -311,6 +311,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         caller, started, outcomes = "anonymous", False, Counter()
         code, status, failure = "OK", 200, None
         IN_FLIGHT.inc()
+        span = server_span("CancelMany", headers, rid)
         try:
             call = self._bulk.prepare(
                 [(item.id, item.provider) for item in request.batches], request.wait_seconds, headers, trace,
@@ -320,17 +321,18 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             await context.send_initial_metadata((*echo_id, (STREAM_HEADER, "ndjson")))
             started = True
             budget = time_budget(context.time_remaining(), headers)
-            async with contextlib.aclosing(self._bulk.run(call, budget)) as events:
-                async for event in events:
-                    await context.write(event_to_proto(event))
-                    if event.final:
-                        item_code, item_status = event_outcome(event)
-                        outcomes[item_code] += 1
-                        warning = event.result.warning if event.result is not None else None
-                        record_item(
-                            trace, index=event.index, provider=event.provider, batch_id=event.batch_id,
-                            caller=caller, code=item_code, http_status=item_status, warning=warning,
-                        )
+            with activate(span):
+                async with contextlib.aclosing(self._bulk.run(call, budget)) as events:
+                    async for event in events:
+                        await context.write(event_to_proto(event))
+                        if event.final:
+                            item_code, item_status = event_outcome(event)
+                            outcomes[item_code] += 1
+                            warning = event.result.warning if event.result is not None else None
+                            record_item(
+                                trace, index=event.index, provider=event.provider, batch_id=event.batch_id,
+                                caller=caller, code=item_code, http_status=item_status, warning=warning,
+                            )
         except GatewayError as error:
             failure = error
         except asyncio.CancelledError:
@@ -343,6 +345,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             IN_FLIGHT.dec()
             if failure is not None:
                 code, status = failure.grpc_code.name, failure.status_code
+            span.set_attribute("rpc.grpc.status_code", code)
+            span.set_attribute("batchgate.items", len(request.batches))
+            span.end()
             record_bulk(
                 trace, caller=caller, items=len(request.batches), outcomes=dict(outcomes), code=code,
                 http_status=status, error=failure.message if failure is not None else None,

@@ -58,10 +58,10 @@ def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
 class Canceller:
     """Holds one adapter and one pooled HTTP executor per configured provider."""
 
-    def __init__(self, config: Config, poll_policy: PollPolicy = PollPolicy()) -> None:
+    def __init__(self, config: Config, poll_policy: PollPolicy | None = None) -> None:
         self.config = config
         # How a wait reads batches back (service.waiting); tests pass a faster one.
-        self.poll_policy = poll_policy
+        self.poll_policy = poll_policy or PollPolicy()
         self.auth = Authenticator(config)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
             name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from service.errors import GatewayError
 from service.model import TERMINAL_STATUSES, BatchState, CancelCommand, CancelResult
@@ -61,7 +62,7 @@ async def watch(
     read: Callable[[], Awaitable[tuple[BatchState, Any]]],
     state: BatchState,
     until: float,
-    policy: PollPolicy = PollPolicy(),
+    policy: PollPolicy | None = None,
     *,
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -72,6 +73,7 @@ async def watch(
     still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
     answer); any other failure ends the wait with the last known state."""
     clock = clock or asyncio.get_running_loop().time
+    policy = policy or PollPolicy()
     delay = policy.first_s
     problem: str | None = None
     raw: Any = None

@@ -6,11 +6,13 @@ away. Nothing of batchgate is mocked; reads are made faster by a shorter poll po
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
@@ -170,7 +172,7 @@ async def test_bounds_refuse_the_whole_call_before_any_upstream_call(stub, sim, 
 
 
 async def test_upstream_calls_in_flight_are_bounded_per_bulk_call(sandbox, sim):
-    async with running_service(bulk_config(sandbox.url, bulk_concurrency=3)) as (app, stub):
+    async with running_service(bulk_config(sandbox.url, bulk_concurrency=3)) as (_, stub):
         items = [(sim.seed("openai", batch_id("openai")).id, "openai") for _ in range(12)]
         sim.add_fault("openai", {"latency_ms": 150, "count": 12})
         events = await events_of(stub, items)
@@ -209,3 +211,40 @@ async def test_a_caller_that_goes_away_stops_all_reads(stub, sim):
     await asyncio.sleep(1.5)
     late = [c for c in sim.calls("openai") if c["at"] > gone + 0.25]
     assert late == []
+
+
+async def test_one_audit_event_per_item_and_one_access_line_per_call(stub, sim, caplog):
+    caplog.set_level(logging.INFO)
+    ok = sim.seed("openai", batch_id("openai")).id
+    items = [(ok, "openai"), ("missing-2", "openai"), (ok, "openai"), ("b", "nosuch")]
+    await events_of(stub, items, metadata=(("x-request-id", "bulk-req-1"),))
+    audit = [r.fields for r in caplog.records if r.name == "batchgate.audit"]
+    assert sorted((a["request_id"], a["index"], a["result"]) for a in audit) == [
+        ("bulk-req-1", 0, "ok"), ("bulk-req-1", 1, "NOT_FOUND"), ("bulk-req-1", 2, "ok"),
+        ("bulk-req-1", 3, "INVALID_ARGUMENT"),
+    ]
+    (access,) = [r.fields for r in caplog.records if r.name == "batchgate.access"]
+    assert access["request_id"] == "bulk-req-1" and access["rpc"] == "CancelMany" and access["items"] == 4
+    assert access["item_outcomes"] == {"OK": 2, "NOT_FOUND": 1, "INVALID_ARGUMENT": 1}
+    assert (access["outcome"], access["status"]) == ("OK", 200)
+
+
+async def test_metrics_tell_reads_from_cancel_calls(stub, sim):
+    def attempts(operation: str) -> float:
+        labels = {"provider": "openai", "operation": operation, "result": "2xx"}
+        return REGISTRY.get_sample_value("batchgate_upstream_attempts_total", labels) or 0.0
+
+    before = attempts("cancel"), attempts("read")
+    batch = sim.seed("openai", batch_id("openai"), cancel_delay_s=0.3).id
+    events = await events_of(stub, [(batch, "openai")], wait_seconds=20)
+    assert events[-1].batch.status == "cancelled"
+    reads = len([c for c in sim.calls("openai") if c["method"] == "GET"])
+    assert reads >= 1
+    assert (attempts("cancel"), attempts("read")) == (before[0] + 1, before[1] + reads)
+
+
+async def test_the_wait_shares_the_calls_deadline(stub, sim):
+    stuck = sim.seed("openai", batch_id("openai"), cancel_delay_s=3600).id
+    events = [event async for event in stub.CancelMany(request([(stuck, "openai")], wait_seconds=600), timeout=3)]
+    assert events[-1].final and events[-1].batch.status == "cancelling"
+    assert "still cancelling" in events[-1].batch.extra_fields.warning

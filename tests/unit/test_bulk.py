@@ -3,6 +3,9 @@ bulk call (service.bulk)."""
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
 
 from service.bulk import check_items, check_wait
@@ -55,7 +58,7 @@ async def test_reads_start_after_one_second_and_back_off_to_thirty():
     read, reads = reader(clock, ["cancelling"])
     steps = await steps_of(read, clock, until=200.0)
     assert reads[:7] == [1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # gaps 1, 2, 4, 8, 16, 30, 30
-    assert max(b - a for a, b in zip(reads, reads[1:])) == 30.0
+    assert max(b - a for a, b in itertools.pairwise(reads)) == 30.0
     assert len(steps) == 1 and steps[0].final and steps[0].state.status == "cancelling"
     assert "still cancelling" in steps[0].warning
     assert clock.now == 200.0  # the last sleep is cut to the end of the wait
@@ -128,3 +131,60 @@ def test_bounds_of_a_bulk_call():
         assert info.value.param == param and info.value.status_code == 400
     with pytest.raises(InvalidRequest):
         check_wait(MAX_WAIT_SECONDS + 1)
+
+
+def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
+    from gateway.render import render
+
+    config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
+    match = re.search(r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config)
+    assert match is not None
+    regex, timeout, idle = match.groups()
+    assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
+    pattern = re.compile(regex.replace("\\\\", "\\"))
+    assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
+        True, True, False,
+    ]
+    assert "stream_newline_delimited: true" in config
+    assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout
+
+
+def test_sandbox_cancel_delay_is_a_simulator_setting():
+    from sandbox import Simulator
+
+    sim = Simulator(keys={}, auto_create=True, cancel_delay_s=3.0)
+    store = sim.add_provider("openai")
+    assert store.seed("b1").cancel_delay_s == 3.0
+    assert store.seed("b2", cancel_delay_s=0).cancel_delay_s == 0
+    assert store.get("b3").cancel_delay_s == 3.0
+    assert Simulator(keys={}).add_provider("openai").seed("b4").cancel_delay_s == 0.2
+    with pytest.raises(ValueError):
+        Simulator(keys={}, cancel_delay_s=-1)
+
+
+def test_the_bulk_routes_transcoder_config_differs_only_in_its_body_limit():
+    """The per-route copy replaces the filter's config on POST /v1/batches/cancel: it must keep
+    every other option (print options, validation) of the filter's own."""
+    from gateway.render import BULK_MAX_REQUEST_BYTES, render
+
+    config = render(http_port=8080, grpc_ports=[50051])
+    marker = '"@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder'
+    blocks = []
+    for start in [i for i in range(len(config)) if config.startswith(marker, i)]:
+        line_start = config.rfind("\n", 0, start) + 1
+        indent = start - line_start
+        lines = []
+        for line in config[line_start:].splitlines():
+            if lines and (len(line) - len(line.lstrip()) < indent or not line.strip()):
+                break
+            text = line[indent:].split(" #")[0].rstrip()
+            if text.strip() and not text.lstrip().startswith("#"):
+                lines.append(text)
+        blocks.append(lines)
+    per_route, filter_config = blocks
+    limit = [line for line in per_route if "max_request_body_size" in line]
+    assert limit == [f"max_request_body_size: {BULK_MAX_REQUEST_BYTES}"]
+    assert [line for line in per_route if line not in limit] == [
+        line for line in filter_config if "max_request_body_size" not in line
+    ]
+    assert BULK_MAX_REQUEST_BYTES >= MAX_BULK_ITEMS * 600
