@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import uuid
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from batchgate_client import (
     Unavailable,
     batch_to_dict,
 )
+from batchgate_client.cli import run
 
 from service.config import parse_config
 from service.server import create_server
@@ -101,14 +103,20 @@ async def connect(kind):
 
 
 @contextlib.asynccontextmanager
-async def serving(config: dict, **server_kwargs):
-    """The service on an ephemeral port; yields its target."""
+async def serving_app(config: dict, **server_kwargs):
+    """The service on an ephemeral port; yields it and its target."""
     app = await create_server(parse_config(config, env={}), "127.0.0.1:0", **server_kwargs)
     app.canceller.poll_policy = FAST_POLLS
     try:
-        yield f"127.0.0.1:{app.port}"
+        yield app, f"127.0.0.1:{app.port}"
     finally:
         await app.stop(grace=0)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: dict, **server_kwargs):
+    async with serving_app(config, **server_kwargs) as (_, target):
+        yield target
 
 
 @pytest.fixture
@@ -143,6 +151,19 @@ async def test_health_lists_each_configured_providers_circuit(connect, target):
     health = await connect(target).health()
     assert health.status == "ok"
     assert {name: p.circuit for name, p in health.providers.items()} == {"openai": "closed", "azure": "closed"}
+
+
+async def test_a_draining_service_answers_health_with_unavailable_draining(connect, sandbox):
+    async with serving_app(config_dict(sandbox.url)) as (app, address):
+        app.servicer.draining = True
+        client = connect(address)
+        with pytest.raises(Unavailable) as info:
+            await client.health()
+        assert (info.value.code, info.value.status_code) == ("draining", 503)
+        assert len(client.pauses) == 2  # UNAVAILABLE: retried, then raised
+        out = io.StringIO()
+        assert await asyncio.to_thread(run, ["--target", address, "health"], stdout=out, stderr=io.StringIO()) == 1
+        assert out.getvalue() == f"batchgate at {address}: draining\n"
 
 
 @pytest.mark.parametrize(
