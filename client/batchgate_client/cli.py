@@ -150,6 +150,10 @@ def run(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdou
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+    except Exception as exc:  # a bug: still one line (BATCHGATE_DEBUG=1 shows the traceback)
+        if os.environ.get("BATCHGATE_DEBUG"):
+            raise
+        print(f"{PROG}: unexpected error ({type(exc).__name__}): {exc}", file=stderr)
     return EXIT_USAGE
 
 
@@ -189,8 +193,29 @@ def _batches(args: argparse.Namespace, stdin: TextIO) -> list[BatchRef]:
     return refs
 
 
+def _checked(refs: list[BatchRef]) -> list[BatchRef]:
+    """Arguments and stdin may carry bytes that are not UTF-8 (as surrogates); gRPC cannot send them."""
+    for ref in refs:
+        for name, value in (("batch id", ref.id), ("provider", ref.provider)):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = _escaped(value)
+                raise UsageError(f"{name} '{shown}' is not valid UTF-8") from None
+    return refs
+
+
+def _escaped(value: str) -> str:
+    """The original bytes of undecodable input as \\xNN (`surrogateescape` is how Python kept them)."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    refs = _batches(args, stdin)
+    refs = _checked(_batches(args, stdin))
     tally = Tally(len(refs), waiting=args.wait > 0)
     console = Console(file=stdout, highlight=False)
     if args.output == "json":

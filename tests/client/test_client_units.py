@@ -187,12 +187,20 @@ def test_summary_lists_a_bounded_number_of_failures():
         (["cancel", "--from", "/nonexistent/list.csv"], "batchgate: cannot read /nonexistent/list.csv: No such file"),
         (["--tls-ca", "/nonexistent/ca.pem", "cancel", "b1", "-p", "openai"],
          "batchgate: cannot read --tls-ca /nonexistent/ca.pem: No such file"),
+        (["cancel", "bad\udcff", "-p", "openai"], "batchgate: batch id 'bad\\xff' is not valid UTF-8"),
+        (["cancel", "b1", "-p", "open\udcffai"], "batchgate: provider 'open\\xffai' is not valid UTF-8"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message):
     err = io.StringIO()
     assert run(argv, stdin=io.StringIO(""), stdout=io.StringIO(), stderr=err) == 2
     assert err.getvalue().startswith(message) and err.getvalue().count("\n") == 1
+
+
+def test_undecodable_stdin_is_a_usage_error():
+    err = io.StringIO()
+    assert run(["cancel", "--from", "-"], stdin=io.StringIO("openai,b\udcff1\n"), stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue() == "batchgate: batch id 'b\\xff1' is not valid UTF-8\n"
 
 
 def test_empty_stdin_is_a_usage_error():
