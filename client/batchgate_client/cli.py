@@ -224,13 +224,17 @@ def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: Text
         view = ProgressView(tally, console)
     else:
         view = PlainView(tally, stdout, stderr)
-    with _client(args) as client:
-        if len(refs) == 1 and args.source is None:
-            with view:
+    try:
+        with _client(args) as client, view:
+            if len(refs) == 1 and args.source is None:
                 view.event(_cancel_one(client, refs[0], args.wait, console))
-        else:
-            with view:
+            else:
                 _cancel_many(client, refs, args.wait, view)
+    except BaseException:
+        # Interrupted or cut off midway: what was done so far is worth knowing, then the error.
+        if tally.latest:
+            view.summary()
+        raise
     view.summary()
     return EXIT_FAILED if tally.failures() or tally.missing() else EXIT_OK
 

@@ -12,8 +12,10 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +275,28 @@ def test_progress_bar_and_summary_table_on_a_terminal(grpc_target, sim: SimAdmin
     assert re.search(r"\b3/3\b.*2 cancelled, 1 error", plain)
     assert "3 batches in" in plain and "1 failed" in plain
     assert re.search(rf"│ 2\s+│ {missing}\s+│ openai\s+│ 404 ", plain), plain
+
+
+def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(grpc_target, sim: SimAdmin, t0: float):
+    batches = [sim.seed("openai") for _ in range(3)]  # stay cancelling for an hour
+    proc = subprocess.Popen(
+        [str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-", "--wait", "600"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd="/",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's Ctrl-C, even under CI
+    )
+    proc.stdin.write("".join(f"openai,{b}\n" for b in batches))
+    proc.stdin.close()
+    deadline = time.monotonic() + 30
+    while not all(sim.calls("openai", since=t0, batch_id=b) for b in batches):  # every cancel made
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    assert proc.returncode == 130 and out == ""
+    assert err.startswith("3 items in ") and "3 cancelling; 3 without a result" in err
+    assert err.endswith("batchgate: interrupted\n") and "Traceback" not in err
+    time.sleep(0.5)
+    settled = sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches)
+    time.sleep(2.5)  # past the service's first read-back (1 s) and the next
+    assert sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches) == settled
