@@ -39,11 +39,13 @@ def _json_line(text: str, where: str) -> BatchRef:
         raise BatchFileError(f"{where}: not valid JSON ({exc.msg})") from None
     if not isinstance(item, dict):
         raise BatchFileError(f"{where}: expected a JSON object with id and provider")
-    batch_id, provider = item.get("id"), item.get("provider")
-    for name, value in (("id", batch_id), ("provider", provider)):
+    fields = {}
+    for name in ("id", "provider"):
+        value = item.get(name)
         if not isinstance(value, str) or not value.strip():
             raise BatchFileError(f"{where}: {name} must be a non-empty string")
-    return BatchRef(batch_id, provider.strip())
+        fields[name] = value
+    return BatchRef(fields["id"], fields["provider"].strip())
 
 
 def _csv_line(text: str, where: str, default_provider: str | None) -> BatchRef | None:

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from google.protobuf import json_format
 from rich.console import Console
@@ -43,7 +43,7 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of argparse's usage block
+    def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -218,6 +218,7 @@ def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: Text
     refs = _checked(_batches(args, stdin))
     tally = Tally(len(refs), waiting=args.wait > 0)
     console = Console(file=stdout, highlight=False)
+    view: PlainView | ProgressView
     if args.output == "json":
         view = JsonView(tally, stdout, stderr)
     elif console.is_terminal and len(refs) > 1:
