@@ -323,6 +323,19 @@ async def test_leaving_cancel_many_early_cancels_the_call(target, sim):
         client.close()
 
 
+async def test_leaving_the_async_cancel_many_early_cancels_the_call(target, sim):
+    ids = [sim.seed("openai", new_id(), cancel_delay_s=3600).id for _ in range(2)]
+    async with AsyncBatchgateClient(target) as client:
+        async with contextlib.aclosing(client.cancel_many([(i, "openai") for i in ids], wait_seconds=60)) as events:
+            async for first in events:
+                break
+        assert not first.final
+        await asyncio.sleep(0.3)
+        settled = len(sim.calls("openai"))
+        await asyncio.sleep(1.2)
+        assert len(sim.calls("openai")) == settled
+
+
 async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
     cert, key = self_signed_cert(tmp_path)
     async with serving(config_dict(sandbox.url), tls=(key.read_bytes(), cert.read_bytes())) as address:
