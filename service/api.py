@@ -275,6 +275,17 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         self._bulk = BulkCanceller(canceller, canceller.config.client.bulk_concurrency)
         self.draining = False
 
+    @property
+    def draining(self) -> bool:
+        """True once shutdown began (health says so); waiting calls then answer with what they know."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value:
+            self._canceller.stopping.set()
+
     async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
         call.command = command_from_proto(request, call.headers, method, surface, call.trace)
         if method == "Cancel":

@@ -62,6 +62,8 @@ class Canceller:
         self.config = config
         # How a wait reads batches back (service.waiting); tests pass a faster one.
         self.poll_policy = poll_policy or PollPolicy()
+        # Set once the service drains: waits end at once with the last known state.
+        self.stopping = asyncio.Event()
         self.auth = Authenticator(config)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
             name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))

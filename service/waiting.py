@@ -58,6 +58,19 @@ def wait_end(wait_seconds: float, call_end: float | None, now: float) -> float:
     return end
 
 
+SHUTTING_DOWN = "waiting ended early: the service is shutting down"
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleeps `seconds`, or less if `stop` is set meanwhile."""
+    if stop.is_set():
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
 async def watch(
     read: Callable[[], Awaitable[tuple[BatchState, Any]]],
     state: BatchState,
@@ -67,11 +80,13 @@ async def watch(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Step]:
     """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding a
     step each time the status changes; the last step is `final`, with a warning when the batch is
     still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
-    answer); any other failure ends the wait with the last known state."""
+    answer); any other failure ends the wait with the last known state. `stop` (the service is
+    shutting down) ends the wait early, so the caller still gets a final answer in the grace time."""
     clock = clock or asyncio.get_running_loop().time
     policy = policy or PollPolicy()
     delay = policy.first_s
@@ -82,6 +97,9 @@ async def watch(
         if now >= until:
             break
         await sleep(min(delay, until - now))
+        if stop is not None and stop.is_set():
+            problem = SHUTTING_DOWN
+            break
         pause = policy.next_delay(delay, rand)
         try:
             new_state, raw = await read()
@@ -135,7 +153,11 @@ async def watch_result(
     if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
         yield result, True
         return
-    async for step in watch(read, result.batch, until, canceller.poll_policy):
+    stop = canceller.stopping
+    steps = watch(
+        read, result.batch, until, canceller.poll_policy, sleep=lambda seconds: sleep_unless(stop, seconds), stop=stop
+    )
+    async for step in steps:
         yield waited_result(result, step, send_raw), step.final
 
 

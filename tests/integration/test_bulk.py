@@ -248,3 +248,18 @@ async def test_the_wait_shares_the_calls_deadline(stub, sim):
     events = [event async for event in stub.CancelMany(request([(stuck, "openai")], wait_seconds=600), timeout=3)]
     assert events[-1].final and events[-1].batch.status == "cancelling"
     assert "still cancelling" in events[-1].batch.extra_fields.warning
+
+
+async def test_shutdown_ends_waits_with_the_last_state_instead_of_cutting_the_stream(sandbox, sim):
+    async with running_service(bulk_config(sandbox.url)) as (app, stub):
+        app.canceller.poll_policy = FAST_POLLS
+        stuck = sim.seed("openai", batch_id("openai"), cancel_delay_s=3600).id
+        call = stub.CancelMany(request([(stuck, "openai")], wait_seconds=600))
+        events = [await call.read()]
+        stopping = asyncio.create_task(app.stop(grace=10))
+        while (event := await call.read()) is not grpc.aio.EOF:
+            events.append(event)
+        assert await call.code() == grpc.StatusCode.OK
+        await stopping
+    assert [(e.final, e.batch.status) for e in events] == [(False, "cancelling"), (True, "cancelling")]
+    assert "shutting down" in events[-1].batch.extra_fields.warning
