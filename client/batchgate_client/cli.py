@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import sys
@@ -90,8 +91,16 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                        help="text (a progress bar on a terminal, plain lines otherwise) or json (one object per item)")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("batchgate-client")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Cancel LLM batch jobs through batchgate.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
