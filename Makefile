@@ -9,12 +9,15 @@ PROTO := protos/batchgate/v1/batchgate.proto
 GEN := service/gen
 GEN_STAMP := $(GEN)/.generated
 DESCRIPTOR := build/batchgate.pb
+# The client package (client/): its own stubs, generated from the same protos/, and its install.
+CLIENT_STUBS := build/client-stubs.stamp
+CLIENT_INSTALLED := $(VENV)/.client-installed
 
 .PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
-install: $(INSTALLED)
+install: $(INSTALLED) $(CLIENT_INSTALLED)
 
 $(INSTALLED): requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,7 @@ $(INSTALLED): requirements.lock
 	touch $@
 
 # One command derives all generated code (Python stubs and Envoy's descriptor set) from protos/.
-proto: $(GEN_STAMP)
+proto: $(GEN_STAMP) $(CLIENT_STUBS) $(CLIENT_INSTALLED)
 
 $(GEN_STAMP): $(PROTO) $(INSTALLED)
 	rm -rf $(GEN) && mkdir -p $(GEN) build
@@ -34,6 +37,20 @@ $(GEN_STAMP): $(PROTO) $(INSTALLED)
 	# Stubs live inside the service package: make the stub's import of its messages relative.
 	sed -i 's/^from batchgate\.v1 import/from . import/' $(GEN)/batchgate/v1/batchgate_pb2_grpc.py
 	touch $(GEN)/__init__.py $(GEN)/batchgate/__init__.py $(GEN)/batchgate/v1/__init__.py $@
+
+# The client's copy lives in client/batchgate_client/_proto with relative imports (it must not need
+# the service); its package build runs the same generator, so a pip install of client/ has them too.
+$(CLIENT_STUBS): $(PROTO) $(INSTALLED) client/gen_stubs.py
+	mkdir -p build
+	$(PY) client/gen_stubs.py
+	touch $@
+
+# The client, editable, puts the `batchgate` command into the virtualenv. The .pth file puts this
+# checkout on the path, so `batchgate config check` finds the service's config rules from anywhere.
+$(CLIENT_INSTALLED): $(CLIENT_STUBS) client/pyproject.toml client/setup.py
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./client
+	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
+	touch $@
 
 run: proto
 	$(PY) -m gateway.run
@@ -69,4 +86,4 @@ soak: proto
 	$(PY) -m bench.soak --seconds 60
 
 clean:
-	rm -rf $(VENV) build $(GEN)
+	rm -rf $(VENV) build $(GEN) client/batchgate_client/_proto client/build client/*.egg-info
