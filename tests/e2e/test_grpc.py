@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Iterator
 
 import grpc
@@ -15,6 +17,7 @@ from gateway.stack import Stack
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.h2wire import GRPC_HEADERS, grpc_frame, h2_call
 
 SERVICE = "batchgate.v1.BatchService"
 
@@ -161,3 +164,74 @@ def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
     names = {service.name for service in answer.list_services_response.service}
     assert SERVICE in names
     assert "grpc.health.v1.Health" in names
+
+
+# --- malformed calls on the wire --------------------------------------------------------------------
+
+# What a gRPC library never sends. Each must end at once with INVALID_ARGUMENT (grpc.aio used to leave
+# the first three unanswered until the caller gave up, and answer the last UNKNOWN with a traceback).
+MALFORMED = {
+    "no message": b"",
+    "length prefix longer than the data": grpc_frame(b"\x0a\x01x", length=100),
+    "half a length prefix": b"\x00\x00\x00",
+    "garbage protobuf": grpc_frame(b"\xff\xff\xff\xff\xff"),
+}
+WIRE_WAIT = 5.0  # a healthy answer takes milliseconds; the bug waited a minute
+
+
+def service_log(stack: Stack) -> list[dict]:
+    return [json.loads(line) for line in (stack.log_dir / "service.log").read_text().splitlines()
+            if line.startswith("{")]
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+@pytest.mark.parametrize("method", [f"/{SERVICE}/Cancel", f"/{SERVICE}/CancelGenAI", "/grpc.health.v1.Health/Check"])
+def test_malformed_call_ends_at_once_with_invalid_argument(stack: Stack, sim: SimAdmin, t0: float, route: str,
+                                                           method: str, case: str) -> None:
+    port = stack.http_port if route == "envoy" else stack.grpc_port
+    rid = f"wire-{uuid.uuid4().hex}"
+
+    answer = h2_call(port, method, [*GRPC_HEADERS, ("x-request-id", rid)], MALFORMED[case], wait=WIRE_WAIT)
+
+    assert answer.ended and answer.seconds < WIRE_WAIT, answer
+    assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
+    message = answer.grpc_message
+    request_type = "grpc.health.v1.HealthCheckRequest" if "Health" in method else "batchgate.v1.CancelBatchRequest"
+    assert message in ("the call ended without a complete request message",
+                       f"the request is not a valid {request_type} message")
+    assert "<class" not in message and "Unexpected" not in message
+    assert sim.calls(since=t0) == []
+    lines = [line for line in service_log(stack) if line.get("request_id") == rid]
+    assert [(line["msg"], line["outcome"], line["method"]) for line in lines] == [
+        ("malformed call", "INVALID_ARGUMENT", method)]
+    assert "exc" not in lines[0]
+
+
+def test_no_traceback_is_logged_for_malformed_calls(stack: Stack) -> None:
+    for case in MALFORMED.values():
+        h2_call(stack.grpc_port, f"/{SERVICE}/Cancel", GRPC_HEADERS, case, wait=WIRE_WAIT)
+    assert "Traceback" not in (stack.log_dir / "service.log").read_text()
+
+
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+def test_well_formed_call_on_the_wire_still_works(stack: Stack, sim: SimAdmin, route: str) -> None:
+    batch_id = sim.seed("openai")
+    port = stack.http_port if route == "envoy" else stack.grpc_port
+    message = pb.CancelBatchRequest(batch_id=batch_id, provider="openai").SerializeToString()
+
+    answer = h2_call(port, f"/{SERVICE}/Cancel", GRPC_HEADERS, grpc_frame(message), wait=WIRE_WAIT)
+
+    assert answer.grpc_status == "0", answer
+    assert pb.BatchCancelResponse.FromString(answer.data[5:]).status == "cancelling"
+
+
+def test_reflection_refuses_a_garbage_message_plainly(channel: grpc.Channel) -> None:
+    stream = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda raw: raw, response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([b"\xff\xff\xff"]), timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "the request is not a valid grpc.reflection.v1alpha.ServerReflectionRequest message"
