@@ -152,4 +152,5 @@ class StrictRegistrar:
         self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h) for h in handlers))
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        self._server.add_registered_method_handlers(service, {name: strict(h, f"/{service}/{name}") for name, h in handlers.items()})
+        strict_handlers = {name: strict(h, f"/{service}/{name}") for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, strict_handlers)
