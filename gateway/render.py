@@ -33,6 +33,7 @@ def render(
     admin_port: int = 9901,
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
+    request_timeout_s: float = 15.0,
     descriptor: Path = DESCRIPTOR,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
@@ -41,7 +42,8 @@ def render(
     """Returns the Envoy YAML for one edge listener in front of the service: the given ports on
     127.0.0.1, or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
-    which then serves TLS too (the hop to the service is encrypted but not verified)."""
+    which then serves TLS too (the hop to the service is encrypted but not verified). A request
+    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED)."""
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -54,6 +56,7 @@ def render(
         ADMIN_PORT=admin_port,
         BIND_HOST=bind_host,
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
+        REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_FILE=lua_file,
         DESCRIPTOR=descriptor,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),

@@ -180,6 +180,18 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
+# The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
+_REST_RENDERERS = {"CancelAnthropic": anthropic_error, "CancelGenAI": google_error,
+                   "StopModelInvocationJob": bedrock_error}
+
+
+def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
+    """What `abort` sends the edge so that a REST caller of `method` (`/pkg.Service/Name`) reads
+    `error` in its route's shape; for refusals made before the servicer runs (service.wire)."""
+    rendered = _REST_RENDERERS.get(method.rsplit("/", 1)[-1], bifrost_error)(error)
+    return (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
+
+
 @dataclass(slots=True)
 class Call:
     """One cancel RPC in flight: what its log line, audit event and metrics need once it ends."""

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from service.api import BatchServicer
+from service.api import BatchServicer, rest_error_metadata
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
@@ -78,7 +78,7 @@ async def create_server(
     canceller = Canceller(config)
     servicer = BatchServicer(canceller)
     # Every method reads its request itself, so a malformed call always gets a status (service.wire).
-    registrar = StrictRegistrar(server)
+    registrar = StrictRegistrar(server, rest_error_metadata)
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from typing import Iterator
 
@@ -13,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from gateway.stack import Stack
+from gateway.stack import Stack, free_port
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import Gateway, SimAdmin, new_id
@@ -241,3 +242,54 @@ def test_reflection_refuses_a_garbage_message_plainly(channel: grpc.Channel) -> 
         list(stream(iter([b"\xff\xff\xff"]), timeout=5))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "the request is not a valid grpc.reflection.v1alpha.ServerReflectionRequest message"
+
+
+# --- callers that stop sending midway -----------------------------------------------------------------
+
+READ_TIMEOUT = 1.0  # the service's; Envoy's request timeout is 5 s longer (gateway/stack.py)
+
+
+@pytest.fixture(scope="module")
+def slow_reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+                  log_dir=tmp_path_factory.mktemp("slow-read-logs"),
+                  env={"REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)})
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+def test_grpc_message_that_stops_arriving_is_answered(slow_reads: Stack, route: str) -> None:
+    port = slow_reads.http_port if route == "envoy" else slow_reads.grpc_port
+    half = grpc_frame(b"\x0a\x05batch", length=100)
+
+    answer = h2_call(port, f"/{SERVICE}/Cancel", GRPC_HEADERS, half, end_stream=False, wait=READ_TIMEOUT + 4)
+
+    assert answer.grpc_status == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]), answer
+    assert answer.grpc_message == f"the request did not arrive within {READ_TIMEOUT:g} s"
+    assert answer.seconds >= READ_TIMEOUT
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/openai/v1/batches/b/cancel", "bifrost"),
+                                           ("/anthropic/v1/messages/batches/b/cancel", "anthropic")])
+def test_rest_body_that_stops_arriving_is_a_408(slow_reads: Stack, path: str, shape: str) -> None:
+    with socket.create_connection(("127.0.0.1", slow_reads.http_port), timeout=READ_TIMEOUT + 10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                     + b"Content-Length: 100\r\n\r\n{\"provider\"")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:300]
+    message = f"the request did not arrive within {READ_TIMEOUT:g} s"
+    if shape == "bifrost":
+        error = json.loads(body)["error"]
+        assert (error["code"], error["message"]) == ("request_timeout", message)
+    else:
+        assert json.loads(body) == {"type": "error", "error": {"type": "api_error", "message": message}}

@@ -583,7 +583,8 @@ def path_variants() -> list[tuple[Route, str]]:
 
 @pytest.mark.parametrize(("route", "target"), path_variants(), ids=lambda v: getattr(v, "name", v))
 def test_every_path_spelling_names_the_batch_it_cancels(gw: Gateway, sim: SimAdmin, route: Route, target: str) -> None:
-    victim = sim.seed({"bedrock": "bedrock", "google": "gemini", "anthropic": "anthropic"}.get(route.envelope, "openai"))
+    provider_of_route = {"bedrock": "bedrock", "google": "gemini", "anthropic": "anthropic"}
+    victim = sim.seed(provider_of_route.get(route.envelope, "openai"))
     provider = "openai" if route.envelope == "bifrost" else None
     query = urlencode({**({"provider": provider} if provider else {}), "batch_id": victim})
     body = json.dumps({"batch_id": victim}).encode()
@@ -647,8 +648,8 @@ def test_transcoder_refusals_name_what_the_caller_sent(gw: Gateway, sim: SimAdmi
 
 def test_rest_over_h2_has_no_grpc_trailers(gw: Gateway, sim: SimAdmin) -> None:
     ok = h2_call(gw.stack.http_port, f"/v1/batches/{sim.seed('openai')}/cancel?provider=openai", [])
-    refused = h2_call(gw.stack.http_port, f"/v1/batches/{sim.seed('openai', status='completed')}/cancel?provider=openai",
-                      [])
+    finished = sim.seed("openai", status="completed")
+    refused = h2_call(gw.stack.http_port, f"/v1/batches/{finished}/cancel?provider=openai", [])
 
     for answer in (ok, refused):
         assert answer.ended and answer.headers["content-type"] == "application/json", answer
@@ -680,7 +681,8 @@ def test_unsafe_request_id_is_replaced_everywhere(gw: Gateway, sim: SimAdmin, gi
     assert re.fullmatch(r"[0-9a-f]{32}|[0-9a-f-]{36}", used[0]), used  # ours, or Envoy's for an empty one
     logged = {line["request_id"] for line in service_log(gw) if line.get("batch_id") == batch_id}
     assert logged == {used[0]}
-    sent = [{k.lower(): v for k, v in c["headers"].items()}["x-client-request-id"] for c in sim.calls(batch_id=batch_id)]
+    upstream = [{k.lower(): v for k, v in call["headers"].items()} for call in sim.calls(batch_id=batch_id)]
+    sent = [headers["x-client-request-id"] for headers in upstream]
     assert sent == ([used[0]] if outcome == "ok" else [])
 
 
