@@ -156,6 +156,15 @@ def test_health_check_serving(channel: grpc.Channel, service: str) -> None:
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_watch_streams_the_status(channel: grpc.Channel) -> None:
+    """Watch (one request, a stream of answers) is registered through service.wire like every method."""
+    answers = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+    try:
+        assert next(answers).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        answers.cancel()
+
+
 def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
