@@ -302,3 +302,16 @@ def test_rest_body_that_stops_arriving_is_a_408(slow_reads: Stack, path: str, sh
         assert (error["code"], error["message"]) == ("request_timeout", message)
     else:
         assert json.loads(body) == {"type": "error", "error": {"type": "api_error", "message": message}}
+
+
+@pytest.mark.parametrize("given", ["a b", 'a"b', "x" * 200])
+def test_unsafe_request_id_from_a_grpc_caller_is_replaced(channel: grpc.Channel, stack: Stack, sim: SimAdmin,
+                                                          given: str) -> None:
+    batch_id = sim.seed("openai")
+    call = pb_grpc.BatchServiceStub(channel).Cancel.with_call(
+        pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=(("x-request-id", given),), timeout=10)
+
+    answered = [value for key, value in call[1].initial_metadata() if key == "x-request-id"]
+    assert len(answered) == 1 and answered[0] != given
+    logged = {line["request_id"] for line in service_log(stack) if line.get("batch_id") == batch_id}
+    assert logged == set(answered)
