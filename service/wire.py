@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from service.errors import GatewayError, InvalidRequest
 from service.observability import REQUEST_ID_HEADER, request_id
+from service.routes import ORIGINAL_PATH_HEADER
 
 log = logging.getLogger("batchgate.access")
 
@@ -88,7 +89,7 @@ class _Reader:
             }})
         metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
         if self.rest is not None:
-            metadata += self.rest(self.method, error) if "x-envoy-original-path" in headers else ()
+            metadata += self.rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
         if metadata:
             await context.send_initial_metadata(metadata)
         await context.abort(code, error.message)
