@@ -1,17 +1,26 @@
 -- Shapes REST traffic at the edge; placed before the gRPC-JSON transcoder.
--- Requests (REST only): headers that gRPC would read itself (grpc-*, *-bin) or whose names gRPC
--- metadata cannot carry are dropped, and a path that is not UTF-8 once percent-decoded gets a 400
--- here, so none of them can make the service's gRPC core refuse the call with a 500.
--- Responses run after the transcoder's:
--- * Service errors: the service puts the rendered Bifrost error JSON in the `x-bf-error-body`
---   response header and the HTTP status it wants in `x-bf-status`; this swaps them in as body and
---   status, so a provider's 409 stays a 409 (the gRPC code alone would say 400).
--- * Transcoded JSON answers lose the gRPC-internal headers. Native gRPC responses are untouched.
+-- Requests:
+-- * Every request (REST and gRPC): an `x-request-id` that is not a short safe token is dropped, so
+--   the service's generated id is the one logged, sent upstream and answered with.
+-- * REST only (what Envoy itself does not treat as gRPC, so also grpc-web and the like): headers that
+--   gRPC would read itself (grpc-*, *-bin) or whose names gRPC metadata cannot carry are dropped; a
+--   path that is not UTF-8 once percent-decoded is a 400, and one with an empty segment (`//`, a
+--   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
+--   something else.
+-- Responses run after the transcoder's (REST only; native gRPC responses are untouched):
+-- * Service errors: the service puts the rendered error JSON in the `x-bf-error-body` response
+--   header and the HTTP status it wants in `x-bf-status`; this swaps them in as body and status, so
+--   a provider's 409 stays a 409 (the gRPC code alone would say 400).
+-- * Envoy's own 400s (the transcoder's, ours) get a message about the request the caller sent, not
+--   about protobuf types.
+-- * gRPC-internal headers and trailers are removed.
 -- * CancelMany streams (the service sends `x-bf-stream: ndjson`): each line is passed on as it comes
 --   (no buffering), typed `application/x-ndjson`; in an item's `error` the transcoder omits unset
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
+
+-- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
 local function is_grpc(ctype)
-  return ctype ~= nil and string.sub(ctype, 1, 16) == "application/grpc"
+  return ctype ~= nil and (ctype == "application/grpc" or string.sub(ctype, 1, 17) == "application/grpc+")
 end
 
 -- UTF-8 as protobuf strings require it (no overlongs, surrogates or code points past U+10FFFF).
@@ -40,12 +49,22 @@ local function valid_utf8(s)
   return true
 end
 
-local BAD_PATH = '{"is_bifrost_error":true,"status_code":400,"error":{"type":"invalid_request_error",' ..
-  '"code":"invalid_request","message":"the URL is not valid UTF-8 once percent-decoded","param":null},' ..
-  '"extra_fields":{"provider":"","request_type":"batch_cancel"}}'
+-- Envoy's local-reply formats (gateway/render.py) put this text into the route's error envelope.
+local function refuse(handle, status, message)
+  handle:respond({[":status"] = status, ["content-type"] = "text/plain"}, message)
+end
+
+-- service/observability.py keeps the same rule for direct gRPC callers.
+local function safe_request_id(id)
+  return #id >= 1 and #id <= 128 and string.find(id, "[^%w%._:%-]") == nil
+end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
+  local rid = headers:get("x-request-id")
+  if rid ~= nil and not safe_request_id(rid) then
+    headers:remove("x-request-id")
+  end
   if is_grpc(headers:get("content-type")) then
     return
   end
@@ -59,13 +78,100 @@ function envoy_on_request(handle)
   for _, key in ipairs(drop) do
     headers:remove(key)
   end
-  local path = headers:get(":path")
-  if path ~= nil and string.find(path, "%%[89A-Fa-f]%x") then
-    local decoded = string.gsub(path, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  local target = headers:get(":path")
+  if target == nil then
+    return
+  end
+  local path = string.match(target, "^[^?]*")
+  -- The transcoder matches `/v1/batches/a/cancel/` as `/v1/batches/a/cancel`; the service would
+  -- then not recognise the path it was called with. One spelling per route.
+  if string.find(path, "//", 1, true) or (#path > 1 and string.sub(path, -1) == "/") then
+    refuse(handle, "404", "no route")
+    return
+  end
+  if string.find(target, "%%[89A-Fa-f]%x") then
+    local decoded = string.gsub(target, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
     if not valid_utf8(decoded) then
-      handle:respond({[":status"] = "400", ["content-type"] = "application/json"}, BAD_PATH)
+      refuse(handle, "400", "the URL is not valid UTF-8 once percent-decoded")
     end
   end
+end
+
+-- What the transcoder says about a request body or query it cannot read, for a REST caller. `m` is
+-- the message as it sits in the JSON body (still escaped); so is the answer. nil: not one of those.
+local SCALAR_TYPES = {
+  TYPE_STRING = "a string", TYPE_BOOL = "true or false", TYPE_INT32 = "an integer", TYPE_INT64 = "an integer",
+  TYPE_UINT32 = "an integer", TYPE_UINT64 = "an integer", TYPE_DOUBLE = "a number", TYPE_FLOAT = "a number",
+}
+
+local function quoted(field)
+  return field ~= "" and ("'" .. field .. "'") or "a field"
+end
+
+local function plain_message(m)
+  m = string.gsub(string.gsub(m, "\\u0022", '\\"'), "\\u000a", "\\n")
+  local internal = string.find(m, "grpc_json_transcode_failure", 1, true) or string.find(m, "batchgate%.v1%.")
+    or string.find(m, "lua_response", 1, true)
+  m = string.gsub(m, " %([%a_]*grpc_json_transcode_failure{[%u_]*}%)$", "")
+  m = string.gsub(m, " %(lua_response%)$", "")
+  local field = string.match(m, '^Could not find field \\"(.-)\\" in the type')
+  if field then
+    return "unknown query parameter " .. quoted(field)
+  end
+  field = string.match(m, '^Encountered a non%-leaf field \\"(.-)\\" that is not a message')
+  if field then
+    return "query parameter " .. quoted(field) .. " has no sub-fields"
+  end
+  local value, kind
+  field, value, kind = string.match(m, "^(.-): invalid value (.-) for type (.+)$")
+  if field then
+    if field == "" and string.match(value, "^Starting an object") then
+      return quoted(kind) .. " must be a string, not an object"
+    end
+    return quoted(field) .. " must be " .. (SCALAR_TYPES[kind] or "of another type") .. ", not " .. value
+  end
+  field = string.match(m, "^(.-): Proto field is not repeating, cannot start list%.")
+  if field then
+    return quoted(field) .. " must be a single value, not a list"
+  end
+  if string.find(m, "Root element must be a message", 1, true) then
+    return "the request body must be a JSON object"
+  end
+  -- The JSON parser's own words, without the lines that echo the body back.
+  local first = string.match(m, "^(.-)\\n")
+  if first and internal then
+    return "the request body is not valid JSON: " .. first
+  end
+  return internal and m or nil
+end
+
+-- Replaces the first `"message":"..."` string of a JSON body; nil when it is unchanged.
+local function rewrite_message(body)
+  local _, start = string.find(body, '"message":"', 1, true)
+  if start == nil then
+    return nil
+  end
+  local i = start + 1
+  while i <= #body do
+    local c = string.sub(body, i, i)
+    if c == "\\" then
+      i = i + 2
+    elseif c == '"' then
+      break
+    else
+      i = i + 1
+    end
+  end
+  local plain = plain_message(string.sub(body, start + 1, i - 1))
+  if plain == nil then
+    return nil
+  end
+  return string.sub(body, 1, start) .. plain .. string.sub(body, i)
+end
+
+local function set_body(handle, headers, body)
+  headers:replace("content-length", tostring(#body))
+  handle:body(true):setBytes(body)
 end
 
 -- One NDJSON line of a CancelMany stream. Keys print in proto field order and every quote inside
@@ -118,23 +224,40 @@ function envoy_on_response(handle)
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
   headers:remove("grpc-status-details-bin")
+  local body = headers:get("x-bf-error-body")
   if headers:get("x-bf-stream") ~= nil then
     headers:remove("x-bf-stream")
     headers:replace("content-type", "application/x-ndjson")
     shape_stream(handle)
-    return
+  elseif body ~= nil then
+    local status = headers:get("x-bf-status")
+    headers:remove("x-bf-error-body")
+    headers:remove("x-bf-status")
+    if status ~= nil then
+      headers:replace(":status", status)
+    end
+    headers:replace("content-type", "application/json")
+    set_body(handle, headers, body)
+  elseif headers:get(":status") == "400" then
+    -- Headers cannot change once the body is read: let Envoy frame the rewritten body.
+    headers:remove("content-length")
+    local reply = handle:body(true)
+    local rewritten = rewrite_message(reply:getBytes(0, reply:length()))
+    if rewritten ~= nil then
+      reply:setBytes(rewritten)
+    end
   end
-  local body = headers:get("x-bf-error-body")
-  if body == nil then
-    return
+  -- Over HTTP/2 the service's gRPC status would follow as trailers.
+  if handle:streamInfo():protocol() == "HTTP/2" then
+    local trailers = handle:trailers()
+    if trailers ~= nil then
+      local names = {}
+      for key, _ in pairs(trailers) do
+        names[#names + 1] = key
+      end
+      for _, key in ipairs(names) do
+        trailers:remove(key)
+      end
+    end
   end
-  local status = headers:get("x-bf-status")
-  headers:remove("x-bf-error-body")
-  headers:remove("x-bf-status")
-  if status ~= nil then
-    headers:replace(":status", status)
-  end
-  headers:replace("content-type", "application/json")
-  headers:replace("content-length", tostring(#body))
-  handle:body(true):setBytes(body)
 end

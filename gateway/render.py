@@ -15,6 +15,7 @@ import argparse
 import json
 import string
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.model import MAX_WAIT_SECONDS
@@ -39,6 +40,7 @@ def render(
     admin_port: int = 9901,
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
+    request_timeout_s: float = 15.0,
     descriptor: Path = DESCRIPTOR,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
@@ -47,7 +49,8 @@ def render(
     """Returns the Envoy YAML for one edge listener in front of the service: the given ports on
     127.0.0.1, or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
-    which then serves TLS too (the hop to the service is encrypted but not verified)."""
+    which then serves TLS too (the hop to the service is encrypted but not verified). A request
+    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED)."""
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -62,9 +65,11 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
+        REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_FILE=lua_file,
         DESCRIPTOR=descriptor,
-        SURFACE_MAPPERS=_surface_mappers(),
+        LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
+        DEFAULT_LOCAL_REPLY=_default_local_reply(),
         ENDPOINTS=endpoints,
         LISTENER_TLS=_listener_tls(tls_cert, tls_key) if tls_cert else "",
         CLUSTER_TLS=_CLUSTER_TLS if tls_cert else "",
@@ -155,53 +160,104 @@ def main() -> None:
     args.out.write_text(config)
 
 
-# Envoy's own refusals (no route, malformed body, unknown query parameter, service down) on the
-# drop-in SDK routes, in each provider's error envelope: (status filter, body, extra headers) per
-# surface, first match wins. Bodies are Envoy json_format; `%RESPONSE_CODE%` prints as a number.
+@dataclass(frozen=True)
+class LocalReply:
+    """One kind of reply Envoy makes itself, in the words of every route: the Bifrost error fields
+    and what the drop-in SDK routes call it. Messages are Envoy format strings."""
+
+    status: int | None  # None: any status without a row of its own
+    code: str
+    type: str
+    message: str
+    anthropic: str  # Anthropic error.type
+    google: str  # Google error.status
+    bedrock: str  # AWS x-amzn-ErrorType
+
+
 _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
-_DOWN = "batchgate service is unavailable"
-_SURFACE_ERRORS: dict[str, list[tuple[str, dict, dict[str, str]]]] = {
-    "anthropic": [
-        ("404", {"type": "error", "error": {"type": "not_found_error", "message": _NO_ROUTE}}, {}),
-        ("5xx", {"type": "error", "error": {"type": "api_error", "message": _DOWN}}, {}),
-        ("any", {"type": "error", "error": {"type": "invalid_request_error", "message": "%LOCAL_REPLY_BODY%"}}, {}),
-    ],
-    "genai": [
-        ("404", {"error": {"code": "%RESPONSE_CODE%", "message": _NO_ROUTE, "status": "NOT_FOUND"}}, {}),
-        ("5xx", {"error": {"code": "%RESPONSE_CODE%", "message": _DOWN, "status": "UNAVAILABLE"}}, {}),
-        ("any", {"error": {"code": "%RESPONSE_CODE%", "message": "%LOCAL_REPLY_BODY%", "status": "INVALID_ARGUMENT"}},
-         {}),
-    ],
-    "bedrock": [
-        ("404", {"message": _NO_ROUTE}, {"x-amzn-ErrorType": "UnknownOperationException"}),
-        ("5xx", {"message": _DOWN}, {"x-amzn-ErrorType": "ServiceUnavailableException"}),
-        ("any", {"message": "%LOCAL_REPLY_BODY%"}, {"x-amzn-ErrorType": "ValidationException"}),
-    ],
-}
-_STATUS_FILTERS = {
-    "404": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 404, "runtime_key": "lr_404"}}}},
-    "5xx": {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "lr_5xx"}}}},
-}
+# Envoy's own text names the status ("Not Implemented", "Bad Request", the transcoder's complaint,
+# which gateway/errors.lua rewrites) and the details say why ("http1.invalid_transfer_encoding").
+_ENVOY_SAYS = "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)"
+# First match wins. 5xx replies never pass on Envoy's text: it names upstream addresses.
+LOCAL_REPLIES = [
+    LocalReply(404, "route_not_found", "not_found", _NO_ROUTE, "not_found_error", "NOT_FOUND",
+               "UnknownOperationException"),
+    LocalReply(408, "request_timeout", "invalid_request_error", "the request did not arrive in time",
+               "invalid_request_error", "DEADLINE_EXCEEDED", "RequestTimeoutException"),
+    LocalReply(413, "request_too_large", "invalid_request_error", "request body is too large", "request_too_large",
+               "INVALID_ARGUMENT", "ValidationException"),
+    LocalReply(500, "internal_error", "internal_error", "the gateway could not produce an answer", "api_error",
+               "INTERNAL", "InternalServerException"),
+    LocalReply(501, "not_implemented", "invalid_request_error", _ENVOY_SAYS, "invalid_request_error",
+               "UNIMPLEMENTED", "ValidationException"),
+    LocalReply(502, "upstream_unavailable", "service_unavailable", "batchgate service gave no valid answer",
+               "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    LocalReply(503, "upstream_unavailable", "service_unavailable", "batchgate service is unavailable", "api_error",
+               "UNAVAILABLE", "ServiceUnavailableException"),
+    LocalReply(504, "upstream_timeout", "timeout_error", "batchgate service did not answer in time", "timeout_error",
+               "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
+    LocalReply(None, "invalid_request", "invalid_request_error", _ENVOY_SAYS, "invalid_request_error",
+               "INVALID_ARGUMENT", "ValidationException"),
+]
+SURFACES = ("anthropic", "genai", "bedrock")
 
 
-def _surface_mappers() -> str:
-    lines = []
-    for surface, errors in _SURFACE_ERRORS.items():
+def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict[str, str]]:
+    """(json_format body, extra headers) of one local reply on a surface (None: Bifrost routes).
+    `%RESPONSE_CODE%` prints as a number."""
+    message = reply.message
+    if surface == "anthropic":
+        return {"type": "error", "error": {"type": reply.anthropic, "message": message}}, {}
+    if surface == "genai":
+        return {"error": {"code": "%RESPONSE_CODE%", "message": message, "status": reply.google}}, {}
+    if surface == "bedrock":
+        return {"message": message}, {"x-amzn-ErrorType": reply.bedrock}
+    error = {"type": reply.type, "code": reply.code, "message": message, "param": None}
+    return {"is_bifrost_error": True, "status_code": "%RESPONSE_CODE%", "error": error,
+            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}, {}
+
+
+def _status_filter(status: int) -> dict:
+    value = {"default_value": status, "runtime_key": f"lr_{status}"}
+    return {"status_code_filter": {"comparison": {"op": "EQ", "value": value}}}
+
+
+def _local_reply_mappers() -> str:
+    # Native gRPC callers get Envoy's plain message in grpc-message, not a JSON document. (A
+    # transcoded REST request also looks like gRPC by now, but carries the original path.)
+    grpc_call = {"and_filter": {"filters": [
+        {"header_filter": {"header": {"name": "content-type",
+                                      "string_match": {"safe_regex": {"regex": r"^application/grpc(\+.*)?$"}}}}},
+        {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True, "invert_match": True}}},
+    ]}}
+    plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
+    mappers = [{"filter": grpc_call, "body_format_override": plain_text}]
+    for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
         on_surface = {"or_filter": {"filters": [
             {"header_filter": {"header": {"name": name, "string_match": {"prefix": f"/{surface}/"}}}}
             for name in (":path", "x-envoy-original-path")
-        ]}}
-        for status, body, headers in errors:
-            filters = [on_surface] + ([_STATUS_FILTERS[status]] if status in _STATUS_FILTERS else [])
+        ]}} if surface else None
+        for reply in LOCAL_REPLIES:
+            if surface is None and reply.status is None:
+                continue  # the default body_format
+            filters = [f for f in (on_surface, reply.status and _status_filter(reply.status)) if f]
+            body, headers = local_reply_body(surface, reply)
             mapper = {
-                "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else on_surface,
+                "filter": {"and_filter": {"filters": filters}} if len(filters) > 1 else filters[0],
                 "body_format_override": {"json_format": body},
-                "headers_to_add": [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-                                   for k, v in headers.items()],
             }
-            lines.append("            - " + json.dumps(mapper))
-    return "\n".join(lines)
+            if headers:
+                mapper["headers_to_add"] = [
+                    {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                    for k, v in headers.items()
+                ]
+            mappers.append(mapper)
+    return "\n".join("            - " + json.dumps(m) for m in mappers)
+
+
+def _default_local_reply() -> str:
+    return json.dumps(local_reply_body(None, LOCAL_REPLIES[-1])[0])
 
 
 if __name__ == "__main__":

@@ -155,7 +155,8 @@ class Stack:
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
             render(http_port=self.http_port, grpc_ports=self.worker_ports, admin_port=self.admin_port,
-                   bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key)
+                   bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key,
+                   request_timeout_s=self.request_read_timeout() + 5)
         )
         envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(
@@ -165,6 +166,10 @@ class Stack:
         )
         # Ready when Envoy is live and its health checks see the service.
         self._wait(self._edge_ready, deadline, "the gateway did not become ready")
+
+    def request_read_timeout(self) -> float:
+        """REQUEST_READ_TIMEOUT_SECONDS as the service reads it (service/wire.py)."""
+        return float({**os.environ, **self.env}.get("REQUEST_READ_TIMEOUT_SECONDS") or 10)
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"

@@ -90,10 +90,13 @@ def command_from_proto(
     if original_path is not None:
         # A REST call: only the path may set the batch id and the surface (see service.routes).
         route = ROUTES[method].path_values(original_path)
-        if route is not None:
-            if route["batch_id"] != batch_id:
-                raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
-            surface = route["surface"]
+        if route is None:
+            # A spelling the transcoder accepts but the route does not name (`.../x:cancel` on a
+            # route without a verb): nothing says which batch the caller's path meant.
+            raise no_route(original_path)
+        if route["batch_id"] != batch_id:
+            raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
+        surface = route["surface"]
     provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
     if trace is not None:
         trace.route = route_label(surface, headers)
@@ -105,6 +108,14 @@ def command_from_proto(
         surface=surface or "",
         trace=trace,
     )
+
+
+def no_route(original_path: str) -> GatewayError:
+    """The same 404 the edge answers for a path it has no route for."""
+    path = original_path.split("?", 1)[0]
+    if len(path) > 200:
+        path = path[:200] + "..."
+    return GatewayError(f"no route for POST {path}", status_code=404, type="not_found", code="route_not_found")
 
 
 def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float | None:
@@ -203,6 +214,18 @@ def event_outcome(event: ItemEvent) -> tuple[str, int]:
     if event.error is None:
         return "OK", 200
     return event.error.grpc_code.name, event.error.status_code
+
+
+# The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
+_REST_RENDERERS = {"CancelAnthropic": anthropic_error, "CancelGenAI": google_error,
+                   "StopModelInvocationJob": bedrock_error}
+
+
+def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
+    """What `abort` sends the edge so that a REST caller of `method` (`/pkg.Service/Name`) reads
+    `error` in its route's shape; for refusals made before the servicer runs (service.wire)."""
+    rendered = _REST_RENDERERS.get(method.rsplit("/", 1)[-1], bifrost_error)(error)
+    return (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
 
 
 @dataclass(slots=True)

@@ -4,7 +4,9 @@ service can check what Envoy's transcoder did.
 The transcoder lets a query parameter or a body field overwrite a path variable
 (`/v1/batches/A/cancel?batch_id=B` arrives with batch_id "B"), and lets a caller set fields that only
 routes should set (`?surface=openai`). Envoy passes the original path in `x-envoy-original-path`; the
-service matches it against these templates and trusts only the path's values.
+service matches it against these templates and trusts only the path's values. The transcoder also
+accepts spellings no template has (a trailing `/`, `x:cancel` on a route without the verb): such a
+call is refused, since its path names no batch.
 """
 
 from __future__ import annotations

@@ -10,14 +10,15 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from service.api import BatchServicer
+from service.api import BatchServicer, rest_error_metadata
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.live import FileWatcher, LiveConfig
 from service.observability import start_metrics
+from service.wire import StrictRegistrar
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,14 @@ async def create_server(
     )
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     servicer = BatchServicer(live)
-    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, server)
+    # Every method reads its request itself, so a malformed call always gets a status (service.wire).
+    registrar = StrictRegistrar(server, rest_error_metadata)
+    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)), registrar
+    )
     credentials = grpc.ssl_server_credentials([tls]) if tls is not None else None
     ports = [
         server.add_insecure_port(addr) if credentials is None else server.add_secure_port(addr, credentials)

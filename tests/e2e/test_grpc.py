@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import uuid
 from typing import Iterator
 
 import grpc
@@ -11,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from gateway.stack import Stack
+from gateway.stack import Stack, free_port
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.h2wire import GRPC_HEADERS, grpc_frame, h2_call
 
 SERVICE = "batchgate.v1.BatchService"
 
@@ -152,6 +156,15 @@ def test_health_check_serving(channel: grpc.Channel, service: str) -> None:
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_health_watch_streams_the_status(channel: grpc.Channel) -> None:
+    """Watch (one request, a stream of answers) is registered through service.wire like every method."""
+    answers = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+    try:
+        assert next(answers).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        answers.cancel()
+
+
 def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     requests = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
@@ -161,3 +174,144 @@ def test_reflection_lists_the_service(channel: grpc.Channel) -> None:
     names = {service.name for service in answer.list_services_response.service}
     assert SERVICE in names
     assert "grpc.health.v1.Health" in names
+
+
+# --- malformed calls on the wire --------------------------------------------------------------------
+
+# What a gRPC library never sends. Each must end at once with INVALID_ARGUMENT (grpc.aio used to leave
+# the first three unanswered until the caller gave up, and answer the last UNKNOWN with a traceback).
+MALFORMED = {
+    "no message": b"",
+    "length prefix longer than the data": grpc_frame(b"\x0a\x01x", length=100),
+    "half a length prefix": b"\x00\x00\x00",
+    "garbage protobuf": grpc_frame(b"\xff\xff\xff\xff\xff"),
+}
+WIRE_WAIT = 5.0  # a healthy answer takes milliseconds; the bug waited a minute
+
+
+def service_log(stack: Stack) -> list[dict]:
+    """The service's JSON log lines so far (a line being written right now is skipped)."""
+    lines = []
+    for raw in (stack.log_dir / "service.log").read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+@pytest.mark.parametrize("method", [f"/{SERVICE}/Cancel", f"/{SERVICE}/CancelGenAI", "/grpc.health.v1.Health/Check"])
+def test_malformed_call_ends_at_once_with_invalid_argument(stack: Stack, sim: SimAdmin, t0: float, route: str,
+                                                           method: str, case: str) -> None:
+    port = stack.http_port if route == "envoy" else stack.grpc_port
+    rid = f"wire-{uuid.uuid4().hex}"
+
+    answer = h2_call(port, method, [*GRPC_HEADERS, ("x-request-id", rid)], MALFORMED[case], wait=WIRE_WAIT)
+
+    assert answer.ended and answer.seconds < WIRE_WAIT, answer
+    assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
+    message = answer.grpc_message
+    request_type = "grpc.health.v1.HealthCheckRequest" if "Health" in method else "batchgate.v1.CancelBatchRequest"
+    assert message in ("the call ended without a complete request message",
+                       f"the request is not a valid {request_type} message")
+    assert "<class" not in message and "Unexpected" not in message
+    assert sim.calls(since=t0) == []
+    lines = [line for line in service_log(stack) if line.get("request_id") == rid]
+    assert [(line["msg"], line["outcome"], line["method"]) for line in lines] == [
+        ("malformed call", "INVALID_ARGUMENT", method)]
+    assert "exc" not in lines[0]
+
+
+def test_no_traceback_is_logged_for_malformed_calls(stack: Stack) -> None:
+    for case in MALFORMED.values():
+        h2_call(stack.grpc_port, f"/{SERVICE}/Cancel", GRPC_HEADERS, case, wait=WIRE_WAIT)
+    assert "Traceback" not in (stack.log_dir / "service.log").read_text()
+
+
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+def test_well_formed_call_on_the_wire_still_works(stack: Stack, sim: SimAdmin, route: str) -> None:
+    batch_id = sim.seed("openai")
+    port = stack.http_port if route == "envoy" else stack.grpc_port
+    message = pb.CancelBatchRequest(batch_id=batch_id, provider="openai").SerializeToString()
+
+    answer = h2_call(port, f"/{SERVICE}/Cancel", GRPC_HEADERS, grpc_frame(message), wait=WIRE_WAIT)
+
+    assert answer.grpc_status == "0", answer
+    assert pb.BatchCancelResponse.FromString(answer.data[5:]).status == "cancelling"
+
+
+def test_reflection_refuses_a_garbage_message_plainly(channel: grpc.Channel) -> None:
+    stream = channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda raw: raw, response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([b"\xff\xff\xff"]), timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "the request is not a valid grpc.reflection.v1alpha.ServerReflectionRequest message"
+
+
+# --- callers that stop sending midway -----------------------------------------------------------------
+
+READ_TIMEOUT = 1.0  # the service's; Envoy's request timeout is 5 s longer (gateway/stack.py)
+
+
+@pytest.fixture(scope="module")
+def slow_reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+                  log_dir=tmp_path_factory.mktemp("slow-read-logs"),
+                  env={"REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)})
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+def test_grpc_message_that_stops_arriving_is_answered(slow_reads: Stack, route: str) -> None:
+    port = slow_reads.http_port if route == "envoy" else slow_reads.grpc_port
+    half = grpc_frame(b"\x0a\x05batch", length=100)
+
+    answer = h2_call(port, f"/{SERVICE}/Cancel", GRPC_HEADERS, half, end_stream=False, wait=READ_TIMEOUT + 4)
+
+    assert answer.grpc_status == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]), answer
+    assert answer.grpc_message == f"the request did not arrive within {READ_TIMEOUT:g} s"
+    assert answer.seconds >= READ_TIMEOUT
+
+
+@pytest.mark.parametrize(("path", "shape"), [("/openai/v1/batches/b/cancel", "bifrost"),
+                                           ("/anthropic/v1/messages/batches/b/cancel", "anthropic")])
+def test_rest_body_that_stops_arriving_is_a_408(slow_reads: Stack, path: str, shape: str) -> None:
+    with socket.create_connection(("127.0.0.1", slow_reads.http_port), timeout=READ_TIMEOUT + 10) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                     + b"Content-Length: 100\r\n\r\n{\"provider\"")
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:300]
+    message = f"the request did not arrive within {READ_TIMEOUT:g} s"
+    if shape == "bifrost":
+        error = json.loads(body)["error"]
+        assert (error["code"], error["message"]) == ("request_timeout", message)
+    else:
+        assert json.loads(body) == {"type": "error", "error": {"type": "api_error", "message": message}}
+
+
+@pytest.mark.parametrize("given", ["a b", 'a"b', "x" * 200])
+def test_unsafe_request_id_from_a_grpc_caller_is_replaced(channel: grpc.Channel, stack: Stack, sim: SimAdmin,
+                                                          given: str) -> None:
+    batch_id = sim.seed("openai")
+    call = pb_grpc.BatchServiceStub(channel).Cancel.with_call(
+        pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=(("x-request-id", given),), timeout=10)
+
+    answered = [value for key, value in call[1].initial_metadata() if key == "x-request-id"]
+    assert len(answered) == 1 and answered[0] != given
+    logged = {line["request_id"] for line in service_log(stack) if line.get("batch_id") == batch_id}
+    assert logged == set(answered)

@@ -20,14 +20,17 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes, urlencode
 
+import grpc
 import pytest
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import Gateway, SimAdmin
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.h2wire import GRPC_HEADERS, grpc_frame, h2_call
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 
@@ -525,3 +528,170 @@ def test_request_metadata_over_grpc_limit_is_a_documented_answer(gw: Gateway, si
     answer, _ = run_case(gw, sim, "POST", target, None, headers)
     # Under Envoy's 60 KiB header limit a big header is just carried; an over-long id is our 400.
     assert answer.status == (200 if where == "header" else 400)
+
+
+# --- issue 12: the edge treats every REST request alike ---------------------------------------------
+
+
+def service_log(gw: Gateway) -> list[dict]:
+    """The service's JSON log lines so far (a line being written right now is skipped)."""
+    lines = []
+    for raw in (gw.stack.log_dir / "service.log").read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
+
+
+def log_lines_for(gw: Gateway, batch_id: str) -> list[tuple[str, str]]:
+    return [(line["logger"], line.get("outcome") or line.get("result")) for line in service_log(gw)
+            if line.get("batch_id") == batch_id]
+
+
+@pytest.mark.parametrize("content_type", ["application/grpc-web", "application/grpcfoo", "application/grpc-web+proto",
+                                          "application/grpc-web-text"])
+@pytest.mark.parametrize("header", [("x!y", "1"), ("x-trace-bin", "!!!"), ("grpc-timeout", "garbage")])
+def test_grpc_lookalike_content_type_is_a_rest_request(gw: Gateway, sim: SimAdmin, content_type: str,
+                                                       header: tuple[str, str]) -> None:
+    """Only what Envoy itself takes for gRPC (application/grpc, application/grpc+...) skips the REST
+    treatment; anything else with a header gRPC cannot carry used to be an unlogged 500."""
+    batch_id = sim.seed("openai")
+    target = f"/v1/batches/{batch_id}/cancel?provider=openai"
+
+    answer, body = run_case(gw, sim, "POST", target, b"{}", [("Content-Type", content_type), header])
+
+    assert answer.status == 200 and body["id"] == batch_id
+    assert log_lines_for(gw, batch_id) == [("batchgate.access", "OK"), ("batchgate.audit", "ok")]
+
+
+# Every binding, as Envoy matches it, with spellings the transcoder also accepts. A victim id in the
+# query and in the body must never be what gets cancelled.
+PATH_VARIANTS = ["{path}/", "{path}//", "{path}/./", "/{path}", "{path};x"]
+VERB_VARIANTS = {"genai_v1beta": ["/genai/v1beta/batches/{id}/:cancel", "/genai/v1beta/batches/{id}:cancel/"],
+                 "native": ["/v1/batches/{id}:cancel", "/v1/batches/{id}/:cancel"]}
+
+
+def path_variants() -> list[tuple[Route, str]]:
+    cases = []
+    for route in ROUTES:
+        path = route.template.replace("{id}", "mine")
+        cases += [(route, variant.format(path=path)) for variant in PATH_VARIANTS]
+        cases += [(route, variant.format(id="mine")) for variant in VERB_VARIANTS.get(route.name, [])]
+    return cases
+
+
+@pytest.mark.parametrize(("route", "target"), path_variants(), ids=lambda v: getattr(v, "name", v))
+def test_every_path_spelling_names_the_batch_it_cancels(gw: Gateway, sim: SimAdmin, route: Route, target: str) -> None:
+    provider_of_route = {"bedrock": "bedrock", "google": "gemini", "anthropic": "anthropic"}
+    victim = sim.seed(provider_of_route.get(route.envelope, "openai"))
+    provider = "openai" if route.envelope == "bifrost" else None
+    query = urlencode({**({"provider": provider} if provider else {}), "batch_id": victim})
+    body = json.dumps({"batch_id": victim}).encode()
+
+    answer, parsed = run_case(gw, sim, "POST", f"{target}?{query}", body, [("Content-Type", "application/json")])
+
+    assert answer.status in (400, 404), (answer.status, parsed)
+    assert sim.calls(batch_id=victim) == []
+
+
+def test_trailing_slash_is_a_404_in_the_routes_shape(gw: Gateway, sim: SimAdmin) -> None:
+    answer, body = run_case(gw, sim, "POST", "/anthropic/v1/messages/batches/mine/cancel/")
+    assert answer.status == 404
+    assert body["error"] == {"type": "not_found_error",
+                             "message": "no route for POST /anthropic/v1/messages/batches/mine/cancel/"}
+
+
+# Replies Envoy makes itself: the message says what the status says. The HTTP/1 codec refuses this
+# one before any route is known, so it is Bifrost JSON on every path (as CODEC_REFUSALS above).
+@pytest.mark.parametrize("route", ["/v1/batches/{id}/cancel?provider=openai", "/genai/v1beta/batches/{id}:cancel",
+                                   "/bedrock/model-invocation-job/{id}/stop"])
+def test_unsupported_transfer_encoding_is_a_501_that_says_so(gw: Gateway, sim: SimAdmin, route: str) -> None:
+    answer = send(gw, "POST", route.format(id=new_id()), None, [("Transfer-Encoding", "chunked, identity")])
+
+    assert answer.status == 501
+    body = json.loads(answer.body)
+    assert_bifrost_error(body, 501)
+    assert body["error"]["code"] == "not_implemented"
+    assert body["error"]["message"] == "Not Implemented (http1.invalid_transfer_encoding)"
+
+
+# The transcoder's complaints in the caller's terms: (request, body, the message every route shows).
+TRANSCODER_REFUSALS = [
+    ("?foo=1", None, "unknown query parameter 'foo'"),
+    ("?request_counts.total=1", None, "unknown query parameter 'request_counts'"),
+    ("?provider.x=1", None, "query parameter 'provider' has no sub-fields"),
+    ("", b'{"provider": 1}', "'provider' must be a string, not 1"),
+    ("", b'{"batch_id": true}', "'batch_id' must be a string, not true"),
+    ("", b'{"provider": {"a": 1}}', "'provider' must be a string, not an object"),
+    ("", b'{"provider": [1]}', "a field must be a single value, not a list"),
+    ("", b"[1]", "the request body must be a JSON object"),
+    ("", b'{"provider": ', "the request body is not valid JSON: Unexpected end of string. Expected a value."),
+    ("", b'{"provider": "a"}x', "the request body is not valid JSON: Parsing terminated before end of input."),
+    ("", b'{"provider": "\xff"}', "the request body is not valid JSON: Encountered non UTF-8 code points."),
+]
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.name != "native"], ids=lambda r: r.name)
+@pytest.mark.parametrize(("query", "body", "message"), TRANSCODER_REFUSALS)
+def test_transcoder_refusals_name_what_the_caller_sent(gw: Gateway, sim: SimAdmin, route: Route, query: str,
+                                                       body: bytes | None, message: str) -> None:
+    target = route.template.replace("{id}", new_id()) + query
+    answer, parsed = run_case(gw, sim, "POST", target, body, [("Content-Type", "application/json")])
+
+    assert answer.status == 400
+    shown = parsed.get("message") or parsed["error"]["message"]
+    assert shown == message
+    for internal in ("batchgate.v1", "TYPE_", "transcode", "Proto field", "lua_response", "\\n", "\\u000a"):
+        assert internal not in answer.body.decode(), answer.body
+
+
+def test_rest_over_h2_has_no_grpc_trailers(gw: Gateway, sim: SimAdmin) -> None:
+    ok = h2_call(gw.stack.http_port, f"/v1/batches/{sim.seed('openai')}/cancel?provider=openai", [])
+    finished = sim.seed("openai", status="completed")
+    refused = h2_call(gw.stack.http_port, f"/v1/batches/{finished}/cancel?provider=openai", [])
+
+    for answer in (ok, refused):
+        assert answer.ended and answer.headers["content-type"] == "application/json", answer
+        assert not answer.trailers, answer.trailers
+        assert not [k for k in answer.headers if k.startswith("grpc-") or k.startswith("x-bf-")], answer.headers
+    assert (ok.headers[":status"], refused.headers[":status"]) == ("200", "409")
+
+
+def test_native_grpc_through_the_edge_keeps_its_trailers(gw: Gateway, sim: SimAdmin) -> None:
+    message = pb.CancelBatchRequest(batch_id=sim.seed("openai", status="completed"), provider="openai")
+    answer = h2_call(gw.stack.http_port, "/batchgate.v1.BatchService/Cancel", GRPC_HEADERS,
+                     grpc_frame(message.SerializeToString()))
+    assert answer.trailers is not None
+    assert answer.trailers["grpc-status"] == str(grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    assert "grpc-status-details-bin" in answer.trailers
+
+
+@pytest.mark.parametrize("given", ['a"b', "v" * 9000, "", "a b", "x" * 129, "caf\xe9", "ok,other"])
+@pytest.mark.parametrize("outcome", ["ok", "refused"])
+def test_unsafe_request_id_is_replaced_everywhere(gw: Gateway, sim: SimAdmin, given: str, outcome: str) -> None:
+    batch_id = sim.seed("openai") if outcome == "ok" else new_id()
+    provider = "openai" if outcome == "ok" else "nope"
+
+    answer = send(gw, "POST", f"/v1/batches/{batch_id}/cancel?provider={provider}", None, [("x-request-id", given)])
+
+    assert answer.status == (200 if outcome == "ok" else 400)
+    used = answer.headers.get_all("x-request-id")
+    assert used is not None and len(used) == 1 and used[0] != given
+    assert re.fullmatch(r"[0-9a-f]{32}|[0-9a-f-]{36}", used[0]), used  # ours, or Envoy's for an empty one
+    logged = {line["request_id"] for line in service_log(gw) if line.get("batch_id") == batch_id}
+    assert logged == {used[0]}
+    upstream = [{k.lower(): v for k, v in call["headers"].items()} for call in sim.calls(batch_id=batch_id)]
+    sent = [headers["x-client-request-id"] for headers in upstream]
+    assert sent == ([used[0]] if outcome == "ok" else [])
+
+
+@pytest.mark.parametrize("given", ["abc-123", "a.b:c_d-e", "x" * 128])
+def test_safe_request_id_is_kept_everywhere(gw: Gateway, sim: SimAdmin, given: str) -> None:
+    batch_id = sim.seed("openai")
+
+    answer = send(gw, "POST", f"/v1/batches/{batch_id}/cancel?provider=openai", None, [("x-request-id", given)])
+
+    assert answer.status == 200
+    assert answer.headers.get_all("x-request-id") == [given]
+    assert {line["request_id"] for line in service_log(gw) if line.get("batch_id") == batch_id} == {given}

@@ -8,7 +8,14 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.api import command_from_proto, error_to_status, result_to_proto
+from service.api import (
+    ERROR_BODY_HEADER,
+    ERROR_STATUS_HEADER,
+    command_from_proto,
+    error_to_status,
+    rest_error_metadata,
+    result_to_proto,
+)
 from service.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -292,3 +299,22 @@ def test_to_json_is_ascii_and_fits_in_grpc_metadata(message):
     assert all(0x20 <= ord(c) <= 0x7E for c in text)  # legal as a gRPC metadata value
     body = json.loads(text)
     assert body["error"]["message"] == message and body["error"]["param"] == "ïd"
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("/batchgate.v1.BatchService/Cancel", {"is_bifrost_error": True, "status_code": 408, "error": {
+            "type": "invalid_request_error", "code": "request_timeout", "message": "late", "param": None},
+            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}),
+        ("/batchgate.v1.BatchService/CancelGenAI", {"error": {"code": 408, "message": "late",
+                                                               "status": "DEADLINE_EXCEEDED"}}),
+        ("/batchgate.v1.BatchService/CancelAnthropic", {"type": "error", "error": {"type": "api_error",
+                                                                                    "message": "late"}}),
+    ],
+)
+def test_refusal_before_the_servicer_is_rendered_in_the_routes_shape(method, body):
+    error = GatewayError("late", status_code=408, type="invalid_request_error", code="request_timeout")
+    metadata = dict(rest_error_metadata(method, error))
+    assert json.loads(metadata[ERROR_BODY_HEADER]) == body
+    assert metadata[ERROR_STATUS_HEADER] == "408"

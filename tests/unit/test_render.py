@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LUA_FILE, ROOT, render, split_host_port
+from gateway.render import DESCRIPTOR, LOCAL_REPLIES, LUA_FILE, ROOT, render, split_host_port
 from service.auth import exposure_problem
 from service.config import parse_config
 from tests.support import self_signed_cert
@@ -159,3 +159,43 @@ def test_kubernetes_example_config_is_safe_to_expose() -> None:
     assert config.auth_required
     assert not config.client.allow_unauthenticated_public
     assert exposure_problem(config, "0.0.0.0") is None
+
+
+def _mappers(config: str) -> list[dict]:
+    """The local-reply mappers of a rendered config (each is one JSON line)."""
+    block = config[config.index("            mappers:\n"):config.index("            body_format:\n")]
+    return [json.loads(line.strip()[2:]) for line in block.splitlines()[1:]]
+
+
+def test_every_local_reply_status_has_its_own_message() -> None:
+    """A 501 used to say "batchgate service is unavailable" (one mapper for every 5xx)."""
+    statuses = [reply.status for reply in LOCAL_REPLIES]
+    assert statuses[-1] is None and len(set(statuses)) == len(statuses)
+    assert {500, 501, 502, 503, 504} <= set(statuses)
+    messages = {reply.status: reply.message for reply in LOCAL_REPLIES}
+    assert "unavailable" in messages[503] and "unavailable" not in messages[501]
+    assert "in time" in messages[504]
+    # Envoy's own text for a failed upstream names addresses and reset reasons: never passed on.
+    assert all("%LOCAL_REPLY_BODY%" not in messages[s] for s in (500, 502, 503, 504))
+
+
+@pytest.mark.parametrize("surface", ["anthropic", "genai", "bedrock", None])
+def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
+    mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
+    rendered = []
+    for mapper in mappers[1:]:
+        text = json.dumps(mapper["filter"])
+        on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
+        if on_surface:
+            status = re.search(r'"default_value": (\d+)', text)
+            rendered.append(int(status.group(1)) if status else None)
+    expected = [r.status for r in LOCAL_REPLIES]
+    assert rendered == (expected if surface else expected[:-1])  # Bifrost's catch-all is body_format
+
+
+def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
+    grpc_mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[0]
+    regex = re.compile(json.dumps(grpc_mapper).split('"regex": "')[1].split('"')[0].replace("\\\\", "\\"))
+    assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
+    for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
+        assert not regex.fullmatch(rest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.api import ROUTES, command_from_proto
-from service.errors import InvalidRequest
+from service.errors import GatewayError, InvalidRequest
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 
 
@@ -81,3 +81,24 @@ def test_genai_route_needs_the_cancel_verb():
 def test_drop_in_surfaces_default_their_provider(method, surface, headers, provider):
     command = command_from_proto(pb.CancelBatchRequest(batch_id="b"), headers, method, surface)
     assert command.provider == provider
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("Cancel", "/v1/batches/mine/cancel/?provider=openai&batch_id=victim"),
+        ("Cancel", "/v1/batches/mine:cancel?provider=openai&batch_id=victim"),
+        ("Cancel", "/openai/v1/batches/mine/cancel//"),
+        ("CancelGenAI", "/genai/v1beta/batches/mine/:cancel"),
+        ("CancelAnthropic", "/anthropic/v1/messages/batches/mine/cancel/"),
+        ("StopModelInvocationJob", "/bedrock/model-invocation-job/mine/stop/"),
+    ],
+)
+def test_rest_call_whose_path_no_route_names_is_refused(method, path):
+    """The transcoder accepts spellings (a trailing slash, `/:verb`) that the route templates do
+    not: the call is refused, never served with a batch id taken from the query or body."""
+    request = pb.CancelBatchRequest(batch_id="victim", provider="openai")
+    with pytest.raises(GatewayError) as info:
+        command_from_proto(request, [("x-envoy-original-path", path)], method)
+    assert (info.value.status_code, info.value.code) == (404, "route_not_found")
+    assert "victim" not in info.value.message
