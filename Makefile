@@ -10,7 +10,7 @@ GEN := service/gen
 GEN_STAMP := $(GEN)/.generated
 DESCRIPTOR := build/batchgate.pb
 
-.PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak soak clean
+.PHONY: all install proto redis-server run test unit integration e2e bench bench-smoke bench-soak soak clean
 
 all: proto
 
@@ -35,23 +35,31 @@ $(GEN_STAMP): $(PROTO) $(INSTALLED)
 	sed -i 's/^from batchgate\.v1 import/from . import/' $(GEN)/batchgate/v1/batchgate_pb2_grpc.py
 	touch $(GEN)/__init__.py $(GEN)/batchgate/__init__.py $(GEN)/batchgate/v1/__init__.py $@
 
+# The rate-limit tests start their own redis-server (Debian's package): install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server missing: apt-get install -y redis-server"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+	@command -v redis-server >/dev/null
+
 run: proto
 	$(PY) -m gateway.run
 
-test: proto
+test: proto redis-server
 	$(PY) -m pytest -q
 
 unit: proto
 	$(PY) -m pytest -q tests/unit
 
-integration: proto
+integration: proto redis-server
 	$(PY) -m pytest -q tests/integration
 
-e2e: proto
+e2e: proto redis-server
 	$(PY) -m pytest -q tests/e2e
 
 # Benchmark (not part of `make test`): gateway overhead over a direct provider call.
-bench: proto
+bench: proto redis-server
 	$(PY) -m bench.run
 
 bench-smoke: proto

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
 from service.config import ConfigError, load_config
+from service.limits import EMBEDDED_PATH_ENV, RateLimiter
 from service.observability import configure_logging, configure_tracing
 from service.server import serve
 
@@ -28,6 +30,11 @@ def main() -> None:
     )
     parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
     parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
+    parser.add_argument(
+        "--rate-limit-db", default=os.environ.get(EMBEDDED_PATH_ENV),
+        help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
+        f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
+    )
     args = parser.parse_args()
     configure_logging()
     configure_tracing()
@@ -47,8 +54,14 @@ def main() -> None:
         except (OSError, TypeError) as exc:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+    try:
+        limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
-    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
+    asyncio.run(serve(config, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port,
+                      limiter=limiter))
 
 
 if __name__ == "__main__":

@@ -263,12 +263,15 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         return empty_pb2.Empty()
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
-        """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider."""
+        """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider and the
+        rate-limit store's state (a failing store degrades limits, not the service: still 200)."""
         providers = {name: pb.ProviderHealth(circuit=state) for name, state in self._canceller.breaker_states().items()}
+        limiter = self._canceller.auth.limiter
+        store = pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health())
         if not self.draining:
-            return pb.HealthResponse(status="ok", providers=providers)
+            return pb.HealthResponse(status="ok", providers=providers, rate_limit_store=store)
         body = json_format.MessageToJson(
-            pb.HealthResponse(status="draining", providers=providers),
+            pb.HealthResponse(status="draining", providers=providers, rate_limit_store=store),
             preserving_proto_field_name=True, indent=None, ensure_ascii=True,
         )
         draining = UpstreamUnavailable("the service is shutting down", status_code=503, code="draining")

@@ -12,6 +12,7 @@ from typing import Any
 from service.auth import Authenticator, Caller
 from service.config import Config, Key, ProviderConfig
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
+from service.limits import RateLimiter
 from service.model import BatchState, CancelCommand, CancelResult
 from service.observability import KEY_FAILOVERS, Trace
 from service.providers.base import Adapter, UpstreamRequest, decode_json
@@ -36,9 +37,9 @@ def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
 class Canceller:
     """Holds one adapter and one pooled HTTP executor per configured provider."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, limiter: RateLimiter | None = None) -> None:
         self.config = config
-        self.auth = Authenticator(config)
+        self.auth = Authenticator(config, limiter=limiter)
         self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {
             name: (ADAPTERS[name](pc), HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc)))
             for name, pc in config.providers.items()
@@ -71,7 +72,7 @@ class Canceller:
         command.caller = caller.identity
         adapter, executor = self._resolve(command.provider)
         try:
-            allowed_key_ids = self.auth.authorize(caller, adapter.name)
+            allowed_key_ids = await self.auth.authorize(caller, adapter.name)
             ref = adapter.parse_id(command.batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
         except GatewayError as err:

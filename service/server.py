@@ -16,6 +16,7 @@ from service.api import BatchServicer
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.limits import RateLimiter
 from service.observability import start_metrics
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class App:
         canceller: Canceller,
         servicer: BatchServicer,
         health: health.aio.HealthServicer,
+        limiter: RateLimiter | None = None,
     ):
         self.server, self.port, self.canceller, self.servicer, self.health = server, port, canceller, servicer, health
+        self.limiter = limiter
 
     async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
         """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
@@ -50,6 +53,8 @@ class App:
             await asyncio.sleep(drain_delay)
         await self.server.stop(grace)
         await self.canceller.close()
+        if self.limiter is not None:
+            await self.limiter.close()
 
 
 async def create_server(
@@ -58,10 +63,12 @@ async def create_server(
     *extra_addresses: str,
     reuse_port: bool = False,
     tls: tuple[bytes, bytes] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> App:
     """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
     and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
-    chain PEM) to serve gRPC over TLS."""
+    chain PEM) to serve gRPC over TLS. `limiter` (the process's rate limiter and its store; default:
+    the store `governance.store` names) lives as long as the server and is closed with it."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -74,7 +81,9 @@ async def create_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    canceller = Canceller(config)
+    if limiter is None:
+        limiter = RateLimiter.for_config(config.store)
+    canceller = Canceller(config, limiter)
     servicer = BatchServicer(canceller)
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -91,7 +100,7 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, canceller, servicer, health_servicer)
+    return App(server, port, canceller, servicer, health_servicer, limiter)
 
 
 async def serve(
@@ -102,9 +111,10 @@ async def serve(
     tls: tuple[bytes, bytes] | None = None,
     metrics_port: int | None = None,
     drain_delay: float = DRAIN_DELAY_SECONDS,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits."""
-    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls)
+    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter)
     if metrics_port:
         start_metrics(metrics_port, app.canceller.breaker_states)
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
