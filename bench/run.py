@@ -23,6 +23,15 @@ a warm-up:
     grpc_floor   reference: bench/floor.py, a trivial grpc.aio servicer that answers a fixed batch
                  without any upstream call: the cost of grpc.aio itself (no overhead column)
 
+and the cost of a virtual-key rate limit (issue 11), REST via Envoy with `x-bf-vk`:
+
+    rest_vk_open      a virtual key without a limit (the store is never touched): the reference
+    rest_vk_embedded  a limited key (a limit far too high to trigger), embedded SQLite store
+    rest_vk_redis     the same on a second gateway whose store is a local redis-server (started by
+                      the harness with a password; skipped when redis-server is not installed)
+
+The limit check's cost is rest_vk_embedded / rest_vk_redis minus rest_vk_open at the same percentile.
+
 Load generator: h2load (Debian nghttp2-client; installed with apt-get when missing and running as
 root), one client thread. It speaks HTTP/1.1 and h2c, bounds runs by request count and logs every
 request's latency (--log-file), and costs 20-60 us of CPU per request (reported: a tenth of what
@@ -81,6 +90,10 @@ TARGET_GRPC_C1_P50_MS = 0.5
 TARGET_REST_C64_RPS = 2500
 TARGET_REST_C64_P99_MS = 60.0
 TARGET_RSS_GROWTH = 0.10
+# Issue 11: what a rate-limit check may add over the same call by a key without a limit.
+TARGET_LIMIT_C1_P50_MS = 0.3
+VK_OPEN = "sk-bf-bench-open-0000000000"
+VK_LIMITED = "sk-bf-bench-limited-00000000"
 
 
 class HarnessError(RuntimeError):
@@ -249,6 +262,8 @@ class System:
         self.floor_port = 0
         self.stack = None
         self.sim_url = ""
+        self.redis: subprocess.Popen | None = None
+        self.redis_stack = None
 
     def start_floor(self) -> None:
         """The reference grpc.aio servicer without upstream (bench/floor.py)."""
@@ -284,7 +299,7 @@ class System:
         if status != 201:
             raise HarnessError(f"seeding {BATCH_ID} failed: {status} {body[:200]!r}")
         config = self.workdir / "config.json"
-        config.write_text(json.dumps(gateway_config(self.sim_url), indent=2))
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url)), indent=2))
         self.stack = Stack(
             config=config,
             http_port=free_port(),
@@ -296,10 +311,38 @@ class System:
         )
         self.stack.start(timeout=30)
 
+    def start_redis_gateway(self) -> None:
+        """A local redis-server and a second gateway (same simulator) counting limits in it."""
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from sandbox.server import gateway_config
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            log("redis-server not installed (make bench installs it): no Redis row")
+            return
+        port, password = free_port(), os.urandom(12).hex()
+        (self.workdir / "redis").mkdir()
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir / "redis"), "--save", "",
+             "--appendonly", "no", "--requirepass", password], cwd=ROOT, stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        config = self.workdir / "config-redis.json"
+        store = {"type": "redis", "url": "env.BENCH_REDIS_URL"}
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url), store), indent=2))
+        self.redis_stack = Stack(
+            config=config, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+            log_dir=self.workdir / "logs-redis", workers=default_workers(),
+            envoy_concurrency=default_envoy_concurrency(),
+            env={"BENCH_REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0"},
+        )
+        self.redis_stack.start(timeout=30)
+
     def stop(self) -> None:
-        if self.stack is not None:
-            self.stack.stop()
-        for proc in (self.floor, self.sim):
+        for stack in (self.stack, self.redis_stack):
+            if stack is not None:
+                stack.stop()
+        for proc in (self.floor, self.redis, self.sim):
             if proc is None:
                 continue
             if proc.poll() is None:
@@ -328,10 +371,14 @@ class System:
         return Groups({"service": service, "envoy": envoy, "sim": [self.sim.pid]})
 
     def groups_for(self, target: Target) -> Groups:
-        """What to read CPU from while `target` runs: for the floor path its process is "service"."""
+        """What to read CPU from while `target` runs: for the floor path its process is "service";
+        for the Redis row, the second gateway's processes."""
         groups = self.groups()
         if target.name == "grpc_floor":
             groups.roots["service"] = [self.floor.pid]
+        if target.name == "rest_vk_redis":
+            groups.roots["service"] = [p.pid for p in self.redis_stack.procs if _is_service(p.args)]
+            groups.roots["envoy"] = [p.pid for p in self.redis_stack.procs if "envoy" in Path(str(p.args[0])).name]
         return groups
 
     def logs_tail(self) -> str:
@@ -339,6 +386,20 @@ class System:
         for path in sorted((self.workdir / "logs").glob("*.log")):
             out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
         return "\n".join(out)
+
+
+def bench_config(config: dict, store: dict | None = None) -> dict:
+    """The sandbox config plus two virtual keys: one without a limit, one with a limit no run reaches."""
+    config["governance"] = {
+        "rate_limits": [{"id": "never-reached", "request_max_limit": 1_000_000_000, "request_reset_duration": "1h"}],
+        "virtual_keys": [
+            {"id": "bench-open", "value": VK_OPEN, "provider_configs": [{"provider": "openai"}]},
+            {"id": "bench-limited", "value": VK_LIMITED, "rate_limit_id": "never-reached",
+             "provider_configs": [{"provider": "openai"}]},
+        ],
+        **({"store": store} if store else {}),
+    }
+    return config
 
 
 def _is_service(args: object) -> bool:
@@ -383,11 +444,21 @@ def targets(system: System, *, bad: bool = False) -> list[Target]:
                {**json_headers, "authorization": f"Bearer {key}"}, b"{}"),
         Target("rest_envoy", "REST via Envoy (HTTP/1.1)",
                f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False, json_headers, b"{}"),
+        Target("rest_vk_open", "REST via Envoy, virtual key without a limit",
+               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+               {**json_headers, "x-bf-vk": VK_OPEN}, b"{}"),
+        Target("rest_vk_embedded", "REST via Envoy, limited virtual key, embedded store",
+               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+               {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"),
         Target("grpc_direct", "gRPC direct to service (h2c)",
                f"{system.grpc_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
         Target("grpc_envoy", "gRPC via Envoy (h2c)",
                f"{system.envoy_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
     ]
+    if system.redis_stack is not None:
+        out.append(Target("rest_vk_redis", "REST via Envoy, limited virtual key, Redis store",
+                          f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+                          {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"))
     if system.floor_port and not bad:  # the floor answers everything with success
         out.append(Target("grpc_floor", "reference: trivial grpc.aio servicer, no upstream (h2c)",
                           f"http://127.0.0.1:{system.floor_port}{GRPC_METHOD}", True, grpc_headers,
@@ -599,7 +670,7 @@ def sanity_check(system: System) -> None:
     from service.gen.batchgate.v1 import batchgate_pb2 as pb
     from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 
-    for target in targets(system)[:2]:
+    for target in [t for t in targets(system) if not t.grpc]:
         status, body = _http("POST", target.url, target.body, target.headers)
         data = json.loads(body) if body.startswith(b"{") else {}
         if status != 200 or data.get("status") != "cancelling":
@@ -688,6 +759,14 @@ def evaluate_targets(runs: list[Run], high_c: int, rss_growth: float | None) -> 
     value = over("grpc_direct", 1, 50)
     out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_GRPC_C1_P50_MS)}  gRPC direct c=1 p50 "
                f"overhead {fmt(value, 3)} ms (target <= {TARGET_GRPC_C1_P50_MS} ms)")
+    for path, store in (("rest_vk_embedded", "embedded"), ("rest_vk_redis", "Redis")):
+        if (path, 1) not in by or ("rest_vk_open", 1) not in by:
+            out.append(f"n/a   rate-limit check, {store} store: not measured")
+            continue
+        value = by[(path, 1)].pct(50) - by[("rest_vk_open", 1)].pct(50)
+        out.append(f"{verdict(value <= TARGET_LIMIT_C1_P50_MS)}  rate-limit check, {store} store, REST via Envoy c=1 "
+                   f"p50 over the same call by a key without a limit: {value:+.3f} ms "
+                   f"(target <= {TARGET_LIMIT_C1_P50_MS} ms)")
     rest64 = by.get(("rest_envoy", 64))
     if rest64 is None:
         out.append(f"n/a   REST via Envoy c=64 (this run used c={high_c}): target >= {TARGET_REST_C64_RPS} req/s, "
@@ -858,7 +937,7 @@ def plot(runs: list[Run], labels: dict[str, str], high_c: int, out: Path) -> str
 def run_soak(args: argparse.Namespace, client, system: System) -> int:
     groups = system.groups()
     info = machine_info(client, args)
-    target = targets(system)[1]  # REST via Envoy
+    target = next(t for t in targets(system) if t.name == "rest_envoy")
     chunk, done, errors = 10_000, 0, 0
     rows: list[tuple[int, int, int, float, float]] = []
     rss_start = groups.rss("service")
@@ -1042,6 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
             system.start()
             if not args.no_floor and not args.rss_soak:
                 system.start_floor()
+            if not args.rss_soak:
+                system.start_redis_gateway()
             log(f"simulator {system.sim_url}, Envoy {system.envoy_url}, service {system.grpc_url}")
             wait_until_sane(system)
             detector_self_test(system, client)
