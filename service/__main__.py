@@ -56,7 +56,7 @@ def main() -> None:
             raise SystemExit(2) from None
     try:
         limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
         print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []

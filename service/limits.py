@@ -32,7 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import Counter
 
@@ -196,7 +196,8 @@ class RedisStore:
         from redis.retry import Retry
 
         parts = urlsplit(url)
-        self._secrets = tuple(s for s in (url, parts.password, parts.username) if s)
+        # The whole URL first, then the password as written and as decoded (%-escapes).
+        self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)
         self.address = self.describe(url)
         self.timeout_s = timeout_s
         no_retry = Retry(NoBackoff(), 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -43,24 +44,32 @@ class RedisServer:
     """A real redis-server (Debian's package, installed by `make test`) on a free loopback port with
     its own directory and a password; `stop()` and `start()` again (same port) simulate an outage."""
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(self, directory: Path, password: str | None = None, tls: tuple[Path, Path] | None = None) -> None:
         from gateway.stack import free_port
 
         self.directory = directory
+        self.tls = tls  # (certificate, key) PEM files: TLS only, the certificate is its own CA
         self.password = password if password is not None else f"redis-pw-{secrets.token_hex(12)}"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://:{self.password}@127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            cert, key = map(str, self.tls)
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                     "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+            [binary, *ports, "--bind", "127.0.0.1", "--dir", str(self.directory),
              "--save", "", "--appendonly", "no", "--requirepass", self.password, "--daemonize", "no",
              "--logfile", str(self.directory / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -77,7 +86,11 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls:
+                    context = ssl.create_default_context(cafile=str(self.tls[0]))
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
                 return b"+PONG" in _read_until(sock, b"PONG", 0.5)
         except OSError:

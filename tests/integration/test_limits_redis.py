@@ -13,7 +13,8 @@ import pytest
 
 from service.config import parse_config
 from service.limits import RateLimiter, RedisStore
-from tests.support import cancel, cancel_failure, config_dict, running_service
+from tests.conftest import RedisServer
+from tests.support import cancel, cancel_failure, config_dict, running_service, self_signed_cert
 
 VK = "sk-bf-integration-limited-0001"
 
@@ -121,3 +122,24 @@ async def test_the_database_number_is_honoured(redis_server, db):
     store = RedisStore(url)
     assert (await store.hit("k", 60))[0] == 1
     await store.close()
+
+
+async def test_rediss_counts_over_tls(sandbox, sim, tmp_path):
+    server = RedisServer(tmp_path, tls=self_signed_cert(tmp_path)).start()
+    try:
+        config = limited_config(sandbox.url, {"type": "redis", "url": server.url}, limit=2)
+        async with running_service(config) as (app, stub):
+            assert [await outcome(stub, sim) for _ in range(3)] == ["ok", "ok", "RESOURCE_EXHAUSTED"]
+            assert app.limiter.state == "ok" and app.limiter.store.address.startswith("rediss://127.0.0.1:")
+        # Plain redis:// to a TLS-only port fails (and the limiter says so) rather than hanging.
+        plain = RateLimiter(RedisStore(server.url.replace("rediss://", "redis://").split("?")[0], timeout_s=0.2))
+        assert await plain.health() == "degraded"
+        await plain.close()
+    finally:
+        server.stop()
+
+
+def test_a_percent_escaped_password_is_redacted_in_both_forms():
+    store = RedisStore("redis://:p%40ss-w0rd-99@127.0.0.1:6379/0")
+    assert "p@ss-w0rd-99" not in store.redact("AUTH p@ss-w0rd-99 failed")
+    assert "p%40ss-w0rd-99" not in store.redact("url redis://:p%40ss-w0rd-99@127.0.0.1:6379/0")
