@@ -62,7 +62,7 @@ e2e: proto redis-server
 bench: proto redis-server
 	$(PY) -m bench.run
 
-bench-smoke: proto
+bench-smoke: proto redis-server
 	$(PY) -m bench.run --smoke
 
 bench-soak: proto
