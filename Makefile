@@ -40,7 +40,7 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 		echo "redis-server missing: apt-get install -y redis-server"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+		apt-get update -q >/dev/null || true; apt-get install -y -q redis-server >/dev/null; }
 	@command -v redis-server >/dev/null
 
 run: proto
