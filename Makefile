@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -52,26 +52,34 @@ $(CLIENT_INSTALLED): $(CLIENT_STUBS) client/pyproject.toml client/setup.py
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
 
+# The rate-limit tests start their own redis-server (Debian's package): install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "redis-server missing: apt-get install -y redis-server"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null || true; apt-get install -y -q redis-server >/dev/null; }
+	@command -v redis-server >/dev/null
+
 run: proto
 	$(PY) -m gateway.run
 
-test: proto
+test: proto redis-server
 	$(PY) -m pytest -q
 
 unit: proto
 	$(PY) -m pytest -q tests/unit
 
-integration: proto
+integration: proto redis-server
 	$(PY) -m pytest -q tests/integration
 
-e2e: proto
+e2e: proto redis-server
 	$(PY) -m pytest -q tests/e2e
 
 # Benchmark (not part of `make test`): gateway overhead over a direct provider call.
-bench: proto
+bench: proto redis-server
 	$(PY) -m bench.run
 
-bench-smoke: proto
+bench-smoke: proto redis-server
 	$(PY) -m bench.run --smoke
 
 bench-soak: proto

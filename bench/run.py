@@ -23,6 +23,22 @@ a warm-up:
     grpc_floor   reference: bench/floor.py, a trivial grpc.aio servicer that answers a fixed batch
                  without any upstream call: the cost of grpc.aio itself (no overhead column)
 
+and the cost of a virtual-key rate limit (issue 11), REST via Envoy with `x-bf-vk`:
+
+    rest_vk_open      a virtual key without a limit (the store is never touched): the reference
+    rest_vk_embedded  a limited key (a limit far too high to trigger), embedded SQLite store
+    rest_vk_open_redis, rest_vk_redis
+                      the same two on a second gateway whose store is a local redis-server (started
+                      by the harness with a password; skipped when redis-server is not installed)
+
+The limit check's cost is rest_vk_embedded minus rest_vk_open, and rest_vk_redis minus
+rest_vk_open_redis (each against the same gateway), at the same percentile.
+Because one sequential run per path cannot resolve a fraction of a millisecond on a shared machine
+whose background load drifts, the verdict comes from interleaved rounds at c=1 (open, open again,
+embedded, Redis, N requests each per round, in an order that rotates; the median over rounds of each
+round's p50 difference, with the open-against-open difference as the noise floor), next to the check
+alone timed in-process (RateLimiter.check against each store, p50/p99).
+
 Load generator: h2load (Debian nghttp2-client; installed with apt-get when missing and running as
 root), one client thread. It speaks HTTP/1.1 and h2c, bounds runs by request count and logs every
 request's latency (--log-file), and costs 20-60 us of CPU per request (reported: a tenth of what
@@ -81,6 +97,10 @@ TARGET_GRPC_C1_P50_MS = 0.5
 TARGET_REST_C64_RPS = 2500
 TARGET_REST_C64_P99_MS = 60.0
 TARGET_RSS_GROWTH = 0.10
+# Issue 11: what a rate-limit check may add over the same call by a key without a limit.
+TARGET_LIMIT_C1_P50_MS = 0.3
+VK_OPEN = "sk-bf-bench-open-0000000000"
+VK_LIMITED = "sk-bf-bench-limited-00000000"
 
 
 class HarnessError(RuntimeError):
@@ -249,6 +269,9 @@ class System:
         self.floor_port = 0
         self.stack = None
         self.sim_url = ""
+        self.redis: subprocess.Popen | None = None
+        self.redis_stack = None
+        self.redis_url = ""
 
     def start_floor(self) -> None:
         """The reference grpc.aio servicer without upstream (bench/floor.py)."""
@@ -284,7 +307,7 @@ class System:
         if status != 201:
             raise HarnessError(f"seeding {BATCH_ID} failed: {status} {body[:200]!r}")
         config = self.workdir / "config.json"
-        config.write_text(json.dumps(gateway_config(self.sim_url), indent=2))
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url)), indent=2))
         self.stack = Stack(
             config=config,
             http_port=free_port(),
@@ -296,10 +319,39 @@ class System:
         )
         self.stack.start(timeout=30)
 
+    def start_redis_gateway(self) -> None:
+        """A local redis-server and a second gateway (same simulator) counting limits in it."""
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from sandbox.server import gateway_config
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            log("redis-server not installed (make bench installs it): no Redis row")
+            return
+        port, password = free_port(), os.urandom(12).hex()
+        (self.workdir / "redis").mkdir()
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir / "redis"), "--save", "",
+             "--appendonly", "no", "--requirepass", password], cwd=ROOT, stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+        config = self.workdir / "config-redis.json"
+        store = {"type": "redis", "url": "env.BENCH_REDIS_URL"}
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url), store), indent=2))
+        self.redis_stack = Stack(
+            config=config, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+            log_dir=self.workdir / "logs-redis", workers=default_workers(),
+            envoy_concurrency=default_envoy_concurrency(),
+            env={"BENCH_REDIS_URL": self.redis_url},
+        )
+        self.redis_stack.start(timeout=30)
+
     def stop(self) -> None:
-        if self.stack is not None:
-            self.stack.stop()
-        for proc in (self.floor, self.sim):
+        for stack in (self.stack, self.redis_stack):
+            if stack is not None:
+                stack.stop()
+        for proc in (self.floor, self.redis, self.sim):
             if proc is None:
                 continue
             if proc.poll() is None:
@@ -328,10 +380,14 @@ class System:
         return Groups({"service": service, "envoy": envoy, "sim": [self.sim.pid]})
 
     def groups_for(self, target: Target) -> Groups:
-        """What to read CPU from while `target` runs: for the floor path its process is "service"."""
+        """What to read CPU from while `target` runs: for the floor path its process is "service";
+        for the Redis row, the second gateway's processes."""
         groups = self.groups()
         if target.name == "grpc_floor":
             groups.roots["service"] = [self.floor.pid]
+        if target.name in ("rest_vk_redis", "rest_vk_open_redis"):
+            groups.roots["service"] = [p.pid for p in self.redis_stack.procs if _is_service(p.args)]
+            groups.roots["envoy"] = [p.pid for p in self.redis_stack.procs if "envoy" in Path(str(p.args[0])).name]
         return groups
 
     def logs_tail(self) -> str:
@@ -339,6 +395,20 @@ class System:
         for path in sorted((self.workdir / "logs").glob("*.log")):
             out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
         return "\n".join(out)
+
+
+def bench_config(config: dict, store: dict | None = None) -> dict:
+    """The sandbox config plus two virtual keys: one without a limit, one with a limit no run reaches."""
+    config["governance"] = {
+        "rate_limits": [{"id": "never-reached", "request_max_limit": 1_000_000_000, "request_reset_duration": "1h"}],
+        "virtual_keys": [
+            {"id": "bench-open", "value": VK_OPEN, "provider_configs": [{"provider": "openai"}]},
+            {"id": "bench-limited", "value": VK_LIMITED, "rate_limit_id": "never-reached",
+             "provider_configs": [{"provider": "openai"}]},
+        ],
+        **({"store": store} if store else {}),
+    }
+    return config
 
 
 def _is_service(args: object) -> bool:
@@ -383,11 +453,24 @@ def targets(system: System, *, bad: bool = False) -> list[Target]:
                {**json_headers, "authorization": f"Bearer {key}"}, b"{}"),
         Target("rest_envoy", "REST via Envoy (HTTP/1.1)",
                f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False, json_headers, b"{}"),
+        Target("rest_vk_open", "REST via Envoy, virtual key without a limit",
+               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+               {**json_headers, "x-bf-vk": VK_OPEN}, b"{}"),
+        Target("rest_vk_embedded", "REST via Envoy, limited virtual key, embedded store",
+               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+               {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"),
         Target("grpc_direct", "gRPC direct to service (h2c)",
                f"{system.grpc_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
         Target("grpc_envoy", "gRPC via Envoy (h2c)",
                f"{system.envoy_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
     ]
+    if system.redis_stack is not None:
+        out.append(Target("rest_vk_open_redis", "REST via Envoy (Redis gateway), virtual key without a limit",
+                          f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+                          {**json_headers, "x-bf-vk": VK_OPEN}, b"{}"))
+        out.append(Target("rest_vk_redis", "REST via Envoy (Redis gateway), limited virtual key, Redis store",
+                          f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
+                          {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"))
     if system.floor_port and not bad:  # the floor answers everything with success
         out.append(Target("grpc_floor", "reference: trivial grpc.aio servicer, no upstream (h2c)",
                           f"http://127.0.0.1:{system.floor_port}{GRPC_METHOD}", True, grpc_headers,
@@ -599,7 +682,7 @@ def sanity_check(system: System) -> None:
     from service.gen.batchgate.v1 import batchgate_pb2 as pb
     from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 
-    for target in targets(system)[:2]:
+    for target in [t for t in targets(system) if not t.grpc]:
         status, body = _http("POST", target.url, target.body, target.headers)
         data = json.loads(body) if body.startswith(b"{") else {}
         if status != 200 or data.get("status") != "cancelling":
@@ -640,6 +723,74 @@ def measure(client, system: System, target: Target, c: int, n: int, warm: int) -
         f"client={run.cpu_us_per_req('client'):4.0f}us"
     )
     return run
+
+
+def limit_check_cost(client, system: System, rounds: int, n: int) -> list[str]:
+    """Lines (verdicts first) on what a rate-limit check adds; see the module docstring. The order of
+    the paths rotates from round to round (whatever runs first or last in a round is not favoured),
+    and the key without a limit runs twice per round: the difference between those two (an A/A
+    pair) is the noise floor the other differences stand against."""
+    import copy
+    import statistics
+
+    by_name = {t.name: t for t in targets(system)}
+    again = copy.copy(by_name["rest_vk_open"])
+    again.name = "rest_vk_open_again"
+    by_name[again.name] = again
+    names = [name for name in ("rest_vk_open", again.name, "rest_vk_embedded", "rest_vk_open_redis", "rest_vk_redis")
+             if name in by_name]
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            p50s[name].append(percentile(client.run(by_name[name], 1, n).latencies_ms, 50))
+
+    def added(name: str, reference: str = "rest_vk_open") -> float:
+        return statistics.median(a - b for a, b in zip(p50s[name], p50s[reference]))
+
+    lines = []
+    # Each limited key against a key without a limit on the same gateway.
+    for name, reference, store in (("rest_vk_embedded", "rest_vk_open", "embedded"),
+                                   ("rest_vk_redis", "rest_vk_open_redis", "Redis")):
+        if name not in p50s:
+            lines.append(f"n/a   rate-limit check, {store} store: not measured (no redis-server)")
+            continue
+        value = added(name, reference)
+        verdict = "PASS" if value <= TARGET_LIMIT_C1_P50_MS else "MISS"
+        lines.append(f"{verdict}  rate-limit check, {store} store: REST via Envoy c=1 p50 {value:+.3f} ms over the "
+                     f"same call by a key without a limit (median of {rounds} rounds of {n}; target <= "
+                     f"{TARGET_LIMIT_C1_P50_MS} ms)")
+    lines.append(f"      noise floor: the key without a limit against itself {added(again.name):+.3f} ms")
+    for name in names:
+        values = ", ".join(f"{v:.2f}" for v in p50s[name])
+        lines.append(f"      {name} p50 per round (ms): {values}")
+    for store, (p50, p99) in asyncio.run(_check_in_process(system.redis_url)).items():
+        lines.append(f"      in-process RateLimiter.check, {store} store: p50 {p50:.0f} us, p99 {p99:.0f} us")
+    return lines
+
+
+async def _check_in_process(redis_url: str, n: int = 3000) -> dict[str, tuple[float, float]]:
+    from service.config import RateLimit
+    from service.limits import EmbeddedStore, RateLimiter, RedisStore
+
+    limit = RateLimit("bench", 1_000_000_000, 3600.0)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="batchgate-bench-limits-") as tmp:
+        stores = {"embedded": EmbeddedStore(Path(tmp) / "rate-limits.sqlite3")}
+        if redis_url:
+            stores["redis"] = RedisStore(redis_url)
+        for name, store in stores.items():
+            limiter = RateLimiter(store)
+            for _ in range(300):
+                await limiter.check("bench-in-process", limit)
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                await limiter.check("bench-in-process", limit)
+                times.append((time.perf_counter() - started) * 1e6)
+            await limiter.close()
+            times.sort()
+            out[name] = (times[n // 2], times[int(n * 0.99)])
+    return out
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -764,8 +915,9 @@ def run_benchmark(args: argparse.Namespace, client, system: System, workdir: Pat
                          if c == r.c and r.target not in ("baseline", "grpc_floor"))
     elapsed = time.monotonic() - started
 
+    limit_lines = limit_check_cost(client, system, *((4, 100) if smoke else (12, 300)))
     table = results_table(runs, labels)
-    verdicts = evaluate_targets(runs, args.concurrency, None)
+    verdicts = evaluate_targets(runs, args.concurrency, None) + limit_lines
     rss_line = (
         f"- service RSS: {rss_before / 1024:.1f} MiB before the first request, {rss_after / 1024:.1f} MiB after "
         f"{total_requests:,} requests through the service, warm-ups included "
@@ -858,7 +1010,7 @@ def plot(runs: list[Run], labels: dict[str, str], high_c: int, out: Path) -> str
 def run_soak(args: argparse.Namespace, client, system: System) -> int:
     groups = system.groups()
     info = machine_info(client, args)
-    target = targets(system)[1]  # REST via Envoy
+    target = next(t for t in targets(system) if t.name == "rest_envoy")
     chunk, done, errors = 10_000, 0, 0
     rows: list[tuple[int, int, int, float, float]] = []
     rss_start = groups.rss("service")
@@ -1042,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
             system.start()
             if not args.no_floor and not args.rss_soak:
                 system.start_floor()
+            if not args.rss_soak:
+                system.start_redis_gateway()
             log(f"simulator {system.sim_url}, Envoy {system.envoy_url}, service {system.grpc_url}")
             wait_until_sane(system)
             detector_self_test(system, client)

@@ -75,6 +75,7 @@ def main() -> int:
         last = stack.metrics_port + stack.workers - 1
         print(f"  metrics: http://127.0.0.1:{stack.metrics_port}/metrics (workers: ports {stack.metrics_port}-{last}),"
               f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health", flush=True)
+    print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0

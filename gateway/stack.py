@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from pathlib import Path
 from gateway.render import ROOT, render
 from sandbox.server import gateway_config
 from service.auth import exposure_problem
-from service.config import load_config
+from service.config import StoreConfig, load_config
+from service.limits import EmbeddedStore, RedisStore
 
 BUILD = ROOT / "build"
 
@@ -71,13 +73,19 @@ class Stack:
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The embedded rate-limit store (SQLite) every worker shares; None: a fresh file per start in a
+    # temporary directory removed at stop. Unused when the config names a Redis store.
+    rate_limit_db: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
     worker_ports: list[int] = field(default_factory=list)
     # The config file the workers run (the generated one in sandbox mode).
     config_path: Path | None = None
+    # Where this run's workers count rate limits: the SQLite path, or the Redis address.
+    rate_limit_store: str = ""
     _roles: dict[int, str] = field(default_factory=dict)
+    _own_dirs: list[Path] = field(default_factory=list)
 
     @property
     def http_url(self) -> str:
@@ -134,10 +142,12 @@ class Stack:
             config = BUILD / f"sandbox-config-{self.http_port}.json"
             config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
         self.config_path = config
-        problem = exposure_problem(load_config(config, {**os.environ, **self.env}), self.bind_host)
+        loaded = load_config(config, {**os.environ, **self.env})
+        problem = exposure_problem(loaded, self.bind_host)
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
+        store_args = self._rate_limit_store(loaded.store)
         # Each worker publishes the config version it runs here, so /health (answered by one of
         # them) shows every worker's.
         state_dir = BUILD / f"state-{self.http_port}"
@@ -148,8 +158,8 @@ class Stack:
             self._spawn(
                 "service",
                 [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args, "--edge-host", self.bind_host,
-                 "--state-dir", str(state_dir), "--worker", str(i)],
+                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args, *store_args,
+                 "--edge-host", self.bind_host, "--state-dir", str(state_dir), "--worker", str(i)],
             )
         self._wait(lambda: all(map(_port_open, self.worker_ports)), deadline, "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
@@ -170,6 +180,21 @@ class Stack:
     def request_read_timeout(self) -> float:
         """REQUEST_READ_TIMEOUT_SECONDS as the service reads it (service/wire.py)."""
         return float({**os.environ, **self.env}.get("REQUEST_READ_TIMEOUT_SECONDS") or 10)
+
+    def _rate_limit_store(self, settings: StoreConfig) -> list[str]:
+        """Creates the embedded store's file once, before any worker opens it (they would race to
+        set it up), and returns the worker arguments that share it."""
+        if settings.type != "embedded":
+            self.rate_limit_store = RedisStore.describe(settings.url)
+            return []
+        path = self.rate_limit_db
+        if path is None:
+            directory = Path(tempfile.mkdtemp(prefix="batchgate-limits-"))
+            self._own_dirs.append(directory)
+            path = directory / "rate-limits.sqlite3"
+        EmbeddedStore.initialize(path).close()
+        self.rate_limit_store = str(path)
+        return ["--rate-limit-db", str(path)]
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"
@@ -222,6 +247,9 @@ class Stack:
                     proc.stdout.close()
         self.procs.clear()
         self._roles.clear()
+        for directory in self._own_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._own_dirs.clear()
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -7,11 +7,13 @@ import asyncio
 import hashlib
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, parse_config_bytes, read_config
+from service.limits import EMBEDDED_PATH_ENV, RateLimiter
 from service.live import LiveConfig, StateDir
 from service.observability import configure_logging, configure_tracing
 from service.server import serve
@@ -43,6 +45,11 @@ def main() -> None:
     )
     parser.add_argument("--state-dir", help="directory where the workers of one gateway publish their config version")
     parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
+    parser.add_argument(
+        "--rate-limit-db", default=os.environ.get(EMBEDDED_PATH_ENV),
+        help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
+        f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
+    )
     args = parser.parse_args()
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -54,19 +61,12 @@ def main() -> None:
         return next(filter(None, (exposure_problem(config, host) for host in hosts)), None)
 
     try:
-        live = LiveConfig.from_file(
-            args.config,
-            check=exposure,
-            restart_only={
-                "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
-                "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
-            },
-            state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
-        )
+        raw = read_config(args.config)
+        config = parse_config_bytes(raw, args.config)
     except ConfigError as exc:
         print(f"batchgate: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    problem = exposure_problem(live.current.config, hosts[0])
+    problem = exposure_problem(config, hosts[0])
     if problem:
         print(f"batchgate: {problem}", file=sys.stderr)
         raise SystemExit(2)
@@ -77,6 +77,24 @@ def main() -> None:
         except (OSError, TypeError) as exc:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+    try:
+        # One limiter per process, outside every loaded config: counts carry over reloads.
+        limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
+    except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
+        print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    live = LiveConfig(
+        config,
+        raw,
+        path=args.config,
+        limiter=limiter,
+        check=exposure,
+        restart_only={
+            "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
+            "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
+        },
+        state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
+    )
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
 

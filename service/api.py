@@ -401,18 +401,22 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
+        rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""
         live = self._live
         breakers = live.current.canceller.breaker_states()
         providers = {name: pb.ProviderHealth(circuit=state) for name, state in breakers.items()}
-        config = {
+        limiter = live.limiter
+        parts = {
+            "providers": providers,
+            "rate_limit_store": pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health()),
             "config": pb.ConfigState(**live.state()),
             "workers": [pb.ConfigState(**state) for state in live.workers()],
         }
         if not self.draining:
-            return pb.HealthResponse(status="ok", providers=providers, **config)
+            return pb.HealthResponse(status="ok", **parts)
         body = json_format.MessageToJson(
-            pb.HealthResponse(status="draining", providers=providers, **config),
+            pb.HealthResponse(status="draining", **parts),
             preserving_proto_field_name=True, indent=None, ensure_ascii=True,
         )
         draining = UpstreamUnavailable("the service is shutting down", status_code=503, code="draining")

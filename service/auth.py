@@ -1,5 +1,5 @@
 """Who is calling, and what they may do: virtual keys, direct provider keys, gateway credentials and
-per-virtual-key rate limits. The same rules hold for REST and gRPC callers (headers arrive as gRPC
+per-virtual-key rate limits (counted by `service.limits`). The same rules hold for REST and gRPC callers (headers arrive as gRPC
 metadata either way).
 
 Secrets are never compared directly: virtual keys are looked up by their SHA-256 digest and gateway
@@ -14,13 +14,13 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from service.config import Config, RateLimit, VirtualKey
-from service.errors import Overloaded, PermissionDenied, Unauthenticated
+from service.config import Config, VirtualKey
+from service.errors import PermissionDenied, Unauthenticated
+from service.limits import EmbeddedStore, RateLimiter
 
 VIRTUAL_KEY_PREFIX = "sk-bf-"
 VIRTUAL_KEY_HEADER = "x-bf-vk"
@@ -56,39 +56,18 @@ def _basic(headers: Mapping[str, str]) -> str | None:
         return ""  # present but unreadable: a failed login, not an anonymous call
 
 
-class RateLimiter:
-    """Fixed-window request counters per virtual key (per worker process)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def check(self, key_id: str, limit: RateLimit) -> None:
-        now = self._clock()
-        start, used = self._windows.get(key_id, (now, 0))
-        if now - start >= limit.reset_seconds:
-            start, used = now, 0
-        if used >= limit.request_max_limit:
-            retry_after = max(1, math.ceil(start + limit.reset_seconds - now))
-            raise Overloaded(
-                "rate limit exceeded for this virtual key",
-                code="rate_limited",
-                headers={"retry-after": str(retry_after)},
-            )
-        self._windows[key_id] = (start, used + 1)
-
-
 class Authenticator:
     def __init__(
         self, config: Config, clock: Callable[[], float] = time.time, limiter: RateLimiter | None = None
     ) -> None:
+        """`limiter` is the process's rate limiter (its store outlives any one config); the default,
+        an in-memory store, suits a single Authenticator on its own."""
         self._config = config
         self._clock = clock
         self._virtual_keys = {_digest(vk.value): vk for vk in config.virtual_keys}
         auth = config.auth
         self._admin = _digest(f"{auth.admin_username}:{auth.admin_password}") if auth.is_enabled else None
-        # Given by the caller so that counts outlive a config reload (one limiter per process).
-        self._limiter = limiter or RateLimiter()
+        self.limiter = limiter if limiter is not None else RateLimiter(EmbeddedStore(":memory:"))
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """Identifies the caller from its headers; raises Unauthenticated (401)."""
@@ -125,9 +104,11 @@ class Authenticator:
             raise Unauthenticated("virtual key not found", code="virtual_key_not_found")
         return vk
 
-    def authorize(self, caller: Caller, provider: str) -> frozenset[str] | None:
+    async def authorize(self, caller: Caller, provider: str) -> frozenset[str] | None:
         """The configured key ids the caller may use on `provider` (None: all); raises
-        PermissionDenied (403) or Overloaded (429, rate limit)."""
+        PermissionDenied (403), Overloaded (429, rate limit) or UpstreamUnavailable (503, the
+        rate-limit store failed and `on_error` is `deny`). Only a virtual key with a limit touches
+        the store."""
         vk = caller.virtual_key
         if vk is None:
             return None
@@ -136,7 +117,7 @@ class Authenticator:
                 f"Provider '{provider}' is not allowed for this virtual key", code="provider_blocked", provider=provider
             )
         if vk.rate_limit is not None:
-            self._limiter.check(vk.id, vk.rate_limit)
+            await self.limiter.check(vk.id, vk.rate_limit)
         return vk.providers[provider]
 
 

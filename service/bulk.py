@@ -121,7 +121,7 @@ class BulkCanceller:
             headers=call.headers, trace=call.trace, caller=call.caller.identity, wait_seconds=call.wait_seconds,
         )
         try:
-            target = canceller.target(call.caller, provider, batch_id)  # 400/403/429 for this item only
+            target = await canceller.target(call.caller, provider, batch_id)  # 400/403/429 for this item only
             async with gate:
                 result = await canceller.cancel_target(target, command, call_end)
         except GatewayError as error:  # exactly what a single cancel of this batch would fail with

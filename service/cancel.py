@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from time import perf_counter
 from typing import Any
 
-from service.auth import Authenticator, Caller, RateLimiter
+from service.auth import Authenticator, Caller
 from service.config import Config, Key, ProviderConfig
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
+from service.limits import RateLimiter
 from service.model import BatchState, CancelCommand, CancelResult
 from service.observability import KEY_FAILOVERS, Trace
 from service.providers.base import Adapter, UpstreamRequest, after_accepted_cancel, decode_json, merge_headers
@@ -125,7 +126,7 @@ class Canceller:
         # Everything that can refuse the call does so before any upstream request.
         caller = self.auth.authenticate(command.headers)
         command.caller = caller.identity
-        target = self.target(caller, command.provider, command.batch_id)
+        target = await self.target(caller, command.provider, command.batch_id)
         if command.surface and command.surface == target.adapter.sdk_surface:
             # The provider's own drop-in route passes some of its SDK's headers through (Anthropic's
             # anthropic-version): the caller's SDK expects the answer shape they choose.
@@ -140,12 +141,12 @@ class Canceller:
             result = await wait_for_terminal(self, result, command, call_end)
         return result
 
-    def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
+    async def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
         """What a cancel of `batch_id` on `provider` needs, once the caller may do it: raises the
         single cancel's 400/403/429 before any upstream call."""
         adapter, executor = self._resolve(provider)
         try:
-            allowed_key_ids = self.auth.authorize(caller, adapter.name)
+            allowed_key_ids = await self.auth.authorize(caller, adapter.name)
             ref = adapter.parse_id(batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
         except GatewayError as err:

@@ -132,11 +132,25 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where rate-limit counters live (`governance.store`). `embedded`: a SQLite file shared by the
+    workers of one machine; `redis`: a Redis every replica shares. Read once at process start."""
+
+    type: str = "embedded"
+    # redis:// or rediss:// (may hold a password: never printed).
+    url: str | None = field(default=None, repr=False)
+    # What a limited call gets while the store fails: `allow` (counted per process) or `deny` (503).
+    on_error: str = "allow"
+    timeout_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     client: ClientConfig = ClientConfig()
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     virtual_keys: tuple[VirtualKey, ...] = ()
     auth: AuthConfig = AuthConfig()
+    store: StoreConfig = StoreConfig()
 
     @property
     def auth_required(self) -> bool:
@@ -338,6 +352,7 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
         providers=providers,
         virtual_keys=_virtual_keys(root.child("governance"), providers, KNOWN_PROVIDERS),
         auth=_auth(root.child("auth_config")),
+        store=_store(root.child("governance").child("store")),
     )
 
 
@@ -440,6 +455,34 @@ def _virtual_keys(
             )
         )
     return tuple(keys)
+
+
+def _store(reader: _Reader) -> StoreConfig:
+    kind = reader.get("type", str, "embedded")
+    if kind not in ("embedded", "redis"):
+        raise ConfigError(f"{reader.where('type')}: expected embedded or redis, got {kind[:32]!r}")
+    on_error = reader.get("on_error", str, "allow")
+    if on_error not in ("allow", "deny"):
+        raise ConfigError(f"{reader.where('on_error')}: expected allow or deny, got {on_error[:32]!r}")
+    timeout_ms = reader.get("timeout_ms", int, 250)
+    if not 1 <= timeout_ms <= 10_000:
+        raise ConfigError(f"{reader.where('timeout_ms')}: must be between 1 and 10000")
+    url = None
+    if kind == "redis":
+        # Never repeated in an error: the url may hold a password.
+        url = reader.secret("url", required=True)
+        parts = urlsplit(url)
+        try:
+            parts.port
+        except ValueError:
+            raise ConfigError(f"{reader.where('url')}: the port is not a number") from None
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ConfigError(f"{reader.where('url')}: must be a redis:// or rediss:// URL with a host")
+        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ConfigError(f"{reader.where('url')}: the path must be a database number (/0)")
+    elif "url" in reader.data:
+        raise ConfigError(f"{reader.where('url')}: only used with type redis")
+    return StoreConfig(type=kind, url=url, on_error=on_error, timeout_s=timeout_ms / 1000)
 
 
 def _auth(reader: _Reader) -> AuthConfig:

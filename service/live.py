@@ -31,9 +31,9 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from service.auth import RateLimiter
 from service.cancel import Canceller
 from service.config import Config, ConfigError, config_version, parse_config_bytes, read_config
+from service.limits import RateLimiter
 from service.observability import (
     CONFIG_INFO,
     CONFIG_LAST_RELOAD_SUCCESS_SECONDS,
@@ -147,7 +147,7 @@ class LiveConfig:
     ) -> None:
         self.path = path
         # One per process, outside every runtime: counts of a virtual key carry over a reload.
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter if limiter is not None else RateLimiter.for_config(config.store)
         self._check, self._env, self._clock, self._state_dir = check, env, clock, state_dir
         self._restart_only = dict(restart_only or {})
         self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}

@@ -16,6 +16,7 @@ from service.api import BatchServicer, rest_error_metadata
 from service.cancel import Canceller
 from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.limits import RateLimiter
 from service.live import FileWatcher, LiveConfig
 from service.observability import start_metrics
 from service.wire import StrictRegistrar
@@ -57,6 +58,7 @@ class App:
             await asyncio.sleep(drain_delay)
         await self.server.stop(grace)
         await self.live.close()
+        await self.live.limiter.close()
 
 
 async def create_server(
@@ -65,10 +67,13 @@ async def create_server(
     *extra_addresses: str,
     reuse_port: bool = False,
     tls: tuple[bytes, bytes] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> App:
     """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
     and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
-    chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded."""
+    chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded.
+    `limiter` (the process's rate limiter and its store; default: the store `governance.store`
+    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -81,7 +86,7 @@ async def create_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config, limiter=limiter)
     servicer = BatchServicer(live)
     # Every method reads its request itself, so a malformed call always gets a status (service.wire).
     registrar = StrictRegistrar(server, rest_error_metadata)
@@ -113,10 +118,11 @@ async def serve(
     tls: tuple[bytes, bytes] | None = None,
     metrics_port: int | None = None,
     drain_delay: float = DRAIN_DELAY_SECONDS,
+    limiter: RateLimiter | None = None,
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
     SIGHUP and when the file changes."""
-    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls)
+    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter)
     live = app.live
     if metrics_port:
         start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.auth import RateLimiter
 from service.config import ConfigError, RateLimit, config_version, parse_config
 from service.errors import Overloaded, Unauthenticated
+from service.limits import EmbeddedStore, RateLimiter
 from service.live import FileWatcher, LiveConfig, StateDir, describe_changes
 from tests.support import OPENAI_KEYS, config_dict
 
@@ -125,27 +125,27 @@ async def test_a_rotated_key_is_used_by_the_next_call_but_the_pool_is_kept() -> 
     assert openai_executor(live) is executor
 
 
-def test_rate_limit_counts_carry_over_a_reload() -> None:
+async def test_rate_limit_counts_carry_over_a_reload() -> None:
     live = live_from(document())
     headers = {"x-bf-vk": VK}
     for _ in range(2):
         auth = live.current.canceller.auth
-        auth.authorize(auth.authenticate(headers), "openai")
+        await auth.authorize(auth.authenticate(headers), "openai")
         assert live.apply(raw(document(client={"enforce_auth_on_inference": True, "allow_direct_keys": True})), "t")
     auth = live.current.canceller.auth
     with pytest.raises(Overloaded):
-        auth.authorize(auth.authenticate(headers), "openai")
+        await auth.authorize(auth.authenticate(headers), "openai")
 
 
-def test_the_limiter_is_created_once_per_process_and_given_to_each_runtime() -> None:
-    limiter = RateLimiter()
+async def test_the_limiter_is_created_once_per_process_and_given_to_each_runtime() -> None:
+    limiter = RateLimiter(EmbeddedStore(":memory:"))
     live = live_from(document(), limiter=limiter)
-    assert live.current.canceller.auth._limiter is limiter
+    assert live.current.canceller.auth.limiter is limiter
     live.apply(raw(document(client={})), "test")
-    assert live.current.canceller.auth._limiter is limiter
-    limiter.check("x", RateLimit("l", 1, 60))
+    assert live.current.canceller.auth.limiter is limiter
+    await limiter.check("x", RateLimit("l", 1, 60))
     with pytest.raises(Overloaded):
-        live.current.canceller.auth._limiter.check("x", RateLimit("l", 1, 60))
+        await live.current.canceller.auth.limiter.check("x", RateLimit("l", 1, 60))
 
 
 def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
