@@ -27,6 +27,7 @@ import asyncio
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -150,14 +151,15 @@ class EmbeddedStore:
         self._db.execute("SELECT count(*) FROM windows WHERE 0").fetchone()
 
     async def close(self) -> None:
+        """Closes the files (and removes a file of its own); closing twice is harmless."""
         self._waiter.shutdown(wait=True)
         for db in (self._db, self._waiting_db):
             if db is not None:
                 db.close()
+        self._waiting_db = None
         if self._own_dir is not None:
-            for name in os.listdir(self._own_dir):
-                os.unlink(os.path.join(self._own_dir, name))
-            os.rmdir(self._own_dir)
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
 
     def redact(self, text: str) -> str:
         return text

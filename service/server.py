@@ -48,6 +48,11 @@ class App:
         """The canceller of the config running now (it changes on reload)."""
         return self.live.current.canceller
 
+    @property
+    def limiter(self) -> RateLimiter:
+        """The process's rate limiter (it outlives reloads)."""
+        return self.live.limiter
+
     async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
         """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
         `drain_delay` (time for its health checks to notice; calls keep being served meanwhile)
