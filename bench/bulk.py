@@ -13,41 +13,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Self
 
 import orjson
 import requests
 
-from bench.run import rss_kib, with_descendants
-from gateway.stack import Stack, free_port
-
-
-class RssSampler:
-    """Samples the RSS of some processes on a thread until stopped; keeps the peak."""
-
-    def __init__(self, pids: list[int], interval_s: float = 0.005) -> None:
-        self._pids, self._interval = pids, interval_s
-        self._stop = threading.Event()
-        self.peak_kib = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, rss_kib(self._pids))
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_kib = max(self.peak_kib, rss_kib(self._pids))
+from bench.procs import RssSampler, rss_kib, service_pids, with_descendants
+from bench.system import sandbox_stack
 
 
 def one_run(url: str, items: int, pids: list[int]) -> dict[str, float]:
@@ -82,12 +56,9 @@ def main() -> None:
     if not 1 <= args.items <= 1000 or not 1 <= args.runs <= 10:
         parser.error("--items must be 1-1000 and --runs 1-10")
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as logs:
-        stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                      workers=1, log_dir=Path(logs))
-        stack.start()
+        stack = sandbox_stack(Path(logs), workers=1)
         try:
-            service = [proc.pid for proc in stack.procs if "service" in proc.args[1:3]]
-            pids = with_descendants(service)
+            pids = with_descendants(service_pids(stack))
             one_run(stack.http_url, 10, pids)  # warm-up: connections, first-call imports
             results = [one_run(stack.http_url, args.items, pids) for _ in range(args.runs)]
         finally:

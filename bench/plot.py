@@ -11,19 +11,12 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import Sequence
+
+from bench.common import percentile
 
 # Percentiles drawn on the curves; the x axis is in "nines" (-log10(1 - p)).
 CURVE_POINTS = (1, 5, 10, 25, 50, 75, 90, 95, 97.5, 99, 99.5, 99.9)
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
-
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (p in 0..100)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
 def write_png(panels: list[tuple[str, list[tuple[str, list[float]]]]], out: Path, title: str) -> str:

@@ -22,9 +22,10 @@ client's own per-request timeout (10 s), which counts a request as lost when it 
 
 Recorded: requests sent / answered / lost (timeouts and connection errors: must be 0), the status
 histogram (with the error code of every non-200), service process crashes (polled: must be 0),
-service RSS (all worker processes) at start (after a warm-up), middle and end plus samples, and per fault type the faults
-injected and consumed, the upstream attempts the simulators recorded per client request (every
-request uses a fresh batch id, so attempts are grouped exactly) and the retries that makes.
+service RSS (all worker processes) at start (after a warm-up), middle and end plus samples, and per
+fault type the faults injected and consumed, the upstream attempts the simulators recorded per
+client request (every request uses a fresh batch id, so attempts are grouped exactly) and the
+retries that makes.
 Prints a markdown report and writes bench/results/soak-faults.md. Exit status 0 when lost == 0,
 crashes == 0 and RSS growth is under 10 %; 1 otherwise.
 """
@@ -50,8 +51,10 @@ import aiohttp
 import orjson
 
 import gateway.stack as stack_module
-from gateway.stack import Stack, free_port
-from bench.run import rss_kib
+from bench.common import percentile
+from bench.procs import rss_kib, service_pids
+from bench.system import sandbox_stack
+from gateway.stack import Stack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak-faults.md"
 CLIENT_TIMEOUT_S = 10.0
@@ -128,12 +131,9 @@ class Soak:
 
         stack_module.gateway_config = tuned  # only for this process's Stack; nothing on disk changes
         try:
-            stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                          log_dir=log_dir)
-            stack.start()
+            return sandbox_stack(log_dir)
         finally:
             stack_module.gateway_config = original
-        return stack
 
     # --- load -------------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class Soak:
                 async with session.post(f"{url}/v1/batches/{bid}/cancel?provider={provider}") as resp:
                     body = await resp.read()
                     status = resp.status
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 tally.timeouts += 1
                 continue
             except aiohttp.ClientError as exc:
@@ -253,13 +253,13 @@ class Soak:
         lat = sorted(t.latencies)
 
         def pct(p: float) -> str:
-            return f"{lat[min(len(lat) - 1, int(p * len(lat)))] * 1000:.0f}" if lat else "-"
+            return f"{percentile(lat, p) * 1000:.0f}" if lat else "-"
 
         lines = [
             "# batchgate soak under mixed upstream faults",
             "",
             f"`python -m bench.soak --seconds {self.args.seconds:g} --concurrency {self.args.concurrency}` "
-            f"(max {self.args.max_requests:,} requests), {_commit()}{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+            f"(max {self.args.max_requests:,} requests), {_commit()}{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}, "
             f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
             "",
             "Sandbox-mode gateway (simulators + service + Envoy on loopback), REST cancels through Envoy from an "
@@ -275,9 +275,10 @@ class Soak:
             f"| requests sent | {t.sent:,} |",
             f"| answered | {t.answered:,} |",
             f"| lost (timeouts + connection errors) | {lost} ({t.timeouts} timeouts, "
-            f"{sum(t.conn_errors.values())} connection errors{': ' + str(dict(t.conn_errors)) if t.conn_errors else ''}) |",
+            f"{sum(t.conn_errors.values())} connection errors"
+            f"{': ' + str(dict(t.conn_errors)) if t.conn_errors else ''}) |",
             f"| throughput | {t.answered / elapsed:.0f} req/s |",
-            f"| latency p50 / p99 / max | {pct(0.5)} / {pct(0.99)} / {pct(1.0)} ms |",
+            f"| latency p50 / p99 / max | {pct(50)} / {pct(99)} / {pct(100)} ms |",
             f"| service process crashes | {len(self.crashes)}{' ' + str(self.crashes) if self.crashes else ''} |",
             f"| service RSS start (after warm-up {self.warm_rss / 1024:.1f} MiB) / middle / end | "
             f"{rss_start / 1024:.1f} / {rss_mid / 1024:.1f} / {rss_end / 1024:.1f} MiB ({growth:+.1%}) |",
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="batchgate-soak-") as tmp:
         stack = soak.start_stack(Path(tmp))
         try:
-            services = [p.pid for p in stack.procs if "service" in p.args]
+            services = service_pids(stack)
             elapsed = asyncio.run(soak.run(stack, services))
         finally:
             stack.stop()

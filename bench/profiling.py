@@ -1,0 +1,113 @@
+"""`python -m bench.run --profile`: py-spy on the service (all its processes) during an extra REST
+c=64 run. A self/inclusive summary goes to bench/results/profile.md, the collapsed stacks to
+profile.txt in the run's working directory.
+
+Named profiling, not profile: a bench/profile.py would shadow the standard library's `profile`
+(which cProfile imports) wherever bench/ itself is on the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, ROOT, log
+from bench.install import ensure_pip_requirements
+from bench.load import LoadClient, Target
+from bench.procs import Groups
+
+
+def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target: Target, workdir: Path) -> None:
+    """py-spy on the service while `client` sends `args.profile_requests` to `target`."""
+    if not ensure_pip_requirements(ROOT / "bench" / "requirements-profile.txt", "py_spy") and not shutil.which(
+        "py-spy", path=str(Path(sys.executable).parent)
+    ):
+        log("py-spy not installable: no profile")
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        log("py-spy not found after install: no profile")
+        return
+    raw = workdir / "profile.txt"
+    raw.unlink(missing_ok=True)
+    pid = groups.roots["service"][0]
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw),
+           "--subprocesses"]
+    # --native pauses the process for each sample (it cannot be combined with --nonblocking).
+    cmd.append("--native" if args.profile_native else "--nonblocking")
+    log(f"profiling the service (pid {pid}) under REST via Envoy c={args.concurrency}: {' '.join(cmd[1:])}")
+    spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    result = client.run(target, args.concurrency, args.profile_requests)
+    spy_proc.send_signal(signal.SIGINT)
+    try:
+        _, err = spy_proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy_proc.kill()
+        _, err = spy_proc.communicate()
+    if not raw.exists():
+        log(f"py-spy wrote nothing: {err.decode(errors='replace')[-400:]}")
+        return
+    summary = summarize_profile(raw.read_text())
+    text = [
+        "# batchgate service profile",
+        "",
+        f"py-spy ({' '.join(cmd[1:])}) on the service while h2load sent {args.profile_requests:,} REST requests "
+        f"through Envoy at c={args.concurrency} ({args.profile_requests / result.elapsed_s:.0f} req/s under the "
+        "profiler; py-spy slows the service, most with --native, which pauses it for every sample).",
+        "",
+        *summary,
+        "",
+    ]
+    (RESULTS / "profile.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+def summarize_profile(collapsed: str, top: int = 25) -> list[str]:
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    idle = total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+        total += count
+        if frames and _idle_frame(frames[-1]):
+            idle += count
+        if frames:
+            self_counts[_short(frames[-1])] = self_counts.get(_short(frames[-1]), 0) + count
+        for name in {_short(f) for f in frames}:
+            incl_counts[name] = incl_counts.get(name, 0) + count
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{total} samples, {idle * 100 / total:.0f}% of them waiting in epoll/select (idle).", "",
+             "Top self time (leaf frame):", "", "| % samples | frame |", "|--:|---|"]
+    for name, count in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {count * 100 / total:.1f} | `{name}` |")
+    lines += ["", "Top inclusive time:", "", "| % samples | frame |", "|--:|---|"]
+    for name, count in sorted(incl_counts.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {count * 100 / total:.1f} | `{name}` |")
+    return lines
+
+
+def _short(frame: str) -> str:
+    # py-spy raw frames look like "function (path/to/file.py:123)"; keep function and file name.
+    match = re.match(r"^(.*?) \((.*?)(?::\d+)?\)$", frame)
+    if not match:
+        return frame
+    func, path = match.groups()
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{func} ({short})"
+
+
+def _idle_frame(frame: str) -> bool:
+    return bool(re.match(r"^(epoll_wait|EpollSelector\.select|select|poll) ", frame))

@@ -1,0 +1,227 @@
+"""The benchmark's report: the results table, the targets as PASS/MISS lines (reported, never
+enforced), RSS and CPU-per-request lines, the machine description and the markdown files.
+
+Reported per path and concurrency: requests, errors, req/s, p50/p90/p99 (client-side, every request),
+overhead = path minus baseline at the same percentile and concurrency, and CPU per request of the
+service, Envoy, simulator and load generator (utime+stime from /proc across the measured run). Service
+RSS (VmRSS, summed over service processes) before the first and after the last request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from bench.common import load_average
+from bench.install import tool_version
+from bench.load import LoadClient, Run
+
+# Targets of issue 7 (reported, never enforced).
+TARGET_REST_C1_P50_MS = 0.8
+TARGET_REST_C1_P99_MS = 3.0
+TARGET_GRPC_C1_P50_MS = 0.5
+TARGET_REST_C64_RPS = 2500
+TARGET_REST_C64_P99_MS = 60.0
+TARGET_RSS_GROWTH = 0.10
+# Issue 11: what a rate-limit check may add over the same call by a key without a limit.
+TARGET_LIMIT_C1_P50_MS = 0.3
+# Rows without an overhead column: the baseline itself and the reference servicer.
+NOT_GATEWAY = ("baseline", "grpc_floor")
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def results_table(runs: list[Run], labels: dict[str, str]) -> str:
+    base = {r.c: r for r in runs if r.target == "baseline"}
+    lines = [
+        "| path | c | requests | errors | req/s | p50 ms | p90 ms | p99 ms | overhead p50 ms | overhead p99 ms "
+        "| service CPU us/req | Envoy CPU us/req | sim CPU us/req | client CPU us/req |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in runs:
+        b = base.get(r.c)
+        no_overhead = r.target in NOT_GATEWAY or b is None
+        over50 = "-" if no_overhead else fmt(r.pct(50) - b.pct(50))
+        over99 = "-" if no_overhead else fmt(r.pct(99) - b.pct(99))
+        lines.append(
+            f"| {labels[r.target]} | {r.c} | {r.n} | {r.result.errors} | {r.rps:.0f} | {fmt(r.pct(50))} "
+            f"| {fmt(r.pct(90))} | {fmt(r.pct(99))} | {over50} | {over99} | {fmt(r.cpu_us_per_req('service'), 0)} "
+            f"| {fmt(r.cpu_us_per_req('envoy'), 0)} | {fmt(r.cpu_us_per_req('sim'), 0)} "
+            f"| {fmt(r.cpu_us_per_req('client'), 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def evaluate_targets(runs: list[Run], high_c: int, rss_growth: float | None) -> list[str]:
+    by = {(r.target, r.c): r for r in runs}
+
+    def over(path: str, c: int, p: float) -> float:
+        if (path, c) not in by or ("baseline", c) not in by:
+            return math.nan
+        return by[(path, c)].pct(p) - by[("baseline", c)].pct(p)
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a " if ok is None else ("PASS" if ok else "MISS")
+
+    out = []
+    value = over("rest_envoy", 1, 50)
+    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P50_MS)}  REST via Envoy c=1 p50 "
+               f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P50_MS} ms)")
+    value = over("rest_envoy", 1, 99)
+    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P99_MS)}  REST via Envoy c=1 p99 "
+               f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P99_MS} ms)")
+    value = over("grpc_direct", 1, 50)
+    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_GRPC_C1_P50_MS)}  gRPC direct c=1 p50 "
+               f"overhead {fmt(value, 3)} ms (target <= {TARGET_GRPC_C1_P50_MS} ms)")
+    rest64 = by.get(("rest_envoy", 64))
+    if rest64 is None:
+        out.append(f"n/a   REST via Envoy c=64 (this run used c={high_c}): target >= {TARGET_REST_C64_RPS} req/s, "
+                   f"0 errors, p99 <= {TARGET_REST_C64_P99_MS:g} ms")
+    else:
+        ok = (rest64.rps >= TARGET_REST_C64_RPS and rest64.result.errors == 0
+              and rest64.pct(99) <= TARGET_REST_C64_P99_MS)
+        out.append(f"{verdict(ok)}  REST via Envoy c=64: {rest64.rps:.0f} req/s, {rest64.result.errors} errors, "
+                   f"p99 {fmt(rest64.pct(99))} ms (target >= {TARGET_REST_C64_RPS} req/s, 0 errors, "
+                   f"p99 <= {TARGET_REST_C64_P99_MS:g} ms)")
+    if rss_growth is None:
+        out.append("n/a   service RSS flat within 10% from 10k to 200k requests: "
+                   "run `python -m bench.run --rss-soak 200000`")
+    else:
+        out.append(f"{verdict(abs(rss_growth) <= TARGET_RSS_GROWTH)}  service RSS from 10k requests to the end: "
+                   f"{rss_growth * 100:+.1f}% (target within 10%)")
+    return out
+
+
+def rss_line(before: int, after: int, requests: int, envoy_before: int, envoy_after: int) -> str:
+    return (
+        f"- service RSS: {before / 1024:.1f} MiB before the first request, {after / 1024:.1f} MiB after "
+        f"{requests:,} requests through the service, warm-ups included "
+        f"({(after - before) / max(before, 1) * 100:+.1f}%); "
+        f"Envoy RSS {envoy_before / 1024:.1f} -> {envoy_after / 1024:.1f} MiB"
+    )
+
+
+def cpu_lines(runs: list[Run], labels: dict[str, str], high_c: int) -> list[str]:
+    """The CPU budget of REST via Envoy at the high concurrency, then CPU per request of each gateway path."""
+    lines = []
+    cores = len(os.sched_getaffinity(0))
+    for r in runs:
+        if r.c == high_c and r.target == "rest_envoy":
+            parts = {g: r.cpu_us_per_req(g) for g in ("service", "envoy", "sim", "client")}
+            whole, gateway = sum(parts.values()), parts["service"] + parts["envoy"]
+            lines.append(
+                f"- CPU budget, REST via Envoy at c={r.c}: {whole:.0f} us of CPU per request on this machine "
+                f"(service+Envoy {gateway:.0f}, simulator+load generator {whole - gateway:.0f}): {cores} cores cap it "
+                f"near {cores * 1e6 / whole:.0f} req/s; with the simulator and load generator elsewhere, near "
+                f"{cores * 1e6 / gateway:.0f} req/s (if the service used every core)"
+            )
+    for r in runs:
+        if r.c == high_c and r.target not in NOT_GATEWAY:
+            total = r.cpu_us_per_req("service") + r.cpu_us_per_req("envoy")
+            lines.append(
+                f"- CPU per request at c={r.c}, {labels[r.target]}: service {fmt(r.cpu_us_per_req('service'), 0)} us + "
+                f"Envoy {fmt(r.cpu_us_per_req('envoy'), 0)} us = {fmt(total, 0)} us (simulator "
+                f"{fmt(r.cpu_us_per_req('sim'), 0)} us, load generator {fmt(r.cpu_us_per_req('client'), 0)} us)"
+            )
+    return lines
+
+
+def benchmark_markdown(smoke: bool, table: str, summary: list[str], verdicts: list[str], info: list[str],
+                       elapsed: float) -> list[str]:
+    """results.md (smoke.md with --smoke); `summary` is the RSS line and the CPU lines."""
+    title = "batchgate benchmark" + (" (smoke)" if smoke else "")
+    return [
+        f"# {title}",
+        "",
+        "Generated by `python -m bench.run" + (" --smoke" if smoke else "") + "`. Latencies are client-side (h2load "
+        "per-request log), in milliseconds; overhead = path minus baseline at the same percentile and concurrency. "
+        "Baseline = the provider simulator called directly (the lower bound); every path calls that same simulator "
+        "process. The reference row is a trivial grpc.aio servicer without any upstream call (bench/floor.py): "
+        "what grpc.aio alone costs here.",
+        "",
+        table,
+        "",
+        *summary,
+        "",
+        "## Targets (reported, not enforced)",
+        "",
+        "```",
+        *verdicts,
+        "```",
+        "",
+        "## Machine",
+        "",
+        *info,
+        f"- measured phases took {elapsed:.1f} s; load average at end: {load_average()}",
+        "",
+    ]
+
+
+def rss_soak_markdown(args: argparse.Namespace, rows: list[tuple[int, int, int, float, float]], seconds: float,
+                      errors: int, rss_start: int, growth: float, verdict: str, info: list[str]) -> list[str]:
+    """soak.md: rows are (requests so far, service RSS KiB, Envoy RSS KiB, req/s, p99 ms) per chunk."""
+    first, done = rows[0][1], rows[-1][0]
+    return [
+        "# batchgate RSS soak",
+        "",
+        f"`python -m bench.run --rss-soak {args.rss_soak}`: REST via Envoy, c={args.concurrency}, "
+        f"{args.rss_soak:,} requests in {seconds:.0f} s, {errors} errors. Service RSS "
+        f"(VmRSS, all service processes) {rss_start / 1024:.1f} MiB before the first request.",
+        "",
+        "| requests | service RSS MiB | Envoy RSS MiB | req/s (chunk) | p99 ms (chunk) |",
+        "|--:|--:|--:|--:|--:|",
+        *(f"| {d:,} | {r / 1024:.1f} | {e / 1024:.1f} | {rps:.0f} | {p99:.2f} |" for d, r, e, rps, p99 in rows),
+        "",
+        f"- service RSS at {rows[0][0]:,} requests: {first / 1024:.1f} MiB; at {done:,}: {rows[-1][1] / 1024:.1f} MiB "
+        f"({growth * 100:+.1f}%)",
+        "",
+        "```",
+        verdict,
+        "```",
+        "",
+        *info,
+        f"- load average at end: {load_average()}",
+        "",
+    ]
+
+
+def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
+    import grpc
+
+    from gateway.stack import default_envoy_concurrency, default_workers
+
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+    return [
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+        f"- machine: {len(os.sched_getaffinity(0))} cores (nproc), {model}, {platform.platform()}",
+        f"- load average at start: {load_average()} (other work on the machine makes absolute numbers noisy)",
+        f"- python {platform.python_version()}, grpcio {grpc.__version__}, envoy {_envoy_version(envoy)}",
+        f"- load generator: {client.name} ({client.version}), one client thread; gRPC: "
+        f"c calls over min(c, {args.grpc_conns}) HTTP/2 connections; REST and baseline: HTTP/1.1, one connection per "
+        "concurrent request",
+        f"- service workers: {default_workers()}, Envoy --concurrency {default_envoy_concurrency()} "
+        "(WORKERS / ENVOY_CONCURRENCY)",
+    ]
+
+
+def _envoy_version(binary: str) -> str:
+    text = tool_version([binary, "--version"])
+    match = re.search(r"/(\d+\.\d+\.\d+)/", text)
+    return match.group(1) if match else text

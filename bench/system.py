@@ -1,0 +1,200 @@
+"""The system under test, all on loopback: one provider simulator (`python -m sandbox --port 0
+--auto-create`) with batch `bench1` seeded with a huge cancel delay (so every cancel answers 200
+`cancelling`, never 409), and the gateway via `gateway.stack.Stack` (service + Envoy) configured
+against that same simulator process. Optionally the reference servicer (bench/floor.py) and a second
+gateway whose rate-limit store is a local redis-server started here with a password.
+
+gateway.stack, sandbox and service are imported inside the methods: `bench.run` makes sure the
+generated gRPC code exists (`make proto`) before anything imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.common import BATCH_ID, ROOT, HarnessError, log
+from bench.procs import Groups, die_with_parent, envoy_pids, service_pids
+
+if TYPE_CHECKING:
+    from bench.load import Target
+
+VK_OPEN = "sk-bf-bench-open-0000000000"
+VK_LIMITED = "sk-bf-bench-limited-00000000"
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class System:
+    """The simulator process plus the gateway Stack pointed at it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.sim: subprocess.Popen | None = None
+        self.floor: subprocess.Popen | None = None
+        self.floor_port = 0
+        self.stack = None
+        self.sim_url = ""
+        self.redis: subprocess.Popen | None = None
+        self.redis_stack = None
+        self.redis_url = ""
+
+    def start_floor(self) -> None:
+        """The reference grpc.aio servicer without upstream (bench/floor.py)."""
+        self.floor = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        line = self.floor.stdout.readline().decode().strip()
+        if not line.startswith("FLOOR_PORT="):
+            raise HarnessError(f"bench.floor did not start: {line!r}")
+        self.floor_port = int(line.split("=", 1)[1])
+
+    def start(self) -> None:
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from sandbox.server import gateway_config
+
+        self.sim = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--port", "0", "--auto-create"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        line = self.sim.stdout.readline().decode().strip()
+        if not line.startswith("SANDBOX_PORT="):
+            raise HarnessError(f"sandbox did not start: {line!r}")
+        self.sim_url = f"http://127.0.0.1:{int(line.split('=', 1)[1])}"
+        status, body = http(
+            "POST",
+            f"{self.sim_url}/_sim/openai/batches",
+            json.dumps({"id": BATCH_ID, "cancel_delay_s": 1e9}).encode(),
+            {"content-type": "application/json"},
+        )
+        if status != 201:
+            raise HarnessError(f"seeding {BATCH_ID} failed: {status} {body[:200]!r}")
+        config = self.workdir / "config.json"
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url)), indent=2))
+        self.stack = Stack(
+            config=config,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            admin_port=free_port(),
+            log_dir=self.workdir / "logs",
+            workers=default_workers(),
+            envoy_concurrency=default_envoy_concurrency(),
+        )
+        self.stack.start(timeout=30)
+
+    def start_redis_gateway(self) -> None:
+        """A local redis-server and a second gateway (same simulator) counting limits in it."""
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from sandbox.server import gateway_config
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            log("redis-server not installed (make bench installs it): no Redis row")
+            return
+        port, password = free_port(), os.urandom(12).hex()
+        (self.workdir / "redis").mkdir()
+        self.redis = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir / "redis"), "--save", "",
+             "--appendonly", "no", "--requirepass", password], cwd=ROOT, stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+        config = self.workdir / "config-redis.json"
+        store = {"type": "redis", "url": "env.BENCH_REDIS_URL"}
+        config.write_text(json.dumps(bench_config(gateway_config(self.sim_url), store), indent=2))
+        self.redis_stack = Stack(
+            config=config, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
+            log_dir=self.workdir / "logs-redis", workers=default_workers(),
+            envoy_concurrency=default_envoy_concurrency(),
+            env={"BENCH_REDIS_URL": self.redis_url},
+        )
+        self.redis_stack.start(timeout=30)
+
+    def stop(self) -> None:
+        for stack in (self.stack, self.redis_stack):
+            if stack is not None:
+                stack.stop()
+        for proc in (self.floor, self.redis, self.sim):
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+    @property
+    def envoy_url(self) -> str:
+        return self.stack.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.stack.grpc_port}"
+
+    def groups(self) -> Groups:
+        service, envoy = service_pids(self.stack), envoy_pids(self.stack)
+        if not service or not envoy:
+            raise HarnessError(f"cannot find service/envoy among {[p.args for p in self.stack.procs]}")
+        return Groups({"service": service, "envoy": envoy, "sim": [self.sim.pid]})
+
+    def groups_for(self, target: Target) -> Groups:
+        """What to read CPU from while `target` runs: for the floor path its process is "service";
+        for the Redis row, the second gateway's processes."""
+        groups = self.groups()
+        if target.name == "grpc_floor":
+            groups.roots["service"] = [self.floor.pid]
+        if target.name in ("rest_vk_redis", "rest_vk_open_redis"):
+            groups.roots["service"] = service_pids(self.redis_stack)
+            groups.roots["envoy"] = envoy_pids(self.redis_stack)
+        return groups
+
+    def logs_tail(self) -> str:
+        out = []
+        for path in sorted((self.workdir / "logs").glob("*.log")):
+            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:]))
+        return "\n".join(out)
+
+
+def bench_config(config: dict, store: dict | None = None) -> dict:
+    """The sandbox config plus two virtual keys: one without a limit, one with a limit no run reaches."""
+    config["governance"] = {
+        "rate_limits": [{"id": "never-reached", "request_max_limit": 1_000_000_000, "request_reset_duration": "1h"}],
+        "virtual_keys": [
+            {"id": "bench-open", "value": VK_OPEN, "provider_configs": [{"provider": "openai"}]},
+            {"id": "bench-limited", "value": VK_LIMITED, "rate_limit_id": "never-reached",
+             "provider_configs": [{"provider": "openai"}]},
+        ],
+        **({"store": store} if store else {}),
+    }
+    return config
+
+
+def sandbox_stack(log_dir: Path, **options: object):
+    """A gateway in sandbox mode (its own simulators serve every provider) on free loopback ports,
+    started; `options` are further `gateway.stack.Stack` fields. What bench.soak and bench.bulk run."""
+    from gateway.stack import Stack, free_port
+
+    return Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=log_dir,
+                 **options).start()
