@@ -33,11 +33,8 @@ def ensure_h2load() -> str | None:
 def ensure_pip_requirements(requirements: Path, module: str) -> bool:
     """Imports `module`, pip-installing `requirements` into this interpreter's environment first
     when it is missing. False when it still cannot be imported."""
-    try:
-        __import__(module)
+    if _importable(module):
         return True
-    except ImportError:
-        pass
     log(f"{module} missing: pip install -r {requirements.relative_to(ROOT)}")
     try:
         subprocess.run(
@@ -47,6 +44,10 @@ def ensure_pip_requirements(requirements: Path, module: str) -> bool:
         )
     except subprocess.TimeoutExpired:
         log(f"installing {module} did not finish in time")
+    return _importable(module)
+
+
+def _importable(module: str) -> bool:
     try:
         __import__(module)
         return True

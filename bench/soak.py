@@ -26,84 +26,34 @@ service RSS (all worker processes) at start (after a warm-up), middle and end pl
 fault type the faults injected and consumed, the upstream attempts the simulators recorded per
 client request (every request uses a fresh batch id, so attempts are grouped exactly) and the
 retries that makes.
-Prints a markdown report and writes bench/results/soak-faults.md. Exit status 0 when lost == 0,
-crashes == 0 and RSS growth is under 10 %; 1 otherwise.
+Prints a markdown report (bench/soak_report.py) and writes bench/results/soak-faults.md. Exit status
+0 when lost == 0, crashes == 0 and RSS growth is under 10 %; 1 otherwise. The fault plan and the
+network settings are in bench/soak_plan.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import itertools
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
 
 import gateway.stack as stack_module
-from bench.common import percentile
 from bench.procs import rss_kib, service_pids
+from bench.soak_plan import CLIENT_TIMEOUT_S, NETWORK, PLANS, PROVIDERS, FaultPlan, Tally, batch_id
+from bench.soak_report import report
 from bench.system import sandbox_stack
 from gateway.stack import Stack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak-faults.md"
-CLIENT_TIMEOUT_S = 10.0
-DEADLINE_S = 2.0
-NETWORK = {
-    "default_request_timeout_in_seconds": DEADLINE_S,
-    "max_retries": 2,
-    "retry_backoff_initial_ms": 50,
-    "retry_backoff_max_ms": 500,
-}
-RSS_GROWTH_LIMIT = 0.10
-
-
-@dataclass(frozen=True)
-class FaultPlan:
-    provider: str
-    kind: str
-    every_s: float  # one fault per this many seconds
-    faults: tuple[dict, ...]  # used in turn
-    expectation: str
-
-
-PLANS = (
-    FaultPlan("openai", "5xx", 0.1, tuple({"status": s} for s in (500, 502, 503, 504, 529)), "retried"),
-    FaultPlan("azure", "429 + Retry-After", 0.2, ({"status": 429, "retry_after": 0.2},), "retried after 0.2 s"),
-    FaultPlan("groq", "connection reset", 0.1, ({"reset": True},), "retried"),
-    FaultPlan("together", "malformed JSON", 0.2, ({"malformed": True},), "502, not retried"),
-    FaultPlan("xai", "slow (+400 ms)", 0.25, ({"latency_ms": 400},), "answered, not retried"),
-    FaultPlan("mistral", "stall (+5 s)", 2.0, ({"latency_ms": 5000},), "504 at the 2 s deadline"),
-)
-CONTROL = "anthropic"
-PROVIDERS = tuple(plan.provider for plan in PLANS) + (CONTROL,)
-
-
-def batch_id(provider: str) -> str:
-    # Mistral job ids are UUIDs; a fresh id per request makes attempts countable per request.
-    return str(uuid.uuid4()) if provider == "mistral" else f"soak_{uuid.uuid4().hex}"
-
-
-@dataclass
-class Tally:
-    sent: int = 0
-    answered: int = 0
-    timeouts: int = 0
-    conn_errors: Counter = field(default_factory=Counter)
-    statuses: Counter = field(default_factory=Counter)  # (status, error code)
-    per_provider: dict = field(default_factory=lambda: defaultdict(Counter))  # provider -> (status, code)
-    ids: dict = field(default_factory=dict)  # batch id -> provider
-    latencies: list = field(default_factory=list)
 
 
 class Soak:
@@ -240,109 +190,6 @@ class Soak:
             self.rss.append((elapsed, rss_kib(service_pids)))
             return elapsed
 
-    # --- the report -------------------------------------------------------------------------------
-
-    def report(self, elapsed: float) -> tuple[str, bool]:
-        t = self.tally
-        lost = t.timeouts + sum(t.conn_errors.values())
-        rss_start = self.rss[0][1] if self.rss else 0
-        rss_mid = min(self.rss, key=lambda s: abs(s[0] - elapsed / 2))[1] if self.rss else 0
-        rss_end = self.rss[-1][1] if self.rss else 0
-        growth = (rss_end - rss_start) / rss_start if rss_start else 0.0
-        ok = lost == 0 and not self.crashes and growth < RSS_GROWTH_LIMIT and t.sent == t.answered
-        lat = sorted(t.latencies)
-
-        def pct(p: float) -> str:
-            return f"{percentile(lat, p) * 1000:.0f}" if lat else "-"
-
-        lines = [
-            "# batchgate soak under mixed upstream faults",
-            "",
-            f"`python -m bench.soak --seconds {self.args.seconds:g} --concurrency {self.args.concurrency}` "
-            f"(max {self.args.max_requests:,} requests), {_commit()}{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}, "
-            f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}.",
-            "",
-            "Sandbox-mode gateway (simulators + service + Envoy on loopback), REST cancels through Envoy from an "
-            f"aiohttp client (per-request timeout {CLIENT_TIMEOUT_S:g} s), network config: deadline {DEADLINE_S:g} s, "
-            "max_retries 2, backoff 50-500 ms. Faults injected through the sandbox admin API at a fixed rate, one "
-            "fault type per provider; `anthropic` is the fault-free control.",
-            "",
-            "## Totals",
-            "",
-            "| | |",
-            "|--|--:|",
-            f"| run time | {elapsed:.1f} s |",
-            f"| requests sent | {t.sent:,} |",
-            f"| answered | {t.answered:,} |",
-            f"| lost (timeouts + connection errors) | {lost} ({t.timeouts} timeouts, "
-            f"{sum(t.conn_errors.values())} connection errors"
-            f"{': ' + str(dict(t.conn_errors)) if t.conn_errors else ''}) |",
-            f"| throughput | {t.answered / elapsed:.0f} req/s |",
-            f"| latency p50 / p99 / max | {pct(50)} / {pct(99)} / {pct(100)} ms |",
-            f"| service process crashes | {len(self.crashes)}{' ' + str(self.crashes) if self.crashes else ''} |",
-            f"| service RSS start (after warm-up {self.warm_rss / 1024:.1f} MiB) / middle / end | "
-            f"{rss_start / 1024:.1f} / {rss_mid / 1024:.1f} / {rss_end / 1024:.1f} MiB ({growth:+.1%}) |",
-            f"| upstream calls recorded | {sum(len(v) for v in self.calls.values()):,}"
-            f"{' (some evicted before read: retry counts are lower bounds)' if self.calls_gap else ''} |",
-            "",
-            "## Answers",
-            "",
-            "| HTTP status | error code | count |",
-            "|--:|--|--:|",
-        ]
-        for (status, code), n in sorted(t.statuses.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-            lines.append(f"| {status} | {code or '-'} | {n:,} |")
-        lines += [
-            "",
-            "## Retries per fault type",
-            "",
-            "Upstream attempts are the simulators' recorded calls grouped by batch id (every request has a fresh "
-            "one); retries = attempts beyond the first.",
-            "",
-            "| provider | fault | faults injected | consumed | requests | upstream attempts | retries | "
-            "requests retried | answers | expected |",
-            "|--|--|--:|--:|--:|--:|--:|--:|--|--|",
-        ]
-        requests_by_provider = Counter(t.ids.values())
-        rows = [(p.provider, p.kind, self.faults_injected[p.provider], p.expectation) for p in PLANS]
-        rows.append((CONTROL, "none (control)", 0, "no retries"))
-        for provider, kind, injected, expectation in rows:
-            attempts = [
-                sum(1 for prov, method, _ in self.calls.get(bid, ()) if prov == provider and method == "POST")
-                for bid, p in t.ids.items() if p == provider
-            ]
-            total_attempts = sum(attempts)
-            retries = sum(a - 1 for a in attempts if a > 1)
-            retried = sum(1 for a in attempts if a > 1)
-            consumed = injected - self.pending.get(provider, 0) if injected else 0
-            answers = ", ".join(
-                f"{status}{'/' + code if code else ''}: {n}"
-                for (status, code), n in sorted(t.per_provider[provider].items(), key=lambda kv: -kv[1])
-            )
-            lines.append(
-                f"| {provider} | {kind} | {injected} | {consumed} | {requests_by_provider[provider]:,} | "
-                f"{total_attempts:,} | {retries} | {retried} | {answers} | {expectation} |"
-            )
-        lines += ["", "## Service RSS samples", "", "| t (s) | RSS MiB |", "|--:|--:|"]
-        lines += [f"| {at:.0f} | {kib / 1024:.1f} |" for at, kib in self.rss]
-        lines += [
-            "",
-            f"**{'PASS' if ok else 'FAIL'}**: lost {lost} (must be 0), crashes {len(self.crashes)} (must be 0), "
-            f"every request answered: {t.sent == t.answered}, RSS growth {growth:+.1%} "
-            f"(limit {RSS_GROWTH_LIMIT:.0%}).",
-            "",
-        ]
-        return "\n".join(lines), ok
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except OSError:
-        return ""
-    return f"commit {out.stdout.strip()}, " if out.returncode == 0 else ""
-
 
 def _is_uuid(text: str) -> bool:
     try:
@@ -368,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = asyncio.run(soak.run(stack, services))
         finally:
             stack.stop()
-    text, ok = soak.report(elapsed)
+    text, ok = report(soak, elapsed)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

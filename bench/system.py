@@ -40,6 +40,18 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
         return err.code, err.read()
 
 
+def _spawn_on_port(module: str, announce: str, *args: str) -> tuple[subprocess.Popen, int]:
+    """`python -m module --port 0 ...`, which prints `ANNOUNCE=<port>` once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--port", "0", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        preexec_fn=die_with_parent,
+    )
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith(f"{announce}="):
+        raise HarnessError(f"{module} did not start: {line!r}")
+    return proc, int(line.split("=", 1)[1])
+
+
 class System:
     """The simulator process plus the gateway Stack pointed at it."""
 
@@ -56,29 +68,14 @@ class System:
 
     def start_floor(self) -> None:
         """The reference grpc.aio servicer without upstream (bench/floor.py)."""
-        self.floor = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
-        line = self.floor.stdout.readline().decode().strip()
-        if not line.startswith("FLOOR_PORT="):
-            raise HarnessError(f"bench.floor did not start: {line!r}")
-        self.floor_port = int(line.split("=", 1)[1])
+        self.floor, self.floor_port = _spawn_on_port("bench.floor", "FLOOR_PORT")
 
     def start(self) -> None:
         from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
         from sandbox.server import gateway_config
 
-        self.sim = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", "0", "--auto-create"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            preexec_fn=die_with_parent,
-        )
-        line = self.sim.stdout.readline().decode().strip()
-        if not line.startswith("SANDBOX_PORT="):
-            raise HarnessError(f"sandbox did not start: {line!r}")
-        self.sim_url = f"http://127.0.0.1:{int(line.split('=', 1)[1])}"
+        self.sim, port = _spawn_on_port("sandbox", "SANDBOX_PORT", "--auto-create")
+        self.sim_url = f"http://127.0.0.1:{port}"
         status, body = http(
             "POST",
             f"{self.sim_url}/_sim/openai/batches",
