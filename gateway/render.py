@@ -36,6 +36,7 @@ def render(
     *,
     http_port: int,
     grpc_ports: Sequence[int] = (),
+    grpc_sockets: Sequence[str | Path] = (),
     upstream_dns: str | None = None,
     admin_port: int = 9901,
     bind_host: str = "127.0.0.1",
@@ -47,17 +48,19 @@ def render(
     tls_key: Path | None = None,
 ) -> str:
     """Returns the Envoy YAML for one edge listener in front of the service: the given ports on
-    127.0.0.1, or with `upstream_dns` ("host:port") every address that name resolves to. With a
+    127.0.0.1, the given Unix socket paths (`grpc_sockets`: one worker each, the cheaper hop on one
+    machine), or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
     that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED)."""
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
-    elif grpc_ports:
-        endpoints = "\n".join(_endpoint("127.0.0.1", port) for port in grpc_ports)
+    elif grpc_ports or grpc_sockets:
+        endpoints = "\n".join([*(_endpoint("127.0.0.1", port) for port in grpc_ports),
+                               *(_pipe_endpoint(path) for path in grpc_sockets)])
     else:
-        raise ValueError("give grpc_ports or upstream_dns")
+        raise ValueError("give grpc_ports, grpc_sockets or upstream_dns")
     config = string.Template(TEMPLATE.read_text()).substitute(
         HTTP_PORT=http_port,
         ADMIN_PORT=admin_port,
@@ -93,6 +96,10 @@ def split_host_port(value: str) -> tuple[str, int]:
 
 def _endpoint(host: str, port: int) -> str:
     return f"        - endpoint: {{address: {{socket_address: {{address: {host}, port_value: {port}}}}}}}"
+
+
+def _pipe_endpoint(path: str | Path) -> str:
+    return f"        - endpoint: {{address: {{pipe: {{path: {json.dumps(str(path))}}}}}}}"
 
 
 _STATIC_CLUSTER = "    type: STATIC\n"

@@ -61,8 +61,10 @@ class Stack:
     admin_port: int = 9901
     bind_host: str = "127.0.0.1"
     # Service worker processes. They share grpc_port (SO_REUSEPORT) for direct gRPC callers and each
-    # has a private port that Envoy balances over per request.
+    # has a private endpoint that Envoy balances over per request: a Unix socket (`private_sockets`,
+    # the default: cheaper than loopback TCP for Envoy and grpc alike) or a loopback port.
     workers: int = 1
+    private_sockets: bool = True
     envoy_concurrency: int = 1
     # Prometheus /metrics of worker i on metrics_port + i (None: off).
     metrics_port: int | None = None
@@ -79,7 +81,8 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
-    worker_ports: list[int] = field(default_factory=list)
+    worker_ports: list[int] = field(default_factory=list)  # private loopback ports (private_sockets off)
+    worker_sockets: list[Path] = field(default_factory=list)  # private Unix sockets (private_sockets on)
     # The config file the workers run (the generated one in sandbox mode).
     config_path: Path | None = None
     # Where this run's workers count rate limits: the SQLite path, or the Redis address.
@@ -152,19 +155,29 @@ class Stack:
         # them) shows every worker's.
         state_dir = BUILD / f"state-{self.http_port}"
         shutil.rmtree(state_dir, ignore_errors=True)
-        self.worker_ports = [free_port() for _ in range(self.workers)]
-        for i, port in enumerate(self.worker_ports):
+        if self.private_sockets:
+            # A directory of our own with a short path (a socket path has at most 107 bytes).
+            directory = Path(tempfile.mkdtemp(prefix="batchgate-"))
+            self._own_dirs.append(directory)
+            self.worker_sockets = [directory / f"worker-{i}.sock" for i in range(self.workers)]
+            private = [["--private-socket", str(path)] for path in self.worker_sockets]
+        else:
+            self.worker_ports = [free_port() for _ in range(self.workers)]
+            private = [["--private-port", str(port)] for port in self.worker_ports]
+        for i, own in enumerate(private):
             metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
             self._spawn(
                 "service",
                 [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-                 "--reuse-port", "--private-port", str(port), *metrics, *tls_args, *store_args,
+                 "--reuse-port", *own, *metrics, *tls_args, *store_args,
                  "--edge-host", self.bind_host, "--state-dir", str(state_dir), "--worker", str(i)],
             )
-        self._wait(lambda: all(map(_port_open, self.worker_ports)), deadline, "the service did not start listening")
+        self._wait(lambda: all(map(self.worker_listening, range(self.workers))), deadline,
+                   "the service did not start listening")
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
-            render(http_port=self.http_port, grpc_ports=self.worker_ports, admin_port=self.admin_port,
+            render(http_port=self.http_port, grpc_ports=self.worker_ports, grpc_sockets=self.worker_sockets,
+                   admin_port=self.admin_port,
                    bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key,
                    request_timeout_s=self.request_read_timeout() + 5)
         )
@@ -199,7 +212,7 @@ class Stack:
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"
         healthy = _http_text(f"{admin}/clusters").count("health_flags::healthy")
-        return _http_ok(f"{admin}/ready") and healthy >= len(self.worker_ports)
+        return _http_ok(f"{admin}/ready") and healthy >= self.workers
 
     def _wait(self, check, deadline: float, what: str) -> None:
         while time.monotonic() < deadline:
@@ -212,8 +225,30 @@ class Stack:
             time.sleep(0.05)
         raise TimeoutError(what + " in time")
 
+    @property
+    def worker_targets(self) -> list[str]:
+        """Each worker's private endpoint as a gRPC target (`unix:/path` or `127.0.0.1:port`)."""
+        return [f"unix:{path}" for path in self.worker_sockets] + [f"127.0.0.1:{port}" for port in self.worker_ports]
+
+    @property
+    def worker_endpoints(self) -> list[str]:
+        """Each worker's private endpoint as Envoy's admin /clusters names the host."""
+        return [str(path) for path in self.worker_sockets] + [f"127.0.0.1:{port}" for port in self.worker_ports]
+
+    def worker_listening(self, index: int) -> bool:
+        """Whether worker `index` accepts connections on its private endpoint."""
+        if self.worker_sockets:
+            try:
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.settimeout(0.2)
+                    sock.connect(str(self.worker_sockets[index]))
+                    return True
+            except OSError:
+                return False
+        return _port_open(self.worker_ports[index])
+
     def service_workers(self) -> list[subprocess.Popen]:
-        """The service processes, in the order of `worker_ports`."""
+        """The service processes, in the order of `worker_targets`."""
         return [proc for proc in self.procs if self._roles.get(proc.pid) == "service"]
 
     def reload(self) -> None:

@@ -35,6 +35,9 @@ def main() -> None:
         "--private-port", type=int, help="also listen on this loopback port of this worker's own (Envoy's endpoint)"
     )
     parser.add_argument(
+        "--private-socket", help="also listen on this Unix socket of this worker's own (Envoy's endpoint on one machine)"
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT") or 0) or None,
         help="serve Prometheus /metrics on this loopback port (METRICS_PORT)",
     )
@@ -96,6 +99,7 @@ def main() -> None:
         state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
     )
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
+    extra += [f"unix:{args.private_socket}"] if args.private_socket else []
     asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
 
 

@@ -208,8 +208,8 @@ def native(stack: Stack, session: requests.Session, vk: str, batch_id: str | Non
                         timeout=10)
 
 
-def grpc_code(port: int, vk: str) -> grpc.StatusCode:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+def grpc_code(target: str, vk: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(target) as channel:
         try:
             pb_grpc.BatchServiceStub(channel).Cancel(
                 pb.CancelBatchRequest(batch_id=f"b{uuid.uuid4().hex[:12]}", provider="openai"),
@@ -317,27 +317,27 @@ def route_status(stack: Stack, route: str, vk: str) -> int:
 def test_a_revoked_key_is_refused_on_both_workers_and_every_route_within_3_s(
     gateway: Stack, mount: Mount, sandbox: str, restore: None
 ) -> None:
-    workers = gateway.worker_ports
-    assert [grpc_code(port, VK_REVOKED) for port in workers] == [grpc.StatusCode.OK] * 2
+    workers = gateway.worker_targets
+    assert [grpc_code(target, VK_REVOKED) for target in workers] == [grpc.StatusCode.OK] * 2
     assert {route: route_status(gateway, route, VK_REVOKED) for route in ROUTES} == dict.fromkeys(ROUTES, 200)
 
     written = time.monotonic()
     mount.write(encode(config_for(sandbox, revoked=True)))
-    refused_after: dict[int, float] = {}
+    refused_after: dict[str, float] = {}
     while len(refused_after) < len(workers):
-        for port in workers:
-            if port not in refused_after and grpc_code(port, VK_REVOKED) == grpc.StatusCode.UNAUTHENTICATED:
-                refused_after[port] = time.monotonic() - written
+        for target in workers:
+            if target not in refused_after and grpc_code(target, VK_REVOKED) == grpc.StatusCode.UNAUTHENTICATED:
+                refused_after[target] = time.monotonic() - written
         assert time.monotonic() - written < 10, refused_after
         time.sleep(0.02)
 
-    delays = [refused_after[port] for port in workers]
+    delays = [refused_after[target] for target in workers]
     print(f"\nrevocation: refused by worker 0 after {delays[0]:.2f} s, worker 1 after {delays[1]:.2f} s")
     assert max(delays) <= REVOCATION_LIMIT_S
     # Every route, through Envoy (whichever worker answers), and gRPC through Envoy too.
     assert {route: route_status(gateway, route, VK_REVOKED) for route in ROUTES} == dict.fromkeys(ROUTES, 401)
-    assert grpc_code(gateway.http_port, VK_REVOKED) == grpc.StatusCode.UNAUTHENTICATED
-    assert grpc_code(gateway.http_port, VK_LOAD) == grpc.StatusCode.OK
+    assert grpc_code(f"127.0.0.1:{gateway.http_port}", VK_REVOKED) == grpc.StatusCode.UNAUTHENTICATED
+    assert grpc_code(f"127.0.0.1:{gateway.http_port}", VK_LOAD) == grpc.StatusCode.OK
 
 
 # --- a rotated provider key ---------------------------------------------------------------------
@@ -384,7 +384,7 @@ def test_a_broken_file_changes_nothing_and_the_log_names_the_field(gateway: Stac
     assert increase(worker_metric(gateway, FAILURES), failures) == [1, 1]
     assert worker_metric(gateway, "batchgate_config_last_reload_successful") == [0.0, 0.0]
     # The old config still serves, on both workers.
-    assert [grpc_code(port, VK_LOAD) for port in gateway.worker_ports] == [grpc.StatusCode.OK] * 2
+    assert [grpc_code(target, VK_LOAD) for target in gateway.worker_targets] == [grpc.StatusCode.OK] * 2
     lines = [json.loads(line) for line in log.read_text().splitlines() if expected in line]
     assert {line["level"] for line in lines} == {"error"} and all(line["msg"] == expected for line in lines)
 

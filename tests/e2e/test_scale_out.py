@@ -75,7 +75,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def service_workers(stack: Stack) -> list[subprocess.Popen]:
-    """The service processes, in the order of `stack.worker_ports`."""
+    """The service processes, in the order of `stack.worker_endpoints`."""
     return [p for p in stack.procs if stack._roles.get(p.pid) == "service"]
 
 
@@ -121,17 +121,17 @@ def load_with_signal(stack: Stack, victim: subprocess.Popen, sig: signal.Signals
     return Run(results, signalled_at, exited_at)
 
 
-def host_stats(stack: Stack, port: int) -> dict[str, str]:
-    """Envoy's stats and health flags for the endpoint of the service worker on `port`."""
+def host_stats(stack: Stack, endpoint: str) -> dict[str, str]:
+    """Envoy's stats and health flags for the service worker's `endpoint` (`stack.worker_endpoints`)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.admin_port}/clusters", timeout=2) as resp:
         text = resp.read().decode()
-    prefix = f"batchgate_service::127.0.0.1:{port}::"
+    prefix = f"batchgate_service::{endpoint}::"
     return dict(line[len(prefix):].split("::", 1) for line in text.splitlines() if line.startswith(prefix))
 
 
 def test_killing_a_worker_mid_load_fails_only_its_in_flight_calls(stack: Stack) -> None:
     victim, survivor = service_workers(stack)
-    victim_port = stack.worker_ports[0]
+    victim_endpoint = stack.worker_endpoints[0]
 
     run = load_with_signal(stack, victim, signal.SIGKILL)
 
@@ -147,17 +147,17 @@ def test_killing_a_worker_mid_load_fails_only_its_in_flight_calls(stack: Stack) 
     assert len(later) >= AFTER // 2
     assert all(r.ok for r in later)
     # The dead worker had taken part in this load; Envoy has taken it out of rotation.
-    assert int(host_stats(stack, victim_port)["rq_total"]) > 0
+    assert int(host_stats(stack, victim_endpoint)["rq_total"]) > 0
     deadline = time.monotonic() + 5
-    while "failed_active_hc" not in host_stats(stack, victim_port)["health_flags"]:
-        assert time.monotonic() < deadline, host_stats(stack, victim_port)
+    while "failed_active_hc" not in host_stats(stack, victim_endpoint)["health_flags"]:
+        assert time.monotonic() < deadline, host_stats(stack, victim_endpoint)
         time.sleep(0.1)
     assert survivor.poll() is None
 
 
 def test_stopping_a_worker_gracefully_mid_load_fails_nothing(stack: Stack) -> None:
     victim, survivor = service_workers(stack)
-    victim_port = stack.worker_ports[0]
+    victim_endpoint = stack.worker_endpoints[0]
 
     run = load_with_signal(stack, victim, signal.SIGTERM)
 
@@ -165,5 +165,5 @@ def test_stopping_a_worker_gracefully_mid_load_fails_nothing(stack: Stack) -> No
     assert len(run.started_after(run.exited_at)) >= AFTER - CONCURRENCY - 1
     # It drained and exited cleanly, after serving calls; the other worker carried on.
     assert victim.returncode == 0
-    assert int(host_stats(stack, victim_port)["rq_total"]) > 0
+    assert int(host_stats(stack, victim_endpoint)["rq_total"]) > 0
     assert survivor.poll() is None

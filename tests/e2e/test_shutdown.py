@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -77,11 +76,9 @@ def restart_service(stack: Stack, old: subprocess.Popen) -> subprocess.Popen:
     end = time.monotonic() + 10
     while time.monotonic() < end:
         assert proc.poll() is None, "the restarted service exited"
-        try:
-            with socket.create_connection(("127.0.0.1", stack.worker_ports[0]), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
+        if stack.worker_listening(0):
+            break
+        time.sleep(0.05)
     while time.monotonic() < end:
         try:
             resp = requests.post(f"{stack.http_url}/v1/batches/{new_id()}/cancel?provider=openai", timeout=2)
@@ -108,7 +105,7 @@ def cancel(stack: Stack, batch_id: str, session: requests.Session | None = None)
 
 
 def grpc_health(stack: Stack) -> str:
-    with grpc.insecure_channel(f"127.0.0.1:{stack.worker_ports[0]}") as channel:
+    with grpc.insecure_channel(stack.worker_targets[0]) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1
