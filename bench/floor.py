@@ -34,7 +34,9 @@ class FixedServicer(pb_grpc.BatchServiceServicer):
 
 
 async def serve(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)])
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20), ("grpc.http2.bdp_probe", 0)]
+    )
     pb_grpc.add_BatchServiceServicer_to_server(FixedServicer(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
