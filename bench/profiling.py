@@ -1,6 +1,8 @@
 """`python -m bench.run --profile`: py-spy on the service (all its processes) during an extra REST
-c=64 run. A self/inclusive summary goes to bench/results/profile.md, the collapsed stacks to
-profile.txt in the run's working directory.
+c=64 run. A summary goes to bench/results/profile.md (the busy samples by owner: grpc, aiohttp,
+batchgate's own code, logging, metrics, the asyncio loop; then self and inclusive time per frame),
+the collapsed stacks to profile.txt in the run's working directory. With `--profile-native` the
+owners are exact: grpc's Cython layer and C core have no Python frames and show up only there.
 
 Named profiling, not profile: a bench/profile.py would shadow the standard library's `profile`
 (which cProfile imports) wherever bench/ itself is on the path.
@@ -89,12 +91,53 @@ def summarize_profile(collapsed: str, top: int = 25) -> list[str]:
     if not total:
         return ["(no samples)"]
     lines = [f"{total} samples, {idle * 100 / total:.0f}% of them waiting in epoll/select (idle).", "",
-             "Top self time (leaf frame):", "", "| % samples | frame |", "|--:|---|"]
+             *_owners(collapsed), "", "Top self time (leaf frame):", "", "| % samples | frame |", "|--:|---|"]
     for name, count in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {count * 100 / total:.1f} | `{name}` |")
     lines += ["", "Top inclusive time:", "", "| % samples | frame |", "|--:|---|"]
     for name, count in sorted(incl_counts.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {count * 100 / total:.1f} | `{name}` |")
+    return lines
+
+
+# Who a busy sample belongs to: the first frame, from the leaf up, that one of these names (asyncio
+# and libc frames are skipped: a send() belongs to whoever wrote). Order matters: grpc's Cython
+# coroutines run our servicer, so a sample inside grpc called from our code is grpc's.
+_OWNERS = (
+    ("grpc (Cython layer and C core, incl. its poller thread)", ("cygrpc", "libgrpc", "grpc/_")),
+    ("aiohttp (the upstream HTTP client)", ("aiohttp/", "yarl/", "multidict/")),
+    ("logging (access + audit lines)", ("logging/", "JsonFormatter", "orjson")),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("batchgate's own code (service/)", ("service/",)),
+)
+
+
+def _owner(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for owner, marks in _OWNERS:
+            if any(mark in frame for mark in marks) and "service/__main__" not in frame:
+                return owner
+    if any("asyncio" in f for f in frames):
+        return "asyncio event loop (scheduling, selector)"
+    return "other (interpreter, other threads)"
+
+
+def _owners(collapsed: str) -> list[str]:
+    """The busy (non-idle) samples by owner."""
+    counts: dict[str, int] = {}
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+        if not frames or not count_text.isdigit() or _idle_frame(frames[-1]):
+            continue
+        owner = _owner(frames)
+        counts[owner] = counts.get(owner, 0) + int(count_text)
+    busy = sum(counts.values())
+    if not busy:
+        return []
+    lines = ["Busy samples by owner:", "", "| % of busy samples | owner |", "|--:|---|"]
+    for owner, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {count * 100 / busy:.1f} | {owner} |")
     return lines
 
 
