@@ -63,6 +63,20 @@ def test_static_config_validates(ports: list[int], tls: bool, tls_files, tmp_pat
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_unix_socket_endpoints_validate(tls: bool, tls_files, tmp_path: Path) -> None:
+    """What `make run` renders: one Unix socket per worker (gateway.stack), TLS or not."""
+    sockets = [tmp_path / "worker-0.sock", tmp_path / "worker 1.sock"]
+    config = render(http_port=8080, grpc_sockets=sockets, **_tls(tls, tls_files))
+
+    validate(config, tmp_path)
+    cluster = _cluster(config)
+    assert "    type: STATIC\n" in cluster
+    assert re.findall(r"address: \{pipe: \{path: \"([^\"]+)\"\}\}", cluster) == [str(p) for p in sockets]
+    assert "socket_address" not in cluster
+    assert ("UpstreamTlsContext" in cluster) is tls
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_dns_config_validates(tls: bool, tls_files, tmp_path: Path) -> None:
     config = render(http_port=8080, upstream_dns=K8S_UPSTREAM, bind_host="0.0.0.0", **_tls(tls, tls_files))
 
