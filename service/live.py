@@ -32,8 +32,9 @@ from typing import Any, Callable, Mapping
 import orjson
 
 from service.cancel import Canceller
-from service.config import Config, ConfigError, config_version, parse_config_bytes, read_config
+from service.config import Config, ConfigError, config_version, read_config
 from service.limits import RateLimiter
+from service.providers.catalog import parse_config_bytes
 from service.observability import (
     CONFIG_INFO,
     CONFIG_LAST_RELOAD_SUCCESS_SECONDS,

@@ -17,7 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_status import rpc_status
 
 from sandbox.core import ProviderSim
-from service.config import Config, parse_config
+from service.config import Config
+from service.providers.catalog import parse_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.server import App, create_server

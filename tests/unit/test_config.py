@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from service.config import ConfigError, Key, load_config, parse_config
-from service.providers.registry import NO_BATCH_CANCEL
+from service.config import ConfigError, Key
+from service.providers.catalog import NO_BATCH_CANCEL, load_config, parse_config
 
 SECRET = "sk-live-TOPSECRET-0123456789"
 AZ_SECRET = "az-live-TOPSECRET-abcdef"
@@ -66,7 +66,7 @@ def test_defaults_for_keys_network_provider_and_client():
     assert key.use_for_batch_api is False
     assert key.weight == 1.0
     assert key.name == "openai-key-0" and key.id == "openai-key-0"
-    assert key.azure is None
+    assert key.settings is None
     net = openai.network
     assert net.timeout_s == 30.0
     assert (net.max_retries, net.retry_backoff_initial_ms, net.retry_backoff_max_ms) == (2, 100, 2000)
@@ -83,8 +83,8 @@ def test_defaults_for_keys_network_provider_and_client():
 
 def test_azure_defaults_api_version_and_strips_endpoint_slash():
     az_key = parse_config(base(), env={}).providers["azure"].keys[0]
-    assert az_key.azure.api_version == "2024-10-21"
-    assert az_key.azure.endpoint == "https://res.openai.azure.com"
+    assert az_key.settings.api_version == "2024-10-21"
+    assert az_key.settings.endpoint == "https://res.openai.azure.com"
     assert az_key.value == AZ_SECRET
 
 
@@ -135,7 +135,7 @@ def test_explicit_values_are_kept():
     assert openai.network.retry_backoff_max_ms == 50
     assert openai.send_back_raw_response is True and openai.concurrency == 7
     assert config.client.allow_per_request_raw_override is True and config.client.allow_direct_keys is True
-    assert config.providers["azure"].keys[0].azure.api_version == "2025-04-01-preview"
+    assert config.providers["azure"].keys[0].settings.api_version == "2025-04-01-preview"
 
 
 def test_key_name_default_counts_position_and_id_defaults_to_name():
@@ -158,7 +158,7 @@ def test_env_values_are_resolved_from_the_given_env():
     env = {"OPENAI_API_KEY": SECRET, "AZURE_ENDPOINT": "https://env-res.openai.azure.com/", "AZURE_API_VERSION": "v9"}
     config = parse_config(data, env=env)
     assert config.providers["openai"].keys[0].value == SECRET
-    azure = config.providers["azure"].keys[0].azure
+    azure = config.providers["azure"].keys[0].settings
     assert (azure.endpoint, azure.api_version) == ("https://env-res.openai.azure.com", "v9")
 
 

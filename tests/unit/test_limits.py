@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.auth import Authenticator, Caller
-from service.config import ConfigError, RateLimit, StoreConfig, parse_config
+from service.config import ConfigError, RateLimit, StoreConfig
+from service.providers.catalog import parse_config
 from service.errors import Overloaded, UpstreamUnavailable
 from service.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config import ConfigError, RateLimit, config_version, parse_config
+from service.config import ConfigError, RateLimit, config_version
+from service.providers.catalog import parse_config
 from service.errors import Overloaded, Unauthenticated
 from service.limits import EmbeddedStore, RateLimiter
 from service.live import FileWatcher, LiveConfig, StateDir, describe_changes

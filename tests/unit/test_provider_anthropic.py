@@ -22,12 +22,12 @@ from sandbox.anthropic import (
     message_batch_counts,
     render_message_batch,
 )
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.errors import InvalidRequest, UpstreamUnavailable
 from service.model import RequestCounts
 from service.providers.anthropic import API_VERSION, AnthropicAdapter
 from service.providers.base import UpstreamResponse
-from service.providers.registry import ADAPTERS
+from service.providers.catalog import ADAPTERS
 
 KEY = "sk-ant-api03-unitSECRETkey-0000"
 OTHER_KEY = "sk-ant-api03-otherSECRETkey-1111"

@@ -17,7 +17,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from multidict import CIMultiDict
 
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.providers.base import UpstreamResponse
 from service.providers.bedrock import BedrockAdapter, job_identifier

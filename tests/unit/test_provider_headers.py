@@ -8,9 +8,9 @@ import asyncio
 import pytest
 
 from sandbox.server import SIMULATORS
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.providers.base import RESERVED_HEADERS, merge_headers
-from service.providers.registry import ADAPTERS
+from service.providers.catalog import ADAPTERS
 
 SANDBOX = "http://127.0.0.1:9"
 EVIL = "evil-extra-credential"

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.errors import InvalidRequest, UpstreamUnavailable
 from service.model import RequestCounts
 from service.providers.base import UpstreamResponse, after_accepted_cancel
