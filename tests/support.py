@@ -65,7 +65,7 @@ def sim_config(
     `key`, else the simulator's default key), `max_retries` and `network` set in its network_config,
     and `provider_fields` laid over the block."""
     block = sim_cls.gateway_config(f"{sandbox_url}{sim_cls.prefix}", sim_cls.default_key if key is None else key)
-    block["network_config"].update({"max_retries": max_retries, **(network or {})})
+    block.setdefault("network_config", {}).update({"max_retries": max_retries, **(network or {})})
     return {"providers": {sim_cls.name: {**block, **provider_fields}}}
 
 
