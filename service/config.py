@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import re
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol
 from urllib.parse import urlsplit

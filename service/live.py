@@ -34,13 +34,13 @@ import orjson
 from service.cancel import Canceller
 from service.config import Config, ConfigError, config_version, read_config
 from service.limits import RateLimiter
-from service.providers.catalog import parse_config_bytes
 from service.observability import (
     CONFIG_INFO,
     CONFIG_LAST_RELOAD_SUCCESS_SECONDS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_RELOADS,
 )
+from service.providers.catalog import parse_config_bytes
 from service.providers.http import HttpExecutor
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from grpc_status import rpc_status
 
 from sandbox.core import ProviderSim
 from service.config import Config
-from service.providers.catalog import parse_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
+from service.providers.catalog import parse_config
 from service.server import App, create_server
 
 OPENAI_KEYS = ("sk-test-openai-aaaaaaaa1111", "sk-test-openai-bbbbbbbb2222")

@@ -21,7 +21,8 @@ from tests.support import SANDBOX_KEYS, running_service, sim_config
 SIMS: dict[str, type[ProviderSim]] = {sim.name: sim for sim in SIMULATORS}
 CAN_CANCEL = sorted(ADAPTERS)
 # Ids no provider may send upstream: each would change the path, query or fragment.
-UNSAFE_IDS = ["a%2Fb", "..", "a?b", "a#b", "a\\b", "a b", "a\x00b"]
+UNSAFE_IDS = ["a/b", "batches/a/b", "batches/../x", "batches/", "../x", "a%2Fb", "..", "a?b", "x?alt=json", "a#b",
+              "a\\b", "a b", "a\x00b"]  # fmt: skip
 
 
 def key_for(provider: str) -> str:

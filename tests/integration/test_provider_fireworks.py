@@ -35,13 +35,6 @@ async def test_cancel_is_unsupported_and_reaches_no_upstream(service, sim, batch
     assert sim.batch("fireworks", "my-batch-job").status == "in_progress"
 
 
-async def test_unsupported_even_when_not_configured(sandbox, sim):
-    async with running_service({"providers": {}}) as (_, stub):
-        err, detail = await cancel_failure(stub, "my-batch-job", provider="fireworks")
-    assert (err.code(), detail.error.code) == (grpc.StatusCode.INVALID_ARGUMENT, "unsupported_operation")
-    assert sim.calls("fireworks") == []
-
-
 async def test_the_simulator_serves_batch_inference_jobs_and_no_cancel(sandbox, sim):
     sim.seed("fireworks", "job-1", request_counts={"total": 10, "completed": 4, "failed": 1})
     headers = {"Authorization": f"Bearer {FireworksSim.default_key}"}

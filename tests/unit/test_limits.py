@@ -11,9 +11,9 @@ from prometheus_client import REGISTRY
 
 from service.auth import Authenticator, Caller
 from service.config import ConfigError, RateLimit, StoreConfig
-from service.providers.catalog import parse_config
 from service.errors import Overloaded, UpstreamUnavailable
 from service.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
+from service.providers.catalog import parse_config
 
 
 class Clock:
