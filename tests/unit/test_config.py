@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -534,3 +536,22 @@ def test_reprs_never_contain_the_secret():
     for text in (repr(key), str(key), repr(config.providers["openai"]), repr(config)):
         assert SECRET not in text and AZ_SECRET not in text
     assert Key(id="i", name="n", value="hidden-value").__repr__().count("hidden-value") == 0
+
+
+def test_config_imports_no_provider():
+    """Config is below the providers layer: the provider names and key schemas are passed in
+    (service.providers.catalog), so loading config never pulls in an adapter (or botocore)."""
+    code = "import sys, service.config; print(sorted(m for m in sys.modules if m.startswith('service.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "service.providers" not in loaded and "service.config" in loaded
+
+
+def test_key_settings_come_from_the_schema_that_is_passed_in():
+    from service.config import PLAIN_KEYS
+    from service.config import parse_config as parse_with
+
+    data = {"providers": {"openai": {"keys": [{"value": SECRET}]}, "azure": {"keys": [{"value": SECRET}]}}}
+    config = parse_with(data, {}, {"openai": PLAIN_KEYS, "azure": PLAIN_KEYS})
+    assert config.providers["azure"].keys[0].settings is None  # no azure_key_config demanded
+    with pytest.raises(ConfigError, match=r"^providers\.azure: unknown provider \(known: openai\)$"):
+        parse_with(data, {}, {"openai": PLAIN_KEYS})
