@@ -17,6 +17,8 @@ from service.providers.anthropic import API_VERSION
 from tests import support
 from tests.support import error_detail, running_service, sim_config
 
+SIM = AnthropicSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
+
 KEY = AnthropicSim.default_key
 
 
@@ -36,12 +38,6 @@ def counts_of(response: pb.BatchCancelResponse) -> dict:
     c = response.request_counts
     return {name: getattr(c, name) for name in ("total", "completed", "failed", "succeeded", "expired", "canceled",
                                                 "pending")}  # fmt: skip
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(config(sandbox)) as (_, stub):
-        yield stub
 
 
 async def test_cancel_reports_cancelling_with_all_counts_pending_and_the_cancel_time(service, sim):

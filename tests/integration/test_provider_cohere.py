@@ -14,6 +14,8 @@ from sandbox.cohere import CohereSim
 from tests import support
 from tests.support import running_service, sim_config
 
+SIM = CohereSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
+
 KEY = CohereSim.default_key
 
 
@@ -27,12 +29,6 @@ def config(sandbox, key: str | None = None, **provider) -> dict:
 
 cancel = partial(support.cancel, provider="cohere")
 cancel_failure = partial(support.cancel_failure, provider="cohere")
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(config(sandbox)) as (_, stub):
-        yield stub
 
 
 async def test_cancel_then_read_reports_canceling_with_counts(service, sim):

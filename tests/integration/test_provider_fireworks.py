@@ -10,15 +10,11 @@ import grpc
 import pytest
 
 from sandbox.fireworks import FireworksSim
-from tests.support import cancel_failure, running_service, sim_config
+from tests.support import cancel_failure
+
+SIM = FireworksSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
 
 ACCOUNT = FireworksSim.account_id
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(sim_config(FireworksSim, sandbox.url)) as (_, stub):
-        yield stub
 
 
 @pytest.mark.parametrize("batch_id", ["my-batch-job", f"accounts/{ACCOUNT}/batchInferenceJobs/my-batch-job",

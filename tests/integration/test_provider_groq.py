@@ -14,6 +14,8 @@ from sandbox.groq import GroqSim
 from tests import support
 from tests.support import batch_keys, running_service, sim_config
 
+SIM = GroqSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
+
 KEY = GroqSim.default_key
 
 
@@ -28,12 +30,6 @@ def config(sandbox, *keys: str) -> dict:
 
 cancel = partial(support.cancel, provider="groq")
 cancel_failure = partial(support.cancel_failure, provider="groq")
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(config(sandbox)) as (_, stub):
-        yield stub
 
 
 async def test_cancel_reports_cancelling_with_counts_and_time(service, sim):

@@ -13,6 +13,8 @@ from sandbox.mistral import MistralSim
 from tests import support
 from tests.support import running_service, sim_config
 
+SIM = MistralSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
+
 KEY = MistralSim.default_key
 
 
@@ -26,12 +28,6 @@ def config(sandbox, key: str | None = None, **provider) -> dict:
 
 cancel = partial(support.cancel, provider="mistral")
 cancel_failure = partial(support.cancel_failure, provider="mistral")
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(config(sandbox)) as (_, stub):
-        yield stub
 
 
 async def test_cancel_reports_cancellation_requested_with_mistrals_counts(service, sim):

@@ -14,6 +14,8 @@ from sandbox.together import TogetherSim
 from tests import support
 from tests.support import running_service, sim_config
 
+SIM = TogetherSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
+
 KEY = TogetherSim.default_key
 
 
@@ -27,12 +29,6 @@ def config(sandbox, key: str | None = None, **provider) -> dict:
 
 cancel = partial(support.cancel, provider="together")
 cancel_failure = partial(support.cancel_failure, provider="together")
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(config(sandbox)) as (_, stub):
-        yield stub
 
 
 async def test_cancel_goes_straight_to_cancelled_without_counts(service, sim):
