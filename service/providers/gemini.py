@@ -48,7 +48,7 @@ class GeminiAdapter(GoogleAdapter):
         bare = batch_id
         for prefix in ("batches/", "batches-"):
             if bare.startswith(prefix):
-                bare = bare[len(prefix):]
+                bare = bare[len(prefix) :]
                 break
         path_segment(bare)
         return bare

@@ -83,9 +83,7 @@ class ServiceAccountTokens:
             from google.oauth2 import service_account  # the import costs ~100 ms: only when Vertex is used
 
             try:
-                credentials = service_account.Credentials.from_service_account_info(
-                    info, scopes=[CLOUD_PLATFORM_SCOPE]
-                )
+                credentials = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM_SCOPE])
             except (ValueError, TypeError, KeyError) as exc:
                 # Never the exception text: it may quote the key material.
                 raise GatewayError(

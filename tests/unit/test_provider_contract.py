@@ -129,4 +129,3 @@ def test_every_simulator_is_a_known_provider_whose_key_schema_reads_its_block(si
         assert key.settings is None and key.value == sim.default_key
     else:
         assert key.settings is not None and block["keys"][0][cls.key_settings_block]
-
