@@ -24,8 +24,9 @@ from pathlib import Path
 from gateway.render import ROOT, render
 from sandbox.server import gateway_config
 from service.auth import exposure_problem
-from service.config import StoreConfig, load_config
+from service.config import StoreConfig
 from service.limits import EmbeddedStore, RedisStore
+from service.providers.catalog import load_config
 
 BUILD = ROOT / "build"
 

@@ -22,6 +22,8 @@ source: the simulator refuses it with `AnthropicOptions.ended_cancel_status` (40
 
 from __future__ import annotations
 
+import uuid
+
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -154,6 +156,11 @@ class AnthropicSim(ProviderSim):
     name = "anthropic"
     prefix = "/anthropic"
     default_key = "sk-ant-api03-sandbox-anthropic"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"msgbatch_{uuid.uuid4().hex[:20]}"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

@@ -225,6 +225,11 @@ class BedrockSim(ProviderSim):
     name = "bedrock"
     prefix = "/bedrock"
     default_key = "AKIASANDBOXBEDROCK01:sandbox/Bedrock+Secret0Key0000000000000000"
+    unknown_key_status = 403  # AWS answers UnrecognizedClientException / InvalidSignatureException
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return uuid4().hex[:12]  # 12 lowercase alphanumerics, like Bedrock's job ids
 
     @classmethod
     def gateway_config(cls, base_url: str, key: str) -> dict[str, Any]:

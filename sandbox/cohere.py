@@ -38,6 +38,11 @@ class CohereSim(ProviderSim):
     name = "cohere"
     prefix = "/cohere"
     default_key = "sandbox-cohere-key"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid4())
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

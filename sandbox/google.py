@@ -39,6 +39,8 @@ sandbox can verify what google-auth signs; it grants nothing anywhere.
 
 from __future__ import annotations
 
+import uuid
+
 import base64
 import binascii
 from dataclasses import dataclass, field
@@ -296,6 +298,11 @@ class GeminiSim(_GoogleSim):
     prefix = "/gemini"
     default_key = "AIzaSyBatchgateSandboxGeminiKey00000000"
     service = "generativelanguage.googleapis.com"
+    unknown_key_status = 400  # Google answers INVALID_ARGUMENT (API_KEY_INVALID); the type says authentication
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"g{uuid.uuid4().hex[:12]}"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -387,6 +394,10 @@ class GeminiSim(_GoogleSim):
 class VertexSim(_GoogleSim):
     name = "vertex"
     prefix = "/vertex"
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid.uuid4().int % 10**18)  # numeric, like Vertex job ids
     # The accepted "key" is a service account: its email.
     default_key = SANDBOX_SERVICE_ACCOUNT
     service = "aiplatform.googleapis.com"

@@ -50,6 +50,11 @@ class TogetherSim(ProviderSim):
     name = "together"
     prefix = "/together"
     default_key = "sandbox-together-key"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid4())
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

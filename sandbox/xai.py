@@ -54,6 +54,10 @@ class XAISim(ProviderSim):
     name = "xai"
     prefix = "/xai"
     default_key = "xai-sandbox-key"
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"batch_{uuid4()}"
     # Unconfirmed upstream behaviour, switchable per test (e.g. monkeypatch.setattr on the class).
     cancel_immediately: ClassVar[bool] = False
     reject_finished_cancel: ClassVar[bool] = True

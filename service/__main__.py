@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
-from service.config import Config, ConfigError, parse_config_bytes, read_config
+from service.config import Config, ConfigError, read_config
 from service.limits import EMBEDDED_PATH_ENV, RateLimiter
 from service.live import LiveConfig, StateDir
 from service.observability import configure_logging, configure_tracing
+from service.providers.catalog import parse_config_bytes
 from service.server import serve
 
 

@@ -17,7 +17,7 @@ from service.model import BatchState, CancelCommand, CancelResult
 from service.observability import KEY_FAILOVERS, Trace
 from service.providers.base import Adapter, UpstreamRequest, after_accepted_cancel, decode_json, merge_headers
 from service.providers.http import HttpExecutor
-from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
+from service.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
 from service.resilience import Admission, CircuitBreaker
 from service.waiting import PollPolicy, wait_for_terminal
 

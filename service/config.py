@@ -3,6 +3,10 @@
 Only the subset batchgate uses is read; anything malformed fails at start with one `ConfigError`
 line that names the field (`providers.openai.keys[0].value: ...`), never with a traceback.
 String values of the form `env.NAME` are read from the environment.
+
+Config names no provider: which providers exist and how each one's keys are read (its
+`*_key_config` block) come in as `KeySchema`s from the layer above (`service.providers.catalog`,
+whose `parse_config`/`load_config` are the ones to call).
 """
 
 from __future__ import annotations
@@ -11,37 +15,15 @@ import hashlib
 import json
 import os
 import re
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping, Protocol
 from urllib.parse import urlsplit
 
 
 class ConfigError(Exception):
     """A config problem, with the path of the offending field in the message."""
-
-
-@dataclass(frozen=True, slots=True)
-class AzureKeyConfig:
-    endpoint: str
-    api_version: str = "2024-10-21"
-
-
-@dataclass(frozen=True, slots=True)
-class VertexKeyConfig:
-    project_id: str
-    region: str
-    # Service-account JSON (its `token_uri` is where access tokens are minted).
-    auth_credentials: dict = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class BedrockKeyConfig:
-    access_key: str = field(repr=False)
-    secret_key: str = field(repr=False)
-    region: str
-    session_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +34,10 @@ class Key:
     weight: float = 1.0
     enabled: bool = True
     use_for_batch_api: bool = False
-    azure: AzureKeyConfig | None = None
-    vertex: VertexKeyConfig | None = None
-    bedrock: BedrockKeyConfig | None = None
+    # The provider's own key settings (its `*_key_config` block), parsed by its adapter's
+    # `KeySchema` (an Azure endpoint, a Vertex service account, Bedrock's AWS credentials); None
+    # for providers that have none.
+    settings: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +149,7 @@ _JSON_TYPES = {
 }
 
 
-class _Reader:
+class ConfigReader:
     """Typed access to one JSON object, with the field path for error messages."""
 
     def __init__(self, data: Any, path: str, env: os._Environ | dict) -> None:
@@ -202,11 +185,11 @@ class _Reader:
             raise ConfigError(f"{self.where(name)}: must not be empty")
         return value
 
-    def child(self, name: str) -> _Reader:
-        return _Reader(self.data.get(name) or {}, self.where(name), self.env)
+    def child(self, name: str) -> ConfigReader:
+        return ConfigReader(self.data.get(name) or {}, self.where(name), self.env)
 
 
-def _base_url(value: str, where: str) -> str:
+def http_url(value: str, where: str) -> str:
     # Error messages never repeat the URL: it may hold credentials.
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -216,71 +199,56 @@ def _base_url(value: str, where: str) -> str:
     return value.rstrip("/")
 
 
-def _vertex(reader: _Reader) -> VertexKeyConfig:
-    # A JSON object, or a string holding one (literal or env.VAR).
-    creds = reader.data.get("auth_credentials")
-    if isinstance(creds, str):
-        creds = reader.secret("auth_credentials", required=True)
-        try:
-            creds = json.loads(creds)
-        except json.JSONDecodeError:
-            raise ConfigError(f"{reader.where('auth_credentials')}: not a service-account JSON document") from None
-    if not isinstance(creds, dict) or not {"client_email", "private_key", "token_uri"} <= creds.keys():
-        raise ConfigError(
-            f"{reader.where('auth_credentials')}: needs a service-account JSON with client_email, private_key, token_uri"
-        )
-    return VertexKeyConfig(
-        project_id=reader.secret("project_id", required=True),
-        region=reader.secret("region", required=True),
-        auth_credentials=creds,
-    )
+class KeySchema(Protocol):
+    """What config needs to know of a provider to read its keys. Each adapter class is one (see
+    `service.providers.base.Adapter`); providers without an adapter use `PLAIN_KEYS`. Config never
+    imports the providers: the schemas are passed in (`service.providers.catalog` passes them all)."""
+
+    # The key's provider-specific block (`azure_key_config`), or None when there is none.
+    key_settings_block: ClassVar[str | None]
+    # Whether `value` must be set (providers that authenticate with their key block say no).
+    key_value_required: ClassVar[bool]
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> Any:
+        """The typed settings of the `key_settings_block`; raises ConfigError naming the field."""
 
 
-def _bedrock(reader: _Reader) -> BedrockKeyConfig:
-    return BedrockKeyConfig(
-        access_key=reader.secret("access_key", required=True),
-        secret_key=reader.secret("secret_key", required=True),
-        session_token=reader.secret("session_token", required=False) or None,
-        region=reader.secret("region", required=True),
-    )
+class _PlainKeys:
+    """Keys that are just a secret `value`."""
+
+    key_settings_block: ClassVar[str | None] = None
+    key_value_required: ClassVar[bool] = True
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> Any:
+        return None
 
 
-def _key(reader: _Reader, provider: str, index: int) -> Key:
+PLAIN_KEYS: KeySchema = _PlainKeys()
+
+
+def _key(reader: ConfigReader, provider: str, index: int, schema: KeySchema) -> Key:
     name = reader.get("name", str, "") or f"{provider}-key-{index}"
-    azure = vertex = bedrock = None
-    if provider == "azure":
-        az = reader.child("azure_key_config")
-        endpoint = az.secret("endpoint", required=True)
-        azure = AzureKeyConfig(
-            endpoint=_base_url(endpoint, az.where("endpoint")),
-            api_version=az.secret("api_version", required=False) or "2024-10-21",
-        )
-    elif provider == "vertex":
-        vertex = _vertex(reader.child("vertex_key_config"))
-    elif provider == "bedrock":
-        bedrock = _bedrock(reader.child("bedrock_key_config"))
+    settings = schema.key_settings(reader.child(schema.key_settings_block)) if schema.key_settings_block else None
     weight = reader.get("weight", float, 1.0)
     if weight < 0:
         raise ConfigError(f"{reader.where('weight')}: must not be negative")
-    # Vertex and Bedrock authenticate with their key configs; `value` is optional there.
-    value_required = provider not in ("vertex", "bedrock")
     return Key(
         id=reader.get("id", str, "") or name,
         name=name,
-        value=reader.secret("value", required=value_required),
+        value=reader.secret("value", required=schema.key_value_required),
         weight=weight,
         enabled=reader.get("enabled", bool, True),
         use_for_batch_api=reader.get("use_for_batch_api", bool, False),
-        azure=azure,
-        vertex=vertex,
-        bedrock=bedrock,
+        settings=settings,
     )
 
 
-def _network(reader: _Reader) -> NetworkConfig:
+def _network(reader: ConfigReader) -> NetworkConfig:
     base_url = reader.get("base_url", str, "") or None
     if base_url:
-        base_url = _base_url(base_url, reader.where("base_url"))
+        base_url = http_url(base_url, reader.where("base_url"))
     headers = reader.get("extra_headers", dict, {})
     for name, value in headers.items():
         if not isinstance(value, str) or not name or any(c in name + value for c in "\r\n\0"):
@@ -309,11 +277,11 @@ def _network(reader: _Reader) -> NetworkConfig:
     )
 
 
-def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
-    # Imported here: the registry imports provider modules, which import this module.
-    from service.providers.registry import KNOWN_PROVIDERS
-
-    root = _Reader(data, "", os.environ if env is None else env)
+def parse_config(data: Any, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]) -> Config:
+    """`data` (a parsed config.json) as a checked Config. `schemas` names every provider a config
+    may configure, with how its keys are read (`service.providers.catalog.KEY_SCHEMAS`)."""
+    known_providers = frozenset(schemas)
+    root = ConfigReader(data, "", os.environ if env is None else env)
     client = root.child("client")
     bulk_concurrency = client.get("bulk_concurrency", int, 16)
     if not 1 <= bulk_concurrency <= 1000:
@@ -321,8 +289,8 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
     providers: dict[str, ProviderConfig] = {}
     provs = root.child("providers")
     for name in provs.data:
-        if name not in KNOWN_PROVIDERS:
-            raise ConfigError(f"providers.{name}: unknown provider (known: {', '.join(sorted(KNOWN_PROVIDERS))})")
+        if name not in known_providers:
+            raise ConfigError(f"providers.{name}: unknown provider (known: {', '.join(sorted(known_providers))})")
         p = provs.child(name)
         keys = p.get("keys", list, [])
         limits = p.child("concurrency_and_buffer_size")
@@ -334,7 +302,10 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             raise ConfigError(f"{limits.where('buffer_size')}: must not be negative")
         providers[name] = ProviderConfig(
             name=name,
-            keys=tuple(_key(_Reader(k, f"{p.where('keys')}[{i}]", root.env), name, i) for i, k in enumerate(keys)),
+            keys=tuple(
+                _key(ConfigReader(k, f"{p.where('keys')}[{i}]", root.env), name, i, schemas[name])
+                for i, k in enumerate(keys)
+            ),
             network=_network(p.child("network_config")),
             send_back_raw_response=p.get("send_back_raw_response", bool, False),
             concurrency=concurrency,
@@ -350,7 +321,7 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
             bulk_concurrency=bulk_concurrency,
         ),
         providers=providers,
-        virtual_keys=_virtual_keys(root.child("governance"), providers, KNOWN_PROVIDERS),
+        virtual_keys=_virtual_keys(root.child("governance"), providers, known_providers),
         auth=_auth(root.child("auth_config")),
         store=_store(root.child("governance").child("store")),
     )
@@ -359,7 +330,7 @@ def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
 _API_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def _api_version(reader: _Reader) -> str | None:
+def _api_version(reader: ConfigReader) -> str | None:
     # Sent as a header value: a short token, never anything that could break a header line.
     value = reader.get("api_version", str, "")
     if value and not _API_VERSION.match(value):
@@ -371,7 +342,7 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(reader: _Reader, name: str) -> float:
+def _duration(reader: ConfigReader, name: str) -> float:
     value = reader.get(name, str, "")
     match = _DURATION.match(value)
     if not match or float(match.group(1)) <= 0:
@@ -379,7 +350,7 @@ def _duration(reader: _Reader, name: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
-def _timestamp(reader: _Reader, name: str) -> int | None:
+def _timestamp(reader: ConfigReader, name: str) -> int | None:
     """Unix seconds, or an RFC 3339 time. RFC 3339 times carry their zone (`Z` or `+02:00`); one
     without is refused rather than read in whatever zone the server happens to run in."""
     value = reader.get(name, (str, int), None)
@@ -397,11 +368,11 @@ def _timestamp(reader: _Reader, name: str) -> int | None:
 
 
 def _virtual_keys(
-    gov: _Reader, providers: dict[str, ProviderConfig], known_providers: frozenset[str]
+    gov: ConfigReader, providers: dict[str, ProviderConfig], known_providers: frozenset[str]
 ) -> tuple[VirtualKey, ...]:
     limits: dict[str, RateLimit] = {}
     for i, item in enumerate(gov.get("rate_limits", list, [])):
-        r = _Reader(item, f"{gov.where('rate_limits')}[{i}]", gov.env)
+        r = ConfigReader(item, f"{gov.where('rate_limits')}[{i}]", gov.env)
         limit_id = r.get("id", str, "") or f"rate-limit-{i}"
         maximum = r.get("request_max_limit", int, 0)
         if maximum < 1:
@@ -410,7 +381,7 @@ def _virtual_keys(
     keys: list[VirtualKey] = []
     seen: set[str] = set()
     for i, item in enumerate(gov.get("virtual_keys", list, [])):
-        r = _Reader(item, f"{gov.where('virtual_keys')}[{i}]", gov.env)
+        r = ConfigReader(item, f"{gov.where('virtual_keys')}[{i}]", gov.env)
         value = r.secret("value", required=True)
         if not value.startswith("sk-bf-"):
             raise ConfigError(f"{r.where('value')}: virtual key values start with sk-bf-")
@@ -419,7 +390,7 @@ def _virtual_keys(
         seen.add(value)
         allowed: dict[str, frozenset[str] | None] = {}
         for j, pc in enumerate(r.get("provider_configs", list, [])):
-            pr = _Reader(pc, f"{r.where('provider_configs')}[{j}]", gov.env)
+            pr = ConfigReader(pc, f"{r.where('provider_configs')}[{j}]", gov.env)
             provider = pr.get("provider", str, "")
             if not provider:
                 raise ConfigError(f"{pr.where('provider')}: required")
@@ -457,7 +428,7 @@ def _virtual_keys(
     return tuple(keys)
 
 
-def _store(reader: _Reader) -> StoreConfig:
+def _store(reader: ConfigReader) -> StoreConfig:
     kind = reader.get("type", str, "embedded")
     if kind not in ("embedded", "redis"):
         raise ConfigError(f"{reader.where('type')}: expected embedded or redis, got {kind[:32]!r}")
@@ -485,7 +456,7 @@ def _store(reader: _Reader) -> StoreConfig:
     return StoreConfig(type=kind, url=url, on_error=on_error, timeout_s=timeout_ms / 1000)
 
 
-def _auth(reader: _Reader) -> AuthConfig:
+def _auth(reader: ConfigReader) -> AuthConfig:
     config = AuthConfig(
         is_enabled=reader.get("is_enabled", bool, False),
         admin_username=reader.secret("admin_username", required=False),
@@ -511,7 +482,9 @@ def config_version(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:12]
 
 
-def parse_config_bytes(raw: bytes, path: str | Path, env: os._Environ | dict | None = None) -> Config:
+def parse_config_bytes(
+    raw: bytes, path: str | Path, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]
+) -> Config:
     """`raw` (the bytes of the file at `path`, which error messages name) as a checked Config."""
     try:
         text = raw.decode("utf-8")
@@ -521,8 +494,8 @@ def parse_config_bytes(raw: bytes, path: str | Path, env: os._Environ | dict | N
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
-    return parse_config(data, env)
+    return parse_config(data, env, schemas)
 
 
-def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:
-    return parse_config_bytes(read_config(path), path, env)
+def load_config(path: str | Path, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]) -> Config:
+    return parse_config_bytes(read_config(path), path, env, schemas)

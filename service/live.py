@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import orjson
 
 from service.cancel import Canceller
-from service.config import Config, ConfigError, config_version, parse_config_bytes, read_config
+from service.config import Config, ConfigError, config_version, read_config
 from service.limits import RateLimiter
 from service.observability import (
     CONFIG_INFO,
@@ -40,6 +40,7 @@ from service.observability import (
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_RELOADS,
 )
+from service.providers.catalog import parse_config_bytes
 from service.providers.http import HttpExecutor
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from sandbox import DEFAULT_KEYS, SIMULATOR_KEY, Simulator, build_app, start
-from tests.support import SANDBOX_KEYS
+from tests.support import SANDBOX_KEYS, running_service, sim_config
 
 
 @dataclass
@@ -38,6 +38,14 @@ async def sandbox() -> Sandbox:
 def sim(sandbox: Sandbox) -> Simulator:
     sandbox.sim.reset()
     return sandbox.sim
+
+
+@pytest.fixture
+async def service(request: pytest.FixtureRequest, sandbox: Sandbox, sim: Simulator):
+    """A gRPC stub of a running service configured with the test module's `SIM` simulator alone
+    (its own config block, no retries). Modules that need another setup define their own."""
+    async with running_service(sim_config(request.module.SIM, sandbox.url)) as (_, stub):
+        yield stub
 
 
 class RedisServer:

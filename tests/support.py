@@ -17,9 +17,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_status import rpc_status
 
 from sandbox.core import ProviderSim
-from service.config import Config, parse_config
+from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
+from service.providers.catalog import parse_config
 from service.server import App, create_server
 
 OPENAI_KEYS = ("sk-test-openai-aaaaaaaa1111", "sk-test-openai-bbbbbbbb2222")
@@ -64,7 +65,7 @@ def sim_config(
     `key`, else the simulator's default key), `max_retries` and `network` set in its network_config,
     and `provider_fields` laid over the block."""
     block = sim_cls.gateway_config(f"{sandbox_url}{sim_cls.prefix}", sim_cls.default_key if key is None else key)
-    block["network_config"].update({"max_retries": max_retries, **(network or {})})
+    block.setdefault("network_config", {}).update({"max_retries": max_retries, **(network or {})})
     return {"providers": {sim_cls.name: {**block, **provider_fields}}}
 
 

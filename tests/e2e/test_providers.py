@@ -30,7 +30,7 @@ from sandbox.google import SANDBOX_PROJECT, SANDBOX_PROJECT_NUMBER, SANDBOX_REGI
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.providers.registry import NO_BATCH_CANCEL
+from service.providers.catalog import NO_BATCH_CANCEL
 from tests.e2e.conftest import INTERNAL_HEADERS, Gateway, SimAdmin
 
 # Simulated providers that batchgate cancels on (Fireworks is simulated but has no batch cancel).

@@ -34,7 +34,7 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.server import create_server
 from service.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed

@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.auth import Authenticator, Caller
-from service.config import ConfigError, RateLimit, StoreConfig, parse_config
+from service.config import ConfigError, RateLimit, StoreConfig
 from service.errors import Overloaded, UpstreamUnavailable
 from service.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
+from service.providers.catalog import parse_config
 
 
 class Clock:

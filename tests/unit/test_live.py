@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config import ConfigError, RateLimit, config_version, parse_config
+from service.config import ConfigError, RateLimit, config_version
 from service.errors import Overloaded, Unauthenticated
 from service.limits import EmbeddedStore, RateLimiter
 from service.live import FileWatcher, LiveConfig, StateDir, describe_changes
+from service.providers.catalog import parse_config
 from tests.support import OPENAI_KEYS, config_dict
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.render import DESCRIPTOR, LOCAL_REPLIES, LUA_FILE, ROOT, render, split_host_port
 from service.auth import exposure_problem
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from tests.support import self_signed_cert
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"

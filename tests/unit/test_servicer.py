@@ -23,12 +23,11 @@ from google.rpc import status_pb2
 
 from service.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
 from service.cancel import Canceller
-from service.config import parse_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.model import BatchState, CancelResult, RequestCounts
+from service.providers.catalog import NO_BATCH_CANCEL, parse_config
 from service.providers.http import HttpExecutor
-from service.providers.registry import NO_BATCH_CANCEL
 from tests.support import OPENAI_KEYS, config_dict
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BatchService"]
