@@ -25,8 +25,6 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from service.providers.registry import KNOWN_PROVIDERS
-
 access_log = logging.getLogger("batchgate.access")
 audit_log = logging.getLogger("batchgate.audit")
 
@@ -66,12 +64,24 @@ for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
 
 
+# The provider names a label may hold. Injected by the layer that knows the providers
+# (service.cancel, from the registry) rather than imported: the HTTP executor imports this module,
+# and importing the registry here would pull every adapter (and botocore) under it, in a cycle.
+_provider_labels: frozenset[str] = frozenset()
+
+
+def use_provider_labels(names: Iterable[str]) -> None:
+    """Sets the provider names that appear as themselves in labels; any other name is `unknown`."""
+    global _provider_labels
+    _provider_labels = frozenset(names)
+
+
 def provider_label(provider: str) -> str:
-    return provider if provider in KNOWN_PROVIDERS else "unknown"
+    return provider if provider in _provider_labels else "unknown"
 
 
 @dataclass(slots=True)
-class Trace:
+class CallRecord:
     """What one request did upstream, filled in as it goes; becomes its log line and metrics."""
 
     request_id: str
@@ -105,7 +115,7 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
 
 
 def record_request(
-    trace: Trace, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
+    trace: CallRecord, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
 ) -> None:
     """Metrics, the access log line and the audit event for one finished call."""
     seconds = time.perf_counter() - trace.started
@@ -139,7 +149,7 @@ def record_request(
 
 
 def record_item(
-    trace: Trace, *, index: int, provider: str, batch_id: str, caller: str, code: str, http_status: int,
+    trace: CallRecord, *, index: int, provider: str, batch_id: str, caller: str, code: str, http_status: int,
     warning: str | None = None,
 ) -> None:
     """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
@@ -161,7 +171,7 @@ def record_item(
 
 
 def record_bulk(
-    trace: Trace, *, caller: str, items: int, outcomes: dict[str, int], code: str, http_status: int,
+    trace: CallRecord, *, caller: str, items: int, outcomes: dict[str, int], code: str, http_status: int,
     error: str | None,
 ) -> None:
     """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and

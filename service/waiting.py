@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from service.errors import GatewayError
-from service.model import TERMINAL_STATUSES, BatchState, CancelCommand, CancelResult
+from service.model import TERMINAL_STATUSES, BatchState, CallContext, CancelCommand, CancelResult
 from service.providers.http import RETRYABLE_STATUSES, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelRes
 
 
 async def watch_result(
-    canceller: Canceller, result: CancelResult, command: CancelCommand, call_end: float | None,
+    canceller: Canceller, result: CancelResult, command: CancelCommand, call: CallContext, call_end: float | None,
     gate: Callable[[], Any] | None = None,
 ) -> AsyncIterator[tuple[CancelResult, bool]]:
     """The cancel's result after each status change while waiting `command.wait_seconds`, each with
@@ -146,9 +146,9 @@ async def watch_result(
 
     async def read() -> tuple[BatchState, Any]:
         if gate is None:
-            return await canceller.read(result.read_back, command, call_end)
+            return await canceller.read(result.read_back, command, call, call_end)
         async with gate():
-            return await canceller.read(result.read_back, command, call_end)
+            return await canceller.read(result.read_back, command, call, call_end)
 
     if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
         yield result, True
@@ -162,10 +162,11 @@ async def watch_result(
 
 
 async def wait_for_terminal(
-    canceller: Canceller, result: CancelResult, command: CancelCommand, call_end: float | None
+    canceller: Canceller, result: CancelResult, command: CancelCommand, call: CallContext,
+    call_end: float | None,
 ) -> CancelResult:
     """A single cancel's wait: the last state once terminal or once the wait runs out."""
     last = result
-    async for last, _final in watch_result(canceller, result, command, call_end):
+    async for last, _final in watch_result(canceller, result, command, call, call_end):
         pass
     return last
