@@ -30,6 +30,9 @@ from service.surfaces import (
     google_error,
     to_anthropic,
 )
+# Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
+# service.envelope): the error body and status, and the NDJSON stream marker.
+from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
 from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.live import LiveConfig
 from service.model import CallContext, CancelCommand, CancelResult, ItemEvent
@@ -48,12 +51,7 @@ from service.routes import ORIGINAL_PATH_HEADER, RouteTable
 
 log = logging.getLogger(__name__)
 
-# Headers (gRPC metadata) the edge reads to shape REST error answers: see gateway/errors.lua.
-ERROR_BODY_HEADER = "x-bf-error-body"
-ERROR_STATUS_HEADER = "x-bf-status"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
-# Tells the edge that a REST answer is a stream of newline-delimited JSON events (gateway/errors.lua).
-STREAM_HEADER = "x-bf-stream"
 
 MODEL_PROVIDER_HEADER = "x-model-provider"
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
@@ -162,14 +160,8 @@ def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
 
 
 def error_to_status(error: GatewayError) -> status_pb2.Status:
-    detail = pb.ErrorDetail(
-        is_bifrost_error=error.is_bifrost_error,
-        status_code=error.status_code,
-        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
-    )
     packed = any_pb2.Any()
-    packed.Pack(detail)
+    packed.Pack(error_detail(error))
     return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
 
 
@@ -189,7 +181,8 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
 
 
 def error_detail(error: GatewayError) -> pb.ErrorDetail:
-    """The typed detail of an error: the REST error body's fields."""
+    """The typed detail of an error: the REST error body's fields (service.envelope.bifrost; a unit
+    test holds the two together)."""
     return pb.ErrorDetail(
         is_bifrost_error=error.is_bifrost_error,
         status_code=error.status_code,
