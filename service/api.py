@@ -12,30 +12,22 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import grpc
-from google.protobuf import any_pb2, empty_pb2, json_format
-from opentelemetry import trace as otel_trace
-from google.rpc import status_pb2
+from google.protobuf import empty_pb2, json_format
 from grpc_status import rpc_status
+from opentelemetry import trace as otel_trace
 
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.bulk import BulkCanceller, check_wait
 from service.cancel import Canceller
-from service.surfaces import (
-    SURFACE_DEFAULT_PROVIDER,
-    RenderedError,
-    anthropic_error,
-    bedrock_error,
-    bifrost_error,
-    google_error,
-    to_anthropic,
-)
+from service.converters import error_to_status, event_outcome, event_to_proto, result_to_proto
+
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.envelope): the error body and status, and the NDJSON stream marker.
 from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
-from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
+from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.live import LiveConfig
-from service.model import CallContext, CancelCommand, CancelResult, ItemEvent
+from service.model import CallContext, CancelCommand, CancelResult
 from service.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
@@ -48,6 +40,15 @@ from service.observability import (
     server_span,
 )
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
+from service.surfaces import (
+    SURFACE_DEFAULT_PROVIDER,
+    RenderedError,
+    anthropic_error,
+    bedrock_error,
+    bifrost_error,
+    google_error,
+    to_anthropic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,46 +126,6 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
-def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
-    batch = result.batch
-    response = pb.BatchCancelResponse(
-        id=batch.id,
-        object="batch",
-        status=batch.status,
-        cancelling_at=batch.cancelling_at,
-        cancelled_at=batch.cancelled_at,
-        extra_fields=pb.ExtraFields(
-            request_type=REQUEST_TYPE,
-            provider=result.provider,
-            latency=result.latency_ms,
-            chunk_index=0,
-            warning=result.warning,
-        ),
-    )
-    if batch.counts is not None:
-        counts = batch.counts
-        response.request_counts.CopyFrom(
-            pb.RequestCounts(
-                total=counts.total,
-                completed=counts.completed,
-                failed=counts.failed,
-                succeeded=counts.succeeded,
-                expired=counts.expired,
-                canceled=counts.canceled,
-                pending=counts.pending,
-            )
-        )
-    if result.raw_response is not None:
-        json_format.ParseDict(result.raw_response, response.extra_fields.raw_response)
-    return response
-
-
-def error_to_status(error: GatewayError) -> status_pb2.Status:
-    packed = any_pb2.Any()
-    packed.Pack(error_detail(error))
-    return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
-
-
 async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
     """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
     rendering in initial metadata for the edge (gateway/errors.lua)."""
@@ -178,34 +139,6 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
         )
     )
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-
-
-def error_detail(error: GatewayError) -> pb.ErrorDetail:
-    """The typed detail of an error: the REST error body's fields (service.envelope.bifrost; a unit
-    test holds the two together)."""
-    return pb.ErrorDetail(
-        is_bifrost_error=error.is_bifrost_error,
-        status_code=error.status_code,
-        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
-    )
-
-
-def event_to_proto(event: ItemEvent) -> pb.CancelManyEvent:
-    """One bulk event: the single cancel's answer (`batch`) or its error (`error`)."""
-    message = pb.CancelManyEvent(index=event.index, id=event.batch_id, provider=event.provider, final=event.final)
-    if event.result is not None:
-        message.batch.CopyFrom(result_to_proto(event.result))
-    else:
-        message.error.CopyFrom(error_detail(event.error))
-    return message
-
-
-def event_outcome(event: ItemEvent) -> tuple[str, int]:
-    """gRPC code name and HTTP status of an item's final event, for its audit event and the counts."""
-    if event.error is None:
-        return "OK", 200
-    return event.error.grpc_code.name, event.error.status_code
 
 
 # The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
@@ -291,7 +224,8 @@ def handles_rpc(
                 call, span = Call(CallContext(headers)), otel_trace.INVALID_SPAN
             else:
                 rid, generated = request_id(headers)
-                call = Call(CallContext(headers, CallRecord(rid, route(headers))), ((REQUEST_ID_HEADER, rid),) if generated else ())
+                echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
+                call = Call(CallContext(headers, CallRecord(rid, route(headers))), echo_id)
                 IN_FLIGHT.inc()
                 span = server_span(name, headers, rid)
             code, status, failure = "OK", 200, None
@@ -424,7 +358,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                         )
 
     @handles_rpc(render_health, finish=None)
-    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call) -> pb.HealthResponse:
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""

@@ -36,7 +36,13 @@ FIRST_KEY = "is_bifrost_error"
 
 
 def bifrost(
-    *, status_code: Any, type: str, code: str | None, message: str, param: str | None, provider: str,
+    *,
+    status_code: Any,
+    type: str,
+    code: str | None,
+    message: str,
+    param: str | None,
+    provider: str,
     is_bifrost_error: bool = True,
 ) -> dict:
     """The Bifrost error body. `status_code` is an int, or an Envoy format string in local replies."""

@@ -8,15 +8,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.api import (
-    ERROR_BODY_HEADER,
-    ERROR_STATUS_HEADER,
-    command_from_proto,
-    metadata_headers,
-    error_to_status,
-    rest_error_metadata,
-    result_to_proto,
-)
+from service.api import command_from_proto, metadata_headers, rest_error_metadata
+from service.converters import error_to_status, result_to_proto
+from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER
 from service.errors import (
     DeadlineExceeded,
     GatewayError,

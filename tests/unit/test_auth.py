@@ -30,9 +30,18 @@ def config(*, admin: bool = True, **client):
             {"id": "team-a", "value": VK_TEAM, "provider_configs": [{"provider": "openai"}, {"provider": "azure"}]},
             {"id": "scoped", "value": VK_SCOPED, "provider_configs": [{"provider": "openai", "key_ids": ["second"]}]},
             {"id": "inactive", "value": VK_INACTIVE, "is_active": False, "provider_configs": [{"provider": "openai"}]},
-            {"id": "expiring", "value": VK_EXPIRING, "expires_at": EXPIRES_AT,
-             "provider_configs": [{"provider": "openai"}]},
-            {"id": "limited", "value": VK_LIMITED, "rate_limit_id": "two", "provider_configs": [{"provider": "openai"}]},
+            {
+                "id": "expiring",
+                "value": VK_EXPIRING,
+                "expires_at": EXPIRES_AT,
+                "provider_configs": [{"provider": "openai"}],
+            },
+            {
+                "id": "limited",
+                "value": VK_LIMITED,
+                "rate_limit_id": "two",
+                "provider_configs": [{"provider": "openai"}],
+            },
         ],
     }
     if admin:  # gateway credentials make every call authenticate
@@ -63,8 +72,13 @@ def auth(clock):
 
 @pytest.mark.parametrize(
     "headers",
-    [{"x-bf-vk": VK_TEAM}, {"authorization": f"Bearer {VK_TEAM}"}, {"x-api-key": VK_TEAM},
-     {"x-goog-api-key": VK_TEAM}, {"authorization": f"bearer  {VK_TEAM} "}],
+    [
+        {"x-bf-vk": VK_TEAM},
+        {"authorization": f"Bearer {VK_TEAM}"},
+        {"x-api-key": VK_TEAM},
+        {"x-goog-api-key": VK_TEAM},
+        {"authorization": f"bearer  {VK_TEAM} "},
+    ],
     ids=["x-bf-vk", "bearer", "x-api-key", "x-goog-api-key", "bearer-lowercase-spaces"],
 )
 def test_a_virtual_key_in_any_carrier(auth, headers):

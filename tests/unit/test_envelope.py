@@ -13,7 +13,8 @@ from google.protobuf import json_format
 
 from gateway.render import LOCAL_REPLIES, LUA_ENVELOPE_MARKER, local_reply_body, lua_source, render
 from service import envelope
-from service.api import ERROR_BODY_HEADER, error_detail, event_to_proto, rest_error_metadata
+from service.api import ERROR_BODY_HEADER, rest_error_metadata
+from service.converters import error_detail, event_to_proto
 from service.errors import GatewayError, InvalidRequest, Overloaded, ProviderError, UpstreamUnavailable
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.model import ItemEvent
@@ -28,7 +29,9 @@ ERRORS = [
     GatewayError('quotes " and \\\\ and ünïcode', status_code=404, type="not_found", code="x"),
 ]
 METHODS = {
-    "Cancel": bifrost_error, "CancelAnthropic": anthropic_error, "CancelGenAI": google_error,
+    "Cancel": bifrost_error,
+    "CancelAnthropic": anthropic_error,
+    "CancelGenAI": google_error,
     "StopModelInvocationJob": bedrock_error,
 }
 
@@ -96,7 +99,7 @@ def test_envelope_keys_follow_the_proto():
     assert tuple(f.name for f in fields if f.has_presence) == envelope.NULLABLE_ERROR_KEYS
     body = GatewayError("x").to_dict()
     assert list(body) == [f.name for f in pb.ErrorDetail.DESCRIPTOR.fields]
-    assert list(body)[0] == envelope.FIRST_KEY
+    assert next(iter(body)) == envelope.FIRST_KEY
 
 
 @pytest.mark.parametrize("error", ERRORS, ids=lambda e: f"{type(e).__name__}-{e.status_code}")
@@ -166,8 +169,8 @@ def _shape(value):
 
 
 @pytest.mark.parametrize(
-    ("surface", "renderer"), [(None, bifrost_error), ("anthropic", anthropic_error), ("genai", google_error),
-                              ("bedrock", bedrock_error)],
+    ("surface", "renderer"),
+    [(None, bifrost_error), ("anthropic", anthropic_error), ("genai", google_error), ("bedrock", bedrock_error)],
 )
 @pytest.mark.parametrize("reply", LOCAL_REPLIES, ids=lambda r: str(r.status))
 def test_envoy_local_replies_have_the_service_shape(surface, renderer, reply):

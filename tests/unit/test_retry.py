@@ -3,8 +3,8 @@ sleeping injected: no test here waits."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import aiohttp
 import pytest
@@ -23,10 +23,18 @@ NOW = 1_800_000_000.0
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(None, None), ("", None), ("0", 0.0), ("3", 3.0), ("1.5", 1.5), ("-4", 0.0), ("soon", None),
-     (format_datetime(datetime.fromtimestamp(NOW + 20, timezone.utc), usegmt=True), 20.0),
-     (format_datetime(datetime.fromtimestamp(NOW - 20, timezone.utc), usegmt=True), 0.0),
-     ("Wed, 99 Foo 2026 00:00:00 GMT", None)],
+    [
+        (None, None),
+        ("", None),
+        ("0", 0.0),
+        ("3", 3.0),
+        ("1.5", 1.5),
+        ("-4", 0.0),
+        ("soon", None),
+        (format_datetime(datetime.fromtimestamp(NOW + 20, UTC), usegmt=True), 20.0),
+        (format_datetime(datetime.fromtimestamp(NOW - 20, UTC), usegmt=True), 0.0),
+        ("Wed, 99 Foo 2026 00:00:00 GMT", None),
+    ],
 )
 def test_retry_after_seconds(value, seconds):
     assert retry_after_seconds(value, now=lambda: NOW) == seconds
@@ -36,7 +44,9 @@ def test_retry_after_seconds(value, seconds):
 
 
 def test_policy_from_network_config():
-    policy = RetryPolicy.from_network(NetworkConfig(max_retries=4, retry_backoff_initial_ms=50, retry_backoff_max_ms=300))
+    policy = RetryPolicy.from_network(
+        NetworkConfig(max_retries=4, retry_backoff_initial_ms=50, retry_backoff_max_ms=300)
+    )
     assert (policy.max_retries, policy.initial_backoff_s, policy.max_backoff_s) == (4, 0.05, 0.3)
     assert RetryPolicy.from_network(NetworkConfig()) == RetryPolicy()  # the defaults agree
 
@@ -107,8 +117,17 @@ class ScriptedExecutor(HttpExecutor):
     exception to raise (instead of a network round trip)."""
 
     def __init__(self, script, policy: RetryPolicy, clock: Clock, rand=lambda: 0.5, breaker=None) -> None:
-        super().__init__("openai", NetworkConfig(), 4, breaker, policy, clock=clock, rand=rand, sleep=clock.sleep,
-                         wall_clock=lambda: NOW)
+        super().__init__(
+            "openai",
+            NetworkConfig(),
+            4,
+            breaker,
+            policy,
+            clock=clock,
+            rand=rand,
+            sleep=clock.sleep,
+            wall_clock=lambda: NOW,
+        )
         self.script = list(script)
         self.sent = 0
 
@@ -168,8 +187,9 @@ async def test_a_wait_past_the_deadline_is_not_started():
 
 async def test_no_answer_and_no_time_left_is_deadline_exceeded():
     clock = Clock()
-    executor = ScriptedExecutor([aiohttp.ServerDisconnectedError()], RetryPolicy(initial_backoff_s=5), clock,
-                                rand=lambda: 0.9)
+    executor = ScriptedExecutor(
+        [aiohttp.ServerDisconnectedError()], RetryPolicy(initial_backoff_s=5), clock, rand=lambda: 0.9
+    )
     with pytest.raises(DeadlineExceeded):
         await executor.send(REQUEST, deadline=clock.now + 1)
     with pytest.raises(DeadlineExceeded):  # nothing is sent once the deadline passed
