@@ -27,7 +27,8 @@ from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.live import LiveConfig
-from service.model import CallContext, CancelCommand, CancelResult
+from service.context import CallContext
+from service.model import CancelCommand, CancelResult
 from service.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,

@@ -17,11 +17,11 @@ from dataclasses import dataclass, replace
 from service.auth import Caller
 from service.cancel import Canceller
 from service.errors import GatewayError, InvalidRequest
+from service.context import CallContext
 from service.model import (
     MAX_BULK_ITEMS,
     MAX_WAIT_SECONDS,
     TERMINAL_STATUSES,
-    CallContext,
     CancelCommand,
     ItemEvent,
 )

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from service.observability import CallRecord
+from typing import Any
 
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
 STATUSES = frozenset(
@@ -59,17 +56,6 @@ class CancelCommand:
     surface: str = ""
     # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
     wait_seconds: int = 0
-
-
-@dataclass(slots=True)
-class CallContext:
-    """The per-request side of a call, next to its command: the transport headers (credentials,
-    SDK headers passed through), who called once authenticated (`vk:<id>`, `admin`, `anonymous`;
-    safe to log), and the record of what it did upstream (for its log line and metrics)."""
-
-    headers: dict[str, str] = field(default_factory=dict)
-    record: CallRecord | None = None
-    caller: str = "anonymous"
 
 
 @dataclass(slots=True)
