@@ -18,6 +18,7 @@ from opentelemetry import trace as otel_trace
 
 from service.bulk import BulkCanceller, check_wait
 from service.cancel import Canceller
+from service.context import CallContext
 from service.converters import error_to_status, event_outcome, event_to_proto, result_to_proto
 
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
@@ -27,7 +28,6 @@ from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.live import LiveConfig
-from service.context import CallContext
 from service.model import CancelCommand, CancelResult
 from service.observability import (
     IN_FLIGHT,

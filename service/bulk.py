@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 from service.auth import Caller
 from service.cancel import Canceller
-from service.errors import GatewayError, InvalidRequest
 from service.context import CallContext
+from service.errors import GatewayError, InvalidRequest
 from service.model import (
     MAX_BULK_ITEMS,
     MAX_WAIT_SECONDS,

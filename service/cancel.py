@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from service.auth import Authenticator, Caller
 from service.config import Config, Key, ProviderConfig
+from service.context import CallContext
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.limits import RateLimiter
-from service.context import CallContext
 from service.model import BatchState, CancelCommand, CancelResult
 from service.observability import KEY_FAILOVERS, CallRecord, use_provider_labels
 from service.providers.base import (
