@@ -261,6 +261,7 @@ def handles_rpc(
     return decorate
 
 
+# The cancel RPCs' decorator: observed as a cancel (log line, audit event), errors in `render`'s shape.
 handles_cancel = handles_rpc
 
 

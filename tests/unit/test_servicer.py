@@ -382,3 +382,45 @@ async def test_grpc_testing_drives_a_cancel_against_the_sandbox(sandbox, sim):
     (upstream,) = sim.calls("openai")
     assert upstream["method"] == "POST" and upstream["path"] == f"/openai/v1/batches/{batch_id}/cancel"
     assert upstream["headers"]["Authorization"] == f"Bearer {OPENAI_KEYS[0]}"
+
+
+# --- Health goes through the same wrapper ----------------------------------------------------------
+
+
+async def test_health_while_draining_is_503_with_the_health_answer_as_body(no_network):
+    servicer = BatchServicer(offline())
+    servicer.draining = True
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await servicer.Health(pb.HealthRequest(), context)
+    (status,) = context.statuses
+    (metadata,) = context.initial_metadata
+    metadata = dict(metadata)
+    assert status.code is grpc.StatusCode.UNAVAILABLE and status.details == "the service is shutting down"
+    assert metadata[ERROR_STATUS_HEADER] == "503" and "x-request-id" not in metadata
+    body = json.loads(metadata[ERROR_BODY_HEADER])
+    assert body["status"] == "draining" and body["providers"]["openai"] == {"circuit": "closed"}
+    _, detail = unpack(status.trailing_metadata)
+    assert (detail.status_code, detail.error.code) == (503, "draining")
+
+
+async def test_health_failing_unexpectedly_is_a_sealed_internal(monkeypatch, caplog):
+    canceller = offline()
+
+    def boom():
+        raise RuntimeError(f"secret {SECRET}")
+
+    monkeypatch.setattr(canceller, "breaker_states", boom)
+    context = FakeContext()
+    with caplog.at_level(logging.ERROR, logger="service.api"), pytest.raises(Aborted):
+        await BatchServicer(canceller).Health(pb.HealthRequest(), context)
+    (status,) = context.statuses
+    assert status.code is grpc.StatusCode.INTERNAL and status.details == "internal error"
+    assert SECRET not in repr((status, context.initial_metadata))
+    assert json.loads(dict(context.initial_metadata[0])[ERROR_BODY_HEADER])["status_code"] == 500
+
+
+async def test_health_when_serving_answers_ok_without_metadata():
+    context = FakeContext()
+    response = await BatchServicer(offline()).Health(pb.HealthRequest(), context)
+    assert response.status == "ok" and context.statuses == [] and context.initial_metadata == []
