@@ -253,26 +253,26 @@ class Canceller:
 
     async def _cancel(
         self, adapter: Adapter, executor: Executor, keys: tuple[Key, ...], ref: Any, command: CancelCommand,
-        trace: CallRecord | None, deadline: float, passed: dict[str, str],
+        record: CallRecord | None, deadline: float, passed: dict[str, str],
     ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
         for index, key in enumerate(keys):
-            if index and trace is not None:
-                trace.key_failovers += 1
+            if index and record is not None:
+                record.key_failovers += 1
                 KEY_FAILOVERS.labels(adapter.name).inc()
             try:
-                request = self._outgoing(adapter, adapter.cancel_request(key, ref), trace, passed)
+                request = self._outgoing(adapter, adapter.cancel_request(key, ref), record, passed)
                 request = await adapter.prepare(key, request)
             except (DeadlineExceeded, InvalidRequest):
                 raise
             except GatewayError as err:  # this key's credentials could not be used (token mint failed)
                 error = err
                 continue
-            response = await executor.send(request, deadline, trace)
+            response = await executor.send(request, deadline, record)
             if response.status < 300:
                 batch, raw, warning = await self._read_state(
-                    adapter, executor, key, ref, command, trace, response, deadline, passed
+                    adapter, executor, key, ref, command, record, response, deadline, passed
                 )
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
                 batch.status = after_accepted_cancel(batch.status)
@@ -290,12 +290,12 @@ class Canceller:
 
     @staticmethod
     def _outgoing(
-        adapter: Adapter, request: UpstreamRequest, trace: CallRecord | None, passed: dict[str, str]
+        adapter: Adapter, request: UpstreamRequest, record: CallRecord | None, passed: dict[str, str]
     ) -> UpstreamRequest:
         """Adds the caller's passed-through headers, and the request id where the provider takes one
         (OpenAI X-Client-Request-Id)."""
-        if adapter.request_id_header and trace is not None:
-            passed = {**passed, adapter.request_id_header: trace.request_id}
+        if adapter.request_id_header and record is not None:
+            passed = {**passed, adapter.request_id_header: record.request_id}
         if passed:
             request.headers = merge_headers(request.headers, passed)
         return request
@@ -316,7 +316,7 @@ class Canceller:
 
     async def _read_state(
         self, adapter: Adapter, executor: Executor, key: Key, ref: Any, command: CancelCommand,
-        trace: CallRecord | None, response, deadline: float, passed: dict[str, str],
+        record: CallRecord | None, response, deadline: float, passed: dict[str, str],
     ) -> tuple[BatchState, Any, str | None]:
         """The batch after an accepted cancel: from the cancel answer itself, or from a follow-up read
         for providers whose cancel answers `{}`. A failed follow-up read still reports the cancel
@@ -328,9 +328,9 @@ class Canceller:
         if follow_up is None:
             return self._parse(adapter, command.batch_id, cancel_data), cancel_data, None
         try:
-            follow_up = self._outgoing(adapter, follow_up, trace, passed)
+            follow_up = self._outgoing(adapter, follow_up, record, passed)
             follow_up.operation = "read"
-            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
+            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, record)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
             data = decode_json(answer, adapter.name)
