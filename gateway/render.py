@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import envelope
 from service.model import MAX_WAIT_SECONDS
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
@@ -29,6 +30,7 @@ GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
+LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
 
 
@@ -66,7 +68,7 @@ def render(
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
-        LUA_FILE=lua_file,
+        LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
         DEFAULT_LOCAL_REPLY=_default_local_reply(),
@@ -80,6 +82,16 @@ def render(
             raise RuntimeError(f"{TEMPLATE.name}: expected exactly one {_STATIC_CLUSTER.strip()!r} line")
         config = config.replace(_STATIC_CLUSTER, _DNS_CLUSTER)
     return config
+
+
+def lua_source(lua_file: Path = LUA_FILE) -> str:
+    """The Lua filter's code: gateway/errors.lua with the envelope's constants generated from
+    service/envelope.py in place of its marker line (inlined into the config, so a rendered config
+    never pairs with a Lua file of another version)."""
+    text = lua_file.read_text()
+    if text.count(LUA_ENVELOPE_MARKER) != 1:
+        raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
+    return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants())
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -139,12 +151,12 @@ def main() -> None:
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--bind-host", default="127.0.0.1")
     parser.add_argument(
-        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and errors.lua (default: this checkout)"
+        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)"
     )
     args = parser.parse_args()
     assets = {}
     if args.assets_dir:
-        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "lua_file": args.assets_dir / LUA_FILE.name}
+        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
     try:
         config = render(
             http_port=args.http_port,
@@ -207,14 +219,15 @@ def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict
     `%RESPONSE_CODE%` prints as a number."""
     message = reply.message
     if surface == "anthropic":
-        return {"type": "error", "error": {"type": reply.anthropic, "message": message}}, {}
+        return envelope.anthropic(reply.anthropic, message), {}
     if surface == "genai":
-        return {"error": {"code": "%RESPONSE_CODE%", "message": message, "status": reply.google}}, {}
+        return envelope.google("%RESPONSE_CODE%", message, reply.google), {}
     if surface == "bedrock":
-        return {"message": message}, {"x-amzn-ErrorType": reply.bedrock}
-    error = {"type": reply.type, "code": reply.code, "message": message, "param": None}
-    return {"is_bifrost_error": True, "status_code": "%RESPONSE_CODE%", "error": error,
-            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}, {}
+        return envelope.bedrock(message, reply.bedrock)
+    body = envelope.bifrost(
+        status_code="%RESPONSE_CODE%", type=reply.type, code=reply.code, message=message, param=None, provider=""
+    )
+    return body, {}
 
 
 def _status_filter(status: int) -> dict:

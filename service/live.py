@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from service.cancel import Canceller
+from service.cancel import Canceller, Executor
 from service.config import Config, ConfigError, config_version, read_config
 from service.limits import RateLimiter
 from service.observability import (
@@ -41,7 +41,6 @@ from service.observability import (
     CONFIG_RELOADS,
 )
 from service.providers.catalog import parse_config_bytes
-from service.providers.http import HttpExecutor
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ class LiveConfig:
         self._restart_only = dict(restart_only or {})
         self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
         # Executors (pools, breakers) shared by the current and the draining runtimes, by use count.
-        self._uses: collections.Counter[HttpExecutor] = collections.Counter()
+        self._uses: collections.Counter[Executor] = collections.Counter()
         self._closing: set[asyncio.Task] = set()
         self.digest = hashlib.sha256(raw).digest() if raw is not None else None
         self.failed_digest: bytes | None = None
@@ -259,7 +258,7 @@ class LiveConfig:
                 del self._uses[executor]
                 self._close(executor)
 
-    def _close(self, executor: HttpExecutor) -> None:
+    def _close(self, executor: Executor) -> None:
         try:
             task = asyncio.get_running_loop().create_task(executor.close())
         except RuntimeError:  # no loop: nothing was ever opened

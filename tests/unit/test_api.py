@@ -8,14 +8,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.api import (
-    ERROR_BODY_HEADER,
-    ERROR_STATUS_HEADER,
-    command_from_proto,
-    error_to_status,
-    rest_error_metadata,
-    result_to_proto,
-)
+from service.api import command_from_proto, metadata_headers, rest_error_metadata
+from service.converters import error_to_status, result_to_proto
+from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER
 from service.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -57,7 +52,7 @@ def test_command_provider(provider, surface, expected):
 def test_command_keeps_batch_id_exactly():
     command = command_from_proto(pb.CancelBatchRequest(batch_id=" Batch_ABC ", provider="openai"), None)
     assert command.batch_id == " Batch_ABC "  # validation happens later, and never rewrites the id
-    assert command.headers == {} and command.raw_response_requested is False
+    assert command.raw_response_requested is False
 
 
 @pytest.mark.parametrize(
@@ -77,7 +72,7 @@ def test_metadata_becomes_headers_without_binary_entries():
         ("x-bf-send-back-raw-response", "true"),
     )
     command = command_from_proto(pb.CancelBatchRequest(batch_id="b", provider="openai"), metadata)
-    assert command.headers == {"x-request-id": "req-1", "x-bf-send-back-raw-response": "true"}
+    assert metadata_headers(metadata) == {"x-request-id": "req-1", "x-bf-send-back-raw-response": "true"}
     assert command.raw_response_requested is True
     # A `-bin` entry cannot switch raw responses on.
     binary_only = (("x-bf-send-back-raw-response-bin", b"true"),)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from service.cancel import Canceller, Collaborators
 from service.config import ConfigError, RateLimit, config_version
 from service.errors import Overloaded, Unauthenticated
 from service.limits import EmbeddedStore, RateLimiter
@@ -147,6 +148,39 @@ async def test_the_limiter_is_created_once_per_process_and_given_to_each_runtime
     await limiter.check("x", RateLimit("l", 1, 60))
     with pytest.raises(Overloaded):
         await live.current.canceller.auth.limiter.check("x", RateLimit("l", 1, 60))
+
+
+def test_a_reload_keeps_the_cancellers_collaborators() -> None:
+    """Parts given to the first canceller (here: fake executors and a stepped breaker clock) build
+    the next config's canceller too; unchanged providers keep their executor."""
+    built: list[str] = []
+
+    class FakeExecutor:
+        def __init__(self, name, provider_config, breaker):
+            self.breaker = breaker
+            built.append(name)
+
+        async def send(self, request, deadline, record=None):
+            raise AssertionError("no upstream call expected")
+
+        async def close(self):
+            pass
+
+    parts = Collaborators(executor=FakeExecutor, clock=lambda: 5.0)
+    data = document()
+    config = parse_config(data, ENV)
+    live = LiveConfig(config, raw(data), path="config.json", env=dict(ENV), canceller=Canceller(config, parts=parts))
+    first = live.current.canceller
+    assert sorted(built) == ["azure", "openai"]
+    changed = document()
+    changed["providers"]["azure"]["network_config"]["max_retries"] = 1
+    assert live.apply(raw(changed), "test")
+    second = live.current.canceller
+    assert second is not first and second.parts is parts
+    assert sorted(built) == ["azure", "azure", "openai"]  # only the changed provider got a new one
+    (openai_before, azure_before), (openai_after, azure_after) = first.executors(), second.executors()
+    assert openai_after is openai_before and azure_after is not azure_before
+    assert all(isinstance(executor, FakeExecutor) for executor in second.executors())
 
 
 def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:

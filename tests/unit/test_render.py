@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, LUA_FILE, ROOT, render, split_host_port
+from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
 from service.auth import exposure_problem
 from service.providers.catalog import parse_config
 from tests.support import self_signed_cert
@@ -103,7 +103,6 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
     assets = tmp_path / "etc-envoy"
     assets.mkdir()
     shutil.copy(DESCRIPTOR, assets / "batchgate.pb")
-    shutil.copy(LUA_FILE, assets / "errors.lua")
     out = tmp_path / "envoy.yaml"
 
     subprocess.run([sys.executable, "-m", "gateway.render", "--upstream-dns", K8S_UPSTREAM, "--bind-host", "0.0.0.0",
@@ -111,7 +110,7 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
 
     config = out.read_text()
     assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
-    assert f"filename: {assets / 'errors.lua'}" in config
+    assert "default_source_code: {inline_string: " in config  # the Lua filter comes inside the config
     validate(config, tmp_path)
 
 

@@ -7,10 +7,10 @@ callers of the same RPCs get the canonical status and typed detail as everywhere
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import NamedTuple
 
+from service import envelope
 from service.errors import GatewayError
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.model import CancelResult
@@ -23,11 +23,6 @@ class RenderedError(NamedTuple):
     status: int
     body: str
     headers: tuple[tuple[str, str], ...] = ()
-
-
-def _json(data: dict) -> str:
-    # ASCII-only: the body travels to the edge as a gRPC metadata value.
-    return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
 
 def bifrost_error(error: GatewayError) -> RenderedError:
@@ -46,7 +41,7 @@ def anthropic_error(error: GatewayError) -> RenderedError:
         kind = error.type  # Anthropic's own error type, passed through
     else:
         kind = _ANTHROPIC_ERROR_TYPES.get(error.status_code, "api_error")
-    return RenderedError(error.status_code, _json({"type": "error", "error": {"type": kind, "message": error.message}}))
+    return RenderedError(error.status_code, envelope.to_json(envelope.anthropic(kind, error.message)))
 
 
 def google_error(error: GatewayError) -> RenderedError:
@@ -54,8 +49,7 @@ def google_error(error: GatewayError) -> RenderedError:
     batch) with HTTP 400, not 409."""
     code = error.grpc_code
     status = 400 if error.status_code == 409 else error.status_code
-    body = {"error": {"code": status, "message": error.message, "status": code.name}}
-    return RenderedError(status, _json(body))
+    return RenderedError(status, envelope.to_json(envelope.google(status, error.message, code.name)))
 
 
 _BEDROCK_ERRORS = {
@@ -74,7 +68,8 @@ def bedrock_error(error: GatewayError) -> RenderedError:
     else:
         name = _BEDROCK_ERRORS.get(error.status_code, "InternalServerException")
     status = 400 if name == "ConflictException" else error.status_code
-    return RenderedError(status, _json({"message": error.message}), (("x-amzn-errortype", name),))
+    body, headers = envelope.bedrock(error.message, name)
+    return RenderedError(status, envelope.to_json(body), tuple(headers.items()))
 
 
 _ANTHROPIC_STATUS = {"cancelling": "canceling", "validating": "in_progress", "in_progress": "in_progress",
