@@ -28,6 +28,22 @@ AZURE_KEY = "az-test-key-cccccccc3333"
 SANDBOX_KEYS = {"openai": list(OPENAI_KEYS), "azure": [AZURE_KEY]}
 
 
+class SteppedClock:
+    """Time that moves only when the code under test sleeps (or a test moves it): pass the instance
+    as the clock and its `sleep` as the sleep function."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def config_dict(sandbox_url: str, **client: Any) -> dict:
     """A config with one valid OpenAI key and one Azure key, both pointed at the sandbox."""
     return {

@@ -15,6 +15,7 @@ from service.observability import CallRecord
 from service.providers.base import UpstreamRequest, UpstreamResponse
 from service.providers.http import RETRYABLE_STATUSES, HttpExecutor, RetryPolicy, retry_after_seconds
 from service.resilience import CircuitBreaker
+from tests.support import SteppedClock
 
 # --- retry_after_seconds -----------------------------------------------------------------------------
 
@@ -97,26 +98,12 @@ def test_policy_is_immutable_data():
 # --- the executor's loop -------------------------------------------------------------------------------
 
 
-class Clock:
-    """Loop time that moves only when the executor sleeps (or a test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
 
 class ScriptedExecutor(HttpExecutor):
     """The real loop over scripted exchanges: each item is an UpstreamResponse to answer with or an
     exception to raise (instead of a network round trip)."""
 
-    def __init__(self, script, policy: RetryPolicy, clock: Clock, rand=lambda: 0.5, breaker=None) -> None:
+    def __init__(self, script, policy: RetryPolicy, clock: SteppedClock, rand=lambda: 0.5, breaker=None) -> None:
         super().__init__(
             "openai",
             NetworkConfig(),
@@ -147,7 +134,7 @@ REQUEST = UpstreamRequest("POST", "http://upstream.invalid/v1/batches/b/cancel",
 
 
 async def test_transient_answers_are_retried_with_backoff_then_succeed():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor([answer(503), answer(429), answer(200)], RetryPolicy(max_retries=2), clock)
     record = CallRecord("rid", "grpc")
     response = await executor.send(REQUEST, deadline=clock.now + 30, record=record)
@@ -157,14 +144,14 @@ async def test_transient_answers_are_retried_with_backoff_then_succeed():
 
 
 async def test_exhausted_retries_return_the_last_answer():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor([answer(500)] * 3, RetryPolicy(max_retries=2), clock)
     assert (await executor.send(REQUEST, deadline=clock.now + 30)).status == 500
     assert executor.sent == 3 and len(clock.sleeps) == 2
 
 
 async def test_connection_errors_exhausted_are_unavailable():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor([aiohttp.ClientConnectionError()] * 2, RetryPolicy(max_retries=1), clock)
     with pytest.raises(UpstreamUnavailable, match="could not reach openai: ClientConnectionError"):
         await executor.send(REQUEST, deadline=clock.now + 30)
@@ -172,21 +159,21 @@ async def test_connection_errors_exhausted_are_unavailable():
 
 
 async def test_retry_after_is_waited_when_it_fits_the_deadline():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor([answer(429, Retry_After="2"), answer(200)], RetryPolicy(), clock)
     assert (await executor.send(REQUEST, deadline=clock.now + 3)).status == 200
     assert clock.sleeps == [2.0]
 
 
 async def test_a_wait_past_the_deadline_is_not_started():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor([answer(429, Retry_After="30")], RetryPolicy(), clock)
     assert (await executor.send(REQUEST, deadline=clock.now + 3)).status == 429  # the provider's answer
     assert clock.sleeps == [] and executor.sent == 1
 
 
 async def test_no_answer_and_no_time_left_is_deadline_exceeded():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     executor = ScriptedExecutor(
         [aiohttp.ServerDisconnectedError()], RetryPolicy(initial_backoff_s=5), clock, rand=lambda: 0.9
     )
@@ -197,7 +184,7 @@ async def test_no_answer_and_no_time_left_is_deadline_exceeded():
 
 
 async def test_the_whole_exchange_counts_once_for_the_breaker():
-    clock = Clock()
+    clock = SteppedClock(100.0)
     breaker = CircuitBreaker("openai", threshold=2, clock=clock)
     for _ in range(2):
         executor = ScriptedExecutor([answer(502)] * 3, RetryPolicy(max_retries=2), clock, breaker=breaker)
