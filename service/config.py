@@ -150,7 +150,7 @@ def _key(reader: ConfigReader, provider: str, index: int, schema: KeySchema) -> 
     return Key(
         id=reader.get("id", str, "") or name,
         name=name,
-        value=reader.secret("value", required=schema.key_value_required),
+        value=reader.env_string("value", required=schema.key_value_required),
         weight=weight,
         enabled=reader.get("enabled", bool, True),
         use_for_batch_api=reader.get("use_for_batch_api", bool, False),

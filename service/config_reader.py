@@ -44,7 +44,9 @@ class ConfigReader:
             raise ConfigError(f"{self.where(name)}: expected {expected}, got {type(value).__name__}")
         return value
 
-    def secret(self, name: str, *, required: bool) -> str:
+    def env_string(self, name: str, *, required: bool) -> str:
+        """A string setting (a key, a region, an endpoint), read from the environment when the
+        config says `env.NAME`."""
         value = self.get(name, str, "")
         if value.startswith("env."):
             var = value[4:]

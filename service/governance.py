@@ -101,7 +101,7 @@ def parse_virtual_keys(
     seen: set[str] = set()
     for i, item in enumerate(gov.get("virtual_keys", list, [])):
         r = ConfigReader(item, f"{gov.where('virtual_keys')}[{i}]", gov.env)
-        value = r.secret("value", required=True)
+        value = r.env_string("value", required=True)
         if not value.startswith("sk-bf-"):
             raise ConfigError(f"{r.where('value')}: virtual key values start with sk-bf-")
         if value in seen:
@@ -161,7 +161,7 @@ def parse_store(reader: ConfigReader) -> StoreConfig:
     url = None
     if kind == "redis":
         # Never repeated in an error: the url may hold a password.
-        url = reader.secret("url", required=True)
+        url = reader.env_string("url", required=True)
         parts = urlsplit(url)
         try:
             parts.port
@@ -180,8 +180,8 @@ def parse_auth(reader: ConfigReader) -> AuthConfig:
     """`auth_config`: the gateway credentials."""
     config = AuthConfig(
         is_enabled=reader.get("is_enabled", bool, False),
-        admin_username=reader.secret("admin_username", required=False),
-        admin_password=reader.secret("admin_password", required=False),
+        admin_username=reader.env_string("admin_username", required=False),
+        admin_password=reader.env_string("admin_password", required=False),
         disable_auth_on_inference=reader.get("disable_auth_on_inference", bool, False),
     )
     if config.is_enabled and not (config.admin_username and config.admin_password):

@@ -201,10 +201,10 @@ class BedrockAdapter(Adapter):
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> BedrockKeySettings:
         return BedrockKeySettings(
-            access_key=reader.secret("access_key", required=True),
-            secret_key=reader.secret("secret_key", required=True),
-            session_token=reader.secret("session_token", required=False) or None,
-            region=reader.secret("region", required=True),
+            access_key=reader.env_string("access_key", required=True),
+            secret_key=reader.env_string("secret_key", required=True),
+            session_token=reader.env_string("session_token", required=False) or None,
+            region=reader.env_string("region", required=True),
         )
 
     def __init__(self, config: ProviderConfig) -> None:

@@ -79,10 +79,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> AzureKeySettings:
-        endpoint = reader.secret("endpoint", required=True)
+        endpoint = reader.env_string("endpoint", required=True)
         return AzureKeySettings(
             endpoint=http_url(endpoint, reader.where("endpoint")),
-            api_version=reader.secret("api_version", required=False) or AZURE_API_VERSION,
+            api_version=reader.env_string("api_version", required=False) or AZURE_API_VERSION,
         )
 
     def auth_headers(self, key: Key) -> dict[str, str]:

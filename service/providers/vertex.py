@@ -87,7 +87,7 @@ class VertexAdapter(GoogleAdapter):
         # A JSON object, or a string holding one (literal or env.VAR).
         creds = reader.data.get("auth_credentials")
         if isinstance(creds, str):
-            creds = reader.secret("auth_credentials", required=True)
+            creds = reader.env_string("auth_credentials", required=True)
             try:
                 creds = json.loads(creds)
             except json.JSONDecodeError:
@@ -98,8 +98,8 @@ class VertexAdapter(GoogleAdapter):
                 "token_uri"
             )
         return VertexKeySettings(
-            project_id=reader.secret("project_id", required=True),
-            region=reader.secret("region", required=True),
+            project_id=reader.env_string("project_id", required=True),
+            region=reader.env_string("region", required=True),
             auth_credentials=creds,
         )
 
