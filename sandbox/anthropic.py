@@ -22,11 +22,10 @@ source: the simulator refuses it with `AnthropicOptions.ended_cancel_status` (40
 
 from __future__ import annotations
 
-import uuid
-
 import secrets
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any
 from urllib.parse import quote
@@ -107,7 +106,7 @@ def rfc3339(seconds: int | None) -> str | None:
     """Unix seconds as Anthropic writes times: RFC 3339, UTC, microseconds, `Z`."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def message_batch_counts(batch: SimBatch) -> dict[str, int]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import repeat
 from time import time
-from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web

@@ -39,12 +39,11 @@ sandbox can verify what google-auth signs; it grants nothing anywhere.
 
 from __future__ import annotations
 
-import uuid
-
 import base64
 import binascii
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from secrets import token_urlsafe
 from time import time
 from typing import Any
@@ -219,7 +218,7 @@ def rfc3339(seconds: int | None, digits: int) -> str | None:
     whole seconds are exactly the simulator's)."""
     if seconds is None:
         return None
-    text = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{'123456789'[:digits]}Z" if digits else f"{text}Z"
 
 
@@ -398,6 +397,7 @@ class VertexSim(_GoogleSim):
     @classmethod
     def new_batch_id(cls) -> str:
         return str(uuid.uuid4().int % 10**18)  # numeric, like Vertex job ids
+
     # The accepted "key" is a service account: its email.
     default_key = SANDBOX_SERVICE_ACCOUNT
     service = "aiplatform.googleapis.com"

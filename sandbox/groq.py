@@ -11,7 +11,6 @@ objects carry no `param`, and a missing or wrong key gets 401 `Invalid API Key` 
 from __future__ import annotations
 
 import uuid
-
 from secrets import choice
 
 from aiohttp import web

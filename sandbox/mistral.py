@@ -17,7 +17,6 @@ cancelled (400). Timestamps are unix seconds.
 from __future__ import annotations
 
 import uuid
-
 from secrets import token_hex
 from time import time
 from typing import Any, ClassVar
@@ -50,6 +49,7 @@ class MistralSim(ProviderSim):
     @classmethod
     def new_batch_id(cls) -> str:
         return str(uuid.uuid4())  # Mistral job ids are UUIDs
+
     # Unconfirmed upstream behaviour, switchable per test (e.g. monkeypatch.setattr on the class).
     cancel_immediately: ClassVar[bool] = False
     validate_uuid: ClassVar[bool] = True

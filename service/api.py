@@ -8,8 +8,9 @@ import contextlib
 import functools
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, json_format
@@ -143,8 +144,11 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
 
 
 # The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
-_REST_RENDERERS = {"CancelAnthropic": anthropic_error, "CancelGenAI": google_error,
-                   "StopModelInvocationJob": bedrock_error}
+_REST_RENDERERS = {
+    "CancelAnthropic": anthropic_error,
+    "CancelGenAI": google_error,
+    "StopModelInvocationJob": bedrock_error,
+}
 
 
 def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
@@ -186,8 +190,13 @@ def _finish_cancel(call: Call, request: Any, span: Any, code: str, status: int, 
 def _finish_bulk(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
     span.set_attribute("batchgate.items", len(request.batches))
     record_bulk(
-        call.context.record, caller=call.context.caller, items=len(request.batches), outcomes=dict(call.outcomes),
-        code=code, http_status=status, error=failure.message if failure is not None else None,
+        call.context.record,
+        caller=call.context.caller,
+        items=len(request.batches),
+        outcomes=dict(call.outcomes),
+        code=code,
+        http_status=status,
+        error=failure.message if failure is not None else None,
     )
 
 
@@ -340,8 +349,11 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         # The config current now serves the whole stream, whatever reloads meanwhile.
         with self._live.current as runtime:
             bulk = self._bulk.prepare(
-                runtime.canceller, [(item.id, item.provider) for item in request.batches], request.wait_seconds,
-                call.context, raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
+                runtime.canceller,
+                [(item.id, item.provider) for item in request.batches],
+                request.wait_seconds,
+                call.context,
+                raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
             await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
             call.metadata_sent = True
@@ -354,9 +366,14 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                         call.outcomes[item_code] += 1
                         warning = event.result.warning if event.result is not None else None
                         record_item(
-                            call.context.record, index=event.index, provider=event.provider,
-                            batch_id=event.batch_id, caller=call.context.caller, code=item_code,
-                            http_status=item_status, warning=warning,
+                            call.context.record,
+                            index=event.index,
+                            provider=event.provider,
+                            batch_id=event.batch_id,
+                            caller=call.context.caller,
+                            code=item_code,
+                            http_status=item_status,
+                            warning=warning,
                         )
 
     @handles_rpc(render_health, finish=None)

@@ -72,7 +72,11 @@ class BulkCanceller:
         self._concurrency = concurrency
 
     def prepare(
-        self, canceller: Canceller, items: Sequence[tuple[str, str]], wait_seconds: int, context: CallContext,
+        self,
+        canceller: Canceller,
+        items: Sequence[tuple[str, str]],
+        wait_seconds: int,
+        context: CallContext,
         raw_response_requested: bool = False,
     ) -> BulkCall:
         """Checks the whole call (bounds, then who is calling): raises its 400/401."""
@@ -83,7 +87,12 @@ class BulkCanceller:
         for index, (batch_id, provider) in enumerate(items):
             grouped.setdefault((batch_id, provider.strip().lower()), []).append(index)
         return BulkCall(
-            canceller, caller, grouped, [provider for _, provider in items], wait_seconds, context,
+            canceller,
+            caller,
+            grouped,
+            [provider for _, provider in items],
+            wait_seconds,
+            context,
             raw_response_requested,
         )
 
@@ -113,13 +122,21 @@ class BulkCanceller:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _item(
-        self, call: BulkCall, batch_id: str, provider: str, index: int, gate: asyncio.Semaphore,
-        events: asyncio.Queue[ItemEvent], call_end: float | None,
+        self,
+        call: BulkCall,
+        batch_id: str,
+        provider: str,
+        index: int,
+        gate: asyncio.Semaphore,
+        events: asyncio.Queue[ItemEvent],
+        call_end: float | None,
     ) -> None:
         """One distinct item: the single cancel's checks, its cancel call, then its wait."""
         canceller = call.canceller
         command = CancelCommand(
-            batch_id=batch_id, provider=provider, raw_response_requested=call.raw_response_requested,
+            batch_id=batch_id,
+            provider=provider,
+            raw_response_requested=call.raw_response_requested,
             wait_seconds=call.wait_seconds,
         )
         try:

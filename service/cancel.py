@@ -149,7 +149,8 @@ class Canceller:
                     executor = parts.executor(name, pc, parts.breaker(name, pc, parts.clock))
                 self._providers[name] = (adapter, executor)
             same_limits = before is not None and (before.concurrency, before.buffer_size) == (
-                pc.concurrency, pc.buffer_size
+                pc.concurrency,
+                pc.buffer_size,
             )
             self._admission[name] = previous._admission[name] if same_limits else parts.admission(name, pc)
 
@@ -252,8 +253,15 @@ class Canceller:
         return {name: executor.breaker.state for name, (_, executor) in self._providers.items()}
 
     async def _cancel(
-        self, adapter: Adapter, executor: Executor, keys: tuple[Key, ...], ref: Any, command: CancelCommand,
-        record: CallRecord | None, deadline: float, passed: dict[str, str],
+        self,
+        adapter: Adapter,
+        executor: Executor,
+        keys: tuple[Key, ...],
+        ref: Any,
+        command: CancelCommand,
+        record: CallRecord | None,
+        deadline: float,
+        passed: dict[str, str],
     ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
@@ -279,7 +287,11 @@ class Canceller:
                 if not self._send_back_raw(adapter, command):
                     raw = None
                 return CancelResult(
-                    batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning,
+                    batch,
+                    adapter.name,
+                    int((perf_counter() - started) * 1000),
+                    raw,
+                    warning,
                     read_back=ReadBack(adapter, executor, key, ref, passed),
                 )
             error = adapter.parse_error(response)
@@ -315,8 +327,16 @@ class Canceller:
             ) from None
 
     async def _read_state(
-        self, adapter: Adapter, executor: Executor, key: Key, ref: Any, command: CancelCommand,
-        record: CallRecord | None, response, deadline: float, passed: dict[str, str],
+        self,
+        adapter: Adapter,
+        executor: Executor,
+        key: Key,
+        ref: Any,
+        command: CancelCommand,
+        record: CallRecord | None,
+        response,
+        deadline: float,
+        passed: dict[str, str],
     ) -> tuple[BatchState, Any, str | None]:
         """The batch after an accepted cancel: from the cancel answer itself, or from a follow-up read
         for providers whose cancel answers `{}`. A failed follow-up read still reports the cancel

@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 from service.config_reader import ConfigError, ConfigReader, http_url
 from service.governance import (
@@ -32,9 +33,24 @@ from service.governance import (
 
 # Re-exported: the config's types are all read from here.
 __all__ = [
-    "AuthConfig", "ClientConfig", "Config", "ConfigError", "ConfigReader", "Key", "KeySchema", "NetworkConfig",
-    "ProviderConfig", "RateLimit", "StoreConfig", "VirtualKey", "config_version", "http_url", "load_config",
-    "parse_config", "parse_config_bytes", "read_config",
+    "AuthConfig",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "ConfigReader",
+    "Key",
+    "KeySchema",
+    "NetworkConfig",
+    "ProviderConfig",
+    "RateLimit",
+    "StoreConfig",
+    "VirtualKey",
+    "config_version",
+    "http_url",
+    "load_config",
+    "parse_config",
+    "parse_config_bytes",
+    "read_config",
 ]
 
 

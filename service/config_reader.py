@@ -15,7 +15,12 @@ class ConfigError(Exception):
 
 # How a config type error names what was expected, in JSON terms.
 _JSON_TYPES = {
-    str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "an object"
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
 }
 
 

@@ -49,7 +49,7 @@ def bifrost(
     return {
         FIRST_KEY: is_bifrost_error,
         "status_code": status_code,
-        "error": dict(zip(ERROR_KEYS, (type, code, message, param))),
+        "error": dict(zip(ERROR_KEYS, (type, code, message, param), strict=True)),
         "extra_fields": {"provider": provider, "request_type": REQUEST_TYPE},
     }
 

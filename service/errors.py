@@ -91,8 +91,13 @@ class GatewayError(Exception):
     def to_dict(self) -> dict:
         """The Bifrost error body (service.envelope)."""
         return envelope.bifrost(
-            status_code=self.status_code, type=self.type, code=self.code, message=self.message, param=self.param,
-            provider=self.provider, is_bifrost_error=self.is_bifrost_error,
+            status_code=self.status_code,
+            type=self.type,
+            code=self.code,
+            message=self.message,
+            param=self.param,
+            provider=self.provider,
+            is_bifrost_error=self.is_bifrost_error,
         )
 
     def to_json(self) -> str:

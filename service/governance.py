@@ -4,9 +4,9 @@ limits are counted (`governance.store`), and the gateway credentials (`auth_conf
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from service.config_reader import ConfigError, ConfigReader
@@ -116,7 +116,8 @@ def parse_virtual_keys(
             if provider not in configured:
                 # A typo (`opneai`) would otherwise silently block the team.
                 problem = (
-                    f"provider {provider!r} is not configured under providers" if provider in known_providers
+                    f"provider {provider!r} is not configured under providers"
+                    if provider in known_providers
                     else f"unknown provider {provider[:64]!r}"
                 )
                 raise ConfigError(f"{pr.where('provider')}: {problem} (configured: {', '.join(sorted(configured))})")
@@ -164,7 +165,7 @@ def parse_store(reader: ConfigReader) -> StoreConfig:
         url = reader.env_string("url", required=True)
         parts = urlsplit(url)
         try:
-            parts.port
+            _ = parts.port  # urlsplit reads the port only when asked
         except ValueError:
             raise ConfigError(f"{reader.where('url')}: the port is not a number") from None
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:

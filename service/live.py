@@ -26,8 +26,9 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 
@@ -55,7 +56,11 @@ class Runtime:
     __slots__ = ("config", "canceller", "version", "loaded_at", "in_flight", "retired", "_on_drained")
 
     def __init__(
-        self, config: Config, canceller: Canceller, version: str, loaded_at: float,
+        self,
+        config: Config,
+        canceller: Canceller,
+        version: str,
+        loaded_at: float,
         on_drained: Callable[[Runtime], None],
     ) -> None:
         self.config, self.canceller, self.version, self.loaded_at = config, canceller, version, loaded_at
@@ -224,8 +229,11 @@ class LiveConfig:
             CONFIG_INFO.labels(self.current.version).set(1)
         changed = describe_changes(previous.config, config)
         log.info(
-            "config reloaded (%s): version %s (was %s), changed: %s", trigger, self.current.version,
-            previous.version, ", ".join(changed) or "nothing",
+            "config reloaded (%s): version %s (was %s), changed: %s",
+            trigger,
+            self.current.version,
+            previous.version,
+            ", ".join(changed) or "nothing",
         )
         stale = [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
         if stale:

@@ -7,7 +7,7 @@ callers of the same RPCs get the canonical status and typed detail as everywhere
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from service import envelope
@@ -30,8 +30,14 @@ def bifrost_error(error: GatewayError) -> RenderedError:
 
 
 _ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    409: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
 }
 
 
@@ -53,9 +59,15 @@ def google_error(error: GatewayError) -> RenderedError:
 
 
 _BEDROCK_ERRORS = {
-    400: "ValidationException", 401: "AccessDeniedException", 403: "AccessDeniedException",
-    404: "ResourceNotFoundException", 409: "ConflictException", 429: "ThrottlingException",
-    500: "InternalServerException", 502: "ServiceUnavailableException", 503: "ServiceUnavailableException",
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    409: "ConflictException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    502: "ServiceUnavailableException",
+    503: "ServiceUnavailableException",
     504: "ServiceUnavailableException",
 }
 
@@ -72,14 +84,18 @@ def bedrock_error(error: GatewayError) -> RenderedError:
     return RenderedError(status, envelope.to_json(body), tuple(headers.items()))
 
 
-_ANTHROPIC_STATUS = {"cancelling": "canceling", "validating": "in_progress", "in_progress": "in_progress",
-                     "finalizing": "in_progress"}
+_ANTHROPIC_STATUS = {
+    "cancelling": "canceling",
+    "validating": "in_progress",
+    "in_progress": "in_progress",
+    "finalizing": "in_progress",
+}
 
 
 def _rfc3339(seconds: int | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def to_anthropic(result: CancelResult) -> pb.AnthropicMessageBatch:

@@ -144,7 +144,11 @@ def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelRes
 
 
 async def watch_result(
-    canceller: Reader, result: CancelResult, command: CancelCommand, call: CallContext, call_end: float | None,
+    canceller: Reader,
+    result: CancelResult,
+    command: CancelCommand,
+    call: CallContext,
+    call_end: float | None,
     gate: Callable[[], Any] | None = None,
 ) -> AsyncIterator[tuple[CancelResult, bool]]:
     """The cancel's result after each status change while waiting `command.wait_seconds`, each with
@@ -172,11 +176,14 @@ async def watch_result(
 
 
 async def wait_for_terminal(
-    canceller: Reader, result: CancelResult, command: CancelCommand, call: CallContext,
+    canceller: Reader,
+    result: CancelResult,
+    command: CancelCommand,
+    call: CallContext,
     call_end: float | None,
 ) -> CancelResult:
     """A single cancel's wait: the last state once terminal or once the wait runs out."""
     last = result
-    async for last, _final in watch_result(canceller, result, command, call, call_end):
-        pass
+    async for state, _final in watch_result(canceller, result, command, call, call_end):
+        last = state
     return last

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from service.config import Key, ProviderConfig
 from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
@@ -75,7 +76,9 @@ class AnthropicAdapter(Adapter):
 
     def request(self, method: str, url: str, key: Key) -> UpstreamRequest:
         # The configured version is a default: a caller's own (caller_headers) replaces it.
-        return UpstreamRequest(method, url, self.headers(self.auth_headers(key), defaults={VERSION_HEADER: self.version}))
+        return UpstreamRequest(
+            method, url, self.headers(self.auth_headers(key), defaults={VERSION_HEADER: self.version})
+        )
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
         return self.request("POST", f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}/cancel", key)

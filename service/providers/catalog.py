@@ -10,8 +10,9 @@ and `load_config` here are `service.config`'s with every provider's key schema p
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from service import config
 from service.config import PLAIN_KEYS, Config, KeySchema

@@ -21,7 +21,8 @@ unknown (None).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from service.errors import ProviderError
 from service.providers.base import Adapter, UpstreamResponse, count, decode_json

@@ -12,7 +12,7 @@ by the provider timeout. A mint failure is a 401 (the token endpoint refused the
 from __future__ import annotations
 
 import asyncio
-from datetime import timezone
+from datetime import UTC
 from time import time
 from typing import Any
 
@@ -120,7 +120,7 @@ class ServiceAccountTokens:
             ) from None
         credentials = source.credentials
         expiry = credentials.expiry
-        expires_at = expiry.replace(tzinfo=timezone.utc).timestamp() if expiry is not None else time() + 3600
+        expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else time() + 3600
         source.store(credentials.token, expires_at)
         return credentials.token
 

@@ -74,4 +74,6 @@ class TogetherAdapter(Adapter):
             err = {"message": err}
         elif not isinstance(err, dict):
             err = data if isinstance(data, dict) else {}
-        return self.error(response, err.get("message"), type=err.get("type"), code=err.get("code"), param=err.get("param"))
+        return self.error(
+            response, err.get("message"), type=err.get("type"), code=err.get("code"), param=err.get("param")
+        )

@@ -511,8 +511,9 @@ async def test_overload_full_buffer_refused_fast_with_retry_after(sandbox, sim):
 
         # A burst while saturated: all refused, nothing queued beyond buffer_size, no upstream call.
         burst = await asyncio.gather(*(cancel(stub, new_id(), timeout=3) for _ in range(50)), return_exceptions=True)
-        assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                   for r in burst)
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in burst
+        )
         assert admission._waiting == 1
         assert len(sim.calls("openai")) == 1
 

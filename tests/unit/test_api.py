@@ -222,12 +222,16 @@ def test_status_detail_carries_the_same_fields_as_the_error_body():
     body = json.loads(error.to_json())
     assert detail.is_bifrost_error is body["is_bifrost_error"] is True
     assert detail.status_code == body["status_code"] == 400
-    assert (detail.error.type, detail.error.code, detail.error.message, detail.error.param) == (
-        body["error"]["type"],
-        body["error"]["code"],
-        body["error"]["message"],
-        body["error"]["param"],
-    ) == ("invalid_request_error", "invalid_request", "batch_id contains characters", "batch_id")
+    assert (
+        (detail.error.type, detail.error.code, detail.error.message, detail.error.param)
+        == (
+            body["error"]["type"],
+            body["error"]["code"],
+            body["error"]["message"],
+            body["error"]["param"],
+        )
+        == ("invalid_request_error", "invalid_request", "batch_id contains characters", "batch_id")
+    )
     assert (detail.extra_fields.provider, detail.extra_fields.request_type) == ("azure", "batch_cancel")
     assert json_format.MessageToDict(detail, preserving_proto_field_name=True) == body
 
@@ -299,13 +303,23 @@ def test_to_json_is_ascii_and_fits_in_grpc_metadata(message):
 @pytest.mark.parametrize(
     ("method", "body"),
     [
-        ("/batchgate.v1.BatchService/Cancel", {"is_bifrost_error": True, "status_code": 408, "error": {
-            "type": "invalid_request_error", "code": "request_timeout", "message": "late", "param": None},
-            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}),
-        ("/batchgate.v1.BatchService/CancelGenAI", {"error": {"code": 408, "message": "late",
-                                                               "status": "DEADLINE_EXCEEDED"}}),
-        ("/batchgate.v1.BatchService/CancelAnthropic", {"type": "error", "error": {"type": "api_error",
-                                                                                    "message": "late"}}),
+        (
+            "/batchgate.v1.BatchService/Cancel",
+            {
+                "is_bifrost_error": True,
+                "status_code": 408,
+                "error": {"type": "invalid_request_error", "code": "request_timeout", "message": "late", "param": None},
+                "extra_fields": {"provider": "", "request_type": "batch_cancel"},
+            },
+        ),
+        (
+            "/batchgate.v1.BatchService/CancelGenAI",
+            {"error": {"code": 408, "message": "late", "status": "DEADLINE_EXCEEDED"}},
+        ),
+        (
+            "/batchgate.v1.BatchService/CancelAnthropic",
+            {"type": "error", "error": {"type": "api_error", "message": "late"}},
+        ),
     ],
 )
 def test_refusal_before_the_servicer_is_rendered_in_the_routes_shape(method, body):

@@ -33,7 +33,12 @@ async def steps_of(read, clock: SteppedClock, until: float, status: str = "cance
     return [
         step
         async for step in watch(
-            read, BatchState(id="b", status=status), until, policy or PollPolicy(), clock=clock, sleep=clock.sleep,
+            read,
+            BatchState(id="b", status=status),
+            until,
+            policy or PollPolicy(),
+            clock=clock,
+            sleep=clock.sleep,
             rand=rand,
         )
     ]
@@ -63,7 +68,9 @@ async def test_a_line_per_status_change_and_the_terminal_one_is_final():
     read, reads = reader(clock, ["cancelling", "cancelling", "finalizing", "cancelled"])
     steps = await steps_of(read, clock, until=100.0, status="validating")
     assert [(s.state.status, s.final) for s in steps] == [
-        ("cancelling", False), ("finalizing", False), ("cancelled", True),
+        ("cancelling", False),
+        ("finalizing", False),
+        ("cancelled", True),
     ]
     assert steps[-1].warning is None
     assert len(reads) == 4  # no read after the terminal status
@@ -123,13 +130,17 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
     from gateway.render import render
 
     config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
-    match = re.search(r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config)
+    match = re.search(
+        r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config
+    )
     assert match is not None
     regex, timeout, idle = match.groups()
     assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
     pattern = re.compile(regex.replace("\\\\", "\\"))
     assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
-        True, True, False,
+        True,
+        True,
+        False,
     ]
     assert "stream_newline_delimited: true" in config
     assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout

@@ -244,8 +244,12 @@ def _config(**governance) -> dict:
         "governance": {
             "rate_limits": [{"id": "five", "request_max_limit": 5, "request_reset_duration": "1m"}],
             "virtual_keys": [
-                {"id": "limited", "value": "sk-bf-limited", "rate_limit_id": "five",
-                 "provider_configs": [{"provider": "openai"}]},
+                {
+                    "id": "limited",
+                    "value": "sk-bf-limited",
+                    "rate_limit_id": "five",
+                    "provider_configs": [{"provider": "openai"}],
+                },
                 {"id": "free", "value": "sk-bf-free", "provider_configs": [{"provider": "openai"}]},
             ],
             **governance,

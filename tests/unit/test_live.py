@@ -29,8 +29,14 @@ def document(**changes) -> dict:
     data = config_dict(SIM)
     data["governance"] = {
         "rate_limits": [{"id": "two", "request_max_limit": 2, "request_reset_duration": "1m"}],
-        "virtual_keys": [{"id": "team-a", "value": "env.TEAM_A_VK", "rate_limit_id": "two",
-                          "provider_configs": [{"provider": "openai"}]}],
+        "virtual_keys": [
+            {
+                "id": "team-a",
+                "value": "env.TEAM_A_VK",
+                "rate_limit_id": "two",
+                "provider_configs": [{"provider": "openai"}],
+            }
+        ],
     }
     data["client"] = {"enforce_auth_on_inference": True}
     for path, value in changes.items():
@@ -87,8 +93,7 @@ async def test_a_call_keeps_the_config_it_started_with_and_the_old_pool_closes_a
     old_openai = openai_executor(live)
     old_azure = live.current.canceller._providers["azure"][1]
     with live.current as started:
-        assert live.apply(raw(document(providers__openai__network_config={"base_url": "http://127.0.0.1:8"})),
-                          "test")
+        assert live.apply(raw(document(providers__openai__network_config={"base_url": "http://127.0.0.1:8"})), "test")
         assert live.current is not started and started.retired
         assert started.canceller.config.providers["openai"].network.base_url == SIM + "/openai"
         assert live.current.canceller.config.providers["openai"].network.base_url == "http://127.0.0.1:8"
@@ -198,10 +203,14 @@ def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
     "content, message",
     [
         (b'{"providers": ', "config.json: not valid JSON (line 1 column 15: Expecting value)"),
-        (raw(document(providers__openai__network_config={"max_retries": -1})),
-         "providers.openai.network_config.max_retries: must not be negative"),
-        (raw(document(providers__openai__keys=[{"value": "env.ROTATED_KEY", "use_for_batch_api": True}])),
-         "providers.openai.keys[0].value: environment variable ROTATED_KEY is not set"),
+        (
+            raw(document(providers__openai__network_config={"max_retries": -1})),
+            "providers.openai.network_config.max_retries: must not be negative",
+        ),
+        (
+            raw(document(providers__openai__keys=[{"value": "env.ROTATED_KEY", "use_for_batch_api": True}])),
+            "providers.openai.keys[0].value: environment variable ROTATED_KEY is not set",
+        ),
     ],
 )
 def test_an_invalid_config_changes_nothing_and_says_which_field(content: bytes, message: str, caplog) -> None:
@@ -247,8 +256,10 @@ def test_success_metrics_version_and_log_line(caplog) -> None:
     assert sample("batchgate_config_last_reload_success_timestamp_seconds") == 2000.0
     assert sample("batchgate_config_info", version=live.current.version) == 1
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line == f"config reloaded (SIGHUP): version {config_version(new)} (was {config_version(raw(document()))})," \
-                   " changed: client"
+    assert (
+        line == f"config reloaded (SIGHUP): version {config_version(new)} (was {config_version(raw(document()))}),"
+        " changed: client"
+    )
     assert VK not in line
 
 
@@ -270,8 +281,9 @@ def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
     assert "cannot change at runtime" not in caplog.text
     cert["digest"] = "b"
     live.apply(raw(document()), "test")
-    assert ("config reload: TLS_CERT_FILE changed but cannot change at runtime; the running value stays until a "
-            "restart") in caplog.text
+    assert (
+        "config reload: TLS_CERT_FILE changed but cannot change at runtime; the running value stays until a restart"
+    ) in caplog.text
 
 
 def test_describe_changes_names_parts_never_values() -> None:
@@ -392,7 +404,9 @@ def test_a_broken_file_is_reported_once_it_stays_and_the_next_good_one_is_taken(
     watcher.poll()  # unchanged for an interval: now it counts
     watcher.poll()  # and only once
     assert live.current is running
-    assert caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected an integer") == 1
+    assert (
+        caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected an integer") == 1
+    )
     assert sample("batchgate_config_reloads_total", result="failure") == failures + 1
     atomic_write(config_file, raw(document(client={})))
     watcher.poll()

@@ -87,7 +87,7 @@ GEMINI_CANCELLED = {
     "done": True,
     "error": {"code": 1, "message": "Batch was cancelled."},
 }
-T_CANCELLED = int(datetime.datetime(2025, 7, 1, 10, 6, 7, tzinfo=datetime.timezone.utc).timestamp())
+T_CANCELLED = int(datetime.datetime(2025, 7, 1, 10, 6, 7, tzinfo=datetime.UTC).timestamp())
 
 
 def test_gemini_running_right_after_the_cancel_is_cancelling_with_string_counts():
@@ -219,7 +219,17 @@ def test_gemini_id_forms_address_the_same_batch(batch_id):
 @pytest.mark.parametrize(
     "batch_id",
     [
-        "batches/a/b", "batches/../x", "batches/", "..", "a?b", "a#b", "a%2Fb", "a\\b", "a b", "operations/x", "",
+        "batches/a/b",
+        "batches/../x",
+        "batches/",
+        "..",
+        "a?b",
+        "a#b",
+        "a%2Fb",
+        "a\\b",
+        "a b",
+        "operations/x",
+        "",
         "x\x00",
     ],  # fmt: skip
 )
@@ -440,7 +450,7 @@ class FakeCredentials:
             raise self.error
         self.refreshes += 1
         self.token = f"tok-{self.refreshes}"
-        utcnow = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        utcnow = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         self.expiry = utcnow + datetime.timedelta(seconds=self.lifetime)
 
 

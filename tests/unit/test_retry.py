@@ -98,7 +98,6 @@ def test_policy_is_immutable_data():
 # --- the executor's loop -------------------------------------------------------------------------------
 
 
-
 class ScriptedExecutor(HttpExecutor):
     """The real loop over scripted exchanges: each item is an UpstreamResponse to answer with or an
     exception to raise (instead of a network round trip)."""

@@ -262,7 +262,9 @@ async def test_success_passes_metadata_and_deadline_and_answers_the_proto():
         return CancelResult(batch, "openai", 17, {"id": "batch_1"})
 
     canceller.cancel = cancel
-    context = FakeContext(metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5)
+    context = FakeContext(
+        metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5
+    )
     request = pb.CancelBatchRequest(batch_id="batch_1", surface="openai")
     response = await BatchServicer(canceller).Cancel(request, context)
     await canceller.close()
