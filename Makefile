@@ -64,6 +64,7 @@ run: proto
 	$(PY) -m gateway.run
 
 test: proto redis-server
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 unit: proto

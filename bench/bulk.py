@@ -44,8 +44,12 @@ def one_run(url: str, items: int, pids: list[int]) -> dict[str, float]:
         elapsed = time.perf_counter() - started
     if lines != items:
         raise RuntimeError(f"expected {items} lines, got {lines}")
-    return {"seconds": elapsed, "first_line_s": first or 0.0, "rss_before_mib": before / 1024,
-            "rss_peak_mib": sampler.peak_kib / 1024}
+    return {
+        "seconds": elapsed,
+        "first_line_s": first or 0.0,
+        "rss_before_mib": before / 1024,
+        "rss_peak_mib": sampler.peak_kib / 1024,
+    }
 
 
 def main() -> None:
@@ -63,13 +67,17 @@ def main() -> None:
             results = [one_run(stack.http_url, args.items, pids) for _ in range(args.runs)]
         finally:
             stack.stop()
-    print(f"Bulk cancel of {args.items} sandbox batches (openai simulator, no wait), REST through Envoy, "
-          f"1 service worker, client.bulk_concurrency 16\n")
+    print(
+        f"Bulk cancel of {args.items} sandbox batches (openai simulator, no wait), REST through Envoy, "
+        f"1 service worker, client.bulk_concurrency 16\n"
+    )
     print("| run | total s | first line s | items/s | service RSS before MiB | service RSS peak MiB |")
     print("|---|---|---|---|---|---|")
     for i, r in enumerate(results, 1):
-        print(f"| {i} | {r['seconds']:.2f} | {r['first_line_s']:.3f} | {args.items / r['seconds']:.0f} "
-              f"| {r['rss_before_mib']:.1f} | {r['rss_peak_mib']:.1f} |")
+        print(
+            f"| {i} | {r['seconds']:.2f} | {r['first_line_s']:.3f} | {args.items / r['seconds']:.0f} "
+            f"| {r['rss_before_mib']:.1f} | {r['rss_peak_mib']:.1f} |"
+        )
     median = statistics.median(r["seconds"] for r in results)
     peak = max(r["rss_peak_mib"] for r in results)
     print(f"\nmedian {median:.2f} s for {args.items} items; peak service RSS {peak:.1f} MiB")

@@ -56,9 +56,10 @@ def _importable(module: str) -> bool:
 
 
 def ensure_generated_code() -> None:
-    if not (ROOT / "service" / "gen" / "batchgate" / "v1" / "batchgate_pb2.py").exists() or not (
-        ROOT / "build" / "batchgate.pb"
-    ).exists():
+    if (
+        not (ROOT / "service" / "gen" / "batchgate" / "v1" / "batchgate_pb2.py").exists()
+        or not (ROOT / "build" / "batchgate.pb").exists()
+    ):
         log("generated code missing: make proto")
         subprocess.run(["make", "-C", str(ROOT), "proto"], check=True, capture_output=True)
 

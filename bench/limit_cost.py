@@ -40,28 +40,35 @@ def limit_check_cost(client: LoadClient, system: System, rounds: int, n: int) ->
     again = copy.copy(by_name["rest_vk_open"])
     again.name = "rest_vk_open_again"
     by_name[again.name] = again
-    names = [name for name in ("rest_vk_open", again.name, "rest_vk_embedded", "rest_vk_open_redis", "rest_vk_redis")
-             if name in by_name]
+    names = [
+        name
+        for name in ("rest_vk_open", again.name, "rest_vk_embedded", "rest_vk_open_redis", "rest_vk_redis")
+        if name in by_name
+    ]
     p50s: dict[str, list[float]] = {name: [] for name in names}
     for i in range(rounds):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             p50s[name].append(percentile(client.run(by_name[name], 1, n).latencies_ms, 50))
 
     def added(name: str, reference: str = "rest_vk_open") -> float:
-        return statistics.median(a - b for a, b in zip(p50s[name], p50s[reference]))
+        return statistics.median(a - b for a, b in zip(p50s[name], p50s[reference], strict=True))
 
     lines = []
     # Each limited key against a key without a limit on the same gateway.
-    for name, reference, store in (("rest_vk_embedded", "rest_vk_open", "embedded"),
-                                   ("rest_vk_redis", "rest_vk_open_redis", "Redis")):
+    for name, reference, store in (
+        ("rest_vk_embedded", "rest_vk_open", "embedded"),
+        ("rest_vk_redis", "rest_vk_open_redis", "Redis"),
+    ):
         if name not in p50s:
             lines.append(f"n/a   rate-limit check, {store} store: not measured (no redis-server)")
             continue
         value = added(name, reference)
         verdict = "PASS" if value <= TARGET_LIMIT_C1_P50_MS else "MISS"
-        lines.append(f"{verdict}  rate-limit check, {store} store: REST via Envoy c=1 p50 {value:+.3f} ms over the "
-                     f"same call by a key without a limit (median of {rounds} rounds of {n}; target <= "
-                     f"{TARGET_LIMIT_C1_P50_MS} ms)")
+        lines.append(
+            f"{verdict}  rate-limit check, {store} store: REST via Envoy c=1 p50 {value:+.3f} ms over the "
+            f"same call by a key without a limit (median of {rounds} rounds of {n}; target <= "
+            f"{TARGET_LIMIT_C1_P50_MS} ms)"
+        )
     lines.append(f"      noise floor: the key without a limit against itself {added(again.name):+.3f} ms")
     for name in names:
         values = ", ".join(f"{v:.2f}" for v in p50s[name])

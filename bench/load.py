@@ -159,8 +159,9 @@ class PythonClient:
 
     def run(self, target: Target, c: int, n: int) -> LoadResult:
         before = resource.getrusage(resource.RUSAGE_SELF)
-        latencies, errors, elapsed = asyncio.run(self._run_grpc(target, c, n) if target.grpc
-                                                 else self._run_http(target, c, n))
+        latencies, errors, elapsed = asyncio.run(
+            self._run_grpc(target, c, n) if target.grpc else self._run_http(target, c, n)
+        )
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         return LoadResult(sorted(latencies), errors, elapsed, cpu)
@@ -176,10 +177,16 @@ class PythonClient:
         left = n
         request = pb.CancelBatchRequest.FromString(target.body[5:])
         address = target.url.split("//", 1)[1].split("/", 1)[0]
-        channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                    for _ in range(min(c, self.grpc_conns))]
-        calls = [ch.unary_unary(GRPC_METHOD, request_serializer=lambda m: m.SerializeToString(),
-                                response_deserializer=lambda b: b) for ch in channels]
+        channels = [
+            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(min(c, self.grpc_conns))
+        ]
+        calls = [
+            ch.unary_unary(
+                GRPC_METHOD, request_serializer=lambda m: m.SerializeToString(), response_deserializer=lambda b: b
+            )
+            for ch in channels
+        ]
 
         async def worker(index: int) -> None:
             nonlocal left, errors

@@ -38,33 +38,87 @@ def targets(system: System, *, bad: bool = False) -> list[Target]:
     json_headers = {"content-type": "application/json"}
     grpc_headers = {"content-type": "application/grpc", "te": "trailers"}
     out = [
-        Target("baseline", "baseline: simulator direct (HTTP/1.1)",
-               f"{system.sim_url}/openai/v1/batches/{BATCH_ID}/cancel", False,
-               {**json_headers, "authorization": f"Bearer {key}"}, b"{}"),
-        Target("rest_envoy", "REST via Envoy (HTTP/1.1)",
-               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False, json_headers, b"{}"),
-        Target("rest_vk_open", "REST via Envoy, virtual key without a limit",
-               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
-               {**json_headers, "x-bf-vk": VK_OPEN}, b"{}"),
-        Target("rest_vk_embedded", "REST via Envoy, limited virtual key, embedded store",
-               f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
-               {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"),
-        Target("grpc_direct", "gRPC direct to service (h2c)",
-               f"{system.grpc_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
-        Target("grpc_envoy", "gRPC via Envoy (h2c)",
-               f"{system.envoy_url}{GRPC_METHOD}", True, grpc_headers, grpc_frame(provider)),
+        Target(
+            "baseline",
+            "baseline: simulator direct (HTTP/1.1)",
+            f"{system.sim_url}/openai/v1/batches/{BATCH_ID}/cancel",
+            False,
+            {**json_headers, "authorization": f"Bearer {key}"},
+            b"{}",
+        ),
+        Target(
+            "rest_envoy",
+            "REST via Envoy (HTTP/1.1)",
+            f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}",
+            False,
+            json_headers,
+            b"{}",
+        ),
+        Target(
+            "rest_vk_open",
+            "REST via Envoy, virtual key without a limit",
+            f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}",
+            False,
+            {**json_headers, "x-bf-vk": VK_OPEN},
+            b"{}",
+        ),
+        Target(
+            "rest_vk_embedded",
+            "REST via Envoy, limited virtual key, embedded store",
+            f"{system.envoy_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}",
+            False,
+            {**json_headers, "x-bf-vk": VK_LIMITED},
+            b"{}",
+        ),
+        Target(
+            "grpc_direct",
+            "gRPC direct to service (h2c)",
+            f"{system.grpc_url}{GRPC_METHOD}",
+            True,
+            grpc_headers,
+            grpc_frame(provider),
+        ),
+        Target(
+            "grpc_envoy",
+            "gRPC via Envoy (h2c)",
+            f"{system.envoy_url}{GRPC_METHOD}",
+            True,
+            grpc_headers,
+            grpc_frame(provider),
+        ),
     ]
     if system.redis_stack is not None:
-        out.append(Target("rest_vk_open_redis", "REST via Envoy (Redis gateway), virtual key without a limit",
-                          f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
-                          {**json_headers, "x-bf-vk": VK_OPEN}, b"{}"))
-        out.append(Target("rest_vk_redis", "REST via Envoy (Redis gateway), limited virtual key, Redis store",
-                          f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}", False,
-                          {**json_headers, "x-bf-vk": VK_LIMITED}, b"{}"))
+        out.append(
+            Target(
+                "rest_vk_open_redis",
+                "REST via Envoy (Redis gateway), virtual key without a limit",
+                f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}",
+                False,
+                {**json_headers, "x-bf-vk": VK_OPEN},
+                b"{}",
+            )
+        )
+        out.append(
+            Target(
+                "rest_vk_redis",
+                "REST via Envoy (Redis gateway), limited virtual key, Redis store",
+                f"{system.redis_stack.http_url}/v1/batches/{BATCH_ID}/cancel?provider={provider}",
+                False,
+                {**json_headers, "x-bf-vk": VK_LIMITED},
+                b"{}",
+            )
+        )
     if system.floor_port and not bad:  # the floor answers everything with success
-        out.append(Target("grpc_floor", "reference: trivial grpc.aio servicer, no upstream (h2c)",
-                          f"http://127.0.0.1:{system.floor_port}{GRPC_METHOD}", True, grpc_headers,
-                          grpc_frame(provider)))
+        out.append(
+            Target(
+                "grpc_floor",
+                "reference: trivial grpc.aio servicer, no upstream (h2c)",
+                f"http://127.0.0.1:{system.floor_port}{GRPC_METHOD}",
+                True,
+                grpc_headers,
+                grpc_frame(provider),
+            )
+        )
     return out
 
 

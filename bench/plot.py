@@ -32,16 +32,22 @@ def write_png(panels: list[tuple[str, list[tuple[str, list[float]]]]], out: Path
         return "fallback"
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     xs = [-math.log10(1 - p / 100) for p in CURVE_POINTS]
-    for ax, (panel_title, series) in zip(axes[0], panels):
-        for color, (label, values) in zip(COLORS, series):
+    for ax, (panel_title, series) in zip(axes[0], panels, strict=True):
+        for color, (label, values) in zip(COLORS, series, strict=False):
             if not values:
                 continue
             ys = [percentile(values, p) for p in CURVE_POINTS]
             ax.plot(xs, ys, marker="o", markersize=3, color=color, label=label)
             for p in (50, 99):
                 x = -math.log10(1 - p / 100)
-                ax.annotate(f"{percentile(values, p):.2f}", (x, percentile(values, p)), fontsize=7, color=color,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    f"{percentile(values, p):.2f}",
+                    (x, percentile(values, p)),
+                    fontsize=7,
+                    color=color,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                )
         ticks = (50, 90, 99, 99.9)
         ax.set_xticks([-math.log10(1 - p / 100) for p in ticks], [f"p{p:g}" for p in ticks])
         ax.set_yscale("log")

@@ -39,8 +39,7 @@ def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target
     raw = workdir / "profile.txt"
     raw.unlink(missing_ok=True)
     pid = groups.roots["service"][0]
-    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw),
-           "--subprocesses"]
+    cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw), "--subprocesses"]
     # --native pauses the process for each sample (it cannot be combined with --nonblocking).
     cmd.append("--native" if args.profile_native else "--nonblocking")
     log(f"profiling the service (pid {pid}) under REST via Envoy c={args.concurrency}: {' '.join(cmd[1:])}")
@@ -90,8 +89,16 @@ def summarize_profile(collapsed: str, top: int = 25) -> list[str]:
             incl_counts[name] = incl_counts.get(name, 0) + count
     if not total:
         return ["(no samples)"]
-    lines = [f"{total} samples, {idle * 100 / total:.0f}% of them waiting in epoll/select (idle).", "",
-             *_owners(collapsed), "", "Top self time (leaf frame):", "", "| % samples | frame |", "|--:|---|"]
+    lines = [
+        f"{total} samples, {idle * 100 / total:.0f}% of them waiting in epoll/select (idle).",
+        "",
+        *_owners(collapsed),
+        "",
+        "Top self time (leaf frame):",
+        "",
+        "| % samples | frame |",
+        "|--:|---|",
+    ]
     for name, count in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"| {count * 100 / total:.1f} | `{name}` |")
     lines += ["", "Top inclusive time:", "", "| % samples | frame |", "|--:|---|"]

@@ -74,30 +74,44 @@ def evaluate_targets(runs: list[Run], high_c: int, rss_growth: float | None) -> 
 
     out = []
     value = over("rest_envoy", 1, 50)
-    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P50_MS)}  REST via Envoy c=1 p50 "
-               f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P50_MS} ms)")
+    out.append(
+        f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P50_MS)}  REST via Envoy c=1 p50 "
+        f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P50_MS} ms)"
+    )
     value = over("rest_envoy", 1, 99)
-    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P99_MS)}  REST via Envoy c=1 p99 "
-               f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P99_MS} ms)")
+    out.append(
+        f"{verdict(None if math.isnan(value) else value <= TARGET_REST_C1_P99_MS)}  REST via Envoy c=1 p99 "
+        f"overhead {fmt(value, 3)} ms (target <= {TARGET_REST_C1_P99_MS} ms)"
+    )
     value = over("grpc_direct", 1, 50)
-    out.append(f"{verdict(None if math.isnan(value) else value <= TARGET_GRPC_C1_P50_MS)}  gRPC direct c=1 p50 "
-               f"overhead {fmt(value, 3)} ms (target <= {TARGET_GRPC_C1_P50_MS} ms)")
+    out.append(
+        f"{verdict(None if math.isnan(value) else value <= TARGET_GRPC_C1_P50_MS)}  gRPC direct c=1 p50 "
+        f"overhead {fmt(value, 3)} ms (target <= {TARGET_GRPC_C1_P50_MS} ms)"
+    )
     rest64 = by.get(("rest_envoy", 64))
     if rest64 is None:
-        out.append(f"n/a   REST via Envoy c=64 (this run used c={high_c}): target >= {TARGET_REST_C64_RPS} req/s, "
-                   f"0 errors, p99 <= {TARGET_REST_C64_P99_MS:g} ms")
+        out.append(
+            f"n/a   REST via Envoy c=64 (this run used c={high_c}): target >= {TARGET_REST_C64_RPS} req/s, "
+            f"0 errors, p99 <= {TARGET_REST_C64_P99_MS:g} ms"
+        )
     else:
-        ok = (rest64.rps >= TARGET_REST_C64_RPS and rest64.result.errors == 0
-              and rest64.pct(99) <= TARGET_REST_C64_P99_MS)
-        out.append(f"{verdict(ok)}  REST via Envoy c=64: {rest64.rps:.0f} req/s, {rest64.result.errors} errors, "
-                   f"p99 {fmt(rest64.pct(99))} ms (target >= {TARGET_REST_C64_RPS} req/s, 0 errors, "
-                   f"p99 <= {TARGET_REST_C64_P99_MS:g} ms)")
+        ok = (
+            rest64.rps >= TARGET_REST_C64_RPS and rest64.result.errors == 0 and rest64.pct(99) <= TARGET_REST_C64_P99_MS
+        )
+        out.append(
+            f"{verdict(ok)}  REST via Envoy c=64: {rest64.rps:.0f} req/s, {rest64.result.errors} errors, "
+            f"p99 {fmt(rest64.pct(99))} ms (target >= {TARGET_REST_C64_RPS} req/s, 0 errors, "
+            f"p99 <= {TARGET_REST_C64_P99_MS:g} ms)"
+        )
     if rss_growth is None:
-        out.append("n/a   service RSS flat within 10% from 10k to 200k requests: "
-                   "run `python -m bench.run --rss-soak 200000`")
+        out.append(
+            "n/a   service RSS flat within 10% from 10k to 200k requests: run `python -m bench.run --rss-soak 200000`"
+        )
     else:
-        out.append(f"{verdict(abs(rss_growth) <= TARGET_RSS_GROWTH)}  service RSS from 10k requests to the end: "
-                   f"{rss_growth * 100:+.1f}% (target within 10%)")
+        out.append(
+            f"{verdict(abs(rss_growth) <= TARGET_RSS_GROWTH)}  service RSS from 10k requests to the end: "
+            f"{rss_growth * 100:+.1f}% (target within 10%)"
+        )
     return out
 
 
@@ -135,8 +149,9 @@ def cpu_lines(runs: list[Run], labels: dict[str, str], high_c: int) -> list[str]
     return lines
 
 
-def benchmark_markdown(smoke: bool, table: str, summary: list[str], verdicts: list[str], info: list[str],
-                       elapsed: float) -> list[str]:
+def benchmark_markdown(
+    smoke: bool, table: str, summary: list[str], verdicts: list[str], info: list[str], elapsed: float
+) -> list[str]:
     """results.md (smoke.md with --smoke); `summary` is the RSS line and the CPU lines."""
     title = "batchgate benchmark" + (" (smoke)" if smoke else "")
     return [
@@ -166,8 +181,16 @@ def benchmark_markdown(smoke: bool, table: str, summary: list[str], verdicts: li
     ]
 
 
-def rss_soak_markdown(args: argparse.Namespace, rows: list[tuple[int, int, int, float, float]], seconds: float,
-                      errors: int, rss_start: int, growth: float, verdict: str, info: list[str]) -> list[str]:
+def rss_soak_markdown(
+    args: argparse.Namespace,
+    rows: list[tuple[int, int, int, float, float]],
+    seconds: float,
+    errors: int,
+    rss_start: int,
+    growth: float,
+    verdict: str,
+    info: list[str],
+) -> list[str]:
     """soak.md: rows are (requests so far, service RSS KiB, Envoy RSS KiB, req/s, p99 ms) per chunk."""
     first, done = rows[0][1], rows[-1][0]
     return [

@@ -75,8 +75,10 @@ def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System, 
     limit_lines = limit_check_cost(client, system, *((4, 100) if smoke else (12, 300)))
     table = results_table(runs, labels)
     verdicts = evaluate_targets(runs, args.concurrency, None) + limit_lines
-    summary = [rss_line(rss_before, rss_after, total_requests, envoy_rss_before, envoy_rss_after),
-               *cpu_lines(runs, labels, args.concurrency)]
+    summary = [
+        rss_line(rss_before, rss_after, total_requests, envoy_rss_before, envoy_rss_after),
+        *cpu_lines(runs, labels, args.concurrency),
+    ]
     md = benchmark_markdown(smoke, table, summary, verdicts, info, elapsed)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("smoke.md" if smoke else "results.md")
@@ -129,8 +131,10 @@ def run_soak(args: argparse.Namespace, client: LoadClient, system: System) -> in
         errors += result.errors
         rss = groups.rss("service")
         rows.append((done, rss, groups.rss("envoy"), n / result.elapsed_s, percentile(result.latencies_ms, 99)))
-        log(f"{done:>8,} requests  service RSS {rss / 1024:7.1f} MiB  {rows[-1][3]:6.0f} req/s  "
-            f"p99 {rows[-1][4]:6.2f} ms  errors {result.errors}")
+        log(
+            f"{done:>8,} requests  service RSS {rss / 1024:7.1f} MiB  {rows[-1][3]:6.0f} req/s  "
+            f"p99 {rows[-1][4]:6.2f} ms  errors {result.errors}"
+        )
     growth = (rows[-1][1] - rows[0][1]) / rows[0][1]
     verdict = evaluate_targets([], args.concurrency, growth)[-1]
     md = rss_soak_markdown(args, rows, time.monotonic() - started, errors, rss_start, growth, verdict, info)

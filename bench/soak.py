@@ -166,8 +166,10 @@ class Soak:
     async def run(self, stack: Stack, service_pids: list[int]) -> float:
         timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
         connector = aiohttp.TCPConnector(limit=self.args.concurrency, force_close=False)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as load, \
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as admin:
+        async with (
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as load,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as admin,
+        ):
             # Warm-up without faults, then the start RSS.
             self.stop_at = time.monotonic() + min(3.0, self.args.seconds / 10)
             turn = itertools.count()

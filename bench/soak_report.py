@@ -86,7 +86,8 @@ def report(soak: Soak, elapsed: float) -> tuple[str, bool]:
     for provider, kind, injected, expectation in rows:
         attempts = [
             sum(1 for prov, method, _ in soak.calls.get(bid, ()) if prov == provider and method == "POST")
-            for bid, p in t.ids.items() if p == provider
+            for bid, p in t.ids.items()
+            if p == provider
         ]
         total_attempts = sum(attempts)
         retries = sum(a - 1 for a in attempts if a > 1)
@@ -114,8 +115,13 @@ def report(soak: Soak, elapsed: float) -> tuple[str, bool]:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except OSError:
         return ""
     return f"commit {out.stdout.strip()}, " if out.returncode == 0 else ""

@@ -43,7 +43,9 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 def _spawn_on_port(module: str, announce: str, *args: str) -> tuple[subprocess.Popen, int]:
     """`python -m module --port 0 ...`, which prints `ANNOUNCE=<port>` once it listens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", "0", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        [sys.executable, "-m", module, "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
         preexec_fn=die_with_parent,
     )
     line = proc.stdout.readline().decode().strip()
@@ -109,8 +111,23 @@ class System:
         port, password = free_port(), os.urandom(12).hex()
         (self.workdir / "redis").mkdir()
         self.redis = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.workdir / "redis"), "--save", "",
-             "--appendonly", "no", "--requirepass", password], cwd=ROOT, stdout=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir / "redis"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                password,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
         self.redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
@@ -118,8 +135,12 @@ class System:
         store = {"type": "redis", "url": "env.BENCH_REDIS_URL"}
         config.write_text(json.dumps(bench_config(gateway_config(self.sim_url), store), indent=2))
         self.redis_stack = Stack(
-            config=config, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-            log_dir=self.workdir / "logs-redis", workers=default_workers(),
+            config=config,
+            http_port=free_port(),
+            grpc_port=free_port(),
+            admin_port=free_port(),
+            log_dir=self.workdir / "logs-redis",
+            workers=default_workers(),
             envoy_concurrency=default_envoy_concurrency(),
             env={"BENCH_REDIS_URL": self.redis_url},
         )
@@ -180,8 +201,12 @@ def bench_config(config: dict, store: dict | None = None) -> dict:
         "rate_limits": [{"id": "never-reached", "request_max_limit": 1_000_000_000, "request_reset_duration": "1h"}],
         "virtual_keys": [
             {"id": "bench-open", "value": VK_OPEN, "provider_configs": [{"provider": "openai"}]},
-            {"id": "bench-limited", "value": VK_LIMITED, "rate_limit_id": "never-reached",
-             "provider_configs": [{"provider": "openai"}]},
+            {
+                "id": "bench-limited",
+                "value": VK_LIMITED,
+                "rate_limit_id": "never-reached",
+                "provider_configs": [{"provider": "openai"}],
+            },
         ],
         **({"store": store} if store else {}),
     }
@@ -193,5 +218,6 @@ def sandbox_stack(log_dir: Path, **options: object):
     started; `options` are further `gateway.stack.Stack` fields. What bench.soak and bench.bulk run."""
     from gateway.stack import Stack, free_port
 
-    return Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=log_dir,
-                 **options).start()
+    return Stack(
+        config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=log_dir, **options
+    ).start()

@@ -41,8 +41,14 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    args = ["protoc", *(f"-I{i}" for i in includes), f"--python_out={tmp}", f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}", PROTO]
+    args = [
+        "protoc",
+        *(f"-I{i}" for i in includes),
+        f"--python_out={tmp}",
+        f"--pyi_out={tmp}",
+        f"--grpc_python_out={tmp}",
+        PROTO,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("gen_stubs: protoc failed")
     for path in (tmp / "batchgate" / "v1").glob("*.py*"):

@@ -8,15 +8,20 @@
 --   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
 --   something else.
 -- Responses run after the transcoder's (REST only; native gRPC responses are untouched):
--- * Service errors: the service puts the rendered error JSON in the `x-bf-error-body` response
---   header and the HTTP status it wants in `x-bf-status`; this swaps them in as body and status, so
+-- * Service errors: the service puts the rendered error JSON in the ERROR_BODY_HEADER response
+--   header and the HTTP status it wants in ERROR_STATUS_HEADER; this swaps them in as body and status, so
 --   a provider's 409 stays a 409 (the gRPC code alone would say 400).
 -- * Envoy's own 400s (the transcoder's, ours) get a message about the request the caller sent, not
 --   about protobuf types.
 -- * gRPC-internal headers and trailers are removed.
--- * CancelMany streams (the service sends `x-bf-stream: ndjson`): each line is passed on as it comes
+-- * CancelMany streams (the service sends STREAM_HEADER: ndjson): each line is passed on as it comes
 --   (no buffering), typed `application/x-ndjson`; in an item's `error` the transcoder omits unset
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
+
+-- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
+-- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/envelope.py: gateway/render.py puts
+-- them in place of the next line and inlines the result into Envoy's config.
+--@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
 local function is_grpc(ctype)
@@ -174,26 +179,33 @@ local function set_body(handle, headers, body)
   handle:body(true):setBytes(body)
 end
 
--- One NDJSON line of a CancelMany stream. Keys print in proto field order and every quote inside
--- a JSON string is escaped, so `,"message":` and `},"extra_fields":{` found after the inner
--- error's `"type":` are that object's own keys and its end.
-local ITEM_ERROR = '"error":{"is_bifrost_error":'
+-- One NDJSON line of a CancelMany stream. Keys print in proto field order (ERROR_KEYS) and every
+-- quote inside a JSON string is escaped, so `,"<key>":` and `},"extra_fields":{` found after the
+-- inner error's first key are that object's own keys and its end. Each nullable key that is
+-- missing goes back as null before the next key present after it (or at the end).
 local function null_missing_error_fields(line)
   local _, item = string.find(line, ITEM_ERROR, 1, true)
   if item == nil then return line end
-  local _, inner = string.find(line, '"error":{"type":', item, true)
+  local _, inner = string.find(line, '"error":{"' .. ERROR_KEYS[1] .. '":', item, true)
   if inner == nil then return line end
   local close = string.find(line, '},"extra_fields":{', inner, true)
   if close == nil then return line end
   local fields = string.sub(line, inner + 1, close - 1)
-  if string.find(fields, ',"code":', 1, true) == nil then
-    local message = string.find(fields, ',"message":', 1, true)
-    if message ~= nil then
-      fields = string.sub(fields, 1, message - 1) .. ',"code":null' .. string.sub(fields, message)
+  for _, key in ipairs(NULLABLE_ERROR_KEYS) do
+    if string.find(fields, ',"' .. key .. '":', 1, true) == nil then
+      local position, after = nil, false
+      for _, other in ipairs(ERROR_KEYS) do
+        if after and position == nil then
+          position = string.find(fields, ',"' .. other .. '":', 1, true)
+        end
+        if other == key then after = true end
+      end
+      if position == nil then
+        fields = fields .. ',"' .. key .. '":null'
+      else
+        fields = string.sub(fields, 1, position - 1) .. ',"' .. key .. '":null' .. string.sub(fields, position)
+      end
     end
-  end
-  if string.find(fields, ',"param":', 1, true) == nil then
-    fields = fields .. ',"param":null'
   end
   return string.sub(line, 1, inner) .. fields .. string.sub(line, close)
 end
@@ -224,15 +236,15 @@ function envoy_on_response(handle)
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
   headers:remove("grpc-status-details-bin")
-  local body = headers:get("x-bf-error-body")
-  if headers:get("x-bf-stream") ~= nil then
-    headers:remove("x-bf-stream")
+  local body = headers:get(ERROR_BODY_HEADER)
+  if headers:get(STREAM_HEADER) ~= nil then
+    headers:remove(STREAM_HEADER)
     headers:replace("content-type", "application/x-ndjson")
     shape_stream(handle)
   elseif body ~= nil then
-    local status = headers:get("x-bf-status")
-    headers:remove("x-bf-error-body")
-    headers:remove("x-bf-status")
+    local status = headers:get(ERROR_STATUS_HEADER)
+    headers:remove(ERROR_BODY_HEADER)
+    headers:remove(ERROR_STATUS_HEADER)
     if status ~= nil then
       headers:replace(":status", status)
     end

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import envelope
 from service.model import MAX_WAIT_SECONDS
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
@@ -29,6 +30,7 @@ GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
+LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
 
 
@@ -57,8 +59,9 @@ def render(
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
     elif grpc_ports or grpc_sockets:
-        endpoints = "\n".join([*(_endpoint("127.0.0.1", port) for port in grpc_ports),
-                               *(_pipe_endpoint(path) for path in grpc_sockets)])
+        endpoints = "\n".join(
+            [*(_endpoint("127.0.0.1", port) for port in grpc_ports), *(_pipe_endpoint(path) for path in grpc_sockets)]
+        )
     else:
         raise ValueError("give grpc_ports, grpc_sockets or upstream_dns")
     config = string.Template(TEMPLATE.read_text()).substitute(
@@ -69,7 +72,7 @@ def render(
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
-        LUA_FILE=lua_file,
+        LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
         DEFAULT_LOCAL_REPLY=_default_local_reply(),
@@ -83,6 +86,16 @@ def render(
             raise RuntimeError(f"{TEMPLATE.name}: expected exactly one {_STATIC_CLUSTER.strip()!r} line")
         config = config.replace(_STATIC_CLUSTER, _DNS_CLUSTER)
     return config
+
+
+def lua_source(lua_file: Path = LUA_FILE) -> str:
+    """The Lua filter's code: gateway/errors.lua with the envelope's constants generated from
+    service/envelope.py in place of its marker line (inlined into the config, so a rendered config
+    never pairs with a Lua file of another version)."""
+    text = lua_file.read_text()
+    if text.count(LUA_ENVELOPE_MARKER) != 1:
+        raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
+    return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants())
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -145,13 +158,11 @@ def main() -> None:
     )
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--bind-host", default="127.0.0.1")
-    parser.add_argument(
-        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and errors.lua (default: this checkout)"
-    )
+    parser.add_argument("--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)")
     args = parser.parse_args()
     assets = {}
     if args.assets_dir:
-        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "lua_file": args.assets_dir / LUA_FILE.name}
+        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
     try:
         config = render(
             http_port=args.http_port,
@@ -187,24 +198,81 @@ _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
 _ENVOY_SAYS = "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)"
 # First match wins. 5xx replies never pass on Envoy's text: it names upstream addresses.
 LOCAL_REPLIES = [
-    LocalReply(404, "route_not_found", "not_found", _NO_ROUTE, "not_found_error", "NOT_FOUND",
-               "UnknownOperationException"),
-    LocalReply(408, "request_timeout", "invalid_request_error", "the request did not arrive in time",
-               "invalid_request_error", "DEADLINE_EXCEEDED", "RequestTimeoutException"),
-    LocalReply(413, "request_too_large", "invalid_request_error", "request body is too large", "request_too_large",
-               "INVALID_ARGUMENT", "ValidationException"),
-    LocalReply(500, "internal_error", "internal_error", "the gateway could not produce an answer", "api_error",
-               "INTERNAL", "InternalServerException"),
-    LocalReply(501, "not_implemented", "invalid_request_error", _ENVOY_SAYS, "invalid_request_error",
-               "UNIMPLEMENTED", "ValidationException"),
-    LocalReply(502, "upstream_unavailable", "service_unavailable", "batchgate service gave no valid answer",
-               "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
-    LocalReply(503, "upstream_unavailable", "service_unavailable", "batchgate service is unavailable", "api_error",
-               "UNAVAILABLE", "ServiceUnavailableException"),
-    LocalReply(504, "upstream_timeout", "timeout_error", "batchgate service did not answer in time", "timeout_error",
-               "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
-    LocalReply(None, "invalid_request", "invalid_request_error", _ENVOY_SAYS, "invalid_request_error",
-               "INVALID_ARGUMENT", "ValidationException"),
+    LocalReply(
+        404, "route_not_found", "not_found", _NO_ROUTE, "not_found_error", "NOT_FOUND", "UnknownOperationException"
+    ),
+    LocalReply(
+        408,
+        "request_timeout",
+        "invalid_request_error",
+        "the request did not arrive in time",
+        "invalid_request_error",
+        "DEADLINE_EXCEEDED",
+        "RequestTimeoutException",
+    ),
+    LocalReply(
+        413,
+        "request_too_large",
+        "invalid_request_error",
+        "request body is too large",
+        "request_too_large",
+        "INVALID_ARGUMENT",
+        "ValidationException",
+    ),
+    LocalReply(
+        500,
+        "internal_error",
+        "internal_error",
+        "the gateway could not produce an answer",
+        "api_error",
+        "INTERNAL",
+        "InternalServerException",
+    ),
+    LocalReply(
+        501,
+        "not_implemented",
+        "invalid_request_error",
+        _ENVOY_SAYS,
+        "invalid_request_error",
+        "UNIMPLEMENTED",
+        "ValidationException",
+    ),
+    LocalReply(
+        502,
+        "upstream_unavailable",
+        "service_unavailable",
+        "batchgate service gave no valid answer",
+        "api_error",
+        "UNAVAILABLE",
+        "ServiceUnavailableException",
+    ),
+    LocalReply(
+        503,
+        "upstream_unavailable",
+        "service_unavailable",
+        "batchgate service is unavailable",
+        "api_error",
+        "UNAVAILABLE",
+        "ServiceUnavailableException",
+    ),
+    LocalReply(
+        504,
+        "upstream_timeout",
+        "timeout_error",
+        "batchgate service did not answer in time",
+        "timeout_error",
+        "DEADLINE_EXCEEDED",
+        "ServiceUnavailableException",
+    ),
+    LocalReply(
+        None,
+        "invalid_request",
+        "invalid_request_error",
+        _ENVOY_SAYS,
+        "invalid_request_error",
+        "INVALID_ARGUMENT",
+        "ValidationException",
+    ),
 ]
 SURFACES = ("anthropic", "genai", "bedrock")
 
@@ -214,14 +282,15 @@ def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict
     `%RESPONSE_CODE%` prints as a number."""
     message = reply.message
     if surface == "anthropic":
-        return {"type": "error", "error": {"type": reply.anthropic, "message": message}}, {}
+        return envelope.anthropic(reply.anthropic, message), {}
     if surface == "genai":
-        return {"error": {"code": "%RESPONSE_CODE%", "message": message, "status": reply.google}}, {}
+        return envelope.google("%RESPONSE_CODE%", message, reply.google), {}
     if surface == "bedrock":
-        return {"message": message}, {"x-amzn-ErrorType": reply.bedrock}
-    error = {"type": reply.type, "code": reply.code, "message": message, "param": None}
-    return {"is_bifrost_error": True, "status_code": "%RESPONSE_CODE%", "error": error,
-            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}, {}
+        return envelope.bedrock(message, reply.bedrock)
+    body = envelope.bifrost(
+        status_code="%RESPONSE_CODE%", type=reply.type, code=reply.code, message=message, param=None, provider=""
+    )
+    return body, {}
 
 
 def _status_filter(status: int) -> dict:
@@ -232,19 +301,41 @@ def _status_filter(status: int) -> dict:
 def _local_reply_mappers() -> str:
     # Native gRPC callers get Envoy's plain message in grpc-message, not a JSON document. (A
     # transcoded REST request also looks like gRPC by now, but carries the original path.)
-    grpc_call = {"and_filter": {"filters": [
-        {"header_filter": {"header": {"name": "content-type",
-                                      "string_match": {"safe_regex": {"regex": r"^application/grpc(\+.*)?$"}}}}},
-        {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True, "invert_match": True}}},
-    ]}}
+    grpc_call = {
+        "and_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"safe_regex": {"regex": r"^application/grpc(\+.*)?$"}},
+                        }
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True, "invert_match": True}
+                    }
+                },
+            ]
+        }
+    }
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
     mappers = [{"filter": grpc_call, "body_format_override": plain_text}]
     for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
-        on_surface = {"or_filter": {"filters": [
-            {"header_filter": {"header": {"name": name, "string_match": {"prefix": f"/{surface}/"}}}}
-            for name in (":path", "x-envoy-original-path")
-        ]}} if surface else None
+        on_surface = (
+            {
+                "or_filter": {
+                    "filters": [
+                        {"header_filter": {"header": {"name": name, "string_match": {"prefix": f"/{surface}/"}}}}
+                        for name in (":path", "x-envoy-original-path")
+                    ]
+                }
+            }
+            if surface
+            else None
+        )
         for reply in LOCAL_REPLIES:
             if surface is None and reply.status is None:
                 continue  # the default body_format

@@ -73,8 +73,11 @@ def main() -> int:
     insecure = "-k " if stack.tls_cert else ""
     if stack.metrics_port:
         last = stack.metrics_port + stack.workers - 1
-        print(f"  metrics: http://127.0.0.1:{stack.metrics_port}/metrics (workers: ports {stack.metrics_port}-{last}),"
-              f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health", flush=True)
+        print(
+            f"  metrics: http://127.0.0.1:{stack.metrics_port}/metrics (workers: ports {stack.metrics_port}-{last}),"
+            f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health",
+            flush=True,
+        )
     print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
@@ -86,9 +89,12 @@ def main() -> int:
             break
         if reloading:
             reloading = False
-            print("batchgate: SIGHUP: the service workers reload the config; HTTP_PORT, GRPC_PORT, ADMIN_PORT, "
-                  "METRICS_PORT, BIND_HOST, WORKERS, ENVOY_CONCURRENCY and the TLS files keep their values until a "
-                  "restart", flush=True)
+            print(
+                "batchgate: SIGHUP: the service workers reload the config; HTTP_PORT, GRPC_PORT, ADMIN_PORT, "
+                "METRICS_PORT, BIND_HOST, WORKERS, ENVOY_CONCURRENCY and the TLS files keep their values until a "
+                "restart",
+                flush=True,
+            )
             stack.reload()
         time.sleep(0.05)
     stack.stop()

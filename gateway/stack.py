@@ -24,8 +24,9 @@ from pathlib import Path
 from gateway.render import ROOT, render
 from sandbox.server import gateway_config
 from service.auth import exposure_problem
-from service.config import StoreConfig, load_config
+from service.config import StoreConfig
 from service.limits import EmbeddedStore, RedisStore
+from service.providers.catalog import load_config
 
 BUILD = ROOT / "build"
 
@@ -133,9 +134,19 @@ class Stack:
         if config is None:
             sandbox = self._spawn(
                 "sandbox",
-                [sys.executable, "-m", "sandbox", "--port", "0", *(["--auto-create"] if self.sandbox_auto_create else []),
-                 *(["--cancel-delay", str(self.sandbox_cancel_delay_s)] if self.sandbox_cancel_delay_s is not None
-                   else [])],
+                [
+                    sys.executable,
+                    "-m",
+                    "sandbox",
+                    "--port",
+                    "0",
+                    *(["--auto-create"] if self.sandbox_auto_create else []),
+                    *(
+                        ["--cancel-delay", str(self.sandbox_cancel_delay_s)]
+                        if self.sandbox_cancel_delay_s is not None
+                        else []
+                    ),
+                ],
                 stdout=subprocess.PIPE,
             )
             line = sandbox.stdout.readline().decode().strip()
@@ -168,24 +179,59 @@ class Stack:
             metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
             self._spawn(
                 "service",
-                [sys.executable, "-m", "service", "--config", str(config), "--address", f"127.0.0.1:{self.grpc_port}",
-                 "--reuse-port", *own, *metrics, *tls_args, *store_args,
-                 "--edge-host", self.bind_host, "--state-dir", str(state_dir), "--worker", str(i)],
+                [
+                    sys.executable,
+                    "-m",
+                    "service",
+                    "--config",
+                    str(config),
+                    "--address",
+                    f"127.0.0.1:{self.grpc_port}",
+                    "--reuse-port",
+                    *own,
+                    *metrics,
+                    *tls_args,
+                    *store_args,
+                    "--edge-host",
+                    self.bind_host,
+                    "--state-dir",
+                    str(state_dir),
+                    "--worker",
+                    str(i),
+                ],
             )
-        self._wait(lambda: all(map(self.worker_listening, range(self.workers))), deadline,
-                   "the service did not start listening")
+        self._wait(
+            lambda: all(map(self.worker_listening, range(self.workers))),
+            deadline,
+            "the service did not start listening",
+        )
         envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
         envoy_yaml.write_text(
-            render(http_port=self.http_port, grpc_ports=self.worker_ports, grpc_sockets=self.worker_sockets,
-                   admin_port=self.admin_port,
-                   bind_host=self.bind_host, tls_cert=self.tls_cert, tls_key=self.tls_key,
-                   request_timeout_s=self.request_read_timeout() + 5)
+            render(
+                http_port=self.http_port,
+                grpc_ports=self.worker_ports,
+                grpc_sockets=self.worker_sockets,
+                admin_port=self.admin_port,
+                bind_host=self.bind_host,
+                tls_cert=self.tls_cert,
+                tls_key=self.tls_key,
+                request_timeout_s=self.request_read_timeout() + 5,
+            )
         )
         envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         self._spawn(
             "envoy",
-            [envoy_bin, "-c", str(envoy_yaml), "--concurrency", str(self.envoy_concurrency),
-             "--log-level", "warn", "--base-id", str(self.http_port)],
+            [
+                envoy_bin,
+                "-c",
+                str(envoy_yaml),
+                "--concurrency",
+                str(self.envoy_concurrency),
+                "--log-level",
+                "warn",
+                "--base-id",
+                str(self.http_port),
+            ],
         )
         # Ready when Envoy is live and its health checks see the service.
         self._wait(self._edge_ready, deadline, "the gateway did not become ready")
@@ -218,8 +264,10 @@ class Stack:
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{Path(proc.args[0]).name} {' '.join(proc.args[1:3])} exited with "
-                                       f"{proc.returncode} during start")
+                    raise RuntimeError(
+                        f"{Path(proc.args[0]).name} {' '.join(proc.args[1:3])} exited with "
+                        f"{proc.returncode} during start"
+                    )
             if check():
                 return
             time.sleep(0.05)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import orjson
 
@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--azure-quirks", action="store_true", help="answer Azure like a preview build")
     parser.add_argument("--keys-file", help='JSON {"provider": ["key", ...]}')
     parser.add_argument(
-        "--cancel-delay", type=float, default=DEFAULT_CANCEL_DELAY_S, metavar="SECONDS",
+        "--cancel-delay",
+        type=float,
+        default=DEFAULT_CANCEL_DELAY_S,
+        metavar="SECONDS",
         help=f"how long a cancelled batch reads as cancelling (default {DEFAULT_CANCEL_DELAY_S})",
     )
     args = parser.parse_args(argv)

@@ -23,8 +23,9 @@ source: the simulator refuses it with `AnthropicOptions.ended_cancel_status` (40
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any
 from urllib.parse import quote
@@ -105,7 +106,7 @@ def rfc3339(seconds: int | None) -> str | None:
     """Unix seconds as Anthropic writes times: RFC 3339, UTC, microseconds, `Z`."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def message_batch_counts(batch: SimBatch) -> dict[str, int]:
@@ -154,6 +155,11 @@ class AnthropicSim(ProviderSim):
     name = "anthropic"
     prefix = "/anthropic"
     default_key = "sk-ant-api03-sandbox-anthropic"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"msgbatch_{uuid.uuid4().hex[:20]}"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

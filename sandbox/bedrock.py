@@ -38,7 +38,7 @@ from __future__ import annotations
 import hmac
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any
 from uuid import uuid4
@@ -178,7 +178,7 @@ def iso8601(seconds: int | float | None) -> str | None:
     """Unix seconds as Bedrock writes timestamps: ISO 8601, UTC, milliseconds, `Z`."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def job_arn(batch_id: str) -> str:
@@ -225,6 +225,11 @@ class BedrockSim(ProviderSim):
     name = "bedrock"
     prefix = "/bedrock"
     default_key = "AKIASANDBOXBEDROCK01:sandbox/Bedrock+Secret0Key0000000000000000"
+    unknown_key_status = 403  # AWS answers UnrecognizedClientException / InvalidSignatureException
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return uuid4().hex[:12]  # 12 lowercase alphanumerics, like Bedrock's job ids
 
     @classmethod
     def gateway_config(cls, base_url: str, key: str) -> dict[str, Any]:
@@ -328,7 +333,7 @@ class BedrockSim(ProviderSim):
             return self.error(403, "UnrecognizedClientException", UNRECOGNIZED_CLIENT)
         signed = fields["SignedHeaders"].split(";")
         try:
-            when = datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+            when = datetime.strptime(amz_date, AMZ_DATE_FORMAT).replace(tzinfo=UTC).timestamp()
         except ValueError:
             message = f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'."
             return self.error(403, "IncompleteSignatureException", message)
@@ -431,4 +436,4 @@ def scope_problem(
 
 
 def amz_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime(AMZ_DATE_FORMAT)
+    return datetime.fromtimestamp(seconds, UTC).strftime(AMZ_DATE_FORMAT)

@@ -12,7 +12,7 @@ are int64 strings.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any
 from uuid import uuid4
@@ -38,6 +38,11 @@ class CohereSim(ProviderSim):
     name = "cohere"
     prefix = "/cohere"
     default_key = "sandbox-cohere-key"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid4())
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -97,4 +102,4 @@ class CohereSim(ProviderSim):
 
 
 def _rfc3339(unix: int) -> str:
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")

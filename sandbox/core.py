@@ -9,12 +9,14 @@ State advances lazily when a batch is read, so the simulator runs no background 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import repeat
 from time import time
-from typing import Any, Awaitable, Callable, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
@@ -384,6 +386,21 @@ class ProviderSim:
     # URL prefix the sandbox mounts the provider under, and the key the sandbox accepts by default.
     prefix: ClassVar[str]
     default_key: ClassVar[str]
+    # Where providers differ in what batchgate answers for them (unified HTTP status), for the tests
+    # every provider must pass (tests/integration/test_provider_contract.py): a cancel of a batch
+    # that already ended, and a call with a key the provider does not know.
+    finished_cancel_status: ClassVar[int] = 409
+    unknown_key_status: ClassVar[int] = 401
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        """A fresh batch id in the provider's own format."""
+        return f"batch_{uuid.uuid4().hex[:24]}"
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        """A key of the right shape that this provider refuses."""
+        return f"unknown-{cls.default_key}"
 
     @classmethod
     def gateway_config(cls, base_url: str, key: str) -> dict[str, Any]:

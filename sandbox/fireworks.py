@@ -17,7 +17,7 @@ fields omitted, RFC 3339 timestamps with nanoseconds.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import uuid4
 
@@ -111,4 +111,4 @@ def _rfc3339(unix: int | None) -> str | None:
     """Proto3 JSON timestamp: RFC 3339 in UTC with nanoseconds."""
     if not unix:
         return None
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from secrets import token_urlsafe
 from time import time
 from typing import Any
@@ -217,7 +218,7 @@ def rfc3339(seconds: int | None, digits: int) -> str | None:
     whole seconds are exactly the simulator's)."""
     if seconds is None:
         return None
-    text = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{text}.{'123456789'[:digits]}Z" if digits else f"{text}Z"
 
 
@@ -296,6 +297,11 @@ class GeminiSim(_GoogleSim):
     prefix = "/gemini"
     default_key = "AIzaSyBatchgateSandboxGeminiKey00000000"
     service = "generativelanguage.googleapis.com"
+    unknown_key_status = 400  # Google answers INVALID_ARGUMENT (API_KEY_INVALID); the type says authentication
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"g{uuid.uuid4().hex[:12]}"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -387,6 +393,11 @@ class GeminiSim(_GoogleSim):
 class VertexSim(_GoogleSim):
     name = "vertex"
     prefix = "/vertex"
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid.uuid4().int % 10**18)  # numeric, like Vertex job ids
+
     # The accepted "key" is a service account: its email.
     default_key = SANDBOX_SERVICE_ACCOUNT
     service = "aiplatform.googleapis.com"

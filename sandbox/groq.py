@@ -10,6 +10,7 @@ objects carry no `param`, and a missing or wrong key gets 401 `Invalid API Key` 
 
 from __future__ import annotations
 
+import uuid
 from secrets import choice
 
 from aiohttp import web
@@ -24,6 +25,10 @@ class GroqSim(OpenAISim):
     name = "groq"
     prefix = "/groq"
     default_key = "gsk_sandbox_groq_key"
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"batch_01{uuid.uuid4().hex[:24]}"
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [

@@ -16,6 +16,7 @@ cancelled (400). Timestamps are unix seconds.
 
 from __future__ import annotations
 
+import uuid
 from secrets import token_hex
 from time import time
 from typing import Any, ClassVar
@@ -43,6 +44,12 @@ class MistralSim(ProviderSim):
     name = "mistral"
     prefix = "/mistral"
     default_key = "sandbox-mistral-key"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid.uuid4())  # Mistral job ids are UUIDs
+
     # Unconfirmed upstream behaviour, switchable per test (e.g. monkeypatch.setattr on the class).
     cancel_immediately: ClassVar[bool] = False
     validate_uuid: ClassVar[bool] = True

@@ -7,7 +7,7 @@ in a preview build's batch shape: capitalised statuses, ISO 8601 timestamps and 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from secrets import token_hex
 from time import time
 from typing import Any
@@ -114,7 +114,7 @@ class OpenAISim(ProviderSim):
         return self.error(status, message, error_type=error_type, code=code)
 
     async def not_found_route(self, request: web.Request) -> web.Response:
-        return self.error(404, f"Invalid URL ({request.method} {request.path[len(self.prefix):]})")
+        return self.error(404, f"Invalid URL ({request.method} {request.path[len(self.prefix) :]})")
 
     def response_headers(self) -> dict[str, str]:
         return {"x-request-id": f"req_{token_hex(16)}"}
@@ -163,7 +163,7 @@ class AzureSim(OpenAISim):
             data["status"] = data["status"].capitalize()
             for name, value in data.items():
                 if name.endswith("_at") and value is not None:
-                    data[name] = datetime.fromtimestamp(value, timezone.utc).isoformat()
+                    data[name] = datetime.fromtimestamp(value, UTC).isoformat()
             data["request_counts"] = None
         return data
 

@@ -7,7 +7,7 @@ one flat router, plus the admin API under `/_sim/`.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from aiohttp import web
 
@@ -15,14 +15,14 @@ from sandbox.admin import AdminAPI
 from sandbox.anthropic import AnthropicSim
 from sandbox.bedrock import BedrockSim
 from sandbox.cohere import CohereSim
+from sandbox.core import DEFAULT_CANCEL_DELAY_S, SIMULATOR_KEY, ProviderSim, Simulator
 from sandbox.fireworks import FireworksSim
+from sandbox.google import GeminiSim, VertexSim
 from sandbox.groq import GroqSim
 from sandbox.mistral import MistralSim
+from sandbox.openai import AzureSim, OpenAISim
 from sandbox.together import TogetherSim
 from sandbox.xai import XAISim
-from sandbox.core import DEFAULT_CANCEL_DELAY_S, SIMULATOR_KEY, ProviderSim, Simulator
-from sandbox.google import GeminiSim, VertexSim
-from sandbox.openai import AzureSim, OpenAISim
 
 # Every simulated provider. A new provider is one module plus one line here.
 SIMULATORS: tuple[type[ProviderSim], ...] = (
@@ -30,8 +30,14 @@ SIMULATORS: tuple[type[ProviderSim], ...] = (
     AzureSim,
     AnthropicSim,
     BedrockSim,
-    GeminiSim, VertexSim,
-    MistralSim, GroqSim, TogetherSim, FireworksSim, XAISim, CohereSim,
+    GeminiSim,
+    VertexSim,
+    MistralSim,
+    GroqSim,
+    TogetherSim,
+    FireworksSim,
+    XAISim,
+    CohereSim,
 )
 # (provider simulator, URL prefix), kept for callers that mount them elsewhere.
 PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = tuple((sim, sim.prefix) for sim in SIMULATORS)

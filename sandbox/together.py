@@ -13,7 +13,7 @@ with microseconds, and there are no request counts: only `progress` (0-100).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any
 from uuid import uuid4
@@ -50,6 +50,11 @@ class TogetherSim(ProviderSim):
     name = "together"
     prefix = "/together"
     default_key = "sandbox-together-key"
+    finished_cancel_status = 400
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return str(uuid4())
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -114,4 +119,4 @@ class TogetherSim(ProviderSim):
 
 def _rfc3339(unix: int) -> str:
     """RFC 3339 in UTC with microseconds, as Together renders timestamps."""
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -23,7 +23,7 @@ batch a 404. Whether a finished batch can be cancelled is not documented: by def
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import time
 from typing import Any, ClassVar
 from uuid import uuid4
@@ -54,6 +54,11 @@ class XAISim(ProviderSim):
     name = "xai"
     prefix = "/xai"
     default_key = "xai-sandbox-key"
+
+    @classmethod
+    def new_batch_id(cls) -> str:
+        return f"batch_{uuid4()}"
+
     # Unconfirmed upstream behaviour, switchable per test (e.g. monkeypatch.setattr on the class).
     cancel_immediately: ClassVar[bool] = False
     reject_finished_cancel: ClassVar[bool] = True
@@ -129,4 +134,4 @@ class XAISim(ProviderSim):
 
 
 def _rfc3339(unix: int | None) -> str | None:
-    return None if not unix else datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if not unix else datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 from service.auth import exposure_problem
-from service.config import Config, ConfigError, parse_config_bytes, read_config
+from service.config import Config, ConfigError, read_config
 from service.limits import EMBEDDED_PATH_ENV, RateLimiter
 from service.live import LiveConfig, StateDir
 from service.observability import configure_logging, configure_tracing
+from service.providers.catalog import parse_config_bytes
 from service.server import serve
 
 
@@ -35,10 +36,13 @@ def main() -> None:
         "--private-port", type=int, help="also listen on this loopback port of this worker's own (Envoy's endpoint)"
     )
     parser.add_argument(
-        "--private-socket", help="also listen on this Unix socket of this worker's own (Envoy's endpoint on one machine)"
+        "--private-socket",
+        help="also listen on this Unix socket of this worker's own (Envoy's endpoint on one machine)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, default=int(os.environ.get("METRICS_PORT") or 0) or None,
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("METRICS_PORT") or 0) or None,
         help="serve Prometheus /metrics on this loopback port (METRICS_PORT)",
     )
     parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
@@ -49,7 +53,8 @@ def main() -> None:
     parser.add_argument("--state-dir", help="directory where the workers of one gateway publish their config version")
     parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
     parser.add_argument(
-        "--rate-limit-db", default=os.environ.get(EMBEDDED_PATH_ENV),
+        "--rate-limit-db",
+        default=os.environ.get(EMBEDDED_PATH_ENV),
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
         f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
     )

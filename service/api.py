@@ -8,34 +8,32 @@ import contextlib
 import functools
 import logging
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, empty_pb2, json_format
-from google.rpc import status_pb2
+from google.protobuf import empty_pb2, json_format
 from grpc_status import rpc_status
+from opentelemetry import trace as otel_trace
 
-from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.bulk import BulkCanceller, check_wait
 from service.cancel import Canceller
-from service.compat import (
-    SURFACE_DEFAULT_PROVIDER,
-    RenderedError,
-    anthropic_error,
-    bedrock_error,
-    bifrost_error,
-    google_error,
-    to_anthropic,
-)
-from service.errors import REQUEST_TYPE, GatewayError, InvalidRequest, UpstreamUnavailable
+from service.context import CallContext
+from service.converters import error_to_status, event_outcome, event_to_proto, result_to_proto
+
+# Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
+# service.envelope): the error body and status, and the NDJSON stream marker.
+from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
+from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.live import LiveConfig
-from service.model import CancelCommand, CancelResult, ItemEvent
+from service.model import CancelCommand, CancelResult
 from service.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
-    Trace,
+    CallRecord,
     activate,
     record_bulk,
     record_item,
@@ -44,15 +42,19 @@ from service.observability import (
     server_span,
 )
 from service.routes import ORIGINAL_PATH_HEADER, RouteTable
+from service.surfaces import (
+    SURFACE_DEFAULT_PROVIDER,
+    RenderedError,
+    anthropic_error,
+    bedrock_error,
+    bifrost_error,
+    google_error,
+    to_anthropic,
+)
 
 log = logging.getLogger(__name__)
 
-# Headers (gRPC metadata) the edge reads to shape REST error answers: see gateway/errors.lua.
-ERROR_BODY_HEADER = "x-bf-error-body"
-ERROR_STATUS_HEADER = "x-bf-status"
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
-# Tells the edge that a REST answer is a stream of newline-delimited JSON events (gateway/errors.lua).
-STREAM_HEADER = "x-bf-stream"
 
 MODEL_PROVIDER_HEADER = "x-model-provider"
 EXPECTED_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
@@ -78,10 +80,10 @@ def command_from_proto(
     metadata: Any,
     method: str = "Cancel",
     surface: str | None = None,
-    trace: Trace | None = None,
+    record: CallRecord | None = None,
 ) -> CancelCommand:
     """The domain command for one call of `method`. `surface` is fixed by the drop-in RPCs; for
-    `Cancel` it comes from the route (REST) or the request (gRPC)."""
+    `Cancel` it comes from the route (REST) or the request (gRPC). The call's record learns its route."""
     headers = metadata if isinstance(metadata, dict) else metadata_headers(metadata)
     batch_id = request.batch_id
     if surface is None:
@@ -98,15 +100,13 @@ def command_from_proto(
             raise InvalidRequest("batch_id must be given in the URL path only", param="batch_id")
         surface = route["surface"]
     provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
-    if trace is not None:
-        trace.route = route_label(surface, headers)
+    if record is not None:
+        record.route = route_label(surface, headers)
     return CancelCommand(
         batch_id=batch_id,
         provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
-        headers=headers,
         surface=surface or "",
-        trace=trace,
     )
 
 
@@ -128,52 +128,6 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
-def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
-    batch = result.batch
-    response = pb.BatchCancelResponse(
-        id=batch.id,
-        object="batch",
-        status=batch.status,
-        cancelling_at=batch.cancelling_at,
-        cancelled_at=batch.cancelled_at,
-        extra_fields=pb.ExtraFields(
-            request_type=REQUEST_TYPE,
-            provider=result.provider,
-            latency=result.latency_ms,
-            chunk_index=0,
-            warning=result.warning,
-        ),
-    )
-    if batch.counts is not None:
-        counts = batch.counts
-        response.request_counts.CopyFrom(
-            pb.RequestCounts(
-                total=counts.total,
-                completed=counts.completed,
-                failed=counts.failed,
-                succeeded=counts.succeeded,
-                expired=counts.expired,
-                canceled=counts.canceled,
-                pending=counts.pending,
-            )
-        )
-    if result.raw_response is not None:
-        json_format.ParseDict(result.raw_response, response.extra_fields.raw_response)
-    return response
-
-
-def error_to_status(error: GatewayError) -> status_pb2.Status:
-    detail = pb.ErrorDetail(
-        is_bifrost_error=error.is_bifrost_error,
-        status_code=error.status_code,
-        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
-    )
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    return status_pb2.Status(code=error.grpc_code.value[0], message=error.message, details=[packed])
-
-
 async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
     """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
     rendering in initial metadata for the edge (gateway/errors.lua)."""
@@ -189,36 +143,12 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
-def error_detail(error: GatewayError) -> pb.ErrorDetail:
-    """The typed detail of an error: the REST error body's fields."""
-    return pb.ErrorDetail(
-        is_bifrost_error=error.is_bifrost_error,
-        status_code=error.status_code,
-        error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
-    )
-
-
-def event_to_proto(event: ItemEvent) -> pb.CancelManyEvent:
-    """One bulk event: the single cancel's answer (`batch`) or its error (`error`)."""
-    message = pb.CancelManyEvent(index=event.index, id=event.batch_id, provider=event.provider, final=event.final)
-    if event.result is not None:
-        message.batch.CopyFrom(result_to_proto(event.result))
-    else:
-        message.error.CopyFrom(error_detail(event.error))
-    return message
-
-
-def event_outcome(event: ItemEvent) -> tuple[str, int]:
-    """gRPC code name and HTTP status of an item's final event, for its audit event and the counts."""
-    if event.error is None:
-        return "OK", 200
-    return event.error.grpc_code.name, event.error.status_code
-
-
 # The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
-_REST_RENDERERS = {"CancelAnthropic": anthropic_error, "CancelGenAI": google_error,
-                   "StopModelInvocationJob": bedrock_error}
+_REST_RENDERERS = {
+    "CancelAnthropic": anthropic_error,
+    "CancelGenAI": google_error,
+    "StopModelInvocationJob": bedrock_error,
+}
 
 
 def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
@@ -230,34 +160,90 @@ def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, st
 
 @dataclass(slots=True)
 class Call:
-    """One cancel RPC in flight: what its log line, audit event and metrics need once it ends."""
+    """One RPC in flight: its context (headers, caller, record), its command once known, and
+    whether its initial metadata already went out (a stream's first event: an error after that can
+    only be the status)."""
 
-    headers: dict[str, str]
-    trace: Trace
+    context: CallContext
+    echo_id: tuple[tuple[str, str], ...] = ()
     command: CancelCommand | None = None
+    metadata_sent: bool = False
+    # CancelMany: the final outcomes of its items by gRPC code name.
+    outcomes: Counter = field(default_factory=Counter)
 
 
-def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_error):
-    """Decorates a cancel RPC: request id, in-flight gauge, and once it ends its metrics, log line
-    and audit event. A raised GatewayError becomes its gRPC status plus, for the REST edge, the
-    error rendered in the route's own shape; anything unexpected becomes INTERNAL with details
-    hidden (logged here, with the traceback)."""
+def _finish_cancel(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
+    command = call.command
+    if command is not None:
+        span.set_attribute("batchgate.provider", command.provider)
+    record_request(
+        call.context.record,
+        provider=command.provider if command else "",
+        batch_id=command.batch_id if command else getattr(request, "batch_id", ""),
+        caller=call.context.caller,
+        code=code,
+        http_status=status,
+        error=failure.message if failure is not None else None,
+    )
+
+
+def _finish_bulk(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
+    span.set_attribute("batchgate.items", len(request.batches))
+    record_bulk(
+        call.context.record,
+        caller=call.context.caller,
+        items=len(request.batches),
+        outcomes=dict(call.outcomes),
+        code=code,
+        http_status=status,
+        error=failure.message if failure is not None else None,
+    )
+
+
+def _cancel_route(headers: dict[str, str]) -> str:
+    return route_label("", headers)  # the command names the surface later (command_from_proto)
+
+
+def _bulk_route(headers: dict[str, str]) -> str:
+    return "bulk" if ORIGINAL_PATH_HEADER in headers else "grpc"
+
+
+# What an RPC reports once it ends: its span's attributes, metrics, log line and audit events.
+Finish = Callable[[Call, Any, Any, str, int, "GatewayError | None"], None]
+
+
+def handles_rpc(
+    render: Callable[[GatewayError], RenderedError] = bifrost_error,
+    finish: Finish | None = _finish_cancel,
+    route: Callable[[dict[str, str]], str] = _cancel_route,
+):
+    """Decorates an RPC of the service, the one place for what every call needs (in the style of
+    kserve's exception-to-status interceptor): request id, span, in-flight gauge and, once it ends,
+    `finish` (metrics, log line, audit). A raised GatewayError becomes its gRPC status plus, for the
+    REST edge, the error rendered by `render` (the route's own shape); anything unexpected becomes
+    INTERNAL with details hidden (logged here, with the traceback). Without `finish` (Health) the
+    call is not observed, only its errors mapped."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        name = method.__name__
+
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             headers = metadata_headers(context.invocation_metadata())
-            rid, generated = request_id(headers)
-            call = Call(headers, Trace(rid, route_label("", headers)))
-            echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
+            if finish is None:
+                call, span = Call(CallContext(headers)), otel_trace.INVALID_SPAN
+            else:
+                rid, generated = request_id(headers)
+                echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
+                call = Call(CallContext(headers, CallRecord(rid, route(headers))), echo_id)
+                IN_FLIGHT.inc()
+                span = server_span(name, headers, rid)
             code, status, failure = "OK", 200, None
-            IN_FLIGHT.inc()
-            span = server_span(method.__name__, headers, rid)
             try:
                 with activate(span):
                     response = await method(self, request, context, call)
-                if echo_id:
-                    await context.send_initial_metadata(echo_id)
+                if call.echo_id and not call.metadata_sent:
+                    await context.send_initial_metadata(call.echo_id)
                 return response
             except GatewayError as error:
                 failure = error
@@ -265,31 +251,43 @@ def handles_cancel(render: Callable[[GatewayError], RenderedError] = bifrost_err
                 code, status = "CANCELLED", 499  # the caller went away; upstream work stops with us
                 raise
             except Exception:
-                log.exception("unexpected error in %s", method.__name__)
+                log.exception("unexpected error in %s", name)
                 failure = GatewayError("internal error")
             finally:
-                IN_FLIGHT.dec()
-                if failure is not None:
-                    code, status = failure.grpc_code.name, failure.status_code
-                command = call.command
-                span.set_attribute("rpc.grpc.status_code", code)
-                if command is not None:
-                    span.set_attribute("batchgate.provider", command.provider)
-                span.end()
-                record_request(
-                    call.trace,
-                    provider=command.provider if command else "",
-                    batch_id=command.batch_id if command else getattr(request, "batch_id", ""),
-                    caller=command.caller if command else "anonymous",
-                    code=code,
-                    http_status=status,
-                    error=failure.message if failure is not None else None,
-                )
-            await abort(context, failure, render(failure), *echo_id)
+                if finish is not None:
+                    IN_FLIGHT.dec()
+                    if failure is not None:
+                        code, status = failure.grpc_code.name, failure.status_code
+                    span.set_attribute("rpc.grpc.status_code", code)
+                    finish(call, request, span, code, status, failure)
+                    span.end()
+            if call.metadata_sent:  # events already went out: only the status can still say it
+                await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
+            await abort(context, failure, render(failure), *call.echo_id)
 
         return wrapper
 
     return decorate
+
+
+# The cancel RPCs' decorator: observed as a cancel (log line, audit event), errors in `render`'s shape.
+handles_cancel = handles_rpc
+
+
+class Draining(UpstreamUnavailable):
+    """Health while shutting down: 503 `draining`, its REST body the health answer itself."""
+
+    def __init__(self, health: pb.HealthResponse) -> None:
+        super().__init__("the service is shutting down", status_code=503, code="draining")
+        self.health = health
+
+
+def render_health(failure: GatewayError) -> RenderedError:
+    """`GET /health`'s error body: the health answer while draining, else the usual error body."""
+    if not isinstance(failure, Draining):
+        return bifrost_error(failure)
+    body = json_format.MessageToJson(failure.health, preserving_proto_field_name=True, indent=None, ensure_ascii=True)
+    return RenderedError(503, body)
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
@@ -313,13 +311,16 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             self._live.current.canceller.stopping.set()
 
     async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
-        call.command = command_from_proto(request, call.headers, method, surface, call.trace)
+        headers = call.context.headers
+        call.command = command_from_proto(request, headers, method, surface, call.context.record)
         if method == "Cancel":
             check_wait(request.wait_seconds)
-            call.command.wait_seconds = request.wait_seconds
+            call.command = replace(call.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
         with self._live.current as runtime:
-            return await runtime.canceller.cancel(call.command, time_budget(context.time_remaining(), call.headers))
+            return await runtime.canceller.cancel(
+                call.command, call.context, time_budget(context.time_remaining(), headers)
+            )
 
     @handles_cancel()
     async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
@@ -339,67 +340,46 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         await self._cancel(request, context, call, "StopModelInvocationJob", "bedrock")
         return empty_pb2.Empty()
 
-    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext) -> None:
+    @handles_rpc(finish=_finish_bulk, route=_bulk_route)
+    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, call: Call) -> None:
         """Streams each item's events as they happen. Errors of the whole call (bounds, credentials)
         end it before any event, with the single cancel's error shape and status; an item's error
         is its own event."""
-        headers = metadata_headers(context.invocation_metadata())
-        rid, generated = request_id(headers)
-        trace = Trace(rid, "bulk" if ORIGINAL_PATH_HEADER in headers else "grpc")
-        echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
-        caller, started, outcomes = "anonymous", False, Counter()
-        code, status, failure = "OK", 200, None
-        IN_FLIGHT.inc()
-        span = server_span("CancelMany", headers, rid)
-        try:
-            # The config current now serves the whole stream, whatever reloads meanwhile.
-            with self._live.current as runtime:
-                call = self._bulk.prepare(
-                    runtime.canceller, [(item.id, item.provider) for item in request.batches], request.wait_seconds,
-                    headers, trace, raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
-                )
-                caller = call.caller.identity
-                await context.send_initial_metadata((*echo_id, (STREAM_HEADER, "ndjson")))
-                started = True
-                budget = time_budget(context.time_remaining(), headers)
-                with activate(span):
-                    async with contextlib.aclosing(self._bulk.run(call, budget)) as events:
-                        async for event in events:
-                            await context.write(event_to_proto(event))
-                            if event.final:
-                                item_code, item_status = event_outcome(event)
-                                outcomes[item_code] += 1
-                                warning = event.result.warning if event.result is not None else None
-                                record_item(
-                                    trace, index=event.index, provider=event.provider, batch_id=event.batch_id,
-                                    caller=caller, code=item_code, http_status=item_status, warning=warning,
-                                )
-        except GatewayError as error:
-            failure = error
-        except asyncio.CancelledError:
-            code, status = "CANCELLED", 499  # the caller went away: every upstream call stopped with us
-            raise
-        except Exception:
-            log.exception("unexpected error in CancelMany")
-            failure = GatewayError("internal error")
-        finally:
-            IN_FLIGHT.dec()
-            if failure is not None:
-                code, status = failure.grpc_code.name, failure.status_code
-            span.set_attribute("rpc.grpc.status_code", code)
-            span.set_attribute("batchgate.items", len(request.batches))
-            span.end()
-            record_bulk(
-                trace, caller=caller, items=len(request.batches), outcomes=dict(outcomes), code=code,
-                http_status=status, error=failure.message if failure is not None else None,
+        headers = call.context.headers
+        # The config current now serves the whole stream, whatever reloads meanwhile.
+        with self._live.current as runtime:
+            bulk = self._bulk.prepare(
+                runtime.canceller,
+                [(item.id, item.provider) for item in request.batches],
+                request.wait_seconds,
+                call.context,
+                raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
-        if failure is None:
-            return
-        if started:  # events already went out: only the status can still say it
-            await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-        await abort(context, failure, bifrost_error(failure), *echo_id)
+            await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
+            call.metadata_sent = True
+            budget = time_budget(context.time_remaining(), headers)
+            async with contextlib.aclosing(self._bulk.run(bulk, budget)) as events:
+                async for event in events:
+                    await context.write(event_to_proto(event))
+                    if event.final:
+                        item_code, item_status = event_outcome(event)
+                        call.outcomes[item_code] += 1
+                        warning = event.result.warning if event.result is not None else None
+                        record_item(
+                            call.context.record,
+                            index=event.index,
+                            provider=event.provider,
+                            batch_id=event.batch_id,
+                            caller=call.context.caller,
+                            code=item_code,
+                            http_status=item_status,
+                            warning=warning,
+                        )
 
-    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+    @handles_rpc(render_health, finish=None)
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""
@@ -413,11 +393,6 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             "config": pb.ConfigState(**live.state()),
             "workers": [pb.ConfigState(**state) for state in live.workers()],
         }
-        if not self.draining:
-            return pb.HealthResponse(status="ok", **parts)
-        body = json_format.MessageToJson(
-            pb.HealthResponse(status="draining", **parts),
-            preserving_proto_field_name=True, indent=None, ensure_ascii=True,
-        )
-        draining = UpstreamUnavailable("the service is shutting down", status_code=503, code="draining")
-        await abort(context, draining, RenderedError(503, body))
+        if self.draining:
+            raise Draining(pb.HealthResponse(status="draining", **parts))
+        return pb.HealthResponse(status="ok", **parts)

@@ -1,6 +1,6 @@
 """Who is calling, and what they may do: virtual keys, direct provider keys, gateway credentials and
-per-virtual-key rate limits (counted by `service.limits`). The same rules hold for REST and gRPC callers (headers arrive as gRPC
-metadata either way).
+per-virtual-key rate limits (counted by `service.limits`). The same rules hold for REST and gRPC
+callers (headers arrive as gRPC metadata either way).
 
 Secrets are never compared directly: virtual keys are looked up by their SHA-256 digest and gateway
 credentials are compared digest to digest with `hmac.compare_digest`, so timing reveals nothing
@@ -15,8 +15,8 @@ import hashlib
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from service.config import Config, VirtualKey
 from service.errors import PermissionDenied, Unauthenticated

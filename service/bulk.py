@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from service.auth import Caller
 from service.cancel import Canceller
+from service.context import CallContext
 from service.errors import GatewayError, InvalidRequest
 from service.model import (
     MAX_BULK_ITEMS,
@@ -24,7 +25,6 @@ from service.model import (
     CancelCommand,
     ItemEvent,
 )
-from service.observability import Trace
 from service.waiting import watch_result
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ class BulkCall:
     # The provider name as sent at each index (events echo it; the lookup ignores case).
     sent_providers: list[str]
     wait_seconds: int
-    headers: dict[str, str]
-    trace: Trace
+    # The call's headers, its caller's identity and its record, shared by every item.
+    context: CallContext
     raw_response_requested: bool = False
 
 
@@ -72,17 +72,28 @@ class BulkCanceller:
         self._concurrency = concurrency
 
     def prepare(
-        self, canceller: Canceller, items: Sequence[tuple[str, str]], wait_seconds: int, headers: dict[str, str],
-        trace: Trace, raw_response_requested: bool = False,
+        self,
+        canceller: Canceller,
+        items: Sequence[tuple[str, str]],
+        wait_seconds: int,
+        context: CallContext,
+        raw_response_requested: bool = False,
     ) -> BulkCall:
         """Checks the whole call (bounds, then who is calling): raises its 400/401."""
         check_items(items, wait_seconds)
-        caller = canceller.auth.authenticate(headers)
+        caller = canceller.auth.authenticate(context.headers)
+        context.caller = caller.identity
         grouped: dict[tuple[str, str], list[int]] = {}
         for index, (batch_id, provider) in enumerate(items):
             grouped.setdefault((batch_id, provider.strip().lower()), []).append(index)
         return BulkCall(
-            canceller, caller, grouped, [provider for _, provider in items], wait_seconds, headers, trace, raw_response_requested
+            canceller,
+            caller,
+            grouped,
+            [provider for _, provider in items],
+            wait_seconds,
+            context,
+            raw_response_requested,
         )
 
     async def run(self, call: BulkCall, time_remaining: float | None) -> AsyncIterator[ItemEvent]:
@@ -111,19 +122,27 @@ class BulkCanceller:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _item(
-        self, call: BulkCall, batch_id: str, provider: str, index: int, gate: asyncio.Semaphore,
-        events: asyncio.Queue[ItemEvent], call_end: float | None,
+        self,
+        call: BulkCall,
+        batch_id: str,
+        provider: str,
+        index: int,
+        gate: asyncio.Semaphore,
+        events: asyncio.Queue[ItemEvent],
+        call_end: float | None,
     ) -> None:
         """One distinct item: the single cancel's checks, its cancel call, then its wait."""
         canceller = call.canceller
         command = CancelCommand(
-            batch_id=batch_id, provider=provider, raw_response_requested=call.raw_response_requested,
-            headers=call.headers, trace=call.trace, caller=call.caller.identity, wait_seconds=call.wait_seconds,
+            batch_id=batch_id,
+            provider=provider,
+            raw_response_requested=call.raw_response_requested,
+            wait_seconds=call.wait_seconds,
         )
         try:
             target = await canceller.target(call.caller, provider, batch_id)  # 400/403/429 for this item only
             async with gate:
-                result = await canceller.cancel_target(target, command, call_end)
+                result = await canceller.cancel_target(target, command, call.context, call_end)
         except GatewayError as error:  # exactly what a single cancel of this batch would fail with
             events.put_nowait(ItemEvent(index, batch_id, provider, True, error=error))
             return
@@ -136,7 +155,9 @@ class BulkCanceller:
         events.put_nowait(ItemEvent(index, batch_id, provider, False, result=result))
         final = False
         try:
-            async for waited, final in watch_result(canceller, result, command, call_end, gate=lambda: gate):
+            async for waited, final in watch_result(
+                canceller, result, command, call.context, call_end, gate=lambda: gate
+            ):
                 events.put_nowait(ItemEvent(index, batch_id, provider, final, result=waited))
         except Exception as exc:  # noqa: BLE001
             if not final:

@@ -5,19 +5,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from time import perf_counter
-from typing import Any
+from typing import Any, Protocol
 
 from service.auth import Authenticator, Caller
 from service.config import Config, Key, ProviderConfig
+from service.context import CallContext
 from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, UnsupportedOperation, UpstreamUnavailable
 from service.limits import RateLimiter
 from service.model import BatchState, CancelCommand, CancelResult
-from service.observability import KEY_FAILOVERS, Trace
-from service.providers.base import Adapter, UpstreamRequest, after_accepted_cancel, decode_json, merge_headers
-from service.providers.http import HttpExecutor
-from service.providers.registry import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
+from service.observability import KEY_FAILOVERS, CallRecord, use_provider_labels
+from service.providers.base import (
+    Adapter,
+    UpstreamRequest,
+    UpstreamResponse,
+    after_accepted_cancel,
+    decode_json,
+    merge_headers,
+)
+from service.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
+from service.providers.http import HttpExecutor, RetryPolicy
 from service.resilience import Admission, CircuitBreaker
 from service.waiting import PollPolicy, wait_for_terminal
 
@@ -28,6 +38,7 @@ log = logging.getLogger(__name__)
 # 429/5xx after retries) moves on to the next eligible key.
 FINAL_STATUSES = frozenset({400, 409, 422})
 _PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
+use_provider_labels(KNOWN_PROVIDERS)
 
 
 @dataclass(slots=True)
@@ -36,7 +47,7 @@ class Target:
     the adapter's reference to the batch, and the caller's headers passed through to the provider."""
 
     adapter: Adapter
-    executor: HttpExecutor
+    executor: Executor
     keys: tuple[Key, ...]
     ref: Any
     passed: dict[str, str] = field(default_factory=dict)
@@ -47,15 +58,54 @@ class ReadBack:
     """What reading a cancelled batch back needs: the key whose account holds it."""
 
     adapter: Adapter
-    executor: HttpExecutor
+    executor: Executor
     key: Key
     ref: Any
     passed: dict[str, str] = field(default_factory=dict)
 
 
-def _breaker(name: str, config: ProviderConfig) -> CircuitBreaker:
+def default_breaker(name: str, config: ProviderConfig, clock: Callable[[], float] = time.monotonic) -> CircuitBreaker:
     net = config.network
-    return CircuitBreaker(name, net.breaker_failure_threshold, net.breaker_open_seconds)
+    return CircuitBreaker(name, net.breaker_failure_threshold, net.breaker_open_seconds, clock=clock)
+
+
+def default_admission(name: str, config: ProviderConfig) -> Admission:
+    return Admission(name, config.concurrency, config.buffer_size)
+
+
+def default_authenticator(config: Config, limiter: RateLimiter | None) -> Authenticator:
+    return Authenticator(config, limiter=limiter)
+
+
+def default_executor(name: str, config: ProviderConfig, breaker: CircuitBreaker) -> HttpExecutor:
+    return HttpExecutor(name, config.network, config.concurrency, breaker, RetryPolicy.from_network(config.network))
+
+
+class Executor(Protocol):
+    """What the use case needs of an upstream executor (service.providers.http.HttpExecutor; tests
+    pass fakes)."""
+
+    breaker: CircuitBreaker
+
+    async def send(
+        self, request: UpstreamRequest, deadline: float, record: CallRecord | None = None
+    ) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Collaborators:
+    """How a Canceller builds the parts it does not own the logic of. The defaults are the real
+    ones; tests pass fakes here (an executor factory answering from memory, a stepped clock)
+    instead of patching classes."""
+
+    executor: Callable[[str, ProviderConfig, CircuitBreaker], Executor] = default_executor
+    breaker: Callable[[str, ProviderConfig, Callable[[], float]], CircuitBreaker] = default_breaker
+    admission: Callable[[str, ProviderConfig], Admission] = default_admission
+    authenticator: Callable[[Config, RateLimiter | None], Authenticator] = default_authenticator
+    # The breakers' clock (monotonic seconds).
+    clock: Callable[[], float] = time.monotonic
 
 
 class Canceller:
@@ -66,7 +116,9 @@ class Canceller:
     change is taken over rather than rebuilt: a provider's adapter (token caches) when its block is
     unchanged, its executor (connection pool and circuit breaker) when its network settings are,
     its admission queue when its limits are. Taken-over parts are then shared with `previous` until
-    its in-flight calls end (service.live closes what is no longer used)."""
+    its in-flight calls end (service.live closes what is no longer used). `parts` builds the
+    executors, breakers, admission queues and authenticator (by default the real ones, else those
+    of `previous`)."""
 
     def __init__(
         self,
@@ -74,16 +126,18 @@ class Canceller:
         limiter: RateLimiter | None = None,
         previous: Canceller | None = None,
         poll_policy: PollPolicy | None = None,
+        parts: Collaborators | None = None,
     ) -> None:
         self.config = config
+        self.parts = parts = parts or (previous.parts if previous is not None else Collaborators())
         # How a wait reads batches back (service.waiting); tests pass a faster one.
         self.poll_policy = poll_policy or (previous.poll_policy if previous is not None else PollPolicy())
         # Set once the service drains: waits end at once with the last known state. Shared across
         # reloads, so a drain reaches waits that started under an older config.
         self.stopping = previous.stopping if previous is not None else asyncio.Event()
-        self.auth = Authenticator(config, limiter=limiter)
+        self.auth = parts.authenticator(config, limiter)
         old = previous.config.providers if previous is not None else {}
-        self._providers: dict[str, tuple[Adapter, HttpExecutor]] = {}
+        self._providers: dict[str, tuple[Adapter, Executor]] = {}
         self._admission: dict[str, Admission] = {}
         for name, pc in config.providers.items():
             before = old.get(name)
@@ -92,22 +146,21 @@ class Canceller:
                 if before != pc:
                     adapter = ADAPTERS[name](pc)
                 if before is None or (before.network, before.concurrency) != (pc.network, pc.concurrency):
-                    executor = HttpExecutor(name, pc.network, pc.concurrency, _breaker(name, pc))
+                    executor = parts.executor(name, pc, parts.breaker(name, pc, parts.clock))
                 self._providers[name] = (adapter, executor)
             same_limits = before is not None and (before.concurrency, before.buffer_size) == (
-                pc.concurrency, pc.buffer_size
+                pc.concurrency,
+                pc.buffer_size,
             )
-            self._admission[name] = (
-                previous._admission[name] if same_limits else Admission(name, pc.concurrency, pc.buffer_size)
-            )
+            self._admission[name] = previous._admission[name] if same_limits else parts.admission(name, pc)
 
-    def executors(self) -> list[HttpExecutor]:
+    def executors(self) -> list[Executor]:
         return [executor for _, executor in self._providers.values()]
 
     async def close(self) -> None:
         await asyncio.gather(*(executor.close() for executor in self.executors()))
 
-    def _resolve(self, provider: str) -> tuple[Adapter, HttpExecutor]:
+    def _resolve(self, provider: str) -> tuple[Adapter, Executor]:
         if not provider:
             raise InvalidRequest("provider query parameter is required", param="provider")
         if not _PROVIDER_NAME.match(provider) or provider not in KNOWN_PROVIDERS:
@@ -122,23 +175,25 @@ class Canceller:
             )
         return entry
 
-    async def cancel(self, command: CancelCommand, time_remaining: float | None = None) -> CancelResult:
+    async def cancel(
+        self, command: CancelCommand, call: CallContext, time_remaining: float | None = None
+    ) -> CancelResult:
         # Everything that can refuse the call does so before any upstream request.
-        caller = self.auth.authenticate(command.headers)
-        command.caller = caller.identity
+        caller = self.auth.authenticate(call.headers)
+        call.caller = caller.identity
         target = await self.target(caller, command.provider, command.batch_id)
         if command.surface and command.surface == target.adapter.sdk_surface:
             # The provider's own drop-in route passes some of its SDK's headers through (Anthropic's
             # anthropic-version): the caller's SDK expects the answer shape they choose.
             try:
-                target.passed = target.adapter.caller_headers(command.headers)
+                target.passed = target.adapter.caller_headers(call.headers)
             except GatewayError as err:
                 err.provider = target.adapter.name
                 raise
         call_end = None if time_remaining is None else asyncio.get_running_loop().time() + time_remaining
-        result = await self.cancel_target(target, command, call_end)
+        result = await self.cancel_target(target, command, call, call_end)
         if command.wait_seconds > 0:
-            result = await wait_for_terminal(self, result, command, call_end)
+            result = await wait_for_terminal(self, result, command, call, call_end)
         return result
 
     async def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
@@ -154,27 +209,31 @@ class Canceller:
             raise
         return Target(adapter, executor, keys, ref)
 
-    async def cancel_target(self, target: Target, command: CancelCommand, call_end: float | None) -> CancelResult:
+    async def cancel_target(
+        self, target: Target, command: CancelCommand, call: CallContext, call_end: float | None
+    ) -> CancelResult:
         """The cancel call itself, within the provider's admission limit and the call's deadline."""
         adapter = target.adapter
         deadline = self._deadline(adapter, call_end)
         async with self._admission[adapter.name].slot():
             return await self._cancel(
-                adapter, target.executor, target.keys, target.ref, command, deadline, target.passed
+                adapter, target.executor, target.keys, target.ref, command, call.record, deadline, target.passed
             )
 
-    async def read(self, handle: ReadBack, command: CancelCommand, call_end: float | None) -> tuple[BatchState, Any]:
+    async def read(
+        self, handle: ReadBack, command: CancelCommand, call: CallContext, call_end: float | None
+    ) -> tuple[BatchState, Any]:
         """Reads a cancelled batch back with the provider's retrieve call and the key that cancelled
         it (admission, breaker and retries as for a cancel). Raises the provider's error."""
         adapter = handle.adapter
         request = adapter.retrieve_request(handle.key, handle.ref)
         if request is None:
             raise UnsupportedOperation(f"reading a batch back is not supported by provider: {adapter.name}")
-        request = self._outgoing(adapter, request, command.trace, handle.passed)
+        request = self._outgoing(adapter, request, call.record, handle.passed)
         request.operation = "read"
         deadline = self._deadline(adapter, call_end)
         async with self._admission[adapter.name].slot():
-            answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, command.trace)
+            answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, call.record)
         if answer.status >= 300:
             raise adapter.parse_error(answer)
         data = decode_json(answer, adapter.name)
@@ -194,35 +253,45 @@ class Canceller:
         return {name: executor.breaker.state for name, (_, executor) in self._providers.items()}
 
     async def _cancel(
-        self, adapter: Adapter, executor: HttpExecutor, keys: tuple[Key, ...], ref: Any, command: CancelCommand,
-        deadline: float, passed: dict[str, str],
+        self,
+        adapter: Adapter,
+        executor: Executor,
+        keys: tuple[Key, ...],
+        ref: Any,
+        command: CancelCommand,
+        record: CallRecord | None,
+        deadline: float,
+        passed: dict[str, str],
     ) -> CancelResult:
         started = perf_counter()
         error: GatewayError | None = None
-        trace = command.trace
         for index, key in enumerate(keys):
-            if index and trace is not None:
-                trace.key_failovers += 1
+            if index and record is not None:
+                record.key_failovers += 1
                 KEY_FAILOVERS.labels(adapter.name).inc()
             try:
-                request = self._outgoing(adapter, adapter.cancel_request(key, ref), trace, passed)
+                request = self._outgoing(adapter, adapter.cancel_request(key, ref), record, passed)
                 request = await adapter.prepare(key, request)
             except (DeadlineExceeded, InvalidRequest):
                 raise
             except GatewayError as err:  # this key's credentials could not be used (token mint failed)
                 error = err
                 continue
-            response = await executor.send(request, deadline, trace)
+            response = await executor.send(request, deadline, record)
             if response.status < 300:
                 batch, raw, warning = await self._read_state(
-                    adapter, executor, key, ref, command, response, deadline, passed
+                    adapter, executor, key, ref, command, record, response, deadline, passed
                 )
                 batch.id = command.batch_id  # answer with the id in the form the caller sent it
                 batch.status = after_accepted_cancel(batch.status)
                 if not self._send_back_raw(adapter, command):
                     raw = None
                 return CancelResult(
-                    batch, adapter.name, int((perf_counter() - started) * 1000), raw, warning,
+                    batch,
+                    adapter.name,
+                    int((perf_counter() - started) * 1000),
+                    raw,
+                    warning,
                     read_back=ReadBack(adapter, executor, key, ref, passed),
                 )
             error = adapter.parse_error(response)
@@ -233,12 +302,12 @@ class Canceller:
 
     @staticmethod
     def _outgoing(
-        adapter: Adapter, request: UpstreamRequest, trace: Trace | None, passed: dict[str, str]
+        adapter: Adapter, request: UpstreamRequest, record: CallRecord | None, passed: dict[str, str]
     ) -> UpstreamRequest:
         """Adds the caller's passed-through headers, and the request id where the provider takes one
         (OpenAI X-Client-Request-Id)."""
-        if adapter.request_id_header and trace is not None:
-            passed = {**passed, adapter.request_id_header: trace.request_id}
+        if adapter.request_id_header and record is not None:
+            passed = {**passed, adapter.request_id_header: record.request_id}
         if passed:
             request.headers = merge_headers(request.headers, passed)
         return request
@@ -258,8 +327,16 @@ class Canceller:
             ) from None
 
     async def _read_state(
-        self, adapter: Adapter, executor: HttpExecutor, key: Key, ref: Any, command: CancelCommand, response,
-        deadline: float, passed: dict[str, str],
+        self,
+        adapter: Adapter,
+        executor: Executor,
+        key: Key,
+        ref: Any,
+        command: CancelCommand,
+        record: CallRecord | None,
+        response,
+        deadline: float,
+        passed: dict[str, str],
     ) -> tuple[BatchState, Any, str | None]:
         """The batch after an accepted cancel: from the cancel answer itself, or from a follow-up read
         for providers whose cancel answers `{}`. A failed follow-up read still reports the cancel
@@ -271,10 +348,9 @@ class Canceller:
         if follow_up is None:
             return self._parse(adapter, command.batch_id, cancel_data), cancel_data, None
         try:
-            trace = command.trace
-            follow_up = self._outgoing(adapter, follow_up, trace, passed)
+            follow_up = self._outgoing(adapter, follow_up, record, passed)
             follow_up.operation = "read"
-            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, trace)
+            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, record)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
             data = decode_json(answer, adapter.name)

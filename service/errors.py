@@ -7,11 +7,12 @@ callers, into the rendered JSON body and HTTP status that the Envoy edge sends.
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
-REQUEST_TYPE = "batch_cancel"
+from service import envelope
+from service.envelope import REQUEST_TYPE
+
+__all__ = ["REQUEST_TYPE"]  # re-exported: callers name it with the errors it describes
 
 # HTTP status -> canonical gRPC code. 409 is FAILED_PRECONDITION: the batch is not in a state
 # that allows the call (OpenAI "Cannot cancel a batch with status 'completed'").
@@ -88,16 +89,19 @@ class GatewayError(Exception):
         return grpc_code_for_http(self.status_code)
 
     def to_dict(self) -> dict:
-        return {
-            "is_bifrost_error": self.is_bifrost_error,
-            "status_code": self.status_code,
-            "error": {"type": self.type, "code": self.code, "message": self.message, "param": self.param},
-            "extra_fields": {"provider": self.provider, "request_type": REQUEST_TYPE},
-        }
+        """The Bifrost error body (service.envelope)."""
+        return envelope.bifrost(
+            status_code=self.status_code,
+            type=self.type,
+            code=self.code,
+            message=self.message,
+            param=self.param,
+            provider=self.provider,
+            is_bifrost_error=self.is_bifrost_error,
+        )
 
     def to_json(self) -> str:
-        # ASCII-only so it can travel as a gRPC metadata value to the edge.
-        return json.dumps(self.to_dict(), ensure_ascii=True, separators=(",", ":"))
+        return envelope.to_json(self.to_dict())
 
 
 class InvalidRequest(GatewayError):

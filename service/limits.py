@@ -31,8 +31,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client import Counter
@@ -43,8 +44,9 @@ from service.errors import Overloaded, UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 STORE_ERRORS = Counter(
-    "batchgate_rate_limit_store_errors", "Rate-limit store calls that failed (the call was then counted locally "
-    "or refused)", ["store"]
+    "batchgate_rate_limit_store_errors",
+    "Rate-limit store calls that failed (the call was then counted locally or refused)",
+    ["store"],
 )
 
 # Environment variable through which the launcher hands every worker the embedded store's file.
@@ -102,7 +104,10 @@ class EmbeddedStore:
     kind = "embedded"
 
     def __init__(
-        self, path: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time,
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
     ) -> None:
         self._own_dir = None
@@ -208,8 +213,12 @@ class RedisStore:
         # cancels in flight (a provider's default concurrency) rarely need more than a few; past
         # `max_connections` a check fails like any store error.
         self._pool = ConnectionPool.from_url(
-            url, max_connections=max_connections, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=no_retry, health_check_interval=0,
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=no_retry,
+            health_check_interval=0,
         )
         self._client = Redis.from_pool(self._pool)
         self._client.retry = no_retry
@@ -340,7 +349,9 @@ class RateLimiter:
             action = "counting per process" if self.on_error == "allow" else "refusing limited calls"
             log.warning(
                 "rate limit store %s failed (%s): %s until it answers again",
-                self.store.kind, self.store.redact(f"{type(exc).__name__}: {exc}"), action,
+                self.store.kind,
+                self.store.redact(f"{type(exc).__name__}: {exc}"),
+                action,
             )
 
     def _recovered(self) -> None:

@@ -26,13 +26,14 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import orjson
 
-from service.cancel import Canceller
-from service.config import Config, ConfigError, config_version, parse_config_bytes, read_config
+from service.cancel import Canceller, Executor
+from service.config import Config, ConfigError, config_version, read_config
 from service.limits import RateLimiter
 from service.observability import (
     CONFIG_INFO,
@@ -40,7 +41,7 @@ from service.observability import (
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_RELOADS,
 )
-from service.providers.http import HttpExecutor
+from service.providers.catalog import parse_config_bytes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class Runtime:
     __slots__ = ("config", "canceller", "version", "loaded_at", "in_flight", "retired", "_on_drained")
 
     def __init__(
-        self, config: Config, canceller: Canceller, version: str, loaded_at: float,
+        self,
+        config: Config,
+        canceller: Canceller,
+        version: str,
+        loaded_at: float,
         on_drained: Callable[[Runtime], None],
     ) -> None:
         self.config, self.canceller, self.version, self.loaded_at = config, canceller, version, loaded_at
@@ -152,7 +157,7 @@ class LiveConfig:
         self._restart_only = dict(restart_only or {})
         self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
         # Executors (pools, breakers) shared by the current and the draining runtimes, by use count.
-        self._uses: collections.Counter[HttpExecutor] = collections.Counter()
+        self._uses: collections.Counter[Executor] = collections.Counter()
         self._closing: set[asyncio.Task] = set()
         self.digest = hashlib.sha256(raw).digest() if raw is not None else None
         self.failed_digest: bytes | None = None
@@ -224,8 +229,11 @@ class LiveConfig:
             CONFIG_INFO.labels(self.current.version).set(1)
         changed = describe_changes(previous.config, config)
         log.info(
-            "config reloaded (%s): version %s (was %s), changed: %s", trigger, self.current.version,
-            previous.version, ", ".join(changed) or "nothing",
+            "config reloaded (%s): version %s (was %s), changed: %s",
+            trigger,
+            self.current.version,
+            previous.version,
+            ", ".join(changed) or "nothing",
         )
         stale = [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
         if stale:
@@ -258,7 +266,7 @@ class LiveConfig:
                 del self._uses[executor]
                 self._close(executor)
 
-    def _close(self, executor: HttpExecutor) -> None:
+    def _close(self, executor: Executor) -> None:
         try:
             task = asyncio.get_running_loop().create_task(executor.close())
         except RuntimeError:  # no loop: nothing was ever opened

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from service.observability import Trace
+from typing import Any
 
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
 STATUSES = frozenset(
@@ -46,20 +43,17 @@ class BatchState:
     expires_at: int | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class CancelCommand:
+    """What the caller asked for, in domain terms (no transport, nothing filled in later)."""
+
     batch_id: str
     provider: str
     # Raw response wanted by the caller (header x-bf-send-back-raw-response), honoured only when
     # the config allows per-request override.
     raw_response_requested: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
     # The drop-in route the call came through (`anthropic`, `genai`, `bedrock`, `openai`), else "".
     surface: str = ""
-    # Filled in on the way: what the request did upstream (observability), and who called
-    # (`vk:<id>`, `admin`, `anonymous`; safe to log).
-    trace: Trace | None = None
-    caller: str = "anonymous"
     # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
     wait_seconds: int = 0
 

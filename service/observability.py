@@ -15,8 +15,9 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 from opentelemetry import propagate
@@ -24,8 +25,6 @@ from opentelemetry import trace as otel_trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-
-from service.providers.registry import KNOWN_PROVIDERS
 
 access_log = logging.getLogger("batchgate.access")
 audit_log = logging.getLogger("batchgate.audit")
@@ -43,8 +42,10 @@ REQUEST_SECONDS = Histogram(
 IN_FLIGHT = Gauge("batchgate_in_flight_requests", "Cancel calls being handled")
 # `operation` tells cancel calls from reads of a batch (follow-up reads and waiting).
 UPSTREAM_SECONDS = Histogram(
-    "batchgate_upstream_seconds", "One upstream HTTP attempt, by provider and operation (cancel, read)",
-    ["provider", "operation"], buckets=_LATENCY_BUCKETS,
+    "batchgate_upstream_seconds",
+    "One upstream HTTP attempt, by provider and operation (cancel, read)",
+    ["provider", "operation"],
+    buckets=_LATENCY_BUCKETS,
 )
 UPSTREAM_ATTEMPTS = Counter(
     "batchgate_upstream_attempts",
@@ -66,12 +67,24 @@ for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
 
 
+# The provider names a label may hold. Injected by the layer that knows the providers
+# (service.cancel, from the provider catalog) rather than imported: the HTTP executor imports this module,
+# and importing the catalog here would pull every adapter (and botocore) under it, in a cycle.
+_provider_labels: frozenset[str] = frozenset()
+
+
+def use_provider_labels(names: Iterable[str]) -> None:
+    """Sets the provider names that appear as themselves in labels; any other name is `unknown`."""
+    global _provider_labels
+    _provider_labels = frozenset(names)
+
+
 def provider_label(provider: str) -> str:
-    return provider if provider in KNOWN_PROVIDERS else "unknown"
+    return provider if provider in _provider_labels else "unknown"
 
 
 @dataclass(slots=True)
-class Trace:
+class CallRecord:
     """What one request did upstream, filled in as it goes; becomes its log line and metrics."""
 
     request_id: str
@@ -105,22 +118,30 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
 
 
 def record_request(
-    trace: Trace, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
+    record: CallRecord, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
 ) -> None:
     """Metrics, the access log line and the audit event for one finished call."""
-    seconds = time.perf_counter() - trace.started
+    seconds = time.perf_counter() - record.started
     label = provider_label(provider)
-    REQUESTS.labels(trace.route, label, code).inc()
-    REQUEST_SECONDS.labels(trace.route).observe(seconds)
+    REQUESTS.labels(record.route, label, code).inc()
+    REQUEST_SECONDS.labels(record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
             extra={
                 "fields": {
-                    "request_id": trace.request_id, "route": trace.route, "provider": label,
-                    "batch_id": batch_id[:256], "caller": caller, "outcome": code, "status": http_status,
-                    "upstream_status": trace.upstream_status, "attempts": trace.attempts, "reads": trace.reads,
-                    "key_failovers": trace.key_failovers, "latency_ms": round(seconds * 1000, 2),
+                    "request_id": record.request_id,
+                    "route": record.route,
+                    "provider": label,
+                    "batch_id": batch_id[:256],
+                    "caller": caller,
+                    "outcome": code,
+                    "status": http_status,
+                    "upstream_status": record.upstream_status,
+                    "attempts": record.attempts,
+                    "reads": record.reads,
+                    "key_failovers": record.key_failovers,
+                    "latency_ms": round(seconds * 1000, 2),
                     **({"error": error} if error else {}),
                 }
             },
@@ -130,8 +151,13 @@ def record_request(
             "audit",
             extra={
                 "fields": {
-                    "event": "audit", "request_id": trace.request_id, "who": caller, "action": "batch.cancel",
-                    "provider": label, "batch_id": batch_id[:256], "result": "ok" if code == "OK" else code,
+                    "event": "audit",
+                    "request_id": record.request_id,
+                    "who": caller,
+                    "action": "batch.cancel",
+                    "provider": label,
+                    "batch_id": batch_id[:256],
+                    "result": "ok" if code == "OK" else code,
                     "status": http_status,
                 }
             },
@@ -139,21 +165,34 @@ def record_request(
 
 
 def record_item(
-    trace: Trace, *, index: int, provider: str, batch_id: str, caller: str, code: str, http_status: int,
+    record: CallRecord,
+    *,
+    index: int,
+    provider: str,
+    batch_id: str,
+    caller: str,
+    code: str,
+    http_status: int,
     warning: str | None = None,
 ) -> None:
     """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
     call's request id plus the item's index identify it."""
     label = provider_label(provider)
-    REQUESTS.labels(trace.route, label, code).inc()
+    REQUESTS.labels(record.route, label, code).inc()
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
             extra={
                 "fields": {
-                    "event": "audit", "request_id": trace.request_id, "index": index, "who": caller,
-                    "action": "batch.cancel", "provider": label, "batch_id": batch_id[:256],
-                    "result": "ok" if code == "OK" else code, "status": http_status,
+                    "event": "audit",
+                    "request_id": record.request_id,
+                    "index": index,
+                    "who": caller,
+                    "action": "batch.cancel",
+                    "provider": label,
+                    "batch_id": batch_id[:256],
+                    "result": "ok" if code == "OK" else code,
+                    "status": http_status,
                     **({"warning": warning} if warning else {}),
                 }
             },
@@ -161,22 +200,37 @@ def record_item(
 
 
 def record_bulk(
-    trace: Trace, *, caller: str, items: int, outcomes: dict[str, int], code: str, http_status: int,
+    record: CallRecord,
+    *,
+    caller: str,
+    items: int,
+    outcomes: dict[str, int],
+    code: str,
+    http_status: int,
     error: str | None,
 ) -> None:
     """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
     what it did upstream (cancel attempts and reads)."""
-    seconds = time.perf_counter() - trace.started
-    REQUEST_SECONDS.labels(trace.route).observe(seconds)
+    seconds = time.perf_counter() - record.started
+    REQUEST_SECONDS.labels(record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
             extra={
                 "fields": {
-                    "request_id": trace.request_id, "route": trace.route, "rpc": "CancelMany", "caller": caller,
-                    "outcome": code, "status": http_status, "items": items, "item_outcomes": outcomes,
-                    "attempts": trace.attempts, "reads": trace.reads, "key_failovers": trace.key_failovers,
-                    "latency_ms": round(seconds * 1000, 2), **({"error": error} if error else {}),
+                    "request_id": record.request_id,
+                    "route": record.route,
+                    "rpc": "CancelMany",
+                    "caller": caller,
+                    "outcome": code,
+                    "status": http_status,
+                    "items": items,
+                    "item_outcomes": outcomes,
+                    "attempts": record.attempts,
+                    "reads": record.reads,
+                    "key_failovers": record.key_failovers,
+                    "latency_ms": round(seconds * 1000, 2),
+                    **({"error": error} if error else {}),
                 }
             },
         )
@@ -192,7 +246,8 @@ class CircuitCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "batchgate_circuit_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+            "batchgate_circuit_state",
+            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
             labels=["provider"],
         )
         for provider, state in self._states().items():
@@ -283,7 +338,9 @@ def configure_tracing(exporter: Any = None) -> bool:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "batchgate")}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "batchgate")})
+    )
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif wanted == "console":

@@ -12,7 +12,7 @@ call is refused, since its path names no batch.
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 from google.api import annotations_pb2

@@ -12,14 +12,12 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from service.context import CallContext
 from service.errors import GatewayError
 from service.model import TERMINAL_STATUSES, BatchState, CancelCommand, CancelResult
 from service.providers.http import RETRYABLE_STATUSES, retry_after_seconds
-
-if TYPE_CHECKING:
-    from service.cancel import Canceller
 
 # Time kept back from the call's own deadline so the last state still reaches the caller.
 ANSWER_MARGIN_S = 1.0
@@ -38,6 +36,18 @@ class PollPolicy:
     def next_delay(self, previous: float, rand: Callable[[], float] = random.random) -> float:
         base = min(self.max_s, previous * self.multiplier)
         return base * (1 - self.jitter * rand())
+
+
+class Reader(Protocol):
+    """What waiting needs of the use case (service.cancel.Canceller, which imports this module):
+    reading a batch back, the poll policy, and the event set once the service drains."""
+
+    poll_policy: PollPolicy
+    stopping: asyncio.Event
+
+    async def read(
+        self, handle: Any, command: CancelCommand, call: CallContext, call_end: float | None
+    ) -> tuple[BatchState, Any]: ...
 
 
 @dataclass(slots=True)
@@ -134,7 +144,11 @@ def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelRes
 
 
 async def watch_result(
-    canceller: Canceller, result: CancelResult, command: CancelCommand, call_end: float | None,
+    canceller: Reader,
+    result: CancelResult,
+    command: CancelCommand,
+    call: CallContext,
+    call_end: float | None,
     gate: Callable[[], Any] | None = None,
 ) -> AsyncIterator[tuple[CancelResult, bool]]:
     """The cancel's result after each status change while waiting `command.wait_seconds`, each with
@@ -146,9 +160,9 @@ async def watch_result(
 
     async def read() -> tuple[BatchState, Any]:
         if gate is None:
-            return await canceller.read(result.read_back, command, call_end)
+            return await canceller.read(result.read_back, command, call, call_end)
         async with gate():
-            return await canceller.read(result.read_back, command, call_end)
+            return await canceller.read(result.read_back, command, call, call_end)
 
     if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
         yield result, True
@@ -162,10 +176,14 @@ async def watch_result(
 
 
 async def wait_for_terminal(
-    canceller: Canceller, result: CancelResult, command: CancelCommand, call_end: float | None
+    canceller: Reader,
+    result: CancelResult,
+    command: CancelCommand,
+    call: CallContext,
+    call_end: float | None,
 ) -> CancelResult:
     """A single cancel's wait: the last state once terminal or once the wait runs out."""
     last = result
-    async for last, _final in watch_result(canceller, result, command, call_end):
-        pass
+    async for state, _final in watch_result(canceller, result, command, call, call_end):
+        last = state
     return last

@@ -22,7 +22,8 @@ import asyncio
 import inspect
 import logging
 import os
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -57,8 +58,9 @@ class _Reader:
                 request = await context.read()
         except TimeoutError:
             late = f"the request did not arrive within {READ_TIMEOUT_SECONDS:g} s"
-            await self.refuse(context, GatewayError(late, status_code=408, type="invalid_request_error",
-                                                    code="request_timeout"))
+            await self.refuse(
+                context, GatewayError(late, status_code=408, type="invalid_request_error", code="request_timeout")
+            )
         except DecodeError:
             await self.refuse(context, InvalidRequest(self.malformed))
         if request is grpc.aio.EOF:
@@ -83,10 +85,19 @@ class _Reader:
         rid, generated = request_id(headers)
         code = error.grpc_code
         if log.isEnabledFor(logging.INFO):
-            log.info("malformed call", extra={"fields": {
-                "request_id": rid, "route": "grpc", "method": self.method, "outcome": code.name,
-                "status": error.status_code, "error": error.message,
-            }})
+            log.info(
+                "malformed call",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "route": "grpc",
+                        "method": self.method,
+                        "outcome": code.name,
+                        "status": error.status_code,
+                        "error": error.message,
+                    }
+                },
+            )
         metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
         if self.rest is not None:
             metadata += self.rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()

@@ -9,15 +9,15 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import pytest_asyncio
 
 from sandbox import DEFAULT_KEYS, SIMULATOR_KEY, Simulator, build_app, start
-from tests.support import SANDBOX_KEYS
+from tests.support import SANDBOX_KEYS, running_service, sim_config
 
 
 @dataclass
@@ -38,6 +38,14 @@ async def sandbox() -> Sandbox:
 def sim(sandbox: Sandbox) -> Simulator:
     sandbox.sim.reset()
     return sandbox.sim
+
+
+@pytest.fixture
+async def service(request: pytest.FixtureRequest, sandbox: Sandbox, sim: Simulator):
+    """A gRPC stub of a running service configured with the test module's `SIM` simulator alone
+    (its own config block, no retries). Modules that need another setup define their own."""
+    async with running_service(sim_config(request.module.SIM, sandbox.url)) as (_, stub):
+        yield stub
 
 
 class RedisServer:
@@ -66,13 +74,41 @@ class RedisServer:
         ports = ["--port", str(self.port)]
         if self.tls:
             cert, key = map(str, self.tls)
-            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
-                     "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+            ports = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = subprocess.Popen(
-            [binary, *ports, "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "no", "--requirepass", self.password, "--daemonize", "no",
-             "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                *ports,
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                self.password,
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import Any
 
 import grpc
 import pytest
@@ -17,14 +18,31 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_status import rpc_status
 
 from sandbox.core import ProviderSim
-from service.config import Config, parse_config
+from service.config import Config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
+from service.providers.catalog import parse_config
 from service.server import App, create_server
 
 OPENAI_KEYS = ("sk-test-openai-aaaaaaaa1111", "sk-test-openai-bbbbbbbb2222")
 AZURE_KEY = "az-test-key-cccccccc3333"
 SANDBOX_KEYS = {"openai": list(OPENAI_KEYS), "azure": [AZURE_KEY]}
+
+
+class SteppedClock:
+    """Time that moves only when the code under test sleeps (or a test moves it): pass the instance
+    as the clock and its `sleep` as the sleep function."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 def config_dict(sandbox_url: str, **client: Any) -> dict:
@@ -64,7 +82,7 @@ def sim_config(
     `key`, else the simulator's default key), `max_retries` and `network` set in its network_config,
     and `provider_fields` laid over the block."""
     block = sim_cls.gateway_config(f"{sandbox_url}{sim_cls.prefix}", sim_cls.default_key if key is None else key)
-    block["network_config"].update({"max_retries": max_retries, **(network or {})})
+    block.setdefault("network_config", {}).update({"max_retries": max_retries, **(network or {})})
     return {"providers": {sim_cls.name: {**block, **provider_fields}}}
 
 
@@ -118,17 +136,34 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     files in `directory`: (cert path, key path)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
@@ -136,6 +171,7 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     )
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path

@@ -76,19 +76,38 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
         return value if defaults else argparse.SUPPRESS
 
     group = parser.add_argument_group("connection")
-    group.add_argument("--target", metavar="HOST:PORT",
-                       default=default(os.environ.get("BATCHGATE_TARGET") or DEFAULT_TARGET),
-                       help=f"batchgate's gRPC address, the service's or Envoy's (BATCHGATE_TARGET, "
-                            f"default {DEFAULT_TARGET})")
-    group.add_argument("--tls-ca", metavar="FILE", default=default(os.environ.get("BATCHGATE_TLS_CA")),
-                       help="PEM certificate to trust: connect with TLS (BATCHGATE_TLS_CA)")
-    group.add_argument("--vk", metavar="KEY", default=default(None),
-                       help="virtual key (prefer the BATCHGATE_VK environment variable: arguments are visible "
-                            "to other users)")
-    group.add_argument("--timeout", metavar="SECONDS", type=_timeout, default=default(DEFAULT_TIMEOUT),
-                       help=f"deadline of each call, on top of --wait (default {DEFAULT_TIMEOUT:g})")
-    group.add_argument("--output", "-o", choices=("text", "json"), default=default("text"),
-                       help="text (a progress bar on a terminal, plain lines otherwise) or json (one object per item)")
+    group.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        default=default(os.environ.get("BATCHGATE_TARGET") or DEFAULT_TARGET),
+        help=f"batchgate's gRPC address, the service's or Envoy's (BATCHGATE_TARGET, default {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=default(os.environ.get("BATCHGATE_TLS_CA")),
+        help="PEM certificate to trust: connect with TLS (BATCHGATE_TLS_CA)",
+    )
+    group.add_argument(
+        "--vk",
+        metavar="KEY",
+        default=default(None),
+        help="virtual key (prefer the BATCHGATE_VK environment variable: arguments are visible to other users)",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_timeout,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"deadline of each call, on top of --wait (default {DEFAULT_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--output",
+        "-o",
+        choices=("text", "json"),
+        default=default("text"),
+        help="text (a progress bar on a terminal, plain lines otherwise) or json (one object per item)",
+    )
 
 
 def _version() -> str:
@@ -105,28 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     cancel = commands.add_parser(
-        "cancel", help="cancel batches: IDs with --provider, or a list with --from",
+        "cancel",
+        help="cancel batches: IDs with --provider, or a list with --from",
         description="Cancel batches given as IDs (with --provider) or listed in a file (--from): CSV lines "
-                    "`provider,id` or JSON lines {\"id\": ..., \"provider\": ...}. Several batches go "
-                    "through one CancelMany call per 1,000.",
+        '`provider,id` or JSON lines {"id": ..., "provider": ...}. Several batches go '
+        "through one CancelMany call per 1,000.",
     )
     cancel.add_argument("ids", nargs="*", metavar="ID", help="batch ids (all on --provider)")
     cancel.add_argument("--provider", "-p", help="provider of the IDs (and of --from lines that hold an id alone)")
     cancel.add_argument("--from", dest="source", metavar="FILE", help="read the batches from FILE (- for stdin)")
-    cancel.add_argument("--wait", type=_wait_seconds, default=0, metavar="SECONDS",
-                        help=f"wait up to SECONDS (at most {MAX_WAIT_SECONDS}) until each batch is terminal")
+    cancel.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=0,
+        metavar="SECONDS",
+        help=f"wait up to SECONDS (at most {MAX_WAIT_SECONDS}) until each batch is terminal",
+    )
     _common_options(cancel, defaults=False)
 
     health = commands.add_parser("health", help="the service's health and each provider's circuit")
     _common_options(health, defaults=False)
 
     config = commands.add_parser("config", help="work with a config.json offline")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION",
-                                            parser_class=_Parser)
+    config_commands = config.add_subparsers(
+        dest="config_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
     check = config_commands.add_parser(
-        "check", help="validate a config.json with the service's own rules",
+        "check",
+        help="validate a config.json with the service's own rules",
         description="Validate a config.json exactly as the service does at start (environment variables "
-                    "named by env.NAME values included). Needs the batchgate service package.",
+        "named by env.NAME values included). Needs the batchgate service package.",
     )
     check.add_argument("file", metavar="FILE")
     return parser
@@ -136,8 +163,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(run(argv))
 
 
-def run(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
-        stderr: TextIO | None = None) -> int:
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
     try:
@@ -252,8 +284,9 @@ def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: Text
 def _cancel_one(client: BatchgateClient, ref: BatchRef, wait: int, console: Console) -> CancelEvent:
     """One batch through the single Cancel (with its wait); its failure is the item's, except
     when batchgate could not be reached."""
-    status = console.status(f"waiting up to {wait}s for {ref.id} to be cancelled") if wait and console.is_terminal \
-        else None
+    status = (
+        console.status(f"waiting up to {wait}s for {ref.id} to be cancelled") if wait and console.is_terminal else None
+    )
     try:
         if status is not None:
             with status:
@@ -271,7 +304,7 @@ def _cancel_many(client: BatchgateClient, refs: list[BatchRef], wait: int, view:
     """Every batch through CancelMany, 1,000 per call, one call after the other. A call that fails
     as a whole (bad request, no access, service down) stops here with that error."""
     for offset in range(0, len(refs), MAX_ITEMS_PER_CALL):
-        chunk = refs[offset:offset + MAX_ITEMS_PER_CALL]
+        chunk = refs[offset : offset + MAX_ITEMS_PER_CALL]
         for event in client.cancel_many(chunk, wait_seconds=wait):
             view.event(dataclasses.replace(event, index=event.index + offset) if offset else event)
 
@@ -307,7 +340,8 @@ def config_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
     """Validates with the service's own loader (imported only here: the rules and messages are the
     service's, and the rest of the client never needs it)."""
     try:
-        from service.config import ConfigError, load_config
+        from service.config import ConfigError
+        from service.providers.catalog import load_config
     except ImportError as exc:
         raise UsageError(
             "config check validates with the batchgate service's own rules, but the service package is not "

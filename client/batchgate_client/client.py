@@ -191,8 +191,9 @@ class BatchgateClient(_Base):
     Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, sleep: Callable[[float], None] = time.sleep,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, sleep: Callable[[float], None] = time.sleep, **kwargs: Any
+    ) -> None:
         super().__init__(target, **kwargs)
         self._sleep = sleep
         if self._credentials is not None:
@@ -210,8 +211,9 @@ class BatchgateClient(_Base):
     def close(self) -> None:
         self._channel.close()
 
-    def cancel(self, batch_id: str, provider: str, *, wait_seconds: int = 0,
-               timeout: float | None = None) -> pb.BatchCancelResponse:
+    def cancel(
+        self, batch_id: str, provider: str, *, wait_seconds: int = 0, timeout: float | None = None
+    ) -> pb.BatchCancelResponse:
         """Cancels one batch; with `wait_seconds` answers once it is terminal or the wait ran out
         (then `extra_fields.warning` says so)."""
         request = self._cancel_request(batch_id, provider, wait_seconds)
@@ -222,8 +224,9 @@ class BatchgateClient(_Base):
         raises `Unavailable` (code `draining`)."""
         return self._unary(self._stub.Health, pb.HealthRequest(), self._budget(timeout))
 
-    def cancel_many(self, items: Iterable[ItemLike], *, wait_seconds: int = 0,
-                    timeout: float | None = None) -> Iterator[CancelEvent]:
+    def cancel_many(
+        self, items: Iterable[ItemLike], *, wait_seconds: int = 0, timeout: float | None = None
+    ) -> Iterator[CancelEvent]:
         """Cancels up to 1,000 batches in one call and yields each item's events as they happen.
         Closing the iterator early (or leaving a `for` loop) cancels the call, and the service
         stops its work for it. The call is retried on UNAVAILABLE only until the first event."""
@@ -271,8 +274,9 @@ class AsyncBatchgateClient(_Base):
     """asyncio client with the methods of `BatchgateClient`, as coroutines; `cancel_many` is an
     async iterator (wrap it in `contextlib.aclosing` to cancel the call when leaving early)."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, *,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any
+    ) -> None:
         super().__init__(target, **kwargs)
         self._sleep = sleep
         if self._credentials is not None:
@@ -290,16 +294,18 @@ class AsyncBatchgateClient(_Base):
     async def close(self) -> None:
         await self._channel.close()
 
-    async def cancel(self, batch_id: str, provider: str, *, wait_seconds: int = 0,
-                     timeout: float | None = None) -> pb.BatchCancelResponse:
+    async def cancel(
+        self, batch_id: str, provider: str, *, wait_seconds: int = 0, timeout: float | None = None
+    ) -> pb.BatchCancelResponse:
         request = self._cancel_request(batch_id, provider, wait_seconds)
         return await self._unary(self._stub.Cancel, request, self._budget(timeout, wait_seconds))
 
     async def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
         return await self._unary(self._stub.Health, pb.HealthRequest(), self._budget(timeout))
 
-    def cancel_many(self, items: Iterable[ItemLike], *, wait_seconds: int = 0,
-                    timeout: float | None = None) -> AsyncIterator[CancelEvent]:
+    def cancel_many(
+        self, items: Iterable[ItemLike], *, wait_seconds: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[CancelEvent]:
         request = self._many_request(items, wait_seconds)
         return self._stream(request, self._budget(timeout, wait_seconds))
 

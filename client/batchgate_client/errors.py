@@ -166,21 +166,36 @@ class InternalError(BatchgateError):
 
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[BatchgateError]] = {
     cls.grpc_code: cls
-    for cls in (InvalidRequest, Unauthenticated, PermissionDenied, NotFound, Conflict, RateLimited, Unavailable,
-                DeadlineExceeded, Cancelled, InternalError)
+    for cls in (
+        InvalidRequest,
+        Unauthenticated,
+        PermissionDenied,
+        NotFound,
+        Conflict,
+        RateLimited,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        InternalError,
+    )
 }
 
 # HTTP status -> class, the service's table (service/errors.py) read the other way.
 _BY_HTTP_STATUS: dict[int, type[BatchgateError]] = {
-    400: InvalidRequest, 413: InvalidRequest, 422: InvalidRequest,
+    400: InvalidRequest,
+    413: InvalidRequest,
+    422: InvalidRequest,
     401: Unauthenticated,
     403: PermissionDenied,
     404: NotFound,
-    408: DeadlineExceeded, 504: DeadlineExceeded,
-    409: Conflict, 412: Conflict,
+    408: DeadlineExceeded,
+    504: DeadlineExceeded,
+    409: Conflict,
+    412: Conflict,
     429: RateLimited,
     499: Cancelled,
-    502: Unavailable, 503: Unavailable,
+    502: Unavailable,
+    503: Unavailable,
 }
 
 

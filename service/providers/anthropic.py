@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from service.config import Key, ProviderConfig
 from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
@@ -70,10 +71,17 @@ class AnthropicAdapter(Adapter):
         super().__init__(config)
         self.version = config.api_version or API_VERSION
 
+    def auth_headers(self, key: Key) -> dict[str, str]:
+        return {"x-api-key": key.value}
+
+    def request(self, method: str, url: str, key: Key) -> UpstreamRequest:
+        # The configured version is a default: a caller's own (caller_headers) replaces it.
+        return UpstreamRequest(
+            method, url, self.headers(self.auth_headers(key), defaults={VERSION_HEADER: self.version})
+        )
+
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}/cancel"
-        headers = self.headers({"x-api-key": key.value}, defaults={VERSION_HEADER: self.version})
-        return UpstreamRequest("POST", url, headers)
+        return self.request("POST", f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}/cancel", key)
 
     def caller_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """On the `/anthropic` route the caller's SDK chose an `anthropic-version`; it is sent as is
@@ -89,9 +97,7 @@ class AnthropicAdapter(Adapter):
 
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/messages/batches/{id}`: the same message_batch the cancel answers."""
-        url = f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}"
-        headers = self.headers({"x-api-key": key.value}, defaults={VERSION_HEADER: self.version})
-        return UpstreamRequest("GET", url, headers)
+        return self.request("GET", f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}", key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("processing_status"):
@@ -125,13 +131,7 @@ class AnthropicAdapter(Adapter):
         request_id = response.headers.get("request-id") or (data.get("request_id") if isinstance(data, dict) else None)
         if request_id:
             log.debug("%s answered HTTP %s (request-id %s)", self.name, response.status, request_id)
-        return ProviderError(
-            message if isinstance(message, str) and message else f"{self.name} answered HTTP {response.status}",
-            status_code=response.status,
-            type=error_type if isinstance(error_type, str) and error_type else "provider_error",
-            code=None,
-            provider=self.name,
-        )
+        return self.error(response, message, type=error_type)
 
 
 def _counts(raw: Any) -> RequestCounts | None:

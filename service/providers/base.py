@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import orjson
 
-from service.config import Key, ProviderConfig
+from service.config import ConfigReader, Key, ProviderConfig
 from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from service.model import STATUSES, BatchState
+from service.model import STATUSES, BatchState, RequestCounts
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def path_segment(batch_id: str) -> str:
 
 class Adapter:
     """A provider's batch-cancel wire format. Subclasses set the class attributes and override the
-    request builders and parsers; the use case (`service.cancel`) drives them in this order:
+    request builders and parsers (service/providers/README.md is the checklist for a new one); the
+    use case (`service.cancel`) drives them in this order:
 
     1. `parse_id(batch_id)` once, before any upstream call: validates the caller's id (in any form
        the provider accepts) and returns the reference the request builders take.
@@ -115,9 +117,19 @@ class Adapter:
     accepts_direct_keys: ClassVar[bool] = False
     # Header the provider takes a client request id in (logged on its side), if any.
     request_id_header: ClassVar[str | None] = None
-    # The drop-in SDK route (service.compat surface) that speaks this provider's own API, if any:
+    # The drop-in SDK route (service.surfaces) that speaks this provider's own API, if any:
     # calls through it may pass the caller's `caller_headers` upstream.
     sdk_surface: ClassVar[str | None] = None
+    # How config reads this provider's keys (the adapter class is a `service.config.KeySchema`):
+    # the name of its provider-specific block, and whether the secret `value` is required.
+    key_settings_block: ClassVar[str | None] = None
+    key_value_required: ClassVar[bool] = True
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> Any:
+        """The typed settings of the key's `key_settings_block` (stored as `Key.settings`); raises
+        ConfigError naming the field. Only adapters that set `key_settings_block` override it."""
+        return None
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -134,6 +146,14 @@ class Adapter:
         accept and the adapter's `fixed` ones, then auth. Names compare case-insensitively, so the
         gateway's credential always wins."""
         return merge_headers(defaults, self.extra_headers, {"Accept": "application/json"}, fixed, auth)
+
+    def auth_headers(self, key: Key) -> dict[str, str]:
+        """The key's credential headers. Default: `Authorization: Bearer KEY`."""
+        return {"Authorization": f"Bearer {key.value}"}
+
+    def request(self, method: str, url: str, key: Key) -> UpstreamRequest:
+        """A bodiless request to `url` with the usual headers and the key's credentials."""
+        return UpstreamRequest(method, url, self.headers(self.auth_headers(key)))
 
     def caller_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Headers of the caller's own SDK to send upstream on the provider's drop-in route (checked
@@ -164,18 +184,45 @@ class Adapter:
         raise NotImplementedError
 
     def parse_error(self, response: UpstreamResponse) -> ProviderError:
-        """Turns a non-2xx answer into a ProviderError that keeps the provider's HTTP status."""
+        """Turns a non-2xx answer into a ProviderError that keeps the provider's HTTP status. Default:
+        OpenAI's envelope `{"error": {"message", "type", "code", "param"}}` (or those fields at the
+        top level, `detail` for the message, Google-style `status` for the code)."""
         data = decode_json(response, self.name, allow_error=True)
         err = data.get("error") if isinstance(data, dict) else None
         if not isinstance(err, dict):
             err = data if isinstance(data, dict) else {}
-        message = err.get("message") or err.get("detail") or f"{self.name} answered HTTP {response.status}"
+        message = err.get("message") or err.get("detail")
+        return self.error(
+            response,
+            str(message) if message else None,
+            type=err.get("type"),
+            code=_str_or(err.get("code"), None) or err.get("status"),
+            param=err.get("param"),
+        )
+
+    def error(
+        self,
+        response: UpstreamResponse,
+        message: Any,
+        *,
+        type: Any = None,
+        code: Any = None,
+        param: Any = None,
+        status: int | None = None,
+        precondition: bool = False,
+    ) -> ProviderError:
+        """A ProviderError with the fallbacks every adapter shares: a message, type, code or param
+        that is not a non-empty string is left out (a generic message, `provider_error`, none, none;
+        `param` may be empty). `status` replaces the HTTP status; `precondition` (the batch is not in
+        a state that allows a cancel, e.g. it already ended) is answered as 409, as OpenAI does, so
+        a finished batch means the same on every provider."""
+        http_status = 409 if precondition else status or response.status
         return ProviderError(
-            str(message),
-            status_code=response.status,
-            type=_str_or(err.get("type"), "provider_error"),
-            code=_str_or(err.get("code"), None) or _str_or(err.get("status"), None),
-            param=err.get("param") if isinstance(err.get("param"), str) else None,
+            _str_or(message, None) or f"{self.name} answered HTTP {response.status}",
+            status_code=http_status,
+            type=_str_or(type, "provider_error"),
+            code=_str_or(code, None),
+            param=param if isinstance(param, str) else None,
             provider=self.name,
         )
 
@@ -260,8 +307,13 @@ def _parse_iso(text: str) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def known_counts(counts: RequestCounts) -> RequestCounts | None:
+    """The counts, or None when the provider reported none of them (never invented zeros)."""
+    return None if counts == RequestCounts() else counts
 
 
 def count(value: Any) -> int | None:

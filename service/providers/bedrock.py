@@ -47,6 +47,7 @@ import base64
 import binascii
 import logging
 import re
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -54,7 +55,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from service.config import BedrockKeyConfig, Key, ProviderConfig
+from service.config import ConfigReader, Key, ProviderConfig
 from service.errors import GatewayError, InvalidRequest, ProviderError, UpstreamUnavailable
 from service.model import BatchState, RequestCounts
 from service.providers.base import (
@@ -85,6 +86,16 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+){2,3}$")
 _SIGNATURE_DETAILS = re.compile(r"\s*The Canonical String for this request should have been.*", re.S)
 _SECURITY_TOKEN_LINE = re.compile(r"(x-amz-security-token:)[^\s'\\]*", re.I)
 CONFLICT = "ConflictException"
+
+
+@dataclass(frozen=True, slots=True)
+class BedrockKeySettings:
+    """A Bedrock key's `bedrock_key_config`: the AWS credentials requests are signed with."""
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    region: str
+    session_token: str | None = field(default=None, repr=False)
 
 
 class _NoSigningDetails(logging.Filter):
@@ -183,20 +194,32 @@ class BedrockAdapter(Adapter):
         "failed": "failed",
         "expired": "expired",
     }
+    # Requests are signed with the key's AWS credentials; `value` is not used.
+    key_settings_block = "bedrock_key_config"
+    key_value_required = False
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> BedrockKeySettings:
+        return BedrockKeySettings(
+            access_key=reader.env_string("access_key", required=True),
+            secret_key=reader.env_string("secret_key", required=True),
+            session_token=reader.env_string("session_token", required=False) or None,
+            region=reader.env_string("region", required=True),
+        )
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        self._signers: dict[BedrockKeyConfig, SigV4Auth] = {}
+        self._signers: dict[BedrockKeySettings, SigV4Auth] = {}
         # Unsigned headers, built once; the signer adds Authorization, X-Amz-Date (and the token),
         # which configured extra headers can never carry (base.RESERVED_HEADERS).
         self._base_headers = self.headers({})
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _key_config(self, key: Key) -> BedrockKeyConfig:
-        if key.bedrock is None:
+    def _key_config(self, key: Key) -> BedrockKeySettings:
+        if not isinstance(key.settings, BedrockKeySettings):
             raise GatewayError(f"bedrock key {key.name!r} has no bedrock_key_config", provider=self.name)
-        return key.bedrock
+        return key.settings
 
     def base_url(self, key: Key) -> str:
         if self.config.network.base_url:
@@ -269,11 +292,4 @@ class BedrockAdapter(Adapter):
             message = body.get("message") or body.get("Message")
         if not isinstance(message, str) or not message.strip():
             message = f"{self.name} answered HTTP {response.status}" + (f" ({name})" if name else "")
-        status = 409 if name == CONFLICT else response.status
-        return ProviderError(
-            scrub_message(message),
-            status_code=status,
-            type=name or "provider_error",
-            code=name,
-            provider=self.name,
-        )
+        return self.error(response, scrub_message(message), type=name, code=name, precondition=name == CONFLICT)

@@ -30,6 +30,7 @@ from service.providers.base import (
     UpstreamResponse,
     count,
     decode_json,
+    known_counts,
     path_segment,
 )
 
@@ -51,12 +52,10 @@ class CohereAdapter(Adapter):
         return f"{self.base_url(key)}/v2/batches/{path_segment(ref)}"
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        return UpstreamRequest(
-            "POST", f"{self.batch_url(key, ref)}:cancel", self.headers({"Authorization": f"Bearer {key.value}"})
-        )
+        return self.request("POST", f"{self.batch_url(key, ref)}:cancel", key)
 
     def status_request(self, key: Key, ref: str) -> UpstreamRequest:
-        return UpstreamRequest("GET", self.batch_url(key, ref), self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("GET", self.batch_url(key, ref), key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         batch = data.get("batch") if isinstance(data, dict) and isinstance(data.get("batch"), dict) else data
@@ -72,7 +71,7 @@ class CohereAdapter(Adapter):
         return BatchState(
             id=str(batch.get("id") or batch_id),
             status=self.status(batch["status"]),
-            counts=None if counts == RequestCounts() else counts,
+            counts=known_counts(counts),
         )
 
     def parse_error(self, response: UpstreamResponse) -> ProviderError:
@@ -82,10 +81,4 @@ class CohereAdapter(Adapter):
         if not isinstance(message, str) or not message:
             err = data.get("error")
             message = err.get("message") if isinstance(err, dict) else err
-        return ProviderError(
-            message if isinstance(message, str) and message else f"{self.name} answered HTTP {response.status}",
-            status_code=response.status,
-            type="provider_error",
-            code=None,
-            provider=self.name,
-        )
+        return self.error(response, message)

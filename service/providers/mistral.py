@@ -31,6 +31,7 @@ from service.providers.base import (
     UpstreamResponse,
     count,
     decode_json,
+    known_counts,
     path_segment,
     unix_seconds,
 )
@@ -51,13 +52,11 @@ class MistralAdapter(Adapter):
     }
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        url = f"{self.base_url(key)}/v1/batch/jobs/{path_segment(ref)}/cancel"
-        return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("POST", f"{self.base_url(key)}/v1/batch/jobs/{path_segment(ref)}/cancel", key)
 
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batch/jobs/{id}`: the same BatchJob the cancel answers."""
-        url = f"{self.base_url(key)}/v1/batch/jobs/{path_segment(ref)}"
-        return UpstreamRequest("GET", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("GET", f"{self.base_url(key)}/v1/batch/jobs/{path_segment(ref)}", key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -74,7 +73,7 @@ class MistralAdapter(Adapter):
         return BatchState(
             id=str(data.get("id") or batch_id),
             status=status,
-            counts=None if counts == RequestCounts() else counts,
+            counts=known_counts(counts),
             cancelled_at=unix_seconds(data.get("completed_at")) if status == "cancelled" else None,
         )
 
@@ -91,14 +90,8 @@ class MistralAdapter(Adapter):
                 param = loc[-1]
             error_type = error_type or "invalid_request_error"
         code = data.get("code")
-        return ProviderError(
-            message or f"{self.name} answered HTTP {response.status}",
-            status_code=response.status,
-            type=error_type if isinstance(error_type, str) and error_type else "provider_error",
-            code=str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) and code != "" else None,
-            param=param,
-            provider=self.name,
-        )
+        numeric_code = isinstance(code, int) and not isinstance(code, bool)
+        return self.error(response, message, type=error_type, code=str(code) if numeric_code else code, param=param)
 
 
 def _message(data: dict) -> str | None:

@@ -6,13 +6,25 @@ send capitalised statuses, ISO timestamps and null counts; the parsing accepts a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from service.config import Key
+from service.config import ConfigReader, Key, http_url
 from service.errors import UpstreamUnavailable
 from service.model import BatchState, RequestCounts
 from service.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
+
+AZURE_API_VERSION = "2024-10-21"
+
+
+@dataclass(frozen=True, slots=True)
+class AzureKeySettings:
+    """An Azure key's `azure_key_config`: its resource endpoint and API version."""
+
+    endpoint: str
+    api_version: str = AZURE_API_VERSION
+
 
 class OpenAIAdapter(Adapter):
     name = "openai"
@@ -23,9 +35,6 @@ class OpenAIAdapter(Adapter):
     request_id_header = "X-Client-Request-Id"
     accepts_direct_keys = True
 
-    def auth_headers(self, key: Key) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key.value}"}
-
     def cancel_url(self, key: Key, segment: str) -> str:
         return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
 
@@ -33,11 +42,11 @@ class OpenAIAdapter(Adapter):
         return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}"
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        return UpstreamRequest("POST", self.cancel_url(key, path_segment(ref)), self.headers(self.auth_headers(key)))
+        return self.request("POST", self.cancel_url(key, path_segment(ref)), key)
 
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET .../batches/{id}`: the same Batch object the cancel answers."""
-        return UpstreamRequest("GET", self.batch_url(key, path_segment(ref)), self.headers(self.auth_headers(key)))
+        return self.request("GET", self.batch_url(key, path_segment(ref)), key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -66,18 +75,28 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     name = "azure"
     default_base_url = ""
     request_id_header = "x-ms-client-request-id"
+    key_settings_block = "azure_key_config"
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> AzureKeySettings:
+        endpoint = reader.env_string("endpoint", required=True)
+        return AzureKeySettings(
+            endpoint=http_url(endpoint, reader.where("endpoint")),
+            api_version=reader.env_string("api_version", required=False) or AZURE_API_VERSION,
+        )
 
     def auth_headers(self, key: Key) -> dict[str, str]:
         return {"api-key": key.value}
 
     def base_url(self, key: Key) -> str:
         # network_config.base_url (tests, proxies) wins over the key's own resource endpoint.
-        return self.config.network.base_url or (key.azure.endpoint if key.azure else "")
+        return self.config.network.base_url or (key.settings.endpoint if key.settings else "")
+
+    def _version(self, key: Key) -> str:
+        return quote(key.settings.api_version if key.settings else AZURE_API_VERSION, safe="")
 
     def cancel_url(self, key: Key, segment: str) -> str:
-        version = quote(key.azure.api_version if key.azure else "2024-10-21", safe="")
-        return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={version}"
+        return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={self._version(key)}"
 
     def batch_url(self, key: Key, segment: str) -> str:
-        version = quote(key.azure.api_version if key.azure else "2024-10-21", safe="")
-        return f"{self.base_url(key)}/openai/batches/{segment}?api-version={version}"
+        return f"{self.base_url(key)}/openai/batches/{segment}?api-version={self._version(key)}"

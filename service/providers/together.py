@@ -50,13 +50,11 @@ class TogetherAdapter(Adapter):
     }
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}/cancel"
-        return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("POST", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}/cancel", key)
 
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batches/{id}`: the same BatchJob the cancel answers."""
-        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}"
-        return UpstreamRequest("GET", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("GET", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}", key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -76,12 +74,6 @@ class TogetherAdapter(Adapter):
             err = {"message": err}
         elif not isinstance(err, dict):
             err = data if isinstance(data, dict) else {}
-        message, error_type, code, param = (err.get(k) for k in ("message", "type", "code", "param"))
-        return ProviderError(
-            message if isinstance(message, str) and message else f"{self.name} answered HTTP {response.status}",
-            status_code=response.status,
-            type=error_type if isinstance(error_type, str) and error_type else "provider_error",
-            code=code if isinstance(code, str) and code else None,
-            param=param if isinstance(param, str) else None,
-            provider=self.name,
+        return self.error(
+            response, err.get("message"), type=err.get("type"), code=err.get("code"), param=err.get("param")
         )

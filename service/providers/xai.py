@@ -46,6 +46,7 @@ from service.providers.base import (
     UpstreamResponse,
     count,
     decode_json,
+    known_counts,
     path_segment,
     unix_seconds,
 )
@@ -68,13 +69,11 @@ class XAIAdapter(Adapter):
     }
 
     def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
-        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}:cancel"
-        return UpstreamRequest("POST", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("POST", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}:cancel", key)
 
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batches/{id}`: the same batch the cancel answers."""
-        url = f"{self.base_url(key)}/v1/batches/{path_segment(ref)}"
-        return UpstreamRequest("GET", url, self.headers({"Authorization": f"Bearer {key.value}"}))
+        return self.request("GET", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}", key)
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict):
@@ -98,7 +97,7 @@ class XAIAdapter(Adapter):
         return BatchState(
             id=str(data.get("batch_id") or batch_id),
             status=status,
-            counts=None if counts == RequestCounts() else counts,
+            counts=known_counts(counts),
             cancelling_at=cancel_time,
             cancelled_at=cancel_time if status == "cancelled" else None,
         )
@@ -111,14 +110,12 @@ class XAIAdapter(Adapter):
             message, code = message.get("message"), message.get("code") or code
         if isinstance(message, str) and "%20" in message and " " not in message:
             message = unquote(message)  # some xAI builds send the message URL-encoded
-        message = message if isinstance(message, str) and message else f"{self.name} answered HTTP {response.status}"
-        code = code if isinstance(code, str) and code else None
-        status, error_type = response.status, "provider_error"
-        if status == 400 and message.lower().startswith(INVALID_KEY_PREFIX):
-            status, error_type = 401, "authentication_error"
-        elif status == 400 and code and FAILED_PRECONDITION in code.lower():
-            status = 409
-        return ProviderError(message, status_code=status, type=error_type, code=code, provider=self.name)
+        message = message if isinstance(message, str) else None
+        code = code if isinstance(code, str) else None
+        if response.status == 400 and message and message.lower().startswith(INVALID_KEY_PREFIX):
+            return self.error(response, message, type="authentication_error", code=code, status=401)
+        precondition = response.status == 400 and bool(code) and FAILED_PRECONDITION in code.lower()
+        return self.error(response, message, code=code, precondition=precondition)
 
 
 def _derived_state(counts: RequestCounts | None, cancelled: bool) -> str:

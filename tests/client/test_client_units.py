@@ -42,7 +42,9 @@ def test_csv_and_json_lines_mix_with_comments_blanks_and_a_header():
         '{"id": "b3", "provider": "mistral"}\n',
     ]
     assert read_batches(lines, "f.csv") == [
-        BatchRef("batch_1", "openai"), BatchRef("msgbatch_2", "anthropic"), BatchRef("b3", "mistral"),
+        BatchRef("batch_1", "openai"),
+        BatchRef("msgbatch_2", "anthropic"),
+        BatchRef("b3", "mistral"),
     ]
 
 
@@ -102,8 +104,18 @@ def test_only_unavailable_is_retryable():
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, InvalidRequest), (422, InvalidRequest), (404, NotFound), (409, Conflict), (429, RateLimited),
-     (502, Unavailable), (503, Unavailable), (504, DeadlineExceeded), (418, InvalidRequest), (500, InternalError)],
+    [
+        (400, InvalidRequest),
+        (422, InvalidRequest),
+        (404, NotFound),
+        (409, Conflict),
+        (429, RateLimited),
+        (502, Unavailable),
+        (503, Unavailable),
+        (504, DeadlineExceeded),
+        (418, InvalidRequest),
+        (500, InternalError),
+    ],
 )
 def test_item_errors_get_their_class_from_the_http_status(status, cls):
     assert class_for_http_status(status) is cls
@@ -111,18 +123,29 @@ def test_item_errors_get_their_class_from_the_http_status(status, cls):
 
 def test_an_item_error_carries_every_field_of_the_detail():
     detail = pb.ErrorDetail(
-        is_bifrost_error=False, status_code=409,
+        is_bifrost_error=False,
+        status_code=409,
         error=pb.ErrorField(type="invalid_request_error", message="Cannot cancel a batch with status 'completed'."),
         extra_fields=pb.ErrorExtraFields(provider="openai", request_type="batch_cancel"),
     )
     err = from_detail(detail, request_id="rid-1")
     assert isinstance(err, Conflict)
     assert (err.status_code, err.type, err.code, err.provider, err.request_id) == (
-        409, "invalid_request_error", None, "openai", "rid-1")
+        409,
+        "invalid_request_error",
+        None,
+        "openai",
+        "rid-1",
+    )
     assert err.to_dict() == {
-        "is_bifrost_error": False, "status_code": 409,
-        "error": {"type": "invalid_request_error", "code": None,
-                  "message": "Cannot cancel a batch with status 'completed'.", "param": None},
+        "is_bifrost_error": False,
+        "status_code": 409,
+        "error": {
+            "type": "invalid_request_error",
+            "code": None,
+            "message": "Cannot cancel a batch with status 'completed'.",
+            "param": None,
+        },
         "extra_fields": {"provider": "openai", "request_type": "batch_cancel"},
     }
     assert str(err) == "409 invalid_request_error (openai): Cannot cancel a batch with status 'completed'."
@@ -150,8 +173,12 @@ def test_without_waiting_only_errors_fail():
 
 def test_when_waiting_a_batch_still_not_terminal_at_the_end_failed():
     tally = Tally(2, waiting=True, clock=lambda: 0.0)
-    for e in (event(0, "cancelling", final=False), event(1, "cancelling", final=False), event(0, "cancelled"),
-              event(1, "cancelling", warning="still cancelling")):
+    for e in (
+        event(0, "cancelling", final=False),
+        event(1, "cancelling", final=False),
+        event(0, "cancelled"),
+        event(1, "cancelling", warning="still cancelling"),
+    ):
         tally.add(e)
     assert [e.index for e in tally.failures()] == [1]
     assert tally.counts() == {"cancelled": 1, "cancelling": 1}
@@ -165,7 +192,8 @@ def test_plain_view_prints_final_lines_and_a_summary_naming_the_failures():
     view.summary()
     assert out.getvalue().splitlines() == ["b0 openai cancelling", "b1 openai error 404 not_found: gone"]
     assert err.getvalue().strip() == (
-        "3 items in 0.0s: 1 cancelling, 1 error; 1 failed: b1 (404 not_found); 1 without a result")
+        "3 items in 0.0s: 1 cancelling, 1 error; 1 failed: b1 (404 not_found); 1 without a result"
+    )
 
 
 def test_summary_lists_a_bounded_number_of_failures():
@@ -185,8 +213,10 @@ def test_summary_lists_a_bounded_number_of_failures():
         (["cancel"], "batchgate: nothing to cancel: give batch IDs with --provider, or --from FILE"),
         (["cancel", "b1", "--provider", "openai", "--from", "-"], "batchgate: give batch IDs or --from FILE, not both"),
         (["cancel", "--from", "/nonexistent/list.csv"], "batchgate: cannot read /nonexistent/list.csv: No such file"),
-        (["--tls-ca", "/nonexistent/ca.pem", "cancel", "b1", "-p", "openai"],
-         "batchgate: cannot read --tls-ca /nonexistent/ca.pem: No such file"),
+        (
+            ["--tls-ca", "/nonexistent/ca.pem", "cancel", "b1", "-p", "openai"],
+            "batchgate: cannot read --tls-ca /nonexistent/ca.pem: No such file",
+        ),
         (["cancel", "bad\udcff", "-p", "openai"], "batchgate: batch id 'bad\\xff' is not valid UTF-8"),
         (["cancel", "b1", "-p", "open\udcffai"], "batchgate: provider 'open\\xffai' is not valid UTF-8"),
     ],
@@ -209,8 +239,17 @@ def test_empty_stdin_is_a_usage_error():
     assert err.getvalue() == "batchgate: no batches listed in stdin\n"
 
 
-@pytest.mark.parametrize("argv", [[], ["cancel", "--wait", "3601", "b"], ["cancel", "--wait", "x"],
-                                  ["--timeout", "0", "health"], ["config"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["cancel", "--wait", "3601", "b"],
+        ["cancel", "--wait", "x"],
+        ["--timeout", "0", "health"],
+        ["config"],
+        ["frobnicate"],
+    ],
+)
 def test_argument_errors_exit_2_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:
         run(argv)

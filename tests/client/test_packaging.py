@@ -16,8 +16,22 @@ CLIENT = ROOT / "client"
 
 def test_the_wheel_carries_the_stubs_the_command_and_imports_alone(tmp_path: Path):
     # The .venv already holds the build requirements; no isolation keeps this offline and quick.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(tmp_path), str(CLIENT)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(CLIENT),
+        ],
+        check=True,
+    )
     (wheel,) = tmp_path.glob("batchgate_client-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -31,8 +45,21 @@ def test_the_wheel_carries_the_stubs_the_command_and_imports_alone(tmp_path: Pat
         assert f"Requires-Dist: {dependency}>=" in meta["METADATA"]
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "--target", str(site), str(wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+    )
     # -I: neither the working directory, PYTHONPATH nor user site; the checkout is not on the path.
     code = (
         f"import sys; sys.path.insert(0, {str(site)!r});"

@@ -72,7 +72,7 @@ def h2_call(
         while not answer.ended and answer.reset is None and time.monotonic() - started < wait:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 break

@@ -27,8 +27,9 @@ import ssl
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import anthropic
 import boto3
@@ -50,7 +51,7 @@ from sandbox.openai import AzureSim, OpenAISim
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.providers.registry import NO_BATCH_CANCEL
+from service.providers.catalog import NO_BATCH_CANCEL
 from tests.e2e.conftest import SimAdmin, new_id
 from tests.e2e.test_launcher import launcher_env, port_open
 from tests.support import self_signed_cert
@@ -67,8 +68,16 @@ VK_LIMITED_GRPC = f"sk-bf-e2e-limited-grpc-{secrets.token_hex(8)}"
 VK_SECOND_KEY = f"sk-bf-e2e-second-key-{secrets.token_hex(8)}"
 VK_BEDROCK_TOKEN = f"sk-bf-e2e-bedrock-token-{secrets.token_hex(8)}"
 VK_UNKNOWN = f"sk-bf-e2e-unknown-{secrets.token_hex(8)}"
-VIRTUAL_KEYS = (VK_ALL, VK_AZURE_ONLY, VK_INACTIVE, VK_EXPIRED, VK_LIMITED_REST, VK_LIMITED_GRPC, VK_SECOND_KEY,
-                VK_BEDROCK_TOKEN)
+VIRTUAL_KEYS = (
+    VK_ALL,
+    VK_AZURE_ONLY,
+    VK_INACTIVE,
+    VK_EXPIRED,
+    VK_LIMITED_REST,
+    VK_LIMITED_GRPC,
+    VK_SECOND_KEY,
+    VK_BEDROCK_TOKEN,
+)
 ADMIN_USER = "batchgate-admin"
 ADMIN_PASSWORD = f"admin-pw-{secrets.token_hex(12)}"
 WRONG_ADMIN_PASSWORD = f"wrong-pw-{secrets.token_hex(12)}"
@@ -179,14 +188,28 @@ def enforced_config(sandbox_url: str) -> dict:
             {"id": "azure-only", "value": VK_AZURE_ONLY, "provider_configs": [{"provider": "azure"}]},
             {"id": "inactive", "value": VK_INACTIVE, "is_active": False, "provider_configs": every},
             {"id": "expired", "value": VK_EXPIRED, "expires_at": "2020-01-01T00:00:00Z", "provider_configs": every},
-            {"id": "limited-rest", "value": VK_LIMITED_REST, "rate_limit_id": "two-per-minute",
-             "provider_configs": every},
-            {"id": "limited-grpc", "value": VK_LIMITED_GRPC, "rate_limit_id": "two-per-minute",
-             "provider_configs": every},
-            {"id": "second-key", "value": VK_SECOND_KEY,
-             "provider_configs": [{"provider": "openai", "key_ids": ["second"]}]},
-            {"id": "bedrock-token", "value": VK_BEDROCK_TOKEN,
-             "provider_configs": [{"provider": "bedrock", "key_ids": ["with-token"]}]},
+            {
+                "id": "limited-rest",
+                "value": VK_LIMITED_REST,
+                "rate_limit_id": "two-per-minute",
+                "provider_configs": every,
+            },
+            {
+                "id": "limited-grpc",
+                "value": VK_LIMITED_GRPC,
+                "rate_limit_id": "two-per-minute",
+                "provider_configs": every,
+            },
+            {
+                "id": "second-key",
+                "value": VK_SECOND_KEY,
+                "provider_configs": [{"provider": "openai", "key_ids": ["second"]}],
+            },
+            {
+                "id": "bedrock-token",
+                "value": VK_BEDROCK_TOKEN,
+                "provider_configs": [{"provider": "bedrock", "key_ids": ["with-token"]}],
+            },
         ],
     }
     config["auth_config"] = {"is_enabled": True, "admin_username": ADMIN_USER, "admin_password": ADMIN_PASSWORD}
@@ -208,14 +231,22 @@ SERVICE_ENV = {"DRAIN_DELAY_SECONDS": "0", "LOG_LEVEL": "DEBUG", "OTEL_TRACES_EX
 def new_stack(config: dict, directory: Path, **kwargs: Any) -> Stack:
     path = directory / "config.json"
     path.write_text(json.dumps(config, indent=2))
-    return Stack(config=path, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                 log_dir=directory / "logs", env=dict(SERVICE_ENV), **kwargs)
+    return Stack(
+        config=path,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=directory / "logs",
+        env=dict(SERVICE_ENV),
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
 def enforced(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway = new_stack(enforced_config(stack.sandbox_url), tmp_path_factory.mktemp("access-enforced"),
-                        metrics_port=free_port())
+    gateway = new_stack(
+        enforced_config(stack.sandbox_url), tmp_path_factory.mktemp("access-enforced"), metrics_port=free_port()
+    )
     gateway.start()
     try:
         yield gateway
@@ -230,8 +261,12 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def direct(stack: Stack, tls_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway = new_stack(direct_config(stack.sandbox_url), tmp_path_factory.mktemp("access-direct"),
-                        tls_cert=tls_files[0], tls_key=tls_files[1])
+    gateway = new_stack(
+        direct_config(stack.sandbox_url),
+        tmp_path_factory.mktemp("access-direct"),
+        tls_cert=tls_files[0],
+        tls_key=tls_files[1],
+    )
     gateway.start()
     try:
         yield gateway
@@ -250,8 +285,9 @@ def native(gateway: Stack, batch_id: str, provider: str = "openai") -> str:
 
 def post(session: requests.Session, url: str, headers: Mapping[str, str] | None = None) -> requests.Response:
     # verify per call: a session's own `verify` loses to REQUESTS_CA_BUNDLE from the environment.
-    return session.post(url, headers={"x-bf-send-back-raw-response": "true", **(headers or {})}, timeout=10,
-                        verify=session.verify)
+    return session.post(
+        url, headers={"x-bf-send-back-raw-response": "true", **(headers or {})}, timeout=10, verify=session.verify
+    )
 
 
 def bifrost_error(resp: requests.Response, status: int, code: str) -> dict:
@@ -286,8 +322,9 @@ ACCEPTED_FORMS = {
 
 
 @pytest.mark.parametrize("form", list(ACCEPTED_FORMS))
-def test_rest_each_credential_form_is_accepted(enforced: Stack, rest: requests.Session, sim: SimAdmin,
-                                               form: str) -> None:
+def test_rest_each_credential_form_is_accepted(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin, form: str
+) -> None:
     batch_id = sim.seed("openai", new_id("batch_acc"))
 
     resp = post(rest, native(enforced, batch_id), ACCEPTED_FORMS[form])
@@ -300,8 +337,9 @@ def test_rest_each_credential_form_is_accepted(enforced: Stack, rest: requests.S
     assert VK_ALL not in json.dumps(call["headers"])
 
 
-def test_rest_virtual_key_scoped_to_azure_may_cancel_on_azure(enforced: Stack, rest: requests.Session,
-                                                              sim: SimAdmin) -> None:
+def test_rest_virtual_key_scoped_to_azure_may_cancel_on_azure(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin
+) -> None:
     batch_id = sim.seed("azure", new_id("batch_az"))
 
     resp = post(rest, native(enforced, batch_id, "azure"), {"x-bf-vk": VK_AZURE_ONLY})
@@ -311,8 +349,9 @@ def test_rest_virtual_key_scoped_to_azure_may_cancel_on_azure(enforced: Stack, r
     assert call["headers"]["api-key"] == AzureSim.default_key
 
 
-def test_rest_virtual_key_limits_the_configured_keys_used(enforced: Stack, rest: requests.Session,
-                                                          sim: SimAdmin) -> None:
+def test_rest_virtual_key_limits_the_configured_keys_used(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin
+) -> None:
     """key_ids: ["second"]: only that key goes upstream (the simulator refuses it, and its 401 is
     the provider's, not the gateway's)."""
     batch_id = sim.seed("openai", new_id("batch_kid"))
@@ -330,8 +369,9 @@ def provider_batch_id(provider: str) -> str:
 
 
 @pytest.mark.parametrize("provider", [name for name in PROVIDERS if name not in NO_BATCH_CANCEL])  # not Fireworks
-def test_rest_all_providers_virtual_key_works_on_every_provider(enforced: Stack, rest: requests.Session,
-                                                                 sim: SimAdmin, provider: str) -> None:
+def test_rest_all_providers_virtual_key_works_on_every_provider(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin, provider: str
+) -> None:
     """Every adapter's own credential path (bearer, api-key, SigV4, minted Vertex tokens) runs with
     DEBUG logging on and raw responses requested: the material the final secret search reads."""
     batch_id = sim.seed(provider, provider_batch_id(provider))
@@ -344,8 +384,9 @@ def test_rest_all_providers_virtual_key_works_on_every_provider(enforced: Stack,
     assert calls and VK_ALL not in json.dumps([c["headers"] for c in calls])
 
 
-def test_rest_bedrock_key_with_a_session_token_is_signed_with_it(enforced: Stack, rest: requests.Session,
-                                                                 sim: SimAdmin) -> None:
+def test_rest_bedrock_key_with_a_session_token_is_signed_with_it(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin
+) -> None:
     """key_ids picks the Bedrock key that carries a session token (the simulator knows none, so it
     answers 403): the token goes upstream, and the final search checks it reached no log line."""
     batch_id = sim.seed("bedrock", provider_batch_id("bedrock"))
@@ -389,8 +430,9 @@ def test_rest_refusals_have_their_status_and_code_and_never_reach_the_provider(
     assert_never_reached(sim, batch_id)
 
 
-def test_rest_unknown_inactive_and_expired_keys_get_identical_answers(enforced: Stack, rest: requests.Session,
-                                                                      sim: SimAdmin) -> None:
+def test_rest_unknown_inactive_and_expired_keys_get_identical_answers(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin
+) -> None:
     answers = []
     for vk in (VK_UNKNOWN, VK_INACTIVE, VK_EXPIRED):
         batch_id = sim.seed("openai", "batch_same_answer")  # one id: the bodies must match byte for byte
@@ -401,8 +443,9 @@ def test_rest_unknown_inactive_and_expired_keys_get_identical_answers(enforced: 
     assert json.loads(answers[0][2])["error"]["message"] == "virtual key not found"
 
 
-def test_rest_rate_limit_answers_429_with_retry_after_on_the_third_call(enforced: Stack, rest: requests.Session,
-                                                                         sim: SimAdmin) -> None:
+def test_rest_rate_limit_answers_429_with_retry_after_on_the_third_call(
+    enforced: Stack, rest: requests.Session, sim: SimAdmin
+) -> None:
     headers = {"x-bf-vk": VK_LIMITED_REST}
     for _ in range(2):
         batch_id = sim.seed("openai", new_id("batch_rl"))
@@ -432,8 +475,9 @@ def openai_http(enforced: Stack) -> Iterator[httpx.Client]:
 
 
 def openai_sdk(enforced: Stack, http_client: httpx.Client, api_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{enforced.http_url}/openai/v1", api_key=api_key, max_retries=0,
-                         http_client=http_client)
+    return openai.OpenAI(
+        base_url=f"{enforced.http_url}/openai/v1", api_key=api_key, max_retries=0, http_client=http_client
+    )
 
 
 def test_openai_sdk_with_a_virtual_key(enforced: Stack, openai_http: httpx.Client, sim: SimAdmin) -> None:
@@ -456,8 +500,9 @@ def test_openai_sdk_with_a_virtual_key(enforced: Stack, openai_http: httpx.Clien
     ],
     ids=["unknown", "expired", "not a virtual key", "blocked"],
 )
-def test_openai_sdk_refusals(enforced: Stack, openai_http: httpx.Client, sim: SimAdmin, api_key: str,
-                             error: type, status: int, code: str) -> None:
+def test_openai_sdk_refusals(
+    enforced: Stack, openai_http: httpx.Client, sim: SimAdmin, api_key: str, error: type, status: int, code: str
+) -> None:
     batch_id = sim.seed("openai", new_id("batch_sdkref"))
 
     with pytest.raises(error) as info:
@@ -486,8 +531,9 @@ def grpc_cancel(stub: pb_grpc.BatchServiceStub, batch_id: str, metadata: tuple, 
     return answer
 
 
-def grpc_refusal(stub: pb_grpc.BatchServiceStub, batch_id: str, metadata: tuple) -> tuple[grpc.RpcError,
-                                                                                              pb.ErrorDetail]:
+def grpc_refusal(
+    stub: pb_grpc.BatchServiceStub, batch_id: str, metadata: tuple
+) -> tuple[grpc.RpcError, pb.ErrorDetail]:
     with pytest.raises(grpc.RpcError) as info:
         grpc_cancel(stub, batch_id, metadata)
     err = info.value
@@ -504,8 +550,9 @@ def as_metadata(headers: Mapping[str, str]) -> tuple:
 
 
 @pytest.mark.parametrize("form", list(ACCEPTED_FORMS))
-def test_grpc_each_credential_form_is_accepted(enforced_stub: pb_grpc.BatchServiceStub, sim: SimAdmin,
-                                               form: str) -> None:
+def test_grpc_each_credential_form_is_accepted(
+    enforced_stub: pb_grpc.BatchServiceStub, sim: SimAdmin, form: str
+) -> None:
     batch_id = sim.seed("openai", new_id("batch_gacc"))
 
     answer = grpc_cancel(enforced_stub, batch_id, as_metadata(ACCEPTED_FORMS[form]))
@@ -515,8 +562,11 @@ def test_grpc_each_credential_form_is_accepted(enforced_stub: pb_grpc.BatchServi
     assert call["headers"]["Authorization"] == f"Bearer {OPENAI_KEY}"
 
 
-GRPC_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
-              429: grpc.StatusCode.RESOURCE_EXHAUSTED}
+GRPC_CODES = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
@@ -535,8 +585,9 @@ def test_grpc_refusals_have_their_status_and_detail_and_never_reach_the_provider
     assert_never_reached(sim, batch_id)
 
 
-def test_grpc_unknown_and_expired_keys_get_identical_answers(enforced_stub: pb_grpc.BatchServiceStub,
-                                                             sim: SimAdmin) -> None:
+def test_grpc_unknown_and_expired_keys_get_identical_answers(
+    enforced_stub: pb_grpc.BatchServiceStub, sim: SimAdmin
+) -> None:
     answers = []
     for vk in (VK_UNKNOWN, VK_INACTIVE, VK_EXPIRED):
         err, detail = grpc_refusal(enforced_stub, "batch_same_grpc_answer", (("x-bf-vk", vk),))
@@ -568,8 +619,9 @@ def test_grpc_rate_limit_is_resource_exhausted_with_retry_after(enforced: Stack,
 
 
 def claude(enforced: Stack, api_key: str, http_client: httpx.Client) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=f"{enforced.http_url}/anthropic", api_key=api_key, max_retries=0,
-                               http_client=http_client)
+    return anthropic.Anthropic(
+        base_url=f"{enforced.http_url}/anthropic", api_key=api_key, max_retries=0, http_client=http_client
+    )
 
 
 @pytest.fixture(scope="module")
@@ -579,8 +631,7 @@ def sdk_http(enforced: Stack) -> Iterator[httpx.Client]:
     client.close()
 
 
-def test_anthropic_sdk_with_a_virtual_key_as_x_api_key(enforced: Stack, sdk_http: httpx.Client,
-                                                        sim: SimAdmin) -> None:
+def test_anthropic_sdk_with_a_virtual_key_as_x_api_key(enforced: Stack, sdk_http: httpx.Client, sim: SimAdmin) -> None:
     job = sim.seed("anthropic", f"msgbatch_{uuid.uuid4().hex[:12]}")
 
     batch = claude(enforced, VK_ALL, sdk_http).messages.batches.cancel(job)
@@ -596,14 +647,18 @@ def test_anthropic_sdk_with_a_virtual_key_as_x_api_key(enforced: Stack, sdk_http
     [
         (VK_UNKNOWN, anthropic.AuthenticationError, 401, "virtual key not found"),
         (NON_VK_BEARER, anthropic.AuthenticationError, 401, None),
-        (VK_AZURE_ONLY, anthropic.PermissionDeniedError, 403,
-         "Provider 'anthropic' is not allowed for this virtual key"),
+        (
+            VK_AZURE_ONLY,
+            anthropic.PermissionDeniedError,
+            403,
+            "Provider 'anthropic' is not allowed for this virtual key",
+        ),
     ],
     ids=["unknown", "not a virtual key", "blocked"],
 )
-def test_anthropic_sdk_refusals_in_anthropics_envelope(enforced: Stack, sdk_http: httpx.Client, sim: SimAdmin,
-                                                       api_key: str, error: type, status: int,
-                                                       message: str | None) -> None:
+def test_anthropic_sdk_refusals_in_anthropics_envelope(
+    enforced: Stack, sdk_http: httpx.Client, sim: SimAdmin, api_key: str, error: type, status: int, message: str | None
+) -> None:
     job = sim.seed("anthropic", f"msgbatch_{uuid.uuid4().hex[:12]}")
 
     with pytest.raises(error) as info:
@@ -620,8 +675,9 @@ def test_anthropic_sdk_refusals_in_anthropics_envelope(enforced: Stack, sdk_http
 
 def genai_client(enforced: Stack, api_key: str) -> genai.Client:
     hooks = {"response": [_httpx_hook]}
-    return genai.Client(api_key=api_key, http_options={"base_url": f"{enforced.http_url}/genai",
-                                                       "client_args": {"event_hooks": hooks}})
+    return genai.Client(
+        api_key=api_key, http_options={"base_url": f"{enforced.http_url}/genai", "client_args": {"event_hooks": hooks}}
+    )
 
 
 def test_genai_sdk_with_a_virtual_key_as_x_goog_api_key(enforced: Stack, sim: SimAdmin) -> None:
@@ -635,10 +691,14 @@ def test_genai_sdk_with_a_virtual_key_as_x_goog_api_key(enforced: Stack, sim: Si
     assert calls and {c["headers"]["x-goog-api-key"] for c in calls} == {GEMINI_KEY}
 
 
-@pytest.mark.parametrize(("api_key", "status", "grpc_name"), [
-    (VK_INACTIVE, 401, "UNAUTHENTICATED"), (VK_AZURE_ONLY, 403, "PERMISSION_DENIED")], ids=["inactive", "blocked"])
-def test_genai_sdk_refusals_in_googles_envelope(enforced: Stack, sim: SimAdmin, api_key: str, status: int,
-                                                grpc_name: str) -> None:
+@pytest.mark.parametrize(
+    ("api_key", "status", "grpc_name"),
+    [(VK_INACTIVE, 401, "UNAUTHENTICATED"), (VK_AZURE_ONLY, 403, "PERMISSION_DENIED")],
+    ids=["inactive", "blocked"],
+)
+def test_genai_sdk_refusals_in_googles_envelope(
+    enforced: Stack, sim: SimAdmin, api_key: str, status: int, grpc_name: str
+) -> None:
     job = sim.seed("gemini", uuid.uuid4().hex[:12])
     client = genai_client(enforced, api_key)
 
@@ -650,8 +710,13 @@ def test_genai_sdk_refusals_in_googles_envelope(enforced: Stack, sim: SimAdmin, 
 
 
 def bedrock_client(enforced: Stack, vk: str | None) -> Any:
-    client = boto3.client("bedrock", endpoint_url=f"{enforced.http_url}/bedrock", region_name="us-east-1",
-                          aws_access_key_id="AKIACALLER0000000000", aws_secret_access_key="caller/secret")
+    client = boto3.client(
+        "bedrock",
+        endpoint_url=f"{enforced.http_url}/bedrock",
+        region_name="us-east-1",
+        aws_access_key_id="AKIACALLER0000000000",
+        aws_secret_access_key="caller/secret",
+    )
 
     def add_vk(request: Any, **_: Any) -> None:
         request.headers["x-bf-vk"] = vk
@@ -676,8 +741,9 @@ def test_boto3_with_a_virtual_key_in_x_bf_vk(enforced: Stack, sim: SimAdmin) -> 
     assert VK_ALL not in json.dumps([c["headers"] for c in calls])
 
 
-@pytest.mark.parametrize(("vk", "status"), [(None, 401), (VK_EXPIRED, 401), (VK_AZURE_ONLY, 403)],
-                         ids=["sigv4 only", "expired", "blocked"])
+@pytest.mark.parametrize(
+    ("vk", "status"), [(None, 401), (VK_EXPIRED, 401), (VK_AZURE_ONLY, 403)], ids=["sigv4 only", "expired", "blocked"]
+)
 def test_boto3_refusals_are_access_denied(enforced: Stack, sim: SimAdmin, vk: str | None, status: int) -> None:
     job = sim.seed("bedrock", uuid.uuid4().hex[:12])
 
@@ -705,10 +771,21 @@ CALLER_HEADERS = {
     "Upgrade": "x-upgrade-marker/1.0",
     "x-hop-marker": "hop-by-hop-marker-value",
 }
-CALLER_VALUES = (VK_ALL, CALLER_X_API_KEY, CALLER_GOOG_KEY, COOKIE_SECRET, PROXY_AUTH_SECRET, "x-hop-marker",
-                 "x-upgrade-marker", "timeout=5, max=7")
-GATEWAY_AUTH = {"openai": ("Authorization", f"Bearer {OPENAI_KEY}"), "anthropic": ("x-api-key", ANTHROPIC_KEY),
-                "gemini": ("x-goog-api-key", GEMINI_KEY)}
+CALLER_VALUES = (
+    VK_ALL,
+    CALLER_X_API_KEY,
+    CALLER_GOOG_KEY,
+    COOKIE_SECRET,
+    PROXY_AUTH_SECRET,
+    "x-hop-marker",
+    "x-upgrade-marker",
+    "timeout=5, max=7",
+)
+GATEWAY_AUTH = {
+    "openai": ("Authorization", f"Bearer {OPENAI_KEY}"),
+    "anthropic": ("x-api-key", ANTHROPIC_KEY),
+    "gemini": ("x-goog-api-key", GEMINI_KEY),
+}
 
 
 def assert_only_the_gateways_credential(calls: list[dict], provider: str) -> None:
@@ -731,8 +808,9 @@ def assert_only_the_gateways_credential(calls: list[dict], provider: str) -> Non
 
 
 @pytest.mark.parametrize("provider", list(GATEWAY_AUTH))
-def test_rest_callers_credentials_and_hop_by_hop_headers_stay_at_the_gateway(enforced: Stack, sim: SimAdmin,
-                                                                              provider: str) -> None:
+def test_rest_callers_credentials_and_hop_by_hop_headers_stay_at_the_gateway(
+    enforced: Stack, sim: SimAdmin, provider: str
+) -> None:
     batch_id = sim.seed(provider, f"hop{uuid.uuid4().hex[:12]}")
     conn = http.client.HTTPConnection("127.0.0.1", enforced.http_port, timeout=10)
     try:
@@ -747,11 +825,11 @@ def test_rest_callers_credentials_and_hop_by_hop_headers_stay_at_the_gateway(enf
     assert_only_the_gateways_credential(upstream_calls(sim, batch_id), provider)
 
 
-def test_grpc_callers_credentials_stay_at_the_gateway(enforced_stub: pb_grpc.BatchServiceStub,
-                                                      sim: SimAdmin) -> None:
+def test_grpc_callers_credentials_stay_at_the_gateway(enforced_stub: pb_grpc.BatchServiceStub, sim: SimAdmin) -> None:
     batch_id = sim.seed("openai", new_id("batch_ghop"))
-    metadata = as_metadata({k: v for k, v in CALLER_HEADERS.items()
-                            if k.lower() not in ("connection", "keep-alive", "te", "upgrade")})
+    metadata = as_metadata(
+        {k: v for k, v in CALLER_HEADERS.items() if k.lower() not in ("connection", "keep-alive", "te", "upgrade")}
+    )
 
     grpc_cancel(enforced_stub, batch_id, metadata)
 
@@ -767,8 +845,9 @@ def https(direct: Stack, tls_files: tuple[Path, Path]) -> requests.Session:
 
 
 @pytest.mark.parametrize("form", ["bearer", "x-api-key"])
-def test_direct_key_is_what_the_provider_receives(direct: Stack, https: requests.Session, sim: SimAdmin,
-                                                  form: str) -> None:
+def test_direct_key_is_what_the_provider_receives(
+    direct: Stack, https: requests.Session, sim: SimAdmin, form: str
+) -> None:
     batch_id = sim.seed("openai", new_id("batch_dk"))
     headers = {"Authorization": f"Bearer {OPENAI_KEY}"} if form == "bearer" else {"x-api-key": OPENAI_KEY}
 
@@ -779,8 +858,7 @@ def test_direct_key_is_what_the_provider_receives(direct: Stack, https: requests
     assert [c["headers"]["Authorization"] for c in upstream_calls(sim, batch_id)] == [f"Bearer {OPENAI_KEY}"]
 
 
-def test_without_a_direct_key_the_configured_key_is_used(direct: Stack, https: requests.Session,
-                                                         sim: SimAdmin) -> None:
+def test_without_a_direct_key_the_configured_key_is_used(direct: Stack, https: requests.Session, sim: SimAdmin) -> None:
     batch_id = sim.seed("openai", new_id("batch_dk"))
 
     resp = post(https, native(direct, batch_id))
@@ -807,8 +885,9 @@ def test_wrong_direct_key_gets_the_providers_401(direct: Stack, https: requests.
 def test_anthropic_sdk_direct_key_over_https(direct: Stack, tls_files: tuple[Path, Path], sim: SimAdmin) -> None:
     job = sim.seed("anthropic", f"msgbatch_{uuid.uuid4().hex[:12]}")
     with recording_httpx(verify=ssl.create_default_context(cafile=str(tls_files[0]))) as http_client:
-        client = anthropic.Anthropic(base_url=f"{direct.http_url}/anthropic", api_key=ANTHROPIC_KEY, max_retries=0,
-                                     http_client=http_client)
+        client = anthropic.Anthropic(
+            base_url=f"{direct.http_url}/anthropic", api_key=ANTHROPIC_KEY, max_retries=0, http_client=http_client
+        )
         batch = client.messages.batches.cancel(job)
     assert batch.processing_status == "canceling"
     calls = upstream_calls(sim, job)
@@ -827,8 +906,7 @@ def test_rest_edge_serves_https_only(direct: Stack, tls_files: tuple[Path, Path]
 
 
 @pytest.mark.parametrize("port", ["envoy", "service"])
-def test_grpc_over_tls_with_a_direct_key(direct: Stack, tls_files: tuple[Path, Path], sim: SimAdmin,
-                                         port: str) -> None:
+def test_grpc_over_tls_with_a_direct_key(direct: Stack, tls_files: tuple[Path, Path], sim: SimAdmin, port: str) -> None:
     credentials = grpc.ssl_channel_credentials(root_certificates=tls_files[0].read_bytes())
     target = f"127.0.0.1:{direct.http_port if port == 'envoy' else direct.grpc_port}"
     batch_id = sim.seed("openai", new_id("batch_gtls"))
@@ -844,8 +922,11 @@ def test_plaintext_grpc_to_a_tls_port_fails(direct: Stack, sim: SimAdmin, port: 
     batch_id = sim.seed("openai", new_id("batch_gplain"))
     with grpc.insecure_channel(target) as channel:
         with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.BatchServiceStub(channel).Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"),
-                                                     metadata=(("authorization", f"Bearer {OPENAI_KEY}"),), timeout=3)
+            pb_grpc.BatchServiceStub(channel).Cancel(
+                pb.CancelBatchRequest(batch_id=batch_id, provider="openai"),
+                metadata=(("authorization", f"Bearer {OPENAI_KEY}"),),
+                timeout=3,
+            )
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert sim.calls(batch_id=batch_id) == []
 
@@ -853,13 +934,26 @@ def test_plaintext_grpc_to_a_tls_port_fails(direct: Stack, sim: SimAdmin, port: 
 # === 6. no secret anywhere ======================================================================
 
 
-@pytest.mark.parametrize(("field", "config"), [
-    ("governance.virtual_keys[0].value",
-     {"governance": {"virtual_keys": [{"id": "a", "value": "env.BATCHGATE_E2E_MISSING_VK"}]}}),
-    ("auth_config.admin_password",
-     {"auth_config": {"is_enabled": True, "admin_username": "admin",
-                      "admin_password": "env.BATCHGATE_E2E_MISSING_PW"}}),
-], ids=["virtual key value", "admin password"])
+@pytest.mark.parametrize(
+    ("field", "config"),
+    [
+        (
+            "governance.virtual_keys[0].value",
+            {"governance": {"virtual_keys": [{"id": "a", "value": "env.BATCHGATE_E2E_MISSING_VK"}]}},
+        ),
+        (
+            "auth_config.admin_password",
+            {
+                "auth_config": {
+                    "is_enabled": True,
+                    "admin_username": "admin",
+                    "admin_password": "env.BATCHGATE_E2E_MISSING_PW",
+                }
+            },
+        ),
+    ],
+    ids=["virtual key value", "admin password"],
+)
 def test_missing_env_var_for_an_access_secret_fails_at_start(tmp_path: Path, field: str, config: dict) -> None:
     """(tests/e2e/test_launcher.py covers a provider key; these are the access-control secrets.)"""
     variable = json.dumps(config).split("env.", 1)[1].split('"', 1)[0]
@@ -868,8 +962,9 @@ def test_missing_env_var_for_an_access_secret_fails_at_start(tmp_path: Path, fie
     env = launcher_env(CONFIG=str(path))
     env.pop(variable, None)
 
-    done = subprocess.run([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
 
     assert done.returncode != 0
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
@@ -882,7 +977,7 @@ def test_no_secret_appears_in_any_log_metric_or_answer(stack: Stack, enforced: S
     everything they wrote or answered for every known secret."""
     metrics = requests.get(f"http://127.0.0.1:{enforced.metrics_port}/metrics", timeout=5).text
     assert "batchgate_requests_total" in metrics
-    assert 'caller=' not in metrics
+    assert "caller=" not in metrics
     if not SEEN:
         pytest.skip("searches what the rest of this module did: run the whole module")
     enforced.stop()
@@ -891,9 +986,18 @@ def test_no_secret_appears_in_any_log_metric_or_answer(stack: Stack, enforced: S
     known = {
         *provider_secrets(enforced_config(stack.sandbox_url)),
         *provider_secrets(direct_config(stack.sandbox_url)),
-        *VIRTUAL_KEYS, VK_UNKNOWN, ADMIN_PASSWORD, WRONG_ADMIN_PASSWORD, WRONG_DIRECT_KEY, NON_VK_BEARER,
-        COOKIE_SECRET, PROXY_AUTH_SECRET, CALLER_X_API_KEY, CALLER_GOOG_KEY,
-        basic(ADMIN_USER, ADMIN_PASSWORD).split()[1], basic(ADMIN_USER, WRONG_ADMIN_PASSWORD).split()[1],
+        *VIRTUAL_KEYS,
+        VK_UNKNOWN,
+        ADMIN_PASSWORD,
+        WRONG_ADMIN_PASSWORD,
+        WRONG_DIRECT_KEY,
+        NON_VK_BEARER,
+        COOKIE_SECRET,
+        PROXY_AUTH_SECRET,
+        CALLER_X_API_KEY,
+        CALLER_GOOG_KEY,
+        basic(ADMIN_USER, ADMIN_PASSWORD).split()[1],
+        basic(ADMIN_USER, WRONG_ADMIN_PASSWORD).split()[1],
     }
     assert OPENAI_KEY in known and SECOND_OPENAI_KEY in known and DECOY_OPENAI_KEY in known
     files = sorted(p for d in (enforced.log_dir, direct.log_dir) for p in d.rglob("*") if p.is_file())
@@ -908,6 +1012,7 @@ def test_no_secret_appears_in_any_log_metric_or_answer(stack: Stack, enforced: S
     texts = {str(p): p.read_text(errors="replace") for p in files}
     texts["/metrics"] = metrics
     texts.update({f"answer #{i}": text for i, text in enumerate(SEEN)})
-    leaks = sorted({(where, secret[:12] + "...") for where, text in texts.items() for secret in known
-                    if secret in text})
+    leaks = sorted(
+        {(where, secret[:12] + "...") for where, text in texts.items() for secret in known if secret in text}
+    )
     assert leaks == []

@@ -42,9 +42,13 @@ def test_each_line_is_exactly_a_single_cancels_body(gw: Gateway, sim: SimAdmin) 
     done = sim.seed("azure", status="completed")
     missing = f"missing{new_id()}"
     items = [
-        {"id": ok, "provider": "openai"}, {"id": missing, "provider": "openai"},
-        {"id": anthropic, "provider": "anthropic"}, {"id": done, "provider": "azure"},
-        {"id": "b1", "provider": "nosuch"}, {"id": "b2", "provider": "openrouter"}, {"id": ok, "provider": "openai"},
+        {"id": ok, "provider": "openai"},
+        {"id": missing, "provider": "openai"},
+        {"id": anthropic, "provider": "anthropic"},
+        {"id": done, "provider": "azure"},
+        {"id": "b1", "provider": "nosuch"},
+        {"id": "b2", "provider": "openrouter"},
+        {"id": ok, "provider": "openai"},
     ]
     resp, lines = bulk_lines(gw, {"batches": items})
     assert resp.status_code == 200
@@ -114,7 +118,10 @@ def test_bounds_answer_the_single_call_error_shape(gw: Gateway, sim: SimAdmin, t
     assert resp.headers["content-type"] == "application/json"
     error = resp.json()
     assert error["is_bifrost_error"] is True and error["status_code"] == 400
-    assert error["error"]["param"] == param and error["extra_fields"] == {"provider": "", "request_type": "batch_cancel"}
+    assert error["error"]["param"] == param and error["extra_fields"] == {
+        "provider": "",
+        "request_type": "batch_cancel",
+    }
     assert sim.calls(since=t0) == []
 
 
@@ -155,7 +162,8 @@ def test_a_rest_client_that_goes_away_stops_the_reads(stack: Stack, sim: SimAdmi
     with socket.create_connection(("127.0.0.1", stack.http_port), timeout=10) as conn:
         conn.sendall(
             b"POST /v1/batches/cancel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         received = b""
         while b"cancelling" not in received:  # the first line: the cancel call's answer
@@ -174,6 +182,9 @@ def test_a_thousand_long_ids_fit_and_a_larger_body_gets_the_edges_413(gw: Gatewa
     resp, lines = bulk_lines(gw, {"batches": items})
     assert resp.status_code == 200 and len(lines) == 1000
     assert {event["error"]["status_code"] for _, event in lines} == {404}
-    too_big = gw.post(BULK, data=b'{"batches": [{"id": "' + b"a" * (800 * 1024) + b'", "provider": "openai"}]}',
-                      headers={"Content-Type": "application/json"})
+    too_big = gw.post(
+        BULK,
+        data=b'{"batches": [{"id": "' + b"a" * (800 * 1024) + b'", "provider": "openai"}]}',
+        headers={"Content-Type": "application/json"},
+    )
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"

@@ -30,11 +30,13 @@ BATCHGATE = Path(sys.executable).parent / "batchgate"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHGATE_", "NO_COLOR", "FORCE_COLOR"))}
 
 
-def batchgate(*args: str, target: str | None = None, stdin: str | None = None, env: dict | None = None,
-              timeout: float = 60) -> subprocess.CompletedProcess:
+def batchgate(
+    *args: str, target: str | None = None, stdin: str | None = None, env: dict | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     argv = [str(BATCHGATE), *(["--target", target] if target else []), *args]
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env={**ENV, **(env or {})}, cwd="/")
+    return subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=timeout, env={**ENV, **(env or {})}, cwd="/"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +89,19 @@ def test_bulk_from_a_file_mixes_providers_and_formats(grpc_target, sim: SimAdmin
     )
     result = batchgate("cancel", "--from", str(listing), target=grpc_target)
     assert result.returncode == 1
-    assert sorted(result.stdout.splitlines()) == sorted([
-        f"{openai} openai cancelling", f"{anthropic} anthropic cancelling",
-        f"{done} openai error 409 invalid_request_error: Cannot cancel a batch with status 'completed'.",
-    ])
+    assert sorted(result.stdout.splitlines()) == sorted(
+        [
+            f"{openai} openai cancelling",
+            f"{anthropic} anthropic cancelling",
+            f"{done} openai error 409 invalid_request_error: Cannot cancel a batch with status 'completed'.",
+        ]
+    )
     assert result.stderr.startswith("3 items in ") and f"1 failed: {done} (409 invalid_request_error)" in result.stderr
 
 
 def test_bulk_from_stdin_through_envoy_all_done_exits_0(envoy_target, sim: SimAdmin):
     batches = [sim.seed("openai") for _ in range(3)]
-    result = batchgate("cancel", "--from", "-", target=envoy_target,
-                       stdin="".join(f"openai,{b}\n" for b in batches))
+    result = batchgate("cancel", "--from", "-", target=envoy_target, stdin="".join(f"openai,{b}\n" for b in batches))
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == sorted(f"{b} openai cancelling" for b in batches)
     assert "3 cancelling" in result.stderr and "failed" not in result.stderr
@@ -107,8 +111,15 @@ def test_wait_until_cancelled(grpc_target, sim: SimAdmin):
     batches = [sim.seed("openai", cancel_delay_s=1), sim.seed("anthropic", new_id("msgbatch"), cancel_delay_s=1)]
     single = batchgate("cancel", batches[0], "-p", "openai", "--wait", "30", target=grpc_target)
     assert (single.returncode, single.stdout) == (0, f"{batches[0]} openai cancelled\n"), single.stderr
-    bulk = batchgate("cancel", "--from", "-", "--wait", "30", target=grpc_target,
-                     stdin=f"openai,{sim.seed('openai', cancel_delay_s=1)}\nanthropic,{batches[1]}\n")
+    bulk = batchgate(
+        "cancel",
+        "--from",
+        "-",
+        "--wait",
+        "30",
+        target=grpc_target,
+        stdin=f"openai,{sim.seed('openai', cancel_delay_s=1)}\nanthropic,{batches[1]}\n",
+    )
     assert bulk.returncode == 0, bulk.stderr
     assert [line.split()[-1] for line in bulk.stdout.splitlines()] == ["cancelled", "cancelled"]
 
@@ -123,8 +134,9 @@ def test_a_wait_that_runs_out_is_a_failure(grpc_target, sim: SimAdmin):
 
 def test_json_output_one_object_per_item_like_the_rest_stream(grpc_target, gw, sim: SimAdmin):
     ok, missing = sim.seed("openai"), new_id("missing")
-    result = batchgate("--output", "json", "cancel", "--from", "-", target=grpc_target,
-                       stdin=f"openai,{ok}\nopenai,{missing}\n")
+    result = batchgate(
+        "--output", "json", "cancel", "--from", "-", target=grpc_target, stdin=f"openai,{ok}\nopenai,{missing}\n"
+    )
     assert result.returncode == 1
     lines = sorted((json.loads(line) for line in result.stdout.splitlines()), key=lambda line: line["index"])
     assert [(line["index"], line["id"], line["final"]) for line in lines] == [(0, ok, True), (1, missing, True)]
@@ -143,13 +155,26 @@ def test_single_cancel_json(grpc_target, sim: SimAdmin):
     assert result.returncode == 0
     line = json.loads(result.stdout)
     assert (line["index"], line["id"], line["provider"], line["final"], line["batch"]["status"]) == (
-        0, batch, "azure", True, "cancelling")
+        0,
+        batch,
+        "azure",
+        True,
+        "cancelling",
+    )
 
 
 def test_more_than_a_thousand_batches_go_as_consecutive_calls(grpc_target):
     ids = [f"batch_many_{i}_{new_id('x')}" for i in range(1001)]  # the sandbox creates unknown ids
-    result = batchgate("-o", "json", "cancel", "--from", "-", target=grpc_target,
-                       stdin="".join(f"openai,{i}\n" for i in ids), timeout=120)
+    result = batchgate(
+        "-o",
+        "json",
+        "cancel",
+        "--from",
+        "-",
+        target=grpc_target,
+        stdin="".join(f"openai,{i}\n" for i in ids),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-500:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(line["index"] for line in lines) == list(range(1001))
@@ -181,8 +206,9 @@ def test_the_virtual_key_is_never_echoed(grpc_target, sim: SimAdmin):
     for args, env in ((("--vk", secret), None), ((), {"BATCHGATE_VK": secret})):
         for extra in ((), ("-o", "json")):
             # The open sandbox gateway does not know the key: the whole CancelMany call is refused.
-            result = batchgate(*args, *extra, "cancel", batch, new_id("missing"), "-p", "openai", target=grpc_target,
-                               env=env)
+            result = batchgate(
+                *args, *extra, "cancel", batch, new_id("missing"), "-p", "openai", target=grpc_target, env=env
+            )
             assert result.returncode == 2 and secret not in result.stdout + result.stderr
             assert result.stderr == "batchgate: the call failed: 401 virtual_key_not_found: virtual key not found\n"
             single = batchgate(*args, *extra, "cancel", batch, "-p", "openai", target=grpc_target, env=env)
@@ -200,8 +226,14 @@ def test_health_shows_each_providers_circuit(grpc_target):
 
 
 def test_python_dash_m_runs_the_same_command(grpc_target):
-    result = subprocess.run([sys.executable, "-m", "batchgate_client", "--target", grpc_target, "health", "-o", "json"],
-                            capture_output=True, text=True, timeout=60, env=ENV, cwd="/")
+    result = subprocess.run(
+        [sys.executable, "-m", "batchgate_client", "--target", grpc_target, "health", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        cwd="/",
+    )
     assert result.returncode == 0 and json.loads(result.stdout)["status"] == "ok"
 
 
@@ -232,8 +264,14 @@ def test_config_check_fails_with_exactly_the_services_message(tmp_path: Path, br
     result = batchgate("config", "check", str(config))
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("batchgate: config error: ") and result.stderr.count("\n") == 1
-    service = subprocess.run([sys.executable, "-m", "service", "--config", str(config), "--address", "127.0.0.1:0"],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
+    service = subprocess.run(
+        [sys.executable, "-m", "service", "--config", str(config), "--address", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=ENV,
+    )
     assert service.returncode == 2 and service.stderr.splitlines()[-1] == result.stderr.strip()
 
 
@@ -265,8 +303,9 @@ def test_progress_bar_and_summary_table_on_a_terminal(grpc_target, sim: SimAdmin
     missing = new_id("missing")
     listing = "".join(f"openai,{b}\n" for b in slow) + f"openai,{missing}\n"
     env = {**ENV, "TERM": "xterm-256color", "COLUMNS": "120"}
-    code, output = run_on_pty([str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-", "--wait", "30"],
-                              listing.encode(), env)
+    code, output = run_on_pty(
+        [str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-", "--wait", "30"], listing.encode(), env
+    )
     assert code == 1, output
     assert "\x1b[" in output  # drawn with terminal control sequences
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
@@ -281,7 +320,12 @@ def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(grpc_target, si
     batches = [sim.seed("openai") for _ in range(3)]  # stay cancelling for an hour
     proc = subprocess.Popen(
         [str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-", "--wait", "600"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd="/",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd="/",
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's Ctrl-C, even under CI
     )
     proc.stdin.write("".join(f"openai,{b}\n" for b in batches))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -67,8 +67,11 @@ def test_cancel_on_azure(stub: pb_grpc.BatchServiceStub, sim: SimAdmin, t0: floa
 def test_raw_response_via_metadata(stub: pb_grpc.BatchServiceStub, sim: SimAdmin) -> None:
     batch_id = sim.seed("openai")
 
-    resp = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"),
-                       metadata=(("x-bf-send-back-raw-response", "true"),), timeout=10)
+    resp = stub.Cancel(
+        pb.CancelBatchRequest(batch_id=batch_id, provider="openai"),
+        metadata=(("x-bf-send-back-raw-response", "true"),),
+        timeout=10,
+    )
 
     assert resp.extra_fields.HasField("raw_response")
     assert json_format.MessageToDict(resp.extra_fields.raw_response) == sim.batch("openai", batch_id)
@@ -203,8 +206,9 @@ def service_log(stack: Stack) -> list[dict]:
 @pytest.mark.parametrize("case", list(MALFORMED))
 @pytest.mark.parametrize("route", ["envoy", "direct"])
 @pytest.mark.parametrize("method", [f"/{SERVICE}/Cancel", f"/{SERVICE}/CancelGenAI", "/grpc.health.v1.Health/Check"])
-def test_malformed_call_ends_at_once_with_invalid_argument(stack: Stack, sim: SimAdmin, t0: float, route: str,
-                                                           method: str, case: str) -> None:
+def test_malformed_call_ends_at_once_with_invalid_argument(
+    stack: Stack, sim: SimAdmin, t0: float, route: str, method: str, case: str
+) -> None:
     port = stack.http_port if route == "envoy" else stack.grpc_port
     rid = f"wire-{uuid.uuid4().hex}"
 
@@ -214,13 +218,16 @@ def test_malformed_call_ends_at_once_with_invalid_argument(stack: Stack, sim: Si
     assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
     message = answer.grpc_message
     request_type = "grpc.health.v1.HealthCheckRequest" if "Health" in method else "batchgate.v1.CancelBatchRequest"
-    assert message in ("the call ended without a complete request message",
-                       f"the request is not a valid {request_type} message")
+    assert message in (
+        "the call ended without a complete request message",
+        f"the request is not a valid {request_type} message",
+    )
     assert "<class" not in message and "Unexpected" not in message
     assert sim.calls(since=t0) == []
     lines = [line for line in service_log(stack) if line.get("request_id") == rid]
     assert [(line["msg"], line["outcome"], line["method"]) for line in lines] == [
-        ("malformed call", "INVALID_ARGUMENT", method)]
+        ("malformed call", "INVALID_ARGUMENT", method)
+    ]
     assert "exc" not in lines[0]
 
 
@@ -245,7 +252,8 @@ def test_well_formed_call_on_the_wire_still_works(stack: Stack, sim: SimAdmin, r
 def test_reflection_refuses_a_garbage_message_plainly(channel: grpc.Channel) -> None:
     stream = channel.stream_stream(
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        request_serializer=lambda raw: raw, response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        request_serializer=lambda raw: raw,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
     )
     with pytest.raises(grpc.RpcError) as info:
         list(stream(iter([b"\xff\xff\xff"]), timeout=5))
@@ -260,9 +268,14 @@ READ_TIMEOUT = 1.0  # the service's; Envoy's request timeout is 5 s longer (gate
 
 @pytest.fixture(scope="module")
 def slow_reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                  log_dir=tmp_path_factory.mktemp("slow-read-logs"),
-                  env={"REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)})
+    stack = Stack(
+        config=None,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=tmp_path_factory.mktemp("slow-read-logs"),
+        env={"REQUEST_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT)},
+    )
     stack.start()
     try:
         yield stack
@@ -282,12 +295,16 @@ def test_grpc_message_that_stops_arriving_is_answered(slow_reads: Stack, route: 
     assert answer.seconds >= READ_TIMEOUT
 
 
-@pytest.mark.parametrize(("path", "shape"), [("/openai/v1/batches/b/cancel", "bifrost"),
-                                           ("/anthropic/v1/messages/batches/b/cancel", "anthropic")])
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [("/openai/v1/batches/b/cancel", "bifrost"), ("/anthropic/v1/messages/batches/b/cancel", "anthropic")],
+)
 def test_rest_body_that_stops_arriving_is_a_408(slow_reads: Stack, path: str, shape: str) -> None:
     with socket.create_connection(("127.0.0.1", slow_reads.http_port), timeout=READ_TIMEOUT + 10) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
-                     + b"Content-Length: 100\r\n\r\n{\"provider\"")
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + b'Content-Length: 100\r\n\r\n{"provider"'
+        )
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
             chunk = sock.recv(65536)
@@ -305,11 +322,13 @@ def test_rest_body_that_stops_arriving_is_a_408(slow_reads: Stack, path: str, sh
 
 
 @pytest.mark.parametrize("given", ["a b", 'a"b', "x" * 200])
-def test_unsafe_request_id_from_a_grpc_caller_is_replaced(channel: grpc.Channel, stack: Stack, sim: SimAdmin,
-                                                          given: str) -> None:
+def test_unsafe_request_id_from_a_grpc_caller_is_replaced(
+    channel: grpc.Channel, stack: Stack, sim: SimAdmin, given: str
+) -> None:
     batch_id = sim.seed("openai")
     call = pb_grpc.BatchServiceStub(channel).Cancel.with_call(
-        pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=(("x-request-id", given),), timeout=10)
+        pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=(("x-request-id", given),), timeout=10
+    )
 
     answered = [value for key, value in call[1].initial_metadata() if key == "x-request-id"]
     assert len(answered) == 1 and answered[0] != given

@@ -25,8 +25,8 @@ from urllib.parse import quote, unquote, unquote_to_bytes, urlencode
 import grpc
 import pytest
 from hypothesis import HealthCheck, assume, event, example, given, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from tests.e2e.conftest import Gateway, SimAdmin, new_id
@@ -72,7 +72,9 @@ UPSTREAM_PATHS = {
     "azure": rf"/azure/openai(?:/v1)?/batches/{SEG}(?:/cancel)?",
     "anthropic": rf"/anthropic/v1/messages/batches/{SEG}(?:/cancel)?",
     "gemini": rf"/gemini/v1(?:beta)?/batches/{SEG}(?::cancel)?",
-    "vertex": rf"/vertex/token|/vertex/v1(?:beta1)?/projects/{SEG}/locations/{SEG}/batchPredictionJobs/{SEG}(?::cancel)?",
+    "vertex": (
+        rf"/vertex/token|/vertex/v1(?:beta1)?/projects/{SEG}/locations/{SEG}/batchPredictionJobs/{SEG}(?::cancel)?"
+    ),
     "bedrock": rf"/bedrock/model-invocation-job/{SEG}(?:/stop)?",
     "mistral": rf"/mistral/v1/batch/jobs/{SEG}(?:/cancel)?",
     "groq": rf"/groq/openai/v1/batches/{SEG}(?:/cancel)?",
@@ -150,7 +152,7 @@ def is_codec_refusal(status: int, body: Any) -> bool:
 def assert_documented(target: str, answer: Answer, method: str = "POST") -> Any:
     """The answer is a documented status with a JSON body in the envelope of the target's surface."""
     assert answer.status in DOCUMENTED_STATUSES, (answer.status, answer.body[:300])
-    assert b"Traceback" not in answer.body and b"File \"" not in answer.body
+    assert b"Traceback" not in answer.body and b'File "' not in answer.body
     ctype = answer.headers.get("content-type", "")
     assert ctype == "application/json", (answer.status, ctype, answer.body[:200])
     for internal in ("x-bf-error-body", "x-bf-status", "grpc-status", "grpc-message", "grpc-status-details-bin"):
@@ -184,9 +186,11 @@ def assert_documented(target: str, answer: Answer, method: str = "POST") -> Any:
 def assert_success_shape(envelope: str, body: Any) -> None:
     assert isinstance(body, dict)
     if envelope == "bifrost":
-        assert {"id", "object", "status", "extra_fields"} <= set(body) <= {
-            "id", "object", "status", "request_counts", "cancelling_at", "cancelled_at", "extra_fields"
-        }, body
+        assert (
+            {"id", "object", "status", "extra_fields"}
+            <= set(body)
+            <= {"id", "object", "status", "request_counts", "cancelling_at", "cancelled_at", "extra_fields"}
+        ), body
         assert body["object"] == "batch" and isinstance(body["status"], str) and body["status"]
         assert body["extra_fields"]["request_type"] == "batch_cancel"
     elif envelope == "anthropic":
@@ -222,19 +226,57 @@ def run_case(gw: Gateway, sim: SimAdmin, method: str, target: str, body=None, he
 # --- generators ----------------------------------------------------------------------------------------
 
 NASTY_IDS = [
-    "", ".", "..", "...", "a/b", "../b", "a/../b", "a?b", "a#b", "a\\b", "a\x00b", "\x00", " ", "a b", "\t",
-    "%2e%2e", "%2E%2E", "a%2Fb", "a%252Fb", "%00", "%", "%%", "%zz", "a:cancel", ":cancel", "a;b", "a,b",
-    "batches/x", "batches/..", "batches-x", "missing_x", "é", "\u202e", "\ufeff", "💥", "\u0085", "\u2028",
+    "",
+    ".",
+    "..",
+    "...",
+    "a/b",
+    "../b",
+    "a/../b",
+    "a?b",
+    "a#b",
+    "a\\b",
+    "a\x00b",
+    "\x00",
+    " ",
+    "a b",
+    "\t",
+    "%2e%2e",
+    "%2E%2E",
+    "a%2Fb",
+    "a%252Fb",
+    "%00",
+    "%",
+    "%%",
+    "%zz",
+    "a:cancel",
+    ":cancel",
+    "a;b",
+    "a,b",
+    "batches/x",
+    "batches/..",
+    "batches-x",
+    "missing_x",
+    "é",
+    "\u202e",
+    "\ufeff",
+    "💥",
+    "\u0085",
+    "\u2028",
     "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/abc",
     "arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/..",
     "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Amodel-invocation-job%2Fabc",
     "projects/p/locations/us-central1/batchPredictionJobs/1",
     "projects/../locations/us-central1/batchPredictionJobs/1",
     "projects/p/locations/../batchPredictionJobs/1",
-    "accounts/a/batchJobs/j", "accounts/../batchJobs/j", "accounts/a/batchJobs/..",
+    "accounts/a/batchJobs/j",
+    "accounts/../batchJobs/j",
+    "accounts/a/batchJobs/..",
     "cHJvamVjdHMvcC9sb2NhdGlvbnMvdXMtY2VudHJhbDEvYmF0Y2hQcmVkaWN0aW9uSm9icy8x",  # base64 of a Vertex name
     "cHJvamVjdHMvLi4vbG9jYXRpb25zL3gvYmF0Y2hQcmVkaWN0aW9uSm9icy8x",  # base64 of projects/../...
-    "b" * 512, "b" * 513, "b" * 3000,
+    "b" * 512,
+    "b" * 513,
+    "b" * 3000,
 ]
 ids = st.one_of(
     st.sampled_from(NASTY_IDS),
@@ -268,24 +310,66 @@ def decodes_as_utf8(target: str) -> bool:
 
 
 PROVIDER_NAMES = [
-    *SIM_PROVIDERS, "", "OPENAI", " openai ", "openai\x00", "ollama", "openrouter", "nope", "open ai", "../openai",
-    "openai/../azure", "a" * 40, "é",
+    *SIM_PROVIDERS,
+    "",
+    "OPENAI",
+    " openai ",
+    "openai\x00",
+    "ollama",
+    "openrouter",
+    "nope",
+    "open ai",
+    "../openai",
+    "openai/../azure",
+    "a" * 40,
+    "é",
 ]
 providers = st.one_of(st.sampled_from(PROVIDER_NAMES), st.text(max_size=12))
 
 # Header names: RFC 9110 tokens, and the ones batchgate or Envoy give a meaning to.
 MEANINGFUL_HEADERS = [
-    "x-model-provider", "x-bf-vk", "authorization", "x-api-key", "x-goog-api-key", "x-bf-send-back-raw-response",
-    "x-envoy-original-path", "x-envoy-expected-rq-timeout-ms", "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-internal",
-    "x-forwarded-for", "x-request-id", "x-bf-error-body", "x-bf-status", "grpc-message", "grpc-accept-encoding",
-    "accept", "accept-encoding", "cookie", "origin", "x-http-method-override",
-    "content-encoding", "x-amz-target", "anthropic-version", "x-goog-user-project",
+    "x-model-provider",
+    "x-bf-vk",
+    "authorization",
+    "x-api-key",
+    "x-goog-api-key",
+    "x-bf-send-back-raw-response",
+    "x-envoy-original-path",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-on",
+    "x-envoy-internal",
+    "x-forwarded-for",
+    "x-request-id",
+    "x-bf-error-body",
+    "x-bf-status",
+    "grpc-message",
+    "grpc-accept-encoding",
+    "accept",
+    "accept-encoding",
+    "cookie",
+    "origin",
+    "x-http-method-override",
+    "content-encoding",
+    "x-amz-target",
+    "anthropic-version",
+    "x-goog-user-project",
 ]
 # Framing and hop-by-hop headers would change what request is sent at all.
 EXCLUDED_HEADERS = {
-    "host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "expect", "keep-alive",
-    "proxy-connection", "trailer", "content-type",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "expect",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+    "content-type",
 }
 
 
@@ -294,6 +378,8 @@ def grpc_reserved(name: str) -> bool:
     values that must be base64): covered by their own test below."""
     name = name.lower()
     return (name.startswith("grpc-") and name not in ("grpc-message", "grpc-accept-encoding")) or name.endswith("-bin")
+
+
 # Names are tokens made of the characters gRPC metadata keys allow as well; the other HTTP token
 # characters (`+ ! # $ % & ' * ^ ` | ~`) have their own test below.
 GRPC_SAFE_TCHARS = "-._0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -303,17 +389,46 @@ header_names = st.one_of(
 # Field values: visible ASCII, space, tab and obs-text; no leading/trailing whitespace issues matter.
 header_values = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=60),
-    st.sampled_from(["", "0", "-1", "1", "99999999999", "true", "TRUE", "Bearer ", "Bearer sk-bf-x", "Basic !!",
-                     "Basic Og==", "sk-bf-" + "x" * 40, "/v1/batches/other/cancel", "\t", "gzip", "application/grpc"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "1",
+            "99999999999",
+            "true",
+            "TRUE",
+            "Bearer ",
+            "Bearer sk-bf-x",
+            "Basic !!",
+            "Basic Og==",
+            "sk-bf-" + "x" * 40,
+            "/v1/batches/other/cancel",
+            "\t",
+            "gzip",
+            "application/grpc",
+        ]
+    ),
     # Long values: up to 4 KiB (gRPC metadata limit pinned below), and beyond Envoy's 60 KiB (431).
     st.builds(lambda n: "v" * n, st.integers(1000, 4000)),
     st.builds(lambda n: "v" * n, st.integers(62 * 1024, 70 * 1024)),
 )
 
 CONTENT_TYPES = [
-    None, "application/json", "application/json; charset=utf-8", "application/json; charset=utf-16", "text/plain",
-    "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/octet-stream",
-    "application/grpc-web", "application/grpc-web+json", "application/x-protobuf", "", "*/*", "application/JSON",
+    None,
+    "application/json",
+    "application/json; charset=utf-8",
+    "application/json; charset=utf-16",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/octet-stream",
+    "application/grpc-web",
+    "application/grpc-web+json",
+    "application/x-protobuf",
+    "",
+    "*/*",
+    "application/JSON",
 ]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -337,8 +452,22 @@ bodies = st.one_of(
     st.none(),
     st.binary(max_size=200),
     json_objects.map(lambda v: json.dumps(v).encode()),
-    st.sampled_from([b"", b"{}", b"[]", b"null", b'"str"', b"{", b'{"provider": ', b"\xef\xbb\xbf{}", b"{}{}",
-                     b'{"provider": "\\ud800"}', b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000]),
+    st.sampled_from(
+        [
+            b"",
+            b"{}",
+            b"[]",
+            b"null",
+            b'"str"',
+            b"{",
+            b'{"provider": ',
+            b"\xef\xbb\xbf{}",
+            b"{}{}",
+            b'{"provider": "\\ud800"}',
+            b"[" * 5000 + b"]" * 5000,
+            b'{"a":' * 3000 + b"1" + b"}" * 3000,
+        ]
+    ),
     st.builds(lambda n, c: c * n, st.integers(60_000, 300_000), st.sampled_from([b" ", b"a", b"{"])),
     st.builds(lambda n: b'{"provider": "' + b"x" * n + b'"}', st.integers(60_000, 80_000)),
 )
@@ -389,8 +518,13 @@ def provider_carrier(route: Route, provider: str, how: str) -> tuple[str | None,
 )
 @example(route=ROUTES[0], batch_id="..", how="keep", provider="openai", carrier="query")
 @example(route=ROUTES[0], batch_id="a/../../x", how="keep", provider="openai", carrier="query")
-@example(route=ROUTES[6], batch_id="arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/..", how="full",
-         provider="bedrock", carrier="none")
+@example(
+    route=ROUTES[6],
+    batch_id="arn:aws:bedrock:us-east-1:123456789012:model-invocation-job/..",
+    how="full",
+    provider="bedrock",
+    carrier="none",
+)
 @example(route=ROUTES[4], batch_id="a:cancel", how="keep", provider="gemini", carrier="header")
 def test_hostile_batch_id_on_every_route_is_documented_and_upstream_path_safe(
     gw: Gateway, sim: SimAdmin, route: Route, batch_id: str, how: str, provider: str, carrier: str
@@ -477,9 +611,17 @@ def test_hostile_methods_and_path_shapes_are_documented(gw: Gateway, sim: SimAdm
 
 @pytest.mark.parametrize(
     "target",
-    ["/", "/v2/batches/x/cancel", "/openai/v1/files", "/genai/v1beta/batches/x", "/anthropic/v1/messages",
-     "/bedrock/model-invocation-job/x", "/_sim/calls", "/batchgate.v1.BatchService/Cancel",
-     "/grpc.health.v1.Health/Check"],
+    [
+        "/",
+        "/v2/batches/x/cancel",
+        "/openai/v1/files",
+        "/genai/v1beta/batches/x",
+        "/anthropic/v1/messages",
+        "/bedrock/model-invocation-job/x",
+        "/_sim/calls",
+        "/batchgate.v1.BatchService/Cancel",
+        "/grpc.health.v1.Health/Check",
+    ],
 )
 def test_unrouted_path_is_a_documented_404(gw: Gateway, sim: SimAdmin, target: str) -> None:
     answer, _ = run_case(gw, sim, "POST", target)
@@ -489,8 +631,14 @@ def test_unrouted_path_is_a_documented_404(gw: Gateway, sim: SimAdmin, target: s
 # --- known bugs, pinned ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["/v1/batches/a%FFb/cancel?provider=openai", "/v1/batches/x/cancel?provider=%ff",
-                                    "/anthropic/v1/messages/batches/%C3%28/cancel"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/batches/a%FFb/cancel?provider=openai",
+        "/v1/batches/x/cancel?provider=%ff",
+        "/anthropic/v1/messages/batches/%C3%28/cancel",
+    ],
+)
 def test_invalid_utf8_percent_encoding_is_a_documented_answer(gw: Gateway, sim: SimAdmin, target: str) -> None:
     answer, _ = run_case(gw, sim, "POST", target)
     assert answer.status == 400
@@ -498,12 +646,18 @@ def test_invalid_utf8_percent_encoding_is_a_documented_answer(gw: Gateway, sim: 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("grpc-timeout", "garbage"), ("grpc-status", "x"), ("grpc-encoding", "zzz"), ("grpc-previous-rpc-attempts", "x"),
-     ("x-trace-bin", "!!!")],
+    [
+        ("grpc-timeout", "garbage"),
+        ("grpc-status", "x"),
+        ("grpc-encoding", "zzz"),
+        ("grpc-previous-rpc-attempts", "x"),
+        ("x-trace-bin", "!!!"),
+    ],
 )
 def test_grpc_reserved_header_on_rest_call_is_a_documented_answer(gw: Gateway, sim: SimAdmin, name, value) -> None:
-    answer, _ = run_case(gw, sim, "POST", "/v1/batches/batch_hostile_grpc_header/cancel?provider=openai", None,
-                         [(name, value)])
+    answer, _ = run_case(
+        gw, sim, "POST", "/v1/batches/batch_hostile_grpc_header/cancel?provider=openai", None, [(name, value)]
+    )
     assert answer.status == 200
 
 
@@ -514,8 +668,7 @@ def test_raw_fragment_in_path_reply_has_a_message(gw: Gateway, sim: SimAdmin) ->
 
 @pytest.mark.parametrize("name", ["+", "x!y", "a~b", "x*", "x|y"])
 def test_header_name_legal_in_http_not_in_grpc_is_a_documented_answer(gw: Gateway, sim: SimAdmin, name: str) -> None:
-    answer, _ = run_case(gw, sim, "POST", "/v1/batches/batch_hostile_hname/cancel?provider=openai", None,
-                         [(name, "1")])
+    answer, _ = run_case(gw, sim, "POST", "/v1/batches/batch_hostile_hname/cancel?provider=openai", None, [(name, "1")])
     assert answer.status == 200
 
 
@@ -545,15 +698,21 @@ def service_log(gw: Gateway) -> list[dict]:
 
 
 def log_lines_for(gw: Gateway, batch_id: str) -> list[tuple[str, str]]:
-    return [(line["logger"], line.get("outcome") or line.get("result")) for line in service_log(gw)
-            if line.get("batch_id") == batch_id]
+    return [
+        (line["logger"], line.get("outcome") or line.get("result"))
+        for line in service_log(gw)
+        if line.get("batch_id") == batch_id
+    ]
 
 
-@pytest.mark.parametrize("content_type", ["application/grpc-web", "application/grpcfoo", "application/grpc-web+proto",
-                                          "application/grpc-web-text"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/grpc-web-text"],
+)
 @pytest.mark.parametrize("header", [("x!y", "1"), ("x-trace-bin", "!!!"), ("grpc-timeout", "garbage")])
-def test_grpc_lookalike_content_type_is_a_rest_request(gw: Gateway, sim: SimAdmin, content_type: str,
-                                                       header: tuple[str, str]) -> None:
+def test_grpc_lookalike_content_type_is_a_rest_request(
+    gw: Gateway, sim: SimAdmin, content_type: str, header: tuple[str, str]
+) -> None:
     """Only what Envoy itself takes for gRPC (application/grpc, application/grpc+...) skips the REST
     treatment; anything else with a header gRPC cannot carry used to be an unlogged 500."""
     batch_id = sim.seed("openai")
@@ -568,8 +727,10 @@ def test_grpc_lookalike_content_type_is_a_rest_request(gw: Gateway, sim: SimAdmi
 # Every binding, as Envoy matches it, with spellings the transcoder also accepts. A victim id in the
 # query and in the body must never be what gets cancelled.
 PATH_VARIANTS = ["{path}/", "{path}//", "{path}/./", "/{path}", "{path};x"]
-VERB_VARIANTS = {"genai_v1beta": ["/genai/v1beta/batches/{id}/:cancel", "/genai/v1beta/batches/{id}:cancel/"],
-                 "native": ["/v1/batches/{id}:cancel", "/v1/batches/{id}/:cancel"]}
+VERB_VARIANTS = {
+    "genai_v1beta": ["/genai/v1beta/batches/{id}/:cancel", "/genai/v1beta/batches/{id}:cancel/"],
+    "native": ["/v1/batches/{id}:cancel", "/v1/batches/{id}/:cancel"],
+}
 
 
 def path_variants() -> list[tuple[Route, str]]:
@@ -598,14 +759,22 @@ def test_every_path_spelling_names_the_batch_it_cancels(gw: Gateway, sim: SimAdm
 def test_trailing_slash_is_a_404_in_the_routes_shape(gw: Gateway, sim: SimAdmin) -> None:
     answer, body = run_case(gw, sim, "POST", "/anthropic/v1/messages/batches/mine/cancel/")
     assert answer.status == 404
-    assert body["error"] == {"type": "not_found_error",
-                             "message": "no route for POST /anthropic/v1/messages/batches/mine/cancel/"}
+    assert body["error"] == {
+        "type": "not_found_error",
+        "message": "no route for POST /anthropic/v1/messages/batches/mine/cancel/",
+    }
 
 
 # Replies Envoy makes itself: the message says what the status says. The HTTP/1 codec refuses this
 # one before any route is known, so it is Bifrost JSON on every path (as CODEC_REFUSALS above).
-@pytest.mark.parametrize("route", ["/v1/batches/{id}/cancel?provider=openai", "/genai/v1beta/batches/{id}:cancel",
-                                   "/bedrock/model-invocation-job/{id}/stop"])
+@pytest.mark.parametrize(
+    "route",
+    [
+        "/v1/batches/{id}/cancel?provider=openai",
+        "/genai/v1beta/batches/{id}:cancel",
+        "/bedrock/model-invocation-job/{id}/stop",
+    ],
+)
 def test_unsupported_transfer_encoding_is_a_501_that_says_so(gw: Gateway, sim: SimAdmin, route: str) -> None:
     answer = send(gw, "POST", route.format(id=new_id()), None, [("Transfer-Encoding", "chunked, identity")])
 
@@ -634,8 +803,9 @@ TRANSCODER_REFUSALS = [
 
 @pytest.mark.parametrize("route", [r for r in ROUTES if r.name != "native"], ids=lambda r: r.name)
 @pytest.mark.parametrize(("query", "body", "message"), TRANSCODER_REFUSALS)
-def test_transcoder_refusals_name_what_the_caller_sent(gw: Gateway, sim: SimAdmin, route: Route, query: str,
-                                                       body: bytes | None, message: str) -> None:
+def test_transcoder_refusals_name_what_the_caller_sent(
+    gw: Gateway, sim: SimAdmin, route: Route, query: str, body: bytes | None, message: str
+) -> None:
     target = route.template.replace("{id}", new_id()) + query
     answer, parsed = run_case(gw, sim, "POST", target, body, [("Content-Type", "application/json")])
 
@@ -660,8 +830,9 @@ def test_rest_over_h2_has_no_grpc_trailers(gw: Gateway, sim: SimAdmin) -> None:
 
 def test_native_grpc_through_the_edge_keeps_its_trailers(gw: Gateway, sim: SimAdmin) -> None:
     message = pb.CancelBatchRequest(batch_id=sim.seed("openai", status="completed"), provider="openai")
-    answer = h2_call(gw.stack.http_port, "/batchgate.v1.BatchService/Cancel", GRPC_HEADERS,
-                     grpc_frame(message.SerializeToString()))
+    answer = h2_call(
+        gw.stack.http_port, "/batchgate.v1.BatchService/Cancel", GRPC_HEADERS, grpc_frame(message.SerializeToString())
+    )
     assert answer.trailers is not None
     assert answer.trailers["grpc-status"] == str(grpc.StatusCode.FAILED_PRECONDITION.value[0])
     assert "grpc-status-details-bin" in answer.trailers

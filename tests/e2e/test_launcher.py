@@ -27,7 +27,9 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 def launcher_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    env.update(HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), WORKERS="2", **extra)
+    env.update(
+        HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), WORKERS="2", **extra
+    )
     return env
 
 
@@ -89,8 +91,12 @@ def run_printed_curl(command: str) -> tuple[int, str]:
     args = shlex.split(command)
     assert args[0] == "curl"
     if shutil.which("curl"):
-        out = subprocess.run([*args, "--silent", "--show-error", "--max-time", "10", "--write-out", "\n%{http_code}"],
-                             capture_output=True, text=True, timeout=15)
+        out = subprocess.run(
+            [*args, "--silent", "--show-error", "--max-time", "10", "--write-out", "\n%{http_code}"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
         assert out.returncode == 0, out.stderr
         body, _, code = out.stdout.rpartition("\n")
         return int(code), body
@@ -107,14 +113,26 @@ def test_sandbox_mode_prints_a_working_curl_line_and_stops_cleanly(tmp_path: Pat
     ports = [int(env["HTTP_PORT"]), int(env["GRPC_PORT"]), int(env["ADMIN_PORT"])]
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=stderr, bufsize=0, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            start_new_session=True,
+        )
     try:
         command, _ = read_until_curl_line(proc)
         assert f"http://127.0.0.1:{env['HTTP_PORT']}/" in command
         kids = children_of(proc.pid)
         roles = sorted(
-            "sandbox" if " -m sandbox" in cmd else "service" if " -m service" in cmd else "envoy" if "envoy -c" in cmd
+            "sandbox"
+            if " -m sandbox" in cmd
+            else "service"
+            if " -m service" in cmd
+            else "envoy"
+            if "envoy -c" in cmd
             else cmd
             for cmd in kids.values()
         )
@@ -171,8 +189,9 @@ def test_broken_config_fails_with_one_clear_line(tmp_path: Path, case: str) -> N
     ports = [int(env["HTTP_PORT"]), int(env["GRPC_PORT"]), int(env["ADMIN_PORT"])]
     env.pop("NOPE_MISSING", None)
 
-    done = subprocess.run([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
 
     assert done.returncode != 0
     output = done.stdout + done.stderr

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -47,8 +47,15 @@ def config(sandbox_url: str, store: dict | None = None) -> dict:
             {"id": "two-per-2s", "request_max_limit": 2, "request_reset_duration": "2s"},
         ],
         "virtual_keys": [
-            *({"id": name, "value": VK[name], "provider_configs": every,
-               "rate_limit_id": "two-per-2s" if name == "window" else "five-per-minute"} for name in KEYS),
+            *(
+                {
+                    "id": name,
+                    "value": VK[name],
+                    "provider_configs": every,
+                    "rate_limit_id": "two-per-2s" if name == "window" else "five-per-minute",
+                }
+                for name in KEYS
+            ),
             {"id": "open", "value": VK["open"], "provider_configs": every},
         ],
     }
@@ -60,9 +67,16 @@ def config(sandbox_url: str, store: dict | None = None) -> dict:
 def new_stack(cfg: dict, directory: Path, workers: int, env: dict[str, str] | None = None) -> Stack:
     path = directory / "config.json"
     path.write_text(json.dumps(cfg, indent=2))
-    return Stack(config=path, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                 metrics_port=free_port(), log_dir=directory / "logs", workers=workers,
-                 env={"DRAIN_DELAY_SECONDS": "0", "LOG_LEVEL": "DEBUG", **(env or {})})
+    return Stack(
+        config=path,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        metrics_port=free_port(),
+        log_dir=directory / "logs",
+        workers=workers,
+        env={"DRAIN_DELAY_SECONDS": "0", "LOG_LEVEL": "DEBUG", **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +114,9 @@ def deny(stack: Stack, redis: RedisServer, tmp_path_factory: pytest.TempPathFact
 
 def rest_cancel(gateway: Stack, sim: SimAdmin, key: str) -> requests.Response:
     batch = sim.seed("openai")
-    resp = requests.post(f"{gateway.http_url}/v1/batches/{batch}/cancel?provider=openai",
-                         headers={"x-bf-vk": VK[key]}, timeout=10)
+    resp = requests.post(
+        f"{gateway.http_url}/v1/batches/{batch}/cancel?provider=openai", headers={"x-bf-vk": VK[key]}, timeout=10
+    )
     SEEN.append(f"{resp.status_code} {dict(resp.headers)} {resp.text}")
     return resp
 
@@ -113,8 +128,9 @@ def grpc_cancel(gateway: Stack, sim: SimAdmin, key: str) -> tuple[grpc.StatusCod
     with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         call = pb_grpc.BatchServiceStub(channel).Cancel.with_call
         try:
-            _, info = call(pb.CancelBatchRequest(batch_id=batch, provider="openai"), metadata=(("x-bf-vk", VK[key]),),
-                           timeout=10)
+            _, info = call(
+                pb.CancelBatchRequest(batch_id=batch, provider="openai"), metadata=(("x-bf-vk", VK[key]),), timeout=10
+            )
             return grpc.StatusCode.OK, dict(info.initial_metadata())
         except grpc.RpcError as err:
             SEEN.append(f"{err.code()} {err.details()}")
@@ -154,8 +170,9 @@ def workers_that_answered(gateway: Stack) -> int:
     answered = 0
     for i in range(gateway.workers):
         page = requests.get(f"http://127.0.0.1:{gateway.metrics_port + i}/metrics", timeout=10).text
-        answered += any(line.startswith("batchgate_requests_total{") and float(line.split()[-1]) > 0
-                        for line in page.splitlines())
+        answered += any(
+            line.startswith("batchgate_requests_total{") and float(line.split()[-1]) > 0 for line in page.splitlines()
+        )
     return answered
 
 
@@ -229,8 +246,12 @@ def test_store_errors_are_counted_and_the_redis_password_appears_nowhere(
     for gateway in (allow, deny, embedded):
         for i in range(gateway.workers):
             pages.append(requests.get(f"http://127.0.0.1:{gateway.metrics_port + i}/metrics", timeout=10).text)
-    errors = [line for page in pages[:2] for line in page.splitlines()
-              if line.startswith('batchgate_rate_limit_store_errors_total{store="redis"}')]
+    errors = [
+        line
+        for page in pages[:2]
+        for line in page.splitlines()
+        if line.startswith('batchgate_rate_limit_store_errors_total{store="redis"}')
+    ]
     assert errors and all(float(line.split()[-1]) >= 1 for line in errors)
     assert redis.password not in allow.rate_limit_store and allow.rate_limit_store.startswith("redis://127.0.0.1:")
     logs = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -20,8 +20,12 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A sandbox-mode gateway with one worker whose metrics port is known and whose logs are kept."""
     logs = tmp_path_factory.mktemp("operating-logs")
     stack = Stack(
-        config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-        metrics_port=free_port(), log_dir=logs,
+        config=None,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        metrics_port=free_port(),
+        log_dir=logs,
     )
     stack.start(timeout=30)
     yield stack
@@ -70,7 +74,7 @@ def test_metrics_logs_and_audit_follow_a_scripted_mix(observed: Stack) -> None:
     assert delta('batchgate_requests_total{code="INVALID_ARGUMENT",provider="unknown",route="native"}') == 1
     assert delta('batchgate_upstream_attempts_total{operation="cancel",provider="openai",result="2xx"}') == 1
     assert delta('batchgate_upstream_attempts_total{operation="cancel",provider="openai",result="4xx"}') == 1
-    assert after['batchgate_in_flight_requests'] == 0
+    assert after["batchgate_in_flight_requests"] == 0
     assert after['batchgate_circuit_state{provider="openai"}'] == 0
     assert not any(ok_id in name or missing_id in name for name in after)  # no batch id in any label
 
@@ -82,7 +86,12 @@ def test_metrics_logs_and_audit_follow_a_scripted_mix(observed: Stack) -> None:
         time.sleep(0.05)
     ok, missing, bad = access["op-ok-1"], access["op-404-1"], access["op-400-1"]
     assert (ok["route"], ok["provider"], ok["batch_id"], ok["caller"], ok["outcome"], ok["status"]) == (
-        "native", "openai", ok_id, "anonymous", "OK", 200,
+        "native",
+        "openai",
+        ok_id,
+        "anonymous",
+        "OK",
+        200,
     )
     assert (ok["upstream_status"], ok["attempts"]) == (200, 1) and ok["latency_ms"] > 0
     assert (missing["outcome"], missing["status"], missing["upstream_status"]) == ("NOT_FOUND", 404, 404)
@@ -105,4 +114,6 @@ def test_envoy_stats_are_on_the_loopback_admin_port(observed: Stack) -> None:
     text = requests.get(f"http://127.0.0.1:{observed.admin_port}/stats/prometheus", timeout=5).text
     assert "envoy_cluster_upstream_rq" in text
     rendered = (BUILD / f"envoy-{observed.http_port}.yaml").read_text()
-    assert f"admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {observed.admin_port}}}}}" in rendered
+    assert (
+        f"admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {observed.admin_port}}}}}" in rendered
+    )

@@ -13,8 +13,9 @@ import base64
 import copy
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import grpc
@@ -30,7 +31,7 @@ from sandbox.google import SANDBOX_PROJECT, SANDBOX_PROJECT_NUMBER, SANDBOX_REGI
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.providers.registry import NO_BATCH_CANCEL
+from service.providers.catalog import NO_BATCH_CANCEL
 from tests.e2e.conftest import INTERNAL_HEADERS, Gateway, SimAdmin
 
 # Simulated providers that batchgate cancels on (Fireworks is simulated but has no batch cancel).
@@ -134,16 +135,27 @@ def expected_counts(provider: str, state: dict) -> dict | None:
     if provider == "bedrock":  # pending = totalRecordCount - processedRecordCount
         return {**openai_counts, "pending": rest}
     if provider == "anthropic":  # every request stays `processing` until the batch ends
-        return {"total": total, "completed": 0, "failed": 0, "succeeded": 0, "expired": 0, "canceled": 0,
-                "pending": total}
+        return {
+            "total": total,
+            "completed": 0,
+            "failed": 0,
+            "succeeded": 0,
+            "expired": 0,
+            "canceled": 0,
+            "pending": total,
+        }
     if provider in ("gemini", "vertex"):  # batchStats / completionStats, pending included
         return {**openai_counts, "succeeded": done, "pending": rest}
     if provider == "mistral":  # completed = succeeded (Mistral's completed_requests includes failures)
         return {"total": total, "completed": done, "failed": failed, "succeeded": done}
     if provider == "xai":
         cancelled = state["status"] == "cancelled"
-        return {**openai_counts, "succeeded": done, "canceled": rest if cancelled else 0,
-                "pending": 0 if cancelled else rest}
+        return {
+            **openai_counts,
+            "succeeded": done,
+            "canceled": rest if cancelled else 0,
+            "pending": 0 if cancelled else rest,
+        }
     if provider == "cohere":
         return {**openai_counts, "succeeded": done}
     assert provider == "together"  # no request counts on the wire: none invented
@@ -215,9 +227,7 @@ def test_grpc_cancel_matches_the_simulators_state(
 
 
 @pytest.mark.parametrize("provider", sorted(FOLLOW_UP))
-def test_follow_up_read_reports_a_batch_that_is_already_cancelled(
-    gw: Gateway, sim: SimAdmin, provider: str
-) -> None:
+def test_follow_up_read_reports_a_batch_that_is_already_cancelled(gw: Gateway, sim: SimAdmin, provider: str) -> None:
     """With no cancel delay the follow-up GET already sees the batch cancelled: the answer says
     `cancelled`, with the provider's end time where it gives one."""
     job = sim.seed(provider, batch_id(provider), request_counts=SEEDED_COUNTS, cancel_delay_s=0)
@@ -257,8 +267,9 @@ UNKNOWN_MESSAGES = {
 }
 
 
-def assert_grpc_error(stub: pb_grpc.BatchServiceStub, job: str, provider: str, code: grpc.StatusCode,
-                      status: int, message: str) -> None:
+def assert_grpc_error(
+    stub: pb_grpc.BatchServiceStub, job: str, provider: str, code: grpc.StatusCode, status: int, message: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Cancel(pb.CancelBatchRequest(batch_id=job, provider=provider), timeout=10)
     assert info.value.code() == code
@@ -323,8 +334,10 @@ FINISHED = {
     "groq": (409, "Cannot cancel a batch with status 'completed'."),
     "anthropic": (400, "Message Batch {id} has already ended and can no longer be canceled."),
     "gemini": (409, "Batch batches/{id} is in state BATCH_STATE_SUCCEEDED and cannot be cancelled."),
-    "vertex": (409, "BatchPredictionJob " + VERTEX_JOBS + "/{id} is in state JOB_STATE_SUCCEEDED and cannot be "
-                    "cancelled."),
+    "vertex": (
+        409,
+        "BatchPredictionJob " + VERTEX_JOBS + "/{id} is in state JOB_STATE_SUCCEEDED and cannot be cancelled.",
+    ),
     "bedrock": (409, "Job " + ARN_PREFIX + "{id} cannot be stopped because it is in Completed status."),
     "mistral": (400, "Batch job {id} is SUCCESS and cannot be cancelled"),
     "together": (400, "cannot cancel batch job {id} with status COMPLETED"),
@@ -364,9 +377,11 @@ def wrong_credentials_config(sandbox_url: str) -> tuple[dict, dict[str, str]]:
     provider (to check it never shows in an answer)."""
     config = copy.deepcopy(gateway_config(sandbox_url))
     secrets: dict[str, str] = {}
-    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    other_key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     for name, provider in config["providers"].items():
         for key in provider["keys"]:
             if "vertex_key_config" in key:  # a service account signed with a key Google does not know
@@ -386,8 +401,13 @@ def bad_credentials(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = Path(tmp_path_factory.mktemp("bad-credentials"))
     config, secrets = wrong_credentials_config(stack.sandbox_url)
     (tmp / "config.json").write_text(json.dumps(config))
-    other = Stack(config=tmp / "config.json", http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                  log_dir=tmp / "logs")
+    other = Stack(
+        config=tmp / "config.json",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=tmp / "logs",
+    )
     other.start()
     try:
         yield Gateway(other), secrets

@@ -25,9 +25,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -56,8 +57,9 @@ SLOW_MS = 1000
 SLOW_CALLS = 8  # half the clients: the others keep the load going meanwhile
 
 
-def config_for(sandbox_url: str, *, revoked: bool = False, openai_key: str = OPENAI_KEY, timeout: float = 30,
-               broken: bool = False) -> dict:
+def config_for(
+    sandbox_url: str, *, revoked: bool = False, openai_key: str = OPENAI_KEY, timeout: float = 30, broken: bool = False
+) -> dict:
     """Every simulated provider, auth enforced, a virtual key for the load and one to revoke."""
     config = gateway_config(sandbox_url)
     config["client"]["enforce_auth_on_inference"] = True
@@ -68,10 +70,12 @@ def config_for(sandbox_url: str, *, revoked: bool = False, openai_key: str = OPE
     if broken:
         openai["network_config"]["max_retries"] = "two"
     every = [{"provider": name} for name in config["providers"]]
-    config["governance"] = {"virtual_keys": [
-        {"id": "load", "value": VK_LOAD, "provider_configs": every},
-        {"id": "to-revoke", "value": VK_REVOKED, "is_active": not revoked, "provider_configs": every},
-    ]}
+    config["governance"] = {
+        "virtual_keys": [
+            {"id": "load", "value": VK_LOAD, "provider_configs": every},
+            {"id": "to-revoke", "value": VK_REVOKED, "is_active": not revoked, "provider_configs": every},
+        ]
+    }
     return config
 
 
@@ -120,8 +124,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our own sandbox: the default keys, plus the rotated OpenAI key."""
     keys_file = tmp_path_factory.mktemp("reload-sandbox") / "keys.json"
     keys_file.write_text(json.dumps({**DEFAULT_KEYS, "openai": [OPENAI_KEY, ROTATED_KEY]}))
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0", "--auto-create", "--keys-file",
-                             str(keys_file)], cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--port", "0", "--auto-create", "--keys-file", str(keys_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         line = proc.stdout.readline().decode().strip()
         assert line.startswith("SANDBOX_PORT="), line
@@ -141,9 +149,16 @@ def mount(tmp_path_factory: pytest.TempPathFactory, sandbox: str) -> Mount:
 
 @pytest.fixture(scope="module")
 def gateway(mount: Mount, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(config=mount.path, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                  workers=2, metrics_port=free_port_pair(), log_dir=tmp_path_factory.mktemp("reload-logs"),
-                  env={"DRAIN_DELAY_SECONDS": "0"})
+    stack = Stack(
+        config=mount.path,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        workers=2,
+        metrics_port=free_port_pair(),
+        log_dir=tmp_path_factory.mktemp("reload-logs"),
+        env={"DRAIN_DELAY_SECONDS": "0"},
+    )
     stack.start(timeout=30)
     try:
         yield stack
@@ -179,8 +194,10 @@ def wait_for_version(stack: Stack, version: str, timeout: float = 5.0) -> float:
 
 def scrape(port: int) -> dict[str, float]:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in text.splitlines()
-                                                      if line and not line.startswith("#"))}
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))
+    }
 
 
 def worker_metric(stack: Stack, name: str) -> list[float]:
@@ -204,8 +221,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def native(stack: Stack, session: requests.Session, vk: str, batch_id: str | None = None) -> requests.Response:
     batch_id = batch_id or f"b{uuid.uuid4().hex[:12]}"
-    return session.post(f"{stack.http_url}/v1/batches/{batch_id}/cancel?provider=openai", headers={"x-bf-vk": vk},
-                        timeout=10)
+    return session.post(
+        f"{stack.http_url}/v1/batches/{batch_id}/cancel?provider=openai", headers={"x-bf-vk": vk}, timeout=10
+    )
 
 
 def grpc_code(target: str, vk: str) -> grpc.StatusCode:
@@ -213,7 +231,8 @@ def grpc_code(target: str, vk: str) -> grpc.StatusCode:
         try:
             pb_grpc.BatchServiceStub(channel).Cancel(
                 pb.CancelBatchRequest(batch_id=f"b{uuid.uuid4().hex[:12]}", provider="openai"),
-                metadata=(("x-bf-vk", vk),), timeout=5,
+                metadata=(("x-bf-vk", vk),),
+                timeout=5,
             )
         except grpc.RpcError as err:
             return err.code()
@@ -253,8 +272,11 @@ def test_ten_reloads_under_load_fail_no_call(gateway: Stack, mount: Mount, sandb
             stub = pb_grpc.BatchServiceStub(channel)
             while not done.is_set() and next(numbers) < MAX_CALLS:
                 try:
-                    stub.Cancel(pb.CancelBatchRequest(batch_id=f"b{uuid.uuid4().hex[:12]}", provider="openai"),
-                                metadata=(("x-bf-vk", VK_LOAD),), timeout=10)
+                    stub.Cancel(
+                        pb.CancelBatchRequest(batch_id=f"b{uuid.uuid4().hex[:12]}", provider="openai"),
+                        metadata=(("x-bf-vk", VK_LOAD),),
+                        timeout=10,
+                    )
                     outcome = "ok"
                 except grpc.RpcError as err:
                     outcome = err.code().name
@@ -276,8 +298,11 @@ def test_ten_reloads_under_load_fail_no_call(gateway: Stack, mount: Mount, sandb
                 else:  # SIGHUP, as `make run` passes it on: the same file, read again
                     gateway.reload()
                     reloaded = [i + 1] * 2
-                    wait_for(lambda want=reloaded: increase(worker_metric(gateway, SUCCESSES), before) == want,
-                             5, "SIGHUP reload")
+                    wait_for(
+                        lambda want=reloaded: increase(worker_metric(gateway, SUCCESSES), before) == want,
+                        5,
+                        "SIGHUP reload",
+                    )
                 time.sleep(0.2)  # calls in flight across the swap, on both sides of it
             assert time.monotonic() - started < LOAD_MAX_S
         finally:
@@ -286,8 +311,10 @@ def test_ten_reloads_under_load_fail_no_call(gateway: Stack, mount: Mount, sandb
                 client.result(timeout=30)
     elapsed = time.monotonic() - started
     failed = [r for r in results if r[1] != "ok"]
-    print(f"\nunder reload: {len(results)} calls in {elapsed:.1f} s at c={LOAD_CONCURRENCY}, {RELOADS} reloads, "
-          f"{len(failed)} failed")
+    print(
+        f"\nunder reload: {len(results)} calls in {elapsed:.1f} s at c={LOAD_CONCURRENCY}, {RELOADS} reloads, "
+        f"{len(failed)} failed"
+    )
     assert failed == []
     assert len(results) >= 500
     # Each worker reloaded exactly ten times (five file changes, five signals), and none failed.
@@ -309,8 +336,11 @@ ROUTES = {
 
 def route_status(stack: Stack, route: str, vk: str) -> int:
     path, headers = ROUTES[route]
-    resp = requests.post(stack.http_url + path.format(id=f"b{uuid.uuid4().hex[:12]}"),
-                         headers={k: v.format(vk=vk) for k, v in headers.items()}, timeout=10)
+    resp = requests.post(
+        stack.http_url + path.format(id=f"b{uuid.uuid4().hex[:12]}"),
+        headers={k: v.format(vk=vk) for k, v in headers.items()},
+        timeout=10,
+    )
     return resp.status_code
 
 
@@ -343,8 +373,9 @@ def test_a_revoked_key_is_refused_on_both_workers_and_every_route_within_3_s(
 # --- a rotated provider key ---------------------------------------------------------------------
 
 
-def test_a_rotated_provider_key_is_sent_by_the_next_call(gateway: Stack, mount: Mount, sandbox: str,
-                                                         restore: None) -> None:
+def test_a_rotated_provider_key_is_sent_by_the_next_call(
+    gateway: Stack, mount: Mount, sandbox: str, restore: None
+) -> None:
     sim = SimAdmin(sandbox)
     session = requests.Session()
     before = [f"b{uuid.uuid4().hex[:12]}" for _ in range(4)]
@@ -367,8 +398,9 @@ def test_a_rotated_provider_key_is_sent_by_the_next_call(gateway: Stack, mount: 
 # --- a broken file ------------------------------------------------------------------------------
 
 
-def test_a_broken_file_changes_nothing_and_the_log_names_the_field(gateway: Stack, mount: Mount, sandbox: str,
-                                                                   restore: None) -> None:
+def test_a_broken_file_changes_nothing_and_the_log_names_the_field(
+    gateway: Stack, mount: Mount, sandbox: str, restore: None
+) -> None:
     running = {w["version"] for w in health(gateway)["workers"]}
     failures = worker_metric(gateway, FAILURES)
     log = gateway.log_dir / "service.log"
@@ -392,8 +424,9 @@ def test_a_broken_file_changes_nothing_and_the_log_names_the_field(gateway: Stac
 # --- /health across workers -----------------------------------------------------------------------
 
 
-def test_health_shows_every_workers_version_and_load_time(gateway: Stack, mount: Mount, sandbox: str,
-                                                          restore: None) -> None:
+def test_health_shows_every_workers_version_and_load_time(
+    gateway: Stack, mount: Mount, sandbox: str, restore: None
+) -> None:
     content = encode(config_for(sandbox, timeout=29))
     written = time.time()
     mount.write(content)
@@ -419,8 +452,15 @@ def test_sighup_to_the_launcher_reloads_every_worker(tmp_path: Path, sandbox: st
     env = launcher_env(CONFIG=str(path), METRICS_PORT=str(metrics), DRAIN_DELAY_SECONDS="0")
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=stderr, bufsize=0, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            start_new_session=True,
+        )
     try:
         try:
             read_until_curl_line(proc)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -19,8 +20,16 @@ from tests.e2e.conftest import AZURE_API_VERSION, AZURE_KEY, INTERNAL_HEADERS, O
 ID_NOT_ALLOWED = "batch_id contains characters that are not allowed in a batch id"
 
 
-def bifrost_error(status: int, type_: str, code: str | None, message: str, *, provider: str = "openai",
-                  param: str | None = None, is_bifrost_error: bool) -> dict:
+def bifrost_error(
+    status: int,
+    type_: str,
+    code: str | None,
+    message: str,
+    *,
+    provider: str = "openai",
+    param: str | None = None,
+    is_bifrost_error: bool,
+) -> dict:
     return {
         "is_bifrost_error": is_bifrost_error,
         "status_code": status,
@@ -95,8 +104,7 @@ def test_cancel_of_a_batch_already_cancelling_answers_its_state(gw: Gateway, sim
 def test_raw_response_header_returns_the_providers_json(gw: Gateway, sim: SimAdmin) -> None:
     batch_id = sim.seed("openai")
 
-    resp = gw.post(f"/v1/batches/{batch_id}/cancel?provider=openai",
-                   headers={"x-bf-send-back-raw-response": "true"})
+    resp = gw.post(f"/v1/batches/{batch_id}/cancel?provider=openai", headers={"x-bf-send-back-raw-response": "true"})
 
     assert resp.status_code == 200
     body = assert_json_answer(resp)
@@ -106,8 +114,7 @@ def test_raw_response_header_returns_the_providers_json(gw: Gateway, sim: SimAdm
 def test_raw_response_header_false_sends_nothing_back(gw: Gateway, sim: SimAdmin) -> None:
     batch_id = sim.seed("openai")
 
-    resp = gw.post(f"/v1/batches/{batch_id}/cancel?provider=openai",
-                   headers={"x-bf-send-back-raw-response": "false"})
+    resp = gw.post(f"/v1/batches/{batch_id}/cancel?provider=openai", headers={"x-bf-send-back-raw-response": "false"})
 
     assert resp.status_code == 200
     assert "raw_response" not in resp.json()["extra_fields"]
@@ -157,8 +164,13 @@ def test_missing_provider_is_a_400(gw: Gateway, sim: SimAdmin, t0: float) -> Non
 
     assert resp.status_code == 400
     assert assert_json_answer(resp) == bifrost_error(
-        400, "invalid_request_error", "invalid_request", "provider query parameter is required",
-        provider="", param="provider", is_bifrost_error=True,
+        400,
+        "invalid_request_error",
+        "invalid_request",
+        "provider query parameter is required",
+        provider="",
+        param="provider",
+        is_bifrost_error=True,
     )
     assert sim.calls(since=t0) == []
 
@@ -168,8 +180,13 @@ def test_unknown_provider_is_a_400(gw: Gateway, sim: SimAdmin, t0: float) -> Non
 
     assert resp.status_code == 400
     assert assert_json_answer(resp) == bifrost_error(
-        400, "invalid_request_error", "unknown_provider", "unknown provider: nope",
-        provider="", param="provider", is_bifrost_error=True,
+        400,
+        "invalid_request_error",
+        "unknown_provider",
+        "unknown provider: nope",
+        provider="",
+        param="provider",
+        is_bifrost_error=True,
     )
     assert sim.calls(since=t0) == []
 
@@ -182,8 +199,12 @@ def test_provider_that_cannot_cancel_batches_is_a_400_unsupported_operation(
 
     assert resp.status_code == 400
     assert assert_json_answer(resp) == bifrost_error(
-        400, "invalid_request_error", "unsupported_operation",
-        f"batch cancel is not supported by provider: {provider}", provider=provider, is_bifrost_error=True,
+        400,
+        "invalid_request_error",
+        "unsupported_operation",
+        f"batch cancel is not supported by provider: {provider}",
+        provider=provider,
+        is_bifrost_error=True,
     )
     assert sim.calls(since=t0) == []
 
@@ -299,16 +320,35 @@ def test_openai_route_errors_are_bifrost_bodies_too(gw: Gateway, sim: SimAdmin) 
 
     assert resp.status_code == 409
     assert assert_json_answer(resp) == bifrost_error(
-        409, "invalid_request_error", "409", "Cannot cancel a batch with status 'completed'.",
-        provider="azure", is_bifrost_error=False,
+        409,
+        "invalid_request_error",
+        "409",
+        "Cannot cancel a batch with status 'completed'.",
+        provider="azure",
+        is_bifrost_error=False,
     )
 
 
 # --- ids that would change the upstream path -----------------------------------------------------
 
 BAD_IDS = [
-    "a%2Fb", "a%2fb", "..", ".", "%2e%2e", "%2E%2E", "a%3Fb", "a%23b", "a%5Cb", "a%00b", "a%252Fb",
-    "a%0Ab", "a%7Fb", "a%20b", "..%2F..%2Fv1%2Fbatches%2Fx", "a%2F..%2F..%2Fb", "a/b",
+    "a%2Fb",
+    "a%2fb",
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E%2E",
+    "a%3Fb",
+    "a%23b",
+    "a%5Cb",
+    "a%00b",
+    "a%252Fb",
+    "a%0Ab",
+    "a%7Fb",
+    "a%20b",
+    "..%2F..%2Fv1%2Fbatches%2Fx",
+    "a%2F..%2F..%2Fb",
+    "a/b",
 ]
 
 
@@ -325,8 +365,9 @@ def test_bad_ids_are_refused_before_any_upstream_call(
     assert resp.header("content-type") == "application/json"
     body = json.loads(resp.body)
     if resp.status == 400:  # refused by the service
-        assert body == bifrost_error(400, "invalid_request_error", "invalid_request", ID_NOT_ALLOWED,
-                                     param="batch_id", is_bifrost_error=True)
+        assert body == bifrost_error(
+            400, "invalid_request_error", "invalid_request", ID_NOT_ALLOWED, param="batch_id", is_bifrost_error=True
+        )
     else:  # refused by Envoy itself (the path does not match a route)
         assert resp.status == 404, body
         assert body["is_bifrost_error"] is True and body["status_code"] == 404
@@ -359,17 +400,46 @@ ENVOY_REPLIES = {
     "unknown path": ("POST", "/nope", None, {}, 404, "route_not_found"),
     "unknown versioned path": ("POST", "/v2/batches/x/cancel?provider=openai", None, {}, 404, "route_not_found"),
     "GET on cancel": ("GET", "/v1/batches/{id}/cancel?provider=openai", None, {}, 404, "route_not_found"),
-    "malformed json": ("POST", "/openai/v1/batches/{id}/cancel", b'{"provider": ', {"Content-Type": "application/json"},
-                       400, "invalid_request"),
-    "json array body": ("POST", "/openai/v1/batches/{id}/cancel", b"[]", {"Content-Type": "application/json"},
-                        400, "invalid_request"),
-    "wrong field type": ("POST", "/openai/v1/batches/{id}/cancel", b'{"provider": 5}',
-                         {"Content-Type": "application/json"}, 400, "invalid_request"),
-    "body over 64 KiB": ("POST", "/openai/v1/batches/{id}/cancel",
-                         b'{"provider": "' + b"a" * (64 * 1024) + b'"}', {"Content-Type": "application/json"},
-                         413, "request_too_large"),
-    "unknown query parameter": ("POST", "/v1/batches/{id}/cancel?provider=openai&foo=1", None, {}, 400,
-                                "invalid_request"),
+    "malformed json": (
+        "POST",
+        "/openai/v1/batches/{id}/cancel",
+        b'{"provider": ',
+        {"Content-Type": "application/json"},
+        400,
+        "invalid_request",
+    ),
+    "json array body": (
+        "POST",
+        "/openai/v1/batches/{id}/cancel",
+        b"[]",
+        {"Content-Type": "application/json"},
+        400,
+        "invalid_request",
+    ),
+    "wrong field type": (
+        "POST",
+        "/openai/v1/batches/{id}/cancel",
+        b'{"provider": 5}',
+        {"Content-Type": "application/json"},
+        400,
+        "invalid_request",
+    ),
+    "body over 64 KiB": (
+        "POST",
+        "/openai/v1/batches/{id}/cancel",
+        b'{"provider": "' + b"a" * (64 * 1024) + b'"}',
+        {"Content-Type": "application/json"},
+        413,
+        "request_too_large",
+    ),
+    "unknown query parameter": (
+        "POST",
+        "/v1/batches/{id}/cancel?provider=openai&foo=1",
+        None,
+        {},
+        400,
+        "invalid_request",
+    ),
 }
 
 
@@ -413,12 +483,15 @@ def test_rate_limit_after_retries_is_a_429(gw: Gateway, faults: SimAdmin, t0: fl
 
     assert resp.status_code == 429
     assert assert_json_answer(resp) == bifrost_error(
-        429, "requests", "rate_limit_exceeded", "Rate limit reached for requests on batches. Please try again later.",
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached for requests on batches. Please try again later.",
         is_bifrost_error=False,
     )
     calls = faults.calls(since=t0, batch_id=batch_id)
     assert len(calls) == 3
-    gaps = [b["at"] - a["at"] for a, b in zip(calls, calls[1:])]
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(calls)]
     assert all(gap >= 0.04 for gap in gaps), f"Retry-After 0.05 s not honoured: {gaps}"
     assert faults.batch("openai", batch_id)["status"] == "in_progress"
 
@@ -471,8 +544,13 @@ def openai_only(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Itera
     }
     config_path = Path(tmp) / "config.json"
     config_path.write_text(json.dumps(config))
-    other = Stack(config=config_path, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(),
-                  log_dir=Path(tmp) / "logs")
+    other = Stack(
+        config=config_path,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=Path(tmp) / "logs",
+    )
     other.start()
     try:
         yield other
@@ -487,8 +565,12 @@ def test_known_but_unconfigured_provider_is_a_400(openai_only: Stack, sim: SimAd
 
     assert resp.status_code == 400
     assert assert_json_answer(resp) == bifrost_error(
-        400, "invalid_request_error", "provider_not_configured", "provider is not configured: azure",
-        provider="azure", is_bifrost_error=True,
+        400,
+        "invalid_request_error",
+        "provider_not_configured",
+        "provider is not configured: azure",
+        provider="azure",
+        is_bifrost_error=True,
     )
     assert sim.calls(since=t0) == []
 
@@ -508,13 +590,18 @@ def test_service_down_is_a_503_bifrost_body(openai_only: Stack, sim: SimAdmin) -
     assert json.loads(resp.content) == {
         "is_bifrost_error": True,
         "status_code": 503,
-        "error": {"type": "service_unavailable", "code": "upstream_unavailable",
-                  "message": "batchgate service is unavailable", "param": None},
+        "error": {
+            "type": "service_unavailable",
+            "code": "upstream_unavailable",
+            "message": "batchgate service is unavailable",
+            "param": None,
+        },
         "extra_fields": {"provider": "", "request_type": "batch_cancel"},
     }
     # Native gRPC through the same edge gets the canonical code.
     with grpc.insecure_channel(f"127.0.0.1:{openai_only.http_port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
-            pb_grpc.BatchServiceStub(channel).Cancel(pb.CancelBatchRequest(batch_id=new_id(), provider="openai"),
-                                                     timeout=5)
+            pb_grpc.BatchServiceStub(channel).Cancel(
+                pb.CancelBatchRequest(batch_id=new_id(), provider="openai"), timeout=5
+            )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE

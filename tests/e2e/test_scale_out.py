@@ -19,10 +19,10 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -65,8 +65,14 @@ class Run:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    gateway = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), workers=2,
-                    log_dir=tmp_path / "logs")
+    gateway = Stack(
+        config=None,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        workers=2,
+        log_dir=tmp_path / "logs",
+    )
     gateway.start()
     try:
         yield gateway
@@ -126,7 +132,7 @@ def host_stats(stack: Stack, endpoint: str) -> dict[str, str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.admin_port}/clusters", timeout=2) as resp:
         text = resp.read().decode()
     prefix = f"batchgate_service::{endpoint}::"
-    return dict(line[len(prefix):].split("::", 1) for line in text.splitlines() if line.startswith(prefix))
+    return dict(line[len(prefix) :].split("::", 1) for line in text.splitlines() if line.startswith(prefix))
 
 
 def test_killing_a_worker_mid_load_fails_only_its_in_flight_calls(stack: Stack) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import anthropic
 import boto3
@@ -41,7 +42,7 @@ def hex_id(prefix: str = "") -> str:
 
 
 def utc(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc)
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def only_calls(sim: SimAdmin, since: float, job: str) -> list[tuple[str, str, str]]:
@@ -61,8 +62,9 @@ def claude(stack: Stack) -> Iterator[anthropic.Anthropic]:
 @pytest.fixture(scope="module")
 def claude_upstream(stack: Stack) -> Iterator[anthropic.Anthropic]:
     """The Anthropic SDK pointed straight at the simulator with the sandbox key: the provider's own view."""
-    client = anthropic.Anthropic(base_url=f"{stack.sandbox_url}/anthropic", api_key=AnthropicSim.default_key,
-                                 max_retries=0)
+    client = anthropic.Anthropic(
+        base_url=f"{stack.sandbox_url}/anthropic", api_key=AnthropicSim.default_key, max_retries=0
+    )
     yield client
     client.close()
 
@@ -83,8 +85,13 @@ def test_anthropic_cancel_returns_a_message_batch(
     # The same tallies Anthropic itself reports for the batch.
     own = claude_upstream.messages.batches.retrieve(job)
     assert batch.request_counts == own.request_counts
-    assert batch.request_counts.model_dump() == {"processing": 9, "succeeded": 0, "errored": 0, "canceled": 0,
-                                                 "expired": 0}
+    assert batch.request_counts.model_dump() == {
+        "processing": 9,
+        "succeeded": 0,
+        "errored": 0,
+        "canceled": 0,
+        "expired": 0,
+    }
     assert batch.cancel_initiated_at == own.cancel_initiated_at
     calls = [c for c in sim.calls("anthropic", since=t0, batch_id=job) if c["method"] == "POST"]
     assert [c["path"] for c in calls] == [f"/anthropic/v1/messages/batches/{job}/cancel"]
@@ -104,8 +111,9 @@ def test_anthropic_sdks_version_reaches_anthropic(claude: anthropic.Anthropic, s
     assert sent == {default: ANTHROPIC_API_VERSION, chosen: "2024-01-01"}
 
 
-def test_anthropic_sdks_malformed_version_is_a_400_in_anthropics_shape(claude: anthropic.Anthropic,
-                                                                        sim: SimAdmin, t0: float) -> None:
+def test_anthropic_sdks_malformed_version_is_a_400_in_anthropics_shape(
+    claude: anthropic.Anthropic, sim: SimAdmin, t0: float
+) -> None:
     job = sim.seed("anthropic", hex_id("msgbatch_"))
 
     with pytest.raises(anthropic.BadRequestError) as err:
@@ -152,8 +160,10 @@ def test_anthropic_ended_batch_raises_the_providers_bad_request(claude: anthropi
     assert err.value.status_code == 400
     assert err.value.body == {
         "type": "error",
-        "error": {"type": "invalid_request_error",
-                  "message": f"Message Batch {job} has already ended and can no longer be canceled."},
+        "error": {
+            "type": "invalid_request_error",
+            "message": f"Message Batch {job} has already ended and can no longer be canceled.",
+        },
     }
     assert sim.batch("anthropic", job)["status"] == "completed"
 
@@ -168,8 +178,13 @@ def test_anthropic_route_cancels_an_openai_batch_in_anthropic_shape(
     assert isinstance(batch, MessageBatch)
     assert (batch.id, batch.type, batch.processing_status) == (job, "message_batch", "canceling")
     # OpenAI's total 9 = 4 completed + 2 failed + 3 still running.
-    assert batch.request_counts.model_dump() == {"processing": 3, "succeeded": 4, "errored": 2, "canceled": 0,
-                                                 "expired": 0}
+    assert batch.request_counts.model_dump() == {
+        "processing": 3,
+        "succeeded": 4,
+        "errored": 2,
+        "canceled": 0,
+        "expired": 0,
+    }
     state = sim.batch("openai", job)
     assert state["status"] == "cancelling"
     assert batch.cancel_initiated_at == utc(state["cancelling_at"])
@@ -207,8 +222,10 @@ def test_anthropic_route_gateway_error_is_in_anthropics_envelope(
         claude.messages.batches.cancel(hex_id("msgbatch_"), extra_headers={"x-model-provider": "nope"})
 
     assert err.value.status_code == 400
-    assert err.value.body == {"type": "error", "error": {"type": "invalid_request_error",
-                                                          "message": "unknown provider: nope"}}
+    assert err.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "unknown provider: nope"},
+    }
     assert sim.calls(since=t0) == []
 
 
@@ -219,8 +236,10 @@ def test_anthropic_route_keeps_a_conflict_from_another_provider(claude: anthropi
         claude.messages.batches.cancel(job, extra_headers={"x-model-provider": "openai"})
 
     assert err.value.status_code == 409
-    assert err.value.body == {"type": "error", "error": {"type": "invalid_request_error",
-                                                          "message": "Cannot cancel a batch with status 'completed'."}}
+    assert err.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "Cannot cancel a batch with status 'completed'."},
+    }
 
 
 # === Google GenAI =================================================================================
@@ -234,8 +253,9 @@ class RecordingGenAI:
         self.sent: list[tuple[str, str, dict]] = []
         options: dict[str, Any] = {
             "base_url": base_url,
-            "client_args": {"event_hooks": {"request": [lambda r: self.sent.append((r.method, str(r.url),
-                                                                                     dict(r.headers)))]}},
+            "client_args": {
+                "event_hooks": {"request": [lambda r: self.sent.append((r.method, str(r.url), dict(r.headers)))]}
+            },
         }
         if api_version is not None:
             options["api_version"] = api_version
@@ -262,7 +282,8 @@ def test_genai_cancel_succeeds_and_the_batch_is_cancelled(gemini: RecordingGenAI
     assert url.endswith(f"/genai/{version}/batches/{job}:cancel")
     calls = sim.calls("gemini", since=t0, batch_id=job)
     assert [(c["method"], c["path"]) for c in calls] == [
-        ("POST", f"/gemini/v1beta/batches/{job}:cancel"), ("GET", f"/gemini/v1beta/batches/{job}")
+        ("POST", f"/gemini/v1beta/batches/{job}:cancel"),
+        ("GET", f"/gemini/v1beta/batches/{job}"),
     ]
     assert {c["headers"]["x-goog-api-key"] for c in calls} == {GeminiSim.default_key}  # not "anything"
 
@@ -272,8 +293,9 @@ def test_genai_unknown_batch_raises_client_error_404(gemini: RecordingGenAI) -> 
         gemini.client.batches.cancel(name=f"batches/{hex_id('missing')}")
 
     assert (err.value.code, err.value.status) == (404, "NOT_FOUND")
-    assert err.value.details == {"error": {"code": 404, "message": "Requested entity was not found.",
-                                           "status": "NOT_FOUND"}}
+    assert err.value.details == {
+        "error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}
+    }
 
 
 def test_genai_finished_batch_raises_failed_precondition(gemini: RecordingGenAI, sim: SimAdmin) -> None:
@@ -284,8 +306,7 @@ def test_genai_finished_batch_raises_failed_precondition(gemini: RecordingGenAI,
 
     assert (err.value.code, err.value.status) == (400, "FAILED_PRECONDITION")
     assert err.value.message == f"Batch batches/{job} is in state BATCH_STATE_SUCCEEDED and cannot be cancelled."
-    assert err.value.details == {"error": {"code": 400, "message": err.value.message,
-                                           "status": "FAILED_PRECONDITION"}}
+    assert err.value.details == {"error": {"code": 400, "message": err.value.message, "status": "FAILED_PRECONDITION"}}
     assert sim.batch("gemini", job)["status"] == "completed"
 
 
@@ -307,8 +328,9 @@ def test_genai_route_gateway_error_is_in_googles_envelope(gemini: RecordingGenAI
         )
 
     assert (err.value.code, err.value.status) == (400, "INVALID_ARGUMENT")
-    assert err.value.details == {"error": {"code": 400, "message": "unknown provider: nope",
-                                           "status": "INVALID_ARGUMENT"}}
+    assert err.value.details == {
+        "error": {"code": 400, "message": "unknown provider: nope", "status": "INVALID_ARGUMENT"}
+    }
     assert sim.calls(since=t0) == []
 
 
@@ -317,8 +339,13 @@ def test_genai_route_gateway_error_is_in_googles_envelope(gemini: RecordingGenAI
 
 @pytest.fixture(scope="module")
 def bedrock(stack: Stack) -> Any:
-    return boto3.client("bedrock", endpoint_url=f"{stack.http_url}/bedrock", region_name="us-east-1",
-                        aws_access_key_id="x", aws_secret_access_key="y")
+    return boto3.client(
+        "bedrock",
+        endpoint_url=f"{stack.http_url}/bedrock",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+    )
 
 
 @pytest.mark.parametrize("form", ["arn", "job id"])
@@ -334,7 +361,8 @@ def test_boto3_stop_model_invocation_job(bedrock: Any, sim: SimAdmin, t0: float,
     calls = sim.calls("bedrock", since=t0, batch_id=job)
     segment = identifier.replace(":", "%3A").replace("/", "%2F")
     assert [(c["method"], c["path"]) for c in calls] == [
-        ("POST", f"/bedrock/model-invocation-job/{segment}/stop"), ("GET", f"/bedrock/model-invocation-job/{segment}")
+        ("POST", f"/bedrock/model-invocation-job/{segment}/stop"),
+        ("GET", f"/bedrock/model-invocation-job/{segment}"),
     ]
     # The caller's SigV4 (access key "x") stays at the gateway; the provider sees the gateway's own.
     for call in calls:
@@ -351,8 +379,10 @@ def test_boto3_unknown_job_raises_resource_not_found(bedrock: Any) -> None:
 
     response = err.value.response
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 404
-    assert response["Error"] == {"Code": "ResourceNotFoundException",
-                                 "Message": f"Could not find model invocation job {job}."}
+    assert response["Error"] == {
+        "Code": "ResourceNotFoundException",
+        "Message": f"Could not find model invocation job {job}.",
+    }
 
 
 def test_boto3_finished_job_raises_conflict(bedrock: Any, sim: SimAdmin) -> None:
@@ -378,8 +408,13 @@ def _with_header(client: Any, name: str, value: str) -> Any:
 
 
 def test_boto3_route_can_stop_an_openai_batch(stack: Stack, sim: SimAdmin) -> None:
-    client = boto3.client("bedrock", endpoint_url=f"{stack.http_url}/bedrock", region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="y")
+    client = boto3.client(
+        "bedrock",
+        endpoint_url=f"{stack.http_url}/bedrock",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+    )
     _with_header(client, "x-model-provider", "openai")
     job = sim.seed("openai", hex_id("batch_"))
 
@@ -390,8 +425,13 @@ def test_boto3_route_can_stop_an_openai_batch(stack: Stack, sim: SimAdmin) -> No
 
 
 def test_boto3_route_gateway_error_is_in_bedrocks_shape(stack: Stack, sim: SimAdmin, t0: float) -> None:
-    client = boto3.client("bedrock", endpoint_url=f"{stack.http_url}/bedrock", region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="y")
+    client = boto3.client(
+        "bedrock",
+        endpoint_url=f"{stack.http_url}/bedrock",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+    )
     _with_header(client, "x-model-provider", "nope")
 
     with pytest.raises(botocore.exceptions.ClientError) as err:

@@ -17,9 +17,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
@@ -35,8 +35,12 @@ EXIT_LIMIT = DRAIN_DELAY_SECONDS + GRACE_SECONDS
 SERVICE_DOWN = {
     "is_bifrost_error": True,
     "status_code": 503,
-    "error": {"type": "service_unavailable", "code": "upstream_unavailable",
-              "message": "batchgate service is unavailable", "param": None},
+    "error": {
+        "type": "service_unavailable",
+        "code": "upstream_unavailable",
+        "message": "batchgate service is unavailable",
+        "param": None,
+    },
     "extra_fields": {"provider": "", "request_type": "batch_cancel"},
 }
 
@@ -124,7 +128,7 @@ def assert_answered_or_bifrost_503(results, ids, admin: SimAdmin) -> None:
     assert hung == 0, f"{hung} requests got no answer within {CLIENT_TIMEOUT}s"
     assert broken == [], f"connection errors instead of answers: {broken}"
     reached = {call["path"].split("/")[4] for call in admin.calls("openai")}
-    lost = [batch_id for batch_id, status in zip(ids, statuses) if batch_id in reached and status != 200]
+    lost = [batch_id for batch_id, status in zip(ids, statuses, strict=True) if batch_id in reached and status != 200]
     assert lost == [], f"cancels made upstream but not reported as done: {lost}"
     for _, _, status, body in results:
         if status != 200:
@@ -155,7 +159,7 @@ def test_sigterm_drains_in_flight_cancels_and_exits_zero(gateway: Stack, admin: 
     assert health_while_draining == "NOT_SERVING"
     statuses = [status for _, _, status, _ in results]
     assert statuses == [200] * n, statuses
-    for (_, _, _, body), batch_id in zip(results, ids):
+    for (_, _, _, body), batch_id in zip(results, ids, strict=True):
         answer = json.loads(body)
         assert (answer["id"], answer["status"]) == (batch_id, "cancelling")
         assert admin.batch("openai", batch_id)["status"] == "cancelling"
@@ -198,8 +202,11 @@ def test_sigterm_under_load_every_request_answered_then_restart(gateway: Stack, 
     statuses = [status for _, _, status, _ in results]
     # Calls sent before the signal are all served. (Envoy takes a NOT_SERVING replica out of rotation
     # at its next health check, up to 1 s later; with one replica, calls after that get its 503.)
-    early = [(round(sent - sigterm_at, 3), status) for sent, _, status, _ in results
-             if sent < sigterm_at - 0.05 and status != 200]
+    early = [
+        (round(sent - sigterm_at, 3), status)
+        for sent, _, status, _ in results
+        if sent < sigterm_at - 0.05 and status != 200
+    ]
     assert early == [], f"calls sent before the signal were refused: {early}"
     assert statuses.count(200) > total // 4
     assert returncode == 0

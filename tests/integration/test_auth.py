@@ -31,12 +31,23 @@ def governed(sandbox_url: str, **client) -> dict:
             {"id": "team-a", "value": VK_TEAM, "provider_configs": [{"provider": "openai"}, {"provider": "azure"}]},
             {"id": "azure-only", "value": VK_AZURE_ONLY, "provider_configs": [{"provider": "azure"}]},
             {"id": "inactive", "value": VK_INACTIVE, "is_active": False, "provider_configs": [{"provider": "openai"}]},
-            {"id": "expired", "value": VK_EXPIRED, "expires_at": "2020-01-01T00:00:00Z",
-             "provider_configs": [{"provider": "openai"}]},
-            {"id": "limited", "value": VK_LIMITED, "rate_limit_id": "two-per-minute",
-             "provider_configs": [{"provider": "openai"}]},
-            {"id": "second-key", "value": VK_SECOND_KEY,
-             "provider_configs": [{"provider": "openai", "key_ids": ["second"]}]},
+            {
+                "id": "expired",
+                "value": VK_EXPIRED,
+                "expires_at": "2020-01-01T00:00:00Z",
+                "provider_configs": [{"provider": "openai"}],
+            },
+            {
+                "id": "limited",
+                "value": VK_LIMITED,
+                "rate_limit_id": "two-per-minute",
+                "provider_configs": [{"provider": "openai"}],
+            },
+            {
+                "id": "second-key",
+                "value": VK_SECOND_KEY,
+                "provider_configs": [{"provider": "openai", "key_ids": ["second"]}],
+            },
         ],
     }
     return config

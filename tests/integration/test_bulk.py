@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.providers.registry import ADAPTERS
+from service.providers.catalog import ADAPTERS
 from service.waiting import PollPolicy
 from tests.support import config_dict, error_detail, running_service
 
@@ -38,8 +38,12 @@ def bulk_config(sandbox_url: str, **client) -> dict:
     config["governance"] = {
         "rate_limits": [{"id": "three", "request_max_limit": 3, "request_reset_duration": "1h"}],
         "virtual_keys": [
-            {"id": "openai-only", "value": VK_OPENAI_ONLY, "rate_limit_id": "three",
-             "provider_configs": [{"provider": "openai"}]},
+            {
+                "id": "openai-only",
+                "value": VK_OPENAI_ONLY,
+                "rate_limit_id": "three",
+                "provider_configs": [{"provider": "openai"}],
+            },
         ],
     }
     return config
@@ -86,8 +90,14 @@ async def test_mixed_providers_with_failing_items_each_answer_like_a_single_canc
     ok_anthropic = sim.seed("anthropic", batch_id("anthropic")).id
     done = sim.seed("azure", batch_id("azure"), status="completed").id
     items = [
-        (ok_openai, "openai"), ("missing-1", "openai"), (ok_anthropic, "anthropic"), (done, "azure"),
-        ("b1", "nosuch"), ("../etc", "openai"), ("b2", "openrouter"), (ok_openai, "OpenAI"),
+        (ok_openai, "openai"),
+        ("missing-1", "openai"),
+        (ok_anthropic, "anthropic"),
+        (done, "azure"),
+        ("b1", "nosuch"),
+        ("../etc", "openai"),
+        ("b2", "openrouter"),
+        (ok_openai, "OpenAI"),
     ]
     events = await events_of(stub, items)
     assert len(events) == len(items) and all(event.final for event in events)
@@ -222,7 +232,9 @@ async def test_one_audit_event_per_item_and_one_access_line_per_call(stub, sim, 
     await events_of(stub, items, metadata=(("x-request-id", "bulk-req-1"),))
     audit = [r.fields for r in caplog.records if r.name == "batchgate.audit"]
     assert sorted((a["request_id"], a["index"], a["result"]) for a in audit) == [
-        ("bulk-req-1", 0, "ok"), ("bulk-req-1", 1, "NOT_FOUND"), ("bulk-req-1", 2, "ok"),
+        ("bulk-req-1", 0, "ok"),
+        ("bulk-req-1", 1, "NOT_FOUND"),
+        ("bulk-req-1", 2, "ok"),
         ("bulk-req-1", 3, "INVALID_ARGUMENT"),
     ]
     (access,) = [r.fields for r in caplog.records if r.name == "batchgate.access"]

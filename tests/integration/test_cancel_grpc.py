@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
+
 # cancel, cancel_error and error_detail are also imported from this module by other test modules.
 from tests.support import (
     AZURE_KEY,
@@ -39,7 +40,9 @@ async def test_cancel_in_progress_batch_reports_cancelling_with_counts_and_time(
     assert response.object == "batch"
     assert response.status == "cancelling"
     assert (response.request_counts.total, response.request_counts.completed, response.request_counts.failed) == (
-        50, 20, 3,
+        50,
+        20,
+        3,
     )
     assert not response.request_counts.HasField("succeeded")
     assert response.cancelling_at == sim.batch("openai", batch.id).cancelling_at

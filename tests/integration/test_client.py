@@ -34,7 +34,7 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from service.server import create_server
 from service.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
@@ -56,6 +56,7 @@ class Adapter:
         if kind == "sync":
             self.client = BatchgateClient(target, sleep=self.pauses.append, **kwargs)
         else:
+
             async def record(seconds: float) -> None:
                 self.pauses.append(seconds)
 
@@ -276,8 +277,12 @@ async def test_connection_failed_when_nothing_listens(connect):
 async def test_cancel_many_streams_each_items_result_and_errors_as_exceptions(connect, target, sim):
     ok = sim.seed("openai", new_id())
     done = sim.seed("openai", new_id(), status="completed")
-    items = [BatchRef(ok.id, "openai"), {"id": "missing_1", "provider": "openai"}, (done.id, "openai"),
-             (new_id(), "nosuchprovider")]
+    items = [
+        BatchRef(ok.id, "openai"),
+        {"id": "missing_1", "provider": "openai"},
+        (done.id, "openai"),
+        (new_id(), "nosuchprovider"),
+    ]
     events = await connect(target).cancel_many(items)
     assert sorted(e.index for e in events) == [0, 1, 2, 3] and all(e.final for e in events)
     by_index = {e.index: e for e in events}
@@ -327,8 +332,7 @@ async def test_leaving_the_async_cancel_many_early_cancels_the_call(target, sim)
     ids = [sim.seed("openai", new_id(), cancel_delay_s=3600).id for _ in range(2)]
     async with AsyncBatchgateClient(target) as client:
         async with contextlib.aclosing(client.cancel_many([(i, "openai") for i in ids], wait_seconds=60)) as events:
-            async for first in events:
-                break
+            first = await anext(events)
         assert not first.final
         await asyncio.sleep(0.3)
         settled = len(sim.calls("openai"))

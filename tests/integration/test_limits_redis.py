@@ -11,8 +11,8 @@ import uuid
 import grpc
 import pytest
 
-from service.config import parse_config
 from service.limits import RateLimiter, RedisStore
+from service.providers.catalog import parse_config
 from tests.conftest import RedisServer
 from tests.support import cancel, cancel_failure, config_dict, running_service, self_signed_cert
 
@@ -27,8 +27,9 @@ def limited_config(sandbox_url: str, store: dict, limit: int = 5, window: str = 
     config = config_dict(sandbox_url)
     config["governance"] = {
         "rate_limits": [{"id": "lim", "request_max_limit": limit, "request_reset_duration": window}],
-        "virtual_keys": [{"id": "team", "value": VK, "rate_limit_id": "lim",
-                          "provider_configs": [{"provider": "openai"}]}],
+        "virtual_keys": [
+            {"id": "team", "value": VK, "rate_limit_id": "lim", "provider_configs": [{"provider": "openai"}]}
+        ],
         "store": store,
     }
     return config

@@ -19,8 +19,17 @@ from tests.integration.test_auth import VK_TEAM, governed
 from tests.support import AZURE_KEY, OPENAI_KEYS, running_service
 
 ACCESS_FIELDS = {
-    "request_id", "route", "provider", "batch_id", "caller", "outcome", "status", "upstream_status", "attempts",
-    "key_failovers", "latency_ms",
+    "request_id",
+    "route",
+    "provider",
+    "batch_id",
+    "caller",
+    "outcome",
+    "status",
+    "upstream_status",
+    "attempts",
+    "key_failovers",
+    "latency_ms",
 }
 
 
@@ -64,7 +73,9 @@ async def test_counters_follow_a_scripted_mix_of_outcomes(service, sim):
     await call(service, new_id(), (("x-bf-vk", VK_TEAM),))  # 404 on both keys: one failover
     await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),))  # refused, no upstream call
     assert sample("batchgate_requests_total", route="grpc", provider="openai", code="OK") == before["ok"] + 1
-    assert sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND") == before["not_found"] + 1
+    assert (
+        sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND") == before["not_found"] + 1
+    )
     assert sample("batchgate_requests_total", route="grpc", provider="openai", code="UNAUTHENTICATED") == (
         before["blocked"] + 1
     )
@@ -94,14 +105,27 @@ async def test_one_access_line_and_one_audit_event_per_request(service, sim, cap
     assert ACCESS_FIELDS <= ok.keys()
     assert (ok["request_id"], ok["route"], ok["provider"], ok["batch_id"]) == ("req-abc-1", "grpc", "openai", batch.id)
     assert (ok["caller"], ok["outcome"], ok["status"], ok["upstream_status"], ok["attempts"]) == (
-        "vk:team-a", "OK", 200, 200, 1,
+        "vk:team-a",
+        "OK",
+        200,
+        200,
+        1,
     )
     assert (refused["caller"], refused["outcome"], refused["status"], refused["attempts"]) == (
-        "anonymous", "UNAUTHENTICATED", 401, 0,
+        "anonymous",
+        "UNAUTHENTICATED",
+        401,
+        0,
     )
     assert audit[0].fields == {
-        "event": "audit", "request_id": "req-abc-1", "who": "vk:team-a", "action": "batch.cancel",
-        "provider": "openai", "batch_id": batch.id, "result": "ok", "status": 200,
+        "event": "audit",
+        "request_id": "req-abc-1",
+        "who": "vk:team-a",
+        "action": "batch.cancel",
+        "provider": "openai",
+        "batch_id": batch.id,
+        "result": "ok",
+        "status": 200,
     }
     assert audit[1].fields["result"] == "UNAUTHENTICATED"
     line = json.loads(JsonFormatter().format(access[0]))
@@ -131,8 +155,11 @@ async def test_no_secret_in_any_log_line_at_any_level(sandbox, sim, caplog):
     async with running_service(config) as (_, stub):
         await call(stub, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))
         await call(stub, new_id(), (("authorization", "Basic YWRtaW46d3Jvbmc="),))
-        await call(stub, new_id(), (("x-api-key", "sk-direct-SECRET-0002"), ("authorization", "Basic "
-                                                                                         "YWRtaW46cHctU0VDUkVULTAwMDE=")))
+        await call(
+            stub,
+            new_id(),
+            (("x-api-key", "sk-direct-SECRET-0002"), ("authorization", "Basic YWRtaW46cHctU0VDUkVULTAwMDE=")),
+        )
         sim.add_fault("openai", {"status": 500, "count": 3})
         await call(stub, new_id(), (("x-bf-vk", VK_TEAM),))
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)

@@ -93,11 +93,11 @@ async def test_stop_then_read_reports_stopping_with_counts_and_time(service, sim
     assert (get["method"], get["path"]) == ("GET", f"/bedrock/model-invocation-job/{batch.id}")
     assert stop["body"] == ""
     for call in (stop, get):
-        assert call["headers"]["Authorization"].startswith(
-            f"AWS4-HMAC-SHA256 Credential={CREDS.access_key}/"
-        ) and f"/{REGION}/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=" in call["headers"][
-            "Authorization"
-        ]
+        assert (
+            call["headers"]["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={CREDS.access_key}/")
+            and f"/{REGION}/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature="
+            in call["headers"]["Authorization"]
+        )
         assert CREDS.secret_key not in str(call["headers"])
 
 
@@ -332,7 +332,7 @@ async def test_boto3_stops_and_reads_a_job_by_arn(service, sim, boto):
     job = await asyncio.to_thread(client.get_model_invocation_job, jobIdentifier=arn)
     state = sim.batch("bedrock", batch.id)
     assert (job["jobArn"], job["status"]) == (arn, "Stopping")
-    assert job["lastModifiedTime"] == datetime.datetime.fromtimestamp(state.cancelling_at, datetime.timezone.utc)
+    assert job["lastModifiedTime"] == datetime.datetime.fromtimestamp(state.cancelling_at, datetime.UTC)
     assert (job["totalRecordCount"], job["successRecordCount"], job["errorRecordCount"]) == (9, 4, 1)
     boto_stop = sim.calls("bedrock")[0]
     sim.clear_calls()
@@ -385,7 +385,7 @@ async def test_simulator_refuses_unsigned_stale_and_tampered_requests(sandbox, s
     )  # fmt: skip
     status, error_type, body = await raw_get(url, {"Authorization": "Bearer abc"})
     assert (status, error_type.split(":")[0]) == (403, "IncompleteSignatureException")
-    stale = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(minutes=6)
+    stale = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(minutes=6)
     status, error_type, body = await raw_get(url, signed_headers(url, when=stale))
     assert (status, error_type.split(":")[0]) == (403, "InvalidSignatureException")
     assert body["message"].startswith("Signature expired: ")

@@ -10,15 +10,11 @@ import grpc
 import pytest
 
 from sandbox.fireworks import FireworksSim
-from tests.support import cancel_failure, running_service, sim_config
+from tests.support import cancel_failure
+
+SIM = FireworksSim  # the `service` fixture (tests/conftest.py) runs batchgate with this simulator
 
 ACCOUNT = FireworksSim.account_id
-
-
-@pytest.fixture
-async def service(sandbox, sim):
-    async with running_service(sim_config(FireworksSim, sandbox.url)) as (_, stub):
-        yield stub
 
 
 @pytest.mark.parametrize("batch_id", ["my-batch-job", f"accounts/{ACCOUNT}/batchInferenceJobs/my-batch-job",
@@ -33,13 +29,6 @@ async def test_cancel_is_unsupported_and_reaches_no_upstream(service, sim, batch
     assert "compute jobs" in detail.error.message
     assert sim.calls("fireworks") == []
     assert sim.batch("fireworks", "my-batch-job").status == "in_progress"
-
-
-async def test_unsupported_even_when_not_configured(sandbox, sim):
-    async with running_service({"providers": {}}) as (_, stub):
-        err, detail = await cancel_failure(stub, "my-batch-job", provider="fireworks")
-    assert (err.code(), detail.error.code) == (grpc.StatusCode.INVALID_ARGUMENT, "unsupported_operation")
-    assert sim.calls("fireworks") == []
 
 
 async def test_the_simulator_serves_batch_inference_jobs_and_no_cancel(sandbox, sim):

@@ -8,14 +8,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.api import (
-    ERROR_BODY_HEADER,
-    ERROR_STATUS_HEADER,
-    command_from_proto,
-    error_to_status,
-    rest_error_metadata,
-    result_to_proto,
-)
+from service.api import command_from_proto, metadata_headers, rest_error_metadata
+from service.converters import error_to_status, result_to_proto
+from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER
 from service.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -57,7 +52,7 @@ def test_command_provider(provider, surface, expected):
 def test_command_keeps_batch_id_exactly():
     command = command_from_proto(pb.CancelBatchRequest(batch_id=" Batch_ABC ", provider="openai"), None)
     assert command.batch_id == " Batch_ABC "  # validation happens later, and never rewrites the id
-    assert command.headers == {} and command.raw_response_requested is False
+    assert command.raw_response_requested is False
 
 
 @pytest.mark.parametrize(
@@ -77,7 +72,7 @@ def test_metadata_becomes_headers_without_binary_entries():
         ("x-bf-send-back-raw-response", "true"),
     )
     command = command_from_proto(pb.CancelBatchRequest(batch_id="b", provider="openai"), metadata)
-    assert command.headers == {"x-request-id": "req-1", "x-bf-send-back-raw-response": "true"}
+    assert metadata_headers(metadata) == {"x-request-id": "req-1", "x-bf-send-back-raw-response": "true"}
     assert command.raw_response_requested is True
     # A `-bin` entry cannot switch raw responses on.
     binary_only = (("x-bf-send-back-raw-response-bin", b"true"),)
@@ -227,12 +222,16 @@ def test_status_detail_carries_the_same_fields_as_the_error_body():
     body = json.loads(error.to_json())
     assert detail.is_bifrost_error is body["is_bifrost_error"] is True
     assert detail.status_code == body["status_code"] == 400
-    assert (detail.error.type, detail.error.code, detail.error.message, detail.error.param) == (
-        body["error"]["type"],
-        body["error"]["code"],
-        body["error"]["message"],
-        body["error"]["param"],
-    ) == ("invalid_request_error", "invalid_request", "batch_id contains characters", "batch_id")
+    assert (
+        (detail.error.type, detail.error.code, detail.error.message, detail.error.param)
+        == (
+            body["error"]["type"],
+            body["error"]["code"],
+            body["error"]["message"],
+            body["error"]["param"],
+        )
+        == ("invalid_request_error", "invalid_request", "batch_id contains characters", "batch_id")
+    )
     assert (detail.extra_fields.provider, detail.extra_fields.request_type) == ("azure", "batch_cancel")
     assert json_format.MessageToDict(detail, preserving_proto_field_name=True) == body
 
@@ -304,13 +303,23 @@ def test_to_json_is_ascii_and_fits_in_grpc_metadata(message):
 @pytest.mark.parametrize(
     ("method", "body"),
     [
-        ("/batchgate.v1.BatchService/Cancel", {"is_bifrost_error": True, "status_code": 408, "error": {
-            "type": "invalid_request_error", "code": "request_timeout", "message": "late", "param": None},
-            "extra_fields": {"provider": "", "request_type": "batch_cancel"}}),
-        ("/batchgate.v1.BatchService/CancelGenAI", {"error": {"code": 408, "message": "late",
-                                                               "status": "DEADLINE_EXCEEDED"}}),
-        ("/batchgate.v1.BatchService/CancelAnthropic", {"type": "error", "error": {"type": "api_error",
-                                                                                    "message": "late"}}),
+        (
+            "/batchgate.v1.BatchService/Cancel",
+            {
+                "is_bifrost_error": True,
+                "status_code": 408,
+                "error": {"type": "invalid_request_error", "code": "request_timeout", "message": "late", "param": None},
+                "extra_fields": {"provider": "", "request_type": "batch_cancel"},
+            },
+        ),
+        (
+            "/batchgate.v1.BatchService/CancelGenAI",
+            {"error": {"code": 408, "message": "late", "status": "DEADLINE_EXCEEDED"}},
+        ),
+        (
+            "/batchgate.v1.BatchService/CancelAnthropic",
+            {"type": "error", "error": {"type": "api_error", "message": "late"}},
+        ),
     ],
 )
 def test_refusal_before_the_servicer_is_rendered_in_the_routes_shape(method, body):

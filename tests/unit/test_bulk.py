@@ -12,24 +12,10 @@ from service.bulk import check_items, check_wait
 from service.errors import InvalidRequest, Overloaded, ProviderError
 from service.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
 from service.waiting import PollPolicy, wait_end, watch
+from tests.support import SteppedClock
 
 
-class Clock:
-    """Loop time that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def reader(clock: Clock, answers: list):
+def reader(clock: SteppedClock, answers: list):
     """A read that answers the given states (or raises the given errors) in turn, noting when."""
     reads: list[float] = []
 
@@ -43,18 +29,23 @@ def reader(clock: Clock, answers: list):
     return read, reads
 
 
-async def steps_of(read, clock: Clock, until: float, status: str = "cancelling", rand=lambda: 0.0, policy=None):
+async def steps_of(read, clock: SteppedClock, until: float, status: str = "cancelling", rand=lambda: 0.0, policy=None):
     return [
         step
         async for step in watch(
-            read, BatchState(id="b", status=status), until, policy or PollPolicy(), clock=clock, sleep=clock.sleep,
+            read,
+            BatchState(id="b", status=status),
+            until,
+            policy or PollPolicy(),
+            clock=clock,
+            sleep=clock.sleep,
             rand=rand,
         )
     ]
 
 
 async def test_reads_start_after_one_second_and_back_off_to_thirty():
-    clock = Clock()
+    clock = SteppedClock()
     read, reads = reader(clock, ["cancelling"])
     steps = await steps_of(read, clock, until=200.0)
     assert reads[:7] == [1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0]  # gaps 1, 2, 4, 8, 16, 30, 30
@@ -73,25 +64,27 @@ async def test_jitter_only_shortens_a_gap():
 
 
 async def test_a_line_per_status_change_and_the_terminal_one_is_final():
-    clock = Clock()
+    clock = SteppedClock()
     read, reads = reader(clock, ["cancelling", "cancelling", "finalizing", "cancelled"])
     steps = await steps_of(read, clock, until=100.0, status="validating")
     assert [(s.state.status, s.final) for s in steps] == [
-        ("cancelling", False), ("finalizing", False), ("cancelled", True),
+        ("cancelling", False),
+        ("finalizing", False),
+        ("cancelled", True),
     ]
     assert steps[-1].warning is None
     assert len(reads) == 4  # no read after the terminal status
 
 
 async def test_an_already_terminal_batch_is_not_read():
-    clock = Clock()
+    clock = SteppedClock()
     read, reads = reader(clock, ["cancelled"])
     steps = await steps_of(read, clock, until=100.0, status="cancelled")
     assert reads == [] and [(s.state.status, s.final) for s in steps] == [("cancelled", True)]
 
 
 async def test_retry_after_on_a_failed_read_is_honoured_and_the_wait_goes_on():
-    clock = Clock()
+    clock = SteppedClock()
     throttled = Overloaded("slow down", headers={"retry-after": "20"})
     read, reads = reader(clock, [throttled, "cancelled"])
     steps = await steps_of(read, clock, until=100.0)
@@ -100,7 +93,7 @@ async def test_retry_after_on_a_failed_read_is_honoured_and_the_wait_goes_on():
 
 
 async def test_a_read_failure_that_cannot_pass_ends_the_wait_with_the_last_state():
-    clock = Clock()
+    clock = SteppedClock()
     gone = ProviderError("No batch found", status_code=404)
     read, reads = reader(clock, [gone])
     steps = await steps_of(read, clock, until=100.0)
@@ -137,13 +130,17 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
     from gateway.render import render
 
     config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
-    match = re.search(r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config)
+    match = re.search(
+        r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config
+    )
     assert match is not None
     regex, timeout, idle = match.groups()
     assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
     pattern = re.compile(regex.replace("\\\\", "\\"))
     assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
-        True, True, False,
+        True,
+        True,
+        False,
     ]
     assert "stream_newline_delimited: true" in config
     assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout

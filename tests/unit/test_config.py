@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
-from service.config import ConfigError, Key, load_config, parse_config
-from service.providers.registry import NO_BATCH_CANCEL
+from service.config import ConfigError, Key
+from service.providers.catalog import NO_BATCH_CANCEL, load_config, parse_config
 
 SECRET = "sk-live-TOPSECRET-0123456789"
 AZ_SECRET = "az-live-TOPSECRET-abcdef"
@@ -66,7 +68,7 @@ def test_defaults_for_keys_network_provider_and_client():
     assert key.use_for_batch_api is False
     assert key.weight == 1.0
     assert key.name == "openai-key-0" and key.id == "openai-key-0"
-    assert key.azure is None
+    assert key.settings is None
     net = openai.network
     assert net.timeout_s == 30.0
     assert (net.max_retries, net.retry_backoff_initial_ms, net.retry_backoff_max_ms) == (2, 100, 2000)
@@ -83,8 +85,8 @@ def test_defaults_for_keys_network_provider_and_client():
 
 def test_azure_defaults_api_version_and_strips_endpoint_slash():
     az_key = parse_config(base(), env={}).providers["azure"].keys[0]
-    assert az_key.azure.api_version == "2024-10-21"
-    assert az_key.azure.endpoint == "https://res.openai.azure.com"
+    assert az_key.settings.api_version == "2024-10-21"
+    assert az_key.settings.endpoint == "https://res.openai.azure.com"
     assert az_key.value == AZ_SECRET
 
 
@@ -135,7 +137,7 @@ def test_explicit_values_are_kept():
     assert openai.network.retry_backoff_max_ms == 50
     assert openai.send_back_raw_response is True and openai.concurrency == 7
     assert config.client.allow_per_request_raw_override is True and config.client.allow_direct_keys is True
-    assert config.providers["azure"].keys[0].azure.api_version == "2025-04-01-preview"
+    assert config.providers["azure"].keys[0].settings.api_version == "2025-04-01-preview"
 
 
 def test_key_name_default_counts_position_and_id_defaults_to_name():
@@ -158,7 +160,7 @@ def test_env_values_are_resolved_from_the_given_env():
     env = {"OPENAI_API_KEY": SECRET, "AZURE_ENDPOINT": "https://env-res.openai.azure.com/", "AZURE_API_VERSION": "v9"}
     config = parse_config(data, env=env)
     assert config.providers["openai"].keys[0].value == SECRET
-    azure = config.providers["azure"].keys[0].azure
+    azure = config.providers["azure"].keys[0].settings
     assert (azure.endpoint, azure.api_version) == ("https://env-res.openai.azure.com", "v9")
 
 
@@ -534,3 +536,22 @@ def test_reprs_never_contain_the_secret():
     for text in (repr(key), str(key), repr(config.providers["openai"]), repr(config)):
         assert SECRET not in text and AZ_SECRET not in text
     assert Key(id="i", name="n", value="hidden-value").__repr__().count("hidden-value") == 0
+
+
+def test_config_imports_no_provider():
+    """Config is below the providers layer: the provider names and key schemas are passed in
+    (service.providers.catalog), so loading config never pulls in an adapter (or botocore)."""
+    code = "import sys, service.config; print(sorted(m for m in sys.modules if m.startswith('service.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "service.providers" not in loaded and "service.config" in loaded
+
+
+def test_key_settings_come_from_the_schema_that_is_passed_in():
+    from service.config import PLAIN_KEYS
+    from service.config import parse_config as parse_with
+
+    data = {"providers": {"openai": {"keys": [{"value": SECRET}]}, "azure": {"keys": [{"value": SECRET}]}}}
+    config = parse_with(data, {}, {"openai": PLAIN_KEYS, "azure": PLAIN_KEYS})
+    assert config.providers["azure"].keys[0].settings is None  # no azure_key_config demanded
+    with pytest.raises(ConfigError, match=r"^providers\.azure: unknown provider \(known: openai\)$"):
+        parse_with(data, {}, {"openai": PLAIN_KEYS})

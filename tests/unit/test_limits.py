@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.auth import Authenticator, Caller
-from service.config import ConfigError, RateLimit, StoreConfig, parse_config
+from service.config import ConfigError, RateLimit, StoreConfig
 from service.errors import Overloaded, UpstreamUnavailable
 from service.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
+from service.providers.catalog import parse_config
 
 
 class Clock:
@@ -243,8 +244,12 @@ def _config(**governance) -> dict:
         "governance": {
             "rate_limits": [{"id": "five", "request_max_limit": 5, "request_reset_duration": "1m"}],
             "virtual_keys": [
-                {"id": "limited", "value": "sk-bf-limited", "rate_limit_id": "five",
-                 "provider_configs": [{"provider": "openai"}]},
+                {
+                    "id": "limited",
+                    "value": "sk-bf-limited",
+                    "rate_limit_id": "five",
+                    "provider_configs": [{"provider": "openai"}],
+                },
                 {"id": "free", "value": "sk-bf-free", "provider_configs": [{"provider": "openai"}]},
             ],
             **governance,

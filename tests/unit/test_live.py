@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config import ConfigError, RateLimit, config_version, parse_config
+from service.cancel import Canceller, Collaborators
+from service.config import ConfigError, RateLimit, config_version
 from service.errors import Overloaded, Unauthenticated
 from service.limits import EmbeddedStore, RateLimiter
 from service.live import FileWatcher, LiveConfig, StateDir, describe_changes
+from service.providers.catalog import parse_config
 from tests.support import OPENAI_KEYS, config_dict
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use
@@ -27,8 +29,14 @@ def document(**changes) -> dict:
     data = config_dict(SIM)
     data["governance"] = {
         "rate_limits": [{"id": "two", "request_max_limit": 2, "request_reset_duration": "1m"}],
-        "virtual_keys": [{"id": "team-a", "value": "env.TEAM_A_VK", "rate_limit_id": "two",
-                          "provider_configs": [{"provider": "openai"}]}],
+        "virtual_keys": [
+            {
+                "id": "team-a",
+                "value": "env.TEAM_A_VK",
+                "rate_limit_id": "two",
+                "provider_configs": [{"provider": "openai"}],
+            }
+        ],
     }
     data["client"] = {"enforce_auth_on_inference": True}
     for path, value in changes.items():
@@ -85,8 +93,7 @@ async def test_a_call_keeps_the_config_it_started_with_and_the_old_pool_closes_a
     old_openai = openai_executor(live)
     old_azure = live.current.canceller._providers["azure"][1]
     with live.current as started:
-        assert live.apply(raw(document(providers__openai__network_config={"base_url": "http://127.0.0.1:8"})),
-                          "test")
+        assert live.apply(raw(document(providers__openai__network_config={"base_url": "http://127.0.0.1:8"})), "test")
         assert live.current is not started and started.retired
         assert started.canceller.config.providers["openai"].network.base_url == SIM + "/openai"
         assert live.current.canceller.config.providers["openai"].network.base_url == "http://127.0.0.1:8"
@@ -148,6 +155,39 @@ async def test_the_limiter_is_created_once_per_process_and_given_to_each_runtime
         await live.current.canceller.auth.limiter.check("x", RateLimit("l", 1, 60))
 
 
+def test_a_reload_keeps_the_cancellers_collaborators() -> None:
+    """Parts given to the first canceller (here: fake executors and a stepped breaker clock) build
+    the next config's canceller too; unchanged providers keep their executor."""
+    built: list[str] = []
+
+    class FakeExecutor:
+        def __init__(self, name, provider_config, breaker):
+            self.breaker = breaker
+            built.append(name)
+
+        async def send(self, request, deadline, record=None):
+            raise AssertionError("no upstream call expected")
+
+        async def close(self):
+            pass
+
+    parts = Collaborators(executor=FakeExecutor, clock=lambda: 5.0)
+    data = document()
+    config = parse_config(data, ENV)
+    live = LiveConfig(config, raw(data), path="config.json", env=dict(ENV), canceller=Canceller(config, parts=parts))
+    first = live.current.canceller
+    assert sorted(built) == ["azure", "openai"]
+    changed = document()
+    changed["providers"]["azure"]["network_config"]["max_retries"] = 1
+    assert live.apply(raw(changed), "test")
+    second = live.current.canceller
+    assert second is not first and second.parts is parts
+    assert sorted(built) == ["azure", "azure", "openai"]  # only the changed provider got a new one
+    (openai_before, azure_before), (openai_after, azure_after) = first.executors(), second.executors()
+    assert openai_after is openai_before and azure_after is not azure_before
+    assert all(isinstance(executor, FakeExecutor) for executor in second.executors())
+
+
 def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
     live = live_from(document())
     live.current.canceller.auth.authenticate({"x-bf-vk": VK})
@@ -163,10 +203,14 @@ def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
     "content, message",
     [
         (b'{"providers": ', "config.json: not valid JSON (line 1 column 15: Expecting value)"),
-        (raw(document(providers__openai__network_config={"max_retries": -1})),
-         "providers.openai.network_config.max_retries: must not be negative"),
-        (raw(document(providers__openai__keys=[{"value": "env.ROTATED_KEY", "use_for_batch_api": True}])),
-         "providers.openai.keys[0].value: environment variable ROTATED_KEY is not set"),
+        (
+            raw(document(providers__openai__network_config={"max_retries": -1})),
+            "providers.openai.network_config.max_retries: must not be negative",
+        ),
+        (
+            raw(document(providers__openai__keys=[{"value": "env.ROTATED_KEY", "use_for_batch_api": True}])),
+            "providers.openai.keys[0].value: environment variable ROTATED_KEY is not set",
+        ),
     ],
 )
 def test_an_invalid_config_changes_nothing_and_says_which_field(content: bytes, message: str, caplog) -> None:
@@ -212,8 +256,10 @@ def test_success_metrics_version_and_log_line(caplog) -> None:
     assert sample("batchgate_config_last_reload_success_timestamp_seconds") == 2000.0
     assert sample("batchgate_config_info", version=live.current.version) == 1
     (line,) = [r.getMessage() for r in caplog.records]
-    assert line == f"config reloaded (SIGHUP): version {config_version(new)} (was {config_version(raw(document()))})," \
-                   " changed: client"
+    assert (
+        line == f"config reloaded (SIGHUP): version {config_version(new)} (was {config_version(raw(document()))}),"
+        " changed: client"
+    )
     assert VK not in line
 
 
@@ -235,8 +281,9 @@ def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
     assert "cannot change at runtime" not in caplog.text
     cert["digest"] = "b"
     live.apply(raw(document()), "test")
-    assert ("config reload: TLS_CERT_FILE changed but cannot change at runtime; the running value stays until a "
-            "restart") in caplog.text
+    assert (
+        "config reload: TLS_CERT_FILE changed but cannot change at runtime; the running value stays until a restart"
+    ) in caplog.text
 
 
 def test_describe_changes_names_parts_never_values() -> None:
@@ -357,7 +404,9 @@ def test_a_broken_file_is_reported_once_it_stays_and_the_next_good_one_is_taken(
     watcher.poll()  # unchanged for an interval: now it counts
     watcher.poll()  # and only once
     assert live.current is running
-    assert caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected an integer") == 1
+    assert (
+        caplog.text.count("config reload failed: providers.openai.network_config.max_retries: expected an integer") == 1
+    )
     assert sample("batchgate_config_reloads_total", result="failure") == failures + 1
     atomic_write(config_file, raw(document(client={})))
     watcher.poll()

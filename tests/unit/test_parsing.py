@@ -9,10 +9,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.config import parse_config
 from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
 from service.model import RequestCounts
 from service.providers.base import UpstreamResponse, count, decode_json, unix_seconds
+from service.providers.catalog import parse_config
 from service.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 
 OPENAI_KEY = "sk-proj-unit-openai-key-0001"

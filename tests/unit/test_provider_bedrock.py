@@ -17,10 +17,10 @@ import pytest
 from botocore.config import Config as BotoConfig
 from multidict import CIMultiDict
 
-from service.config import parse_config
 from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
 from service.providers.base import UpstreamResponse
 from service.providers.bedrock import BedrockAdapter, job_identifier
+from service.providers.catalog import parse_config
 
 ACCESS_KEY = "AKIAUNITTESTBEDROCK1"
 SECRET_KEY = "unit/Test+Secret0Key000000000000000000000"
@@ -192,13 +192,6 @@ def test_answer_without_a_job_is_an_upstream_failure(adapter, data):
 )
 def test_status_table(adapter, status, unified):
     assert adapter[0].parse_batch(JOB_ID, {"status": status}).status == unified
-
-
-def test_unknown_status_passes_through_lowercased_and_is_logged_once(adapter, caplog):
-    with caplog.at_level(logging.WARNING, logger="service.providers.base"):
-        for _ in range(3):
-            assert adapter[0].parse_batch(JOB_ID, {"status": "Paused"}).status == "paused"
-    assert sum("paused" in r.getMessage() for r in caplog.records) == 1
 
 
 # --- identifiers ------------------------------------------------------------------------------------
@@ -450,8 +443,3 @@ def test_bad_signature_message_loses_the_echoed_canonical_request(adapter):
     assert error.message.startswith("The request signature we calculated does not match")
     assert error.message.endswith("Consult the service documentation for details.")
     assert TOKEN not in error.message
-
-
-def test_html_error_page_keeps_its_status_without_parsing(adapter):
-    error = adapter[0].parse_error(response(502, b"<html><body>Bad Gateway</body></html>", content_type="text/html"))
-    assert (error.status_code, error.type, error.message) == (502, "provider_error", "bedrock answered HTTP 502")

@@ -3,16 +3,14 @@ envelopes."""
 
 from __future__ import annotations
 
-import logging
-
 import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.config import parse_config
-from service.errors import InvalidRequest, UpstreamUnavailable
+from service.errors import UpstreamUnavailable
 from service.model import RequestCounts
 from service.providers.base import UpstreamResponse
+from service.providers.catalog import parse_config
 from service.providers.mistral import MistralAdapter
 
 KEY = "mistral-unit-key-0123456789abcdef"
@@ -110,27 +108,12 @@ def test_status_table(wire, unified):
     assert adapter().status(wire) == unified
 
 
-def test_unknown_status_passes_through_lowercased_and_is_logged_once(caplog):
-    a = adapter()
-    with caplog.at_level(logging.WARNING):
-        assert a.parse_batch(JOB_ID, {"status": "PAUSED"}).status == "paused"
-        assert a.parse_batch(JOB_ID, {"status": "PAUSED"}).status == "paused"
-    assert sum("paused" in r.getMessage() for r in caplog.records) == 1
-
-
 @pytest.mark.parametrize("batch_id", [JOB_ID, "job_123", "batch:with:colons"])
 def test_ids_are_accepted_and_escaped_as_one_segment(batch_id):
     a = adapter()
     request = a.cancel_request(key(a), a.parse_id(batch_id))
     segment = request.url.removeprefix("https://api.mistral.ai/v1/batch/jobs/").removesuffix("/cancel")
     assert "/" not in segment and segment.replace("%3A", ":") == batch_id
-
-
-@pytest.mark.parametrize("batch_id", ["", "a/b", "..", ".", "a%2Fb", "a?b", "a#b", "a\\b", "a b", "a\x00b"])
-def test_unsafe_ids_are_refused(batch_id):
-    with pytest.raises(InvalidRequest) as info:
-        adapter().parse_id(batch_id)
-    assert info.value.param == "batch_id"
 
 
 def test_cancel_request_is_a_bodiless_bearer_post_and_auth_wins_over_extra_headers():

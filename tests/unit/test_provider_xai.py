@@ -7,10 +7,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.config import parse_config
 from service.errors import InvalidRequest, UpstreamUnavailable
 from service.model import RequestCounts
 from service.providers.base import UpstreamResponse, after_accepted_cancel
+from service.providers.catalog import parse_config
 from service.providers.xai import XAIAdapter
 
 KEY = "xai-unitXaiKey0123456789abcdefghijkl"

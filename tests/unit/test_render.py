@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, LUA_FILE, ROOT, render, split_host_port
+from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
 from service.auth import exposure_problem
-from service.config import parse_config
+from service.providers.catalog import parse_config
 from tests.support import self_signed_cert
 
 ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
@@ -28,8 +28,12 @@ def validate(config: str, tmp_path: Path) -> None:
     """Runs `envoy --mode validate` on the config; fails on an error or a deprecated field."""
     path = tmp_path / "envoy.yaml"
     path.write_text(config)
-    proc = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "OK" in proc.stdout
@@ -47,7 +51,7 @@ def _tls(tls: bool, tls_files: tuple[Path, Path]) -> dict:
 
 
 def _cluster(config: str) -> str:
-    return config[config.index("  clusters:"):]
+    return config[config.index("  clusters:") :]
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -95,8 +99,11 @@ def test_dns_config_keeps_health_checks_outlier_detection_and_retries() -> None:
     static = render(http_port=8080, grpc_ports=[50051]).splitlines()
     dns = render(http_port=8080, upstream_dns=K8S_UPSTREAM).splitlines()
 
-    changed = [line for line in difflib.unified_diff(static, dns, lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    changed = [
+        line
+        for line in difflib.unified_diff(static, dns, lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
     assert changed == [
         "-    type: STATIC",
         "+    type: STRICT_DNS",
@@ -106,9 +113,14 @@ def test_dns_config_keeps_health_checks_outlier_detection_and_retries() -> None:
         "{address: batchgate-service.default.svc.cluster.local, port_value: 50051}}}",
     ]
     text = "\n".join(dns)
-    for kept in ("grpc_health_check: {service_name: batchgate.v1.BatchService}", "outlier_detection:",
-                 "consecutive_local_origin_failure: 3", "retry_on: connect-failure,refused-stream,reset-before-request",
-                 "envoy.retry_host_predicates.previous_hosts", "http2_protocol_options"):
+    for kept in (
+        "grpc_health_check: {service_name: batchgate.v1.BatchService}",
+        "outlier_detection:",
+        "consecutive_local_origin_failure: 3",
+        "retry_on: connect-failure,refused-stream,reset-before-request",
+        "envoy.retry_host_predicates.previous_hosts",
+        "http2_protocol_options",
+    ):
         assert kept in text
 
 
@@ -117,31 +129,62 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
     assets = tmp_path / "etc-envoy"
     assets.mkdir()
     shutil.copy(DESCRIPTOR, assets / "batchgate.pb")
-    shutil.copy(LUA_FILE, assets / "errors.lua")
     out = tmp_path / "envoy.yaml"
 
-    subprocess.run([sys.executable, "-m", "gateway.render", "--upstream-dns", K8S_UPSTREAM, "--bind-host", "0.0.0.0",
-                    "--assets-dir", str(assets), "--out", str(out)], cwd=ROOT, check=True, timeout=30)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.render",
+            "--upstream-dns",
+            K8S_UPSTREAM,
+            "--bind-host",
+            "0.0.0.0",
+            "--assets-dir",
+            str(assets),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=30,
+    )
 
     config = out.read_text()
     assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
-    assert f"filename: {assets / 'errors.lua'}" in config
+    assert "default_source_code: {inline_string: " in config  # the Lua filter comes inside the config
     validate(config, tmp_path)
 
 
 def test_cli_rejects_a_malformed_upstream(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "gateway.render", "--upstream-dns", "batchgate-service",
-                           "--out", str(tmp_path / "envoy.yaml")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.render",
+            "--upstream-dns",
+            "batchgate-service",
+            "--out",
+            str(tmp_path / "envoy.yaml"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "expected HOST:PORT" in proc.stderr
     assert not (tmp_path / "envoy.yaml").exists()
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("svc.ns.svc.cluster.local:50051", ("svc.ns.svc.cluster.local", 50051)),
-    ("10.0.0.7:1", ("10.0.0.7", 1)),
-    ("[fd00::7]:50051", ("fd00::7", 50051)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("svc.ns.svc.cluster.local:50051", ("svc.ns.svc.cluster.local", 50051)),
+        ("10.0.0.7:1", ("10.0.0.7", 1)),
+        ("[fd00::7]:50051", ("fd00::7", 50051)),
+    ],
+)
 def test_split_host_port(value: str, expected: tuple[str, int]) -> None:
     assert split_host_port(value) == expected
 
@@ -177,7 +220,7 @@ def test_kubernetes_example_config_is_safe_to_expose() -> None:
 
 def _mappers(config: str) -> list[dict]:
     """The local-reply mappers of a rendered config (each is one JSON line)."""
-    block = config[config.index("            mappers:\n"):config.index("            body_format:\n")]
+    block = config[config.index("            mappers:\n") : config.index("            body_format:\n")]
     return [json.loads(line.strip()[2:]) for line in block.splitlines()[1:]]
 
 

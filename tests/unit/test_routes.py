@@ -57,7 +57,11 @@ def test_direct_grpc_calls_use_the_request_fields():
         ("CancelGenAI", "/genai/v1beta/batches/abc:cancel", "abc"),
         ("CancelGenAI", "/genai/v1/batches/abc:cancel", "abc"),
         ("CancelAnthropic", "/anthropic/v1/messages/batches/msgbatch_1/cancel", "msgbatch_1"),
-        ("StopModelInvocationJob", "/bedrock/model-invocation-job/arn%3Aaws%3Abedrock%3Ax%2Fj/stop", "arn:aws:bedrock:x/j"),
+        (
+            "StopModelInvocationJob",
+            "/bedrock/model-invocation-job/arn%3Aaws%3Abedrock%3Ax%2Fj/stop",
+            "arn:aws:bedrock:x/j",
+        ),
     ],
 )
 def test_drop_in_routes_are_read_from_the_proto(method, path, batch_id):

@@ -22,13 +22,11 @@ from google.api import annotations_pb2
 from google.rpc import status_pb2
 
 from service.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
-from service.cancel import Canceller
-from service.config import parse_config
+from service.cancel import Canceller, Collaborators
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.model import BatchState, CancelResult, RequestCounts
-from service.providers.http import HttpExecutor
-from service.providers.registry import NO_BATCH_CANCEL
+from service.providers.catalog import NO_BATCH_CANCEL, parse_config
 from tests.support import OPENAI_KEYS, config_dict
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BatchService"]
@@ -81,21 +79,39 @@ class FakeContext:
         raise Aborted
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any upstream call fails the test (and would surface as INTERNAL)."""
-    calls = []
+class RefusingExecutor:
+    """An executor that fails the test on any upstream call (which would surface as INTERNAL)."""
 
-    async def send(self, request, deadline, trace=None):
-        calls.append(request)
+    def __init__(self, name, provider_config, breaker, calls):
+        self.breaker, self._calls = breaker, calls
+
+    async def send(self, request, deadline, record=None):
+        self._calls.append(request)
         raise AssertionError(f"unexpected upstream call to {request.url}")
 
-    monkeypatch.setattr(HttpExecutor, "send", send)
-    return calls
+    async def close(self):
+        pass
+
+
+# Upstream calls the offline cancellers were asked to make (the `no_network` fixture clears it).
+UPSTREAM_CALLS: list = []
+OFFLINE = Collaborators(executor=lambda name, pc, breaker: RefusingExecutor(name, pc, breaker, UPSTREAM_CALLS))
+
+
+def offline(cfg=None) -> Canceller:
+    """A canceller for `cfg` (default: config()) whose executors refuse any upstream call."""
+    return Canceller(cfg or config(), parts=OFFLINE)
+
+
+@pytest.fixture
+def no_network():
+    """The upstream calls made through `offline` cancellers during the test (none expected)."""
+    UPSTREAM_CALLS.clear()
+    return UPSTREAM_CALLS
 
 
 async def call(request: pb.CancelBatchRequest, canceller: Canceller | None = None, **context_args):
-    canceller = canceller or Canceller(config())
+    canceller = canceller or offline()
     context = FakeContext(**context_args)
     try:
         with pytest.raises(Aborted):
@@ -192,7 +208,7 @@ async def test_errors_before_any_upstream_call(request_, expected, no_network):
 
 async def test_no_batch_enabled_keys(no_network):
     request = pb.CancelBatchRequest(batch_id="b", provider="openai")
-    status, metadata = await call(request, Canceller(config(batch=False)))
+    status, metadata = await call(request, offline(config(batch=False)))
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
     body = json.loads(metadata[ERROR_BODY_HEADER])
     assert body["error"]["code"] == "no_batch_keys"
@@ -208,9 +224,9 @@ async def test_error_body_is_ascii_for_non_ascii_provider(no_network):
 
 
 async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
-    canceller = Canceller(config())
+    canceller = offline()
 
-    async def boom(command, time_remaining=None):
+    async def boom(command, call, time_remaining=None):
         raise RuntimeError(f"connection string postgres://admin:{SECRET}@db/batch")
 
     monkeypatch.setattr(canceller, "cancel", boom)
@@ -237,16 +253,18 @@ async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
 
 
 async def test_success_passes_metadata_and_deadline_and_answers_the_proto():
-    canceller = Canceller(config())
+    canceller = offline()
     seen = []
 
-    async def cancel(command, time_remaining=None):
+    async def cancel(command, call, time_remaining=None):
         seen.append((command, time_remaining))
         batch = BatchState("batch_1", "cancelling", RequestCounts(total=3, completed=1, failed=0), 1738667012)
         return CancelResult(batch, "openai", 17, {"id": "batch_1"})
 
     canceller.cancel = cancel
-    context = FakeContext(metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5)
+    context = FakeContext(
+        metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5
+    )
     request = pb.CancelBatchRequest(batch_id="batch_1", surface="openai")
     response = await BatchServicer(canceller).Cancel(request, context)
     await canceller.close()
@@ -310,12 +328,13 @@ class _Bridge:
 class SyncBatchServicer(pb_grpc.BatchServiceServicer):
     """Runs the real async servicer on a private event loop in grpc_testing's handler thread."""
 
-    def __init__(self, config):
+    def __init__(self, config, parts=None):
         self._config = config
+        self._parts = parts
 
     def Cancel(self, request, context):
         async def run():
-            canceller = Canceller(self._config)
+            canceller = Canceller(self._config, parts=self._parts)
             try:
                 return await BatchServicer(canceller).Cancel(request, _Bridge(context))
             except Aborted:
@@ -326,14 +345,14 @@ class SyncBatchServicer(pb_grpc.BatchServiceServicer):
         return asyncio.run(run())
 
 
-def _invoke(config, request, metadata=()):
-    servicers = {SERVICE: SyncBatchServicer(config)}
+def _invoke(config, request, metadata=(), parts=None):
+    servicers = {SERVICE: SyncBatchServicer(config, parts)}
     server = grpc_testing.server_from_dictionary(servicers, grpc_testing.strict_real_time())
     return server.invoke_unary_unary(CANCEL, metadata, request, None)
 
 
 def test_grpc_testing_drives_an_error_end_to_end(no_network):
-    rpc = _invoke(config(), pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED))
+    rpc = _invoke(config(), pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED), parts=OFFLINE)
     initial = dict(rpc.initial_metadata())
     response, trailing, code, details = rpc.termination()
     assert response is None
@@ -364,3 +383,45 @@ async def test_grpc_testing_drives_a_cancel_against_the_sandbox(sandbox, sim):
     (upstream,) = sim.calls("openai")
     assert upstream["method"] == "POST" and upstream["path"] == f"/openai/v1/batches/{batch_id}/cancel"
     assert upstream["headers"]["Authorization"] == f"Bearer {OPENAI_KEYS[0]}"
+
+
+# --- Health goes through the same wrapper ----------------------------------------------------------
+
+
+async def test_health_while_draining_is_503_with_the_health_answer_as_body(no_network):
+    servicer = BatchServicer(offline())
+    servicer.draining = True
+    context = FakeContext()
+    with pytest.raises(Aborted):
+        await servicer.Health(pb.HealthRequest(), context)
+    (status,) = context.statuses
+    (metadata,) = context.initial_metadata
+    metadata = dict(metadata)
+    assert status.code is grpc.StatusCode.UNAVAILABLE and status.details == "the service is shutting down"
+    assert metadata[ERROR_STATUS_HEADER] == "503" and "x-request-id" not in metadata
+    body = json.loads(metadata[ERROR_BODY_HEADER])
+    assert body["status"] == "draining" and body["providers"]["openai"] == {"circuit": "closed"}
+    _, detail = unpack(status.trailing_metadata)
+    assert (detail.status_code, detail.error.code) == (503, "draining")
+
+
+async def test_health_failing_unexpectedly_is_a_sealed_internal(monkeypatch, caplog):
+    canceller = offline()
+
+    def boom():
+        raise RuntimeError(f"secret {SECRET}")
+
+    monkeypatch.setattr(canceller, "breaker_states", boom)
+    context = FakeContext()
+    with caplog.at_level(logging.ERROR, logger="service.api"), pytest.raises(Aborted):
+        await BatchServicer(canceller).Health(pb.HealthRequest(), context)
+    (status,) = context.statuses
+    assert status.code is grpc.StatusCode.INTERNAL and status.details == "internal error"
+    assert SECRET not in repr((status, context.initial_metadata))
+    assert json.loads(dict(context.initial_metadata[0])[ERROR_BODY_HEADER])["status_code"] == 500
+
+
+async def test_health_when_serving_answers_ok_without_metadata():
+    context = FakeContext()
+    response = await BatchServicer(offline()).Health(pb.HealthRequest(), context)
+    assert response.status == "ok" and context.statuses == [] and context.initial_metadata == []

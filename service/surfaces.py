@@ -7,10 +7,10 @@ callers of the same RPCs get the canonical status and typed detail as everywhere
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
+from service import envelope
 from service.errors import GatewayError
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.model import CancelResult
@@ -25,18 +25,19 @@ class RenderedError(NamedTuple):
     headers: tuple[tuple[str, str], ...] = ()
 
 
-def _json(data: dict) -> str:
-    # ASCII-only: the body travels to the edge as a gRPC metadata value.
-    return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
-
-
 def bifrost_error(error: GatewayError) -> RenderedError:
     return RenderedError(error.status_code, error.to_json())
 
 
 _ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    409: "invalid_request_error", 413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
 }
 
 
@@ -46,7 +47,7 @@ def anthropic_error(error: GatewayError) -> RenderedError:
         kind = error.type  # Anthropic's own error type, passed through
     else:
         kind = _ANTHROPIC_ERROR_TYPES.get(error.status_code, "api_error")
-    return RenderedError(error.status_code, _json({"type": "error", "error": {"type": kind, "message": error.message}}))
+    return RenderedError(error.status_code, envelope.to_json(envelope.anthropic(kind, error.message)))
 
 
 def google_error(error: GatewayError) -> RenderedError:
@@ -54,14 +55,19 @@ def google_error(error: GatewayError) -> RenderedError:
     batch) with HTTP 400, not 409."""
     code = error.grpc_code
     status = 400 if error.status_code == 409 else error.status_code
-    body = {"error": {"code": status, "message": error.message, "status": code.name}}
-    return RenderedError(status, _json(body))
+    return RenderedError(status, envelope.to_json(envelope.google(status, error.message, code.name)))
 
 
 _BEDROCK_ERRORS = {
-    400: "ValidationException", 401: "AccessDeniedException", 403: "AccessDeniedException",
-    404: "ResourceNotFoundException", 409: "ConflictException", 429: "ThrottlingException",
-    500: "InternalServerException", 502: "ServiceUnavailableException", 503: "ServiceUnavailableException",
+    400: "ValidationException",
+    401: "AccessDeniedException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    409: "ConflictException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    502: "ServiceUnavailableException",
+    503: "ServiceUnavailableException",
     504: "ServiceUnavailableException",
 }
 
@@ -74,17 +80,22 @@ def bedrock_error(error: GatewayError) -> RenderedError:
     else:
         name = _BEDROCK_ERRORS.get(error.status_code, "InternalServerException")
     status = 400 if name == "ConflictException" else error.status_code
-    return RenderedError(status, _json({"message": error.message}), (("x-amzn-errortype", name),))
+    body, headers = envelope.bedrock(error.message, name)
+    return RenderedError(status, envelope.to_json(body), tuple(headers.items()))
 
 
-_ANTHROPIC_STATUS = {"cancelling": "canceling", "validating": "in_progress", "in_progress": "in_progress",
-                     "finalizing": "in_progress"}
+_ANTHROPIC_STATUS = {
+    "cancelling": "canceling",
+    "validating": "in_progress",
+    "in_progress": "in_progress",
+    "finalizing": "in_progress",
+}
 
 
 def _rfc3339(seconds: int | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def to_anthropic(result: CancelResult) -> pb.AnthropicMessageBatch:

@@ -1,0 +1,190 @@
+"""The REST error envelope has one source (service/envelope.py): the service's renderers, Envoy's
+local replies and the Lua filter (generated at render time) agree with it. The Lua filter runs here
+in LuaJIT (lupa), as in Envoy, against a small fake of Envoy's stream handle."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import lupa.luajit21 as lupa
+import pytest
+from google.protobuf import json_format
+
+from gateway.render import LOCAL_REPLIES, LUA_ENVELOPE_MARKER, local_reply_body, lua_source, render
+from service import envelope
+from service.api import ERROR_BODY_HEADER, rest_error_metadata
+from service.converters import error_detail, event_to_proto
+from service.errors import GatewayError, InvalidRequest, Overloaded, ProviderError, UpstreamUnavailable
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.model import ItemEvent
+from service.surfaces import anthropic_error, bedrock_error, bifrost_error, google_error
+
+ERRORS = [
+    InvalidRequest("provider query parameter is required", param="provider"),
+    ProviderError("Cannot cancel a batch with status 'completed'.", status_code=409, code=None, provider="openai"),
+    Overloaded("too many cancels", code="overloaded", provider="openai", headers={"retry-after": "1"}),
+    UpstreamUnavailable("openai is failing", status_code=503, code="circuit_open", provider="openai"),
+    GatewayError("internal error"),
+    GatewayError('quotes " and \\\\ and ünïcode', status_code=404, type="not_found", code="x"),
+]
+METHODS = {
+    "Cancel": bifrost_error,
+    "CancelAnthropic": anthropic_error,
+    "CancelGenAI": google_error,
+    "StopModelInvocationJob": bedrock_error,
+}
+
+# Envoy's stream handle, as much of it as the response hook uses.
+FAKE_HANDLE = """
+return function(hdrs, chunks)
+  local handle, headers = {}, {}
+  function headers:get(key) return hdrs[key] end
+  function headers:remove(key) hdrs[key] = nil end
+  function headers:replace(key, value) hdrs[key] = value end
+  function handle:headers() return headers end
+  function handle:body()
+    return {setBytes = function(_, bytes) handle.body_bytes = bytes end}
+  end
+  function handle:bodyChunks()
+    local i = 0
+    return function()
+      i = i + 1
+      if chunks[i] == nil then return nil end
+      local index = i
+      return {length = function() return #chunks[index] end,
+              getBytes = function(_, from, size) return string.sub(chunks[index], from + 1, from + size) end,
+              setBytes = function(_, bytes) chunks[index] = bytes end}
+    end
+  end
+  function handle:streamInfo() return {protocol = function() return "HTTP/1.1" end} end
+  function handle:trailers() return nil end
+  return handle
+end
+"""
+
+
+@pytest.fixture(scope="module")
+def lua():
+    runtime = lupa.LuaRuntime()
+    runtime.execute(lua_source())
+    return runtime
+
+
+def respond(lua, headers: dict[str, str], chunks: list[str] | None = None):
+    """Runs the filter's response hook; returns (headers after, body it set, chunks after)."""
+    hdrs = lua.table_from(headers)
+    lua_chunks = lua.table_from(chunks or [])
+    handle = lua.execute(FAKE_HANDLE)(hdrs, lua_chunks)
+    lua.globals().envoy_on_response(handle)
+    return dict(hdrs), handle.body_bytes, list(lua_chunks.values())
+
+
+def test_the_lua_filter_is_generated_from_the_envelope():
+    source = lua_source()
+    assert LUA_ENVELOPE_MARKER not in source and envelope.lua_constants() in source
+    # The hand-written part names none of the envelope's strings itself.
+    hand_written = source.replace(envelope.lua_constants(), "")
+    for literal in ("x-bf-", "is_bifrost_error", '"code"', '"param"'):
+        assert literal not in hand_written
+    config = render(http_port=8080, grpc_ports=[50051])
+    inline = re.search(r"default_source_code: \{inline_string: (\".*\")\}", config).group(1)
+    assert json.loads(inline) == source
+
+
+def test_envelope_keys_follow_the_proto():
+    """The Lua filter relies on the transcoder printing the error's keys in proto field order."""
+    fields = pb.ErrorField.DESCRIPTOR.fields
+    assert tuple(f.name for f in fields) == envelope.ERROR_KEYS
+    assert tuple(f.name for f in fields if f.has_presence) == envelope.NULLABLE_ERROR_KEYS
+    body = GatewayError("x").to_dict()
+    assert list(body) == [f.name for f in pb.ErrorDetail.DESCRIPTOR.fields]
+    assert next(iter(body)) == envelope.FIRST_KEY
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: f"{type(e).__name__}-{e.status_code}")
+def test_typed_detail_holds_the_rest_body(error):
+    """gRPC callers' ErrorDetail carries exactly the REST body's fields (absent: null)."""
+    detail = json_format.MessageToDict(
+        error_detail(error), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    detail["error"] = {key: detail["error"].get(key) for key in envelope.ERROR_KEYS}
+    assert detail == error.to_dict()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: f"{type(e).__name__}-{e.status_code}")
+def test_the_lua_filter_answers_with_the_python_rendering(lua, method, error):
+    """What the service sends the edge becomes exactly the renderer's status, body and headers."""
+    rendered = METHODS[method](error)
+    sent = {key.lower(): value for key, value in rest_error_metadata(f"/batchgate.v1.BatchService/{method}", error)}
+    headers, body, _ = respond(lua, {":status": "200", "content-type": "application/json", **sent})
+    assert body == rendered.body and json.loads(body)
+    assert headers[":status"] == str(rendered.status)
+    assert headers["content-type"] == "application/json"
+    assert ERROR_BODY_HEADER not in headers and envelope.ERROR_STATUS_HEADER not in headers
+    for key, value in rendered.headers:
+        assert headers[key] == value
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: f"{type(e).__name__}-{e.status_code}")
+def test_the_lua_filter_nulls_what_the_transcoder_omits_in_stream_items(lua, error):
+    """A CancelMany line as the transcoder prints it (unset optional fields omitted) leaves the edge
+    with the item's error exactly the single cancel's error body."""
+    line = transcoded(event_to_proto(ItemEvent(3, "batch_1", "openai", True, error=error))) + "\n"
+    hdrs = {":status": "200", "content-type": "application/json", envelope.STREAM_HEADER: "ndjson"}
+    headers, _, chunks = respond(lua, hdrs, [line, line + line])
+    assert headers["content-type"] == "application/x-ndjson" and envelope.STREAM_HEADER not in headers
+    for chunk in chunks:
+        for item in chunk.splitlines():
+            answer = json.loads(item)
+            assert answer["error"] == error.to_dict()
+            assert list(answer["error"]["error"]) == list(envelope.ERROR_KEYS)
+
+
+def transcoded(message) -> str:
+    """A message as Envoy's transcoder prints it: compact, keys in proto field order, unset optional
+    fields omitted (Python's printer puts defaulted fields last, so the order is restored here)."""
+    printed = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+    def ordered(value, descriptor):
+        if descriptor is None or not isinstance(value, dict):
+            return value
+        return {
+            field.name: ordered(value[field.name], field.message_type)
+            for field in descriptor.fields
+            if field.name in value
+        }
+
+    return json.dumps(ordered(printed, message.DESCRIPTOR), separators=(",", ":"))
+
+
+def _shape(value):
+    """A body's structure: its keys, nested; values only by type (Envoy format strings aside)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    return "value" if value is not None else None
+
+
+@pytest.mark.parametrize(
+    ("surface", "renderer"),
+    [(None, bifrost_error), ("anthropic", anthropic_error), ("genai", google_error), ("bedrock", bedrock_error)],
+)
+@pytest.mark.parametrize("reply", LOCAL_REPLIES, ids=lambda r: str(r.status))
+def test_envoy_local_replies_have_the_service_shape(surface, renderer, reply):
+    """Envoy's own replies read like the service's errors on the same route."""
+    body, headers = local_reply_body(surface, reply)
+    error = GatewayError(reply.message, status_code=reply.status or 400, type=reply.type, code=reply.code)
+    rendered = renderer(error)
+    assert list(body) == list(json.loads(rendered.body))
+    assert _shape(body) == _shape(json.loads(rendered.body))
+    assert {key.lower() for key in headers} == {key.lower() for key, _ in rendered.headers}
+
+
+def test_native_grpc_answers_pass_untouched(lua):
+    """A gRPC answer (native caller) passes the filter untouched."""
+    hdrs = {":status": "200", "content-type": "application/grpc", ERROR_BODY_HEADER: "{}"}
+    headers, body, _ = respond(lua, hdrs)
+    assert body is None and headers[ERROR_BODY_HEADER] == "{}"
