@@ -81,7 +81,7 @@ def summarize_profile(collapsed: str, top: int = 25) -> list[str]:
         count = int(count_text)
         frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
         total += count
-        if frames and _idle_frame(frames[-1]):
+        if frames and _idle(frames):
             idle += count
         if frames:
             self_counts[_short(frames[-1])] = self_counts.get(_short(frames[-1]), 0) + count
@@ -90,7 +90,7 @@ def summarize_profile(collapsed: str, top: int = 25) -> list[str]:
     if not total:
         return ["(no samples)"]
     lines = [
-        f"{total} samples, {idle * 100 / total:.0f}% of them waiting in epoll/select (idle).",
+        f"{total} samples, {idle * 100 / total:.0f}% of them idle (waiting in epoll/select or on a lock).",
         "",
         *_owners(collapsed),
         "",
@@ -135,7 +135,7 @@ def _owners(collapsed: str) -> list[str]:
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
-        if not frames or not count_text.isdigit() or _idle_frame(frames[-1]):
+        if not frames or not count_text.isdigit() or _idle(frames):
             continue
         owner = _owner(frames)
         counts[owner] = counts.get(owner, 0) + int(count_text)
@@ -159,5 +159,18 @@ def _short(frame: str) -> str:
     return f"{func} ({short})"
 
 
-def _idle_frame(frame: str) -> bool:
-    return bool(re.match(r"^(epoll_wait|EpollSelector\.select|select|poll) ", frame))
+def _idle(frames: list[str]) -> bool:
+    """A thread waiting: in epoll/select/poll (the loop, grpc's poller), or blocked on a lock or queue
+    (an idle thread-pool worker). Unnamed libc frames (`0x7f.. (libc.so.6)`) are skipped to reach
+    the call that waits."""
+    for frame in reversed(frames):
+        if frame.startswith("0x"):
+            continue
+        return bool(_IDLE.match(frame))
+    return False
+
+
+_IDLE = re.compile(
+    r"^(epoll_wait|EpollSelector\.select|select|poll|PyThread_acquire_lock_timed|_queue_SimpleQueue_get_impl"
+    r"|pthread_cond_(timed)?wait|sem_(timed)?wait) "
+)

@@ -4,6 +4,7 @@
     python -m bench.run --smoke              # ~10 s: c=1 and c=8, a few hundred requests per path -> smoke.md
     python -m bench.run --rss-soak 200000    # RSS flatness only: REST via Envoy at c=64, RSS every 10k -> soak.md
     python -m bench.run --profile            # full run, then py-spy on the service under REST c=64 -> profile.md
+    python -m bench.run --profile-only --profile-native   # only the profile (after a warm-up), C frames too
 
 Options: --c1-requests N (2000), --c64-requests N (20000), --concurrency C (64), --grpc-conns K (8:
 the c concurrent gRPC calls go over K HTTP/2 connections, c/K streams each), --envoy-concurrency N
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-soak", type=int, metavar="N", help="only the RSS soak: N REST requests at c=64")
     parser.add_argument("--profile", action="store_true", help="after the run, py-spy the service under REST c=64")
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument("--profile-only", action="store_true", help="no measured runs: a warm-up, then the profile")
     parser.add_argument("--profile-requests", type=int, default=10_000)
     parser.add_argument("--c1-requests", type=int)
     parser.add_argument("--c64-requests", type=int)
@@ -189,15 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         system = System(workdir)
         try:
             system.start()
-            if not args.no_floor and not args.rss_soak:
+            measuring = not (args.rss_soak or args.profile_only)
+            if not args.no_floor and measuring:
                 system.start_floor()
-            if not args.rss_soak:
+            if measuring:
                 system.start_redis_gateway()
             log(f"simulator {system.sim_url}, Envoy {system.envoy_url}, service {system.grpc_url}")
             wait_until_sane(system)
             detector_self_test(system, client)
             if args.rss_soak:
                 return run_soak(args, client, system)
+            if args.profile_only:
+                rest = next(t for t in targets(system) if t.name == "rest_envoy")
+                client.run(rest, args.concurrency, args.c64_warmup)
+                profile(args, client, system.groups(), rest, workdir)
+                return 0
             return run_benchmark(args, client, system, workdir)
         except HarnessError as err:
             print(f"bench: {err}", file=sys.stderr)

@@ -14,13 +14,16 @@ COLLAPSED = "\n".join(
         f"{MAIN};record_request (service/observability.py:116);JsonFormatter.format (service/observability.py:230) 1",
         f"{MAIN};cancel (service/cancel.py:90) 2",
         f"{MAIN};BaseEventLoop._run_once (asyncio/base_events.py:1900);epoll_wait (libc.so.6) 8",
+        # An idle thread-pool worker: blocked on its queue's lock, under unnamed libc frames.
+        "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:81);_queue_SimpleQueue_get_impl "
+        "(_queuemodule.c:1);PyThread_acquire_lock_timed (libpython3.11.so.1.0);0x7f180caa3f16 (libc.so.6) 4",
     ]
 )
 
 
 def test_busy_samples_are_counted_by_owner_and_idle_ones_left_out() -> None:
     lines = summarize_profile(COLLAPSED)
-    assert lines[0] == "20 samples, 40% of them waiting in epoll/select (idle)."
+    assert lines[0] == "24 samples, 50% of them idle (waiting in epoll/select or on a lock)."
     table = lines[lines.index("Busy samples by owner:") + 4 : lines.index("Top self time (leaf frame):") - 1]
     owners = {owner: float(share) for share, owner in (row.strip("| ").split(" | ") for row in table)}
     assert owners["grpc (Cython layer and C core, incl. its poller thread)"] == 50.0
