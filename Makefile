@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -63,8 +63,13 @@ redis-server:
 run: proto
 	$(PY) -m gateway.run
 
-test: proto redis-server
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting.
+lint: proto
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint redis-server
 	$(PY) -m pytest -q
 
 unit: proto
