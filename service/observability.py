@@ -146,6 +146,21 @@ def record_request(
                 }
             },
         )
+    _audit(record, caller=caller, provider=label, batch_id=batch_id, code=code, http_status=http_status)
+
+
+def _audit(
+    record: CallRecord,
+    *,
+    caller: str,
+    provider: str,
+    batch_id: str,
+    code: str,
+    http_status: int,
+    index: int | None = None,
+    warning: str | None = None,
+) -> None:
+    """The audit event of one cancel: a single call's, or one bulk item's (with its `index`)."""
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
@@ -153,12 +168,14 @@ def record_request(
                 "fields": {
                     "event": "audit",
                     "request_id": record.request_id,
+                    **({"index": index} if index is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
-                    "provider": label,
+                    "provider": provider,
                     "batch_id": batch_id[:256],
                     "result": "ok" if code == "OK" else code,
                     "status": http_status,
+                    **({"warning": warning} if warning else {}),
                 }
             },
         )
@@ -179,24 +196,16 @@ def record_item(
     call's request id plus the item's index identify it."""
     label = provider_label(provider)
     REQUESTS.labels(record.route, label, code).inc()
-    if audit_log.isEnabledFor(logging.INFO):
-        audit_log.info(
-            "audit",
-            extra={
-                "fields": {
-                    "event": "audit",
-                    "request_id": record.request_id,
-                    "index": index,
-                    "who": caller,
-                    "action": "batch.cancel",
-                    "provider": label,
-                    "batch_id": batch_id[:256],
-                    "result": "ok" if code == "OK" else code,
-                    "status": http_status,
-                    **({"warning": warning} if warning else {}),
-                }
-            },
-        )
+    _audit(
+        record,
+        caller=caller,
+        provider=label,
+        batch_id=batch_id,
+        code=code,
+        http_status=http_status,
+        index=index,
+        warning=warning,
+    )
 
 
 def record_bulk(
