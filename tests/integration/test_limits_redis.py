@@ -10,6 +10,7 @@ import uuid
 
 import grpc
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.limits import RateLimiter, RedisStore
 from service.providers.catalog import parse_config
@@ -54,6 +55,31 @@ async def test_redis_store_counts_atomically_and_expires_the_window(redis_server
     assert (await stores[0].hit("short", 0.05))[0] == 1
     for store in stores:
         await store.close()
+
+
+async def test_a_flushed_script_cache_is_refilled_and_counting_goes_on(redis_server):
+    store = RedisStore(redis_server.url)
+    assert (await store.hit("k", 60))[0] == 1
+    await store._command("SCRIPT", "FLUSH")  # what a restarted or failed-over Redis looks like
+    assert (await store.hit("k", 60))[0] == 2
+    assert (await store.hit("k", 60))[0] == 3
+    await store.close()
+
+
+async def test_a_connection_that_timed_out_is_never_reused(redis_server):
+    # A paused Redis answers late: the late reply must not be read as the next check's answer.
+    store, admin = RedisStore(redis_server.url, timeout_s=0.05), RedisStore(redis_server.url)
+    assert (await store.hit("k", 60))[0] == 1
+    await admin._command("CLIENT", "PAUSE", 300, "WRITE")
+    with pytest.raises(RedisTimeoutError):
+        await store.hit("k", 60)
+    await asyncio.sleep(0.4)
+    # Redis drops a paused command whose connection closed; a reused connection would answer the
+    # next check (another key) with the late reply for "k".
+    assert (await store.hit("other", 60))[0] == 1
+    assert (await store.hit("k", 60))[0] == 2
+    await store.close()
+    await admin.close()
 
 
 async def test_two_services_on_one_redis_let_exactly_the_limit_through(sandbox, sim, redis_server):
