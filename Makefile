@@ -85,6 +85,10 @@ e2e: proto redis-server
 bench: proto redis-server
 	$(PY) -m bench.run
 
+# Only what a rate-limit check adds (embedded store and Redis), interleaved rounds, ~2 min.
+bench-limits: proto redis-server
+	$(PY) -m bench.run --limits-only
+
 bench-smoke: proto redis-server
 	$(PY) -m bench.run --smoke
 

@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envoy-concurrency", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--no-floor", action="store_true", help="skip the trivial grpc.aio reference path")
+    parser.add_argument(
+        "--limits-only", action="store_true", help="only the rate-limit check's cost (issue 11), printed, ~2 min"
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         defaults = dict(c1_requests=300, c64_requests=600, concurrency=8, c1_warmup=50, c64_warmup=100)
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             system.start()
             measuring = not (args.rss_soak or args.profile_only)
-            if not args.no_floor and measuring:
+            if not args.no_floor and measuring and not args.limits_only:
                 system.start_floor()
             if measuring:
                 system.start_redis_gateway()
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             detector_self_test(system, client)
             if args.rss_soak:
                 return run_soak(args, client, system)
+            if args.limits_only:
+                print("\n".join(limit_check_cost(client, system, 12, 300)))
+                return 0
             if args.profile_only:
                 rest = next(t for t in targets(system) if t.name == "rest_envoy")
                 client.run(rest, args.concurrency, args.c64_warmup)
