@@ -6,6 +6,10 @@
     grpc_envoy   /batchgate.v1.BatchService/Cancel on Envoy's port        h2c, passed through
     grpc_floor   reference: bench/floor.py, a trivial grpc.aio servicer that answers a fixed batch
                  without any upstream call: the cost of grpc.aio itself (no overhead column)
+    grpc_floor_upstream
+                 reference: the same after one aiohttp POST to the simulator (no batchgate code)
+    rest_floor, rest_floor_upstream
+                 reference: REST through an Envoy with the gateway's config to each of those two
 
 and REST via Envoy with `x-bf-vk` for the cost of a virtual-key rate limit (bench/limit_cost.py):
 rest_vk_open, rest_vk_embedded, and on the Redis gateway rest_vk_open_redis, rest_vk_redis.
@@ -119,6 +123,24 @@ def targets(system: System, *, bad: bool = False) -> list[Target]:
                 grpc_frame(provider),
             )
         )
+    if system.floor_upstream_port and not bad:
+        out.append(
+            Target(
+                "grpc_floor_upstream",
+                "reference: grpc.aio servicer + one aiohttp call to the simulator, no batchgate code (h2c)",
+                f"http://127.0.0.1:{system.floor_upstream_port}{GRPC_METHOD}",
+                True,
+                grpc_headers,
+                grpc_frame(provider),
+            )
+        )
+    for name, label in (
+        ("rest_floor", "reference: REST via Envoy to the trivial grpc.aio servicer (HTTP/1.1)"),
+        ("rest_floor_upstream", "reference: REST via Envoy to the servicer + one aiohttp call (HTTP/1.1)"),
+    ):
+        if name in system.floor_edges and not bad:
+            url = f"{system.floor_edges[name][1]}/v1/batches/{BATCH_ID}/cancel?provider={provider}"
+            out.append(Target(name, label, url, False, json_headers, b"{}"))
     return out
 
 

@@ -42,7 +42,7 @@ def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target
     cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw), "--subprocesses"]
     # --native pauses the process for each sample (it cannot be combined with --nonblocking).
     cmd.append("--native" if args.profile_native else "--nonblocking")
-    log(f"profiling the service (pid {pid}) under REST via Envoy c={args.concurrency}: {' '.join(cmd[1:])}")
+    log(f"profiling the service (pid {pid}) under {target.label} c={args.concurrency}: {' '.join(cmd[1:])}")
     spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     result = client.run(target, args.concurrency, args.profile_requests)
@@ -59,8 +59,8 @@ def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target
     text = [
         "# batchgate service profile",
         "",
-        f"py-spy ({' '.join(cmd[1:])}) on the service while h2load sent {args.profile_requests:,} REST requests "
-        f"through Envoy at c={args.concurrency} ({args.profile_requests / result.elapsed_s:.0f} req/s under the "
+        f"py-spy ({' '.join(cmd[1:])}) on the service while h2load sent {args.profile_requests:,} requests "
+        f"({target.label}) at c={args.concurrency} ({args.profile_requests / result.elapsed_s:.0f} req/s under the "
         "profiler; py-spy slows the service, most with --native, which pauses it for every sample).",
         "",
         *summary,

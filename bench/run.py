@@ -43,6 +43,7 @@ from bench.profiling import profile
 from bench.report import (
     NOT_GATEWAY,
     benchmark_markdown,
+    breakdown_lines,
     cpu_lines,
     evaluate_targets,
     machine_info,
@@ -79,6 +80,7 @@ def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System, 
     summary = [
         rss_line(rss_before, rss_after, total_requests, envoy_rss_before, envoy_rss_after),
         *cpu_lines(runs, labels, args.concurrency),
+        *breakdown_lines(runs, args.concurrency),
     ]
     md = benchmark_markdown(smoke, table, summary, verdicts, info, elapsed)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -153,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native (C frames too)")
     parser.add_argument("--profile-only", action="store_true", help="no measured runs: a warm-up, then the profile")
     parser.add_argument("--profile-requests", type=int, default=10_000)
+    parser.add_argument(
+        "--profile-path", default="rest_envoy", help="the path profiled: rest_envoy (default) or grpc_direct"
+    )
     parser.add_argument("--c1-requests", type=int)
     parser.add_argument("--c64-requests", type=int)
     parser.add_argument("--concurrency", type=int, help="the high concurrency level (64; 8 with --smoke)")
@@ -208,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(limit_check_cost(client, system, 12, 300)))
                 return 0
             if args.profile_only:
-                rest = next(t for t in targets(system) if t.name == "rest_envoy")
-                client.run(rest, args.concurrency, args.c64_warmup)
-                profile(args, client, system.groups(), rest, workdir)
+                path = next(t for t in targets(system) if t.name == args.profile_path)
+                client.run(path, args.concurrency, args.c64_warmup)
+                profile(args, client, system.groups(), path, workdir)
                 return 0
             return run_benchmark(args, client, system, workdir)
         except HarnessError as err:

@@ -62,6 +62,10 @@ class System:
         self.sim: subprocess.Popen | None = None
         self.floor: subprocess.Popen | None = None
         self.floor_port = 0
+        self.floor_upstream: subprocess.Popen | None = None
+        self.floor_upstream_port = 0
+        # An Envoy edge (the gateway's own config) in front of each reference servicer: name -> (process, URL).
+        self.floor_edges: dict[str, tuple[subprocess.Popen, str]] = {}
         self.stack = None
         self.sim_url = ""
         self.redis: subprocess.Popen | None = None
@@ -69,8 +73,38 @@ class System:
         self.redis_url = ""
 
     def start_floor(self) -> None:
-        """The reference grpc.aio servicer without upstream (bench/floor.py)."""
+        """The reference grpc.aio servicers (bench/floor.py): without upstream, and with one aiohttp
+        call to the simulator (after `start`)."""
+        from sandbox.openai import OpenAISim
+
         self.floor, self.floor_port = _spawn_on_port("bench.floor", "FLOOR_PORT")
+        url = f"{self.sim_url}/openai/v1/batches/{BATCH_ID}/cancel"
+        self.floor_upstream, self.floor_upstream_port = _spawn_on_port(
+            "bench.floor", "FLOOR_PORT", "--upstream", url, "--key", OpenAISim.default_key
+        )
+        for name, port in (("rest_floor", self.floor_port), ("rest_floor_upstream", self.floor_upstream_port)):
+            self.floor_edges[name] = self._edge(name, port)
+
+    def _edge(self, name: str, grpc_port: int) -> tuple[subprocess.Popen, str]:
+        """Envoy with the gateway's config (gateway/render.py: Lua, transcoder, router) in front of
+        one reference servicer, as the gateway runs it (`--concurrency` ENVOY_CONCURRENCY)."""
+        from gateway.render import render
+        from gateway.stack import default_envoy_concurrency, free_port
+
+        http_port = free_port()
+        config = self.workdir / f"envoy-{name}.yaml"
+        config.write_text(render(http_port=http_port, grpc_ports=[grpc_port], admin_port=free_port()))
+        binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+        args = [binary, "-c", str(config), "--concurrency", str(default_envoy_concurrency()), "--log-level", "warn"]
+        log_file = open(self.workdir / f"envoy-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            [*args, "--base-id", str(http_port)],
+            cwd=ROOT,
+            stdout=log_file,
+            stderr=log_file,
+            preexec_fn=die_with_parent,
+        )
+        return proc, f"http://127.0.0.1:{http_port}"
 
     def start(self) -> None:
         from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
@@ -150,7 +184,8 @@ class System:
         for stack in (self.stack, self.redis_stack):
             if stack is not None:
                 stack.stop()
-        for proc in (self.floor, self.redis, self.sim):
+        edges = [proc for proc, _ in self.floor_edges.values()]
+        for proc in (*edges, self.floor, self.floor_upstream, self.redis, self.sim):
             if proc is None:
                 continue
             if proc.poll() is None:
@@ -183,6 +218,11 @@ class System:
         groups = self.groups()
         if target.name == "grpc_floor":
             groups.roots["service"] = [self.floor.pid]
+        if target.name == "grpc_floor_upstream":
+            groups.roots["service"] = [self.floor_upstream.pid]
+        if target.name in self.floor_edges:
+            groups.roots["service"] = [self.floor.pid if target.name == "rest_floor" else self.floor_upstream.pid]
+            groups.roots["envoy"] = [self.floor_edges[target.name][0].pid]
         if target.name in ("rest_vk_redis", "rest_vk_open_redis"):
             groups.roots["service"] = service_pids(self.redis_stack)
             groups.roots["envoy"] = envoy_pids(self.redis_stack)
