@@ -8,6 +8,7 @@ known name or "unknown") and gRPC code names; callers appear as `vk:<id>`, `admi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -83,6 +84,13 @@ def provider_label(provider: str) -> str:
     return provider if provider in _provider_labels else "unknown"
 
 
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label set: every label here comes from a bounded
+    set (routes, provider names, gRPC codes), and `labels()` costs a few microseconds per call."""
+    return metric.labels(*labels)
+
+
 @dataclass(slots=True)
 class CallRecord:
     """What one request did upstream, filled in as it goes; becomes its log line and metrics."""
@@ -102,10 +110,10 @@ class CallRecord:
         if operation == "read":
             self.reads += 1
         elif self.attempts - self.reads > 1:
-            UPSTREAM_RETRIES.labels(provider).inc()
+            _child(UPSTREAM_RETRIES, provider).inc()
         self.upstream_status = status
-        UPSTREAM_SECONDS.labels(provider, operation).observe(seconds)
-        UPSTREAM_ATTEMPTS.labels(provider, operation, f"{status // 100}xx" if status else "error").inc()
+        _child(UPSTREAM_SECONDS, provider, operation).observe(seconds)
+        _child(UPSTREAM_ATTEMPTS, provider, operation, f"{status // 100}xx" if status else "error").inc()
 
 
 def request_id(headers: dict[str, str]) -> tuple[str, bool]:
@@ -123,8 +131,8 @@ def record_request(
     """Metrics, the access log line and the audit event for one finished call."""
     seconds = time.perf_counter() - record.started
     label = provider_label(provider)
-    REQUESTS.labels(record.route, label, code).inc()
-    REQUEST_SECONDS.labels(record.route).observe(seconds)
+    _child(REQUESTS, record.route, label, code).inc()
+    _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
@@ -195,7 +203,7 @@ def record_item(
     """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
     call's request id plus the item's index identify it."""
     label = provider_label(provider)
-    REQUESTS.labels(record.route, label, code).inc()
+    _child(REQUESTS, record.route, label, code).inc()
     _audit(
         record,
         caller=caller,
@@ -221,7 +229,7 @@ def record_bulk(
     """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
     what it did upstream (cancel attempts and reads)."""
     seconds = time.perf_counter() - record.started
-    REQUEST_SECONDS.labels(record.route).observe(seconds)
+    _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
