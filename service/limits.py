@@ -8,7 +8,7 @@ the call and reads the window's end, so N workers or replicas let exactly the li
 * `EmbeddedStore`: a SQLite file in WAL mode that every worker of one machine opens (the launcher
   creates it and passes its path); one UPSERT ... RETURNING statement counts atomically.
 * `RedisStore`: a Lua script (INCR, and PEXPIRE when the window opens) evaluated by Redis, shared by
-  every replica, over a pooled asyncio client with short timeouts.
+  every replica, over pooled connections with short timeouts.
 
 The store lives as long as the process, apart from any one Config: counters are keyed by virtual key
 id and the limit's own parameters, so a reloaded config with an unchanged limit keeps counting where
@@ -94,13 +94,11 @@ class EmbeddedStore:
     """A SQLite file in WAL mode. Every process that opens the same path shares the counts. Without a
     path the store makes a file of its own (a lone `python -m service`) and removes it on close.
 
-    Measured on this project's 2-core machine: a counted call is one short write, ~20 us at p50
-    (no fsync: counts are worth nothing after a reboot), cheaper than any hop to a thread, so it runs
-    on the event loop. But while another worker holds the write lock, SQLite's busy handler sleeps
-    (tens of ms at the tail with three workers writing flat out), which would stall every call of
-    this worker. So the loop's attempt never waits (busy timeout 0); only a call that finds the lock
-    taken waits for it, on a thread of its own, for at most `busy_timeout_ms`, and past that fails
-    like any store error."""
+    A counted call is one short write, ~20 us at p50 here (no fsync: counts are worth nothing after
+    a reboot), cheaper than a hop to a thread, so it runs on the event loop. But SQLite's busy handler
+    sleeps while another worker holds the write lock (tens of ms at the tail), which would stall this
+    worker: the loop's attempt never waits (busy timeout 0); a call that finds the lock taken waits
+    for it on a thread, for at most `busy_timeout_ms`, and past that fails like any store error."""
 
     kind = "embedded"
 
@@ -191,12 +189,9 @@ REDIS_KEY_PREFIX = "batchgate:ratelimit:"
 
 
 class RedisStore:
-    """Counts in Redis with one EVALSHA per call over pooled redis-py asyncio connections. Timeouts
-    are short and nothing is retried: a failing store is the limiter's business (fail open or deny),
-    and a cancel must never wait on it for long.
-
-    The pool is a free list of redis-py `Connection`s (redis-py reads the URL: TLS, AUTH, db), not
-    `Redis.execute_command` over `ConnectionPool`, whose two asyncio locks and observability events
+    """Counts in Redis with one EVALSHA per call, short timeouts and no retries (a failing store is
+    the limiter's business). The pool is a free list of redis-py `Connection`s (redis-py reads the
+    URL: TLS, AUTH, db), not `Redis.execute_command`, whose two pool locks and observability events
     per command were ~45 of the ~115 us a check took here (a bare loopback round trip: ~60 us). A
     connection that failed in any way (a late reply could still come) is closed, never reused."""
 
@@ -212,7 +207,6 @@ class RedisStore:
         self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)
         self.address = self.describe(url)
         self.timeout_s = timeout_s
-        # Only redis-py's reading of the URL (scheme, TLS, credentials, db) is used from the pool.
         settings = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._connection_class = settings.connection_class
         self._connection_kwargs = dict(settings.connection_kwargs, health_check_interval=0)
@@ -240,10 +234,15 @@ class RedisStore:
         await self._command("PING")
 
     async def _command(self, *args: object) -> object:
-        """One command on an idle connection (a new one when none is idle), with a hard cap over the
-        socket timeouts: connecting (TLS included) and the command together."""
+        """One command on an idle connection (else a new one), capped as a whole (connect included)."""
         if self._idle:
             conn = self._idle.pop()
+            try:  # data waiting, or closed by Redis while idle (a restart): connect anew (no I/O here)
+                stale = await conn.can_read()
+            except Exception:  # noqa: BLE001 - any doubt about an idle connection: replace it
+                stale = True
+            if stale:
+                await conn.disconnect(nowait=True)
         elif self._open < self._max_connections:
             conn = self._connection_class(**self._connection_kwargs)
             self._open += 1

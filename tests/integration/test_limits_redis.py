@@ -66,6 +66,18 @@ async def test_a_flushed_script_cache_is_refilled_and_counting_goes_on(redis_ser
     await store.close()
 
 
+async def test_connections_closed_by_a_restarted_redis_are_replaced_before_use(redis_server):
+    store = RedisStore(redis_server.url)
+    await asyncio.gather(*(store.hit("k", 60) for _ in range(3)))  # three idle connections now
+    redis_server.stop()
+    redis_server.start()
+    await asyncio.sleep(0.05)
+    # The first check after the restart already counts (Redis came back empty: a new window).
+    assert (await store.hit("k", 60))[0] == 1
+    await store.ping()
+    await store.close()
+
+
 async def test_a_connection_that_timed_out_is_never_reused(redis_server):
     # A paused Redis answers late: the late reply must not be read as the next check's answer.
     store, admin = RedisStore(redis_server.url, timeout_s=0.05), RedisStore(redis_server.url)
