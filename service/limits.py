@@ -191,9 +191,9 @@ REDIS_KEY_PREFIX = "batchgate:ratelimit:"
 class RedisStore:
     """Counts in Redis with one EVALSHA per call, short timeouts and no retries (a failing store is
     the limiter's business). The pool is a free list of redis-py `Connection`s (redis-py reads the
-    URL: TLS, AUTH, db), not `Redis.execute_command`, whose two pool locks and observability events
-    per command were ~45 of the ~115 us a check took here (a bare loopback round trip: ~60 us). A
-    connection that failed in any way (a late reply could still come) is closed, never reused."""
+    URL: TLS, AUTH, db), not `Redis.execute_command`, whose pool locks, observability events and
+    per-write wait_for task were ~70 of the ~115 us a check took here (a loopback round trip: ~60
+    us). A connection that failed in any way (a late reply could still come) is never reused."""
 
     kind = "redis"
 
@@ -203,11 +203,11 @@ class RedisStore:
         from redis.exceptions import NoScriptError
 
         parts = urlsplit(url)
-        # The whole URL first, then the password as written and as decoded (%-escapes).
-        self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)
+        self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)  # raw, decoded
         self.address = self.describe(url)
         self.timeout_s = timeout_s
-        settings = ConnectionPool.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # No socket_timeout (redis-py would wrap each write in a wait_for task): `_command` caps it all.
+        settings = ConnectionPool.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
         self._connection_class = settings.connection_class
         self._connection_kwargs = dict(settings.connection_kwargs, health_check_interval=0)
         self._no_script = NoScriptError
@@ -234,22 +234,23 @@ class RedisStore:
         await self._command("PING")
 
     async def _command(self, *args: object) -> object:
-        """One command on an idle connection (else a new one), capped as a whole (connect included)."""
-        if self._idle:
-            conn = self._idle.pop()
+        """One command on an idle connection, else a new one; capped at `timeout_s`, twice that when
+        it must connect first (TLS and AUTH included)."""
+        conn = self._idle.pop() if self._idle else None
+        if conn is not None:
             try:  # data waiting, or closed by Redis while idle (a restart): connect anew (no I/O here)
-                stale = await conn.can_read()
+                connected = not await conn.can_read()
             except Exception:  # noqa: BLE001 - any doubt about an idle connection: replace it
-                stale = True
-            if stale:
+                connected = False
+            if not connected:
                 await conn.disconnect(nowait=True)
         elif self._open < self._max_connections:
-            conn = self._connection_class(**self._connection_kwargs)
+            conn, connected = self._connection_class(**self._connection_kwargs), False
             self._open += 1
         else:
             raise ConnectionError(f"all {self._max_connections} Redis connections are busy")
         try:
-            async with asyncio.timeout(self.timeout_s * 3):
+            async with asyncio.timeout(self.timeout_s if connected else 2 * self.timeout_s):
                 await conn.send_command(*args)
                 reply = await conn.read_response()
         except self._no_script:
