@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from batchgate_client.retry import DEFAULT_RETRY, RetryPolicy
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 VIRTUAL_KEY_HEADER = "x-bf-vk"
+REQUEST_ID_HEADER = "x-request-id"
 # Statuses after which a batch does not change any more (what `wait_seconds` waits for).
 TERMINAL_STATUSES = frozenset({"cancelled", "completed", "failed", "expired", "ended"})
 
@@ -155,12 +157,22 @@ class _Base:
         self.timeout = timeout
         self.retry = retry
         self._metadata = tuple(metadata) + (((VIRTUAL_KEY_HEADER, vk),) if vk else ())
+        self._fixed_request_id = _request_id(self._metadata)
         self._credentials = _credentials(tls_ca, tls)
         self._clock = clock
         self._rand = rand
 
     def __repr__(self) -> str:  # never shows the virtual key
         return f"{type(self).__name__}({self.target!r})"
+
+    def _call_metadata(self) -> tuple[tuple[tuple[str, str], ...], str]:
+        """One call's metadata and request id: an `x-request-id` of the client's own (kept across
+        the call's retries) unless `metadata` set one. The service logs, audits and forwards it, and
+        need not send back an id it generated (a gRPC operation of its own: ~0.2 ms a call)."""
+        if self._fixed_request_id is not None:
+            return self._metadata, self._fixed_request_id
+        request_id = uuid.uuid4().hex
+        return (*self._metadata, (REQUEST_ID_HEADER, request_id)), request_id
 
     def _budget(self, timeout: float | None, wait_seconds: int = 0) -> float:
         """A call's deadline in seconds: its timeout plus the time it was asked to wait."""
@@ -235,36 +247,38 @@ class BatchgateClient(_Base):
 
     def _unary(self, method: Callable[..., Any], request: Any, budget: float) -> Any:
         deadline = self._clock() + budget
+        metadata, request_id = self._call_metadata()
         retry = 0
         while True:
             try:
-                return method(request, timeout=max(0.0, deadline - self._clock()), metadata=self._metadata)
+                return method(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
             except grpc.RpcError as err:
                 retry += 1
                 pause = self._next_pause(err, retry, deadline)
                 if pause is None:
-                    raise from_rpc_error(err) from err
+                    raise from_rpc_error(err, request_id) from err
                 self._sleep(pause)
 
     def _stream(self, request: pb.CancelManyRequest, budget: float) -> Iterator[CancelEvent]:
         deadline = self._clock() + budget
+        metadata, sent_id = self._call_metadata()
         retry = 0
         while True:
-            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=self._metadata)
+            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
             received = False
             try:
-                request_id = None
+                request_id = sent_id
                 for message in call:
                     if not received:
                         received = True
-                        request_id = _request_id(call.initial_metadata())
+                        request_id = _request_id(call.initial_metadata()) or sent_id
                     yield _event(message, request_id)
                 return
             except grpc.RpcError as err:
                 retry += 1
                 pause = None if received else self._next_pause(err, retry, deadline)
                 if pause is None:
-                    raise from_rpc_error(err) from err
+                    raise from_rpc_error(err, sent_id) from err
             finally:
                 call.cancel()  # no-op once the stream ended; stops the server's work otherwise
             self._sleep(pause)
@@ -311,36 +325,38 @@ class AsyncBatchgateClient(_Base):
 
     async def _unary(self, method: Callable[..., Any], request: Any, budget: float) -> Any:
         deadline = self._clock() + budget
+        metadata, request_id = self._call_metadata()
         retry = 0
         while True:
             try:
-                return await method(request, timeout=max(0.0, deadline - self._clock()), metadata=self._metadata)
+                return await method(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
             except grpc.RpcError as err:
                 retry += 1
                 pause = self._next_pause(err, retry, deadline)
                 if pause is None:
-                    raise from_rpc_error(err) from err
+                    raise from_rpc_error(err, request_id) from err
                 await self._sleep(pause)
 
     async def _stream(self, request: pb.CancelManyRequest, budget: float) -> AsyncIterator[CancelEvent]:
         deadline = self._clock() + budget
+        metadata, sent_id = self._call_metadata()
         retry = 0
         while True:
-            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=self._metadata)
+            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
             received = False
             try:
-                request_id = None
+                request_id = sent_id
                 async for message in call:
                     if not received:
                         received = True
-                        request_id = _request_id(await call.initial_metadata())
+                        request_id = _request_id(await call.initial_metadata()) or sent_id
                     yield _event(message, request_id)
                 return
             except grpc.RpcError as err:
                 retry += 1
                 pause = None if received else self._next_pause(err, retry, deadline)
                 if pause is None:
-                    raise from_rpc_error(err) from err
+                    raise from_rpc_error(err, sent_id) from err
             finally:
                 call.cancel()
             await self._sleep(pause)

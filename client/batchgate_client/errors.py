@@ -213,12 +213,13 @@ def from_detail(detail: pb.ErrorDetail, *, request_id: str | None = None) -> Bat
     return _build(class_for_http_status(detail.status_code), detail, None, request_id, None)
 
 
-def from_rpc_error(err: grpc.RpcError) -> BatchgateError:
+def from_rpc_error(err: grpc.RpcError, request_id: str | None = None) -> BatchgateError:
     """The exception for a failed call: the class from the gRPC code, the fields from the attached
-    ErrorDetail when there is one, else from the status itself."""
+    ErrorDetail when there is one, else from the status itself. The request id is the one the
+    service answered with, else `request_id` (the one the call was sent with)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     headers = _metadata(err)
-    request_id = headers.get("x-request-id")
+    request_id = headers.get("x-request-id") or request_id
     retry_after = _seconds(headers.get("retry-after"))
     detail = _detail(err)
     cls = _BY_GRPC_CODE.get(code, InternalError)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -198,6 +200,28 @@ async def test_each_error_kind_is_its_own_class_with_the_error_detail(
         assert (err.provider, err.is_bifrost_error) == ("openai", False)  # the provider's own answer
     assert client.pauses == []  # an answer is never retried
     assert err.to_dict()["error"]["message"] == err.message
+
+
+async def test_a_call_and_its_retries_send_one_request_id_of_the_clients(connect, target, sim, caplog):
+    # The service logs the id it was sent; one it generated itself would differ per attempt.
+    caplog.set_level(logging.INFO, logger="batchgate.access")
+    sim.add_fault("openai", {"status": 503})
+    client = connect(target)
+    await client.cancel(sim.seed("openai", new_id()).id, "openai")
+    with pytest.raises(NotFound) as info:
+        await client.cancel("missing_batch_1", "openai")
+    first, retried, failed = [r.fields["request_id"] for r in caplog.records if r.name == "batchgate.access"]
+    assert first == retried and re.fullmatch(r"[0-9a-f]{32}", first)
+    assert failed == info.value.request_id != first
+
+
+async def test_a_request_id_given_in_metadata_is_the_one_sent(connect, target, sim):
+    client = connect(target, metadata=[("x-request-id", "trace-0042")])
+    with pytest.raises(NotFound) as info:
+        await client.cancel("missing_batch_2", "openai")
+    assert info.value.request_id == "trace-0042"
+    events = await client.cancel_many([("missing_batch_3", "openai")])
+    assert events[0].error.request_id == "trace-0042"
 
 
 async def test_unauthenticated_without_a_virtual_key(connect, governed_target, sim):
