@@ -1,5 +1,6 @@
-"""`python -m bench.floor [--port 0] [--upstream URL --key KEY]`: a trivial grpc.aio BatchService
-whose Cancel answers a fixed batch. Prints `FLOOR_PORT=<port>` once serving.
+"""`python -m bench.floor [--port 0] [--socket PATH] [--upstream URL --key KEY]`: a trivial grpc.aio
+BatchService whose Cancel answers a fixed batch, on a loopback port and optionally a Unix socket (the
+hop the gateway's Envoy takes to its workers). Prints `FLOOR_PORT=<port>` once serving.
 
 `python -m bench.run` measures it next to the real paths (skip with `--no-floor`), twice:
 - without `--upstream`, no upstream call: the cost of grpc.aio itself on this machine (same server
@@ -60,7 +61,7 @@ class UpstreamServicer(FixedServicer):
         return self.answer
 
 
-async def serve(port: int, upstream: str | None = None, key: str = "") -> None:
+async def serve(port: int, upstream: str | None = None, key: str = "", socket: str | None = None) -> None:
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20), ("grpc.http2.bdp_probe", 0)]
     )
@@ -70,6 +71,8 @@ async def serve(port: int, upstream: str | None = None, key: str = "") -> None:
     checks = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    if socket:
+        server.add_insecure_port(f"unix:{socket}")
     await server.start()
     for name in ("", "batchgate.v1.BatchService"):
         await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -89,8 +92,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", help="POST this URL once per call (the simulator's cancel URL)")
     parser.add_argument("--key", default="", help="the bearer key for --upstream")
+    parser.add_argument("--socket", help="also serve on this Unix socket")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.upstream, args.key))
+    asyncio.run(serve(args.port, args.upstream, args.key, args.socket))
 
 
 if __name__ == "__main__":

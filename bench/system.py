@@ -77,23 +77,32 @@ class System:
         call to the simulator (after `start`)."""
         from sandbox.openai import OpenAISim
 
-        self.floor, self.floor_port = _spawn_on_port("bench.floor", "FLOOR_PORT")
+        # Each also on a Unix socket, the hop the gateway's Envoy takes to its workers.
+        sockets = {name: str(self.workdir / f"{name}.sock") for name in ("rest_floor", "rest_floor_upstream")}
+        self.floor, self.floor_port = _spawn_on_port("bench.floor", "FLOOR_PORT", "--socket", sockets["rest_floor"])
         url = f"{self.sim_url}/openai/v1/batches/{BATCH_ID}/cancel"
         self.floor_upstream, self.floor_upstream_port = _spawn_on_port(
-            "bench.floor", "FLOOR_PORT", "--upstream", url, "--key", OpenAISim.default_key
+            "bench.floor",
+            "FLOOR_PORT",
+            "--upstream",
+            url,
+            "--key",
+            OpenAISim.default_key,
+            "--socket",
+            sockets["rest_floor_upstream"],
         )
-        for name, port in (("rest_floor", self.floor_port), ("rest_floor_upstream", self.floor_upstream_port)):
-            self.floor_edges[name] = self._edge(name, port)
+        for name, socket in sockets.items():
+            self.floor_edges[name] = self._edge(name, socket)
 
-    def _edge(self, name: str, grpc_port: int) -> tuple[subprocess.Popen, str]:
+    def _edge(self, name: str, socket: str) -> tuple[subprocess.Popen, str]:
         """Envoy with the gateway's config (gateway/render.py: Lua, transcoder, router) in front of
-        one reference servicer, as the gateway runs it (`--concurrency` ENVOY_CONCURRENCY)."""
+        one reference servicer's Unix socket, as the gateway runs it (`--concurrency` ENVOY_CONCURRENCY)."""
         from gateway.render import render
         from gateway.stack import default_envoy_concurrency, free_port
 
         http_port = free_port()
         config = self.workdir / f"envoy-{name}.yaml"
-        config.write_text(render(http_port=http_port, grpc_ports=[grpc_port], admin_port=free_port()))
+        config.write_text(render(http_port=http_port, grpc_sockets=[socket], admin_port=free_port()))
         binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
         args = [binary, "-c", str(config), "--concurrency", str(default_envoy_concurrency()), "--log-level", "warn"]
         log_file = open(self.workdir / f"envoy-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
