@@ -6,7 +6,9 @@
 --   gRPC would read itself (grpc-*, *-bin) or whose names gRPC metadata cannot carry are dropped; a
 --   path that is not UTF-8 once percent-decoded is a 400, and one with an empty segment (`//`, a
 --   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
---   something else.
+--   something else. A bulk cancel whose declared Content-Length is over BULK_MAX_REQUEST_BYTES is a
+--   413 at once: the transcoder's own limit counts only what it still holds while parsing the body,
+--   so a body a little over the limit would pass it some of the time.
 -- Responses run after the transcoder's (REST only; native gRPC responses are untouched):
 -- * Service errors: the service puts the rendered error JSON in the ERROR_BODY_HEADER response
 --   header and the HTTP status it wants in ERROR_STATUS_HEADER; this swaps them in as body and status, so
@@ -19,8 +21,9 @@
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
 
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
--- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/envelope.py: gateway/render.py puts
--- them in place of the next line and inlines the result into Envoy's config.
+-- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/envelope.py, and BULK_PATH and
+-- BULK_MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place of the next line and
+-- inlines the result into Envoy's config.
 --@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
@@ -88,6 +91,13 @@ function envoy_on_request(handle)
     return
   end
   local path = string.match(target, "^[^?]*")
+  if path == BULK_PATH then
+    local length = tonumber(headers:get("content-length") or "")
+    if length ~= nil and length > BULK_MAX_REQUEST_BYTES then
+      refuse(handle, "413", "request body is too large")
+      return
+    end
+  end
   -- The transcoder matches `/v1/batches/a/cancel/` as `/v1/batches/a/cancel`; the service would
   -- then not recognise the path it was called with. One spelling per route.
   if string.find(path, "//", 1, true) or (#path > 1 and string.sub(path, -1) == "/") then

@@ -25,6 +25,7 @@ from service.model import MAX_WAIT_SECONDS
 # below the service's 1 MiB gRPC message limit (service/server.py) so Envoy refuses a larger one
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
+BULK_PATH = "/v1/batches/cancel"
 
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
@@ -71,6 +72,7 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
+        BULK_PATH=BULK_PATH,
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
@@ -95,7 +97,8 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
-    return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants())
+    limits = f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}"
+    return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants() + "\n" + limits)
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -11,7 +11,15 @@ import lupa.luajit21 as lupa
 import pytest
 from google.protobuf import json_format
 
-from gateway.render import LOCAL_REPLIES, LUA_ENVELOPE_MARKER, local_reply_body, lua_source, render
+from gateway.render import (
+    BULK_MAX_REQUEST_BYTES,
+    BULK_PATH,
+    LOCAL_REPLIES,
+    LUA_ENVELOPE_MARKER,
+    local_reply_body,
+    lua_source,
+    render,
+)
 from service import envelope
 from service.api import ERROR_BODY_HEADER, rest_error_metadata
 from service.converters import error_detail, event_to_proto
@@ -181,6 +189,47 @@ def test_envoy_local_replies_have_the_service_shape(surface, renderer, reply):
     assert list(body) == list(json.loads(rendered.body))
     assert _shape(body) == _shape(json.loads(rendered.body))
     assert {key.lower() for key in headers} == {key.lower() for key, _ in rendered.headers}
+
+
+# Envoy's stream handle as the request hook uses it: headers iterate with `pairs` (the methods live
+# in the metatable), and `respond` records the local reply.
+FAKE_REQUEST_HANDLE = """
+return function(hdrs)
+  local methods = {}
+  function methods:get(key) return rawget(self, key) end
+  function methods:remove(key) rawset(self, key, nil) end
+  local headers = setmetatable(hdrs, {__index = methods})
+  local handle = {}
+  function handle:headers() return headers end
+  function handle:respond(reply, body) handle.status, handle.reply_body = reply[":status"], body end
+  return handle
+end
+"""
+
+
+def request(lua, headers: dict[str, str]) -> tuple[str | None, str | None]:
+    """Runs the filter's request hook; returns the status and body of its local reply (None: passed on)."""
+    handle = lua.execute(FAKE_REQUEST_HANDLE)(lua.table_from(headers))
+    lua.globals().envoy_on_request(handle)
+    return handle.status, handle.reply_body
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "length", "status"),
+    [
+        (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES + 1, "413"),
+        (BULK_PATH + "?x=1", "application/json", 10 * BULK_MAX_REQUEST_BYTES, "413"),
+        (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES, None),  # the limit itself fits
+        (BULK_PATH, "application/json", None, None),  # chunked: the transcoder's own limit applies
+        ("/v1/batches/b1/cancel", "application/json", BULK_MAX_REQUEST_BYTES + 1, None),  # its own limit
+        ("/batchgate.v1.BatchService/CancelMany", "application/grpc", BULK_MAX_REQUEST_BYTES + 1, None),
+    ],
+)
+def test_a_bulk_body_declared_over_the_limit_is_a_413_before_the_transcoder(lua, path, content_type, length, status):
+    headers = {":method": "POST", ":path": path, "content-type": content_type}
+    if length is not None:
+        headers["content-length"] = str(length)
+    assert request(lua, headers) == (status, "request body is too large" if status else None)
 
 
 def test_native_grpc_answers_pass_untouched(lua):
