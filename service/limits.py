@@ -206,8 +206,8 @@ class RedisStore:
         self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)  # raw, decoded
         self.address = self.describe(url)
         self.timeout_s = timeout_s
-        # No socket_timeout (redis-py would wrap each write in a wait_for task): `_command` caps it all.
-        settings = ConnectionPool.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
+        # No socket timeouts (a wait_for task per write; a burst's connects timed from its start): `_command` caps.
+        settings = ConnectionPool.from_url(url, socket_timeout=None, socket_connect_timeout=None)
         self._connection_class = settings.connection_class
         self._connection_kwargs = dict(settings.connection_kwargs, health_check_interval=0)
         self._no_script = NoScriptError

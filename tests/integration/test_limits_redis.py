@@ -44,7 +44,7 @@ async def outcome(stub, sim) -> str:
 
 
 async def test_redis_store_counts_atomically_and_expires_the_window(redis_server):
-    stores = [RedisStore(redis_server.url) for _ in range(3)]
+    stores = [RedisStore(redis_server.url, timeout_s=2.0) for _ in range(3)]  # 30 connects at once
     results = await asyncio.gather(*(stores[i % 3].hit("k", 60) for i in range(30)))
     assert sorted(count for count, _ in results) == list(range(1, 31))
     assert all(59 < reset_in <= 60 for _, reset_in in results)
