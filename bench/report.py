@@ -15,8 +15,6 @@ import math
 import os
 import platform
 import re
-import shutil
-import sys
 from pathlib import Path
 
 from bench.common import load_average
@@ -223,7 +221,7 @@ def rss_soak_markdown(
 def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
     import grpc
 
-    from gateway.stack import default_envoy_concurrency, default_workers
+    from gateway.stack import default_envoy_concurrency, default_workers, envoy_binary
 
     model = "unknown"
     try:
@@ -233,7 +231,7 @@ def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
                 break
     except OSError:
         pass
-    envoy = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+    envoy = envoy_binary()
     return [
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
         f"- machine: {len(os.sched_getaffinity(0))} cores (nproc), {model}, {platform.platform()}",

