@@ -6,9 +6,11 @@
 --   gRPC would read itself (grpc-*, *-bin) or whose names gRPC metadata cannot carry are dropped; a
 --   path that is not UTF-8 once percent-decoded is a 400, and one with an empty segment (`//`, a
 --   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
---   something else. A bulk cancel whose declared Content-Length is over BULK_MAX_REQUEST_BYTES is a
---   413 at once: the transcoder's own limit counts only what it still holds while parsing the body,
---   so a body a little over the limit would pass it some of the time.
+--   something else. A body whose declared Content-Length is over its route's limit
+--   (BULK_MAX_REQUEST_BYTES on the bulk route, MAX_REQUEST_BYTES elsewhere) is a 413 at once; the
+--   buffer filter after this one holds the same limits for bodies of undeclared length (chunked).
+-- * Every request: a header value that gRPC metadata cannot carry (anything but printable ASCII) is
+--   a 400 naming the header (never its value), before the service sees it.
 -- Responses run after the transcoder's (REST only; native gRPC responses are untouched):
 -- * Service errors: the service puts the rendered error JSON in the ERROR_BODY_HEADER response
 --   header and the HTTP status it wants in ERROR_STATUS_HEADER; this swaps them in as body and status, so
@@ -21,9 +23,9 @@
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
 
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
--- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, and BULK_PATH and
--- BULK_MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place of the next line and
--- inlines the result into Envoy's config.
+-- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, and BULK_PATH,
+-- BULK_MAX_REQUEST_BYTES and MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place
+-- of the next line and inlines the result into Envoy's config.
 --@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
@@ -67,8 +69,24 @@ local function safe_request_id(id)
   return #id >= 1 and #id <= 128 and string.find(id, "[^%w%._:%-]") == nil
 end
 
+-- gRPC metadata values are printable ASCII (a `-bin` value is base64 of that); grpc-python logs
+-- any other byte with the whole value and a traceback. The name of the first such header, or nil.
+local function unprintable_header(headers)
+  for key, value in pairs(headers) do
+    if string.sub(key, 1, 1) ~= ":" and string.find(value, "[^\32-\126]") then
+      return key
+    end
+  end
+  return nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  local bad = unprintable_header(headers)
+  if bad ~= nil then
+    refuse(handle, "400", "header '" .. string.sub(bad, 1, 64) .. "' has a value that is not printable ASCII")
+    return
+  end
   local rid = headers:get("x-request-id")
   if rid ~= nil and not safe_request_id(rid) then
     headers:remove("x-request-id")
@@ -91,12 +109,10 @@ function envoy_on_request(handle)
     return
   end
   local path = string.match(target, "^[^?]*")
-  if path == BULK_PATH then
-    local length = tonumber(headers:get("content-length") or "")
-    if length ~= nil and length > BULK_MAX_REQUEST_BYTES then
-      refuse(handle, "413", "request body is too large")
-      return
-    end
+  local length = tonumber(headers:get("content-length") or "")
+  if length ~= nil and length > (path == BULK_PATH and BULK_MAX_REQUEST_BYTES or MAX_REQUEST_BYTES) then
+    refuse(handle, "413", "request body is too large")
+    return
   end
   -- The transcoder matches `/v1/batches/a/cancel/` as `/v1/batches/a/cancel`; the service would
   -- then not recognise the path it was called with. One spelling per route.

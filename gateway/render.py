@@ -20,12 +20,36 @@ from pathlib import Path
 
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
+from service.edge.wire import MAX_MESSAGE_BYTES
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
-# below the service's 1 MiB gRPC message limit (service/edge/server.py) so Envoy refuses a larger one
+# below the service's 1 MiB gRPC message limit (service/edge/wire.py) so Envoy refuses a larger one
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 BULK_PATH = "/v1/batches/cancel"
+# Every other REST body (single cancels carry a provider at most) and gRPC message but the cancels'.
+MAX_REQUEST_BYTES = 64 * 1024
+# A native gRPC Cancel or CancelMany through the edge: the service's own limit and the frame header.
+GRPC_MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES + 5
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What the edge lets all callers together hold (what one caller may hold is the service's
+    business: client.limits). Defaults follow Envoy's edge best practices, sized for one machine."""
+
+    # Open downstream connections, all listeners together (overload manager); more are refused.
+    max_connections: int = 10_000
+    # Streams one HTTP/2 connection may have open; more are refused (REFUSED_STREAM).
+    max_streams_per_connection: int = 100
+    # Envoy's heap: from 85 % the streams buffering most are reset, at 95 % new requests get 503.
+    max_heap_bytes: int = 1 << 30
+    # Calls in flight to the service (the cluster's DEFAULT circuit breaker), and health calls (HIGH).
+    max_upstream_requests: int = 4096
+    max_health_requests: int = 256
+    # Seconds a request may take to arrive: its headers, and the whole of it.
+    request_headers_timeout_s: float = 10.0
+
 
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
@@ -44,7 +68,8 @@ def render(
     admin_port: int = 9901,
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
-    request_timeout_s: float = 15.0,
+    request_timeout_s: float = 10.0,
+    limits: EdgeLimits = EdgeLimits(),
     descriptor: Path = DESCRIPTOR,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
@@ -55,7 +80,8 @@ def render(
     machine), or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
-    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED)."""
+    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED);
+    `limits` bounds what all callers together may hold."""
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -74,6 +100,14 @@ def render(
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
         BULK_PATH=BULK_PATH,
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
+        REQUEST_HEADERS_TIMEOUT=f"{min(request_timeout_s, limits.request_headers_timeout_s):g}s",
+        MAX_REQUEST_BYTES=MAX_REQUEST_BYTES,
+        GRPC_MAX_REQUEST_BYTES=GRPC_MAX_REQUEST_BYTES,
+        MAX_CONNECTIONS=limits.max_connections,
+        MAX_STREAMS_PER_CONNECTION=limits.max_streams_per_connection,
+        MAX_HEAP_BYTES=limits.max_heap_bytes,
+        MAX_UPSTREAM_REQUESTS=limits.max_upstream_requests,
+        MAX_HEALTH_REQUESTS=limits.max_health_requests,
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
@@ -97,7 +131,10 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
-    limits = f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}"
+    limits = (
+        f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}\n"
+        f"local MAX_REQUEST_BYTES = {MAX_REQUEST_BYTES}"
+    )
     return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants() + "\n" + limits)
 
 
@@ -278,6 +315,10 @@ LOCAL_REPLIES = [
     ),
 ]
 SURFACES = ("anthropic", "genai", "bedrock")
+# Native gRPC callers of these local replies get this gRPC status (Envoy's own mapping says INTERNAL
+# for 400 and UNKNOWN for the others): INVALID_ARGUMENT for a request refused as malformed,
+# DEADLINE_EXCEEDED for one that did not arrive in time, RESOURCE_EXHAUSTED for one too large.
+GRPC_LOCAL_REPLY_STATUS = {400: 3, 408: 4, 413: 8}
 
 
 def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict[str, str]]:
@@ -324,7 +365,24 @@ def _local_reply_mappers() -> str:
         }
     }
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
-    mappers = [{"filter": grpc_call, "body_format_override": plain_text}]
+    mappers = []
+    for status, grpc_status in GRPC_LOCAL_REPLY_STATUS.items():
+        # Envoy would say UNKNOWN: the gRPC code that names what happened, with our message.
+        reply = next((reply for reply in LOCAL_REPLIES if reply.status == status), None)
+        message = reply.message if reply is not None else "%LOCAL_REPLY_BODY%"
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [grpc_call, _status_filter(status)]}},
+                "body_format_override": {"text_format_source": {"inline_string": message}},
+                "headers_to_add": [
+                    {
+                        "header": {"key": "grpc-status", "value": str(grpc_status)},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+            }
+        )
+    mappers.append({"filter": grpc_call, "body_format_override": plain_text})
     for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
         on_surface = (

@@ -220,7 +220,7 @@ class Stack:
                 bind_host=self.bind_host,
                 tls_cert=self.tls_cert,
                 tls_key=self.tls_key,
-                request_timeout_s=self.request_read_timeout() + 5,
+                request_timeout_s=self.request_read_timeout(),
             )
         )
         envoy_bin = envoy_binary()

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
 from service.edge.api import BatchServicer, rest_error_metadata
-from service.edge.wire import StrictRegistrar
+from service.edge.wire import MAX_MESSAGE_BYTES, StrictRegistrar
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
@@ -82,7 +82,7 @@ async def create_server(
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ("grpc.max_receive_message_length", 1 << 20),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Envoy admits 60 KiB of request headers, and they all arrive as metadata (a long path
             # twice): accept that much so an oversized id gets our 400, not a gRPC refusal.
             ("grpc.max_metadata_size", 64 << 10),

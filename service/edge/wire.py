@@ -38,6 +38,8 @@ log = logging.getLogger("batchgate.access")
 # How long a call may take to deliver its request message (Envoy waits a little longer, see
 # gateway/envoy.yaml.tmpl): a caller that stops sending mid-message is answered, not waited for.
 READ_TIMEOUT_SECONDS = float(os.environ.get("REQUEST_READ_TIMEOUT_SECONDS", "10"))
+# The largest request message the service reads (gRPC's own limit, set in service/edge/server.py).
+MAX_MESSAGE_BYTES = 1 << 20
 
 # (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
 RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]

@@ -838,7 +838,7 @@ def test_native_grpc_through_the_edge_keeps_its_trailers(gw: Gateway, sim: SimAd
     assert "grpc-status-details-bin" in answer.trailers
 
 
-@pytest.mark.parametrize("given", ['a"b', "v" * 9000, "", "a b", "x" * 129, "caf\xe9", "ok,other"])
+@pytest.mark.parametrize("given", ['a"b', "v" * 9000, "", "a b", "x" * 129, "ok,other"])
 @pytest.mark.parametrize("outcome", ["ok", "refused"])
 def test_unsafe_request_id_is_replaced_everywhere(gw: Gateway, sim: SimAdmin, given: str, outcome: str) -> None:
     batch_id = sim.seed("openai") if outcome == "ok" else new_id()

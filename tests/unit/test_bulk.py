@@ -130,12 +130,12 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
     from gateway.render import render
 
     config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
-    match = re.search(
-        r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config
-    )
-    assert match is not None
-    regex, timeout, idle = match.groups()
-    assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
+    # The route whose regex names Cancel: its lines up to the next route.
+    start = config.index('regex: "^/batchgate\\\\.v1\\\\.BatchService/Cancel')
+    route = config[start : config.index("- match:", start)]
+    regex = route.split('regex: "', 1)[1].split('"', 1)[0]
+    settings = dict(re.findall(r"^\s+(timeout|idle_timeout): (\S+)$", route, re.MULTILINE))
+    assert settings == {"timeout": f"{MAX_WAIT_SECONDS + 60}s", "idle_timeout": f"{MAX_WAIT_SECONDS + 60}s"}
     pattern = re.compile(regex.replace("\\\\", "\\"))
     assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
         True,
@@ -143,7 +143,8 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
         False,
     ]
     assert "stream_newline_delimited: true" in config
-    assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout
+    # Every other call keeps the normal route timeout (health, reflection, everything else).
+    assert config.count("timeout: 60s") == 3 and "idle_timeout: 60s" not in config
 
 
 def test_sandbox_cancel_delay_is_a_simulator_setting():

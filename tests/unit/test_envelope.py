@@ -16,6 +16,7 @@ from gateway.render import (
     BULK_PATH,
     LOCAL_REPLIES,
     LUA_ENVELOPE_MARKER,
+    MAX_REQUEST_BYTES,
     local_reply_body,
     lua_source,
     render,
@@ -220,12 +221,13 @@ def request(lua, headers: dict[str, str]) -> tuple[str | None, str | None]:
         (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES + 1, "413"),
         (BULK_PATH + "?x=1", "application/json", 10 * BULK_MAX_REQUEST_BYTES, "413"),
         (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES, None),  # the limit itself fits
-        (BULK_PATH, "application/json", None, None),  # chunked: the transcoder's own limit applies
-        ("/v1/batches/b1/cancel", "application/json", BULK_MAX_REQUEST_BYTES + 1, None),  # its own limit
+        (BULK_PATH, "application/json", None, None),  # chunked: the buffer filter's limit applies
+        ("/v1/batches/b1/cancel", "application/json", MAX_REQUEST_BYTES + 1, "413"),  # its own limit
+        ("/v1/batches/b1/cancel", "application/json", MAX_REQUEST_BYTES, None),
         ("/batchgate.v1.BatchService/CancelMany", "application/grpc", BULK_MAX_REQUEST_BYTES + 1, None),
     ],
 )
-def test_a_bulk_body_declared_over_the_limit_is_a_413_before_the_transcoder(lua, path, content_type, length, status):
+def test_a_body_declared_over_its_routes_limit_is_a_413_before_it_is_read(lua, path, content_type, length, status):
     headers = {":method": "POST", ":path": path, "content-type": content_type}
     if length is not None:
         headers["content-length"] = str(length)
@@ -237,3 +239,24 @@ def test_native_grpc_answers_pass_untouched(lua):
     hdrs = {":status": "200", "content-type": "application/grpc", ERROR_BODY_HEADER: "{}"}
     headers, body, _ = respond(lua, hdrs)
     assert body is None and headers[ERROR_BODY_HEADER] == "{}"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/grpc"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-bf-vk", "sk-bf-secret\xff"), ("authorization", "Bearer \xe9"), ("x-note", "a\tb"), ("x-note", "a\x7fb")],
+)
+def test_a_header_value_grpc_metadata_cannot_carry_is_a_400_naming_only_the_header(lua, content_type, name, value):
+    headers = {":method": "POST", ":path": "/v1/batches/b1/cancel", "content-type": content_type, name: value}
+    status, body = request(lua, headers)
+    assert (status, body) == ("400", f"header '{name}' has a value that is not printable ASCII")
+    assert value not in body
+
+
+def test_printable_ascii_header_values_pass(lua):
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/batches/b1/cancel",
+        "x-bf-vk": "sk-bf-" + "".join(map(chr, range(32, 127))),
+    }
+    assert request(lua, headers) == (None, None)

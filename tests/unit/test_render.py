@@ -237,11 +237,18 @@ def test_every_local_reply_status_has_its_own_message() -> None:
     assert all("%LOCAL_REPLY_BODY%" not in messages[s] for s in (500, 502, 503, 504))
 
 
+def _grpc_mappers(mappers: list[dict]) -> list[dict]:
+    """The mappers for native gRPC callers (they come first: first match wins)."""
+    grpc = [m for m in mappers if "application/grpc" in json.dumps(m["filter"])]
+    assert mappers[: len(grpc)] == grpc
+    return grpc
+
+
 @pytest.mark.parametrize("surface", ["anthropic", "genai", "bedrock", None])
 def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
     mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
     rendered = []
-    for mapper in mappers[1:]:
+    for mapper in mappers[len(_grpc_mappers(mappers)) :]:
         text = json.dumps(mapper["filter"])
         on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
         if on_surface:
@@ -252,8 +259,22 @@ def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
 
 
 def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
-    grpc_mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[0]
+    grpc_mapper = _grpc_mappers(_mappers(render(http_port=8080, grpc_ports=[50051])))[-1]
     regex = re.compile(json.dumps(grpc_mapper).split('"regex": "')[1].split('"')[0].replace("\\\\", "\\"))
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_native_grpc_local_replies_carry_the_code_that_names_them() -> None:
+    """Envoy alone would answer a gRPC caller whose request did not arrive in time UNKNOWN, one too
+    large UNKNOWN and one refused as malformed INTERNAL."""
+    grpc = _grpc_mappers(_mappers(render(http_port=8080, grpc_ports=[50051])))
+    codes = {}
+    for mapper in grpc[:-1]:
+        status = int(re.search(r'"default_value": (\d+)', json.dumps(mapper["filter"])).group(1))
+        [header] = mapper["headers_to_add"]
+        assert header["header"]["key"] == "grpc-status"
+        codes[status] = int(header["header"]["value"])
+    assert codes == {400: 3, 408: 4, 413: 8}
+    assert "headers_to_add" not in grpc[-1]  # the rest: Envoy's own mapping, Envoy's own words
