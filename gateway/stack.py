@@ -75,6 +75,9 @@ class Stack:
     # Prometheus /metrics of worker i on metrics_port + i (None: off).
     metrics_port: int | None = None
     sandbox_auto_create: bool = True
+    # Sandbox mode: sections laid over the generated config (`client` is merged into its own),
+    # e.g. {"client": {"limits": ...}, "governance": ...}.
+    sandbox_config: dict = field(default_factory=dict)
     # Seconds a cancelled sandbox batch reads as `cancelling` (None: the simulator's default).
     sandbox_cancel_delay_s: float | None = None
     log_dir: Path | None = None
@@ -159,7 +162,10 @@ class Stack:
                 raise RuntimeError(f"sandbox did not start: {line!r}")
             self.sandbox_port = int(line.split("=", 1)[1])
             config = BUILD / f"sandbox-config-{self.http_port}.json"
-            config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
+            generated = gateway_config(self.sandbox_url)
+            for section, value in self.sandbox_config.items():
+                generated[section] = {**generated[section], **value} if section == "client" else value
+            config.write_text(json.dumps(generated, indent=2))
         self.config_path = config
         loaded = load_config(config, {**os.environ, **self.env})
         problem = exposure_problem(loaded, self.bind_host)

@@ -12,6 +12,7 @@ whose `parse_config`/`load_config` are the ones to call).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from service.config.reader import ConfigError, ConfigReader, http_url
 # Re-exported: the config's types are all read from here.
 __all__ = [
     "AuthConfig",
+    "CallLimits",
     "ClientConfig",
     "Config",
     "ConfigError",
@@ -101,6 +103,26 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one caller may hold in one worker process at once (`client.limits`), so that no caller
+    can starve the others; over a limit a call gets 429 `too_many_concurrent_calls`. A caller is a
+    virtual key, the gateway credentials, a direct provider key, or for a call without credentials
+    its address (as Envoy saw it, from x-forwarded-for, when the call comes from a trusted proxy)."""
+
+    # Calls of one caller in progress (every RPC, from the moment its headers arrive).
+    calls_per_caller: int = 64
+    # Of those, long calls: CancelMany, and Cancel with wait_seconds > 0.
+    long_calls_per_caller: int = 16
+    # Batches one caller's long calls hold (a CancelMany its distinct items, a waiting Cancel one),
+    # and all callers' together: each is a task, its state and its reads in this process.
+    batches_per_caller: int = 2000
+    batches: int = 5000
+    # Peers whose x-forwarded-for names the caller (addresses or CIDR blocks; Envoy in front of the
+    # workers of one machine reaches them over Unix sockets, always trusted).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
     allow_per_request_raw_override: bool = False
     allow_direct_keys: bool = False
@@ -110,6 +132,7 @@ class ClientConfig:
     allow_unauthenticated_public: bool = False
     # Upstream calls (cancels and reads) one bulk cancel may have in flight at once.
     bulk_concurrency: int = 16
+    limits: CallLimits = CallLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +271,7 @@ def parse_config(data: Any, env: os._Environ | dict | None, schemas: Mapping[str
             enforce_auth_on_inference=client.get("enforce_auth_on_inference", bool, False),
             allow_unauthenticated_public=client.get("allow_unauthenticated_public", bool, False),
             bulk_concurrency=bulk_concurrency,
+            limits=_limits(client.child("limits")),
         ),
         providers=providers,
         virtual_keys=parse_virtual_keys(
@@ -258,6 +282,31 @@ def parse_config(data: Any, env: os._Environ | dict | None, schemas: Mapping[str
         auth=parse_auth(root.child("auth_config")),
         store=parse_store(root.child("governance").child("store")),
     )
+
+
+def _limits(reader: ConfigReader) -> CallLimits:
+    """`client.limits`: every count at least 1; a caller's share no larger than the whole."""
+    counts, defaults = {}, CallLimits()
+    for name in ("calls_per_caller", "long_calls_per_caller", "batches_per_caller", "batches"):
+        counts[name] = reader.get(name, int, getattr(defaults, name))
+        if not 1 <= counts[name] <= 1_000_000:
+            raise ConfigError(f"{reader.where(name)}: must be between 1 and 1000000")
+    if counts["long_calls_per_caller"] > counts["calls_per_caller"]:
+        raise ConfigError(f"{reader.where('long_calls_per_caller')}: must not be more than calls_per_caller")
+    if counts["batches_per_caller"] > counts["batches"]:
+        raise ConfigError(f"{reader.where('batches_per_caller')}: must not be more than batches")
+    proxies = []
+    for i, value in enumerate(reader.get("trusted_proxies", list, [])):
+        where = f"{reader.where('trusted_proxies')}[{i}]"
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        try:
+            proxies.append(ipaddress.ip_network(value.strip()))
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expected an address or a CIDR block like 10.0.0.0/8, got {value[:64]!r}"
+            ) from None
+    return CallLimits(**counts, trusted_proxies=tuple(proxies))
 
 
 _API_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -37,6 +37,7 @@ from service.edge.surfaces import (
 )
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.infra.concurrency import current_lease
 from service.infra.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
@@ -48,7 +49,8 @@ from service.infra.observability import (
     request_id,
     server_span,
 )
-from service.runtime.live import LiveConfig
+from service.runtime.live import LiveConfig, Runtime
+from service.usecases.auth import Authenticator, CallerCheck
 from service.usecases.bulk import BulkCanceller, check_wait
 from service.usecases.cancel import Canceller
 from service.usecases.context import CallContext
@@ -309,7 +311,19 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def draining(self, value: bool) -> None:
         self._draining = value
         if value:  # shared by every runtime: waits under an older config end too
-            self._live.current.canceller.stopping.set()
+            self._live.current.canceller.alarm.stop()
+
+    def _current_auth(self) -> Authenticator:
+        return self._live.current.canceller.auth
+
+    def _long_call(self, runtime: Runtime, call: Call, batches: int) -> None:
+        """Takes the long-call share of a bulk or waiting call (429 when its caller or the process
+        holds too much: service.infra.concurrency), and has it check its caller against the current
+        config before each upstream call (a revoked key ends it)."""
+        lease = current_lease.get()
+        if lease is not None:
+            lease.long_call(batches, runtime.config.client.limits)
+        call.context.access = CallerCheck(call.context.headers, self._current_auth)
 
     async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
         headers = call.context.headers
@@ -319,6 +333,8 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             call.command = replace(call.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
         with self._live.current as runtime:
+            if call.command.wait_seconds > 0:
+                self._long_call(runtime, call, 1)
             return await runtime.canceller.cancel(
                 call.command, call.context, time_budget(context.time_remaining(), headers)
             )
@@ -356,6 +372,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 call.context,
                 raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
+            self._long_call(runtime, call, len(bulk.items))
             await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
             call.metadata_sent = True
             budget = time_budget(context.time_remaining(), headers)

@@ -14,8 +14,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
 from service.edge.api import BatchServicer, rest_error_metadata
-from service.edge.wire import MAX_MESSAGE_BYTES, StrictRegistrar
+from service.edge.callers import address_of
+from service.edge.wire import MAX_MESSAGE_BYTES, Admit, StrictRegistrar, quiet_grpc_metadata_log
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.infra.concurrency import Lease
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
 from service.runtime.live import FileWatcher, LiveConfig
@@ -66,6 +68,19 @@ class App:
         await self.live.limiter.close()
 
 
+def admission(live: LiveConfig) -> Admit:
+    """Takes each call's lease on its caller's share, under the config current at its start: its
+    credentials when that config knows them, else its address (service.edge.callers)."""
+
+    def admit(method: str, headers: dict[str, str], peer: str) -> Lease:
+        runtime = live.current
+        limits = runtime.config.client.limits
+        caller = runtime.canceller.auth.caller_key(headers) or address_of(headers, peer, limits.trusted_proxies)
+        return live.calls.enter(caller, limits)
+
+    return admit
+
+
 async def create_server(
     config: Config | LiveConfig,
     address: str = "127.0.0.1:0",
@@ -96,8 +111,10 @@ async def create_server(
     )
     live = config if isinstance(config, LiveConfig) else LiveConfig(config, limiter=limiter)
     servicer = BatchServicer(live)
-    # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
-    registrar = StrictRegistrar(server, rest_error_metadata)
+    # Every call passes the door (header bytes, its caller's share) and reads its request itself, so
+    # a malformed call always gets a status (service.edge.wire).
+    quiet_grpc_metadata_log()
+    registrar = StrictRegistrar(server, rest_error_metadata, admission(live))
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)

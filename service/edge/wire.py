@@ -13,6 +13,14 @@ is INVALID_ARGUMENT with a plain message and one log line; a message that stops 
 DEADLINE_EXCEEDED after READ_TIMEOUT_SECONDS. Request-streaming methods (reflection) get the same
 treatment for each message they read (without the timeout: a stream may idle).
 
+Before any message is read, every call (every method) passes the door:
+- its metadata: a value that is not printable ASCII (what gRPC metadata allows; Envoy refuses the
+  same at the edge) is INVALID_ARGUMENT naming the header, never its value. grpc-python itself
+  logs a value that is not UTF-8 with a traceback (`quiet_grpc_metadata_log` keeps that out);
+- its caller's share (`admit`, service.infra.concurrency): over its limit, 429
+  `too_many_concurrent_calls` at once. The lease is held until the call ends, and is the call's
+  `current_lease` meanwhile (a long call takes more from it).
+
 Use `StrictRegistrar(server)` in place of the server when calling generated `add_*_to_server`.
 """
 
@@ -31,6 +39,7 @@ from google.protobuf.message import DecodeError
 from service.domain.errors import GatewayError, InvalidRequest
 from service.edge.routes import ORIGINAL_PATH_HEADER
 from service.edge.status import grpc_code
+from service.infra.concurrency import Lease, current_lease
 from service.infra.observability import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("batchgate.access")
@@ -43,16 +52,66 @@ MAX_MESSAGE_BYTES = 1 << 20
 
 # (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
 RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]
+# (method, headers, peer) -> the call's lease on its caller's share; raises GatewayError (429).
+Admit = Callable[[str, dict[str, str], str], Lease]
+
+
+def unprintable_header(metadata: Any) -> str | None:
+    """The name of the first metadata entry whose value gRPC metadata cannot carry (`-bin` values
+    are bytes, and free), or None."""
+    for key, value in metadata or ():
+        if not key.endswith("-bin") and not (value.isascii() and value.isprintable()):
+            return key
+    return None
+
+
+class _QuietMetadataLog(logging.Filter):
+    """grpc-python logs `Invalid encoding on <the raw value>` with a traceback, at error level,
+    for each metadata value that is not UTF-8 (a header value can be a key); the door refuses such
+    a call with a line of its own that names only the header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on"))
+
+
+def quiet_grpc_metadata_log() -> None:
+    """Keeps grpc-python's log of undecodable metadata values (and their values) out of the logs."""
+    cygrpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _QuietMetadataLog) for f in cygrpc_log.filters):
+        cygrpc_log.addFilter(_QuietMetadataLog())
 
 
 class _Reader:
     """Reads the request messages of one method, ending the call when they are not there."""
 
-    def __init__(self, method: str, deserializer: Callable[[bytes], Any] | None, rest: RestRendering | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        deserializer: Callable[[bytes], Any] | None,
+        rest: RestRendering | None,
+        admit: Admit | None = None,
+    ) -> None:
         self.method = method
         message_type = getattr(getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None), "full_name", "")
         self.malformed = f"the request is not a valid {message_type or 'request'} message"
         self.rest = rest
+        self.admit = admit
+
+    async def door(self, context: grpc.aio.ServicerContext) -> Lease | None:
+        """The call's checks before its message (see the module docstring): its lease, if any."""
+        metadata = context.invocation_metadata()
+        bad = unprintable_header(metadata)
+        if bad is not None:
+            message = f"header '{bad[:64]}' has a value that is not printable ASCII"
+            await self.refuse(context, InvalidRequest(message))
+        if self.admit is None:
+            return None
+        try:
+            lease = self.admit(self.method, {key: value for key, value in metadata or ()}, context.peer())
+        except GatewayError as error:  # logged (at most every few seconds) by the limiter, not here
+            await self.refuse(context, error, logged=False)
+        current_lease.set(lease)
+        return lease
 
     async def one(self, context: grpc.aio.ServicerContext) -> Any:
         """The call's request message."""
@@ -81,13 +140,13 @@ class _Reader:
                 return
             yield request
 
-    async def refuse(self, context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+    async def refuse(self, context: grpc.aio.ServicerContext, error: GatewayError, logged: bool = True) -> None:
         """Ends the call with the error's status and logs one line (no traceback: the caller is at
-        fault). A REST caller (a transcoded call) gets it in its route's shape."""
+        fault; `logged` False: none). A REST caller (a transcoded call) gets it in its route's shape."""
         headers = {key: value for key, value in context.invocation_metadata() or () if not key.endswith("-bin")}
         rid, generated = request_id(headers)
         code = grpc_code(error)
-        if log.isEnabledFor(logging.INFO):
+        if logged and log.isEnabledFor(logging.INFO):
             log.info(
                 "malformed call",
                 extra={
@@ -102,6 +161,7 @@ class _Reader:
                 },
             )
         metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        metadata += tuple(error.headers.items())
         if self.rest is not None:
             metadata += self.rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
         if metadata:
@@ -109,16 +169,23 @@ class _Reader:
         await context.abort(code, error.message)
 
 
-def strict(handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | None = None) -> grpc.RpcMethodHandler:
-    """The same method (`/package.Service/Method`), reading its requests itself (see the module
-    docstring); it answers as the original does."""
-    reader = _Reader(method, handler.request_deserializer, rest)
+def strict(
+    handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | None = None, admit: Admit | None = None
+) -> grpc.RpcMethodHandler:
+    """The same method (`/package.Service/Method`), passing the door and reading its requests itself
+    (see the module docstring); it answers as the original does."""
+    reader = _Reader(method, handler.request_deserializer, rest, admit)
     codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
 
         async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            return await behavior(await reader.one(context), context)
+            lease = await reader.door(context)
+            try:
+                return await behavior(await reader.one(context), context)
+            finally:
+                if lease is not None:
+                    lease.release()
 
         return grpc.stream_unary_rpc_method_handler(unary, **codec)
     if handler.unary_stream is not None:
@@ -140,20 +207,30 @@ def strict(handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | No
     if inspect.isasyncgenfunction(behavior):
 
         async def generate(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in behavior(await requests_of(context), context):
-                yield response
+            lease = await reader.door(context)
+            try:
+                async for response in behavior(await requests_of(context), context):
+                    yield response
+            finally:
+                if lease is not None:
+                    lease.release()
 
         return streaming(generate, **codec)
 
     async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await requests_of(context), context)
+        lease = await reader.door(context)
+        try:
+            return await behavior(await requests_of(context), context)
+        finally:
+            if lease is not None:
+                lease.release()
 
     return streaming(call, **codec)
 
 
 class _StrictGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, rest: RestRendering | None) -> None:
-        self._inner, self._rest = inner, rest
+    def __init__(self, inner: grpc.GenericRpcHandler, rest: RestRendering | None, admit: Admit | None) -> None:
+        self._inner, self._rest, self._admit = inner, rest, admit
         self._strict: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -161,21 +238,26 @@ class _StrictGenericHandler(grpc.GenericRpcHandler):
         if handler is None:
             return None
         if handler not in self._strict:
-            self._strict[handler] = strict(handler, handler_call_details.method, self._rest)
+            self._strict[handler] = strict(handler, handler_call_details.method, self._rest, self._admit)
         return self._strict[handler]
 
 
 class StrictRegistrar:
     """Stands in for the server while generated `add_*_to_server` functions register a servicer, so
-    every method they register reads its requests strictly. `rest` renders a refusal for REST
-    callers of the methods that have REST routes."""
+    every method they register passes the door and reads its requests strictly. `rest` renders a
+    refusal for REST callers of the methods that have REST routes; `admit` takes each call's lease
+    on its caller's share."""
 
-    def __init__(self, server: grpc.aio.Server, rest: RestRendering | None = None) -> None:
-        self._server, self._rest = server, rest
+    def __init__(self, server: grpc.aio.Server, rest: RestRendering | None = None, admit: Admit | None = None) -> None:
+        self._server, self._rest, self._admit = server, rest, admit
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h, self._rest) for h in handlers))
+        self._server.add_generic_rpc_handlers(
+            tuple(_StrictGenericHandler(h, self._rest, self._admit) for h in handlers)
+        )
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        strict_handlers = {name: strict(h, f"/{service}/{name}", self._rest) for name, h in handlers.items()}
+        strict_handlers = {
+            name: strict(h, f"/{service}/{name}", self._rest, self._admit) for name, h in handlers.items()
+        }
         self._server.add_registered_method_handlers(service, strict_handlers)

@@ -34,6 +34,7 @@ import orjson
 
 from service.config.file import Config, config_version, read_config
 from service.config.reader import ConfigError
+from service.infra.concurrency import CallLimiter
 from service.infra.limits import RateLimiter
 from service.infra.observability import (
     CONFIG_INFO,
@@ -154,6 +155,8 @@ class LiveConfig:
         self.path = path
         # One per process, outside every runtime: counts of a virtual key carry over a reload.
         self.limiter = limiter if limiter is not None else RateLimiter.for_config(config.store)
+        # What each caller holds now (service.infra.concurrency): also per process, across reloads.
+        self.calls = CallLimiter()
         self._check, self._env, self._clock, self._state_dir = check, env, clock, state_dir
         self._restart_only = dict(restart_only or {})
         self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
@@ -221,6 +224,8 @@ class LiveConfig:
         self.current = runtime
         self.digest, self.failed_digest, self.last_reload_successful = digest, None, True
         self._retire(previous)
+        # Running waits check their caller against the new config now (a key may be revoked).
+        runtime.canceller.alarm.pulse()
         CONFIG_RELOADS.labels("success").inc()
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)

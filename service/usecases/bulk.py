@@ -139,9 +139,12 @@ class BulkCanceller:
             raw_response_requested=call.raw_response_requested,
             wait_seconds=call.wait_seconds,
         )
+        access = call.context.access
         try:
             target = await canceller.target(call.caller, provider, batch_id)  # 400/403/429 for this item only
             async with gate:
+                if access is not None:  # the caller may have lost its access while this item queued
+                    access.check(target.adapter.name)
                 result = await canceller.cancel_target(target, command, call.context, call_end)
         except GatewayError as error:  # exactly what a single cancel of this batch would fail with
             events.put_nowait(ItemEvent(index, batch_id, provider, True, error=error))
@@ -159,6 +162,10 @@ class BulkCanceller:
                 canceller, result, command, call.context, call_end, gate=lambda: gate
             ):
                 events.put_nowait(ItemEvent(index, batch_id, provider, final, result=waited))
+        except GatewayError as error:  # the caller lost its access while waiting (401/403)
+            if not final:
+                error.provider = error.provider or result.provider
+                events.put_nowait(ItemEvent(index, batch_id, provider, True, error=error))
         except Exception as exc:  # noqa: BLE001
             if not final:
                 events.put_nowait(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))

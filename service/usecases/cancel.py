@@ -35,7 +35,7 @@ from service.infra.providers.http import HttpExecutor, RetryPolicy
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
-from service.usecases.waiting import PollPolicy, wait_for_terminal
+from service.usecases.waiting import Alarm, PollPolicy, wait_for_terminal
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +138,10 @@ class Canceller:
         self.parts = parts = parts or (previous.parts if previous is not None else Collaborators())
         # How a wait reads batches back (service.usecases.waiting); tests pass a faster one.
         self.poll_policy = poll_policy or (previous.poll_policy if previous is not None else PollPolicy())
-        # Set once the service drains: waits end at once with the last known state. Shared across
-        # reloads, so a drain reaches waits that started under an older config.
-        self.stopping = previous.stopping if previous is not None else asyncio.Event()
+        # Ends waits' sleeps: for good once the service drains (waits end at once with the last known
+        # state), for a check on each reload. Shared across reloads, so it reaches waits that
+        # started under an older config.
+        self.alarm = previous.alarm if previous is not None else Alarm()
         self.auth = parts.authenticator(config, limiter)
         old = previous.config.providers if previous is not None else {}
         self._providers: dict[str, tuple[Adapter, Executor]] = {}

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from service.infra.observability import CallRecord
+
+
+class Access(Protocol):
+    """Whether the caller may still cancel on a provider (service.usecases.auth.CallerCheck)."""
+
+    def check(self, provider: str) -> float | None: ...
 
 
 @dataclass(slots=True)
 class CallContext:
     """The per-request side of a call, next to its command: the transport headers (credentials,
     SDK headers passed through), who called once authenticated (`vk:<id>`, `admin`, `anonymous`;
-    safe to log), and the record of what it did upstream (for its log line and metrics)."""
+    safe to log), the record of what it did upstream (for its log line and metrics), and for a
+    call that outlives a moment (bulk items, waits) how to tell that its caller lost its access."""
 
     headers: dict[str, str] = field(default_factory=dict)
     record: CallRecord | None = None
     caller: str = "anonymous"
+    access: Access | None = None

@@ -9,6 +9,7 @@ The policy is data and the clock, sleep and randomness are injected, so tests st
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -38,12 +39,39 @@ class PollPolicy:
         return base * (1 - self.jitter * rand())
 
 
+class Alarm:
+    """What ends a wait's sleep early, one per process (every config's canceller shares it): the
+    service draining (`stopping`, for good: waits answer with what they know) and a config reload
+    (a `pulse`: a caller may have lost its access, so every sleeping wait checks, then sleeps on)."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self._pulse = asyncio.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pulse()
+
+    def pulse(self) -> None:
+        pulse, self._pulse = self._pulse, asyncio.Event()
+        pulse.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleeps `seconds`, or less if the service drains or a pulse comes meanwhile."""
+        if self.stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._pulse.wait(), seconds)
+        except TimeoutError:
+            pass
+
+
 class Reader(Protocol):
     """What waiting needs of the use case (service.usecases.cancel.Canceller, which imports this module):
-    reading a batch back, the poll policy, and the event set once the service drains."""
+    reading a batch back, the poll policy, and the process's alarm (drain, reloads)."""
 
     poll_policy: PollPolicy
-    stopping: asyncio.Event
+    alarm: Alarm
 
     async def read(
         self, handle: Any, command: CancelCommand, call: CallContext, call_end: float | None
@@ -71,16 +99,6 @@ def wait_end(wait_seconds: float, call_end: float | None, now: float) -> float:
 SHUTTING_DOWN = "waiting ended early: the service is shutting down"
 
 
-async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    """Sleeps `seconds`, or less if `stop` is set meanwhile."""
-    if stop.is_set():
-        return
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
-
-
 async def watch(
     read: Callable[[], Awaitable[tuple[BatchState, Any]]],
     state: BatchState,
@@ -91,12 +109,16 @@ async def watch(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
     stop: asyncio.Event | None = None,
+    check: Callable[[], float | None] | None = None,
 ) -> AsyncIterator[Step]:
     """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding a
     step each time the status changes; the last step is `final`, with a warning when the batch is
     still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
     answer); any other failure ends the wait with the last known state. `stop` (the service is
-    shutting down) ends the wait early, so the caller still gets a final answer in the grace time."""
+    shutting down) ends the wait early, so the caller still gets a final answer in the grace time.
+    `check` (the caller may still do this: service.usecases.auth.CallerCheck) runs before every
+    read and whenever `sleep` returns early; its error (401/403) ends the wait, raised. It returns
+    the seconds until the caller's key expires, and the wait wakes then to check again."""
     clock = clock or asyncio.get_running_loop().time
     policy = policy or PollPolicy()
     delay = policy.first_s
@@ -106,7 +128,13 @@ async def watch(
         now = clock()
         if now >= until:
             break
-        await sleep(min(delay, until - now))
+        wake = now + min(delay, until - now)
+        while True:  # `sleep` may return early (a reload, the drain): check, then sleep on
+            expires_in = check() if check is not None else None
+            left = wake - clock()
+            if left <= 0 or (stop is not None and stop.is_set()):
+                break
+            await sleep(left if expires_in is None else min(left, expires_in + 0.001))
         if stop is not None and stop.is_set():
             problem = SHUTTING_DOWN
             break
@@ -167,10 +195,10 @@ async def watch_result(
     if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
         yield result, True
         return
-    stop = canceller.stopping
-    steps = watch(
-        read, result.batch, until, canceller.poll_policy, sleep=lambda seconds: sleep_unless(stop, seconds), stop=stop
-    )
+    alarm = canceller.alarm
+    access = call.access
+    check = None if access is None else functools.partial(access.check, result.provider)
+    steps = watch(read, result.batch, until, canceller.poll_policy, sleep=alarm.sleep, stop=alarm.stopping, check=check)
     async for step in steps:
         yield waited_result(result, step, send_raw), step.final
 

@@ -48,7 +48,15 @@ SERVICE_DOWN = {
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = Path(tmp_path_factory.mktemp("shutdown-stack"))
-    stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=logs)
+    stack = Stack(
+        config=None,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=logs,
+        # One caller (this test, anonymous on loopback) sends bursts of 128 calls to one worker.
+        sandbox_config={"client": {"limits": {"calls_per_caller": 512}}},
+    )
     stack.start()
     try:
         yield stack

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from service.domain.errors import InvalidRequest, Overloaded, ProviderError
+from service.domain.errors import InvalidRequest, Overloaded, ProviderError, Unauthenticated
 from service.domain.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
 from service.usecases.bulk import check_items, check_wait
 from service.usecases.waiting import PollPolicy, wait_end, watch
@@ -53,6 +53,63 @@ async def test_reads_start_after_one_second_and_back_off_to_thirty():
     assert len(steps) == 1 and steps[0].final and steps[0].state.status == "cancelling"
     assert "still cancelling" in steps[0].warning
     assert clock.now == 200.0  # the last sleep is cut to the end of the wait
+
+
+async def test_a_caller_that_loses_its_access_ends_the_wait_before_the_next_read():
+    clock = SteppedClock()
+    read, reads = reader(clock, ["cancelling"])
+    revoked = Unauthenticated("virtual key not found", code="virtual_key_not_found")
+    checks: list[float] = []
+
+    def check() -> float | None:
+        checks.append(clock.now)
+        if clock.now >= 5.0:
+            raise revoked
+        return None
+
+    steps = watch(
+        read,
+        BatchState(id="b", status="cancelling"),
+        100.0,
+        clock=clock,
+        sleep=clock.sleep,
+        rand=lambda: 0.0,
+        check=check,
+    )
+    with pytest.raises(Unauthenticated) as info:
+        async for _ in steps:
+            pass
+    assert info.value is revoked
+    assert reads == [1.0, 3.0]  # the read due at 7 s never happens
+    assert checks == [0.0, 1.0, 1.0, 3.0, 3.0, 7.0]  # before each sleep and before each read
+
+
+async def test_a_wait_wakes_when_its_callers_key_expires_and_after_an_early_wake_sleeps_on():
+    clock = SteppedClock()
+    read, reads = reader(clock, ["cancelling"])
+    expires_at = 12.5
+
+    def check() -> float | None:
+        if clock.now >= expires_at:
+            raise Unauthenticated("virtual key not found", code="virtual_key_not_found")
+        return expires_at - clock.now
+
+    async def sleep(seconds: float) -> None:  # the first sleep is cut short (a reload's pulse)
+        await clock.sleep(seconds / 2 if not clock.sleeps else seconds)
+
+    with pytest.raises(Unauthenticated):
+        async for _ in watch(
+            read,
+            BatchState(id="b", status="cancelling"),
+            100.0,
+            clock=clock,
+            sleep=sleep,
+            rand=lambda: 0.0,
+            check=check,
+        ):
+            pass
+    assert reads == [1.0, 3.0, 7.0]  # read on time despite the early wake; none after the expiry
+    assert clock.now == pytest.approx(12.501)  # woke at the expiry (the next read was due at 15 s)
 
 
 async def test_jitter_only_shortens_a_gap():

@@ -288,6 +288,16 @@ def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
     ) in caplog.text
 
 
+async def test_a_reload_wakes_sleeping_waits_so_they_check_their_caller() -> None:
+    live = live_from(document())
+    alarm = live.current.canceller.alarm
+    sleeper = asyncio.create_task(alarm.sleep(3600))
+    await _yield()
+    assert live.apply(raw(document(client={"enforce_auth_on_inference": True, "bulk_concurrency": 4})), "test")
+    await asyncio.wait_for(sleeper, 1)  # woken at once, not after an hour
+    assert live.current.canceller.alarm is alarm  # shared by every config of the process
+
+
 def test_describe_changes_names_parts_never_values() -> None:
     old = parse_config(document(), ENV)
     new = parse_config(document(providers__openai__send_back_raw_response=True, auth_config={}), ENV)
