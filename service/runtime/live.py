@@ -41,6 +41,7 @@ from service.infra.observability import (
     CONFIG_LAST_RELOAD_SUCCESS_SECONDS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_RELOADS,
+    redact_logs,
 )
 from service.infra.providers.catalog import parse_config_bytes
 from service.usecases.cancel import Canceller, Executor
@@ -167,6 +168,7 @@ class LiveConfig:
         self.failed_digest: bytes | None = None
         self.last_reload_successful = True
         self.current = self._build(config, raw, None, canceller)
+        redact_logs(self.current.canceller.redactor.text)
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
         CONFIG_INFO.labels(self.current.version).set(1)
@@ -226,6 +228,7 @@ class LiveConfig:
         self._retire(previous)
         # Running waits check their caller against the new config now (a key may be revoked).
         runtime.canceller.alarm.pulse()
+        redact_logs(runtime.canceller.redactor.text)
         CONFIG_RELOADS.labels("success").inc()
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)

@@ -32,6 +32,7 @@ from service.infra.providers.base import (
 )
 from service.infra.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
 from service.infra.providers.http import HttpExecutor, RetryPolicy
+from service.infra.redaction import Redactor, config_secrets, request_credentials
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
@@ -143,6 +144,8 @@ class Canceller:
         # started under an older config.
         self.alarm = previous.alarm if previous is not None else Alarm()
         self.auth = parts.authenticator(config, limiter)
+        # Every secret of this config, masked in whatever a provider answers (service.infra.redaction).
+        self.redactor = Redactor(config_secrets(config))
         old = previous.config.providers if previous is not None else {}
         self._providers: dict[str, tuple[Adapter, Executor]] = {}
         self._admission: dict[str, Admission] = {}
@@ -240,7 +243,9 @@ class Canceller:
         request.operation = "read"
         deadline = self._deadline(adapter, call_end)
         async with self._admission[adapter.name].slot():
-            answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, call.record)
+            answer = await self._send(
+                handle.executor, await self._prepare(adapter, handle.key, request), deadline, call.record
+            )
         if answer.status >= 300:
             raise adapter.parse_error(answer)
         data = decode_json(answer, adapter.name)
@@ -248,6 +253,26 @@ class Canceller:
         state.id = command.batch_id
         state.status = after_accepted_cancel(state.status)
         return state, data
+
+    async def _send(
+        self, executor: Executor, request: UpstreamRequest, deadline: float, record: CallRecord | None
+    ) -> UpstreamResponse:
+        """One exchange; the answer comes back with every secret of the config, and the credentials
+        this request carried, masked before anything reads it (error messages, raw_response, logs)."""
+        response = await executor.send(request, deadline, record)
+        redactor = self.redactor.with_secrets(request_credentials(request.headers))
+        response.body = redactor.data(response.body)
+        response.headers = redactor.headers(response.headers)
+        return response
+
+    async def _prepare(self, adapter: Adapter, key: Key, request: UpstreamRequest) -> UpstreamRequest:
+        """The adapter's signing or token minting; what a token endpoint said comes back masked."""
+        try:
+            return await adapter.prepare(key, request)
+        except GatewayError as err:
+            err.message = self.redactor.text(err.message)
+            err.args = (err.message,)
+            raise
 
     @staticmethod
     def _deadline(adapter: Adapter, call_end: float | None) -> float:
@@ -278,13 +303,13 @@ class Canceller:
                 KEY_FAILOVERS.labels(adapter.name).inc()
             try:
                 request = self._outgoing(adapter, adapter.cancel_request(key, ref), record, passed)
-                request = await adapter.prepare(key, request)
+                request = await self._prepare(adapter, key, request)
             except (DeadlineExceeded, InvalidRequest):
                 raise
             except GatewayError as err:  # this key's credentials could not be used (token mint failed)
                 error = err
                 continue
-            response = await executor.send(request, deadline, record)
+            response = await self._send(executor, request, deadline, record)
             if response.status < 300:
                 batch, raw, warning = await self._read_state(
                     adapter, executor, key, ref, command, record, response, deadline, passed
@@ -357,7 +382,7 @@ class Canceller:
         try:
             follow_up = self._outgoing(adapter, follow_up, record, passed)
             follow_up.operation = "read"
-            answer = await executor.send(await adapter.prepare(key, follow_up), deadline, record)
+            answer = await self._send(executor, await self._prepare(adapter, key, follow_up), deadline, record)
             if answer.status >= 300:
                 raise adapter.parse_error(answer)
             data = decode_json(answer, adapter.name)
