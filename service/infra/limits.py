@@ -17,8 +17,9 @@ it was, and a changed limit starts a fresh window.
 When the store fails, `RateLimiter` either goes on counting per process until the store answers
 again (`on_error: allow`, the default, as Envoy's rate-limit filter fails open) or refuses limited
 calls with 503 `rate_limit_store_unavailable` (`deny`). Either way it warns at most once a minute,
-counts `batchgate_rate_limit_store_errors_total`, and tries the store again after a short pause, so
-recovery needs no restart and a dead store costs a call at most one timeout per pause.
+counts `batchgate_rate_limit_store_errors_total`, and after a short pause lets ONE call ask the
+store again while the others go on without it, so recovery needs no restart and a dead or hung
+store costs one call at most one timeout per pause.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ class RedisStore:
         await self._command("PING")
 
     async def _command(self, *args: object) -> object:
-        """One command on an idle connection, else a new one; capped at `timeout_s`, twice that when
-        it must connect first (TLS and AUTH included)."""
+        """One command on an idle connection, else a new one; capped at `timeout_s`, connecting first
+        (TLS and AUTH) included."""
         conn = self._idle.pop() if self._idle else None
         if conn is not None:
             try:  # data waiting, or closed by Redis while idle (a restart): connect anew (no I/O here)
@@ -250,7 +251,7 @@ class RedisStore:
         else:
             raise ConnectionError(f"all {self._max_connections} Redis connections are busy")
         try:
-            async with asyncio.timeout(self.timeout_s if connected else 2 * self.timeout_s):
+            async with asyncio.timeout(self.timeout_s):  # connecting (TLS, AUTH) included
                 await conn.send_command(*args)
                 reply = await conn.read_response()
         except self._no_script:
@@ -325,6 +326,7 @@ class RateLimiter:
         self._warn_every_s = warn_every_s
         self._local = LocalWindows(clock)
         self._failing_until: float | None = None  # while set and in the future, the store is skipped
+        self._probing = False  # a call is asking a store that failed whether it answers again
         self._degraded = False
         self._warned_at = -math.inf
 
@@ -350,7 +352,11 @@ class RateLimiter:
             )
 
     async def _hit(self, key: str, window_s: float) -> tuple[int, float]:
-        if self._failing_until is None or self._clock() >= self._failing_until:
+        # Healthy: every call asks the store. Since a failure: after the pause, one call at a time
+        # (the probe) asks it while the others go on without it (a hung store never holds them).
+        probe = self._failing_until is not None
+        if not probe or (self._clock() >= self._failing_until and not self._probing):
+            self._probing = probe
             try:
                 result = await self.store.hit(key, window_s)
             except Exception as exc:  # noqa: BLE001 - any store failure is handled the same way
@@ -358,6 +364,9 @@ class RateLimiter:
             else:
                 self._recovered()
                 return result
+            finally:
+                if probe:
+                    self._probing = False
         if self.on_error == "deny":
             raise UpstreamUnavailable(
                 "the rate limit store is unavailable", status_code=503, code="rate_limit_store_unavailable"
@@ -387,13 +396,21 @@ class RateLimiter:
 
     async def health(self) -> str:
         """Asks the store (one short ping) and returns `ok` or `degraded`; a store that answers ends
-        the pause after an error at once."""
+        the pause after an error at once. While a call is already asking a failed store, the state
+        is reported as it is, without asking again."""
+        if self._probing:
+            return self.state
+        probe = self._failing_until is not None
+        self._probing = probe
         try:
             await self.store.ping()
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
         else:
             self._recovered()
+        finally:
+            if probe:
+                self._probing = False
         return self.state
 
     async def close(self) -> None:

@@ -88,7 +88,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
         for name in sorted(old.providers.keys() | new.providers.keys())
         if old.providers.get(name) != new.providers.get(name)
     ]
-    if old.virtual_keys != new.virtual_keys:
+    if old.virtual_keys != new.virtual_keys or old.store != new.store:
         changed.append("governance")
     if old.auth != new.auth:
         changed.append("auth_config")
@@ -156,6 +156,7 @@ class LiveConfig:
         self.path = path
         # One per process, outside every runtime: counts of a virtual key carry over a reload.
         self.limiter = limiter if limiter is not None else RateLimiter.for_config(config.store)
+        self._store = config.store
         # What each caller holds now (service.infra.concurrency): also per process, across reloads.
         self.calls = CallLimiter()
         self._check, self._env, self._clock, self._state_dir = check, env, clock, state_dir
@@ -245,6 +246,8 @@ class LiveConfig:
             ", ".join(changed) or "nothing",
         )
         stale = [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
+        if config.store != self._store:  # the limiter and its store were opened at start
+            stale.insert(0, "governance.store")
         if stale:
             log.warning(
                 "config reload: %s changed but cannot change at runtime; the running value stays until a restart",

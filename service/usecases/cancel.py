@@ -211,9 +211,11 @@ class Canceller:
         single cancel's 400/403/429 before any upstream call."""
         adapter, executor = self._resolve(provider)
         try:
-            allowed_key_ids = await self.auth.authorize(caller, adapter.name)
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
             ref = adapter.parse_id(batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
+            # Counted last: a call refused for its id or keys spends none of the key's rate limit.
+            await self.auth.authorize(caller, adapter.name)
         except GatewayError as err:
             err.provider = adapter.name
             raise

@@ -288,6 +288,20 @@ def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
     ) in caplog.text
 
 
+def test_a_reload_that_changes_the_rate_limit_store_says_it_needs_a_restart(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="service.runtime.live")
+    live = live_from(document())
+    limiter = live.limiter
+    moved = document()
+    moved["governance"]["store"] = {"type": "embedded", "on_error": "deny"}
+    assert live.apply(raw(moved), "test")
+    assert live.limiter is limiter and live.limiter.on_error == "allow"  # the running store stays
+    assert "changed: governance" in caplog.text
+    assert (
+        "config reload: governance.store changed but cannot change at runtime; the running value stays until a restart"
+    ) in caplog.text
+
+
 async def test_a_reload_wakes_sleeping_waits_so_they_check_their_caller() -> None:
     live = live_from(document())
     alarm = live.current.canceller.alarm
