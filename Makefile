@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint redis-server run test unit integration e2e bench bench-limits bench-bounds bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -88,6 +88,10 @@ bench: proto redis-server
 # Only what a rate-limit check adds (embedded store and Redis), interleaved rounds, ~2 min.
 bench-limits: proto redis-server
 	$(PY) -m bench.run --limits-only
+
+# Only what the per-caller bounds (issue 21) cost the single cancel: with against without, ~3 min.
+bench-bounds: proto redis-server
+	$(PY) -m bench.run --bounds-only
 
 bench-smoke: proto redis-server
 	$(PY) -m bench.run --smoke

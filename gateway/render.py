@@ -69,7 +69,7 @@ def render(
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
     request_timeout_s: float = 10.0,
-    limits: EdgeLimits = EdgeLimits(),
+    limits: EdgeLimits | None = EdgeLimits(),
     descriptor: Path = DESCRIPTOR,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
@@ -81,7 +81,10 @@ def render(
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
     that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED);
-    `limits` bounds what all callers together may hold."""
+    `limits` bounds what all callers together may hold (None: no bounds at all, the edge before
+    issue 21, only for the benchmark's comparison: bench/bounds_cost.py)."""
+    bounded = limits is not None
+    limits = limits or EdgeLimits()
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -116,12 +119,28 @@ def render(
         LISTENER_TLS=_listener_tls(tls_cert, tls_key) if tls_cert else "",
         CLUSTER_TLS=_CLUSTER_TLS if tls_cert else "",
     )
+    config = _bounds(config, bounded)
     if upstream_dns:
         # The template fixes the cluster type; this is its one line that says so.
         if config.count(_STATIC_CLUSTER) != 1:
             raise RuntimeError(f"{TEMPLATE.name}: expected exactly one {_STATIC_CLUSTER.strip()!r} line")
         config = config.replace(_STATIC_CLUSTER, _DNS_CLUSTER)
     return config
+
+
+def _bounds(config: str, bounded: bool) -> str:
+    """The config with its `#<bounds` ... `#bounds>` parts (bounded) or its `#<unbounded` ...
+    `#unbounded>` parts (not), and without the marker lines."""
+    keep, lines = True, []
+    for line in config.splitlines(keepends=True):
+        mark = line.strip()
+        if mark in ("#<bounds", "#<unbounded"):
+            keep = bounded == (mark == "#<bounds")
+        elif mark in ("#bounds>", "#unbounded>"):
+            keep = True
+        elif keep:
+            lines.append(line)
+    return "".join(lines)
 
 
 def lua_source(lua_file: Path = LUA_FILE) -> str:

@@ -88,6 +88,9 @@ class Stack:
     # temporary directory removed at stop. Unused when the config names a Redis store.
     rate_limit_db: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # No bounds on what callers may hold (Envoy's of gateway/render.py, the service's client.limits):
+    # the gateway before issue 21, only for the benchmark's comparison (bench/bounds_cost.py).
+    unbounded: bool = False
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
     worker_ports: list[int] = field(default_factory=list)  # private loopback ports (private_sockets off)
@@ -209,6 +212,7 @@ class Stack:
                     str(state_dir),
                     "--worker",
                     str(i),
+                    *(["--unbounded-for-benchmark"] if self.unbounded else []),
                 ],
             )
         self._wait(
@@ -227,6 +231,7 @@ class Stack:
                 tls_cert=self.tls_cert,
                 tls_key=self.tls_key,
                 request_timeout_s=self.request_read_timeout(),
+                **({"limits": None} if self.unbounded else {}),
             )
         )
         envoy_bin = envoy_binary()

@@ -59,6 +59,11 @@ def main() -> None:
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
         f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
     )
+    parser.add_argument(
+        "--unbounded-for-benchmark",
+        action="store_true",
+        help="no per-caller limits (client.limits): only to measure what they cost (bench/bounds_cost.py)",
+    )
     args = parser.parse_args()
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -106,7 +111,17 @@ def main() -> None:
     )
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []
-    asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
+    asyncio.run(
+        serve(
+            live,
+            args.address,
+            *extra,
+            reuse_port=args.reuse_port,
+            tls=tls,
+            metrics_port=args.metrics_port,
+            fair_share=not args.unbounded_for_benchmark,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -88,12 +88,15 @@ async def create_server(
     reuse_port: bool = False,
     tls: tuple[bytes, bytes] | None = None,
     limiter: RateLimiter | None = None,
+    fair_share: bool = True,
 ) -> App:
     """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
     and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
     chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded.
     `limiter` (the process's rate limiter and its store; default: the store `governance.store`
-    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server."""
+    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server.
+    `fair_share` False lets every caller hold any number of calls: only for the benchmark's
+    comparison (bench/bounds_cost.py)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -114,7 +117,7 @@ async def create_server(
     # Every call passes the door (header bytes, its caller's share) and reads its request itself, so
     # a malformed call always gets a status (service.edge.wire).
     quiet_grpc_metadata_log()
-    registrar = StrictRegistrar(server, rest_error_metadata, admission(live))
+    registrar = StrictRegistrar(server, rest_error_metadata, admission(live) if fair_share else None)
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
@@ -144,10 +147,13 @@ async def serve(
     metrics_port: int | None = None,
     drain_delay: float = DRAIN_DELAY_SECONDS,
     limiter: RateLimiter | None = None,
+    fair_share: bool = True,
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
     SIGHUP and when the file changes."""
-    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter)
+    app = await create_server(
+        config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter, fair_share=fair_share
+    )
     live = app.live
     if metrics_port:
         start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())

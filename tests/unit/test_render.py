@@ -278,3 +278,16 @@ def test_native_grpc_local_replies_carry_the_code_that_names_them() -> None:
         codes[status] = int(header["header"]["value"])
     assert codes == {400: 3, 408: 4, 413: 8}
     assert "headers_to_add" not in grpc[-1]  # the rest: Envoy's own mapping, Envoy's own words
+
+
+def test_the_benchmarks_edge_without_bounds_validates_and_lacks_only_them(tmp_path: Path) -> None:
+    """bench/bounds_cost.py compares the gateway with the edge of before issue 21 (`limits=None`)."""
+    bounded = render(http_port=8080, grpc_ports=[50051])
+    unbounded = render(http_port=8080, grpc_ports=[50051], limits=None)
+
+    validate(unbounded, tmp_path)
+    for part in ("overload_manager:", "envoy.filters.http.buffer", "max_concurrent_streams:", "max_requests:"):
+        assert part in bounded and part not in unbounded, part
+    for marker in ("#<bounds", "#bounds>", "#<unbounded", "#unbounded>"):
+        assert f"\n{marker}" not in bounded.replace(" ", "") and f"\n{marker}" not in unbounded.replace(" ", "")
+    assert "grpc_json_transcoder" in unbounded and "use_remote_address: true" in unbounded
