@@ -27,8 +27,14 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 def launcher_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    # Metrics on free ports too: the default 9464 may be taken on a shared machine.
     env.update(
-        HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), WORKERS="2", **extra
+        HTTP_PORT=str(free_port()),
+        GRPC_PORT=str(free_port()),
+        ADMIN_PORT=str(free_port()),
+        METRICS_PORT=str(free_port()),
+        WORKERS="2",
+        **extra,
     )
     return env
 
