@@ -224,6 +224,37 @@ class Canceller:
             raise
         return Target(adapter, executor, keys, ref)
 
+    def scoped_target(self, caller: Caller, provider: str, batch_id: str, key_id: str | None = None) -> Target:
+        """A target for work the caller already started (a batch of a long-running operation): the
+        provider and the caller's scope are checked as for `target`, but no call is counted against
+        its rate limit again; with `key_id`, that configured key alone (a batch is cancelled and read
+        with the key whose account it was found in, never another). Raises 400/403."""
+        adapter, executor = self._resolve(provider)
+        try:
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
+            ref = adapter.parse_id(batch_id)
+            keys = self._keys(adapter, caller, allowed_key_ids)
+            if key_id is not None:
+                keys = tuple(key for key in keys if key.id == key_id)
+                if not keys:
+                    raise InvalidRequest(
+                        f"key {key_id!r} is no longer configured for batches of {adapter.name}", code="no_batch_keys"
+                    )
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+        return Target(adapter, executor, keys, ref)
+
+    def batch_keys(self, caller: Caller, provider: str) -> tuple[Key, ...]:
+        """The configured batch keys the caller may use on `provider`, in the order they are tried
+        (listing goes through each: every key may be another account). Raises 400/403."""
+        adapter, _ = self._resolve(provider)
+        try:
+            return self._keys(adapter, caller, self.auth.scope(caller, adapter.name))
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+
     async def cancel_target(
         self, target: Target, command: CancelCommand, call: CallContext, call_end: float | None
     ) -> CancelResult:
