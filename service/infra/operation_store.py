@@ -20,7 +20,9 @@ import asyncio
 import base64
 import binascii
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -188,10 +190,16 @@ class SqliteOperationStore:
 
     kind = "embedded"
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, busy_timeout_ms: int = 5000) -> None:
+        """`path` None: a file of its own in a private temporary directory, removed on close (one
+        server in a test; a gateway always names its file under STATE_DIR)."""
+        self._own_dir = None
+        if path is None:
+            self._own_dir = tempfile.mkdtemp(prefix="batchgate-operations-")
+            path = os.path.join(self._own_dir, "operations.sqlite3")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="operation-store")
+        self._thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="operation-store")
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
@@ -201,6 +209,8 @@ class SqliteOperationStore:
         self._db.executescript(_SCHEMA)
 
     async def _run(self, function: Any, *args: Any) -> Any:
+        if self._thread is None:
+            raise RuntimeError("the operation store is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     def _transaction(self, work: Any) -> Any:
@@ -402,8 +412,13 @@ class SqliteOperationStore:
         await self._run(work)
 
     async def close(self) -> None:
+        if self._thread is None:
+            return
         await self._run(self._db.close)
         self._thread.shutdown(wait=True)
+        self._thread = None
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return f"SqliteOperationStore({str(self.path)!r})"
@@ -724,8 +739,9 @@ class RedisOperationStore:
         return f"RedisOperationStore({self.address!r})"
 
 
-def open_operation_store(store_type: str, url: str | None, path: str | os.PathLike[str]) -> OperationStore:
-    """The engine `governance.store` implies: Redis when it is Redis, else the SQLite file `path`."""
+def open_operation_store(store_type: str, url: str | None, path: str | os.PathLike[str] | None) -> OperationStore:
+    """The engine `governance.store` implies: Redis when it is Redis, else the SQLite file `path`
+    (None: a private one, see SqliteOperationStore)."""
     if store_type == "redis" and url:
         return RedisOperationStore(url)
     return SqliteOperationStore(path)

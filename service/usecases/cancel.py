@@ -31,7 +31,7 @@ from service.infra.providers.base import (
     merge_headers,
 )
 from service.infra.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
-from service.infra.providers.http import HttpExecutor, RetryPolicy
+from service.infra.providers.http import HttpExecutor, RetryPolicy, keep_retry_after
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
@@ -281,7 +281,7 @@ class Canceller:
         async with self._admission[adapter.name].slot():
             answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, call.record)
         if answer.status >= 300:
-            raise adapter.parse_error(answer)
+            raise keep_retry_after(adapter.parse_error(answer), answer)
         data = decode_json(answer, adapter.name)
         state = self._parse(adapter, command.batch_id, data)
         state.id = command.batch_id
@@ -340,7 +340,7 @@ class Canceller:
                     warning,
                     read_back=ReadBack(adapter, executor, key, ref, passed),
                 )
-            error = adapter.parse_error(response)
+            error = keep_retry_after(adapter.parse_error(response), response)
             if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
         assert error is not None
