@@ -77,9 +77,9 @@ lint: proto typecheck-client
 # author's CI would check it, against the installed package: mypy --strict and pyright (strict).
 # misuse.py holds mistakes each checker must report (an ignore it no longer needs is an error).
 typecheck-client: proto
-	cd client && $(CURDIR)/$(VENV)/bin/mypy
+	cd client && $(abspath $(VENV))/bin/mypy
 	$(VENV)/bin/mypy --config-file client/examples/mypy.ini client/examples
-	$(VENV)/bin/pyright --pythonpath $(CURDIR)/$(PY) -p client/examples
+	$(VENV)/bin/pyright --pythonpath $(abspath $(PY)) -p client/examples
 
 test: lint redis-server
 	$(PY) -m pytest -q
