@@ -43,11 +43,11 @@ from batchgate_client import (
 from batchgate_client.cli import run
 
 from gateway.render import ROOT
-from service.cancel import Canceller, Collaborators
-from service.live import LiveConfig
-from service.providers.catalog import parse_config
-from service.server import create_server
-from service.waiting import PollPolicy
+from service.edge.server import create_server
+from service.infra.providers.catalog import parse_config
+from service.runtime.live import LiveConfig
+from service.usecases.cancel import Canceller, Collaborators
+from service.usecases.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
 from tests.integration.test_reliability import SteppedClock
 from tests.support import config_dict, self_signed_cert
