@@ -42,8 +42,8 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2
-    max_retry_after: float = 10.0
     codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+    max_retry_after: float = 10.0  # last: 0.1's positional order is kept
 
     def __post_init__(self) -> None:
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:

@@ -163,6 +163,11 @@ def test_a_retry_waits_at_least_the_retry_after():
     assert policy.next_pause(ConnectionFailed("x", request_sent=False), 1, 30.0) == 0.2
 
 
+def test_the_01_positional_order_still_builds_a_policy():
+    policy = RetryPolicy(2, 0.1, 1.0, 2.0, 0.0, frozenset({grpc.StatusCode.UNAVAILABLE}))
+    assert (policy.attempts, policy.codes, policy.max_retry_after) == (2, {grpc.StatusCode.UNAVAILABLE}, 10.0)
+
+
 def test_codes_narrow_what_is_retried():
     policy = RetryPolicy(codes=frozenset({grpc.StatusCode.UNAVAILABLE}))
     assert policy.retryable(grpc.StatusCode.UNAVAILABLE) and not policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -319,6 +324,12 @@ def test_summary_lists_a_bounded_number_of_failures():
         ),
         (["cancel", "bad\udcff", "-p", "openai"], "batchgate: batch id 'bad\\xff' is not valid UTF-8"),
         (["cancel", "b1", "-p", "open\udcffai"], "batchgate: provider 'open\\xffai' is not valid UTF-8"),
+        # TLS fails closed: an empty CA file is an error, never the system's roots (#24 item 5).
+        (["--tls-ca", "/dev/null", "cancel", "b1", "-p", "openai"], "batchgate: --tls-ca /dev/null is empty"),
+        (
+            ["cancel", "b1", "-p", "openai", "--vk", "sk-bf-\u00e9"],
+            "batchgate: --vk (or BATCHGATE_VK) must be printable",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message):
