@@ -10,6 +10,7 @@ subclasses. Everything they share (argument checks, requests, retry bookkeeping)
 from __future__ import annotations
 
 import asyncio
+import difflib
 import random
 import time
 import warnings
@@ -82,10 +83,10 @@ def _legacy_hooks(owner: str, hooks: _DeprecatedHooks) -> _DeprecatedHooks:
     unknown = set(hooks) - set(_DeprecatedHooks.__annotations__)
     if unknown:
         name = sorted(unknown)[0]
-        raise TypeError(
-            f"{owner}() got an unexpected keyword argument {name!r} (it takes target, vk, timeout, tls, "
-            "tls_ca, retry, metadata)"
-        )
+        known = ("target", "vk", "timeout", "tls", "tls_ca", "retry", "metadata")
+        guess = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {guess[0]!r}? " if guess else ""
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r} ({hint}it takes {', '.join(known)})")
     if hooks:
         warnings.warn(
             f"{owner}({', '.join(f'{name}=' for name in hooks)}): test hooks are no longer constructor "

@@ -180,7 +180,11 @@ def test_both_clients_take_the_same_explicit_keyword_arguments(client_class):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"timout": 5}, TypeError, r"unexpected keyword argument 'timout' \(it takes target, vk, timeout"),
+        (
+            {"timout": 5},
+            TypeError,
+            r"unexpected keyword argument 'timout' \(did you mean 'timeout'\? it takes target, vk, timeout",
+        ),
         ({"vk": 123}, TypeError, "vk must be a str, not int"),
         ({"vk": ""}, ValueError, "vk must not be empty"),
         ({"vk": "sk-bf-\n"}, ValueError, "vk must be printable ASCII"),
