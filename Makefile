@@ -27,13 +27,24 @@ $(INSTALLED): requirements.lock
 # One command derives all generated code (Python stubs and Envoy's descriptor set) from protos/.
 proto: $(GEN_STAMP) $(CLIENT_STUBS) $(CLIENT_INSTALLED)
 
+# googleapis-common-protos ships google/longrunning/operations.proto as operations_proto.proto but
+# registers it in Python (and Envoy's descriptor set must name it) under the canonical name: protoc
+# reads a copy under that name from build/proto-include. The service's stubs for the
+# google.longrunning.Operations service are the ones that package ships (operations_pb2_grpc).
+PROTO_INCLUDE := build/proto-include
+PROTOC_INCLUDES = -Iprotos -I$(PROTO_INCLUDE) \
+	-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
+	-I$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
+
 $(GEN_STAMP): $(PROTO) $(INSTALLED)
-	rm -rf $(GEN) && mkdir -p $(GEN) build
-	$(PY) -m grpc_tools.protoc -Iprotos \
-		-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
-		-I$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))') \
-		--python_out=$(GEN) --grpc_python_out=$(GEN) \
-		--include_imports --include_source_info --descriptor_set_out=$(DESCRIPTOR) $(PROTO)
+	rm -rf $(GEN) $(PROTO_INCLUDE) && mkdir -p $(GEN) $(PROTO_INCLUDE)/google/longrunning
+	cp $$($(PY) -c 'import google.longrunning, os; print(os.path.join(google.longrunning.__path__[0], "operations_proto.proto"))') \
+		$(PROTO_INCLUDE)/google/longrunning/operations.proto
+	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --python_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO)
+	# Envoy's descriptor set: every type an Any in an answer can hold (the operation's metadata,
+	# response and error details), google.rpc's error details included, or the transcoder answers 502.
+	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --include_imports --include_source_info \
+		--descriptor_set_out=$(DESCRIPTOR) $(PROTO) google/rpc/error_details.proto
 	# Stubs live inside the service package: make the stub's import of its messages relative.
 	sed -i 's/^from batchgate\.v1 import/from . import/' $(GEN)/batchgate/v1/batchgate_pb2_grpc.py
 	touch $(GEN)/__init__.py $(GEN)/batchgate/__init__.py $(GEN)/batchgate/v1/__init__.py $@
