@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -58,8 +58,11 @@ $(CLIENT_STUBS): $(PROTO) $(INSTALLED) client/gen_stubs.py
 
 # The client, editable, puts the `batchgate` command into the virtualenv. The .pth file puts this
 # checkout on the path, so `batchgate config check` finds the service's config rules from anywhere.
+# `compat` makes the editable install a plain path entry, which type checkers follow (an import
+# hook, setuptools' default, they cannot), so `make lint` checks examples against it.
 $(CLIENT_INSTALLED): $(CLIENT_STUBS) client/pyproject.toml client/setup.py
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./client
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		--config-settings editable_mode=compat -e ./client
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
 
@@ -74,11 +77,20 @@ redis-server:
 run: proto
 	$(PY) -m gateway.run
 
-# Lint: layers import only downward (import-linter), ruff's rules and its formatting.
-lint: proto
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting, and the
+# client's types.
+lint: proto typecheck-client
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The client package under mypy --strict (client/pyproject.toml), then client/examples/ as a service
+# author's CI would check it, against the installed package: mypy --strict and pyright (strict).
+# misuse.py holds mistakes each checker must report (an ignore it no longer needs is an error).
+typecheck-client: proto
+	cd client && $(abspath $(VENV))/bin/mypy
+	$(VENV)/bin/mypy --config-file client/examples/mypy.ini client/examples
+	$(VENV)/bin/pyright --pythonpath $(abspath $(PY)) -p client/examples
 
 test: lint redis-server
 	$(PY) -m pytest -q
