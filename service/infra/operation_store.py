@@ -208,6 +208,17 @@ class SqliteOperationStore:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
 
+    @staticmethod
+    def initialize(path: str | os.PathLike[str]) -> None:
+        """Creates the file with its schema (the launcher does it once, before its workers start)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
     async def _run(self, function: Any, *args: Any) -> Any:
         if self._thread is None:
             raise RuntimeError("the operation store is closed")
