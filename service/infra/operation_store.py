@@ -74,7 +74,7 @@ class OperationStore(Protocol):
     async def items(self, name: str) -> list[BatchItem]:
         """The operation's batches in the order they were found or named."""
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         """Operations newest first (`owner` None: everyone's), up to `page_size` after the position
         `page_token` names ("" the start); the token of the next page ("" at the end). Raises
         BadPageToken."""
@@ -295,8 +295,9 @@ class SqliteOperationStore:
         result: list[BatchItem] = await self._run(work)
         return result
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
-        where, args = [], []
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+        where: list[str] = []
+        args: list[str | int] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
@@ -653,7 +654,7 @@ class RedisOperationStore:
         ordered.sort(key=lambda pair: pair[0])
         return [BatchItem.from_dict(orjson.loads(doc)) for _, doc in ordered]
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         start = "(" + decode_token(page_token) if page_token else "-"
         order = self._all if owner is None else self._owner(owner)
         flat = await _PAGE(self._redis, (order,), start, page_size + 1, self._prefix + "op:")
