@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-ops bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
