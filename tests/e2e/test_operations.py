@@ -194,6 +194,19 @@ def test_cancel_operation_stops_it(gw: Gateway, faults: SimAdmin, t0: float) -> 
     assert op["error"]["details"][-1]["@type"] == "type.googleapis.com/batchgate.v1.ErrorDetail"
 
 
+def test_a_provider_outage_in_the_middle_is_ridden_out(gw: Gateway, faults: SimAdmin, t0: float) -> None:
+    sim = faults
+    tag = new_id("outage")
+    ids = [sim.seed("openai", metadata={"run": tag}) for _ in range(12)]
+    # The listing and the first cancels go through, then the provider answers 503 for a while
+    # (each exchange is retried twice by the executor, then by the operation after a backoff).
+    sim.add_faults("openai", [{"latency_ms": 20, "count": 5}, {"status": 503, "count": 9}])
+    op = wait_done(gw, start(gw, {"selector": {"metadata": {"run": tag}}})["name"])
+    assert outcomes(op) == dict.fromkeys(ids, "cancelled") and op["metadata"]["failed"] == 0
+    refused = [c for c in sim.calls(since=t0) if c["method"] == "POST" and any(i in c["path"] for i in ids)]
+    assert len(refused) >= 12 + 9  # the outage was really hit, and every batch cancelled after it
+
+
 def test_a_running_operation_cannot_be_deleted(gw: Gateway, faults: SimAdmin) -> None:
     sim = faults
     tag = new_id("del")
