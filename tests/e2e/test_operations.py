@@ -149,6 +149,23 @@ def test_bad_input_is_a_400_in_the_bifrost_shape(gw: Gateway, sim: SimAdmin, t0:
     assert [c for c in sim.calls(since=t0) if c["method"] == "GET" and c["path"].endswith("/batches")] == []
 
 
+def test_a_thousand_named_batches_fit_and_a_larger_body_gets_the_edges_413(gw: Gateway, sim: SimAdmin) -> None:
+    named = [{"id": f"missing{i:04d}" + "x" * 500, "provider": "openai"} for i in range(1000)]
+    resp = gw.post(
+        "/v1/batches:cancelMatching",
+        json={"selector": {"batches": named}, "validate_only": True, "max_batches": 1000},
+        headers=OPERATOR,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    assert wait_done(gw, resp.json()["name"])["metadata"]["matched"] == 1000
+    too_big = gw.post(
+        "/v1/batches:cancelMatching",
+        data=b'{"selector": {"batches": [{"id": "' + b"a" * (800 * 1024) + b'", "provider": "openai"}]}}',
+        headers={"Content-Type": "application/json", **OPERATOR},
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
 def test_selector_mode_needs_the_right_caller(gw: Gateway, sim: SimAdmin) -> None:
     resp = gw.post("/v1/batches:cancelMatching", json={"selector": {"metadata": {"run": new_id()}}})
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "cancel_matching_not_allowed"
