@@ -5,15 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PROTO := protos/batchgate/v1/batchgate.proto
+PROTOS := $(shell find protos -name '*.proto')
 GEN := service/gen
 GEN_STAMP := $(GEN)/.generated
 DESCRIPTOR := build/batchgate.pb
+# The contract of the latest release, which `buf breaking` compares protos/ against (make proto-release).
+BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
-CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release lint redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -24,30 +25,18 @@ $(INSTALLED): requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
-# One command derives all generated code (Python stubs and Envoy's descriptor set) from protos/.
-proto: $(GEN_STAMP) $(CLIENT_STUBS) $(CLIENT_INSTALLED)
+# One command derives all generated code from protos/ (gateway/codegen.py, which the Dockerfile runs
+# too): the service's and the client's stubs, Envoy's descriptor set, the OpenAPI document the edge
+# serves, and the googleapis .proto files buf reads.
+proto: $(GEN_STAMP) $(CLIENT_INSTALLED)
 
-$(GEN_STAMP): $(PROTO) $(INSTALLED)
-	rm -rf $(GEN) && mkdir -p $(GEN) build
-	$(PY) -m grpc_tools.protoc -Iprotos \
-		-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
-		-I$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))') \
-		--python_out=$(GEN) --grpc_python_out=$(GEN) \
-		--include_imports --include_source_info --descriptor_set_out=$(DESCRIPTOR) $(PROTO)
-	# Stubs live inside the service package: make the stub's import of its messages relative.
-	sed -i 's/^from batchgate\.v1 import/from . import/' $(GEN)/batchgate/v1/batchgate_pb2_grpc.py
-	touch $(GEN)/__init__.py $(GEN)/batchgate/__init__.py $(GEN)/batchgate/v1/__init__.py $@
-
-# The client's copy lives in client/batchgate_client/_proto with relative imports (it must not need
-# the service); its package build runs the same generator, so a pip install of client/ has them too.
-$(CLIENT_STUBS): $(PROTO) $(INSTALLED) client/gen_stubs.py
-	mkdir -p build
-	$(PY) client/gen_stubs.py
+$(GEN_STAMP): $(PROTOS) $(INSTALLED) gateway/codegen.py gateway/openapi.py gateway/envoy.yaml.tmpl client/gen_stubs.py
+	$(PY) -m gateway.codegen
 	touch $@
 
 # The client, editable, puts the `batchgate` command into the virtualenv. The .pth file puts this
 # checkout on the path, so `batchgate config check` finds the service's config rules from anywhere.
-$(CLIENT_INSTALLED): $(CLIENT_STUBS) client/pyproject.toml client/setup.py
+$(CLIENT_INSTALLED): $(GEN_STAMP) client/pyproject.toml client/setup.py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./client
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
@@ -63,11 +52,18 @@ redis-server:
 run: proto
 	$(PY) -m gateway.run
 
-# Lint: layers import only downward (import-linter), ruff's rules and its formatting.
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting; the gRPC
+# contract (buf's rules, buf.yaml; nothing released broken).
 lint: proto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking protos --against $(BUF_BASELINE)
+
+# When a release is cut: its contract becomes the one `buf breaking` compares against.
+proto-release: proto
+	$(VENV)/bin/buf build protos --exclude-source-info -o $(BUF_BASELINE)
 
 test: lint redis-server
 	$(PY) -m pytest -q

@@ -25,19 +25,27 @@ def stubs_present(out: Path = OUT) -> bool:
     return (out / "batchgate" / "v1" / "batchgate_pb2.py").is_file()
 
 
-def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
-    """Runs protoc (grpcio-tools) on `protos/batchgate/v1/batchgate.proto`: messages, gRPC stubs and
-    type stubs (.pyi), then rewrites `from batchgate.v1 import` to a relative import."""
+def include_dirs(protos: Path = DEFAULT_PROTOS) -> list[str]:
+    """protoc's import path: the contract, protobuf's own .proto files (grpcio-tools) and the
+    google/api ones googleapis-common-protos ships."""
     import google.api  # googleapis-common-protos ships google/api/annotations.proto
     from grpc_tools import protoc  # build-time only: grpcio-tools
 
-    if not (protos / PROTO).is_file():
-        raise SystemExit(f"gen_stubs: {protos / PROTO} not found")
-    includes = [
+    return [
         str(protos),
         os.path.join(os.path.dirname(protoc.__file__), "_proto"),
         os.path.dirname(os.path.dirname(list(google.api.__path__)[0])),
     ]
+
+
+def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
+    """Runs protoc (grpcio-tools) on `protos/batchgate/v1/batchgate.proto`: messages, gRPC stubs and
+    type stubs (.pyi), then rewrites `from batchgate.v1 import` to a relative import."""
+    from grpc_tools import protoc  # build-time only: grpcio-tools
+
+    if not (protos / PROTO).is_file():
+        raise SystemExit(f"gen_stubs: {protos / PROTO} not found")
+    includes = include_dirs(protos)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -33,6 +33,10 @@ TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
+# The OpenAPI document (gateway/openapi.py, made by `make proto`) that the edge serves itself.
+OPENAPI = ROOT / "build" / "openapi.json"
+OPENAPI_PATH = "/openapi.json"
+OPENAPI_MAX_BYTES = 1024 * 1024
 
 
 def render(
@@ -46,6 +50,7 @@ def render(
     route_timeout_s: float = 60.0,
     request_timeout_s: float = 15.0,
     descriptor: Path = DESCRIPTOR,
+    openapi: Path = OPENAPI,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
@@ -76,6 +81,9 @@ def render(
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
+        OPENAPI=openapi,
+        OPENAPI_PATH=OPENAPI_PATH,
+        OPENAPI_MAX_BYTES=OPENAPI_MAX_BYTES,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
         DEFAULT_LOCAL_REPLY=_default_local_reply(),
         ENDPOINTS=endpoints,
@@ -161,11 +169,13 @@ def main() -> None:
     )
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--bind-host", default="127.0.0.1")
-    parser.add_argument("--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)")
+    parser.add_argument(
+        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and openapi.json (default: this checkout)"
+    )
     args = parser.parse_args()
     assets = {}
     if args.assets_dir:
-        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
+        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "openapi": args.assets_dir / OPENAPI.name}
     try:
         config = render(
             http_port=args.http_port,
@@ -324,7 +334,12 @@ def _local_reply_mappers() -> str:
         }
     }
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
-    mappers = [{"filter": grpc_call, "body_format_override": plain_text}]
+    # Envoy's one 200 of its own is GET /openapi.json (a direct response): its body as it is.
+    as_is = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
+    mappers = [
+        {"filter": _status_filter(200), "body_format_override": as_is},
+        {"filter": grpc_call, "body_format_override": plain_text},
+    ]
     for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
         on_surface = (

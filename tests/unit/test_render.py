@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
+from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, render, split_host_port
 from gateway.stack import envoy_binary
 from service.auth import exposure_problem
 from service.providers.catalog import parse_config
@@ -130,6 +130,7 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
     assets = tmp_path / "etc-envoy"
     assets.mkdir()
     shutil.copy(DESCRIPTOR, assets / "batchgate.pb")
+    shutil.copy(OPENAPI, assets / "openapi.json")
     out = tmp_path / "envoy.yaml"
 
     subprocess.run(
@@ -153,6 +154,7 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
 
     config = out.read_text()
     assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
+    assert f'filename: "{assets / "openapi.json"}"' in config
     assert "default_source_code: {inline_string: " in config  # the Lua filter comes inside the config
     validate(config, tmp_path)
 
