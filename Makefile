@@ -53,13 +53,14 @@ run: proto
 	$(PY) -m gateway.run
 
 # Lint: layers import only downward (import-linter), ruff's rules and its formatting; the gRPC
-# contract (buf's rules, buf.yaml; nothing released broken).
+# contract (buf's rules, buf.yaml; nothing released broken); the Dockerfile (hadolint).
 lint: proto
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf breaking protos --against $(BUF_BASELINE)
+	$(VENV)/bin/hadolint Dockerfile
 
 # When a release is cut: its contract becomes the one `buf breaking` compares against.
 proto-release: proto
