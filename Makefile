@@ -14,7 +14,7 @@ BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto proto-release lint redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release deploy-config lint redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -40,6 +40,17 @@ $(CLIENT_INSTALLED): $(GEN_STAMP) client/pyproject.toml client/setup.py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./client
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
+
+# deploy/generated/: Envoy's config for Kubernetes and the files it reads, which deploy/kustomization.yaml
+# turns into the batchgate-envoy ConfigMap (`kubectl apply -k deploy/`). Its Envoy balances over
+# batchgate-service in NAMESPACE and serves its stats for Prometheus on 9902.
+NAMESPACE ?= default
+DEPLOY_GENERATED ?= deploy/generated
+deploy-config: proto
+	mkdir -p $(DEPLOY_GENERATED)
+	$(PY) -m gateway.render --bind-host 0.0.0.0 --assets-dir /etc/envoy --stats-port 9902 \
+		--upstream-dns batchgate-service.$(NAMESPACE).svc.cluster.local:50051 --out $(DEPLOY_GENERATED)/envoy.yaml
+	cp $(DESCRIPTOR) build/openapi.json $(DEPLOY_GENERATED)/
 
 # The rate-limit tests start their own redis-server (Debian's package): install it when missing.
 redis-server:

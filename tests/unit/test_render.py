@@ -142,6 +142,8 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
             K8S_UPSTREAM,
             "--bind-host",
             "0.0.0.0",
+            "--stats-port",
+            "9902",
             "--assets-dir",
             str(assets),
             "--out",
@@ -156,6 +158,7 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
     assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
     assert f'filename: "{assets / "openapi.json"}"' in config
     assert "default_source_code: {inline_string: " in config  # the Lua filter comes inside the config
+    assert "address: 0.0.0.0, port_value: 9902" in config  # Envoy's stats, for Prometheus
     validate(config, tmp_path)
 
 
@@ -243,7 +246,7 @@ def test_every_local_reply_status_has_its_own_message() -> None:
 def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
     mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
     rendered = []
-    for mapper in mappers[1:]:
+    for mapper in mappers[2:]:  # after the native gRPC one and GET /openapi.json's 200
         text = json.dumps(mapper["filter"])
         on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
         if on_surface:
@@ -259,3 +262,11 @@ def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:
+    """GET /openapi.json is a direct response: a local reply, which must not be wrapped in an error body."""
+    mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[1]
+    assert '"default_value": 200' in json.dumps(mapper["filter"])
+    assert mapper["body_format_override"]["text_format_source"] == {"inline_string": "%LOCAL_REPLY_BODY%"}
+    assert mapper["body_format_override"]["content_type"] == "application/json"
