@@ -60,6 +60,15 @@ redis-server:
 		apt-get update -q >/dev/null || true; apt-get install -y -q redis-server >/dev/null; }
 	@command -v redis-server >/dev/null
 
+# The alert rules' tests (deploy/monitoring/) run Debian's promtool (package prometheus): install it
+# when missing (only promtool is used).
+promtool:
+	@command -v promtool >/dev/null || { \
+		echo "promtool missing: apt-get install -y --no-install-recommends prometheus"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null || true; apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null
+
 run: proto
 	$(PY) -m gateway.run
 
@@ -77,10 +86,10 @@ lint: proto
 proto-release: proto
 	$(VENV)/bin/buf build protos --exclude-source-info -o $(BUF_BASELINE)
 
-test: lint redis-server
+test: lint redis-server promtool
 	$(PY) -m pytest -q
 
-unit: proto
+unit: proto promtool
 	$(PY) -m pytest -q tests/unit
 
 integration: proto redis-server
