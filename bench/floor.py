@@ -42,7 +42,7 @@ class FixedServicer(pb_grpc.BatchServiceServicer):
 
 
 class UpstreamServicer(FixedServicer):
-    """The fixed answer after one upstream POST, sent and read the way service.providers.http does."""
+    """The fixed answer after one upstream POST, sent and read the way service.infra.providers.http does."""
 
     def __init__(self, url: str, key: str) -> None:
         super().__init__()

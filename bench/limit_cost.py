@@ -79,8 +79,8 @@ def limit_check_cost(client: LoadClient, system: System, rounds: int, n: int) ->
 
 
 async def _check_in_process(redis_url: str, n: int = 3000) -> dict[str, tuple[float, float]]:
-    from service.config import RateLimit
-    from service.limits import EmbeddedStore, RateLimiter, RedisStore
+    from service.config.governance import RateLimit
+    from service.infra.limits import EmbeddedStore, RateLimiter, RedisStore
 
     limit = RateLimit("bench", 1_000_000_000, 3600.0)
     out = {}

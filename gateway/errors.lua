@@ -21,7 +21,7 @@
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
 
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
--- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/envelope.py, and BULK_PATH and
+-- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, and BULK_PATH and
 -- BULK_MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place of the next line and
 -- inlines the result into Envoy's config.
 --@ENVELOPE@--
@@ -62,7 +62,7 @@ local function refuse(handle, status, message)
   handle:respond({[":status"] = status, ["content-type"] = "text/plain"}, message)
 end
 
--- service/observability.py keeps the same rule for direct gRPC callers.
+-- service/infra/observability.py keeps the same rule for direct gRPC callers.
 local function safe_request_id(id)
   return #id >= 1 and #id <= 128 and string.find(id, "[^%w%._:%-]") == nil
 end

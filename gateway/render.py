@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import envelope
-from service.model import MAX_WAIT_SECONDS
+from service.domain.model import MAX_WAIT_SECONDS
+from service.edge import envelope
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
-# below the service's 1 MiB gRPC message limit (service/server.py) so Envoy refuses a larger one
+# below the service's 1 MiB gRPC message limit (service/edge/server.py) so Envoy refuses a larger one
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 BULK_PATH = "/v1/batches/cancel"
@@ -105,7 +105,7 @@ def render(
 
 def lua_source(lua_file: Path = LUA_FILE) -> str:
     """The Lua filter's code: gateway/errors.lua with the envelope's constants generated from
-    service/envelope.py in place of its marker line (inlined into the config, so a rendered config
+    service/edge/envelope.py in place of its marker line (inlined into the config, so a rendered config
     never pairs with a Lua file of another version)."""
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.stack import Stack, default_envoy_concurrency, default_workers
-from service.config import ConfigError
+from service.config.reader import ConfigError
 
 
 def _path(value: str | None) -> Path | None:

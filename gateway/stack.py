@@ -23,10 +23,10 @@ from pathlib import Path
 
 from gateway.render import ROOT, render
 from sandbox.server import gateway_config
-from service.auth import exposure_problem
-from service.config import StoreConfig
-from service.limits import EmbeddedStore, RedisStore
-from service.providers.catalog import load_config
+from service.config.governance import StoreConfig
+from service.infra.limits import EmbeddedStore, RedisStore
+from service.infra.providers.catalog import load_config
+from service.usecases.auth import exposure_problem
 
 BUILD = ROOT / "build"
 
@@ -242,7 +242,7 @@ class Stack:
         self._wait(self._edge_ready, deadline, "the gateway did not become ready")
 
     def request_read_timeout(self) -> float:
-        """REQUEST_READ_TIMEOUT_SECONDS as the service reads it (service/wire.py)."""
+        """REQUEST_READ_TIMEOUT_SECONDS as the service reads it (service/edge/wire.py)."""
         return float({**os.environ, **self.env}.get("REQUEST_READ_TIMEOUT_SECONDS") or 10)
 
     def _rate_limit_store(self, settings: StoreConfig) -> list[str]:

@@ -11,13 +11,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from service.auth import exposure_problem
-from service.config import Config, ConfigError, read_config
-from service.limits import EMBEDDED_PATH_ENV, RateLimiter
-from service.live import LiveConfig, StateDir
-from service.observability import configure_logging, configure_tracing
-from service.providers.catalog import parse_config_bytes
-from service.server import serve
+from service.config.file import Config, read_config
+from service.config.reader import ConfigError
+from service.edge.server import serve
+from service.infra.limits import EMBEDDED_PATH_ENV, RateLimiter
+from service.infra.observability import configure_logging, configure_tracing
+from service.infra.providers.catalog import parse_config_bytes
+from service.runtime.live import LiveConfig, StateDir
+from service.usecases.auth import exposure_problem
 
 
 def _file_digest(path: str | None) -> str | None:

@@ -18,11 +18,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_status import rpc_status
 
 from sandbox.core import ProviderSim
-from service.config import Config
+from service.config.file import Config
+from service.edge.server import App, create_server
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
-from service.providers.catalog import parse_config
-from service.server import App, create_server
+from service.infra.providers.catalog import parse_config
 
 OPENAI_KEYS = ("sk-test-openai-aaaaaaaa1111", "sk-test-openai-bbbbbbbb2222")
 AZURE_KEY = "az-test-key-cccccccc3333"

@@ -340,8 +340,8 @@ def config_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
     """Validates with the service's own loader (imported only here: the rules and messages are the
     service's, and the rest of the client never needs it)."""
     try:
-        from service.config import ConfigError
-        from service.providers.catalog import load_config
+        from service.config.reader import ConfigError
+        from service.infra.providers.catalog import load_config
     except ImportError as exc:
         raise UsageError(
             "config check validates with the batchgate service's own rules, but the service package is not "

@@ -180,7 +180,7 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[BatchgateError]] = {
     )
 }
 
-# HTTP status -> class, the service's table (service/errors.py) read the other way.
+# HTTP status -> class, the service's table (service/edge/status.py) read the other way.
 _BY_HTTP_STATUS: dict[int, type[BatchgateError]] = {
     400: InvalidRequest,
     413: InvalidRequest,

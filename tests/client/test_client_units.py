@@ -259,7 +259,8 @@ def test_argument_errors_exit_2_with_one_line(argv, capsys):
 
 def test_config_check_says_so_when_the_service_is_not_installed(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "service", None)  # `import service...` now raises ImportError
-    monkeypatch.delitem(sys.modules, "service.config", raising=False)
+    for name in ("service.config", "service.config.reader"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     err = io.StringIO()
     assert run(["config", "check", str(tmp_path / "c.json")], stdout=io.StringIO(), stderr=err) == 2
     assert "the service package is not importable here" in err.getvalue() and err.getvalue().count("\n") == 1

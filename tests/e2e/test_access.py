@@ -51,7 +51,7 @@ from sandbox.openai import AzureSim, OpenAISim
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.providers.catalog import NO_BATCH_CANCEL
+from service.infra.providers.catalog import NO_BATCH_CANCEL
 from tests.e2e.conftest import SimAdmin, new_id
 from tests.e2e.test_launcher import launcher_env, port_open
 from tests.support import self_signed_cert

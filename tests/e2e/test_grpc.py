@@ -160,7 +160,7 @@ def test_health_check_serving(channel: grpc.Channel, service: str) -> None:
 
 
 def test_health_watch_streams_the_status(channel: grpc.Channel) -> None:
-    """Watch (one request, a stream of answers) is registered through service.wire like every method."""
+    """Watch (one request, a stream of answers) is registered through service.edge.wire like every method."""
     answers = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
     try:
         assert next(answers).status == health_pb2.HealthCheckResponse.SERVING

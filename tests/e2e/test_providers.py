@@ -4,7 +4,7 @@ every provider must get right (unknown id, finished batch, bad credentials, rate
 ids that hold `/` (Gemini, Vertex, Bedrock) in every encoding the REST edge accepts.
 
 Expectations are written per provider from its simulator's wire shape (sandbox/<provider>.py) and
-its adapter's documented mapping (service/providers/<provider>.py, README "Providers").
+its adapter's documented mapping (service/infra/providers/<provider>.py, README "Providers").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sandbox.google import SANDBOX_PROJECT, SANDBOX_PROJECT_NUMBER, SANDBOX_REGI
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.providers.catalog import NO_BATCH_CANCEL
+from service.infra.providers.catalog import NO_BATCH_CANCEL
 from tests.e2e.conftest import INTERNAL_HEADERS, Gateway, SimAdmin
 
 # Simulated providers that batchgate cancels on (Fireworks is simulated but has no batch cancel).

@@ -38,7 +38,7 @@ from gateway.render import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.openai import OpenAISim
 from sandbox.server import DEFAULT_KEYS, gateway_config
-from service.config import config_version
+from service.config.file import config_version
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import SimAdmin

@@ -27,7 +27,7 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.stack import Stack, free_port
-from service.server import DRAIN_DELAY_SECONDS, GRACE_SECONDS, SERVICE_NAME
+from service.edge.server import DRAIN_DELAY_SECONDS, GRACE_SECONDS, SERVICE_NAME
 from tests.e2e.conftest import SimAdmin, new_id
 
 CLIENT_TIMEOUT = 8.0  # far above any answer time here; a request that needs it counts as hung

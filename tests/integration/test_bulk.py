@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 
 from sandbox.server import SIMULATORS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.providers.catalog import ADAPTERS
-from service.waiting import PollPolicy
+from service.infra.providers.catalog import ADAPTERS
+from service.usecases.waiting import PollPolicy
 from tests.support import config_dict, error_detail, running_service
 
 # Every simulated provider that can cancel (Fireworks is simulated for reads only).

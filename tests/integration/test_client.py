@@ -36,9 +36,9 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from service.providers.catalog import parse_config
-from service.server import create_server
-from service.waiting import PollPolicy
+from service.edge.server import create_server
+from service.infra.providers.catalog import parse_config
+from service.usecases.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
 from tests.support import config_dict, self_signed_cert
 

@@ -11,8 +11,8 @@ import uuid
 import grpc
 import pytest
 
-from service.limits import RateLimiter, RedisStore
-from service.providers.catalog import parse_config
+from service.infra.limits import RateLimiter, RedisStore
+from service.infra.providers.catalog import parse_config
 from tests.conftest import RedisServer
 from tests.support import cancel, cancel_failure, config_dict, running_service, self_signed_cert
 

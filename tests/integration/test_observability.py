@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.observability import JsonFormatter, configure_tracing
+from service.infra.observability import JsonFormatter, configure_tracing
 from tests.integration.test_auth import VK_TEAM, governed
 from tests.support import AZURE_KEY, OPENAI_KEYS, running_service
 

@@ -13,7 +13,7 @@ import pytest
 
 from sandbox.anthropic import AnthropicSim, anthropic_options, message_batch_counts
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.providers.anthropic import API_VERSION
+from service.infra.providers.anthropic import API_VERSION
 from tests import support
 from tests.support import error_detail, running_service, sim_config
 

@@ -1,6 +1,6 @@
 """What every provider does through batchgate, over real gRPC (grpc.aio on loopback) against its
 simulator over real HTTP: one test per behaviour, parametrized over the catalog
-(`service.providers.catalog`). Where providers legitimately differ (the status of a refused cancel,
+(`service.infra.providers.catalog`). Where providers legitimately differ (the status of a refused cancel,
 the id format) the simulator says so (`sandbox.core.ProviderSim`), so a provider added to the
 catalog and to the sandbox is checked here with no edit to this file. What is specific to one
 provider stays in its own `test_provider_<name>.py`."""
@@ -13,8 +13,8 @@ import pytest
 
 from sandbox.core import ProviderSim
 from sandbox.server import SIMULATORS
-from service.providers.base import UpstreamResponse, decode_json
-from service.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, parse_config
+from service.infra.providers.base import UpstreamResponse, decode_json
+from service.infra.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, parse_config
 from tests import support
 from tests.support import SANDBOX_KEYS, running_service, sim_config
 

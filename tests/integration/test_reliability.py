@@ -17,10 +17,10 @@ import pytest
 from grpc_status import rpc_status
 
 from sandbox.google import GeminiSim, reset_options
-from service.cancel import Canceller, Collaborators
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.live import LiveConfig
-from service.providers.catalog import parse_config
+from service.infra.providers.catalog import parse_config
+from service.runtime.live import LiveConfig
+from service.usecases.cancel import Canceller, Collaborators
 from tests.support import OPENAI_KEYS, running_service
 
 MiB = 1 << 20

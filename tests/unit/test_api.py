@@ -8,10 +8,7 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service.api import command_from_proto, metadata_headers, rest_error_metadata
-from service.converters import error_to_status, result_to_proto
-from service.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER
-from service.errors import (
+from service.domain.errors import (
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
@@ -21,10 +18,14 @@ from service.errors import (
     Unauthenticated,
     UnsupportedOperation,
     UpstreamUnavailable,
-    grpc_code_for_http,
 )
+from service.domain.model import BatchState, CancelResult, RequestCounts
+from service.edge import envelope
+from service.edge.api import command_from_proto, metadata_headers, rest_error_metadata
+from service.edge.converters import error_to_status, result_to_proto
+from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER
+from service.edge.status import grpc_code, grpc_code_for_http
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.model import BatchState, CancelResult, RequestCounts
 
 # --- command_from_proto -----------------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ def test_http_status_maps_to_grpc_code(status, code):
     ],
 )
 def test_gateway_error_classes_map_to_codes(error, code):
-    assert error.grpc_code is code
+    assert grpc_code(error) is code
     assert error_to_status(error).code == code.value[0]
 
 
@@ -219,7 +220,7 @@ def test_status_detail_carries_the_same_fields_as_the_error_body():
     status = error_to_status(error)
     assert status.message == "batch_id contains characters"
     detail = _detail(status)
-    body = json.loads(error.to_json())
+    body = json.loads(envelope.error_json(error))
     assert detail.is_bifrost_error is body["is_bifrost_error"] is True
     assert detail.status_code == body["status_code"] == 400
     assert (
@@ -253,7 +254,7 @@ def test_status_detail_of_a_provider_error_without_code_or_param():
 
 def test_to_json_exact_bifrost_shape():
     error = InvalidRequest("batch_id is required", param="batch_id", provider="openai")
-    assert error.to_json() == (
+    assert envelope.error_json(error) == (
         '{"is_bifrost_error":true,"status_code":400,'
         '"error":{"type":"invalid_request_error","code":"invalid_request","message":"batch_id is required",'
         '"param":"batch_id"},'
@@ -269,20 +270,20 @@ def test_to_json_of_a_provider_error():
         code=None,
         provider="openai",
     )
-    assert error.to_json() == (
+    assert envelope.error_json(error) == (
         '{"is_bifrost_error":false,"status_code":409,'
         '"error":{"type":"invalid_request_error","code":null,'
         '"message":"Cannot cancel a batch with status \'completed\'.","param":null},'
         '"extra_fields":{"provider":"openai","request_type":"batch_cancel"}}'
     )
     assert ProviderError("x").is_bifrost_error is False
-    assert json.loads(ProviderError("x", status_code=500).to_json())["is_bifrost_error"] is False
-    assert json.loads(ProviderError("x").to_json())["error"]["code"] == "provider_error"
+    assert json.loads(envelope.error_json(ProviderError("x", status_code=500)))["is_bifrost_error"] is False
+    assert json.loads(envelope.error_json(ProviderError("x")))["error"]["code"] == "provider_error"
 
 
 def test_unsupported_operation_body():
     error = UnsupportedOperation("batch cancel is not supported by provider: cohere", provider="cohere")
-    body = json.loads(error.to_json())
+    body = json.loads(envelope.error_json(error))
     assert body["status_code"] == 400 and body["is_bifrost_error"] is True
     assert body["error"]["code"] == "unsupported_operation" and body["error"]["type"] == "invalid_request_error"
 
@@ -293,7 +294,7 @@ def test_unsupported_operation_body():
 )
 def test_to_json_is_ascii_and_fits_in_grpc_metadata(message):
     error = ProviderError(message, status_code=400, provider="openai", param="ïd")
-    text = error.to_json()
+    text = envelope.error_json(error)
     assert text.isascii()
     assert all(0x20 <= ord(c) <= 0x7E for c in text)  # legal as a gRPC metadata value
     body = json.loads(text)

@@ -7,9 +7,10 @@ import base64
 
 import pytest
 
-from service.auth import Authenticator
-from service.errors import Overloaded, PermissionDenied, Unauthenticated
-from service.providers.catalog import parse_config
+from service.domain.errors import Overloaded, PermissionDenied, Unauthenticated
+from service.edge import envelope
+from service.infra.providers.catalog import parse_config
+from service.usecases.auth import Authenticator
 from tests.support import OPENAI_KEYS, config_dict
 
 VK_TEAM = "sk-bf-team-a-0123456789abcdef"
@@ -91,7 +92,7 @@ def test_unknown_and_inactive_keys_get_one_answer(auth, value):
     with pytest.raises(Unauthenticated) as info:
         auth.authenticate({"x-bf-vk": value})
     assert (info.value.code, info.value.message) == ("virtual_key_not_found", "virtual key not found")
-    assert value not in repr(info.value.to_dict())
+    assert value not in repr(envelope.error_body(info.value))
 
 
 def test_a_key_expires_at_its_time(auth, clock):

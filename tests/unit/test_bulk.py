@@ -1,5 +1,5 @@
-"""Waiting for a cancel to take effect (service.waiting) with a stepped clock, and the bounds of a
-bulk call (service.bulk)."""
+"""Waiting for a cancel to take effect (service.usecases.waiting) with a stepped clock, and the bounds of a
+bulk call (service.usecases.bulk)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from service.bulk import check_items, check_wait
-from service.errors import InvalidRequest, Overloaded, ProviderError
-from service.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
-from service.waiting import PollPolicy, wait_end, watch
+from service.domain.errors import InvalidRequest, Overloaded, ProviderError
+from service.domain.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
+from service.usecases.bulk import check_items, check_wait
+from service.usecases.waiting import PollPolicy, wait_end, watch
 from tests.support import SteppedClock
 
 

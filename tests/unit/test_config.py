@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from service.config import ConfigError, Key
-from service.providers.catalog import NO_BATCH_CANCEL, load_config, parse_config
+from service.config.file import Key
+from service.config.reader import ConfigError
+from service.infra.providers.catalog import NO_BATCH_CANCEL, load_config, parse_config
 
 SECRET = "sk-live-TOPSECRET-0123456789"
 AZ_SECRET = "az-live-TOPSECRET-abcdef"
@@ -540,15 +541,15 @@ def test_reprs_never_contain_the_secret():
 
 def test_config_imports_no_provider():
     """Config is below the providers layer: the provider names and key schemas are passed in
-    (service.providers.catalog), so loading config never pulls in an adapter (or botocore)."""
-    code = "import sys, service.config; print(sorted(m for m in sys.modules if m.startswith('service.')))"
+    (service.infra.providers.catalog), so loading config never pulls in an adapter (or botocore)."""
+    code = "import sys, service.config.file; print(sorted(m for m in sys.modules if m.startswith('service.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "service.providers" not in loaded and "service.config" in loaded
+    assert "service.infra.providers" not in loaded and "service.config.file" in loaded
 
 
 def test_key_settings_come_from_the_schema_that_is_passed_in():
-    from service.config import PLAIN_KEYS
-    from service.config import parse_config as parse_with
+    from service.config.file import PLAIN_KEYS
+    from service.config.file import parse_config as parse_with
 
     data = {"providers": {"openai": {"keys": [{"value": SECRET}]}, "azure": {"keys": [{"value": SECRET}]}}}
     config = parse_with(data, {}, {"openai": PLAIN_KEYS, "azure": PLAIN_KEYS})

@@ -1,4 +1,4 @@
-"""The REST error envelope has one source (service/envelope.py): the service's renderers, Envoy's
+"""The REST error envelope has one source (service/edge/envelope.py): the service's renderers, Envoy's
 local replies and the Lua filter (generated at render time) agree with it. The Lua filter runs here
 in LuaJIT (lupa), as in Envoy, against a small fake of Envoy's stream handle."""
 
@@ -20,13 +20,13 @@ from gateway.render import (
     lua_source,
     render,
 )
-from service import envelope
-from service.api import ERROR_BODY_HEADER, rest_error_metadata
-from service.converters import error_detail, event_to_proto
-from service.errors import GatewayError, InvalidRequest, Overloaded, ProviderError, UpstreamUnavailable
+from service.domain.errors import GatewayError, InvalidRequest, Overloaded, ProviderError, UpstreamUnavailable
+from service.domain.model import ItemEvent
+from service.edge import envelope
+from service.edge.api import ERROR_BODY_HEADER, rest_error_metadata
+from service.edge.converters import error_detail, event_to_proto
+from service.edge.surfaces import anthropic_error, bedrock_error, bifrost_error, google_error
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.model import ItemEvent
-from service.surfaces import anthropic_error, bedrock_error, bifrost_error, google_error
 
 ERRORS = [
     InvalidRequest("provider query parameter is required", param="provider"),
@@ -105,7 +105,7 @@ def test_envelope_keys_follow_the_proto():
     fields = pb.ErrorField.DESCRIPTOR.fields
     assert tuple(f.name for f in fields) == envelope.ERROR_KEYS
     assert tuple(f.name for f in fields if f.has_presence) == envelope.NULLABLE_ERROR_KEYS
-    body = GatewayError("x").to_dict()
+    body = envelope.error_body(GatewayError("x"))
     assert list(body) == [f.name for f in pb.ErrorDetail.DESCRIPTOR.fields]
     assert next(iter(body)) == envelope.FIRST_KEY
 
@@ -117,7 +117,7 @@ def test_typed_detail_holds_the_rest_body(error):
         error_detail(error), preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     detail["error"] = {key: detail["error"].get(key) for key in envelope.ERROR_KEYS}
-    assert detail == error.to_dict()
+    assert detail == envelope.error_body(error)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -146,7 +146,7 @@ def test_the_lua_filter_nulls_what_the_transcoder_omits_in_stream_items(lua, err
     for chunk in chunks:
         for item in chunk.splitlines():
             answer = json.loads(item)
-            assert answer["error"] == error.to_dict()
+            assert answer["error"] == envelope.error_body(error)
             assert list(answer["error"]["error"]) == list(envelope.ERROR_KEYS)
 
 

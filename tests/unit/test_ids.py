@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import InvalidRequest
-from service.providers.base import MAX_ID_LENGTH, path_segment
+from service.domain.errors import InvalidRequest
+from service.infra.providers.base import MAX_ID_LENGTH, path_segment
 
 
 @pytest.mark.parametrize(

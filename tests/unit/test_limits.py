@@ -1,4 +1,4 @@
-"""Rate-limit counting (service.limits) with injected clocks: windows, sharing through one SQLite
+"""Rate-limit counting (service.infra.limits) with injected clocks: windows, sharing through one SQLite
 file, failure handling (fail open, deny, recovery, warnings at most once a minute) and the config
 of `governance.store`. No sleeps: time is a number the tests move."""
 
@@ -9,11 +9,12 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from service.auth import Authenticator, Caller
-from service.config import ConfigError, RateLimit, StoreConfig
-from service.errors import Overloaded, UpstreamUnavailable
-from service.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
-from service.providers.catalog import parse_config
+from service.config.governance import RateLimit, StoreConfig
+from service.config.reader import ConfigError
+from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.infra.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
+from service.infra.providers.catalog import parse_config
+from service.usecases.auth import Authenticator, Caller
 
 
 class Clock:
@@ -179,7 +180,7 @@ async def test_fail_open_counts_per_process_warns_once_a_minute_and_recovers(cap
     assert limiter.state == "ok"
     errors = store_errors()
     store.down = True
-    caplog.set_level(logging.WARNING, "service.limits")
+    caplog.set_level(logging.WARNING, "service.infra.limits")
     # The store said 1; locally this process starts its own window: 3 more pass, then 429.
     for _ in range(3):
         await limiter.check("team", LIMIT)

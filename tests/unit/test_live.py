@@ -1,4 +1,4 @@
-"""service.live: swapping the running config, draining the old one, and noticing file changes.
+"""service.runtime.live: swapping the running config, draining the old one, and noticing file changes.
 The watcher is driven by calling `poll()` (what its loop does every interval), so nothing sleeps."""
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.cancel import Canceller, Collaborators
-from service.config import ConfigError, RateLimit, config_version
-from service.errors import Overloaded, Unauthenticated
-from service.limits import EmbeddedStore, RateLimiter
-from service.live import FileWatcher, LiveConfig, StateDir, describe_changes
-from service.providers.catalog import parse_config
+from service.config.file import config_version
+from service.config.governance import RateLimit
+from service.config.reader import ConfigError
+from service.domain.errors import Overloaded, Unauthenticated
+from service.infra.limits import EmbeddedStore, RateLimiter
+from service.infra.providers.catalog import parse_config
+from service.runtime.live import FileWatcher, LiveConfig, StateDir, describe_changes
+from service.usecases.cancel import Canceller, Collaborators
 from tests.support import OPENAI_KEYS, config_dict
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use
@@ -214,7 +216,7 @@ def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
     ],
 )
 def test_an_invalid_config_changes_nothing_and_says_which_field(content: bytes, message: str, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="service.live")
+    caplog.set_level(logging.INFO, logger="service.runtime.live")
     live = live_from(document())
     running = live.current
     failures = sample("batchgate_config_reloads_total", result="failure")
@@ -245,7 +247,7 @@ def test_env_values_are_read_again_on_each_reload(tmp_path: Path) -> None:
 
 
 def test_success_metrics_version_and_log_line(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="service.live")
+    caplog.set_level(logging.INFO, logger="service.runtime.live")
     clock = iter([1000.0, 2000.0]).__next__
     live = live_from(document(), clock=clock)
     before = sample("batchgate_config_reloads_total", result="success")
@@ -274,7 +276,7 @@ def test_a_reload_that_would_open_a_public_listener_is_refused(caplog) -> None:
 
 
 def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="service.live")
+    caplog.set_level(logging.INFO, logger="service.runtime.live")
     cert = {"digest": "a"}
     live = live_from(document(), restart_only={"TLS_CERT_FILE": lambda: cert["digest"]})
     live.apply(raw(document(client={})), "test")

@@ -9,11 +9,12 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.base import UpstreamResponse, count, decode_json, unix_seconds
-from service.providers.catalog import parse_config
-from service.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
+from service.domain.errors import InvalidRequest, ProviderError, UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.edge import envelope
+from service.infra.providers.base import UpstreamResponse, count, decode_json, unix_seconds
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
 
 OPENAI_KEY = "sk-proj-unit-openai-key-0001"
 AZURE_KEY = "az-unit-azure-key-0002"
@@ -361,23 +362,23 @@ def test_missing_status_is_upstream_unavailable(data):
 
 def test_unknown_status_passes_through_lowercased_and_is_logged_once(caplog):
     adapter = azure()
-    with caplog.at_level(logging.WARNING, logger="service.providers.base"):
+    with caplog.at_level(logging.WARNING, logger="service.infra.providers.base"):
         first = adapter.parse_batch("b", {"status": "Paused"})
         second = adapter.parse_batch("b", {"status": "paused"})
         third = adapter.parse_batch("b", {"status": "Archiving"})
     assert (first.status, second.status, third.status) == ("paused", "paused", "archiving")
-    messages = [r.getMessage() for r in caplog.records if r.name == "service.providers.base"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "service.infra.providers.base"]
     assert len([m for m in messages if "'paused'" in m]) == 1
     assert len([m for m in messages if "'archiving'" in m]) == 1
     assert all("azure" in m for m in messages)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="service.providers.base"):
+    with caplog.at_level(logging.WARNING, logger="service.infra.providers.base"):
         assert openai().parse_batch("b", {"status": "PAUSED"}).status == "paused"  # another adapter logs again
     assert len(caplog.records) == 1
 
 
 def test_known_status_is_not_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="service.providers.base"):
+    with caplog.at_level(logging.WARNING, logger="service.infra.providers.base"):
         openai().parse_batch("b", {"status": "Cancelling"})
         openai().parse_batch("b", {"status": "canceled"})
     assert caplog.records == []
@@ -404,7 +405,7 @@ def test_openai_409_envelope():
     assert error.type == "invalid_request_error"
     assert error.code is None and error.param is None
     assert error.provider == "openai" and error.is_bifrost_error is False
-    assert error.to_dict()["error"]["code"] is None
+    assert envelope.error_body(error)["error"]["code"] is None
 
 
 def test_openai_401_and_429_keep_codes_and_param():

@@ -22,11 +22,11 @@ from sandbox.anthropic import (
     message_batch_counts,
     render_message_batch,
 )
-from service.errors import InvalidRequest, UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.anthropic import API_VERSION, AnthropicAdapter
-from service.providers.base import UpstreamResponse
-from service.providers.catalog import ADAPTERS, parse_config
+from service.domain.errors import InvalidRequest, UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.infra.providers.anthropic import API_VERSION, AnthropicAdapter
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.catalog import ADAPTERS, parse_config
 
 KEY = "sk-ant-api03-unitSECRETkey-0000"
 OTHER_KEY = "sk-ant-api03-otherSECRETkey-1111"

@@ -17,10 +17,10 @@ import pytest
 from botocore.config import Config as BotoConfig
 from multidict import CIMultiDict
 
-from service.errors import GatewayError, InvalidRequest, UpstreamUnavailable
-from service.providers.base import UpstreamResponse
-from service.providers.bedrock import BedrockAdapter, job_identifier
-from service.providers.catalog import parse_config
+from service.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.bedrock import BedrockAdapter, job_identifier
+from service.infra.providers.catalog import parse_config
 
 ACCESS_KEY = "AKIAUNITTESTBEDROCK1"
 SECRET_KEY = "unit/Test+Secret0Key000000000000000000000"

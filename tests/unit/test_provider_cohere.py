@@ -7,11 +7,11 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.base import UpstreamResponse
-from service.providers.catalog import parse_config
-from service.providers.cohere import CohereAdapter
+from service.domain.errors import UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.cohere import CohereAdapter
 
 KEY = "co-unitCohereKey0123456789abcdefghij"
 BATCH_ID = "6f1d9c6e-2b4a-4f7e-9d3c-8a1b2c3d4e5f"

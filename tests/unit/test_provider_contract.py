@@ -12,10 +12,10 @@ import logging
 import pytest
 
 from sandbox.server import SIMULATORS
-from service.errors import InvalidRequest
-from service.model import STATUSES
-from service.providers.base import RESERVED_HEADERS, UpstreamResponse, merge_headers
-from service.providers.catalog import ADAPTERS, KEY_SCHEMAS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, parse_config
+from service.domain.errors import InvalidRequest
+from service.domain.model import STATUSES
+from service.infra.providers.base import RESERVED_HEADERS, UpstreamResponse, merge_headers
+from service.infra.providers.catalog import ADAPTERS, KEY_SCHEMAS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, parse_config
 
 SANDBOX = "http://127.0.0.1:9"
 EVIL = "evil-extra-credential"
@@ -106,7 +106,7 @@ def test_an_error_without_the_providers_envelope_keeps_its_status_with_a_generic
 def test_status_tables_map_to_the_unified_vocabulary_and_unknown_ones_pass_through_once(name, caplog):
     a = adapter(name)
     assert set(a.statuses.values()) <= STATUSES
-    with caplog.at_level(logging.WARNING, logger="service.providers.base"):
+    with caplog.at_level(logging.WARNING, logger="service.infra.providers.base"):
         assert [a.status("Brand_New_State") for _ in range(3)] == ["brand_new_state"] * 3
     assert sum("brand_new_state" in record.getMessage() for record in caplog.records) == 1
 

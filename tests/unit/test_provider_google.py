@@ -13,13 +13,13 @@ import time
 import orjson
 import pytest
 
-from service.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError, UpstreamUnavailable
-from service.providers import google_auth as g
-from service.providers.base import UpstreamResponse, after_accepted_cancel
-from service.providers.catalog import parse_config
-from service.providers.gemini import GeminiAdapter
-from service.providers.google import BATCH_STATES, JOB_STATES
-from service.providers.vertex import VertexAdapter, VertexJobRef
+from service.domain.errors import DeadlineExceeded, GatewayError, InvalidRequest, ProviderError, UpstreamUnavailable
+from service.infra.providers import google_auth as g
+from service.infra.providers.base import UpstreamResponse, after_accepted_cancel
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.gemini import GeminiAdapter
+from service.infra.providers.google import BATCH_STATES, JOB_STATES
+from service.infra.providers.vertex import VertexAdapter, VertexJobRef
 
 SA_EMAIL = "svc@proj-a.iam.gserviceaccount.com"
 PRIVATE_KEY_MARKER = "MIIE"  # every PKCS#8 RSA key body starts like this

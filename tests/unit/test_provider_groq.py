@@ -6,11 +6,11 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.base import UpstreamResponse
-from service.providers.catalog import parse_config
-from service.providers.groq import GroqAdapter
+from service.domain.errors import UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.groq import GroqAdapter
 
 KEY = "gsk_unitGroqKey0123456789abcdefABCDEF"
 BATCH_ID = "batch_01jh6xa7reempvjyh6n3yst2zw"

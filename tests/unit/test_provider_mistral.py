@@ -7,11 +7,12 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.base import UpstreamResponse
-from service.providers.catalog import parse_config
-from service.providers.mistral import MistralAdapter
+from service.domain.errors import UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.edge import envelope
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.mistral import MistralAdapter
 
 KEY = "mistral-unit-key-0123456789abcdef"
 JOB_ID = "b9a5c4d2-3e1f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -179,4 +180,4 @@ def test_error_without_a_usable_envelope_keeps_its_status(response):
 def test_key_never_appears_in_the_adapter_repr_or_errors():
     a = adapter()
     error = a.parse_error(answer(401, {"message": "Unauthorized"}))
-    assert KEY not in repr(a.config) and KEY not in error.to_json()
+    assert KEY not in repr(a.config) and KEY not in envelope.error_json(error)

@@ -7,10 +7,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import UpstreamUnavailable
-from service.providers.base import UpstreamResponse
-from service.providers.catalog import parse_config
-from service.providers.together import TogetherAdapter
+from service.domain.errors import UpstreamUnavailable
+from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.together import TogetherAdapter
 
 KEY = "tgp_v1_unitTogetherKey0123456789"
 BATCH_ID = "01234567-8901-2345-6789-012345678901"

@@ -7,11 +7,11 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from service.errors import InvalidRequest, UpstreamUnavailable
-from service.model import RequestCounts
-from service.providers.base import UpstreamResponse, after_accepted_cancel
-from service.providers.catalog import parse_config
-from service.providers.xai import XAIAdapter
+from service.domain.errors import InvalidRequest, UpstreamUnavailable
+from service.domain.model import RequestCounts
+from service.infra.providers.base import UpstreamResponse, after_accepted_cancel
+from service.infra.providers.catalog import parse_config
+from service.infra.providers.xai import XAIAdapter
 
 KEY = "xai-unitXaiKey0123456789abcdefghijkl"
 BATCH_ID = "batch_9a5613d7-da24-4503-b581-32469a9de811"

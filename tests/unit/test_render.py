@@ -17,8 +17,8 @@ import pytest
 
 from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, render, split_host_port
 from gateway.stack import envoy_binary
-from service.auth import exposure_problem
-from service.providers.catalog import parse_config
+from service.infra.providers.catalog import parse_config
+from service.usecases.auth import exposure_problem
 from tests.support import self_signed_cert
 
 ENVOY = envoy_binary()

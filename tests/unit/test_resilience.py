@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from service.errors import Overloaded, UpstreamUnavailable
-from service.resilience import Admission, CircuitBreaker
+from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.infra.resilience import Admission, CircuitBreaker
 
 
 class Clock:

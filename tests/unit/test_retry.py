@@ -9,12 +9,12 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
-from service.config import NetworkConfig
-from service.errors import DeadlineExceeded, UpstreamUnavailable
-from service.observability import CallRecord
-from service.providers.base import UpstreamRequest, UpstreamResponse
-from service.providers.http import RETRYABLE_STATUSES, HttpExecutor, RetryPolicy, retry_after_seconds
-from service.resilience import CircuitBreaker
+from service.config.file import NetworkConfig
+from service.domain.errors import DeadlineExceeded, UpstreamUnavailable
+from service.infra.observability import CallRecord
+from service.infra.providers.base import UpstreamRequest, UpstreamResponse
+from service.infra.providers.http import RETRYABLE_STATUSES, HttpExecutor, RetryPolicy, retry_after_seconds
+from service.infra.resilience import CircuitBreaker
 from tests.support import SteppedClock
 
 # --- retry_after_seconds -----------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.api import ROUTES, command_from_proto
-from service.errors import GatewayError, InvalidRequest
+from service.domain.errors import GatewayError, InvalidRequest
+from service.edge.api import ROUTES, command_from_proto
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 
 

@@ -21,12 +21,12 @@ import pytest
 from google.api import annotations_pb2
 from google.rpc import status_pb2
 
-from service.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
-from service.cancel import Canceller, Collaborators
+from service.domain.model import BatchState, CancelResult, RequestCounts
+from service.edge.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.model import BatchState, CancelResult, RequestCounts
-from service.providers.catalog import NO_BATCH_CANCEL, parse_config
+from service.infra.providers.catalog import NO_BATCH_CANCEL, parse_config
+from service.usecases.cancel import Canceller, Collaborators
 from tests.support import OPENAI_KEYS, config_dict
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BatchService"]
@@ -230,7 +230,7 @@ async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
         raise RuntimeError(f"connection string postgres://admin:{SECRET}@db/batch")
 
     monkeypatch.setattr(canceller, "cancel", boom)
-    with caplog.at_level(logging.ERROR, logger="service.api"):
+    with caplog.at_level(logging.ERROR, logger="service.edge.api"):
         status, metadata = await call(pb.CancelBatchRequest(batch_id="b", provider="openai"), canceller)
     assert status.code is grpc.StatusCode.INTERNAL
     assert status.details == "internal error"
@@ -248,7 +248,7 @@ async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
     for leaked in (SECRET, "RuntimeError", "postgres"):
         assert leaked not in everything_sent
     # ...but the operator sees it in the log, with the traceback.
-    (record,) = [r for r in caplog.records if r.name == "service.api"]
+    (record,) = [r for r in caplog.records if r.name == "service.edge.api"]
     assert record.exc_info and record.exc_info[0] is RuntimeError
 
 
@@ -413,7 +413,7 @@ async def test_health_failing_unexpectedly_is_a_sealed_internal(monkeypatch, cap
 
     monkeypatch.setattr(canceller, "breaker_states", boom)
     context = FakeContext()
-    with caplog.at_level(logging.ERROR, logger="service.api"), pytest.raises(Aborted):
+    with caplog.at_level(logging.ERROR, logger="service.edge.api"), pytest.raises(Aborted):
         await BatchServicer(canceller).Health(pb.HealthRequest(), context)
     (status,) = context.statuses
     assert status.code is grpc.StatusCode.INTERNAL and status.details == "internal error"

@@ -1,0 +1,83 @@
+"""Domain objects of a cancel, independent of gRPC and of any provider's wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
+STATUSES = frozenset(
+    {"validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled", "ended"}
+)
+# Statuses a batch never leaves: waiting for a cancel to take effect ends at one of these.
+TERMINAL_STATUSES = frozenset({"cancelled", "completed", "failed", "expired", "ended"})
+# Bounds of a wait (seconds) and of a bulk call (items), checked before anything happens.
+MAX_WAIT_SECONDS = 3600
+MAX_BULK_ITEMS = 1000
+
+
+@dataclass(slots=True)
+class RequestCounts:
+    """Counts a provider reported; None means the provider did not say (never invented)."""
+
+    total: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    succeeded: int | None = None
+    expired: int | None = None
+    canceled: int | None = None
+    pending: int | None = None
+
+
+@dataclass(slots=True)
+class BatchState:
+    """A batch as the provider describes it after the cancel, in unified terms."""
+
+    id: str
+    status: str
+    counts: RequestCounts | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    # Not part of the unified answer; the drop-in surfaces use them (Anthropic's message_batch).
+    created_at: int | None = None
+    expires_at: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CancelCommand:
+    """What the caller asked for, in domain terms (no transport, nothing filled in later)."""
+
+    batch_id: str
+    provider: str
+    # Raw response wanted by the caller (header x-bf-send-back-raw-response), honoured only when
+    # the config allows per-request override.
+    raw_response_requested: bool = False
+    # The drop-in route the call came through (`anthropic`, `genai`, `bedrock`, `openai`), else "".
+    surface: str = ""
+    # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
+    wait_seconds: int = 0
+
+
+@dataclass(slots=True)
+class CancelResult:
+    batch: BatchState
+    provider: str
+    latency_ms: int
+    raw_response: Any = None
+    warning: str | None = None
+    # What reading this batch back needs (the key that cancelled it, the adapter's reference);
+    # internal to the use case, never rendered.
+    read_back: Any = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class ItemEvent:
+    """One step of one item of a bulk cancel: its result or its error, and whether it is the
+    item's last event."""
+
+    index: int
+    batch_id: str
+    provider: str
+    final: bool
+    result: CancelResult | None = None
+    error: Any = None  # a service.domain.errors.GatewayError

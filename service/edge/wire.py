@@ -1,0 +1,179 @@
+"""Every gRPC call ends promptly with a status, whatever bytes it carried.
+
+grpc.aio mishandles two kinds of malformed calls to methods that take one request message:
+- when no complete message arrives before the caller half-closes (an empty stream, a length
+  prefix longer than the data that follows), it takes the call for cancelled and returns without
+  answering: the caller waits for its own deadline, or forever;
+- a message that does not parse is logged with a traceback per call and answered UNKNOWN
+  "Unexpected <class 'google.protobuf.message.DecodeError'>: ...".
+
+So each such method is registered as a request-streaming one that reads its one message itself
+(`context.read()` costs what the unary path costs): no complete message, or one that does not parse,
+is INVALID_ARGUMENT with a plain message and one log line; a message that stops arriving midway is
+DEADLINE_EXCEEDED after READ_TIMEOUT_SECONDS. Request-streaming methods (reflection) get the same
+treatment for each message they read (without the timeout: a stream may idle).
+
+Use `StrictRegistrar(server)` in place of the server when calling generated `add_*_to_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service.domain.errors import GatewayError, InvalidRequest
+from service.edge.routes import ORIGINAL_PATH_HEADER
+from service.edge.status import grpc_code
+from service.infra.observability import REQUEST_ID_HEADER, request_id
+
+log = logging.getLogger("batchgate.access")
+
+# How long a call may take to deliver its request message (Envoy waits a little longer, see
+# gateway/envoy.yaml.tmpl): a caller that stops sending mid-message is answered, not waited for.
+READ_TIMEOUT_SECONDS = float(os.environ.get("REQUEST_READ_TIMEOUT_SECONDS", "10"))
+
+# (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
+RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]
+
+
+class _Reader:
+    """Reads the request messages of one method, ending the call when they are not there."""
+
+    def __init__(self, method: str, deserializer: Callable[[bytes], Any] | None, rest: RestRendering | None) -> None:
+        self.method = method
+        message_type = getattr(getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None), "full_name", "")
+        self.malformed = f"the request is not a valid {message_type or 'request'} message"
+        self.rest = rest
+
+    async def one(self, context: grpc.aio.ServicerContext) -> Any:
+        """The call's request message."""
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_SECONDS):  # no extra task, unlike wait_for
+                request = await context.read()
+        except TimeoutError:
+            late = f"the request did not arrive within {READ_TIMEOUT_SECONDS:g} s"
+            await self.refuse(
+                context, GatewayError(late, status_code=408, type="invalid_request_error", code="request_timeout")
+            )
+        except DecodeError:
+            await self.refuse(context, InvalidRequest(self.malformed))
+        if request is grpc.aio.EOF:
+            await self.refuse(context, InvalidRequest("the call ended without a complete request message"))
+        return request
+
+    async def each(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """The call's request messages, until the caller half-closes."""
+        while True:
+            try:
+                request = await context.read()
+            except DecodeError:
+                await self.refuse(context, InvalidRequest(self.malformed))
+            if request is grpc.aio.EOF:
+                return
+            yield request
+
+    async def refuse(self, context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+        """Ends the call with the error's status and logs one line (no traceback: the caller is at
+        fault). A REST caller (a transcoded call) gets it in its route's shape."""
+        headers = {key: value for key, value in context.invocation_metadata() or () if not key.endswith("-bin")}
+        rid, generated = request_id(headers)
+        code = grpc_code(error)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "malformed call",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "route": "grpc",
+                        "method": self.method,
+                        "outcome": code.name,
+                        "status": error.status_code,
+                        "error": error.message,
+                    }
+                },
+            )
+        metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        if self.rest is not None:
+            metadata += self.rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
+        if metadata:
+            await context.send_initial_metadata(metadata)
+        await context.abort(code, error.message)
+
+
+def strict(handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | None = None) -> grpc.RpcMethodHandler:
+    """The same method (`/package.Service/Method`), reading its requests itself (see the module
+    docstring); it answers as the original does."""
+    reader = _Reader(method, handler.request_deserializer, rest)
+    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        behavior = handler.unary_unary
+
+        async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(await reader.one(context), context)
+
+        return grpc.stream_unary_rpc_method_handler(unary, **codec)
+    if handler.unary_stream is not None:
+        behavior, streaming = handler.unary_stream, grpc.stream_stream_rpc_method_handler
+
+        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+            return await reader.one(context)
+
+    else:
+        behavior = handler.stream_unary or handler.stream_stream
+        streaming = grpc.stream_stream_rpc_method_handler
+        if handler.stream_unary is not None:
+            streaming = grpc.stream_unary_rpc_method_handler
+
+        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+            return reader.each(context)
+
+    # A streaming answer is an async generator, or a coroutine that writes with `context.write`.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generate(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in behavior(await requests_of(context), context):
+                yield response
+
+        return streaming(generate, **codec)
+
+    async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await requests_of(context), context)
+
+    return streaming(call, **codec)
+
+
+class _StrictGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, rest: RestRendering | None) -> None:
+        self._inner, self._rest = inner, rest
+        self._strict: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        if handler not in self._strict:
+            self._strict[handler] = strict(handler, handler_call_details.method, self._rest)
+        return self._strict[handler]
+
+
+class StrictRegistrar:
+    """Stands in for the server while generated `add_*_to_server` functions register a servicer, so
+    every method they register reads its requests strictly. `rest` renders a refusal for REST
+    callers of the methods that have REST routes."""
+
+    def __init__(self, server: grpc.aio.Server, rest: RestRendering | None = None) -> None:
+        self._server, self._rest = server, rest
+
+    def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h, self._rest) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        strict_handlers = {name: strict(h, f"/{service}/{name}", self._rest) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, strict_handlers)

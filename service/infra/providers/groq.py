@@ -1,0 +1,18 @@
+"""Groq batches: the OpenAI batch API under `/openai/v1`.
+
+`POST {base}/openai/v1/batches/{id}/cancel` with `Authorization: Bearer KEY` answers the OpenAI
+Batch object (`status: cancelling`, unix-second timestamps, `request_counts.{total, completed,
+failed}`); errors use OpenAI's envelope `{"error": {"message", "type", "code"}}` (401
+`Invalid API Key` / `invalid_api_key`, 429 `rate_limit_exceeded`). Everything but the path prefix
+is inherited from the OpenAI adapter.
+"""
+
+from __future__ import annotations
+
+from service.infra.providers.openai import OpenAIAdapter
+
+
+class GroqAdapter(OpenAIAdapter):
+    name = "groq"
+    default_base_url = "https://api.groq.com"
+    path_prefix = "/openai/v1"

@@ -1,0 +1,103 @@
+"""OpenAI-shaped batch APIs: OpenAI itself and Azure OpenAI.
+
+The cancel call answers with the batch object, so no follow-up read is needed. Azure preview builds
+send capitalised statuses, ISO timestamps and null counts; the parsing accepts all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from service.config.file import Key
+from service.config.reader import ConfigReader, http_url
+from service.domain.errors import UpstreamUnavailable
+from service.domain.model import BatchState, RequestCounts
+from service.infra.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
+
+AZURE_API_VERSION = "2024-10-21"
+
+
+@dataclass(frozen=True, slots=True)
+class AzureKeySettings:
+    """An Azure key's `azure_key_config`: its resource endpoint and API version."""
+
+    endpoint: str
+    api_version: str = AZURE_API_VERSION
+
+
+class OpenAIAdapter(Adapter):
+    name = "openai"
+    default_base_url = "https://api.openai.com"
+    # Accept both spellings; emit OpenAI's `cancelled`.
+    statuses = {"canceled": "cancelled", "canceling": "cancelling"}
+    path_prefix = "/v1"
+    request_id_header = "X-Client-Request-Id"
+    accepts_direct_keys = True
+
+    def cancel_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
+
+    def batch_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}"
+
+    def cancel_request(self, key: Key, ref: str) -> UpstreamRequest:
+        return self.request("POST", self.cancel_url(key, path_segment(ref)), key)
+
+    def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
+        """`GET .../batches/{id}`: the same Batch object the cancel answers."""
+        return self.request("GET", self.batch_url(key, path_segment(ref)), key)
+
+    def parse_batch(self, batch_id: str, data: Any) -> BatchState:
+        if not isinstance(data, dict) or not data.get("status"):
+            raise UpstreamUnavailable(f"{self.name} answered without a batch object", provider=self.name)
+        counts = data.get("request_counts")
+        return BatchState(
+            id=str(data.get("id") or batch_id),
+            status=self.status(data["status"]),
+            counts=RequestCounts(
+                total=count(counts.get("total")),
+                completed=count(counts.get("completed")),
+                failed=count(counts.get("failed")),
+            )
+            if isinstance(counts, dict)
+            else None,
+            cancelling_at=unix_seconds(data.get("cancelling_at")),
+            cancelled_at=unix_seconds(data.get("cancelled_at")),
+            created_at=unix_seconds(data.get("created_at")),
+            expires_at=unix_seconds(data.get("expires_at")),
+        )
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """`{endpoint}/openai/batches/{id}/cancel?api-version=V` with the `api-key` header."""
+
+    name = "azure"
+    default_base_url = ""
+    request_id_header = "x-ms-client-request-id"
+    key_settings_block = "azure_key_config"
+
+    @classmethod
+    def key_settings(cls, reader: ConfigReader) -> AzureKeySettings:
+        endpoint = reader.env_string("endpoint", required=True)
+        return AzureKeySettings(
+            endpoint=http_url(endpoint, reader.where("endpoint")),
+            api_version=reader.env_string("api_version", required=False) or AZURE_API_VERSION,
+        )
+
+    def auth_headers(self, key: Key) -> dict[str, str]:
+        return {"api-key": key.value}
+
+    def base_url(self, key: Key) -> str:
+        # network_config.base_url (tests, proxies) wins over the key's own resource endpoint.
+        return self.config.network.base_url or (key.settings.endpoint if key.settings else "")
+
+    def _version(self, key: Key) -> str:
+        return quote(key.settings.api_version if key.settings else AZURE_API_VERSION, safe="")
+
+    def cancel_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}/openai/batches/{segment}/cancel?api-version={self._version(key)}"
+
+    def batch_url(self, key: Key, segment: str) -> str:
+        return f"{self.base_url(key)}/openai/batches/{segment}?api-version={self._version(key)}"
