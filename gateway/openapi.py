@@ -32,9 +32,9 @@ from google.longrunning import operations_proto_pb2
 from google.protobuf import descriptor_pb2
 
 from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, OPENAPI_PATH, ROOT, SURFACES, TEMPLATE
-from service import envelope
-from service.errors import GatewayError
-from service.providers.catalog import KNOWN_PROVIDERS
+from service.domain.errors import GatewayError
+from service.edge import envelope
+from service.infra.providers.catalog import KNOWN_PROVIDERS
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
