@@ -89,6 +89,14 @@ def provider_label(provider: str) -> str:
     return provider if provider in _provider_labels else "unknown"
 
 
+def provider_series(provider: str) -> None:
+    """Creates a configured provider's counters at 0, so that a rate() over them (an alert, a
+    dashboard panel) sees the provider before its first retry, key failover or refused call."""
+    label = provider_label(provider)
+    for metric in (UPSTREAM_RETRIES, KEY_FAILOVERS, ADMISSION_REJECTED):
+        _child(metric, label)
+
+
 def count_shed(provider: str) -> None:
     """One call refused by the provider's admission queue (service.infra.resilience.Admission)."""
     _child(ADMISSION_REJECTED, provider_label(provider)).inc()
