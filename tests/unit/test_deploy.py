@@ -6,6 +6,7 @@ disruption budgets, the NetworkPolicies and the kustomization that applies it al
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -178,3 +179,20 @@ def test_the_kustomization_applies_every_manifest_but_the_example_secret() -> No
     }
     made = {g["name"] for g in kustomization["configMapGenerator"]} | set(of_kind("ConfigMap"))
     assert referenced <= made
+
+
+def test_the_compose_config_loads_and_points_every_provider_at_the_sandbox() -> None:
+    from sandbox.server import gateway_config
+    from service.infra.providers.catalog import load_config
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    batchgate = compose["services"]["batchgate"]
+    env = batchgate["environment"]
+    config = load_config(DEPLOY / "compose.config.json", env)
+    assert config.auth_required, "the edge listens on all addresses: auth must be on"
+    raw = json.loads((DEPLOY / "compose.config.json").read_text())
+    assert raw["providers"] == gateway_config("http://sandbox:8090")["providers"]
+    assert raw["governance"]["store"]["url"].startswith("redis://redis:")
+    sandbox = compose["services"]["sandbox"]["command"]
+    assert sandbox[sandbox.index("--port") + 1] == "8090"
+    assert env["CONFIG"] == batchgate["volumes"][0].split(":")[1]
