@@ -14,7 +14,7 @@ BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto proto-release deploy-config lint redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release deploy-config lint typecheck-client redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -36,8 +36,11 @@ $(GEN_STAMP): $(PROTOS) $(INSTALLED) gateway/codegen.py gateway/openapi.py gatew
 
 # The client, editable, puts the `batchgate` command into the virtualenv. The .pth file puts this
 # checkout on the path, so `batchgate config check` finds the service's config rules from anywhere.
+# `compat` makes the editable install a plain path entry, which type checkers follow (an import
+# hook, setuptools' default, they cannot), so `make lint` checks examples against it.
 $(CLIENT_INSTALLED): $(GEN_STAMP) client/pyproject.toml client/setup.py
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ./client
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		--config-settings editable_mode=compat -e ./client
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
 
@@ -72,9 +75,9 @@ promtool:
 run: proto
 	$(PY) -m gateway.run
 
-# Lint: layers import only downward (import-linter), ruff's rules and its formatting; the gRPC
-# contract (buf's rules, buf.yaml; nothing released broken); the Dockerfile (hadolint).
-lint: proto
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting, the client's
+# types; the gRPC contract (buf's rules, buf.yaml; nothing released broken); the Dockerfile (hadolint).
+lint: proto typecheck-client
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -85,6 +88,14 @@ lint: proto
 # When a release is cut: its contract becomes the one `buf breaking` compares against.
 proto-release: proto
 	$(VENV)/bin/buf build protos --exclude-source-info -o $(BUF_BASELINE)
+
+# The client package under mypy --strict (client/pyproject.toml), then client/examples/ as a service
+# author's CI would check it, against the installed package: mypy --strict and pyright (strict).
+# misuse.py holds mistakes each checker must report (an ignore it no longer needs is an error).
+typecheck-client: proto
+	cd client && $(abspath $(VENV))/bin/mypy
+	$(VENV)/bin/mypy --config-file client/examples/mypy.ini client/examples
+	$(VENV)/bin/pyright --pythonpath $(abspath $(PY)) -p client/examples
 
 test: lint redis-server promtool
 	$(PY) -m pytest -q
