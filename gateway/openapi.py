@@ -54,6 +54,20 @@ SURFACE_HEADERS = {
     "genai": {"x-model-provider": "Cancel on this provider instead of `gemini`."},
     "bedrock": {"x-model-provider": "Cancel on this provider instead of `bedrock`."},
 }
+# How a caller shows who it is (service/usecases/auth.py): a virtual key in any of these, or the
+# gateway's admin credentials.
+SECURITY_SCHEMES = {
+    "virtualKey": {"type": "apiKey", "in": "header", "name": "x-bf-vk", "description": "A virtual key (sk-bf-...)."},
+    "bearer": {"type": "http", "scheme": "bearer", "description": "A virtual key, or a direct provider key."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "As the Anthropic SDK sends it."},
+    "googleApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-goog-api-key",
+        "description": "As the Google GenAI SDK sends it.",
+    },
+    "gatewayCredentials": {"type": "http", "scheme": "basic", "description": "auth_config's admin credentials."},
+}
 # Request fields that name the provider to cancel on: one of the provider catalog's names (any other
 # is a 400 before any upstream call).
 PROVIDER_FIELDS = {"batchgate.v1.CancelBatchRequest.provider", "batchgate.v1.BatchRef.provider"}
@@ -582,6 +596,8 @@ def build(fds: descriptor_pb2.FileDescriptorSet, services: Iterable[str]) -> dic
     comment = next((loc.leading_comments for loc in first.source_code_info.location if list(loc.path) == [12]), "")
     return {
         "openapi": "3.1.0",
+        # Credentials are optional only where the config leaves the gateway open (README, Access control).
+        "security": [{}, *({name: []} for name in SECURITY_SCHEMES)],
         "info": {
             "title": "batchgate",
             "version": tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"],
@@ -589,7 +605,7 @@ def build(fds: descriptor_pb2.FileDescriptorSet, services: Iterable[str]) -> dic
         },
         "tags": tags,
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": dict(sorted(schemas.components.items()))},
+        "components": {"schemas": dict(sorted(schemas.components.items())), "securitySchemes": SECURITY_SCHEMES},
     }
 
 
