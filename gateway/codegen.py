@@ -6,9 +6,10 @@
 - build/batchgate.pb: the descriptor set Envoy transcodes with (imports and comments included);
 - client/batchgate_client/_proto: the client's stubs (client/gen_stubs.py);
 - build/openapi.json: the OpenAPI document the edge serves (gateway/openapi.py);
-- build/googleapis: the .proto files googleapis-common-protos ships, for `buf` (make lint), which
-  cannot read them from site-packages (google/longrunning/operations_proto.proto under its canonical
-  name, operations.proto, as googleapis publishes it and the Python package registers it).
+- build/googleapis: the .proto files googleapis-common-protos ships, which protoc imports from and
+  `buf` (make lint) reads, since it cannot read them from site-packages;
+  google/longrunning/operations_proto.proto under its canonical name, operations.proto, as
+  googleapis publishes it and the Python package registers it (the stubs must import that name).
 
 Needs grpcio-tools and googleapis-common-protos, which only the build needs.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +30,7 @@ SERVICE_GEN = ROOT / "service" / "gen"
 GOOGLEAPIS = ROOT / "build" / "googleapis"
 # googleapis-common-protos' file name -> the name googleapis (and `import`) uses.
 CANONICAL = {"google/longrunning/operations_proto.proto": "google/longrunning/operations.proto"}
+DESCRIPTOR_EXTRAS = ("google/rpc/error_details.proto",)
 
 
 def _gen_stubs():
@@ -43,25 +46,29 @@ def contract_files() -> list[str]:
     return sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "batchgate").rglob("*.proto"))
 
 
-def service_stubs(out: Path = SERVICE_GEN, descriptor: Path = DESCRIPTOR) -> None:
+def include_dirs() -> list[str]:
+    """protoc's import path: the contract, the googleapis files (build/googleapis, with
+    operations.proto under its canonical name) and protobuf's own (grpcio-tools)."""
     from grpc_tools import protoc
 
-    gen_stubs = _gen_stubs()
+    return [str(PROTOS), str(GOOGLEAPIS), os.path.join(os.path.dirname(protoc.__file__), "_proto")]
+
+
+def service_stubs(out: Path = SERVICE_GEN, descriptor: Path = DESCRIPTOR) -> None:
+    """The service's stubs (the ones for google.longrunning.Operations are those
+    googleapis-common-protos ships) and Envoy's descriptor set."""
+    from grpc_tools import protoc
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     descriptor.parent.mkdir(parents=True, exist_ok=True)
-    args = [
-        "protoc",
-        *(f"-I{i}" for i in gen_stubs.include_dirs(PROTOS)),
-        f"--python_out={tmp}",
-        f"--grpc_python_out={tmp}",
-        "--include_imports",
-        "--include_source_info",
-        f"--descriptor_set_out={descriptor}",
-        *contract_files(),
-    ]
-    if protoc.main(args) != 0:
+    includes = [f"-I{i}" for i in include_dirs()]
+    stubs = ["protoc", *includes, f"--python_out={tmp}", f"--grpc_python_out={tmp}", *contract_files()]
+    # Envoy's descriptor set: every type an Any in an answer can hold (an operation's metadata,
+    # response and error details), google.rpc's error details included, or the transcoder answers 502.
+    types = ["protoc", *includes, "--include_imports", "--include_source_info", f"--descriptor_set_out={descriptor}"]
+    if protoc.main(stubs) != 0 or protoc.main([*types, *contract_files(), *DESCRIPTOR_EXTRAS]) != 0:
         raise SystemExit("codegen: protoc failed")
     # The stubs live inside the service package: their imports of each other are relative.
     for path in tmp.rglob("*_pb2_grpc.py"):
@@ -82,12 +89,12 @@ def googleapis(out: Path = GOOGLEAPIS) -> None:
 
 
 def main() -> None:
+    googleapis()
     service_stubs()
     _gen_stubs().generate()
     from gateway import openapi  # reads the descriptor and the service made just above
 
     openapi.write(DESCRIPTOR, OPENAPI)
-    googleapis()
 
 
 if __name__ == "__main__":

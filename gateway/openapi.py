@@ -492,6 +492,7 @@ def build(fds: descriptor_pb2.FileDescriptorSet, services: Iterable[str]) -> dic
                 operation: dict[str, Any] = {
                     "operationId": f"{service.name}_{method.name}" + (f"_{n + 1}" if n else ""),
                     "tags": [service.name],
+                    "x-grpc-method": f"/{service_name}/{method.name}",
                     "summary": f"{rpc}"
                     + (f" ({', '.join(f'{k}={v}' for k, v in route.fixed.items())})" if route.fixed else ""),
                 }

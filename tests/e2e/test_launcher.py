@@ -26,14 +26,14 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
-    # METRICS_PORT=0: no /metrics (these tests do not read it), so the default 9464 of another
-    # gateway on this machine cannot make a worker fail to start.
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    # Every port its own free one (metrics too: worker i serves METRICS_PORT + i), so a launcher test
+    # never collides with another gateway on this machine.
     env.update(
         HTTP_PORT=str(free_port()),
         GRPC_PORT=str(free_port()),
         ADMIN_PORT=str(free_port()),
-        METRICS_PORT="0",
+        METRICS_PORT=str(free_port()),
         WORKERS="2",
     )
     env.update(extra)

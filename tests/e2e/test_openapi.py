@@ -93,8 +93,39 @@ def ndjson_lines_conform(ctx: schemathesis.CheckContext, response: schemathesis.
     return None
 
 
+def unimplemented_rpcs() -> set[str]:
+    """RPCs of the contract the service does not implement yet: the generated base class still
+    answers them (501 UNIMPLEMENTED). An RPC can land in protos/ before its servicer does (issue
+    27's CancelMatching did); such an RPC is named in a skip below, not fuzzed, until it is."""
+    from service.edge.api import BatchServicer
+    from service.gen.batchgate.v1.batchgate_pb2_grpc import BatchServiceServicer
+
+    return {
+        f"/batchgate.v1.BatchService/{name}"
+        for name in vars(BatchServiceServicer)
+        if name[:1].isupper() and getattr(BatchServicer, name) is getattr(BatchServiceServicer, name)
+    }
+
+
+UNIMPLEMENTED = unimplemented_rpcs()
 # The document `make proto` wrote, which the edge serves (the first test compares them).
-schema = schemathesis.openapi.from_path(OPENAPI)
+DOCUMENT = json.loads(OPENAPI.read_text())
+NOT_FUZZED = [
+    op["operationId"]
+    for item in DOCUMENT["paths"].values()
+    for op in item.values()
+    if op.get("x-grpc-method") in UNIMPLEMENTED
+]
+schema = schemathesis.openapi.from_dict(DOCUMENT)
+if NOT_FUZZED:
+    schema = schema.exclude(operation_id=NOT_FUZZED)
+
+
+def test_every_documented_rpc_is_fuzzed() -> None:
+    documented = {op.get("x-grpc-method") for item in DOCUMENT["paths"].values() for op in item.values()}
+    assert UNIMPLEMENTED <= documented
+    if UNIMPLEMENTED:
+        pytest.skip(f"not implemented by the service yet, so not fuzzed: {', '.join(sorted(UNIMPLEMENTED))}")
 
 
 @schema.parametrize()
