@@ -83,6 +83,11 @@ OPERATION_BATCHES = Counter(
     ["outcome"],
 )
 OPERATIONS_RUNNING = Gauge("batchgate_operations_running", "Operations this worker is running now")
+# Every result and outcome starts at 0, so alerts and rate() see the series before the first one.
+for _result in ("ok", "failed_precondition", "cancelled", "unauthenticated", "error"):
+    OPERATIONS_FINISHED.labels(_result)
+for _outcome in ("matched", "cancelled", "already_ended", "failed", "skipped"):
+    OPERATION_BATCHES.labels(_outcome)
 operations_log = logging.getLogger("batchgate.operations")
 for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
