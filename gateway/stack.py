@@ -38,6 +38,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free loopback ports (worker i's metrics port is the first + i)."""
+    for _ in range(attempts):
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 def default_workers() -> int:
     """WORKERS, else one service process per core."""
     return int(os.environ.get("WORKERS") or os.cpu_count() or 1)
