@@ -7,6 +7,7 @@ and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
 SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3).
+In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
 """
@@ -41,6 +42,7 @@ def main() -> int:
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
         sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
+        sandbox_demo=True,
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
