@@ -284,7 +284,7 @@ class CancelMatchingMetadata(_RawAccess):
 
     `matched` = `cancel_accepted` + `already_ended` + `failed` + `skipped` + `pending` (a dry run,
     `validate_only`, counts only `matched`). `create_time` / `update_time` are unix seconds;
-    `created_by` is the virtual key's id (`vk:<id>`), `admin` or `anonymous`.
+    `created_by` is the virtual key's id, `admin` or `anonymous`.
     """
 
     selector: BatchSelector = field(default_factory=BatchSelector)

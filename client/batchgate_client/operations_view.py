@@ -278,7 +278,8 @@ class OperationProgress:
 
 
 class PlainProgress:
-    """A plain line on `err` each time the operation's state or counts change."""
+    """A plain line on `err` each time a running operation's state or counts change (the summary
+    line says how it ended)."""
 
     def __init__(self, err: TextIO) -> None:
         self.err = err
@@ -292,7 +293,7 @@ class PlainProgress:
 
     def update(self, operation: Operation) -> None:
         line = progress_line(operation)
-        if line != self.last:
+        if line != self.last and not operation.done:
             self.last = line
             print(line, file=self.err, flush=True)
 
