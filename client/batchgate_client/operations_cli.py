@@ -289,8 +289,9 @@ def stop(
             try:
                 confirmed = _confirm(preview, args.max, console, stdin)
             except KeyboardInterrupt:
-                confirmed = False
                 console.print()
+                print(f"{PROG}: interrupted; nothing was cancelled", file=stderr, flush=True)
+                return Exit.INTERRUPTED
             if not confirmed:
                 print(f"{PROG}: nothing was cancelled", file=stderr, flush=True)
                 return Exit.REFUSED

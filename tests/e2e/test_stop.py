@@ -181,6 +181,16 @@ def test_answering_no_cancels_nothing_and_exits_2(envoy, sim: SimAdmin):
     assert status(sim, ids[0]) == "in_progress"
 
 
+def test_ctrl_c_at_the_question_cancels_nothing_and_exits_130(envoy, sim: SimAdmin):
+    tag, ids = tagged(sim, 1)
+    term = terminal(envoy, "stop", "--metadata", f"run={tag}")
+    term.read_until("[y/N]")
+    term.proc.send_signal(signal.SIGINT)
+    code, output = term.finish()
+    assert code == 130 and "batchgate: interrupted; nothing was cancelled" in output and "Traceback" not in output
+    assert status(sim, ids[0]) == "in_progress"
+
+
 def test_ctrl_c_while_following_leaves_the_operation_running(envoy, sim: SimAdmin):
     # The sandbox keeps them `cancelling` for an hour: with --wait the operation stays `waiting`.
     tag, ids = tagged(sim, 2, cancel_delay_s=3600)
