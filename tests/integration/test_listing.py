@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -216,5 +217,20 @@ async def test_ten_thousand_batches_are_each_found_once(world, sim):
         expected = {b.id for b in map(store.peek, list(store._seeded)) if b.status == "in_progress"}
         assert len(found) == len(set(found)) and set(found) == expected
         assert len(list_calls(sim, "openai")) == 100
+    finally:
+        await lister.close()
+
+
+async def test_a_list_answer_may_be_larger_than_a_cancel_answer(world, sim):
+    """Together answers every batch in one array: 3,000 of them are well over the 1 MiB a cancel
+    answer may have."""
+    lister = Lister(world[1], "together")
+    try:
+        sim.seed_many("together", [{"id": f"job-{i:05}", "created_at": NOW - i} for i in range(3000)])
+        assert len(await lister.ids(ListQuery(RUNNING))) == 3000
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {KEYS['together'][0]}"}
+            async with session.get(f"{world[1]}/together/v1/batches", headers=headers) as response:
+                assert len(await response.read()) > 1 << 20
     finally:
         await lister.close()
