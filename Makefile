@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-ops bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -104,9 +104,15 @@ integration: proto redis-server
 e2e: proto redis-server
 	$(PY) -m pytest -q tests/e2e
 
-# Benchmark (not part of `make test`): gateway overhead over a direct provider call.
+# Benchmark (not part of `make test`): gateway overhead over a direct provider call, then cancel
+# by selector at scale (bench-ops).
 bench: proto redis-server
 	$(PY) -m bench.run
+	$(PY) -m bench.operations
+
+# Only cancel by selector: 10,000 batches dry and real, and 1,000 at a provider's 50 cancels/s (~1 min).
+bench-ops: proto
+	$(PY) -m bench.operations
 
 # Only what a rate-limit check adds (embedded store and Redis), interleaved rounds, ~2 min.
 bench-limits: proto redis-server

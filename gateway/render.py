@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from service.edge import envelope
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 BULK_PATH = "/v1/batches/cancel"
+# CancelMatching's explicit batches: up to 1,000 too, under the same body limit.
+MATCHING_PATH = "/v1/batches:cancelMatching"
+# A done operation's REST answer lists every batch it matched: ~400 bytes of JSON each, ~40 MB at
+# the 100,000 cap (the service's gRPC send limit, service/edge/server.py, is 64 MiB as well).
+OPERATIONS_MAX_RESPONSE_BYTES = 64 << 20
+# The gRPC methods that may run as long as the longest wait: Cancel and CancelMany with
+# wait_seconds, WaitOperation.
+LONG_RPCS = (
+    "/batchgate.v1.BatchService/Cancel",
+    "/batchgate.v1.BatchService/CancelMany",
+    "/google.longrunning.Operations/WaitOperation",
+)
 
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
@@ -72,7 +85,9 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
-        BULK_PATH=BULK_PATH,
+        BULK_PATHS_REGEX=_exact_paths((BULK_PATH, MATCHING_PATH)),
+        OPERATIONS_MAX_RESPONSE_BYTES=OPERATIONS_MAX_RESPONSE_BYTES,
+        LONG_RPCS_REGEX=_exact_paths(LONG_RPCS),
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
@@ -97,8 +112,19 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
-    limits = f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}"
+    limits = "\n".join(
+        [
+            f"local BULK_PATH = {json.dumps(BULK_PATH)}",
+            f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
+            f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
+        ]
+    )
     return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants() + "\n" + limits)
+
+
+def _exact_paths(paths: Sequence[str]) -> str:
+    """A regex matching exactly these paths, as a YAML double-quoted string holds it."""
+    return ("^(" + "|".join(map(re.escape, paths)) + ")$").replace("\\", "\\\\")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -25,6 +25,7 @@ from gateway.render import ROOT, render
 from sandbox.server import gateway_config
 from service.config.governance import StoreConfig
 from service.infra.limits import EmbeddedStore, RedisStore
+from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import load_config
 from service.usecases.auth import exposure_problem
 
@@ -86,6 +87,10 @@ class Stack:
     # The embedded rate-limit store (SQLite) every worker shares; None: a fresh file per start in a
     # temporary directory removed at stop. Unused when the config names a Redis store.
     rate_limit_db: Path | None = None
+    # Where state that outlives a restart lives (the SQLite file of long-running operations, unless
+    # the config names a Redis store): `make run` uses STATE_DIR (build/state); None: a temporary
+    # directory removed at stop (a test's gateway).
+    state_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
@@ -95,6 +100,8 @@ class Stack:
     config_path: Path | None = None
     # Where this run's workers count rate limits: the SQLite path, or the Redis address.
     rate_limit_store: str = ""
+    # Where this run's workers keep long-running operations: the SQLite path, or the Redis address.
+    operation_store: str = ""
     _roles: dict[int, str] = field(default_factory=dict)
     _own_dirs: list[Path] = field(default_factory=list)
 
@@ -169,7 +176,7 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        store_args = self._rate_limit_store(loaded.store)
+        store_args = self._rate_limit_store(loaded.store) + self._operation_store(loaded.store)
         # Each worker publishes the config version it runs here, so /health (answered by one of
         # them) shows every worker's.
         state_dir = BUILD / f"state-{self.http_port}"
@@ -262,6 +269,21 @@ class Stack:
         EmbeddedStore.initialize(path).close()
         self.rate_limit_store = str(path)
         return ["--rate-limit-db", str(path)]
+
+    def _operation_store(self, settings: StoreConfig) -> list[str]:
+        """The operations' SQLite file under the state directory, created once before the workers
+        open it; nothing with a Redis store (they keep operations there)."""
+        if settings.type != "embedded":
+            self.operation_store = RedisStore.describe(settings.url)
+            return []
+        directory = self.state_dir
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="batchgate-state-"))
+            self._own_dirs.append(directory)
+        path = directory / "operations.sqlite3"
+        SqliteOperationStore.initialize(path)
+        self.operation_store = str(path)
+        return ["--operations-db", str(path)]
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"

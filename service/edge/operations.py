@@ -34,7 +34,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
     async def ListOperations(
         self, request: operations_pb2.ListOperationsRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> operations_pb2.ListOperationsResponse:
-        operations, token = await self._operations.list(
+        operations, token = await self._operations.list_operations(
             request.name, request.filter, request.page_size, request.page_token, call.context.headers, call.context
         )
         return operations_pb2.ListOperationsResponse(

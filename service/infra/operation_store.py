@@ -74,7 +74,7 @@ class OperationStore(Protocol):
     async def items(self, name: str) -> list[BatchItem]:
         """The operation's batches in the order they were found or named."""
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         """Operations newest first (`owner` None: everyone's), up to `page_size` after the position
         `page_token` names ("" the start); the token of the next page ("" at the end). Raises
         BadPageToken."""
@@ -208,6 +208,17 @@ class SqliteOperationStore:
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
 
+    @staticmethod
+    def initialize(path: str | os.PathLike[str]) -> None:
+        """Creates the file with its schema (the launcher does it once, before its workers start)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
     async def _run(self, function: Any, *args: Any) -> Any:
         if self._thread is None:
             raise RuntimeError("the operation store is closed")
@@ -284,8 +295,9 @@ class SqliteOperationStore:
         result: list[BatchItem] = await self._run(work)
         return result
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
-        where, args = [], []
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+        where: list[str] = []
+        args: list[str | int] = []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
@@ -642,7 +654,7 @@ class RedisOperationStore:
         ordered.sort(key=lambda pair: pair[0])
         return [BatchItem.from_dict(orjson.loads(doc)) for _, doc in ordered]
 
-    async def list(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
+    async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         start = "(" + decode_token(page_token) if page_token else "-"
         order = self._all if owner is None else self._owner(owner)
         flat = await _PAGE(self._redis, (order,), start, page_size + 1, self._prefix + "op:")

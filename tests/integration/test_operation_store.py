@@ -175,18 +175,18 @@ async def test_listing_is_newest_first_in_pages_per_owner(store):
     await store.create(operation("operations/same-time", "vk:a", created=T0 + 5), [], "w", T0)
     seen, token = [], ""
     while True:
-        page, token = await store.list(None, 3, token)
+        page, token = await store.page(None, 3, token)
         seen += [op.name for op in page]
         if not token:
             break
     assert seen[0] == "operations/6"
     assert sorted(seen) == sorted([f"operations/{i}" for i in range(7)] + ["operations/same-time"])
     assert len(seen) == len(set(seen)) == 8
-    mine, token = await store.list("vk:a", 10, "")
+    mine, token = await store.page("vk:a", 10, "")
     assert [op.owner for op in mine] == ["vk:a"] * 4 and token == ""
     assert [op.create_time for op in mine] == sorted((op.create_time for op in mine), reverse=True)
     with pytest.raises(BadPageToken):
-        await store.list(None, 3, "not-a-token!")
+        await store.page(None, 3, "not-a-token!")
 
 
 async def test_running_counts_and_deletion(store):
@@ -200,4 +200,4 @@ async def test_running_counts_and_deletion(store):
     assert await store.delete("operations/b")
     assert not await store.delete("operations/b")
     assert await store.get("operations/b") is None and await store.items("operations/b") == []
-    assert [op.name for op in (await store.list(None, 10, ""))[0]] == ["operations/a"]
+    assert [op.name for op in (await store.page(None, 10, ""))[0]] == ["operations/a"]

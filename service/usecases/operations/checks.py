@@ -23,8 +23,9 @@ from service.domain.operations import (
     MAX_METADATA_VALUE,
     CancelMatchingCommand,
 )
+from service.infra.providers.base import Adapter
 from service.usecases.auth import Caller
-from service.usecases.cancel import Canceller
+from service.usecases.cancel import Canceller, Executor
 from service.usecases.listing import providers_that_can_list
 
 SELECTOR_NOT_ALLOWED = (
@@ -116,7 +117,7 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
         )
 
 
-def _provider(canceller: Canceller, name: str, param: str):  # noqa: ANN202 - (Adapter, Executor)
+def _provider(canceller: Canceller, name: str, param: str) -> tuple[Adapter, Executor]:
     try:
         return canceller.provider(name.strip().lower())
     except InvalidRequest as err:

@@ -115,7 +115,7 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.max_s, self.first_s * 2 ** max(0, failures - 1))
+        base = min(self.max_s, self.first_s * 2.0 ** max(0, failures - 1))
         return base * (1 - self.jitter * rand())
 
 
@@ -299,9 +299,10 @@ class Runner:
             if not found:
                 found = [BatchItem(provider, batch_id) for batch_id, provider in selector.batches]
         else:
-            found = await self._list(op)
-            if found is None:
+            listed = await self._list(op)
+            if listed is None:
                 return None
+            found = listed
         if len(found) > op.command.max_batches:
             failure = Failure(
                 CAP_MESSAGE.format(matched=len(found), cap=op.command.max_batches),

@@ -173,7 +173,7 @@ class Operations:
         items = await self.store.items(operation.name) if operation.done else None
         return Found(operation, items)
 
-    async def list(
+    async def list_operations(
         self,
         name: str,
         filter: str,
@@ -193,7 +193,7 @@ class Operations:
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         owner = None if caller.identity == "admin" else caller.identity
         try:
-            return await self.store.list(owner, size, page_token)
+            return await self.store.page(owner, size, page_token)
         except BadPageToken as err:
             raise InvalidRequest(str(err), param="page_token") from None
 
