@@ -34,8 +34,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 @pytest.fixture(scope="module")
 def ops_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A gateway on the session sandbox with admin credentials (selector mode needs them) and its
-    own operations database."""
+    """A gateway on the session sandbox with admin credentials (selector mode needs them or a virtual
+    key that allows it) and, as every test gateway, an operations database of its own."""
     directory = tmp_path_factory.mktemp("stop-gateway")
     config = gateway_config(stack.sandbox_url)
     config["auth_config"] = {"is_enabled": True, "admin_username": "admin", "admin_password": ADMIN_PASSWORD}
@@ -47,7 +47,6 @@ def ops_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Itera
         grpc_port=free_port(),
         admin_port=free_port(),
         log_dir=directory / "logs",
-        env={"STATE_DIR": str(directory / "state")},
     )
     gateway.start()
     try:
