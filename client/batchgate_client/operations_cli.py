@@ -228,17 +228,12 @@ def _still_running(name: str, err: TextIO, what: str) -> None:
 
 
 def _confirm(operation: Operation, max_batches: int | None, console: Console, stdin: TextIO) -> bool:
-    matched = operation.metadata.matched
     cap = max_batches or 100
     console.print(
-        Text(
-            f"Cancel {count(matched, 'batch', 'batches')}? batchgate lists again when it starts, so a batch "
-            f"started since is included too (up to --max {cap:,}). [y/N] "
-        ),
-        end="",
+        Text(f"The real run lists again: a batch started since this dry run is cancelled too (at most {cap:,} in all).")
     )
-    answer = stdin.readline()
-    return answer.strip().lower() in ("y", "yes")
+    console.print(Text(f"Cancel {count(operation.metadata.matched, 'batch', 'batches')}? [y/N] "), end="")
+    return stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _refusal(operation: Operation, err: TextIO) -> None:

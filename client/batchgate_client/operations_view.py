@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -60,7 +60,7 @@ def selector_text(metadata: CancelMatchingMetadata) -> str:
 def counts_text(metadata: CancelMatchingMetadata) -> str:
     """`40 matched: 38 cancel accepted, 2 already ended, 0 failed` (a dry run: `40 matched`)."""
     head = f"{metadata.matched} matched"
-    if metadata.validate_only:
+    if metadata.validate_only or metadata.state == "listing":
         return head
     parts = [
         f"{metadata.cancel_accepted} cancel accepted",
@@ -190,60 +190,61 @@ def describe(operation: Operation) -> list[str]:
     return lines
 
 
-def operation_row(operation: Operation) -> list[str]:
-    meta = operation.metadata
-    result = "" if not operation.done else ("ok" if operation.error is None else f"error {operation.error.code}")
-    return [
-        visible(operation.name),
-        "done" if operation.done else meta.state,
-        "dry run" if meta.validate_only else "cancel",
-        rfc3339(meta.create_time),
-        visible(meta.created_by),
-        str(meta.matched),
-        str(meta.cancel_accepted),
-        str(meta.already_ended),
-        str(meta.failed),
-        str(meta.skipped),
-        str(meta.pending),
-        result,
-    ]
+COUNT_NAMES = ("matched", "accepted", "already_ended", "failed", "skipped", "pending")
 
 
-LIST_COLUMNS = (
-    "name",
-    "state",
-    "kind",
-    "created",
-    "by",
-    "matched",
-    "accepted",
-    "already_ended",
-    "failed",
-    "skipped",
-    "pending",
-    "result",
-)
+def _counts(meta: CancelMatchingMetadata) -> tuple[int, ...]:
+    return (meta.matched, meta.cancel_accepted, meta.already_ended, meta.failed, meta.skipped, meta.pending)
+
+
+def _result(operation: Operation) -> str:
+    if not operation.done:
+        return operation.metadata.state
+    return "ok" if operation.error is None else f"error {operation.error.code}"
 
 
 def operations_table(operations: Sequence[Operation]) -> Table:
+    """One row per operation: its id (what `get`, `wait` and `cancel` take), when and by whom it was
+    started, dry run or not, its non-zero counts, and how it stands (running state, ok, error code)."""
     table = Table(title=Text(count(len(operations), "operation")), title_justify="left")
-    for column in LIST_COLUMNS:
-        table.add_column(column, justify="right" if column in LIST_COLUMNS[5:11] else "left", overflow="fold")
+    for column in ("operation", "created", "by", "kind", "batches", "result"):
+        table.add_column(column, no_wrap=column in ("operation", "created"))
     for operation in operations:
-        table.add_row(*(Text(cell) for cell in operation_row(operation)))
+        meta = operation.metadata
+        counts = ", ".join(
+            f"{value} {name.replace('_', ' ')}" for name, value in zip(COUNT_NAMES, _counts(meta), strict=True) if value
+        )
+        result = _result(operation)
+        table.add_row(
+            Text(visible(operation.id)),
+            Text(rfc3339(meta.create_time)),
+            Text(visible(meta.created_by)),
+            Text("dry-run" if meta.validate_only else "cancel"),
+            Text(counts or "0 matched"),
+            Text(result, style="red" if result.startswith("error") else "green" if result == "ok" else ""),
+        )
     return table
 
 
 def operation_line(operation: Operation) -> str:
-    """`NAME STATE KIND CREATED BY matched=.. accepted=.. ... RESULT`."""
-    cells = operation_row(operation)
-    counts = " ".join(f"{name}={value}" for name, value in zip(LIST_COLUMNS[5:11], cells[5:11], strict=True))
-    return " ".join([*cells[:5], counts, *([cells[11]] if cells[11] else [])])
+    """`NAME KIND CREATED BY matched=.. accepted=.. already_ended=.. failed=.. skipped=.. pending=..
+    RESULT` (RESULT: the running state, ok, or error CODE)."""
+    meta = operation.metadata
+    counts = " ".join(f"{name}={value}" for name, value in zip(COUNT_NAMES, _counts(meta), strict=True))
+    kind = "dry-run" if meta.validate_only else "cancel"
+    by = visible(meta.created_by) or "-"
+    return f"{visible(operation.name)} {kind} {rfc3339(meta.create_time)} {by} {counts} {_result(operation)}"
+
+
+def clock_text(seconds: int) -> str:
+    """`0:01:05`."""
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class OperationProgress:
     """A live bar while an operation runs: settled / matched (a pulse while listing), the counts,
-    the elapsed time."""
+    and how long it has run by the service's clock (with `wait`, every batch is settled long before
+    the operation is done)."""
 
     def __init__(self, console: Console, verb: str) -> None:
         self.progress = Progress(
@@ -252,11 +253,11 @@ class OperationProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
+            TextColumn("{task.fields[elapsed]}"),
             console=console,
             transient=False,
         )
-        self.task = self.progress.add_task(verb, total=None, counts="")
+        self.task = self.progress.add_task(verb, total=None, counts="", elapsed="")
 
     def __enter__(self) -> OperationProgress:
         self.progress.start()
@@ -274,6 +275,7 @@ class OperationProgress:
             total=None if listing else max(meta.matched, 1),
             completed=meta.settled if not meta.validate_only else meta.matched,
             counts=Text(counts_text(meta)),
+            elapsed=clock_text(elapsed(operation)),
         )
 
 

@@ -327,7 +327,10 @@ async def test_detach_then_the_operations_subcommands(target, sim):
     assert len(lines) == 5 and all(" cancelled cancelling sandbox" in line for line in lines[3:])
     code, out, _ = await batchgate(target, "operations", "list")
     assert (
-        code == 0 and out.startswith(f"{name} done cancel ") and "matched=2 accepted=2" in out and out.endswith(" ok\n")
+        code == 0
+        and out.startswith(f"{name} cancel ")
+        and " admin matched=2 accepted=2 " in out
+        and out.endswith(" ok\n")
     )
     code, out, _ = await batchgate(target, "operations", "list", "-o", "json", "--page-size", "1")
     assert [json.loads(line)["name"] for line in out.splitlines()] == [name]
