@@ -329,7 +329,7 @@ def test_config_check_takes_the_common_options_before_or_after(stack: Stack, tmp
             True,
             12,
             12,
-            1,
+            1,  # sandbox mode's operator key
         )
         assert body["providers"][:3] == ["anthropic", "azure", "bedrock"]
     broken = tmp_path / "broken.json"

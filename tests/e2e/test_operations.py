@@ -149,6 +149,23 @@ def test_bad_input_is_a_400_in_the_bifrost_shape(gw: Gateway, sim: SimAdmin, t0:
     assert [c for c in sim.calls(since=t0) if c["method"] == "GET" and c["path"].endswith("/batches")] == []
 
 
+def test_a_thousand_named_batches_fit_and_a_larger_body_gets_the_edges_413(gw: Gateway, sim: SimAdmin) -> None:
+    named = [{"id": f"missing{i:04d}" + "x" * 500, "provider": "openai"} for i in range(1000)]
+    resp = gw.post(
+        "/v1/batches:cancelMatching",
+        json={"selector": {"batches": named}, "validate_only": True, "max_batches": 1000},
+        headers=OPERATOR,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    assert wait_done(gw, resp.json()["name"])["metadata"]["matched"] == 1000
+    too_big = gw.post(
+        "/v1/batches:cancelMatching",
+        data=b'{"selector": {"batches": [{"id": "' + b"a" * (800 * 1024) + b'", "provider": "openai"}]}}',
+        headers={"Content-Type": "application/json", **OPERATOR},
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
 def test_selector_mode_needs_the_right_caller(gw: Gateway, sim: SimAdmin) -> None:
     resp = gw.post("/v1/batches:cancelMatching", json={"selector": {"metadata": {"run": new_id()}}})
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "cancel_matching_not_allowed"
@@ -192,6 +209,19 @@ def test_cancel_operation_stops_it(gw: Gateway, faults: SimAdmin, t0: float) -> 
     late = [c for c in sim.calls(since=returned) if c["method"] == "POST" and any(i in c["path"] for i in ids)]
     assert late == [], "a cancel call started after CancelOperation returned"
     assert op["error"]["details"][-1]["@type"] == "type.googleapis.com/batchgate.v1.ErrorDetail"
+
+
+def test_a_provider_outage_in_the_middle_is_ridden_out(gw: Gateway, faults: SimAdmin, t0: float) -> None:
+    sim = faults
+    tag = new_id("outage")
+    ids = [sim.seed("openai", metadata={"run": tag}) for _ in range(12)]
+    # The listing and the first cancels go through, then the provider answers 503 for a while
+    # (each exchange is retried twice by the executor, then by the operation after a backoff).
+    sim.add_faults("openai", [{"latency_ms": 20, "count": 5}, {"status": 503, "count": 9}])
+    op = wait_done(gw, start(gw, {"selector": {"metadata": {"run": tag}}})["name"])
+    assert outcomes(op) == dict.fromkeys(ids, "cancelled") and op["metadata"]["failed"] == 0
+    refused = [c for c in sim.calls(since=t0) if c["method"] == "POST" and any(i in c["path"] for i in ids)]
+    assert len(refused) >= 12 + 9  # the outage was really hit, and every batch cancelled after it
 
 
 def test_a_running_operation_cannot_be_deleted(gw: Gateway, faults: SimAdmin) -> None:

@@ -23,6 +23,7 @@ from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import parse_config
+from service.infra.webhook import signature
 from service.usecases.operations import Backoff, Settings
 from service.usecases.waiting import PollPolicy
 from tests.support import AZURE_KEY, OPENAI_KEYS, error_detail
@@ -495,3 +496,81 @@ async def test_another_worker_takes_over_an_operation_whose_worker_died(sandbox,
     assert {b.outcome for b in result(done).values()} == {"cancelled"}
     resent = cancels(sim)
     assert len(resent) == len(set(resent))  # each batch at most once more
+
+
+async def test_a_worker_that_shuts_down_hands_its_operation_over_at_once(sandbox, sim, tmp_path):
+    config = gateway_config(sandbox.url, lease_seconds=60)  # a lease that would make a crash wait a minute
+    ids = [seed(sim, "openai", f"batch_hand_{i:02d}") for i in range(12)]
+    path = tmp_path / "state" / "operations.sqlite3"
+    app = await create_server(
+        parse_config(config, env={}), "127.0.0.1:0", operation_store=SqliteOperationStore(path), operation_settings=FAST
+    )
+    first = Client(app)
+    sim.add_fault("openai", {"latency_ms": 200, "count": 8})
+    op = await first.start(selector={"batches": [(i, "openai") for i in ids]}, max_batches=20)
+    while len(cancels(sim)) < 2:
+        await asyncio.sleep(0.02)
+    await first.channel.close()
+    await app.stop(grace=5)  # SIGTERM's path: in-flight calls finish, progress is written, the lease released
+    store = SqliteOperationStore(path)
+    stored = await store.get(op.name)
+    assert stored.holder == "" and not stored.operation.done
+    async with serving(config, store=store) as second:
+        done = await second.wait(op.name, seconds=10)  # far less than the 60 s lease
+    assert {b.outcome for b in result(done).values()} == {"cancelled"}
+    paths = cancels(sim)
+    assert len(paths) == len(set(paths)) == 12  # nothing was sent twice
+
+
+class Receiver:
+    """A real HTTP webhook receiver on loopback that answers each POST with the next status."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses, self.received = list(statuses), []
+
+    async def __aenter__(self) -> Receiver:
+        from aiohttp import web
+
+        async def hook(request: web.Request) -> web.Response:
+            self.received.append((dict(request.headers), await request.read()))
+            status = self.statuses.pop(0) if self.statuses else 200
+            if status == 302:
+                return web.Response(status=302, headers={"Location": "http://127.0.0.1:9/elsewhere"})
+            return web.Response(status=status)
+
+        app = web.Application()
+        app.router.add_post("/hooks/{tail:.*}", hook)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hooks"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("statuses", "attempts", "delivered"), [([503, 500], 3, True), ([404], 1, False), ([302], 1, False)]
+)
+async def test_the_webhook_retries_server_errors_and_stops_at_a_refusal(sandbox, sim, statuses, attempts, delivered):
+    async with Receiver(statuses) as receiver:
+        config = gateway_config(sandbox.url, notify_urls=[receiver.url], notify_secret="hook-secret")
+        async with serving(config) as gateway:
+            seed(sim, "openai", "batch_hooked")
+            op = await gateway.start(
+                selector={"batches": [("batch_hooked", "openai")]}, notify=pb.Notify(url=receiver.url + "/a")
+            )
+            await gateway.wait(op.name)
+            store = gateway.app.operations.store
+            for _ in range(200):
+                notification = (await store.get(op.name)).operation.notification
+                if notification.state != "pending":
+                    break
+                await asyncio.sleep(0.02)
+        assert notification.state == ("delivered" if delivered else "failed")
+        assert len(receiver.received) == attempts == notification.attempts
+        headers, body = receiver.received[-1]
+        assert headers["X-Batchgate-Signature"] == signature(body, "hook-secret")
+        assert __import__("json").loads(body)["name"] == op.name

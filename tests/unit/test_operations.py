@@ -478,3 +478,27 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
     assert mine.runner("operations/p") is None
     await theirs.shutdown(timeout=0.1)
     assert (await store.get("operations/p")).holder == ""  # released: another worker resumes at once
+
+
+def test_envoys_descriptor_set_holds_every_type_an_answer_can_pack():
+    """A type missing from the set turns the whole REST answer into a 502 (issue 27's traps)."""
+    from google.protobuf import descriptor_pb2
+
+    from gateway.render import DESCRIPTOR
+
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString(DESCRIPTOR.read_bytes())
+    names = {f"{f.package}.{m.name}" for f in files.file for m in f.message_type}
+    services = {f"{f.package}.{s.name}" for f in files.file for s in f.service}
+    assert {
+        "batchgate.v1.CancelMatchingMetadata",
+        "batchgate.v1.CancelMatchingResult",
+        "batchgate.v1.ErrorDetail",
+        "google.rpc.Status",
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.longrunning.Operation",
+    } <= names
+    assert {"batchgate.v1.BatchService", "google.longrunning.Operations"} <= services
+    # The canonical name, as googleapis-common-protos registers it in Python.
+    assert "google/longrunning/operations.proto" in {f.name for f in files.file}

@@ -59,6 +59,7 @@ from service.domain.operations import (
     Operation,
 )
 from service.infra.observability import (
+    OPERATION_BATCHES,
     OPERATIONS_FINISHED,
     CallRecord,
     record_operation,
@@ -185,7 +186,6 @@ class Runner:
         self._leaving = False
         self._wake = asyncio.Event()  # set on a stop or a leave: sleeps end early
         self._queue: WorkQueue[BatchItem] | None = None
-        self.finished = asyncio.Event()
 
     # --- control from outside (the scheduler, CancelOperation) -----------------------------------
 
@@ -242,8 +242,6 @@ class Runner:
                 await progress.close()
         except LeaseLost:
             log.info("operation %s: lease lost; another worker runs it now", self.name)
-        finally:
-            self.finished.set()
 
     async def _run(self, op: Operation, progress: Progress) -> None:
         try:
@@ -255,6 +253,7 @@ class Runner:
                 if op.command.validate_only:
                     for item in found:
                         item.outcome, item.settled = MATCHED, True
+                    OPERATION_BATCHES.labels(MATCHED).inc(len(found))
                     progress.replace(found)
                     await self._finish(op, progress, None, replace_items=True)
                     return

@@ -250,6 +250,8 @@ class Operations:
             if stored is None:
                 raise NotFound(f"operation not found: {name[:100]}", code="operation_not_found")
             operation = stored.operation
+        if operation.done:
+            self._done.pop(name, None)
         return await self._found(operation)
 
 
