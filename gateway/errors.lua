@@ -7,7 +7,7 @@
 --   path that is not UTF-8 once percent-decoded is a 400, and one with an empty segment (`//`, a
 --   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
 --   something else. A body whose declared Content-Length is over its route's limit
---   (BULK_MAX_REQUEST_BYTES on the bulk route, MAX_REQUEST_BYTES elsewhere) is a 413 at once; the
+--   (BULK_MAX_REQUEST_BYTES on the bulk routes, MAX_REQUEST_BYTES elsewhere) is a 413 at once; the
 --   buffer filter after this one holds the same limits for bodies of undeclared length (chunked).
 -- * Every request: a header value that gRPC metadata cannot carry (anything but printable ASCII) is
 --   a 400 naming the header (never its value), before the service sees it.
@@ -24,8 +24,8 @@
 
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
 -- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, and BULK_PATH,
--- BULK_MAX_REQUEST_BYTES and MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place
--- of the next line and inlines the result into Envoy's config.
+-- MATCHING_PATH, BULK_MAX_REQUEST_BYTES and MAX_REQUEST_BYTES come from gateway/render.py, which
+-- puts them in place of the next line and inlines the result into Envoy's config.
 --@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
@@ -110,7 +110,8 @@ function envoy_on_request(handle)
   end
   local path = string.match(target, "^[^?]*")
   local length = tonumber(headers:get("content-length") or "")
-  if length ~= nil and length > (path == BULK_PATH and BULK_MAX_REQUEST_BYTES or MAX_REQUEST_BYTES) then
+  local limit = (path == BULK_PATH or path == MATCHING_PATH) and BULK_MAX_REQUEST_BYTES or MAX_REQUEST_BYTES
+  if length ~= nil and length > limit then
     refuse(handle, "413", "request body is too large")
     return
   end
@@ -156,8 +157,13 @@ local function plain_message(m)
   local value, kind
   field, value, kind = string.match(m, "^(.-): invalid value (.-) for type (.+)$")
   if field then
-    if field == "" and string.match(value, "^Starting an object") then
-      return quoted(kind) .. " must be a string, not an object"
+    if string.match(value, "^Starting an object") then
+      -- An object for a scalar field: `kind` is then that field's own name, and `field` the path of
+      -- the message holding it (empty at the top), so the field's type is not in the message.
+      return quoted(field ~= "" and (field .. "." .. kind) or kind) .. " must not be an object"
+    end
+    if string.match(kind, "^type%.googleapis%.com/") then
+      return quoted(field) .. " must be an object, not " .. value
     end
     return quoted(field) .. " must be " .. (SCALAR_TYPES[kind] or "of another type") .. ", not " .. value
   end

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,18 @@ from service.edge.wire import MAX_MESSAGE_BYTES
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 BULK_PATH = "/v1/batches/cancel"
+# CancelMatching's explicit batches: up to 1,000 too, under the same body limit.
+MATCHING_PATH = "/v1/batches:cancelMatching"
+# A done operation's REST answer lists every batch it matched: ~400 bytes of JSON each, ~40 MB at
+# the 100,000 cap (the service's gRPC send limit, service/edge/server.py, is 64 MiB as well).
+OPERATIONS_MAX_RESPONSE_BYTES = 64 << 20
+# The gRPC methods that may run as long as the longest wait: Cancel and CancelMany with
+# wait_seconds, WaitOperation.
+LONG_RPCS = (
+    "/batchgate.v1.BatchService/Cancel",
+    "/batchgate.v1.BatchService/CancelMany",
+    "/google.longrunning.Operations/WaitOperation",
+)
 # Every other REST body (single cancels carry a provider at most) and gRPC message but the cancels'.
 MAX_REQUEST_BYTES = 64 * 1024
 # A native gRPC Cancel or CancelMany through the edge: the service's own limit and the frame header.
@@ -57,6 +70,10 @@ TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
+# The OpenAPI document (gateway/openapi.py, made by `make proto`) that the edge serves itself.
+OPENAPI = ROOT / "build" / "openapi.json"
+OPENAPI_PATH = "/openapi.json"
+OPENAPI_MAX_BYTES = 1024 * 1024
 
 
 def render(
@@ -71,18 +88,22 @@ def render(
     request_timeout_s: float = 10.0,
     limits: EdgeLimits | None = EdgeLimits(),
     descriptor: Path = DESCRIPTOR,
+    openapi: Path = OPENAPI,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    stats_port: int | None = None,
 ) -> str:
     """Returns the Envoy YAML for one edge listener in front of the service: the given ports on
     127.0.0.1, the given Unix socket paths (`grpc_sockets`: one worker each, the cheaper hop on one
     machine), or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
-    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED);
-    `limits` bounds what all callers together may hold (None: no bounds at all, the edge before
-    issue 21, only for the benchmark's comparison: bench/bounds_cost.py)."""
+    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED). With
+    `stats_port`, a listener of its own on `bind_host` serves Envoy's Prometheus stats (only
+    GET /stats/prometheus of the admin, which stays on 127.0.0.1) for a scraper. `limits` bounds
+    what all callers together may hold (None: no bounds at all, the edge before issue 21, only for
+    the benchmark's comparison: bench/bounds_cost.py)."""
     bounded = limits is not None
     limits = limits or EdgeLimits()
     if upstream_dns:
@@ -101,7 +122,9 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
-        BULK_PATH=BULK_PATH,
+        BULK_PATHS_REGEX=_exact_paths((BULK_PATH, MATCHING_PATH)),
+        OPERATIONS_MAX_RESPONSE_BYTES=OPERATIONS_MAX_RESPONSE_BYTES,
+        LONG_RPCS_REGEX=_exact_paths(LONG_RPCS),
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         REQUEST_HEADERS_TIMEOUT=f"{min(request_timeout_s, limits.request_headers_timeout_s):g}s",
         MAX_REQUEST_BYTES=MAX_REQUEST_BYTES,
@@ -113,11 +136,16 @@ def render(
         MAX_HEALTH_REQUESTS=limits.max_health_requests,
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
+        OPENAPI=openapi,
+        OPENAPI_PATH=OPENAPI_PATH,
+        OPENAPI_MAX_BYTES=OPENAPI_MAX_BYTES,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
         DEFAULT_LOCAL_REPLY=_default_local_reply(),
         ENDPOINTS=endpoints,
         LISTENER_TLS=_listener_tls(tls_cert, tls_key) if tls_cert else "",
         CLUSTER_TLS=_CLUSTER_TLS if tls_cert else "",
+        STATS_LISTENER=_stats_listener(bind_host, stats_port) if stats_port else "",
+        STATS_CLUSTER=_STATS_CLUSTER.format(admin_port=admin_port) if stats_port else "",
     )
     config = _bounds(config, bounded)
     if upstream_dns:
@@ -150,11 +178,20 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
-    limits = (
-        f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}\n"
-        f"local MAX_REQUEST_BYTES = {MAX_REQUEST_BYTES}"
+    limits = "\n".join(
+        [
+            f"local BULK_PATH = {json.dumps(BULK_PATH)}",
+            f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
+            f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
+            f"local MAX_REQUEST_BYTES = {MAX_REQUEST_BYTES}",
+        ]
     )
     return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants() + "\n" + limits)
+
+
+def _exact_paths(paths: Sequence[str]) -> str:
+    """A regex matching exactly these paths, as a YAML double-quoted string holds it."""
+    return ("^(" + "|".join(map(re.escape, paths)) + ")$").replace("\\", "\\\\")
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -193,6 +230,41 @@ _CLUSTER_TLS = """\
 """
 
 
+def _stats_listener(host: str, port: int) -> str:
+    router = '{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}'
+    return f"""  - name: stats
+    address: {{socket_address: {{address: {host}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: stats
+          route_config:
+            virtual_hosts:
+            - name: stats
+              domains: ["*"]
+              routes:
+              - match: {{path: /stats/prometheus, headers: [{{name: ":method", string_match: {{exact: GET}}}}]}}
+                route: {{cluster: envoy_admin}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {router}
+"""
+
+
+_STATS_CLUSTER = """\
+  - name: envoy_admin
+    type: STATIC  # Envoy's own admin on loopback, whatever the service cluster's type
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: envoy_admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+"""
+
+
 def _listener_tls(cert: Path, key: Path) -> str:
     return f"""transport_socket:
         name: envoy.transport_sockets.tls
@@ -217,11 +289,14 @@ def main() -> None:
     )
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--bind-host", default="127.0.0.1")
-    parser.add_argument("--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)")
+    parser.add_argument("--stats-port", type=int, help="serve Envoy's /stats/prometheus on this port of --bind-host")
+    parser.add_argument(
+        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and openapi.json (default: this checkout)"
+    )
     args = parser.parse_args()
     assets = {}
     if args.assets_dir:
-        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
+        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "openapi": args.assets_dir / OPENAPI.name}
     try:
         config = render(
             http_port=args.http_port,
@@ -229,6 +304,7 @@ def main() -> None:
             upstream_dns=args.upstream_dns,
             admin_port=args.admin_port,
             bind_host=args.bind_host,
+            stats_port=args.stats_port,
             **assets,
         )
     except ValueError as exc:
@@ -384,6 +460,8 @@ def _local_reply_mappers() -> str:
         }
     }
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
+    # Envoy's one 200 of its own is GET /openapi.json (a direct response): its body as it is.
+    as_is = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
     mappers = []
     for status, grpc_status in GRPC_LOCAL_REPLY_STATUS.items():
         # Envoy would say UNKNOWN: the gRPC code that names what happened, with our message.
@@ -401,7 +479,10 @@ def _local_reply_mappers() -> str:
                 ],
             }
         )
-    mappers.append({"filter": grpc_call, "body_format_override": plain_text})
+    mappers += [
+        {"filter": grpc_call, "body_format_override": plain_text},
+        {"filter": _status_filter(200), "body_format_override": as_is},
+    ]
     for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
         on_surface = (

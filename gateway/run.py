@@ -6,7 +6,9 @@ admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.
 and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
-SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3).
+SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3),
+STATE_DIR (where long-running operations are kept across restarts, default build/state).
+In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
 """
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 from gateway.stack import Stack, default_envoy_concurrency, default_workers
+from sandbox.server import SANDBOX_OPERATOR_KEY
 from service.config.reader import ConfigError
 
 
@@ -41,6 +44,9 @@ def main() -> int:
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
         sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
+        sandbox_demo=True,
+        # Never a temporary directory: operations must survive a restart.
+        state_dir=Path(os.environ.get("STATE_DIR") or "build/state").resolve(),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
@@ -79,7 +85,14 @@ def main() -> int:
             flush=True,
         )
     print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
+    print(f"  operations kept in: {stack.operation_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    if config is None:
+        print(
+            f"  kill switch (dry run): curl {insecure}-X POST '{url}/v1/batches:cancelMatching' "
+            f"-H 'x-bf-vk: {SANDBOX_OPERATOR_KEY}' -d '{{\"validate_only\": true}}'",
+            flush=True,
+        )
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0
     while not stopping:

@@ -20,6 +20,10 @@ from service.infra.providers.catalog import parse_config_bytes
 from service.runtime.live import LiveConfig, StateDir
 from service.usecases.auth import exposure_problem
 
+# Where state that must outlive a restart lives (long-running operations): never a temporary directory.
+DEFAULT_STATE_DIR = "build/state"
+OPERATIONS_DB_ENV = "BATCHGATE_OPERATIONS_DB"
+
 
 def _file_digest(path: str | None) -> str | None:
     try:
@@ -58,6 +62,14 @@ def main() -> None:
         default=os.environ.get(EMBEDDED_PATH_ENV),
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
         f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
+    )
+    parser.add_argument(
+        "--operations-db",
+        default=os.environ.get(OPERATIONS_DB_ENV)
+        or os.path.join(os.environ.get("STATE_DIR") or DEFAULT_STATE_DIR, "operations.sqlite3"),
+        help="the SQLite file of long-running operations, shared by the workers of one machine "
+        f"({OPERATIONS_DB_ENV}; default: STATE_DIR/operations.sqlite3, STATE_DIR default {DEFAULT_STATE_DIR}); "
+        "unused when governance.store is Redis",
     )
     parser.add_argument(
         "--unbounded-for-benchmark",
@@ -119,6 +131,7 @@ def main() -> None:
             reuse_port=args.reuse_port,
             tls=tls,
             metrics_port=args.metrics_port,
+            operations_db=args.operations_db,
             fair_share=not args.unbounded_for_benchmark,
         )
     )

@@ -30,6 +30,7 @@ from service.config.governance import (
     parse_store,
     parse_virtual_keys,
 )
+from service.config.operations import OperationsConfig, parse_operations
 from service.config.reader import ConfigError, ConfigReader, http_url
 
 # Re-exported: the config's types are all read from here.
@@ -43,6 +44,7 @@ __all__ = [
     "Key",
     "KeySchema",
     "NetworkConfig",
+    "OperationsConfig",
     "ProviderConfig",
     "RateLimit",
     "StoreConfig",
@@ -111,7 +113,7 @@ class CallLimits:
 
     # Calls of one caller in progress (every RPC, from the moment its headers arrive).
     calls_per_caller: int = 64
-    # Of those, long calls: CancelMany, and Cancel with wait_seconds > 0.
+    # Of those, long calls: CancelMany, Cancel with wait_seconds > 0, and WaitOperation.
     long_calls_per_caller: int = 16
     # Batches one caller's long calls hold (a CancelMany its distinct items, a waiting Cancel one),
     # and all callers' together: each is a task, its state and its reads in this process.
@@ -142,6 +144,7 @@ class Config:
     virtual_keys: tuple[VirtualKey, ...] = ()
     auth: AuthConfig = AuthConfig()
     store: StoreConfig = StoreConfig()
+    operations: OperationsConfig = OperationsConfig()
 
     @property
     def auth_required(self) -> bool:
@@ -281,6 +284,7 @@ def parse_config(data: Any, env: os._Environ | dict | None, schemas: Mapping[str
         ),
         auth=parse_auth(root.child("auth_config")),
         store=parse_store(root.child("governance").child("store")),
+        operations=parse_operations(root.child("operations")),
     )
 
 

@@ -69,6 +69,20 @@ class PermissionDenied(GatewayError):
     code = "permission_denied"
 
 
+class NotFound(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class FailedPrecondition(GatewayError):
+    """The thing exists but is not in a state that allows the call (409, FAILED_PRECONDITION)."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "failed_precondition"
+
+
 class Overloaded(GatewayError):
     status_code = 429
     type = "rate_limit_error"

@@ -41,20 +41,26 @@ REQUEST_SECONDS = Histogram(
     "batchgate_request_seconds", "Time to answer a cancel call", ["route"], buckets=_LATENCY_BUCKETS
 )
 IN_FLIGHT = Gauge("batchgate_in_flight_requests", "Cancel calls being handled")
-# `operation` tells cancel calls from reads of a batch (follow-up reads and waiting).
+# `operation` tells cancel calls from reads of a batch (follow-up reads and waiting) and from pages
+# of a listing (finding batches to cancel).
 UPSTREAM_SECONDS = Histogram(
     "batchgate_upstream_seconds",
-    "One upstream HTTP attempt, by provider and operation (cancel, read)",
+    "One upstream HTTP attempt, by provider and operation (cancel, read, list)",
     ["provider", "operation"],
     buckets=_LATENCY_BUCKETS,
 )
 UPSTREAM_ATTEMPTS = Counter(
     "batchgate_upstream_attempts",
-    "Upstream HTTP attempts by provider, operation (cancel, read) and result (2xx..5xx, error)",
+    "Upstream HTTP attempts by provider, operation (cancel, read, list) and result (2xx..5xx, error)",
     ["provider", "operation", "result"],
 )
 UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
 KEY_FAILOVERS = Counter("batchgate_key_failovers", "Moves to the next configured key", ["provider"])
+ADMISSION_REJECTED = Counter(
+    "batchgate_admission_rejected",
+    "Cancels refused at once because the provider's admission queue was full (429 overloaded)",
+    ["provider"],
+)
 # Config reloads, named the way Prometheus and Alertmanager name theirs.
 CONFIG_RELOADS = Counter("batchgate_config_reloads", "Config reload attempts by result (success, failure)", ["result"])
 CONFIG_LAST_RELOAD_SUCCESSFUL = Gauge(
@@ -64,6 +70,25 @@ CONFIG_LAST_RELOAD_SUCCESS_SECONDS = Gauge(
     "batchgate_config_last_reload_success_timestamp_seconds", "When the running config was loaded (unix time)"
 )
 CONFIG_INFO = Gauge("batchgate_config_info", "The running config's version (always 1)", ["version"])
+# Long-running CancelMatching operations (service.usecases.operations).
+OPERATIONS_STARTED = Counter("batchgate_operations_started", "CancelMatching operations started")
+OPERATIONS_FINISHED = Counter(
+    "batchgate_operations_finished",
+    "Operations finished, by result (ok, or the error's gRPC code name: failed_precondition, cancelled, ...)",
+    ["result"],
+)
+OPERATION_BATCHES = Counter(
+    "batchgate_operation_batches",
+    "Batches of operations settled, by outcome (matched, cancelled, already_ended, failed, skipped)",
+    ["outcome"],
+)
+OPERATIONS_RUNNING = Gauge("batchgate_operations_running", "Operations this worker is running now")
+# Every result and outcome starts at 0, so alerts and rate() see the series before the first one.
+for _result in ("ok", "failed_precondition", "cancelled", "unauthenticated", "error"):
+    OPERATIONS_FINISHED.labels(_result)
+for _outcome in ("matched", "cancelled", "already_ended", "failed", "skipped"):
+    OPERATION_BATCHES.labels(_outcome)
+operations_log = logging.getLogger("batchgate.operations")
 for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
 
@@ -84,6 +109,19 @@ def provider_label(provider: str) -> str:
     return provider if provider in _provider_labels else "unknown"
 
 
+def provider_series(provider: str) -> None:
+    """Creates a configured provider's counters at 0, so that a rate() over them (an alert, a
+    dashboard panel) sees the provider before its first retry, key failover or refused call."""
+    label = provider_label(provider)
+    for metric in (UPSTREAM_RETRIES, KEY_FAILOVERS, ADMISSION_REJECTED):
+        _child(metric, label)
+
+
+def count_shed(provider: str) -> None:
+    """One call refused by the provider's admission queue (service.infra.resilience.Admission)."""
+    _child(ADMISSION_REJECTED, provider_label(provider)).inc()
+
+
 @functools.cache
 def _child(metric: Any, *labels: str) -> Any:
     """`metric.labels(*labels)`, looked up once per label set: every label here comes from a bounded
@@ -101,13 +139,13 @@ class CallRecord:
     attempts: int = 0
     upstream_status: int | None = None
     key_failovers: int = 0
-    # Of the attempts, those that read a batch (the rest are cancel calls).
+    # Of the attempts, those that read (a batch, or a page of a listing); the rest are cancel calls.
     reads: int = 0
 
     def attempt(self, provider: str, status: int | None, seconds: float, operation: str = "cancel") -> None:
         """Records one upstream HTTP attempt (status None: no answer)."""
         self.attempts += 1
-        if operation == "read":
+        if operation != "cancel":
             self.reads += 1
         elif self.attempts - self.reads > 1:
             _child(UPSTREAM_RETRIES, provider).inc()
@@ -167,8 +205,10 @@ def _audit(
     http_status: int,
     index: int | None = None,
     warning: str | None = None,
+    operation: str | None = None,
 ) -> None:
-    """The audit event of one cancel: a single call's, or one bulk item's (with its `index`)."""
+    """The audit event of one cancel: a single call's, one bulk item's (with its `index`), or one
+    batch of a long-running operation (with the `operation`'s name)."""
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
@@ -177,6 +217,7 @@ def _audit(
                     "event": "audit",
                     "request_id": record.request_id,
                     **({"index": index} if index is not None else {}),
+                    **({"operation": operation} if operation is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
                     "provider": provider,
@@ -216,6 +257,70 @@ def record_item(
     )
 
 
+def record_operation_batch(
+    record: CallRecord,
+    *,
+    operation: str,
+    provider: str,
+    batch_id: str,
+    caller: str,
+    outcome: str,
+    code: str,
+    http_status: int,
+    warning: str | None = None,
+) -> None:
+    """The metric and the audit event of one batch of an operation once it is settled: the
+    CancelMatching call's request id and the operation's name identify it."""
+    _child(OPERATION_BATCHES, outcome).inc()
+    _audit(
+        record,
+        caller=caller,
+        provider=provider_label(provider),
+        batch_id=batch_id,
+        code=code,
+        http_status=http_status,
+        warning=warning,
+        operation=operation,
+    )
+
+
+def record_operation(name: str, caller: str, state: str, counts: dict[str, int], **fields: Any) -> None:
+    """One log line per state change of an operation (`batchgate.operations`): no secrets, the
+    caller as `vk:<id>` or `admin`."""
+    if operations_log.isEnabledFor(logging.INFO):
+        details = {k: v for k, v in fields.items() if v is not None}
+        operations_log.info(
+            "operation " + state,
+            extra={"fields": {"operation": name, "caller": caller, "state": state, **counts, **details}},
+        )
+
+
+def record_call(
+    record: CallRecord, *, rpc: str, caller: str, code: str, http_status: int, error: str | None, **fields: Any
+) -> None:
+    """The access log line of a call that is not a single cancel (CancelMany, CancelMatching and the
+    google.longrunning.Operations calls): its RPC, caller, outcome and `fields` (those not None)."""
+    seconds = time.perf_counter() - record.started
+    _child(REQUEST_SECONDS, record.route).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": record.request_id,
+                    "route": record.route,
+                    "rpc": rpc,
+                    "caller": caller,
+                    "outcome": code,
+                    "status": http_status,
+                    **{k: v for k, v in fields.items() if v is not None},
+                    "latency_ms": round(seconds * 1000, 2),
+                    **({"error": error} if error else {}),
+                }
+            },
+        )
+
+
 def record_bulk(
     record: CallRecord,
     *,
@@ -228,29 +333,19 @@ def record_bulk(
 ) -> None:
     """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
     what it did upstream (cancel attempts and reads)."""
-    seconds = time.perf_counter() - record.started
-    _child(REQUEST_SECONDS, record.route).observe(seconds)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "request_id": record.request_id,
-                    "route": record.route,
-                    "rpc": "CancelMany",
-                    "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
-                    "items": items,
-                    "item_outcomes": outcomes,
-                    "attempts": record.attempts,
-                    "reads": record.reads,
-                    "key_failovers": record.key_failovers,
-                    "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
-                }
-            },
-        )
+    record_call(
+        record,
+        rpc="CancelMany",
+        caller=caller,
+        code=code,
+        http_status=http_status,
+        error=error,
+        items=items,
+        item_outcomes=outcomes,
+        attempts=record.attempts,
+        reads=record.reads,
+        key_failovers=record.key_failovers,
+    )
 
 
 class CircuitCollector(Collector):

@@ -101,7 +101,7 @@ def request_credentials(headers: Mapping[str, str]) -> list[str]:
 
 def config_secrets(config: Config) -> list[str]:
     """Every secret a config holds: provider keys and their key blocks' secrets, virtual keys, the
-    gateway password, the rate-limit store's password."""
+    gateway password, the webhook secret, the Redis password."""
     found: list[str] = []
     for provider in config.providers.values():
         for key in provider.keys:
@@ -109,6 +109,7 @@ def config_secrets(config: Config) -> list[str]:
             found.extend(secret_fields(key.settings))
     found.extend(vk.value for vk in config.virtual_keys)
     found.append(config.auth.admin_password)
+    found.append(config.operations.notify_secret)  # the webhook signature's key
     if config.store.url:
         parts = urlsplit(config.store.url)
         found.extend(s for s in (parts.password, unquote(parts.password or "")) if s)

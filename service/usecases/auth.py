@@ -111,18 +111,6 @@ class Authenticator:
                 return f"key:{_digest(direct).hex()[:16]}"
         return None
 
-    def scope(self, caller: Caller, provider: str) -> frozenset[str] | None:
-        """The configured key ids `caller` may use on `provider` (None: all); raises
-        PermissionDenied (403). Counts nothing (`authorize` also counts the rate limit)."""
-        vk = caller.virtual_key
-        if vk is None:
-            return None
-        if provider not in vk.providers:
-            raise PermissionDenied(
-                f"Provider '{provider}' is not allowed for this virtual key", code="provider_blocked", provider=provider
-            )
-        return vk.providers[provider]
-
     def _virtual_key(self, value: str) -> VirtualKey:
         vk = self._virtual_keys.get(_digest(value))
         now = self._clock()
@@ -137,10 +125,26 @@ class Authenticator:
         rate-limit store failed and `on_error` is `deny`). Only a virtual key with a limit touches
         the store."""
         allowed = self.scope(caller, provider)
+        await self.count(caller)
+        return allowed
+
+    def scope(self, caller: Caller, provider: str) -> frozenset[str] | None:
+        """The configured key ids the caller may use on `provider` (None: all), without counting a
+        call; raises PermissionDenied (403)."""
+        vk = caller.virtual_key
+        if vk is None:
+            return None
+        if provider not in vk.providers:
+            raise PermissionDenied(
+                f"Provider '{provider}' is not allowed for this virtual key", code="provider_blocked", provider=provider
+            )
+        return vk.providers[provider]
+
+    async def count(self, caller: Caller) -> None:
+        """Counts one call against the caller's virtual-key rate limit, if it has one (429 over it)."""
         vk = caller.virtual_key
         if vk is not None and vk.rate_limit is not None:
             await self.limiter.check(vk.id, vk.rate_limit)
-        return allowed
 
 
 class CallerCheck:

@@ -21,7 +21,7 @@ from service.domain.errors import (
 )
 from service.domain.model import BatchState, CancelCommand, CancelResult
 from service.infra.limits import RateLimiter
-from service.infra.observability import KEY_FAILOVERS, CallRecord, use_provider_labels
+from service.infra.observability import KEY_FAILOVERS, CallRecord, provider_series, use_provider_labels
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -31,7 +31,7 @@ from service.infra.providers.base import (
     merge_headers,
 )
 from service.infra.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
-from service.infra.providers.http import HttpExecutor, RetryPolicy
+from service.infra.providers.http import HttpExecutor, RetryPolicy, keep_retry_after
 from service.infra.redaction import Redactor, config_secrets, request_credentials
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator, Caller
@@ -86,6 +86,24 @@ def default_authenticator(config: Config, limiter: RateLimiter | None) -> Authen
 
 def default_executor(name: str, config: ProviderConfig, breaker: CircuitBreaker) -> HttpExecutor:
     return HttpExecutor(name, config.network, config.concurrency, breaker, RetryPolicy.from_network(config.network))
+
+
+class _Masked:
+    """An executor whose answers pass through the canceller's `_send` masking (its secrets, the
+    request's credentials): what callers outside the cancel path (listing) are handed."""
+
+    __slots__ = ("inner", "canceller", "breaker")
+
+    def __init__(self, inner: Executor, canceller: Canceller) -> None:
+        self.inner, self.canceller, self.breaker = inner, canceller, inner.breaker
+
+    async def send(
+        self, request: UpstreamRequest, deadline: float, record: CallRecord | None = None
+    ) -> UpstreamResponse:
+        return await self.canceller._send(self.inner, request, deadline, record)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 class Executor(Protocol):
@@ -150,6 +168,7 @@ class Canceller:
         self._providers: dict[str, tuple[Adapter, Executor]] = {}
         self._admission: dict[str, Admission] = {}
         for name, pc in config.providers.items():
+            provider_series(name)
             before = old.get(name)
             if name in ADAPTERS:
                 adapter, executor = previous._providers[name] if before is not None else (None, None)
@@ -166,6 +185,17 @@ class Canceller:
 
     def executors(self) -> list[Executor]:
         return [executor for _, executor in self._providers.values()]
+
+    def adapters(self) -> dict[str, Adapter]:
+        """The adapter of every configured provider that can cancel, by name."""
+        return {name: adapter for name, (adapter, _) in self._providers.items()}
+
+    def provider(self, name: str) -> tuple[Adapter, Executor]:
+        """A configured provider's adapter and executor (for listing its batches), whose answers come
+        back with this config's secrets masked like a cancel's; raises the single cancel's 400 for a
+        provider that is unknown, cannot cancel or is not configured."""
+        adapter, executor = self._resolve(name)
+        return adapter, _Masked(executor, self)
 
     async def close(self) -> None:
         await asyncio.gather(*(executor.close() for executor in self.executors()))
@@ -215,11 +245,42 @@ class Canceller:
             ref = adapter.parse_id(batch_id)
             keys = self._keys(adapter, caller, allowed_key_ids)
             # Counted last: a call refused for its id or keys spends none of the key's rate limit.
-            await self.auth.authorize(caller, adapter.name)
+            await self.auth.count(caller)
         except GatewayError as err:
             err.provider = adapter.name
             raise
         return Target(adapter, executor, keys, ref)
+
+    def scoped_target(self, caller: Caller, provider: str, batch_id: str, key_id: str | None = None) -> Target:
+        """A target for work the caller already started (a batch of a long-running operation): the
+        provider and the caller's scope are checked as for `target`, but no call is counted against
+        its rate limit again; with `key_id`, that configured key alone (a batch is cancelled and read
+        with the key whose account it was found in, never another). Raises 400/403."""
+        adapter, executor = self._resolve(provider)
+        try:
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
+            ref = adapter.parse_id(batch_id)
+            keys = self._keys(adapter, caller, allowed_key_ids)
+            if key_id is not None:
+                keys = tuple(key for key in keys if key.id == key_id)
+                if not keys:
+                    raise InvalidRequest(
+                        f"key {key_id!r} is no longer configured for batches of {adapter.name}", code="no_batch_keys"
+                    )
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+        return Target(adapter, executor, keys, ref)
+
+    def batch_keys(self, caller: Caller, provider: str) -> tuple[Key, ...]:
+        """The configured batch keys the caller may use on `provider`, in the order they are tried
+        (listing goes through each: every key may be another account). Raises 400/403."""
+        adapter, _ = self._resolve(provider)
+        try:
+            return self._keys(adapter, caller, self.auth.scope(caller, adapter.name))
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
 
     async def cancel_target(
         self, target: Target, command: CancelCommand, call: CallContext, call_end: float | None
@@ -249,7 +310,7 @@ class Canceller:
                 handle.executor, await self._prepare(adapter, handle.key, request), deadline, call.record
             )
         if answer.status >= 300:
-            raise adapter.parse_error(answer)
+            raise keep_retry_after(adapter.parse_error(answer), answer)
         data = decode_json(answer, adapter.name)
         state = self._parse(adapter, command.batch_id, data)
         state.id = command.batch_id
@@ -328,7 +389,7 @@ class Canceller:
                     warning,
                     read_back=ReadBack(adapter, executor, key, ref, passed),
                 )
-            error = adapter.parse_error(response)
+            error = keep_retry_after(adapter.parse_error(response), response)
             if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
         assert error is not None

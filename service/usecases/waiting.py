@@ -58,12 +58,18 @@ class Alarm:
 
     async def sleep(self, seconds: float) -> None:
         """Sleeps `seconds`, or less if the service drains or a pulse comes meanwhile."""
-        if self.stopping.is_set():
-            return
-        try:
-            await asyncio.wait_for(self._pulse.wait(), seconds)
-        except TimeoutError:
-            pass
+        if not self.stopping.is_set():
+            await sleep_unless(self._pulse, seconds)
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleeps `seconds`, or less if `stop` is set meanwhile."""
+    if stop.is_set():
+        return
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
 
 
 class Reader(Protocol):

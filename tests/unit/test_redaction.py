@@ -7,8 +7,10 @@ import json
 import logging
 
 from service.infra.observability import JsonFormatter, TextFormatter, redact_logs
+from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.providers.catalog import parse_config
 from service.infra.redaction import Redactor, config_secrets, request_credentials
+from service.usecases.cancel import Canceller, Collaborators
 from tests.support import config_dict
 
 PEM = (
@@ -121,3 +123,32 @@ def test_log_lines_pass_through_the_current_redactor() -> None:
             assert "sk-bf-unit-log-0001" not in line and "***" in line
     finally:
         redact_logs(None)
+
+
+async def test_every_executor_a_canceller_hands_out_masks_what_the_provider_says() -> None:
+    """Listing (operations) sends through `Canceller.provider`'s executor, not the cancel path."""
+
+    class Echo:
+        """A provider that echoes the credential it was sent, in its body and a header."""
+
+        breaker = None
+
+        async def send(self, request, deadline, record=None):
+            seen = request.headers["Authorization"]
+            return UpstreamResponse(401, {"www-authenticate": seen}, json.dumps({"error": seen}).encode())
+
+        async def close(self) -> None:
+            pass
+
+    data = config_dict("http://127.0.0.1:9")
+    data["operations"] = {"notify_urls": ["https://hooks.example.com/"], "notify_secret": "webhook-secret-0123"}
+    config = parse_config(data, {})
+    assert "webhook-secret-0123" in config_secrets(config)
+    canceller = Canceller(config, parts=Collaborators(executor=lambda name, pc, breaker: Echo()))
+    _, executor = canceller.provider("openai")
+    key = config.providers["openai"].keys[0].value
+    for credential in (key, "sk-a-callers-own-direct-key"):
+        request = UpstreamRequest("GET", "http://127.0.0.1:9/v1/batches", {"Authorization": f"Bearer {credential}"})
+        answer = await executor.send(request, 0.0)
+        assert credential not in answer.body.decode() and credential not in answer.headers["www-authenticate"]
+        assert json.loads(answer.body) == {"error": "Bearer ***"}

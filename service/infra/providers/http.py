@@ -12,6 +12,7 @@ are injected, so the policy and the retry loop are unit-tested without waiting.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -22,13 +23,15 @@ import aiohttp
 from yarl import URL
 
 from service.config.file import NetworkConfig
-from service.domain.errors import DeadlineExceeded, UpstreamUnavailable
+from service.domain.errors import DeadlineExceeded, GatewayError, UpstreamUnavailable
 from service.infra.observability import CallRecord, client_span, inject_context
 from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.resilience import CircuitBreaker
 
 RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)} - {501, 505})
 MAX_RESPONSE_BYTES = 1 << 20
+# A page of a listing holds up to 1,000 batches (Together's list all of them at once).
+MAX_LIST_RESPONSE_BYTES = 32 << 20
 USER_AGENT = "batchgate/0.1"
 
 
@@ -44,6 +47,16 @@ def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time)
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def keep_retry_after(error: GatewayError, response: UpstreamResponse) -> GatewayError:
+    """`error` (parsed from `response`) with the provider's Retry-After of a 429 or 503, in whole
+    seconds, so whoever retries (an operation, a caller) waits as the provider asked."""
+    if response.status in (429, 503) and "retry-after" not in error.headers:
+        seconds = retry_after_seconds(response.headers.get("Retry-After"))
+        if seconds is not None:
+            error.headers["retry-after"] = str(max(1, math.ceil(seconds)))
+    return error
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,17 +211,18 @@ class HttpExecutor:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            if resp.content_length is not None and resp.content_length <= MAX_RESPONSE_BYTES:
+            cap = MAX_LIST_RESPONSE_BYTES if request.operation == "list" else MAX_RESPONSE_BYTES
+            if resp.content_length is not None and resp.content_length <= cap:
                 body = await resp.read()
             else:
-                body = await self._read_capped(resp)
+                body = await self._read_capped(resp, cap)
             return UpstreamResponse(resp.status, resp.headers, body)
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_capped(self, resp: aiohttp.ClientResponse, cap: int) -> bytes:
         chunks, size = [], 0
         async for chunk in resp.content.iter_chunked(1 << 16):
             size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
+            if size > cap:
                 raise UpstreamUnavailable(f"{self.provider} answered with an oversized body", provider=self.provider)
             chunks.append(chunk)
         return b"".join(chunks)
