@@ -10,6 +10,7 @@ go through `sim.faults(...)`, which resets the simulator afterwards if any are l
 from __future__ import annotations
 
 import http.client
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,6 +37,17 @@ INTERNAL_HEADERS = (
     "x-bf-error-body",
     "x-bf-status",
 )
+
+
+def service_log(stack: Stack) -> list[dict]:
+    """The service's JSON log lines so far (a line being written right now is skipped)."""
+    lines = []
+    for raw in (stack.log_dir / "service.log").read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
 
 
 def new_id(prefix: str = "batch_e2e") -> str:

@@ -28,7 +28,7 @@ import requests
 from gateway.stack import Stack, free_port
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from tests.e2e.conftest import SimAdmin, new_id
+from tests.e2e.conftest import SimAdmin, new_id, service_log
 from tests.e2e.h2wire import GRPC_HEADERS, Flood, grpc_frame
 
 FLOOD = 1100  # the probe
@@ -89,21 +89,11 @@ def others_are_served(edge: Stack, sim: SimAdmin) -> None:
         assert pb_grpc.BatchServiceStub(channel).Cancel(request, timeout=5).status == "cancelling"
 
 
-def service_lines(edge: Stack) -> list[dict]:
-    lines = []
-    for raw in (edge.log_dir / "service.log").read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue
-    return lines
-
-
 STALLED = grpc_frame(pb.CancelBatchRequest(batch_id="batch_stall", provider="openai").SerializeToString(), 100)
 
 
 def test_unauthenticated_stalled_streams_through_envoy_hold_nothing_others_need(edge: Stack, sim: SimAdmin) -> None:
-    before = len(service_lines(edge))
+    before = len(service_log(edge))
     with Flood(
         edge.http_port, FLOOD, "/batchgate.v1.BatchService/Cancel", GRPC_HEADERS, STALLED, end_stream=False
     ) as flood:
@@ -117,7 +107,7 @@ def test_unauthenticated_stalled_streams_through_envoy_hold_nothing_others_need(
             counts = flood.read(0.5)
         assert counts == {GRPC_LATE: FLOOD}
     # None of them reached the service (its every call has a log line).
-    assert not [line for line in service_lines(edge)[before:] if line.get("batch_id") == "batch_stall"]
+    assert not [line for line in service_log(edge)[before:] if line.get("batch_id") == "batch_stall"]
 
 
 def test_stalled_streams_on_the_direct_port_get_their_callers_share_and_no_more(edge: Stack, sim: SimAdmin) -> None:
