@@ -290,9 +290,7 @@ def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict
         return envelope.google("%RESPONSE_CODE%", message, reply.google), {}
     if surface == "bedrock":
         return envelope.bedrock(message, reply.bedrock)
-    body = envelope.bifrost(
-        status_code="%RESPONSE_CODE%", type=reply.type, code=reply.code, message=message, param=None, provider=""
-    )
+    body = envelope.bifrost(envelope.ErrorText(reply.type, reply.code, message, None), "%RESPONSE_CODE%", provider="")
     return body, {}
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from service.config.file import Config, read_config
 from service.config.reader import ConfigError
-from service.edge.server import serve
+from service.edge.server import Listener, serve
 from service.infra.limits import EMBEDDED_PATH_ENV, RateLimiter
 from service.infra.observability import configure_logging, configure_tracing
 from service.infra.providers.catalog import parse_config_bytes
-from service.runtime.live import LiveConfig, StateDir
+from service.runtime.build import RuntimeFactory
+from service.runtime.live import ConfigSource, LiveConfig, StateDir
 from service.usecases.auth import exposure_problem
 
 
@@ -92,21 +93,20 @@ def main() -> None:
     except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
         print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    live = LiveConfig(
-        config,
-        raw,
-        path=args.config,
-        limiter=limiter,
+    source = ConfigSource(
+        args.config,
         check=exposure,
         restart_only={
             "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
             "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
         },
-        state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
     )
+    state_dir = StateDir(args.state_dir, args.worker) if args.state_dir else None
+    live = LiveConfig(config, raw, source=source, factory=RuntimeFactory(limiter), state_dir=state_dir)
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []
-    asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
+    listener = Listener(args.address, tuple(extra), args.reuse_port, tls)
+    asyncio.run(serve(live, listener, metrics_port=args.metrics_port))
 
 
 if __name__ == "__main__":

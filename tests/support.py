@@ -122,7 +122,7 @@ async def running_service(config: Config | dict) -> AsyncIterator[tuple[App, bat
     """A real grpc.aio server on an ephemeral loopback port and a stub talking to it."""
     if isinstance(config, dict):
         config = parse_config(config, env={})
-    app = await create_server(config, "127.0.0.1:0")
+    app = await create_server(config)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         yield app, batchgate_pb2_grpc.BatchServiceStub(channel)

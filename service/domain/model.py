@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from service.domain.errors import GatewayError
 
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
 STATUSES = frozenset(
@@ -65,9 +67,6 @@ class CancelResult:
     latency_ms: int
     raw_response: Any = None
     warning: str | None = None
-    # What reading this batch back needs (the key that cancelled it, the adapter's reference);
-    # internal to the use case, never rendered.
-    read_back: Any = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -80,4 +79,4 @@ class ItemEvent:
     provider: str
     final: bool
     result: CancelResult | None = None
-    error: Any = None  # a service.domain.errors.GatewayError
+    error: GatewayError | None = None

@@ -41,6 +41,8 @@ from service.infra.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
     CallRecord,
+    Outcome,
+    Subject,
     activate,
     record_bulk,
     record_item,
@@ -50,7 +52,6 @@ from service.infra.observability import (
 )
 from service.runtime.live import LiveConfig
 from service.usecases.bulk import BulkCanceller, check_wait
-from service.usecases.cancel import Canceller
 from service.usecases.context import CallContext
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,12 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
+def call_deadline(context: grpc.aio.ServicerContext, headers: dict[str, str]) -> float | None:
+    """The call's deadline (loop time, see CallContext): now plus its `time_budget`."""
+    budget = time_budget(context.time_remaining(), headers)
+    return None if budget is None else asyncio.get_running_loop().time() + budget
+
+
 async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
     """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
     rendering in initial metadata for the edge (gateway/errors.lua)."""
@@ -160,45 +167,30 @@ def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, st
 
 
 @dataclass(slots=True)
-class Call:
-    """One RPC in flight: its context (headers, caller, record), its command once known, and
+class Rpc:
+    """One RPC in flight: its call (headers, caller, record, deadline), its command once known, and
     whether its initial metadata already went out (a stream's first event: an error after that can
     only be the status)."""
 
-    context: CallContext
+    call: CallContext
     echo_id: tuple[tuple[str, str], ...] = ()
     command: CancelCommand | None = None
     metadata_sent: bool = False
     # CancelMany: the final outcomes of its items by gRPC code name.
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
 
 
-def _finish_cancel(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
-    command = call.command
+def _finish_cancel(rpc: Rpc, request: Any, span: Any, outcome: Outcome) -> None:
+    command = rpc.command
     if command is not None:
         span.set_attribute("batchgate.provider", command.provider)
-    record_request(
-        call.context.record,
-        provider=command.provider if command else "",
-        batch_id=command.batch_id if command else getattr(request, "batch_id", ""),
-        caller=call.context.caller,
-        code=code,
-        http_status=status,
-        error=failure.message if failure is not None else None,
-    )
+    subject = Subject(command.provider, command.batch_id) if command else Subject("", getattr(request, "batch_id", ""))
+    record_request(rpc.call.record, rpc.call.caller, subject, outcome)
 
 
-def _finish_bulk(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
+def _finish_bulk(rpc: Rpc, request: Any, span: Any, outcome: Outcome) -> None:
     span.set_attribute("batchgate.items", len(request.batches))
-    record_bulk(
-        call.context.record,
-        caller=call.context.caller,
-        items=len(request.batches),
-        outcomes=dict(call.outcomes),
-        code=code,
-        http_status=status,
-        error=failure.message if failure is not None else None,
-    )
+    record_bulk(rpc.call.record, rpc.call.caller, len(request.batches), dict(rpc.outcomes), outcome)
 
 
 def _cancel_route(headers: dict[str, str]) -> str:
@@ -210,7 +202,7 @@ def _bulk_route(headers: dict[str, str]) -> str:
 
 
 # What an RPC reports once it ends: its span's attributes, metrics, log line and audit events.
-Finish = Callable[[Call, Any, Any, str, int, "GatewayError | None"], None]
+Finish = Callable[[Rpc, Any, Any, Outcome], None]
 
 
 def handles_rpc(
@@ -231,20 +223,21 @@ def handles_rpc(
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             headers = metadata_headers(context.invocation_metadata())
+            deadline = call_deadline(context, headers)
             if finish is None:
-                call, span = Call(CallContext(headers)), otel_trace.INVALID_SPAN
+                rpc, span = Rpc(CallContext(headers, deadline=deadline)), otel_trace.INVALID_SPAN
             else:
                 rid, generated = request_id(headers)
                 echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
-                call = Call(CallContext(headers, CallRecord(rid, route(headers))), echo_id)
+                rpc = Rpc(CallContext(headers, CallRecord(rid, route(headers)), deadline=deadline), echo_id)
                 IN_FLIGHT.inc()
                 span = server_span(name, headers, rid)
             code, status, failure = "OK", 200, None
             try:
                 with activate(span):
-                    response = await method(self, request, context, call)
-                if call.echo_id and not call.metadata_sent:
-                    await context.send_initial_metadata(call.echo_id)
+                    response = await method(self, request, context, rpc)
+                if rpc.echo_id and not rpc.metadata_sent:
+                    await context.send_initial_metadata(rpc.echo_id)
                 return response
             except GatewayError as error:
                 failure = error
@@ -260,11 +253,11 @@ def handles_rpc(
                     if failure is not None:
                         code, status = grpc_code(failure).name, failure.status_code
                     span.set_attribute("rpc.grpc.status_code", code)
-                    finish(call, request, span, code, status, failure)
+                    finish(rpc, request, span, Outcome(code, status, failure.message if failure else None))
                     span.end()
-            if call.metadata_sent:  # events already went out: only the status can still say it
+            if rpc.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-            await abort(context, failure, render(failure), *call.echo_id)
+            await abort(context, failure, render(failure), *rpc.echo_id)
 
         return wrapper
 
@@ -292,11 +285,11 @@ def render_health(failure: GatewayError) -> RenderedError:
 
 
 class BatchServicer(pb_grpc.BatchServiceServicer):
-    """Thin methods: convert in, run the use case, convert out."""
+    """Thin methods: convert in, run the use case, convert out. `live` is the config this worker
+    runs (it can change under a running server: service.runtime.live)."""
 
-    def __init__(self, live: LiveConfig | Canceller) -> None:
-        # The config can change under a running server (service.runtime.live); a bare Canceller never does.
-        self._live = live if isinstance(live, LiveConfig) else LiveConfig(live.config, canceller=live)
+    def __init__(self, live: LiveConfig) -> None:
+        self._live = live
         self._bulk = BulkCanceller()
         self.draining = False
 
@@ -309,78 +302,79 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def draining(self, value: bool) -> None:
         self._draining = value
         if value:  # shared by every runtime: waits under an older config end too
-            self._live.current.canceller.stopping.set()
+            self._live.factory.waiting.stopping.set()
 
-    async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
-        headers = call.context.headers
-        call.command = command_from_proto(request, headers, method, surface, call.context.record)
+    async def _cancel(
+        self, request: pb.CancelBatchRequest, rpc: Rpc, method: str, surface: str | None = None
+    ) -> CancelResult:
+        call = rpc.call
+        rpc.command = command_from_proto(request, call.headers, method, surface, call.record)
         if method == "Cancel":
             check_wait(request.wait_seconds)
-            call.command = replace(call.command, wait_seconds=request.wait_seconds)
+            rpc.command = replace(rpc.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
         with self._live.current as runtime:
-            return await runtime.canceller.cancel(
-                call.command, call.context, time_budget(context.time_remaining(), headers)
-            )
+            return await runtime.canceller.cancel(rpc.command, call)
 
     @handles_cancel()
-    async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
-        return result_to_proto(await self._cancel(request, context, call, "Cancel"))
+    async def Cancel(
+        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
+    ) -> pb.BatchCancelResponse:
+        return result_to_proto(await self._cancel(request, rpc, "Cancel"))
 
     @handles_cancel(anthropic_error)
-    async def CancelAnthropic(self, request, context, call: Call) -> pb.AnthropicMessageBatch:
-        return to_anthropic(await self._cancel(request, context, call, "CancelAnthropic", "anthropic"))
+    async def CancelAnthropic(
+        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
+    ) -> pb.AnthropicMessageBatch:
+        return to_anthropic(await self._cancel(request, rpc, "CancelAnthropic", "anthropic"))
 
     @handles_cancel(google_error)
-    async def CancelGenAI(self, request, context, call: Call) -> empty_pb2.Empty:
-        await self._cancel(request, context, call, "CancelGenAI", "genai")
+    async def CancelGenAI(
+        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
+    ) -> empty_pb2.Empty:
+        await self._cancel(request, rpc, "CancelGenAI", "genai")
         return empty_pb2.Empty()
 
     @handles_cancel(bedrock_error)
-    async def StopModelInvocationJob(self, request, context, call: Call) -> empty_pb2.Empty:
-        await self._cancel(request, context, call, "StopModelInvocationJob", "bedrock")
+    async def StopModelInvocationJob(
+        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
+    ) -> empty_pb2.Empty:
+        await self._cancel(request, rpc, "StopModelInvocationJob", "bedrock")
         return empty_pb2.Empty()
 
     @handles_rpc(finish=_finish_bulk, route=_bulk_route)
-    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, call: Call) -> None:
+    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, rpc: Rpc) -> None:
         """Streams each item's events as they happen. Errors of the whole call (bounds, credentials)
         end it before any event, with the single cancel's error shape and status; an item's error
         is its own event."""
-        headers = call.context.headers
+        call = rpc.call
         # The config current now serves the whole stream, whatever reloads meanwhile.
         with self._live.current as runtime:
             bulk = self._bulk.prepare(
                 runtime.canceller,
                 [(item.id, item.provider) for item in request.batches],
                 request.wait_seconds,
-                call.context,
-                raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
+                call,
+                raw_response_requested=call.headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
-            await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
-            call.metadata_sent = True
-            budget = time_budget(context.time_remaining(), headers)
-            async with contextlib.aclosing(self._bulk.run(bulk, budget)) as events:
+            await context.send_initial_metadata((*rpc.echo_id, (STREAM_HEADER, "ndjson")))
+            rpc.metadata_sent = True
+            async with contextlib.aclosing(self._bulk.run(bulk)) as events:
                 async for event in events:
                     await context.write(event_to_proto(event))
                     if event.final:
                         item_code, item_status = event_outcome(event)
-                        call.outcomes[item_code] += 1
+                        rpc.outcomes[item_code] += 1
                         warning = event.result.warning if event.result is not None else None
                         record_item(
-                            call.context.record,
-                            index=event.index,
-                            provider=event.provider,
-                            batch_id=event.batch_id,
-                            caller=call.context.caller,
-                            code=item_code,
-                            http_status=item_status,
-                            warning=warning,
+                            call.record,
+                            call.caller,
+                            Subject(event.provider, event.batch_id, event.index),
+                            Outcome(item_code, item_status, warning=warning),
                         )
 
     @handles_rpc(render_health, finish=None)
-    async def Health(
-        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
-    ) -> pb.HealthResponse:
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, rpc: Rpc) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""

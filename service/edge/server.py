@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -66,22 +67,25 @@ class App:
         await self.live.limiter.close()
 
 
-async def create_server(
-    config: Config | LiveConfig,
-    address: str = "127.0.0.1:0",
-    *extra_addresses: str,
-    reuse_port: bool = False,
-    tls: tuple[bytes, bytes] | None = None,
-    limiter: RateLimiter | None = None,
-) -> App:
-    """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
-    and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
-    chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded.
-    `limiter` (the process's rate limiter and its store; default: the store `governance.store`
-    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server."""
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where the server listens: `address` (port 0 picks a free one), `extra` addresses (a worker's
+    own loopback port or Unix socket, Envoy's endpoint), `reuse_port` (share the port with the other
+    workers) and `tls`: (private key PEM, certificate chain PEM) to serve gRPC over TLS."""
+
+    address: str = "127.0.0.1:0"
+    extra: tuple[str, ...] = ()
+    reuse_port: bool = False
+    tls: tuple[bytes, bytes] | None = None
+
+
+async def create_server(config: Config | LiveConfig, listener: Listener = Listener()) -> App:
+    """Builds and starts the server and returns it (`App.port` is the first address's port). A
+    plain Config never changes (its rate limiter is the one `governance.store` names, closed with
+    the server); a LiveConfig can be reloaded."""
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.so_reuseport", 1 if listener.reuse_port else 0),
             ("grpc.max_receive_message_length", 1 << 20),
             # Envoy admits 60 KiB of request headers, and they all arrive as metadata (a long path
             # twice): accept that much so an oversized id gets our 400, not a gRPC refusal.
@@ -94,7 +98,7 @@ async def create_server(
             ("grpc.http2.bdp_probe", 0),
         ]
     )
-    live = config if isinstance(config, LiveConfig) else LiveConfig(config, limiter=limiter)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     servicer = BatchServicer(live)
     # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
     registrar = StrictRegistrar(server, rest_error_metadata)
@@ -104,13 +108,14 @@ async def create_server(
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
         reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)), registrar
     )
-    credentials = grpc.ssl_server_credentials([tls]) if tls is not None else None
+    credentials = grpc.ssl_server_credentials([listener.tls]) if listener.tls is not None else None
+    addresses = (listener.address, *listener.extra)
     ports = [
         server.add_insecure_port(addr) if credentials is None else server.add_secure_port(addr, credentials)
-        for addr in (address, *extra_addresses)
+        for addr in addresses
     ]
     if 0 in ports:
-        raise OSError(f"cannot listen on {(address, *extra_addresses)[ports.index(0)]}")
+        raise OSError(f"cannot listen on {addresses[ports.index(0)]}")
     port = ports[0]
     await server.start()
     for name in ("", SERVICE_NAME):
@@ -119,24 +124,16 @@ async def create_server(
 
 
 async def serve(
-    config: Config | LiveConfig,
-    address: str,
-    *extra_addresses: str,
-    reuse_port: bool = False,
-    tls: tuple[bytes, bytes] | None = None,
-    metrics_port: int | None = None,
-    drain_delay: float = DRAIN_DELAY_SECONDS,
-    limiter: RateLimiter | None = None,
+    live: LiveConfig, listener: Listener, metrics_port: int | None = None, drain_delay: float = DRAIN_DELAY_SECONDS
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
     SIGHUP and when the file changes."""
-    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter)
-    live = app.live
+    app = await create_server(live, listener)
     if metrics_port:
         start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
     gc.freeze()
-    log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
+    log.info("batchgate gRPC listening on %s", listener.address.rsplit(":", 1)[0] + f":{app.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

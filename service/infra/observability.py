@@ -125,13 +125,31 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
     return uuid.uuid4().hex, True
 
 
-def record_request(
-    record: CallRecord, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a cancel was about: its provider and batch, and a bulk item's index."""
+
+    provider: str
+    batch_id: str
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a call, or one bulk item, ended: the gRPC code name and HTTP status it was answered with,
+    and the error message or warning its log line or audit event carries."""
+
+    code: str
+    http_status: int
+    error: str | None = None
+    warning: str | None = None
+
+
+def record_request(record: CallRecord, caller: str, subject: Subject, outcome: Outcome) -> None:
     """Metrics, the access log line and the audit event for one finished call."""
     seconds = time.perf_counter() - record.started
-    label = provider_label(provider)
-    _child(REQUESTS, record.route, label, code).inc()
+    label = provider_label(subject.provider)
+    _child(REQUESTS, record.route, label, outcome.code).inc()
     _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
@@ -141,34 +159,25 @@ def record_request(
                     "request_id": record.request_id,
                     "route": record.route,
                     "provider": label,
-                    "batch_id": batch_id[:256],
+                    "batch_id": subject.batch_id[:256],
                     "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
+                    "outcome": outcome.code,
+                    "status": outcome.http_status,
                     "upstream_status": record.upstream_status,
                     "attempts": record.attempts,
                     "reads": record.reads,
                     "key_failovers": record.key_failovers,
                     "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
+                    **({"error": outcome.error} if outcome.error else {}),
                 }
             },
         )
-    _audit(record, caller=caller, provider=label, batch_id=batch_id, code=code, http_status=http_status)
+    _audit(record, caller, label, subject, Outcome(outcome.code, outcome.http_status))
 
 
-def _audit(
-    record: CallRecord,
-    *,
-    caller: str,
-    provider: str,
-    batch_id: str,
-    code: str,
-    http_status: int,
-    index: int | None = None,
-    warning: str | None = None,
-) -> None:
-    """The audit event of one cancel: a single call's, or one bulk item's (with its `index`)."""
+def _audit(record: CallRecord, caller: str, provider: str, subject: Subject, outcome: Outcome) -> None:
+    """The audit event of one cancel: a single call's, or one bulk item's (with its index).
+    `provider` is the subject's provider as a label (an unknown name reads `unknown`)."""
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
@@ -176,58 +185,30 @@ def _audit(
                 "fields": {
                     "event": "audit",
                     "request_id": record.request_id,
-                    **({"index": index} if index is not None else {}),
+                    **({"index": subject.index} if subject.index is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
                     "provider": provider,
-                    "batch_id": batch_id[:256],
-                    "result": "ok" if code == "OK" else code,
-                    "status": http_status,
-                    **({"warning": warning} if warning else {}),
+                    "batch_id": subject.batch_id[:256],
+                    "result": "ok" if outcome.code == "OK" else outcome.code,
+                    "status": outcome.http_status,
+                    **({"warning": outcome.warning} if outcome.warning else {}),
                 }
             },
         )
 
 
-def record_item(
-    record: CallRecord,
-    *,
-    index: int,
-    provider: str,
-    batch_id: str,
-    caller: str,
-    code: str,
-    http_status: int,
-    warning: str | None = None,
-) -> None:
+def record_item(record: CallRecord, caller: str, subject: Subject, outcome: Outcome) -> None:
     """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
     call's request id plus the item's index identify it."""
-    label = provider_label(provider)
-    _child(REQUESTS, record.route, label, code).inc()
-    _audit(
-        record,
-        caller=caller,
-        provider=label,
-        batch_id=batch_id,
-        code=code,
-        http_status=http_status,
-        index=index,
-        warning=warning,
-    )
+    label = provider_label(subject.provider)
+    _child(REQUESTS, record.route, label, outcome.code).inc()
+    _audit(record, caller, label, subject, outcome)
 
 
-def record_bulk(
-    record: CallRecord,
-    *,
-    caller: str,
-    items: int,
-    outcomes: dict[str, int],
-    code: str,
-    http_status: int,
-    error: str | None,
-) -> None:
-    """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
-    what it did upstream (cancel attempts and reads)."""
+def record_bulk(record: CallRecord, caller: str, items: int, item_outcomes: dict[str, int], outcome: Outcome) -> None:
+    """The one access log line of a bulk cancel: its `items` (as asked), their counts by final
+    outcome (gRPC code names), and what it did upstream (cancel attempts and reads)."""
     seconds = time.perf_counter() - record.started
     _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
@@ -239,15 +220,15 @@ def record_bulk(
                     "route": record.route,
                     "rpc": "CancelMany",
                     "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
+                    "outcome": outcome.code,
+                    "status": outcome.http_status,
                     "items": items,
-                    "item_outcomes": outcomes,
+                    "item_outcomes": item_outcomes,
                     "attempts": record.attempts,
                     "reads": record.reads,
                     "key_failovers": record.key_failovers,
                     "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
+                    **({"error": outcome.error} if outcome.error else {}),
                 }
             },
         )

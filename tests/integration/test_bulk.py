@@ -52,7 +52,7 @@ def bulk_config(sandbox_url: str, **client) -> dict:
 @pytest.fixture
 async def stub(sandbox, sim):
     async with running_service(bulk_config(sandbox.url)) as (app, stub):
-        app.canceller.poll_policy = FAST_POLLS
+        app.live.factory.waiting.policy = FAST_POLLS
         yield stub
 
 
@@ -266,7 +266,7 @@ async def test_the_wait_shares_the_calls_deadline(stub, sim):
 
 async def test_shutdown_ends_waits_with_the_last_state_instead_of_cutting_the_stream(sandbox, sim):
     async with running_service(bulk_config(sandbox.url)) as (app, stub):
-        app.canceller.poll_policy = FAST_POLLS
+        app.live.factory.waiting.policy = FAST_POLLS
         stuck = sim.seed("openai", batch_id("openai"), cancel_delay_s=3600).id
         call = stub.CancelMany(request([(stuck, "openai")], wait_seconds=600))
         events = [await call.read()]

@@ -36,7 +36,7 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from service.edge.server import create_server
+from service.edge.server import Listener, create_server
 from service.infra.providers.catalog import parse_config
 from service.usecases.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
@@ -106,10 +106,10 @@ async def connect(kind):
 
 
 @contextlib.asynccontextmanager
-async def serving_app(config: dict, **server_kwargs):
+async def serving_app(config: dict, listener: Listener | None = None):
     """The service on an ephemeral port; yields it and its target."""
-    app = await create_server(parse_config(config, env={}), "127.0.0.1:0", **server_kwargs)
-    app.canceller.poll_policy = FAST_POLLS
+    app = await create_server(parse_config(config, env={}), listener or Listener())
+    app.live.factory.waiting.policy = FAST_POLLS
     try:
         yield app, f"127.0.0.1:{app.port}"
     finally:
@@ -117,8 +117,8 @@ async def serving_app(config: dict, **server_kwargs):
 
 
 @contextlib.asynccontextmanager
-async def serving(config: dict, **server_kwargs):
-    async with serving_app(config, **server_kwargs) as (_, target):
+async def serving(config: dict, listener: Listener | None = None):
+    async with serving_app(config, listener) as (_, target):
         yield target
 
 
@@ -366,7 +366,7 @@ async def test_leaving_the_async_cancel_many_early_cancels_the_call(target, sim)
 
 async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
     cert, key = self_signed_cert(tmp_path)
-    async with serving(config_dict(sandbox.url), tls=(key.read_bytes(), cert.read_bytes())) as address:
+    async with serving(config_dict(sandbox.url), Listener(tls=(key.read_bytes(), cert.read_bytes()))) as address:
         batch = sim.seed("openai", new_id())
         assert (await connect(address, tls_ca=cert).cancel(batch.id, "openai")).status == "cancelling"
         with pytest.raises(ConnectionFailed):

@@ -19,8 +19,8 @@ from grpc_status import rpc_status
 from sandbox.google import GeminiSim, reset_options
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.providers.catalog import parse_config
+from service.runtime.build import Collaborators, RuntimeFactory
 from service.runtime.live import LiveConfig
-from service.usecases.cancel import Canceller, Collaborators
 from tests.support import OPENAI_KEYS, running_service
 
 MiB = 1 << 20
@@ -488,7 +488,7 @@ async def test_client_cancel_releases_admission_slot(sandbox, sim, seeded):
 async def test_overload_full_buffer_refused_fast_with_retry_after(sandbox, sim):
     limits = {"concurrency": 1, "buffer_size": 1}
     async with running_service(config(sandbox.url, limits=limits)) as (app, stub):
-        admission = app.canceller._admission["openai"]
+        admission = app.canceller.providers["openai"].admission
         ids = [sim.seed("openai", new_id(), cancel_delay_s=3600).id for _ in range(3)]
         sim.add_fault("openai", {"latency_ms": 400, "count": 2})
         running = asyncio.ensure_future(cancel(stub, ids[0], timeout=3))
@@ -564,8 +564,8 @@ def breaker_clock():
 @pytest.fixture
 async def breaker_service(sandbox, sim, breaker_clock):
     cfg = parse_config(config(sandbox.url, max_retries=0, breaker=BREAKER), env={})
-    canceller = Canceller(cfg, parts=Collaborators(clock=breaker_clock))
-    async with running_service(LiveConfig(cfg, canceller=canceller)) as (app, stub):
+    factory = RuntimeFactory.for_config(cfg, Collaborators(clock=breaker_clock))
+    async with running_service(LiveConfig(cfg, factory=factory)) as (app, stub):
         yield app, stub
 
 

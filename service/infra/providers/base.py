@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 from urllib.parse import quote
 
 import orjson
@@ -91,6 +91,17 @@ def path_segment(batch_id: str) -> str:
     if len(batch_id) > MAX_ID_LENGTH or _UNSAFE_ID.search(batch_id) or not batch_id.isprintable():
         raise InvalidRequest("batch_id contains characters that are not allowed in a batch id", param="batch_id")
     return quote(batch_id, safe="")
+
+
+class ProviderSaid(TypedDict, total=False):
+    """What a provider's error answer said besides its message, as read from its body (any JSON
+    value: `Adapter.error` keeps only what fits), and how the gateway reads its status."""
+
+    type: object
+    code: object
+    param: object
+    status: int | None
+    precondition: bool
 
 
 class Adapter:
@@ -201,28 +212,19 @@ class Adapter:
             param=err.get("param"),
         )
 
-    def error(
-        self,
-        response: UpstreamResponse,
-        message: Any,
-        *,
-        type: Any = None,
-        code: Any = None,
-        param: Any = None,
-        status: int | None = None,
-        precondition: bool = False,
-    ) -> ProviderError:
+    def error(self, response: UpstreamResponse, message: object, **said: Unpack[ProviderSaid]) -> ProviderError:
         """A ProviderError with the fallbacks every adapter shares: a message, type, code or param
         that is not a non-empty string is left out (a generic message, `provider_error`, none, none;
         `param` may be empty). `status` replaces the HTTP status; `precondition` (the batch is not in
         a state that allows a cancel, e.g. it already ended) is answered as 409, as OpenAI does, so
         a finished batch means the same on every provider."""
-        http_status = 409 if precondition else status or response.status
+        http_status = 409 if said.get("precondition") else said.get("status") or response.status
+        param = said.get("param")
         return ProviderError(
             _str_or(message, None) or f"{self.name} answered HTTP {response.status}",
             status_code=http_status,
-            type=_str_or(type, "provider_error"),
-            code=_str_or(code, None),
+            type=_str_or(said.get("type"), "provider_error"),
+            code=_str_or(said.get("code"), None),
             param=param if isinstance(param, str) else None,
             provider=self.name,
         )
