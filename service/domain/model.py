@@ -54,8 +54,10 @@ class CancelCommand:
     # Raw response wanted by the caller (header x-bf-send-back-raw-response), honoured only when
     # the config allows per-request override.
     raw_response_requested: bool = False
-    # The drop-in route the call came through (`anthropic`, `genai`, `bedrock`, `openai`), else "".
-    surface: str = ""
+    # The provider whose own SDK the caller speaks: the drop-in route's provider when the call came
+    # through one (`anthropic` on the Anthropic route), else "". Such a call may pass some of that
+    # SDK's headers upstream (`Adapter.caller_headers`).
+    sdk_provider: str = ""
     # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
     wait_seconds: int = 0
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import trace as otel_trace
 
@@ -24,17 +25,9 @@ from service.edge.converters import error_to_status, event_outcome, event_to_pro
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
 from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
-from service.edge.routes import ORIGINAL_PATH_HEADER, RouteTable
+from service.edge.routes import ORIGINAL_PATH_HEADER, WAITING_RPCS, RouteTable
 from service.edge.status import grpc_code
-from service.edge.surfaces import (
-    SURFACE_DEFAULT_PROVIDER,
-    RenderedError,
-    anthropic_error,
-    bedrock_error,
-    bifrost_error,
-    google_error,
-    to_anthropic,
-)
+from service.edge.surfaces import SURFACES, RenderedError, Surface, bifrost_error, rpc_renderer
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.infra.observability import (
@@ -104,11 +97,12 @@ def command_from_proto(
     provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
     if record is not None:
         record.route = route_label(surface, headers)
+    drop_in = SURFACES.get(surface)
     return CancelCommand(
         batch_id=batch_id,
-        provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
+        provider=provider or (drop_in.default_provider if drop_in else ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
-        surface=surface or "",
+        sdk_provider=drop_in.default_provider if drop_in else "",
     )
 
 
@@ -151,18 +145,10 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
-# The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
-_REST_RENDERERS = {
-    "CancelAnthropic": anthropic_error,
-    "CancelGenAI": google_error,
-    "StopModelInvocationJob": bedrock_error,
-}
-
-
 def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
     """What `abort` sends the edge so that a REST caller of `method` (`/pkg.Service/Name`) reads
     `error` in its route's shape; for refusals made before the servicer runs (service.edge.wire)."""
-    rendered = _REST_RENDERERS.get(method.rsplit("/", 1)[-1], bifrost_error)(error)
+    rendered = rpc_renderer(method.rsplit("/", 1)[-1])(error)
     return (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
 
 
@@ -284,6 +270,21 @@ def render_health(failure: GatewayError) -> RenderedError:
     return RenderedError(503, body)
 
 
+DropIn = Callable[["BatchServicer", pb.CancelBatchRequest, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+def _drop_in(surface: Surface) -> DropIn:
+    """The servicer method of a drop-in API's RPC: a cancel through its route, answered in its shape."""
+
+    async def method(
+        servicer: BatchServicer, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
+    ) -> Message:
+        return surface.answer(await servicer._cancel(request, rpc, surface.rpc, surface.name))
+
+    method.__name__ = method.__qualname__ = surface.rpc
+    return handles_cancel(surface.render)(method)
+
+
 class BatchServicer(pb_grpc.BatchServiceServicer):
     """Thin methods: convert in, run the use case, convert out. `live` is the config this worker
     runs (it can change under a running server: service.runtime.live)."""
@@ -309,7 +310,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     ) -> CancelResult:
         call = rpc.call
         rpc.command = command_from_proto(request, call.headers, method, surface, call.record)
-        if method == "Cancel":
+        if method in WAITING_RPCS:
             check_wait(request.wait_seconds)
             rpc.command = replace(rpc.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
@@ -322,25 +323,10 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     ) -> pb.BatchCancelResponse:
         return result_to_proto(await self._cancel(request, rpc, "Cancel"))
 
-    @handles_cancel(anthropic_error)
-    async def CancelAnthropic(
-        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
-    ) -> pb.AnthropicMessageBatch:
-        return to_anthropic(await self._cancel(request, rpc, "CancelAnthropic", "anthropic"))
-
-    @handles_cancel(google_error)
-    async def CancelGenAI(
-        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
-    ) -> empty_pb2.Empty:
-        await self._cancel(request, rpc, "CancelGenAI", "genai")
-        return empty_pb2.Empty()
-
-    @handles_cancel(bedrock_error)
-    async def StopModelInvocationJob(
-        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
-    ) -> empty_pb2.Empty:
-        await self._cancel(request, rpc, "StopModelInvocationJob", "bedrock")
-        return empty_pb2.Empty()
+    # The drop-in SDK routes: each RPC answers in its API's shape, errors included (service.edge.surfaces).
+    CancelAnthropic = _drop_in(SURFACES["anthropic"])
+    CancelGenAI = _drop_in(SURFACES["genai"])
+    StopModelInvocationJob = _drop_in(SURFACES["bedrock"])
 
     @handles_rpc(finish=_finish_bulk, route=_bulk_route)
     async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, rpc: Rpc) -> None:

@@ -31,7 +31,12 @@ access_log = logging.getLogger("batchgate.access")
 audit_log = logging.getLogger("batchgate.audit")
 
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A caller's request id is kept (logged, sent upstream, answered with) when it is 1 to
+# REQUEST_ID_MAX_LENGTH ASCII letters, digits and REQUEST_ID_PUNCTUATION; any other is replaced. The
+# edge's Lua filter applies the same rule to every request: gateway/render.py generates it from these.
+REQUEST_ID_MAX_LENGTH = 128
+REQUEST_ID_PUNCTUATION = "._:-"
+_SAFE_REQUEST_ID = re.compile(f"[A-Za-z0-9{re.escape(REQUEST_ID_PUNCTUATION)}]{{1,{REQUEST_ID_MAX_LENGTH}}}")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 REQUESTS = Counter(
@@ -120,7 +125,7 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
     """The caller's (or Envoy's) request id when it is safe to log and forward, else a new one;
     the flag says whether it was generated here."""
     given = headers.get(REQUEST_ID_HEADER, "")
-    if _SAFE_REQUEST_ID.match(given):
+    if _SAFE_REQUEST_ID.fullmatch(given):
         return given, False
     return uuid.uuid4().hex, True
 

@@ -59,7 +59,7 @@ class Canceller:
         call.caller = caller.identity
         target = await self.target(caller, command.provider, command.batch_id)
         adapter = target.provider.adapter
-        if command.surface and command.surface == adapter.sdk_surface:
+        if command.sdk_provider == adapter.name:
             # The provider's own drop-in route passes some of its SDK's headers through (Anthropic's
             # anthropic-version): the caller's SDK expects the answer shape they choose.
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
+from gateway.render import BULK_PATH, DESCRIPTOR, LOCAL_REPLIES, ROOT, SHAPED_SURFACES, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
@@ -257,3 +257,27 @@ def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_each_drop_in_api_words_every_local_reply() -> None:
+    statuses = {reply.status for reply in LOCAL_REPLIES}
+    assert [surface.name for surface in SHAPED_SURFACES] == ["anthropic", "genai", "bedrock"]
+    for surface in SHAPED_SURFACES:
+        assert set(surface.shape.local_words) == statuses, surface.name
+
+
+def test_routes_the_config_names_come_from_the_proto() -> None:
+    config = render(http_port=8080, grpc_ports=[50051])
+    assert BULK_PATH == "/v1/batches/cancel"
+    assert '- match: {path: "/v1/batches/cancel"}' in config
+    waiting = re.search(r'safe_regex: \{regex: ("[^"]*")\}', config).group(1)
+    regex = re.compile(json.loads(waiting))
+    assert regex.pattern == r"^/batchgate\.v1\.BatchService/(Cancel|CancelMany)$"
+    assert [
+        m
+        for m in ("Cancel", "CancelMany", "CancelAnthropic", "Health")
+        if regex.match(f"/batchgate.v1.BatchService/{m}")
+    ] == [
+        "Cancel",
+        "CancelMany",
+    ]

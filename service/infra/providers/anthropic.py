@@ -65,7 +65,6 @@ class AnthropicAdapter(Adapter):
     }
 
     accepts_direct_keys = True
-    sdk_surface = "anthropic"
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)

@@ -129,9 +129,6 @@ class Adapter:
     accepts_direct_keys: ClassVar[bool] = False
     # Header the provider takes a client request id in (logged on its side), if any.
     request_id_header: ClassVar[str | None] = None
-    # The drop-in SDK route (service.edge.surfaces) that speaks this provider's own API, if any:
-    # calls through it may pass the caller's `caller_headers` upstream.
-    sdk_surface: ClassVar[str | None] = None
     # How config reads this provider's keys (the adapter class is a `service.config.file.KeySchema`):
     # the name of its provider-specific block, and whether the secret `value` is required.
     key_settings_block: ClassVar[str | None] = None
