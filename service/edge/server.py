@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 from dataclasses import dataclass
 
@@ -14,8 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
+from service.config.settings import DEFAULTS, Settings
 from service.edge.api import BatchServicer, rest_error_metadata
-from service.edge.wire import StrictRegistrar
+from service.edge.wire import Reading, StrictRegistrar
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
 GRACE_SECONDS = 10.0
-# Between turning NOT_SERVING and refusing calls: Envoy's health checks (1 s interval, 2 failures)
-# take this long to move traffic to other replicas.
-DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "3"))
 
 
 class App:
@@ -56,7 +53,8 @@ class App:
 
     async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
         """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
-        `drain_delay` (time for its health checks to notice; calls keep being served meanwhile)
+        `drain_delay` (DRAIN_DELAY_SECONDS: time for Envoy's health checks, 1 s apart, 2 failures, to
+        move traffic to other replicas; calls keep being served meanwhile)
         new calls are refused and in-flight ones get `grace` to finish; then the pools close."""
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
@@ -79,10 +77,12 @@ class Listener:
     tls: tuple[bytes, bytes] | None = None
 
 
-async def create_server(config: Config | LiveConfig, listener: Listener = Listener()) -> App:
+async def create_server(
+    config: Config | LiveConfig, listener: Listener = Listener(), settings: Settings = DEFAULTS
+) -> App:
     """Builds and starts the server and returns it (`App.port` is the first address's port). A
     plain Config never changes (its rate limiter is the one `governance.store` names, closed with
-    the server); a LiveConfig can be reloaded."""
+    the server); a LiveConfig can be reloaded. Of `settings` it reads the request read timeout."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if listener.reuse_port else 0),
@@ -101,7 +101,7 @@ async def create_server(config: Config | LiveConfig, listener: Listener = Listen
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     servicer = BatchServicer(live)
     # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
-    registrar = StrictRegistrar(server, rest_error_metadata)
+    registrar = StrictRegistrar(server, Reading(settings.request_read_timeout_seconds, rest_error_metadata))
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
@@ -123,14 +123,13 @@ async def create_server(config: Config | LiveConfig, listener: Listener = Listen
     return App(server, port, live, servicer, health_servicer)
 
 
-async def serve(
-    live: LiveConfig, listener: Listener, metrics_port: int | None = None, drain_delay: float = DRAIN_DELAY_SECONDS
-) -> None:
-    """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
-    SIGHUP and when the file changes."""
-    app = await create_server(live, listener)
-    if metrics_port:
-        start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())
+async def serve(live: LiveConfig, listener: Listener, settings: Settings) -> None:
+    """Runs until SIGINT/SIGTERM, then drains (`settings.drain_delay_seconds`) and exits. A config
+    loaded from a file is reloaded on SIGHUP and when the file changes. Serves /metrics unless
+    `settings.metrics_port` is 0."""
+    app = await create_server(live, listener, settings)
+    if settings.metrics_port:
+        start_metrics(settings.metrics_host, settings.metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
     gc.freeze()
     log.info("batchgate gRPC listening on %s", listener.address.rsplit(":", 1)[0] + f":{app.port}")
@@ -144,4 +143,4 @@ async def serve(
     log.info("shutting down: draining in-flight calls")
     if watcher is not None:
         watcher.cancel()
-    await app.stop(drain_delay=drain_delay)
+    await app.stop(drain_delay=settings.drain_delay_seconds)

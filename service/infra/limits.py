@@ -50,9 +50,6 @@ STORE_ERRORS = Counter(
     ["store"],
 )
 
-# Environment variable through which the launcher hands every worker the embedded store's file.
-EMBEDDED_PATH_ENV = "BATCHGATE_RATE_LIMIT_DB"
-
 
 class Store(Protocol):
     kind: str
@@ -280,10 +277,10 @@ class RedisStore:
 
 def open_store(settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
-    launcher shares between workers), else BATCHGATE_RATE_LIMIT_DB, else a file of its own."""
+    launcher shares between workers: `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB), else a file of its own."""
     if settings.type == "redis":
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
-    return EmbeddedStore(embedded_path or os.environ.get(EMBEDDED_PATH_ENV) or None)
+    return EmbeddedStore(embedded_path or None)
 
 
 # --- the limiter ------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -26,6 +25,8 @@ from opentelemetry import trace as otel_trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
+
+from service.config.settings import Settings
 
 access_log = logging.getLogger("batchgate.access")
 audit_log = logging.getLogger("batchgate.audit")
@@ -258,10 +259,10 @@ class CircuitCollector(Collector):
         yield family
 
 
-def start_metrics(port: int, circuit_states: Callable[[], dict[str, str]]) -> None:
-    """Serves /metrics on 127.0.0.1:`port` (METRICS_HOST to change) with the circuit gauge."""
+def start_metrics(host: str, port: int, circuit_states: Callable[[], dict[str, str]]) -> None:
+    """Serves /metrics on `host`:`port` (METRICS_HOST, METRICS_PORT) with the circuit gauge."""
     REGISTRY.register(CircuitCollector(circuit_states))
-    start_http_server(port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
+    start_http_server(port, addr=host)
 
 
 class JsonFormatter(logging.Formatter):
@@ -300,10 +301,10 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """LOG_LEVEL (INFO) and LOG_FORMAT (json | text; json by default) for every logger."""
+def configure_logging(settings: Settings) -> None:
+    """LOG_LEVEL and LOG_FORMAT (json | text) for every logger."""
     handler = logging.StreamHandler(sys.stderr)
-    if (fmt or os.environ.get("LOG_FORMAT", "json")).lower() == "text":
+    if settings.log_format.lower() == "text":
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
@@ -313,7 +314,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    root.setLevel(settings.log_level.upper())
 
 
 # --- tracing -------------------------------------------------------------------------------------
@@ -329,21 +330,19 @@ def tracing_enabled() -> bool:
     return _tracing
 
 
-def configure_tracing(exporter: Any = None) -> bool:
-    """Installs the SDK when the environment asks for it (or an exporter is given, for tests)."""
+def configure_tracing(settings: Settings, exporter: Any = None) -> bool:
+    """Installs the SDK when the settings ask for it (or an exporter is given, for tests)."""
     global _tracing
-    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
-    if exporter is None and (wanted in ("", "none") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+    wanted = settings.otel_traces_exporter.lower()
+    if exporter is None and (wanted in ("", "none") and not settings.otel_exporter_otlp_endpoint):
         return False
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if settings.otel_sdk_disabled:
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "batchgate")})
-    )
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service_name}))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif wanted == "console":

@@ -26,10 +26,12 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
+    """The launcher's environment on free ports (METRICS_PORT off unless given: its default, 9464, may
+    be taken by another gateway on this machine)."""
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    env.update(
-        HTTP_PORT=str(free_port()), GRPC_PORT=str(free_port()), ADMIN_PORT=str(free_port()), WORKERS="2", **extra
-    )
+    ports = {"HTTP_PORT": str(free_port()), "GRPC_PORT": str(free_port()), "ADMIN_PORT": str(free_port())}
+    env.update(ports, METRICS_PORT="0", WORKERS="2")
+    env.update(extra)
     return env
 
 
