@@ -26,11 +26,16 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
-    """The launcher's environment on free ports (METRICS_PORT off unless given: its default, 9464, may
-    be taken by another gateway on this machine)."""
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    ports = {"HTTP_PORT": str(free_port()), "GRPC_PORT": str(free_port()), "ADMIN_PORT": str(free_port())}
-    env.update(ports, METRICS_PORT="0", WORKERS="2")
+    # Every port its own free one (metrics too: worker i serves METRICS_PORT + i), so a launcher test
+    # never collides with another gateway on this machine.
+    env.update(
+        HTTP_PORT=str(free_port()),
+        GRPC_PORT=str(free_port()),
+        ADMIN_PORT=str(free_port()),
+        METRICS_PORT=str(free_port()),
+        WORKERS="2",
+    )
     env.update(extra)
     return env
 
