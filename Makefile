@@ -13,7 +13,7 @@ DESCRIPTOR := build/batchgate.pb
 CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto lint typecheck typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -36,11 +36,13 @@ PROTOC_INCLUDES = -Iprotos -I$(PROTO_INCLUDE) \
 	-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
 	-I$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
 
-$(GEN_STAMP): $(PROTO) $(INSTALLED)
+# (Makefile too: a change of how the stubs are generated regenerates them.)
+$(GEN_STAMP): $(PROTO) $(INSTALLED) Makefile
 	rm -rf $(GEN) $(PROTO_INCLUDE) && mkdir -p $(GEN) $(PROTO_INCLUDE)/google/longrunning
 	cp $$($(PY) -c 'import google.longrunning, os; print(os.path.join(google.longrunning.__path__[0], "operations_proto.proto"))') \
 		$(PROTO_INCLUDE)/google/longrunning/operations.proto
-	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --python_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO)
+	# The messages' .pyi is what mypy reads (make typecheck).
+	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO)
 	# Envoy's descriptor set: every type an Any in an answer can hold (the operation's metadata,
 	# response and error details), google.rpc's error details included, or the transcoder answers 502.
 	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --include_imports --include_source_info \
@@ -78,11 +80,15 @@ run: proto
 	$(PY) -m gateway.run
 
 # Lint: layers import only downward (import-linter), ruff's rules and its formatting, and the
-# client's types.
-lint: proto typecheck-client
+# service's and the client's types.
+lint: proto typecheck typecheck-client
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The service under mypy --strict ([tool.mypy] in pyproject.toml; the generated stubs are read, not checked).
+typecheck: proto
+	$(VENV)/bin/mypy
 
 # The client package under mypy --strict (client/pyproject.toml), then client/examples/ as a service
 # author's CI would check it, against the installed package: mypy --strict and pyright (strict).

@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -48,6 +48,12 @@ from service.usecases.bulk import BulkCanceller, check_wait
 from service.usecases.context import CallContext
 
 log = logging.getLogger(__name__)
+
+# Generic in the stubs only (types-grpcio): the alias is a string, never evaluated.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 
@@ -124,13 +130,13 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
-def call_deadline(context: grpc.aio.ServicerContext, headers: dict[str, str]) -> float | None:
+def call_deadline(context: Context, headers: dict[str, str]) -> float | None:
     """The call's deadline (loop time, see CallContext): now plus its `time_budget`."""
     budget = time_budget(context.time_remaining(), headers)
     return None if budget is None else asyncio.get_running_loop().time() + budget
 
 
-async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
+async def abort(context: Context, failure: GatewayError, rendered: RenderedError, *extra: tuple[str, str]) -> NoReturn:
     """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
     rendering in initial metadata for the edge (gateway/errors.lua)."""
     await context.send_initial_metadata(
@@ -166,17 +172,17 @@ class Rpc:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
-def _finish_cancel(rpc: Rpc, request: Any, span: Any, outcome: Outcome) -> None:
+def _finish_cancel(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
     command = rpc.command
     if command is not None:
         span.set_attribute("batchgate.provider", command.provider)
     subject = Subject(command.provider, command.batch_id) if command else Subject("", getattr(request, "batch_id", ""))
-    record_request(rpc.call.record, rpc.call.caller, subject, outcome)
+    record_request(record, rpc.call.caller, subject, outcome)
 
 
-def _finish_bulk(rpc: Rpc, request: Any, span: Any, outcome: Outcome) -> None:
+def _finish_bulk(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
     span.set_attribute("batchgate.items", len(request.batches))
-    record_bulk(rpc.call.record, rpc.call.caller, len(request.batches), dict(rpc.outcomes), outcome)
+    record_bulk(record, rpc.call.caller, len(request.batches), dict(rpc.outcomes), outcome)
 
 
 def _cancel_route(headers: dict[str, str]) -> str:
@@ -187,15 +193,19 @@ def _bulk_route(headers: dict[str, str]) -> str:
     return "bulk" if ORIGINAL_PATH_HEADER in headers else "grpc"
 
 
-# What an RPC reports once it ends: its span's attributes, metrics, log line and audit events.
-Finish = Callable[[Rpc, Any, Any, Outcome], None]
+# What an RPC reports once it ends (the call, its record, its request, its span, how it ended): its
+# span's attributes, metrics, log line and audit events.
+Finish = Callable[[Rpc, CallRecord, Any, otel_trace.Span, Outcome], None]
+# A servicer method as written (it gets the RPC's `Rpc`) and as gRPC calls it.
+Method = Callable[[S, Req, Context, Rpc], Awaitable[Resp]]
+Handler = Callable[[S, Req, Context], Awaitable[Resp]]
 
 
 def handles_rpc(
     render: Callable[[GatewayError], RenderedError] = bifrost_error,
     finish: Finish | None = _finish_cancel,
     route: Callable[[dict[str, str]], str] = _cancel_route,
-):
+) -> Callable[[Method[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Decorates an RPC of the service, the one place for what every call needs (in the style of
     kserve's exception-to-status interceptor): request id, span, in-flight gauge and, once it ends,
     `finish` (metrics, log line, audit). A raised GatewayError becomes its gRPC status plus, for the
@@ -203,22 +213,26 @@ def handles_rpc(
     INTERNAL with details hidden (logged here, with the traceback). Without `finish` (Health) the
     call is not observed, only its errors mapped."""
 
-    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def decorate(method: Method[S, Req, Resp]) -> Handler[S, Req, Resp]:
         name = method.__name__
 
         @functools.wraps(method)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(self: S, request: Req, context: Context) -> Resp:
             headers = metadata_headers(context.invocation_metadata())
             deadline = call_deadline(context, headers)
+            record: CallRecord | None = None
+            span: otel_trace.Span = otel_trace.INVALID_SPAN
             if finish is None:
-                rpc, span = Rpc(CallContext(headers, deadline=deadline)), otel_trace.INVALID_SPAN
+                rpc = Rpc(CallContext(headers, deadline=deadline))
             else:
                 rid, generated = request_id(headers)
                 echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
-                rpc = Rpc(CallContext(headers, CallRecord(rid, route(headers)), deadline=deadline), echo_id)
+                record = CallRecord(rid, route(headers))
+                rpc = Rpc(CallContext(headers, record, deadline=deadline), echo_id)
                 IN_FLIGHT.inc()
                 span = server_span(name, headers, rid)
-            code, status, failure = "OK", 200, None
+            code, status = "OK", 200
+            failure: GatewayError | None = None
             try:
                 with activate(span):
                     response = await method(self, request, context, rpc)
@@ -234,13 +248,14 @@ def handles_rpc(
                 log.exception("unexpected error in %s", name)
                 failure = GatewayError("internal error")
             finally:
-                if finish is not None:
+                if finish is not None and record is not None:
                     IN_FLIGHT.dec()
                     if failure is not None:
                         code, status = grpc_code(failure).name, failure.status_code
                     span.set_attribute("rpc.grpc.status_code", code)
-                    finish(rpc, request, span, Outcome(code, status, failure.message if failure else None))
+                    finish(rpc, record, request, span, Outcome(code, status, failure.message if failure else None))
                     span.end()
+            assert failure is not None  # an answer returned and CancelledError re-raised: only failures get here
             if rpc.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
             await abort(context, failure, render(failure), *rpc.echo_id)
@@ -270,15 +285,13 @@ def render_health(failure: GatewayError) -> RenderedError:
     return RenderedError(503, body)
 
 
-DropIn = Callable[["BatchServicer", pb.CancelBatchRequest, grpc.aio.ServicerContext], Awaitable[Message]]
+DropIn = Callable[["BatchServicer", pb.CancelBatchRequest, Context], Awaitable[Message]]
 
 
 def _drop_in(surface: Surface) -> DropIn:
     """The servicer method of a drop-in API's RPC: a cancel through its route, answered in its shape."""
 
-    async def method(
-        servicer: BatchServicer, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
-    ) -> Message:
+    async def method(servicer: BatchServicer, request: pb.CancelBatchRequest, context: Context, rpc: Rpc) -> Message:
         return surface.answer(await servicer._cancel(request, rpc, surface.rpc, surface.name))
 
     method.__name__ = method.__qualname__ = surface.rpc
@@ -318,9 +331,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             return await runtime.canceller.cancel(rpc.command, call)
 
     @handles_cancel()
-    async def Cancel(
-        self, request: pb.CancelBatchRequest, context: grpc.aio.ServicerContext, rpc: Rpc
-    ) -> pb.BatchCancelResponse:
+    async def Cancel(self, request: pb.CancelBatchRequest, context: Context, rpc: Rpc) -> pb.BatchCancelResponse:
         return result_to_proto(await self._cancel(request, rpc, "Cancel"))
 
     # The drop-in SDK routes: each RPC answers in its API's shape, errors included (service.edge.surfaces).
@@ -329,7 +340,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     StopModelInvocationJob = _drop_in(SURFACES["bedrock"])
 
     @handles_rpc(finish=_finish_bulk, route=_bulk_route)
-    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, rpc: Rpc) -> None:
+    async def CancelMany(self, request: pb.CancelManyRequest, context: Context, rpc: Rpc) -> None:
         """Streams each item's events as they happen. Errors of the whole call (bounds, credentials)
         end it before any event, with the single cancel's error shape and status; an item's error
         is its own event."""
@@ -348,7 +359,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             async with contextlib.aclosing(self._bulk.run(bulk)) as events:
                 async for event in events:
                     await context.write(event_to_proto(event))
-                    if event.final:
+                    if event.final and call.record is not None:
                         item_code, item_status = event_outcome(event)
                         rpc.outcomes[item_code] += 1
                         warning = event.result.warning if event.result is not None else None
@@ -360,7 +371,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                         )
 
     @handles_rpc(render_health, finish=None)
-    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, rpc: Rpc) -> pb.HealthResponse:
+    async def Health(self, request: pb.HealthRequest, context: Context, rpc: Rpc) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""
@@ -368,12 +379,14 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         breakers = live.current.canceller.breaker_states()
         providers = {name: pb.ProviderHealth(circuit=state) for name, state in breakers.items()}
         limiter = live.limiter
-        parts = {
-            "providers": providers,
-            "rate_limit_store": pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health()),
-            "config": pb.ConfigState(**live.state()),
-            "workers": [pb.ConfigState(**state) for state in live.workers()],
-        }
+        store = pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health())
+        health = pb.HealthResponse(
+            status="draining" if self.draining else "ok",
+            providers=providers,
+            rate_limit_store=store,
+            config=pb.ConfigState(**live.state()),
+            workers=[pb.ConfigState(**state) for state in live.workers()],
+        )
         if self.draining:
-            raise Draining(pb.HealthResponse(status="draining", **parts))
-        return pb.HealthResponse(status="ok", **parts)
+            raise Draining(health)
+        return health

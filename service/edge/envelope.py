@@ -68,22 +68,22 @@ def error_json(error: GatewayError) -> str:
     return to_json(error_body(error))
 
 
-def anthropic(kind: str, message: str) -> dict:
+def anthropic(kind: str, message: str) -> dict[str, Any]:
     """Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`."""
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def google(code: Any, message: str, status: str) -> dict:
+def google(code: Any, message: str, status: str) -> dict[str, Any]:
     """Google's error body: `{"error": {"code", "message", "status"}}` (`code` the HTTP status)."""
     return {"error": {"code": code, "message": message, "status": status}}
 
 
-def bedrock(message: str, exception: str) -> tuple[dict, dict[str, str]]:
+def bedrock(message: str, exception: str) -> tuple[dict[str, Any], dict[str, str]]:
     """AWS rest-json: `{"message"}` in the body, the exception name in a header."""
     return {"message": message}, {BEDROCK_ERROR_TYPE_HEADER: exception}
 
 
-def to_json(body: dict) -> str:
+def to_json(body: dict[str, Any]) -> str:
     """Compact and ASCII-only: the body travels to the edge as a gRPC metadata value."""
     return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
 

@@ -24,7 +24,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -36,6 +36,10 @@ from service.edge.status import grpc_code
 from service.infra.observability import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("batchgate.access")
+
+# Generic in the stubs only (types-grpcio): the aliases are strings, never evaluated.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 # (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
 RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]
@@ -60,7 +64,7 @@ class _Reader:
         self.malformed = f"the request is not a valid {message_type or 'request'} message"
         self.reading = reading
 
-    async def one(self, context: grpc.aio.ServicerContext) -> Any:
+    async def one(self, context: Context) -> Any:
         """The call's request message."""
         try:
             async with asyncio.timeout(self.reading.timeout_s):  # no extra task, unlike wait_for
@@ -76,7 +80,7 @@ class _Reader:
             await self.refuse(context, InvalidRequest("the call ended without a complete request message"))
         return request
 
-    async def each(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def each(self, context: Context) -> AsyncIterator[Any]:
         """The call's request messages, until the caller half-closes."""
         while True:
             try:
@@ -87,10 +91,14 @@ class _Reader:
                 return
             yield request
 
-    async def refuse(self, context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+    async def refuse(self, context: Context, error: GatewayError) -> None:
         """Ends the call with the error's status and logs one line (no traceback: the caller is at
         fault). A REST caller (a transcoded call) gets it in its route's shape."""
-        headers = {key: value for key, value in context.invocation_metadata() or () if not key.endswith("-bin")}
+        headers = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if not key.endswith("-bin") and isinstance(value, str)
+        }
         rid, generated = request_id(headers)
         code = grpc_code(error)
         if log.isEnabledFor(logging.INFO):
@@ -107,7 +115,7 @@ class _Reader:
                     }
                 },
             )
-        metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_HEADER, rid),) if generated else ()
         rest = self.reading.rest
         if rest is not None:
             metadata += rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
@@ -116,22 +124,25 @@ class _Reader:
         await context.abort(code, error.message)
 
 
-def strict(handler: grpc.RpcMethodHandler, method: str, reading: Reading) -> grpc.RpcMethodHandler:
+def strict(handler: Handler, method: str, reading: Reading) -> Handler:
     """The same method (`/package.Service/Method`), reading its requests itself (see the module
     docstring); it answers as the original does."""
     reader = _Reader(method, handler.request_deserializer, reading)
     codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    # The stubs type a handler's behaviours for the synchronous server; a grpc.aio server's are
+    # coroutine functions (or async generators) taking a grpc.aio context.
+    behavior: Any
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
 
-        async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(requests: Any, context: Context) -> Any:
             return await behavior(await reader.one(context), context)
 
         return grpc.stream_unary_rpc_method_handler(unary, **codec)
     if handler.unary_stream is not None:
         behavior, streaming = handler.unary_stream, grpc.stream_stream_rpc_method_handler
 
-        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+        async def requests_of(context: Context) -> Any:
             return await reader.one(context)
 
     else:
@@ -140,19 +151,19 @@ def strict(handler: grpc.RpcMethodHandler, method: str, reading: Reading) -> grp
         if handler.stream_unary is not None:
             streaming = grpc.stream_unary_rpc_method_handler
 
-        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+        async def requests_of(context: Context) -> Any:
             return reader.each(context)
 
     # A streaming answer is an async generator, or a coroutine that writes with `context.write`.
     if inspect.isasyncgenfunction(behavior):
 
-        async def generate(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def generate(requests: Any, context: Context) -> AsyncIterator[Any]:
             async for response in behavior(await requests_of(context), context):
                 yield response
 
         return streaming(generate, **codec)
 
-    async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(requests: Any, context: Context) -> Any:
         return await behavior(await requests_of(context), context)
 
     return streaming(call, **codec)
@@ -161,9 +172,9 @@ def strict(handler: grpc.RpcMethodHandler, method: str, reading: Reading) -> grp
 class _StrictGenericHandler(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, reading: Reading) -> None:
         self._inner, self._reading = inner, reading
-        self._strict: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+        self._strict: dict[Handler, Handler] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
@@ -182,6 +193,6 @@ class StrictRegistrar:
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h, self._reading) for h in handlers))
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         strict_handlers = {name: strict(h, f"/{service}/{name}", self._reading) for name, h in handlers.items()}
         self._server.add_registered_method_handlers(service, strict_handlers)

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client import Counter
@@ -101,7 +101,7 @@ class EmbeddedStore:
 
     def __init__(
         self,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
@@ -120,7 +120,7 @@ class EmbeddedStore:
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="rate-limit-store")
 
     @staticmethod
-    def initialize(path: str | os.PathLike, busy_timeout_ms: int = 200) -> sqlite3.Connection:
+    def initialize(path: str | os.PathLike[str], busy_timeout_ms: int = 200) -> sqlite3.Connection:
         """Opens (creating if needed) the store file with its schema. The launcher calls this once
         before starting workers, so they never race to create it."""
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
@@ -208,7 +208,7 @@ class RedisStore:
         self._connection_class = settings.connection_class
         self._connection_kwargs = dict(settings.connection_kwargs, health_check_interval=0)
         self._no_script = NoScriptError
-        self._idle: list = []  # connected and in step, ready for a command
+        self._idle: list[Any] = []  # redis-py connections, connected and in step, ready for a command
         self._open = 0  # in use or idle; past `max_connections` a check fails like any store error
         self._max_connections = max_connections
         self._sha = hashlib.sha1(_REDIS_HIT.encode()).hexdigest()
@@ -230,7 +230,7 @@ class RedisStore:
     async def ping(self) -> None:
         await self._command("PING")
 
-    async def _command(self, *args: object) -> object:
+    async def _command(self, *args: object) -> Any:  # the reply's type depends on the command (redis-py's too)
         """One command on an idle connection, else a new one; capped at `timeout_s`, twice that when
         it must connect first (TLS and AUTH included)."""
         conn = self._idle.pop() if self._idle else None
@@ -275,10 +275,10 @@ class RedisStore:
         return f"RedisStore({self.address!r})"
 
 
-def open_store(settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> Store:
+def open_store(settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
     launcher shares between workers: `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB), else a file of its own."""
-    if settings.type == "redis":
+    if settings.type == "redis" and settings.url is not None:  # governance.store requires its url
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
     return EmbeddedStore(embedded_path or None)
 
@@ -326,7 +326,7 @@ class RateLimiter:
         self._warned_at = -math.inf
 
     @classmethod
-    def for_config(cls, settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> RateLimiter:
+    def for_config(cls, settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> RateLimiter:
         return cls(open_store(settings, embedded_path), settings.on_error)
 
     @property

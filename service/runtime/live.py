@@ -293,11 +293,11 @@ class FileWatcher:
             raise ValueError("the config was not loaded from a file")
         self._live, self._path, self.interval = live, Path(live.path), interval
         # None: the first poll reads the file, in case it changed since it was loaded.
-        self._signature: tuple | None = None
+        self._signature: tuple[int, ...] | None = None
         self._suspect: bytes | None = None
         self._missing = False
 
-    def _stat(self) -> tuple | None:
+    def _stat(self) -> tuple[int, ...] | None:
         try:
             st = os.stat(self._path)
         except OSError:

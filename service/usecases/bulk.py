@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 
 from service.domain.errors import GatewayError, InvalidRequest
@@ -109,7 +109,7 @@ class BulkCanceller:
             raw_response_requested,
         )
 
-    async def run(self, bulk: BulkCall) -> AsyncIterator[ItemEvent]:
+    async def run(self, bulk: BulkCall) -> AsyncGenerator[ItemEvent, None]:
         """Every item's events as they happen; ends once each has had its final one. Closing the
         iterator (the caller went away) stops every upstream call and read at once."""
         run = _Run(bulk, asyncio.Semaphore(self._concurrency or bulk.canceller.config.client.bulk_concurrency))

@@ -220,7 +220,7 @@ class Adapter:
         return ProviderError(
             _str_or(message, None) or f"{self.name} answered HTTP {response.status}",
             status_code=http_status,
-            type=_str_or(said.get("type"), "provider_error"),
+            type=_str_or(said.get("type"), None) or "provider_error",
             code=_str_or(said.get("code"), None),
             param=param if isinstance(param, str) else None,
             provider=self.name,

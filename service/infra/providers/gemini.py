@@ -24,7 +24,7 @@ from service.infra.providers.base import UpstreamRequest, path_segment, unix_sec
 from service.infra.providers.google import BATCH_STATES, JOB_STATES, GoogleAdapter, stats
 
 
-def _gemini_batch(data: Any) -> dict | None:
+def _gemini_batch(data: Any) -> dict[str, Any] | None:
     """The GenerateContentBatch inside a batches.get answer: the Operation's `metadata` (documented),
     the answer itself, or the Operation's `response` (seen in the wild)."""
     if not isinstance(data, dict):

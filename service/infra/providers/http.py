@@ -156,8 +156,8 @@ class HttpExecutor:
             try:
                 with client_span(self.provider, request.method, attempt) as span:
                     inject_context(request.headers)
-                    response = await self._send_once(request, remaining)
-                    span.set_attribute("http.response.status_code", response.status)
+                    answer = await self._send_once(request, remaining)
+                    span.set_attribute("http.response.status_code", answer.status)
             except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
@@ -167,13 +167,15 @@ class HttpExecutor:
                     raise UpstreamUnavailable(
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
                     ) from None
-                response, retry_after = None, None
+                response: UpstreamResponse | None = None
+                retry_after: float | None = None
             else:
                 if record is not None:
-                    record.attempt(self.provider, response.status, time.perf_counter() - started, request.operation)
-                if not policy.retries(attempt, response.status):
-                    return response
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"), timing.wall_clock)
+                    record.attempt(self.provider, answer.status, time.perf_counter() - started, request.operation)
+                if not policy.retries(attempt, answer.status):
+                    return answer
+                response = answer
+                retry_after = retry_after_seconds(answer.headers.get("Retry-After"), timing.wall_clock)
             wait = policy.delay(attempt, retry_after, timing.rand)
             if timing.now() + wait >= deadline:
                 if response is not None:
