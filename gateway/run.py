@@ -4,6 +4,7 @@ Its settings come from the environment, read once here (service.config.settings,
 CONFIG (without it, sandbox mode with bundled provider simulators), the ports, BIND_HOST, the TLS
 files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S; the service workers read
 theirs (LOG_*, DRAIN_DELAY_SECONDS, REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same environment.
+In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
 """
@@ -44,6 +45,7 @@ def main() -> int:
         tls_cert=_path(settings.tls_cert_file),
         tls_key=_path(settings.tls_key_file),
         sandbox_cancel_delay_s=settings.sandbox_cancel_delay_s,
+        sandbox_demo=True,
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)

@@ -5,6 +5,8 @@ A `Canceller` serves one loaded config; what it runs on (each provider's adapter
 and admission queue, the authenticator, how waits run) is built and carried over reloads by
 service.runtime.build. Its public steps, which other use cases (bulk, operations) compose:
 
+- `provider(name)`: resolve a configured provider (400 when unknown, unable to cancel or not
+  configured); `adapters()` lists them.
 - `target(caller, provider, batch_id)`: resolve + authorize. Raises the 400/403/429 of the call
   before any upstream request; the `Target` holds the keys the caller may use, in order.
   `Target.only_key(key_id)` narrows it to one configured key (400 when not among them).
@@ -28,6 +30,7 @@ from service.config.file import Config, Key
 from service.domain.errors import GatewayError, InvalidRequest, UnsupportedOperation
 from service.domain.model import BatchState, CancelCommand, CancelResult
 from service.infra.observability import use_provider_labels
+from service.infra.providers.base import Adapter
 from service.infra.providers.catalog import KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
@@ -75,7 +78,7 @@ class Canceller:
     async def target(self, caller: Caller, provider: str, batch_id: str) -> Target:
         """What a cancel of `batch_id` on `provider` needs, once the caller may do it: raises the
         single cancel's 400/403/429 before any upstream call."""
-        resolved = self._resolve(provider)
+        resolved = self.provider(provider)
         adapter = resolved.adapter
         try:
             allowed_key_ids = await self.auth.authorize(caller, adapter.name)
@@ -115,7 +118,14 @@ class Canceller:
         """Circuit state per configured provider that can cancel (for health reporting)."""
         return {name: provider.executor.breaker.state for name, provider in self.providers.items()}
 
-    def _resolve(self, provider: str) -> Provider:
+    def adapters(self) -> dict[str, Adapter]:
+        """The adapter of every configured provider that can cancel, by name."""
+        return {name: provider.adapter for name, provider in self.providers.items()}
+
+    def provider(self, provider: str) -> Provider:
+        """A configured provider that can cancel (its adapter, executor and admission queue: a
+        cancel's or a listing's); raises the single cancel's 400 for a provider that is unknown,
+        cannot cancel or is not configured."""
         if not provider:
             raise InvalidRequest("provider query parameter is required", param="provider")
         if not _PROVIDER_NAME.match(provider) or provider not in KNOWN_PROVIDERS:
