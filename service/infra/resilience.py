@@ -21,6 +21,11 @@ class Admission:
         self._buffer_size = buffer_size
         self._waiting = 0
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot now (at most `buffer_size`)."""
+        return self._waiting
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._waiting >= self._buffer_size:
