@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from service.config.file import Config, ProviderConfig
 from service.infra.limits import RateLimiter
+from service.infra.observability import provider_series
 from service.infra.providers.catalog import ADAPTERS
 from service.infra.providers.http import HttpExecutor, RetryPolicy
 from service.infra.resilience import Admission, CircuitBreaker
@@ -178,6 +179,8 @@ class RuntimeFactory:
 
     def build(self, config: Config, version: str, previous: Runtime | None = None) -> Runtime:
         """The runtime of `config`, taking over from `previous` what did not change."""
+        for name in config.providers:
+            provider_series(name)  # its counters exist at 0 before their first event (alerts read rate())
         providers = build_providers(config, self.parts, previous.canceller.providers if previous else {})
         auth = self.parts.authenticator(config, self.limiter)
         canceller = Canceller(config, providers, auth, self.waiting)
