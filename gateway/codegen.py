@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from gateway.render import DESCRIPTOR, OPENAPI, ROOT
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
 
 PROTOS = ROOT / "protos"
 SERVICE_GEN = ROOT / "service" / "gen"

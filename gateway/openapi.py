@@ -31,7 +31,8 @@ from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_proto_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, OPENAPI_PATH, ROOT, SHAPED_SURFACES, TEMPLATE
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
+from gateway.render import LOCAL_REPLIES, OPENAPI_PATH, SHAPED_SURFACES, TEMPLATE
 from service.domain.errors import GatewayError
 from service.edge import envelope
 from service.infra.providers.catalog import KNOWN_PROVIDERS

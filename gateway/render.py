@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.paths import DESCRIPTOR, GATEWAY_DIR, OPENAPI
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
 from service.edge.routes import WAITING_RPCS, templates
@@ -34,14 +35,10 @@ _SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
 # CancelMany's one REST route (its body may be larger), read from the proto's http option.
 (BULK_PATH,) = templates(_SERVICE.methods_by_name["CancelMany"])
 
-GATEWAY_DIR = Path(__file__).resolve().parent
-ROOT = GATEWAY_DIR.parent
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
-DESCRIPTOR = ROOT / "build" / "batchgate.pb"
-# The OpenAPI document (gateway/openapi.py, made by `make proto`) that the edge serves itself.
-OPENAPI = ROOT / "build" / "openapi.json"
+# The OpenAPI document (gateway/openapi.py, made by `make proto`, at OPENAPI) is what the edge serves itself.
 OPENAPI_PATH = "/openapi.json"
 OPENAPI_MAX_BYTES = 1024 * 1024
 

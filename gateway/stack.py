@@ -22,7 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.render import ROOT, render
+from gateway.paths import ROOT
+from gateway.render import render
 from sandbox.server import gateway_config
 from service.config.governance import StoreConfig
 from service.config.settings import Settings

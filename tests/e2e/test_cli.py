@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.server import gateway_config
 from tests.e2e.conftest import SimAdmin, new_id, service_log, until

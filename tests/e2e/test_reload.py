@@ -33,7 +33,7 @@ import grpc
 import pytest
 import requests
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port, free_ports
 from sandbox.openai import OpenAISim
 from sandbox.server import DEFAULT_KEYS, gateway_config

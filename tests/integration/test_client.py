@@ -42,7 +42,7 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from service.edge.server import Listener, create_server
 from service.infra.providers.catalog import parse_config
 from service.runtime.build import Collaborators, RuntimeFactory

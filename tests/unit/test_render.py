@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import BULK_PATH, DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, SHAPED_SURFACES, render, split_host_port
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
+from gateway.render import BULK_PATH, LOCAL_REPLIES, SHAPED_SURFACES, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
