@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.longrunning import operations_pb2
+
 from gateway.paths import DESCRIPTOR, GATEWAY_DIR, OPENAPI
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
@@ -32,8 +34,20 @@ from service.infra.observability import REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 _SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
+_OPERATIONS = operations_pb2.DESCRIPTOR.services_by_name["Operations"]
 # CancelMany's one REST route (its body may be larger), read from the proto's http option.
 (BULK_PATH,) = templates(_SERVICE.methods_by_name["CancelMany"])
+# CancelMatching's explicit batches: up to 1,000 too, under the same body limit.
+(MATCHING_PATH,) = templates(_SERVICE.methods_by_name["CancelMatching"])
+# A done operation's REST answer lists every batch it matched: ~400 bytes of JSON each, ~40 MB at
+# the 100,000 cap (the service's gRPC send limit, service/edge/server.py, is 64 MiB as well).
+OPERATIONS_MAX_RESPONSE_BYTES = 64 << 20
+# The gRPC methods that may run as long as the longest wait: the RPCs whose request may wait
+# (service.edge.routes.WAITING_RPCS: Cancel and CancelMany) and WaitOperation.
+LONG_RPCS = (
+    *(f"/{_SERVICE.full_name}/{name}" for name in WAITING_RPCS),
+    f"/{_OPERATIONS.full_name}/{_OPERATIONS.methods_by_name['WaitOperation'].name}",
+)
 
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
@@ -84,8 +98,9 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
-        BULK_PATH=BULK_PATH,
-        WAITING_RPC_PATHS=json.dumps(_grpc_paths_regex(WAITING_RPCS)),
+        BULK_PATHS_REGEX=_exact_paths((BULK_PATH, MATCHING_PATH)),
+        OPERATIONS_MAX_RESPONSE_BYTES=OPERATIONS_MAX_RESPONSE_BYTES,
+        LONG_RPCS_REGEX=_exact_paths(LONG_RPCS),
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
@@ -122,6 +137,7 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
         f"local REQUEST_ID_MAX_LENGTH = {REQUEST_ID_MAX_LENGTH}",
         f"local REQUEST_ID_UNSAFE = {json.dumps(_lua_unsafe_id_pattern())}",
         f"local BULK_PATH = {json.dumps(BULK_PATH)}",
+        f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
         f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
     ]
     return text.replace(LUA_ENVELOPE_MARKER, "\n".join(generated))
@@ -132,9 +148,9 @@ def _lua_unsafe_id_pattern() -> str:
     return "[^A-Za-z0-9" + "".join("%" + c for c in REQUEST_ID_PUNCTUATION) + "]"
 
 
-def _grpc_paths_regex(rpcs: Sequence[str]) -> str:
-    """A regex matching exactly the gRPC paths (`/package.Service/Method`) of the given RPCs."""
-    return "^/" + re.escape(_SERVICE.full_name) + "/(" + "|".join(map(re.escape, rpcs)) + ")$"
+def _exact_paths(paths: Sequence[str]) -> str:
+    """A regex matching exactly these paths, as a YAML double-quoted string holds it."""
+    return ("^(" + "|".join(map(re.escape, paths)) + ")$").replace("\\", "\\\\")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

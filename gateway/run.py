@@ -2,8 +2,9 @@
 
 Its settings come from the environment, read once here (service.config.settings, README's table):
 CONFIG (without it, sandbox mode with bundled provider simulators), the ports, BIND_HOST, the TLS
-files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S; the service workers read
-theirs (LOG_*, DRAIN_DELAY_SECONDS, REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same environment.
+files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S, STATE_DIR (where long-running
+operations are kept across restarts); the service workers read theirs (LOG_*, DRAIN_DELAY_SECONDS,
+REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same environment.
 In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from gateway.stack import Stack
+from sandbox.server import SANDBOX_OPERATOR_KEY
 from service.config.reader import ConfigError
 from service.config.settings import Settings
 
@@ -46,6 +48,8 @@ def main() -> int:
         tls_key=_path(settings.tls_key_file),
         sandbox_cancel_delay_s=settings.sandbox_cancel_delay_s,
         sandbox_demo=True,
+        # Never a temporary directory: operations must survive a restart.
+        state_dir=Path(settings.state_dir).resolve(),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
@@ -84,7 +88,14 @@ def main() -> int:
             flush=True,
         )
     print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
+    print(f"  operations kept in: {stack.operation_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    if config is None:
+        print(
+            f"  kill switch (dry run): curl {insecure}-X POST '{url}/v1/batches:cancelMatching' "
+            f"-H 'x-bf-vk: {SANDBOX_OPERATOR_KEY}' -d '{{\"validate_only\": true}}'",
+            flush=True,
+        )
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0
     while not stopping:

@@ -7,7 +7,6 @@ so no Envoy or simulator outlives it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -28,6 +27,7 @@ from sandbox.server import gateway_config
 from service.config.governance import StoreConfig
 from service.config.settings import Settings
 from service.infra.limits import EmbeddedStore, RedisStore
+from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import load_config
 from service.usecases.auth import exposure_problem
 
@@ -40,19 +40,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free loopback ports (worker i serves /metrics on the first + i)."""
-    for _ in range(100):
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free loopback ports (worker i's metrics port is the first + i)."""
+    for _ in range(attempts):
         first = free_port()
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(first + 1, first + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return first
-    raise RuntimeError(f"no {count} consecutive free ports")
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def _die_with_parent() -> None:
@@ -94,6 +98,10 @@ class Stack:
     # The embedded rate-limit store (SQLite) every worker shares; None: a fresh file per start in a
     # temporary directory removed at stop. Unused when the config names a Redis store.
     rate_limit_db: Path | None = None
+    # Where state that outlives a restart lives (the SQLite file of long-running operations, unless
+    # the config names a Redis store): `make run` uses STATE_DIR (build/state); None: a temporary
+    # directory removed at stop (a test's gateway).
+    state_dir: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
@@ -103,6 +111,8 @@ class Stack:
     config_path: Path | None = None
     # Where this run's workers count rate limits: the SQLite path, or the Redis address.
     rate_limit_store: str = ""
+    # Where this run's workers keep long-running operations: the SQLite path, or the Redis address.
+    operation_store: str = ""
     _roles: dict[int, str] = field(default_factory=dict)
     _own_dirs: list[Path] = field(default_factory=list)
 
@@ -177,7 +187,7 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        store_args = self._rate_limit_store(loaded.store)
+        store_args = self._rate_limit_store(loaded.store) + self._operation_store(loaded.store)
         # Each worker publishes the config version it runs here, so /health (answered by one of
         # them) shows every worker's.
         state_dir = BUILD / f"state-{self.http_port}"
@@ -270,6 +280,21 @@ class Stack:
         EmbeddedStore.initialize(path).close()
         self.rate_limit_store = str(path)
         return ["--rate-limit-db", str(path)]
+
+    def _operation_store(self, settings: StoreConfig) -> list[str]:
+        """The operations' SQLite file under the state directory, created once before the workers
+        open it; nothing with a Redis store (they keep operations there)."""
+        if settings.type != "embedded":
+            self.operation_store = RedisStore.describe(settings.url)
+            return []
+        directory = self.state_dir
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="batchgate-state-"))
+            self._own_dirs.append(directory)
+        path = directory / "operations.sqlite3"
+        SqliteOperationStore.initialize(path)
+        self.operation_store = str(path)
+        return ["--operations-db", str(path)]
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import os
 import signal
 import sqlite3
 import sys
@@ -71,6 +72,12 @@ def _arguments(settings: Settings) -> argparse.Namespace:
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
         "(BATCHGATE_RATE_LIMIT_DB; default: a file of this process's own)",
     )
+    parser.add_argument(
+        "--operations-db",
+        default=settings.batchgate_operations_db or os.path.join(settings.state_dir, "operations.sqlite3"),
+        help="the SQLite file of long-running operations, shared by the workers of one machine "
+        "(BATCHGATE_OPERATIONS_DB; default: STATE_DIR/operations.sqlite3); unused when governance.store is Redis",
+    )
     return parser.parse_args()
 
 
@@ -104,7 +111,9 @@ def main() -> None:
     except ValueError as exc:
         _exit(str(exc))
     args = _arguments(settings)
-    settings = dataclasses.replace(settings, metrics_port=args.metrics_port or 0)
+    settings = dataclasses.replace(
+        settings, metrics_port=args.metrics_port or 0, batchgate_operations_db=args.operations_db
+    )
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings)

@@ -29,6 +29,7 @@ from service.config.governance import (
     parse_store,
     parse_virtual_keys,
 )
+from service.config.operations import OperationsConfig, parse_operations
 from service.config.reader import ConfigError, ConfigReader, http_url
 
 # Re-exported: the config's types are all read from here.
@@ -41,6 +42,7 @@ __all__ = [
     "Key",
     "KeySchema",
     "NetworkConfig",
+    "OperationsConfig",
     "ProviderConfig",
     "RateLimit",
     "StoreConfig",
@@ -119,6 +121,7 @@ class Config:
     virtual_keys: tuple[VirtualKey, ...] = ()
     auth: AuthConfig = AuthConfig()
     store: StoreConfig = StoreConfig()
+    operations: OperationsConfig = OperationsConfig()
 
     @property
     def auth_required(self) -> bool:
@@ -260,6 +263,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None, schemas: Mapping[str,
         ),
         auth=parse_auth(root.child("auth_config")),
         store=parse_store(root.child("governance").child("store")),
+        operations=parse_operations(root.child("operations")),
     )
 
 

@@ -46,6 +46,12 @@ class Settings:
     # The embedded rate-limit store's SQLite file the workers of one machine share (the launcher
     # sets it); None: a file of this process's own.
     batchgate_rate_limit_db: str | None = None
+    # Where state that must outlive a restart lives (long-running operations): never a temporary
+    # directory. The operations' SQLite file is STATE_DIR/operations.sqlite3 unless
+    # BATCHGATE_OPERATIONS_DB names another (the launcher sets it for all its workers); unused when
+    # governance.store is Redis.
+    state_dir: str = "build/state"
+    batchgate_operations_db: str | None = None
     # The OpenTelemetry SDK's own variables that decide whether tracing is on (the SDK reads the
     # rest of the standard OTEL_* variables itself).
     otel_traces_exporter: str = ""

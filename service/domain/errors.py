@@ -20,6 +20,8 @@ class ErrorFields(TypedDict, total=False):
     provider: str
     # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
     headers: dict[str, str]
+    # False for an error a provider answered (a stored one, read back: see ProviderError).
+    is_bifrost_error: bool
 
 
 class GatewayError(Exception):
@@ -43,6 +45,8 @@ class GatewayError(Exception):
         self.param = fields.get("param")
         self.provider = fields.get("provider", "")
         self.headers = fields.get("headers") or {}
+        if "is_bifrost_error" in fields:
+            self.is_bifrost_error = fields["is_bifrost_error"]
 
 
 class InvalidRequest(GatewayError):
@@ -65,6 +69,20 @@ class PermissionDenied(GatewayError):
     status_code = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class FailedPrecondition(GatewayError):
+    """The thing exists but is not in a state that allows the call (409, FAILED_PRECONDITION)."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "failed_precondition"
 
 
 class Overloaded(GatewayError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
+from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_status import rpc_status
@@ -25,6 +26,7 @@ from service.edge.converters import error_to_status, event_outcome, event_to_pro
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
 from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
+from service.edge.operation_proto import matching_command, operation_to_proto
 from service.edge.routes import ORIGINAL_PATH_HEADER, WAITING_RPCS, RouteTable
 from service.edge.status import grpc_code
 from service.edge.surfaces import SURFACES, RenderedError, Surface, bifrost_error, rpc_renderer
@@ -38,6 +40,7 @@ from service.infra.observability import (
     Subject,
     activate,
     record_bulk,
+    record_call,
     record_item,
     record_request,
     request_id,
@@ -46,6 +49,7 @@ from service.infra.observability import (
 from service.runtime.live import LiveConfig
 from service.usecases.bulk import BulkCanceller, check_wait
 from service.usecases.context import CallContext
+from service.usecases.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,8 @@ class Rpc:
     metadata_sent: bool = False
     # CancelMany: the final outcomes of its items by gRPC code name.
     outcomes: Counter[str] = field(default_factory=Counter)
+    # CancelMatching: the name of the operation it started.
+    operation: str = ""
 
 
 def _finish_cancel(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
@@ -196,6 +202,26 @@ def _bulk_route(headers: dict[str, str]) -> str:
 # What an RPC reports once it ends (the call, its record, its request, its span, how it ended): its
 # span's attributes, metrics, log line and audit events.
 Finish = Callable[[Rpc, CallRecord, Any, otel_trace.Span, Outcome], None]
+
+
+def operations_route(headers: dict[str, str]) -> str:
+    """The route label of CancelMatching and the Operations calls: `operations` through the REST
+    edge, else `grpc`."""
+    return "operations" if ORIGINAL_PATH_HEADER in headers else "grpc"
+
+
+def finish_call(rpc_name: str) -> Finish:
+    """What CancelMatching and the Operations calls report once they end: their access line (no
+    audit event: they cancel nothing themselves; each batch an operation settles has its own)."""
+
+    def finish(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
+        span.set_attribute("batchgate.rpc", rpc_name)
+        operation = (rpc.operation or getattr(request, "name", ""))[:100] or None
+        record_call(record, rpc_name, rpc.call.caller, outcome, operation=operation)
+
+    return finish
+
+
 # A servicer method as written (it gets the RPC's `Rpc`) and as gRPC calls it.
 Method = Callable[[S, Req, Context, Rpc], Awaitable[Resp]]
 Handler = Callable[[S, Req, Context], Awaitable[Resp]]
@@ -302,8 +328,11 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     """Thin methods: convert in, run the use case, convert out. `live` is the config this worker
     runs (it can change under a running server: service.runtime.live)."""
 
-    def __init__(self, live: LiveConfig) -> None:
-        self._live = live
+    def __init__(self, live: LiveConfig, operations: Operations | None = None) -> None:
+        self.live = live
+        # Long-running operations (CancelMatching; their progress is read with the Operations
+        # service); None: this servicer does not run them.
+        self.operations = operations
         self._bulk = BulkCanceller()
         self.draining = False
 
@@ -316,7 +345,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def draining(self, value: bool) -> None:
         self._draining = value
         if value:  # shared by every runtime: waits under an older config end too
-            self._live.factory.waiting.stopping.set()
+            self.live.factory.waiting.stopping.set()
 
     async def _cancel(
         self, request: pb.CancelBatchRequest, rpc: Rpc, method: str, surface: str | None = None
@@ -327,7 +356,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             check_wait(request.wait_seconds)
             rpc.command = replace(rpc.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
-        with self._live.current as runtime:
+        with self.live.current as runtime:
             return await runtime.canceller.cancel(rpc.command, call)
 
     @handles_cancel()
@@ -346,7 +375,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         is its own event."""
         call = rpc.call
         # The config current now serves the whole stream, whatever reloads meanwhile.
-        with self._live.current as runtime:
+        with self.live.current as runtime:
             bulk = self._bulk.prepare(
                 runtime.canceller,
                 [(item.id, item.provider) for item in request.batches],
@@ -370,12 +399,25 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                             Outcome(item_code, item_status, warning=warning),
                         )
 
+    @handles_rpc(finish=finish_call("CancelMatching"), route=operations_route)
+    async def CancelMatching(
+        self, request: pb.CancelMatchingRequest, context: Context, rpc: Rpc
+    ) -> operations_pb2.Operation:
+        """Starts an operation that cancels every batch matching the selector (or the named ones)
+        and answers with it at once (`done` false); its progress is read with the Operations
+        service. Bad input, refused access and limits end the call before anything is listed."""
+        if self.operations is None:
+            raise GatewayError("operations are not served here", status_code=501, code="unimplemented")
+        operation = await self.operations.start(matching_command(request), rpc.call)
+        rpc.operation = operation.name
+        return operation_to_proto(operation, None)
+
     @handles_rpc(render_health, finish=None)
     async def Health(self, request: pb.HealthRequest, context: Context, rpc: Rpc) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""
-        live = self._live
+        live = self.live
         breakers = live.current.canceller.breaker_states()
         providers = {name: pb.ProviderHealth(circuit=state) for name, state in breakers.items()}
         limiter = live.limiter
@@ -386,6 +428,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             rate_limit_store=store,
             config=pb.ConfigState(**live.state()),
             workers=[pb.ConfigState(**state) for state in live.workers()],
+            operations_running=self.operations.running() if self.operations is not None else 0,
         )
         if self.draining:
             raise Draining(health)

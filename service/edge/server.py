@@ -7,25 +7,36 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
 from service.config.settings import DEFAULTS, Settings
 from service.edge.api import BatchServicer, rest_error_metadata
+from service.edge.operation_proto import operation_json
+from service.edge.operations import OperationsServicer
 from service.edge.wire import Reading, StrictRegistrar
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
+from service.infra.operation_store import OperationStore, open_operation_store
+from service.infra.webhook import WebhookSender
 from service.runtime.live import FileWatcher, LiveConfig
 from service.usecases.cancel import Canceller
+from service.usecases.operations import Operations
+from service.usecases.operations import Settings as OperationSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+OPERATIONS_SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
+# The largest answer a worker sends (a done operation of 100,000 batches is ~15 MB in protobuf).
+MAX_SEND_BYTES = 64 << 20
 GRACE_SECONDS = 10.0
 
 
@@ -36,11 +47,12 @@ class App:
         self,
         server: grpc.aio.Server,
         port: int,
-        live: LiveConfig,
         servicer: BatchServicer,
         health: health.aio.HealthServicer,
+        operations: Operations,
     ):
-        self.server, self.port, self.live, self.servicer, self.health = server, port, live, servicer, health
+        self.server, self.port, self.servicer, self.health = server, port, servicer, health
+        self.live, self.operations = servicer.live, operations
 
     @property
     def canceller(self) -> Canceller:
@@ -61,9 +73,24 @@ class App:
         await self.health.enter_graceful_shutdown()
         if drain_delay:
             await asyncio.sleep(drain_delay)
-        await self.server.stop(grace)
+        # Operations leave as calls do: what is in flight finishes, the rest is another worker's.
+        await asyncio.gather(self.server.stop(grace), self.operations.close(grace))
+        await self.operations.store.close()
+        if self.operations.notifier is not None:
+            await self.operations.notifier.close()
         await self.live.close()
         await self.live.limiter.close()
+
+
+@dataclass(frozen=True, slots=True)
+class OperationsSetup:
+    """Where long-running operations live and how they run: in `store`, else in the Redis of
+    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop);
+    `settings` tune the runner (tests make it fast)."""
+
+    store: OperationStore | None = None
+    db: str | Path | None = None
+    settings: OperationSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +106,22 @@ class Listener:
 
 
 async def create_server(
-    config: Config | LiveConfig, listener: Listener = Listener(), settings: Settings = DEFAULTS
+    config: Config | LiveConfig,
+    listener: Listener = Listener(),
+    settings: Settings = DEFAULTS,
+    operations: OperationsSetup = OperationsSetup(),
 ) -> App:
     """Builds and starts the server and returns it (`App.port` is the first address's port). A
     plain Config never changes (its rate limiter is the one `governance.store` names, closed with
-    the server); a LiveConfig can be reloaded. Of `settings` it reads the request read timeout."""
+    the server); a LiveConfig can be reloaded. Of `settings` it reads the request read timeout;
+    `operations` says where long-running operations are kept."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if listener.reuse_port else 0),
             ("grpc.max_receive_message_length", 1 << 20),
+            # A done operation's answer lists every batch it matched (up to 100,000, ~15 MB): the
+            # send limit is set, not left to the library's default.
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             # Envoy admits 60 KiB of request headers, and they all arrive as metadata (a long path
             # twice): accept that much so an oversized id gets our 400, not a gRPC refusal.
             ("grpc.max_metadata_size", 64 << 10),
@@ -100,17 +134,21 @@ async def create_server(
         ]
     )
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
-    servicer = BatchServicer(live)
+    store_config = live.current.config.store
+    store = operations.store or open_operation_store(store_config.type, store_config.url, operations.db)
+    running = Operations(store, live, settings=operations.settings, render=operation_json, notifier=WebhookSender())
+    servicer = BatchServicer(live, running)
     # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
     # The registrar stands in for the server: it has the two methods the add_*_to_server functions call.
     strict = StrictRegistrar(server, Reading(settings.request_read_timeout_seconds, rest_error_metadata))
     registrar = cast(grpc.aio.Server, strict)
     # Generated by grpcio-tools without annotations:
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)  # type: ignore[no-untyped-call]
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(running), registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reflection_servicer = reflection.aio.ReflectionServicer(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        (SERVICE_NAME, OPERATIONS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     )
     # types-grpcio-reflection leaves this one unannotated:
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, registrar)  # type: ignore[no-untyped-call]
@@ -126,14 +164,15 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, live, servicer, health_servicer)
+    running.start_background()
+    return App(server, port, servicer, health_servicer, running)
 
 
 async def serve(live: LiveConfig, listener: Listener, settings: Settings) -> None:
     """Runs until SIGINT/SIGTERM, then drains (`settings.drain_delay_seconds`) and exits. A config
     loaded from a file is reloaded on SIGHUP and when the file changes. Serves /metrics unless
     `settings.metrics_port` is 0."""
-    app = await create_server(live, listener, settings)
+    app = await create_server(live, listener, settings, OperationsSetup(db=settings.batchgate_operations_db))
     if settings.metrics_port:
         start_metrics(settings.metrics_host, settings.metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.

@@ -76,6 +76,25 @@ CONFIG_LAST_RELOAD_SUCCESS_SECONDS = Gauge(
     "batchgate_config_last_reload_success_timestamp_seconds", "When the running config was loaded (unix time)"
 )
 CONFIG_INFO = Gauge("batchgate_config_info", "The running config's version (always 1)", ["version"])
+# Long-running CancelMatching operations (service.usecases.operations).
+OPERATIONS_STARTED = Counter("batchgate_operations_started", "CancelMatching operations started")
+OPERATIONS_FINISHED = Counter(
+    "batchgate_operations_finished",
+    "Operations finished, by result (ok, or the error's gRPC code name: failed_precondition, cancelled, ...)",
+    ["result"],
+)
+OPERATION_BATCHES = Counter(
+    "batchgate_operation_batches",
+    "Batches of operations settled, by outcome (matched, cancelled, already_ended, failed, skipped)",
+    ["outcome"],
+)
+OPERATIONS_RUNNING = Gauge("batchgate_operations_running", "Operations this worker is running now")
+# Every result and outcome starts at 0, so alerts and rate() see the series before the first one.
+for _result in ("ok", "failed_precondition", "cancelled", "unauthenticated", "error"):
+    OPERATIONS_FINISHED.labels(_result)
+for _outcome in ("matched", "cancelled", "already_ended", "failed", "skipped"):
+    OPERATION_BATCHES.labels(_outcome)
+operations_log = logging.getLogger("batchgate.operations")
 for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
 
@@ -152,11 +171,13 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """What a cancel was about: its provider and batch, and a bulk item's index."""
+    """What a cancel was about: its provider and batch, a bulk item's index, and the name of the
+    long-running operation it was part of."""
 
     provider: str
     batch_id: str
     index: int | None = None
+    operation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +232,7 @@ def _audit(record: CallRecord, caller: str, provider: str, subject: Subject, out
                     "event": "audit",
                     "request_id": record.request_id,
                     **({"index": subject.index} if subject.index is not None else {}),
+                    **({"operation": subject.operation} if subject.operation is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
                     "provider": provider,
@@ -231,9 +253,28 @@ def record_item(record: CallRecord, caller: str, subject: Subject, outcome: Outc
     _audit(record, caller, label, subject, outcome)
 
 
-def record_bulk(record: CallRecord, caller: str, items: int, item_outcomes: dict[str, int], outcome: Outcome) -> None:
-    """The one access log line of a bulk cancel: its `items` (as asked), their counts by final
-    outcome (gRPC code names), and what it did upstream (cancel attempts and reads)."""
+def record_operation_batch(record: CallRecord, caller: str, subject: Subject, settled: str, outcome: Outcome) -> None:
+    """The metric and the audit event of one batch of an operation once it is settled (`settled`:
+    its outcome, cancelled, failed...): the CancelMatching call's request id and the operation's
+    name (`subject.operation`) identify it."""
+    _child(OPERATION_BATCHES, settled).inc()
+    _audit(record, caller, provider_label(subject.provider), subject, outcome)
+
+
+def record_operation(name: str, caller: str, state: str, counts: dict[str, int], **fields: Any) -> None:
+    """One log line per state change of an operation (`batchgate.operations`): no secrets, the
+    caller as `vk:<id>` or `admin`."""
+    if operations_log.isEnabledFor(logging.INFO):
+        details = {k: v for k, v in fields.items() if v is not None}
+        operations_log.info(
+            "operation " + state,
+            extra={"fields": {"operation": name, "caller": caller, "state": state, **counts, **details}},
+        )
+
+
+def record_call(record: CallRecord, rpc: str, caller: str, outcome: Outcome, **fields: Any) -> None:
+    """The access log line of a call that is not a single cancel (CancelMany, CancelMatching and the
+    google.longrunning.Operations calls): its RPC, caller, outcome and `fields` (those not None)."""
     seconds = time.perf_counter() - record.started
     _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
@@ -243,20 +284,32 @@ def record_bulk(record: CallRecord, caller: str, items: int, item_outcomes: dict
                 "fields": {
                     "request_id": record.request_id,
                     "route": record.route,
-                    "rpc": "CancelMany",
+                    "rpc": rpc,
                     "caller": caller,
                     "outcome": outcome.code,
                     "status": outcome.http_status,
-                    "items": items,
-                    "item_outcomes": item_outcomes,
-                    "attempts": record.attempts,
-                    "reads": record.reads,
-                    "key_failovers": record.key_failovers,
+                    **{k: v for k, v in fields.items() if v is not None},
                     "latency_ms": round(seconds * 1000, 2),
                     **({"error": outcome.error} if outcome.error else {}),
                 }
             },
         )
+
+
+def record_bulk(record: CallRecord, caller: str, items: int, item_outcomes: dict[str, int], outcome: Outcome) -> None:
+    """The one access log line of a bulk cancel: its `items` (as asked), their counts by final
+    outcome (gRPC code names), and what it did upstream (cancel attempts and reads)."""
+    record_call(
+        record,
+        "CancelMany",
+        caller,
+        outcome,
+        items=items,
+        item_outcomes=item_outcomes,
+        attempts=record.attempts,
+        reads=record.reads,
+        key_failovers=record.key_failovers,
+    )
 
 
 class CircuitCollector(Collector):

@@ -10,6 +10,9 @@ service.runtime.build. Its public steps, which other use cases (bulk, operations
 - `target(caller, provider, batch_id)`: resolve + authorize. Raises the 400/403/429 of the call
   before any upstream request; the `Target` holds the keys the caller may use, in order.
   `Target.only_key(key_id)` narrows it to one configured key (400 when not among them).
+  `scoped_target(caller, provider, batch_id, key_id)` does the same for work the caller already
+  started (an operation's batch: its scope checked, its rate limit not counted again, optionally
+  one key); `batch_keys(caller, provider)` are the keys a listing goes through.
 - `cancel_target(target, command, call)`: the cancel itself, within the provider's admission limit
   and the call's deadline (`call.deadline`), trying the target's keys in turn
   (service.usecases.failover), then reading the batch (service.usecases.readback). Returns the
@@ -88,6 +91,38 @@ class Canceller:
             err.provider = adapter.name
             raise
         return Target(resolved, ref, keys)
+
+    def scoped_target(self, caller: Caller, provider: str, batch_id: str, key_id: str | None = None) -> Target:
+        """A target for work the caller already started (a batch of a long-running operation): the
+        provider and the caller's scope are checked as for `target`, but no call is counted against
+        its rate limit again; with `key_id`, that configured key alone (a batch is cancelled and read
+        with the key whose account it was found in, never another). Raises 400/403."""
+        resolved = self.provider(provider)
+        adapter = resolved.adapter
+        try:
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
+            ref = adapter.parse_id(batch_id)
+            keys = self._keys(resolved, caller, allowed_key_ids)
+            if key_id is not None:
+                keys = tuple(key for key in keys if key.id == key_id)
+                if not keys:
+                    raise InvalidRequest(
+                        f"key {key_id!r} is no longer configured for batches of {adapter.name}", code="no_batch_keys"
+                    )
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+        return Target(resolved, ref, keys)
+
+    def batch_keys(self, caller: Caller, provider: str) -> tuple[Key, ...]:
+        """The configured batch keys the caller may use on `provider`, in the order they are tried
+        (listing goes through each: every key may be another account). Raises 400/403."""
+        resolved = self.provider(provider)
+        try:
+            return self._keys(resolved, caller, self.auth.scope(caller, resolved.name))
+        except GatewayError as err:
+            err.provider = resolved.name
+            raise
 
     async def cancel_target(self, target: Target, command: CancelCommand, call: CallContext) -> CancelOutcome:
         """The cancel call itself, within the provider's admission limit and the call's deadline."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from service.domain.errors import DeadlineExceeded, GatewayError, InvalidRequest
 from service.infra.observability import KEY_FAILOVERS
 from service.infra.providers.base import UpstreamResponse
+from service.infra.providers.http import keep_retry_after
 from service.usecases.context import CallContext
 from service.usecases.target import Target, outgoing
 
@@ -47,7 +48,7 @@ async def cancel_with_failover(target: Target, call: CallContext, deadline: floa
         response = await executor.send(request, deadline, record)
         if response.status < 300:
             return Accepted(target.with_key(key), response)
-        error = adapter.parse_error(response)
+        error = keep_retry_after(adapter.parse_error(response), response)
         if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
             break  # about the batch, not the key (Gemini says a bad key with a 400)
     if error is None:  # a target always has at least one key

@@ -12,6 +12,7 @@ from typing import Any
 from service.domain.errors import GatewayError, UnsupportedOperation
 from service.domain.model import BatchState
 from service.infra.providers.base import UpstreamRequest, after_accepted_cancel, decode_json
+from service.infra.providers.http import keep_retry_after
 from service.usecases.context import CallContext
 from service.usecases.failover import Accepted
 from service.usecases.target import Target, outgoing, parse_batch
@@ -37,7 +38,7 @@ async def _read(target: Target, request: UpstreamRequest, call: CallContext, dea
     request.operation = "read"
     answer = await target.provider.executor.send(await adapter.prepare(target.key, request), deadline, call.record)
     if answer.status >= 300:
-        raise adapter.parse_error(answer)
+        raise keep_retry_after(adapter.parse_error(answer), answer)
     return decode_json(answer, adapter.name)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
-from gateway.render import BULK_PATH, LOCAL_REPLIES, SHAPED_SURFACES, render, split_host_port
+from gateway.render import BULK_PATH, LOCAL_REPLIES, MATCHING_PATH, SHAPED_SURFACES, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
@@ -274,18 +274,20 @@ def test_each_drop_in_api_words_every_local_reply() -> None:
 
 def test_routes_the_config_names_come_from_the_proto() -> None:
     config = render(http_port=8080, grpc_ports=[50051])
-    assert BULK_PATH == "/v1/batches/cancel"
-    assert '- match: {path: "/v1/batches/cancel"}' in config
-    waiting = re.search(r'safe_regex: \{regex: ("[^"]*")\}', config).group(1)
-    regex = re.compile(json.loads(waiting))
-    assert regex.pattern == r"^/batchgate\.v1\.BatchService/(Cancel|CancelMany)$"
-    assert [
-        m
-        for m in ("Cancel", "CancelMany", "CancelAnthropic", "Health")
-        if regex.match(f"/batchgate.v1.BatchService/{m}")
-    ] == [
-        "Cancel",
-        "CancelMany",
+    assert (BULK_PATH, MATCHING_PATH) == ("/v1/batches/cancel", "/v1/batches:cancelMatching")
+    regexes = [re.compile(json.loads(m)) for m in re.findall(r'safe_regex: \{regex: ("[^"]*")\}', config)]
+    bulk = next(r for r in regexes if r.match(BULK_PATH))
+    assert [p for p in (BULK_PATH, MATCHING_PATH, BULK_PATH + "/", "/v1/batches/b/cancel") if bulk.match(p)] == [
+        BULK_PATH,
+        MATCHING_PATH,
+    ]
+    long = next(r for r in regexes if r.match("/batchgate.v1.BatchService/Cancel"))
+    rpcs = ["/batchgate.v1.BatchService/" + m for m in ("Cancel", "CancelMany", "CancelAnthropic", "Health")]
+    rpcs.append("/google.longrunning.Operations/WaitOperation")
+    assert [rpc for rpc in rpcs if long.match(rpc)] == [
+        "/batchgate.v1.BatchService/Cancel",
+        "/batchgate.v1.BatchService/CancelMany",
+        "/google.longrunning.Operations/WaitOperation",
     ]
 
 
