@@ -3,7 +3,7 @@
 A cancelled batch often stays `cancelling` for minutes (OpenAI up to 10, Bedrock `Stopping`, Vertex
 `JOB_STATE_CANCELLING`). Reads start 1 s after the cancel and back off to at most 30 s apart, with
 jitter so a bulk call's items do not read in lockstep, and never sooner than a `Retry-After` asks.
-The policy is data and the clock, sleep and randomness are injected, so tests step time.
+The policy is data and the time it runs on is injected (`Waiting.timing`), so tests step time.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ import asyncio
 import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from service.domain.errors import GatewayError
 from service.domain.model import TERMINAL_STATUSES, BatchState, CancelCommand, CancelResult
 from service.infra.providers.http import RETRYABLE_STATUSES, retry_after_seconds
+from service.infra.timing import Timing
 from service.usecases.context import CallContext
+from service.usecases.target import CancelOutcome, Target
 
 # Time kept back from the call's own deadline so the last state still reaches the caller.
 ANSWER_MARGIN_S = 1.0
+SHUTTING_DOWN = "waiting ended early: the service is shutting down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,27 +43,22 @@ class PollPolicy:
         return base * (1 - self.jitter * rand())
 
 
-class Alarm:
-    """What ends a wait's sleep early, one per process (every config's canceller shares it): the
-    service draining (`stopping`, for good: waits answer with what they know) and a config reload
-    (a `pulse`: a caller may have lost its access, so every sleeping wait checks, then sleeps on)."""
+@dataclass(slots=True)
+class Step:
+    """One observed state of a waited-for batch; `final` on the last one."""
 
-    def __init__(self) -> None:
-        self.stopping = asyncio.Event()
-        self._pulse = asyncio.Event()
+    state: BatchState
+    final: bool
+    warning: str | None = None
+    raw: Any = None
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.pulse()
 
-    def pulse(self) -> None:
-        pulse, self._pulse = self._pulse, asyncio.Event()
-        pulse.set()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleeps `seconds`, or less if the service drains or a pulse comes meanwhile."""
-        if not self.stopping.is_set():
-            await sleep_unless(self._pulse, seconds)
+def wait_end(wait_seconds: float, deadline: float | None, now: float) -> float:
+    """Loop time at which waiting stops: after `wait_seconds`, or a margin before the call's deadline."""
+    end = now + wait_seconds
+    if deadline is not None:
+        end = min(end, deadline - min(ANSWER_MARGIN_S, max(0.0, deadline - now) / 10))
+    return end
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -72,100 +71,100 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-class Reader(Protocol):
-    """What waiting needs of the use case (service.usecases.cancel.Canceller, which imports this module):
-    reading a batch back, the poll policy, and the process's alarm (drain, reloads)."""
-
-    poll_policy: PollPolicy
-    alarm: Alarm
-
-    async def read(
-        self, handle: Any, command: CancelCommand, call: CallContext, call_end: float | None
-    ) -> tuple[BatchState, Any]: ...
-
-
 @dataclass(slots=True)
-class Step:
-    """One observed state of a waited-for batch; `final` on the last one."""
+class Waiting:
+    """How waits run, shared by the canceller of every config (a reload changes none of it): the
+    poll policy, the time it runs on, `stopping`, set once the service drains so that every wait,
+    under whichever config it started, ends at once with the last known state, and a pulse on each
+    reload (`pulse`): every sleeping wait wakes, checks its caller against the new config (a key
+    may be revoked), then sleeps on."""
 
-    state: BatchState
-    final: bool
-    warning: str | None = None
-    raw: Any = None
+    policy: PollPolicy = field(default_factory=PollPolicy)
+    timing: Timing = field(default_factory=Timing)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _pulse: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def stop(self) -> None:
+        """The service drains: every wait ends now, with the last known state."""
+        self.stopping.set()
+        self.pulse()
 
-def wait_end(wait_seconds: float, call_end: float | None, now: float) -> float:
-    """Loop time at which waiting stops: after `wait_seconds`, or a margin before the call's deadline."""
-    end = now + wait_seconds
-    if call_end is not None:
-        end = min(end, call_end - min(ANSWER_MARGIN_S, max(0.0, call_end - now) / 10))
-    return end
+    def pulse(self) -> None:
+        """Wakes every sleeping wait once (a reload)."""
+        pulse, self._pulse = self._pulse, asyncio.Event()
+        pulse.set()
 
-
-SHUTTING_DOWN = "waiting ended early: the service is shutting down"
-
-
-async def watch(
-    read: Callable[[], Awaitable[tuple[BatchState, Any]]],
-    state: BatchState,
-    until: float,
-    policy: PollPolicy | None = None,
-    *,
-    clock: Callable[[], float] | None = None,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-    rand: Callable[[], float] = random.random,
-    stop: asyncio.Event | None = None,
-    check: Callable[[], float | None] | None = None,
-) -> AsyncIterator[Step]:
-    """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding a
-    step each time the status changes; the last step is `final`, with a warning when the batch is
-    still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
-    answer); any other failure ends the wait with the last known state. `stop` (the service is
-    shutting down) ends the wait early, so the caller still gets a final answer in the grace time.
-    `check` (the caller may still do this: service.usecases.auth.CallerCheck) runs before every
-    read and whenever `sleep` returns early; its error (401/403) ends the wait, raised. It returns
-    the seconds until the caller's key expires, and the wait wakes then to check again."""
-    clock = clock or asyncio.get_running_loop().time
-    policy = policy or PollPolicy()
-    delay = policy.first_s
-    problem: str | None = None
-    raw: Any = None
-    while state.status not in TERMINAL_STATUSES:
-        now = clock()
-        if now >= until:
-            break
-        wake = now + min(delay, until - now)
-        while True:  # `sleep` may return early (a reload, the drain): check, then sleep on
-            expires_in = check() if check is not None else None
-            left = wake - clock()
-            if left <= 0 or (stop is not None and stop.is_set()):
-                break
-            await sleep(left if expires_in is None else min(left, expires_in + 0.001))
-        if stop is not None and stop.is_set():
-            problem = SHUTTING_DOWN
-            break
-        pause = policy.next_delay(delay, rand)
-        try:
-            new_state, raw = await read()
-        except GatewayError as err:
-            problem = f"reading the batch failed: {err.message}"
-            if err.status_code not in RETRYABLE_STATUSES and err.status_code < 500:
-                break
-            pause = max(pause, retry_after_seconds(err.headers.get("retry-after")) or 0.0)
+    async def _pause(self, seconds: float) -> None:
+        if self.timing.sleep is None:
+            if not self.stopping.is_set():  # real time: a drain or a reload cuts it short
+                await sleep_unless(self._pulse, seconds)
         else:
-            problem = None
-            changed = new_state.status != state.status
-            state = new_state
-            if changed and state.status not in TERMINAL_STATUSES:
-                yield Step(state, final=False, raw=raw)
-        delay = pause
-    if state.status in TERMINAL_STATUSES:
-        yield Step(state, final=True, raw=raw)
-        return
-    warning = f"the batch is still {state.status or 'not terminal'} after waiting"
-    if problem:
-        warning = f"{warning}; {problem}"
-    yield Step(state, final=True, warning=warning, raw=raw)
+            await self.timing.sleep(seconds)
+
+    async def watch(
+        self,
+        read: Callable[[], Awaitable[tuple[BatchState, Any]]],
+        state: BatchState,
+        until: float,
+        check: Callable[[], float | None] | None = None,
+    ) -> AsyncIterator[Step]:
+        """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding
+        a step each time the status changes; the last step is `final`, with a warning when the batch
+        is still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
+        answer); any other failure ends the wait with the last known state. `stopping` ends the wait
+        early, so the caller still gets a final answer in the grace time. `check` (the caller may
+        still do this: service.usecases.auth.CallerCheck) runs before every read and whenever a
+        sleep ends early; its error (401/403) ends the wait, raised. It returns the seconds until the
+        caller's key expires, and the wait wakes then to check again."""
+        policy, timing = self.policy, self.timing
+        delay = policy.first_s
+        problem: str | None = None
+        raw: Any = None
+        while state.status not in TERMINAL_STATUSES:
+            now = timing.now()
+            if now >= until:
+                break
+            wake = now + min(delay, until - now)
+            while True:  # a sleep may end early (a reload, the drain): check, then sleep on
+                expires_in = check() if check is not None else None
+                left = wake - timing.now()
+                if left <= 0 or self.stopping.is_set():
+                    break
+                await self._pause(left if expires_in is None else min(left, expires_in + 0.001))
+            if self.stopping.is_set():
+                problem = SHUTTING_DOWN
+                break
+            pause = policy.next_delay(delay, timing.rand)
+            try:
+                new_state, raw = await read()
+            except GatewayError as err:
+                problem = f"reading the batch failed: {err.message}"
+                if err.status_code not in RETRYABLE_STATUSES and err.status_code < 500:
+                    break
+                pause = max(pause, retry_after_seconds(err.headers.get("retry-after")) or 0.0)
+            else:
+                problem = None
+                changed = new_state.status != state.status
+                state = new_state
+                if changed and state.status not in TERMINAL_STATUSES:
+                    yield Step(state, final=False, raw=raw)
+            delay = pause
+        if state.status in TERMINAL_STATUSES:
+            yield Step(state, final=True, raw=raw)
+            return
+        warning = f"the batch is still {state.status or 'not terminal'} after waiting"
+        if problem:
+            warning = f"{warning}; {problem}"
+        yield Step(state, final=True, warning=warning, raw=raw)
+
+
+class Reader(Protocol):
+    """What waiting needs of the use case (service.usecases.cancel.Canceller, which imports this
+    module): reading a batch back, and how waits run."""
+
+    waiting: Waiting
+
+    async def read(self, target: Target, batch_id: str, call: CallContext) -> tuple[BatchState, Any]: ...
 
 
 def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelResult:
@@ -178,46 +177,36 @@ def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelRes
 
 
 async def watch_result(
-    canceller: Reader,
-    result: CancelResult,
+    reader: Reader,
+    outcome: CancelOutcome,
     command: CancelCommand,
     call: CallContext,
-    call_end: float | None,
-    gate: Callable[[], Any] | None = None,
+    gate: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
 ) -> AsyncIterator[tuple[CancelResult, bool]]:
     """The cancel's result after each status change while waiting `command.wait_seconds`, each with
     whether it is the last. `gate` (an async context manager factory) wraps each read, e.g. a bulk
     call's bound on upstream calls in flight."""
-    loop = asyncio.get_running_loop()
-    until = wait_end(command.wait_seconds, call_end, loop.time())
+    until = wait_end(command.wait_seconds, call.deadline, asyncio.get_running_loop().time())
+    result = outcome.result
     send_raw = result.raw_response is not None
 
     async def read() -> tuple[BatchState, Any]:
         if gate is None:
-            return await canceller.read(result.read_back, command, call, call_end)
+            return await reader.read(outcome.read_back, command.batch_id, call)
         async with gate():
-            return await canceller.read(result.read_back, command, call, call_end)
+            return await reader.read(outcome.read_back, command.batch_id, call)
 
-    if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
-        yield result, True
-        return
-    alarm = canceller.alarm
     access = call.access
     check = None if access is None else functools.partial(access.check, result.provider)
-    steps = watch(read, result.batch, until, canceller.poll_policy, sleep=alarm.sleep, stop=alarm.stopping, check=check)
-    async for step in steps:
+    async for step in reader.waiting.watch(read, result.batch, until, check):
         yield waited_result(result, step, send_raw), step.final
 
 
 async def wait_for_terminal(
-    canceller: Reader,
-    result: CancelResult,
-    command: CancelCommand,
-    call: CallContext,
-    call_end: float | None,
+    reader: Reader, outcome: CancelOutcome, command: CancelCommand, call: CallContext
 ) -> CancelResult:
     """A single cancel's wait: the last state once terminal or once the wait runs out."""
-    last = result
-    async for state, _final in watch_result(canceller, result, command, call, call_end):
+    last = outcome.result
+    async for state, _final in watch_result(reader, outcome, command, call):
         last = state
     return last

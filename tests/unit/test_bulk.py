@@ -10,8 +10,9 @@ import pytest
 
 from service.domain.errors import InvalidRequest, Overloaded, ProviderError, Unauthenticated
 from service.domain.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
+from service.infra.timing import Timing
 from service.usecases.bulk import check_items, check_wait
-from service.usecases.waiting import PollPolicy, wait_end, watch
+from service.usecases.waiting import PollPolicy, Waiting, wait_end
 from tests.support import SteppedClock
 
 
@@ -30,18 +31,8 @@ def reader(clock: SteppedClock, answers: list):
 
 
 async def steps_of(read, clock: SteppedClock, until: float, status: str = "cancelling", rand=lambda: 0.0, policy=None):
-    return [
-        step
-        async for step in watch(
-            read,
-            BatchState(id="b", status=status),
-            until,
-            policy or PollPolicy(),
-            clock=clock,
-            sleep=clock.sleep,
-            rand=rand,
-        )
-    ]
+    waiting = Waiting(policy or PollPolicy(), Timing(clock=clock, sleep=clock.sleep, rand=rand))
+    return [step async for step in waiting.watch(read, BatchState(id="b", status=status), until)]
 
 
 async def test_reads_start_after_one_second_and_back_off_to_thirty():
@@ -67,15 +58,8 @@ async def test_a_caller_that_loses_its_access_ends_the_wait_before_the_next_read
             raise revoked
         return None
 
-    steps = watch(
-        read,
-        BatchState(id="b", status="cancelling"),
-        100.0,
-        clock=clock,
-        sleep=clock.sleep,
-        rand=lambda: 0.0,
-        check=check,
-    )
+    waiting = Waiting(PollPolicy(), Timing(clock=clock, sleep=clock.sleep, rand=lambda: 0.0))
+    steps = waiting.watch(read, BatchState(id="b", status="cancelling"), 100.0, check)
     with pytest.raises(Unauthenticated) as info:
         async for _ in steps:
             pass
@@ -97,16 +81,9 @@ async def test_a_wait_wakes_when_its_callers_key_expires_and_after_an_early_wake
     async def sleep(seconds: float) -> None:  # the first sleep is cut short (a reload's pulse)
         await clock.sleep(seconds / 2 if not clock.sleeps else seconds)
 
+    waiting = Waiting(PollPolicy(), Timing(clock=clock, sleep=sleep, rand=lambda: 0.0))
     with pytest.raises(Unauthenticated):
-        async for _ in watch(
-            read,
-            BatchState(id="b", status="cancelling"),
-            100.0,
-            clock=clock,
-            sleep=sleep,
-            rand=lambda: 0.0,
-            check=check,
-        ):
+        async for _ in waiting.watch(read, BatchState(id="b", status="cancelling"), 100.0, check):
             pass
     assert reads == [1.0, 3.0, 7.0]  # read on time despite the early wake; none after the expiry
     assert clock.now == pytest.approx(12.501)  # woke at the expiry (the next read was due at 15 s)
@@ -162,8 +139,8 @@ async def test_a_read_failure_that_cannot_pass_ends_the_wait_with_the_last_state
 
 async def test_wait_ends_before_the_calls_deadline():
     assert wait_end(10, None, now=5.0) == 15.0
-    assert wait_end(3600, call_end=65.0, now=5.0) == 64.0  # a margin to answer in
-    assert wait_end(3600, call_end=7.0, now=5.0) == pytest.approx(6.8)
+    assert wait_end(3600, deadline=65.0, now=5.0) == 64.0  # a margin to answer in
+    assert wait_end(3600, deadline=7.0, now=5.0) == pytest.approx(6.8)
 
 
 def test_bounds_of_a_bulk_call():

@@ -15,8 +15,8 @@ from service.config.reader import ConfigError
 from service.domain.errors import InvalidRequest, Overloaded, UpstreamUnavailable
 from service.infra.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
 from service.infra.providers.catalog import parse_config
+from service.runtime.build import RuntimeFactory
 from service.usecases.auth import Authenticator, Caller
-from service.usecases.cancel import Canceller
 
 
 class Clock:
@@ -325,7 +325,7 @@ async def test_only_limited_virtual_keys_touch_the_store():
 async def test_a_call_refused_for_its_id_spends_none_of_the_rate_limit(batch_id):
     clock = Clock()
     store = FlakyStore(clock)
-    canceller = Canceller(parse_config(_config(), env={}), RateLimiter(store, clock=clock))
+    canceller = RuntimeFactory(RateLimiter(store, clock=clock)).build(parse_config(_config(), env={}), "v").canceller
     caller = canceller.auth.authenticate({"x-bf-vk": "sk-bf-limited"})
     with pytest.raises(InvalidRequest):
         await canceller.target(caller, "openai", batch_id)

@@ -10,7 +10,7 @@ from service.infra.observability import JsonFormatter, TextFormatter, redact_log
 from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.providers.catalog import parse_config
 from service.infra.redaction import Redactor, config_secrets, request_credentials
-from service.usecases.cancel import Canceller, Collaborators
+from service.runtime.build import Collaborators, build_providers
 from tests.support import config_dict
 
 PEM = (
@@ -125,8 +125,8 @@ def test_log_lines_pass_through_the_current_redactor() -> None:
         redact_logs(None)
 
 
-async def test_every_executor_a_canceller_hands_out_masks_what_the_provider_says() -> None:
-    """Listing (operations) sends through `Canceller.provider`'s executor, not the cancel path."""
+async def test_every_exchange_with_a_provider_masks_what_the_provider_says() -> None:
+    """Cancels, reads and listing pages all go through `Provider.send`, never the executor alone."""
 
     class Echo:
         """A provider that echoes the credential it was sent, in its body and a header."""
@@ -144,11 +144,10 @@ async def test_every_executor_a_canceller_hands_out_masks_what_the_provider_says
     data["operations"] = {"notify_urls": ["https://hooks.example.com/"], "notify_secret": "webhook-secret-0123"}
     config = parse_config(data, {})
     assert "webhook-secret-0123" in config_secrets(config)
-    canceller = Canceller(config, parts=Collaborators(executor=lambda name, pc, breaker: Echo()))
-    _, executor = canceller.provider("openai")
+    provider = build_providers(config, Collaborators(executor=lambda name, pc, breaker: Echo()), {})["openai"]
     key = config.providers["openai"].keys[0].value
     for credential in (key, "sk-a-callers-own-direct-key"):
         request = UpstreamRequest("GET", "http://127.0.0.1:9/v1/batches", {"Authorization": f"Bearer {credential}"})
-        answer = await executor.send(request, 0.0)
+        answer = await provider.send(request, 0.0)
         assert credential not in answer.body.decode() and credential not in answer.headers["www-authenticate"]
         assert json.loads(answer.body) == {"error": "Bearer ***"}
