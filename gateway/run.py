@@ -6,7 +6,8 @@ admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.
 and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
-SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3).
+SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3),
+STATE_DIR (state that must outlive a restart: the embedded rate-limit store; default build/state).
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
 """
@@ -19,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.stack import Stack, default_envoy_concurrency, default_workers
+from gateway.stack import DEFAULT_STATE_DIR, Stack, default_envoy_concurrency, default_workers
 from service.config.reader import ConfigError
+from service.infra.state import state_dir_from
 
 
 def _path(value: str | None) -> Path | None:
@@ -41,6 +43,7 @@ def main() -> int:
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
         sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
+        state_dir=state_dir_from(os.environ, DEFAULT_STATE_DIR),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
@@ -78,7 +81,7 @@ def main() -> int:
             f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health",
             flush=True,
         )
-    print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
+    print(f"  rate limits counted in: {stack.rate_limit_store}   state kept in: {stack.state_dir}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0

@@ -14,10 +14,11 @@ from pathlib import Path
 from service.config.file import Config, read_config
 from service.config.reader import ConfigError
 from service.edge.server import serve
-from service.infra.limits import EMBEDDED_PATH_ENV, RateLimiter
+from service.infra import state
+from service.infra.limits import EMBEDDED_PATH_ENV, EmbeddedStore, RateLimiter
 from service.infra.observability import configure_logging, configure_tracing
 from service.infra.providers.catalog import parse_config_bytes
-from service.runtime.live import LiveConfig, StateDir
+from service.runtime.live import LiveConfig, RunDir
 from service.usecases.auth import exposure_problem
 
 
@@ -51,13 +52,22 @@ def main() -> None:
     parser.add_argument(
         "--edge-host", help="address the REST edge in front of this worker listens on (a reload must not open it)"
     )
-    parser.add_argument("--state-dir", help="directory where the workers of one gateway publish their config version")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=state.state_dir_from(os.environ),
+        help=f"directory of the state that must outlive a restart: the embedded rate-limit store's "
+        f"{state.RATE_LIMITS_FILE} ({state.STATE_DIR_ENV}; default: none, such state is kept in memory)",
+    )
+    parser.add_argument(
+        "--run-dir", help="directory of one gateway run, where its workers publish the config version each runs"
+    )
     parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
     parser.add_argument(
         "--rate-limit-db",
         default=os.environ.get(EMBEDDED_PATH_ENV),
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
-        f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
+        f"({EMBEDDED_PATH_ENV}; default: {state.RATE_LIMITS_FILE} in the state directory)",
     )
     args = parser.parse_args()
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
@@ -87,8 +97,14 @@ def main() -> None:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     try:
+        state_dir = state.prepare(args.state_dir) if args.state_dir else None
+    except OSError as exc:
+        print(f"batchgate: cannot create the state directory {args.state_dir}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        embedded = args.rate_limit_db or (EmbeddedStore.path_in(state_dir) if state_dir else None)
         # One limiter per process, outside every loaded config: counts carry over reloads.
-        limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
+        limiter = RateLimiter.for_config(config.store, embedded)
     except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
         print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -102,7 +118,7 @@ def main() -> None:
             "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
             "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
         },
-        state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
+        run_dir=RunDir(args.run_dir, args.worker) if args.run_dir else None,
     )
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []

@@ -28,12 +28,11 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -41,6 +40,7 @@ from prometheus_client import Counter
 
 from service.config.governance import RateLimit, StoreConfig
 from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.infra.state import RATE_LIMITS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ RETURNING count, reset_at
 
 class EmbeddedStore:
     """A SQLite file in WAL mode. Every process that opens the same path shares the counts. Without a
-    path the store makes a file of its own (a lone `python -m service`) and removes it on close.
+    path (a lone `python -m service` without a state directory) the counts live in this process's
+    memory: nothing is written to disk.
 
     A counted call is one short write, ~20 us at p50 here (no fsync: counts are worth nothing after
     a reboot), cheaper than a hop to a thread, so it runs on the event loop. But SQLite's busy handler
@@ -109,11 +110,7 @@ class EmbeddedStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
     ) -> None:
-        self._own_dir = None
-        if path is None:
-            self._own_dir = tempfile.mkdtemp(prefix="batchgate-limits-")
-            path = os.path.join(self._own_dir, "rate-limits.sqlite3")
-        self.path = os.fspath(path)
+        self.path = ":memory:" if path is None else os.fspath(path)
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._db = self.initialize(self.path, busy_timeout_ms)  # may wait while other workers start
@@ -121,6 +118,11 @@ class EmbeddedStore:
         self._db.execute("PRAGMA busy_timeout = 0")
         self._waiting_db: sqlite3.Connection | None = None  # opened on first contention
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="rate-limit-store")
+
+    @staticmethod
+    def path_in(state_dir: str | os.PathLike) -> Path:
+        """The store's file in a state directory (STATE_DIR): the launcher and every worker agree."""
+        return Path(state_dir) / RATE_LIMITS_FILE
 
     @staticmethod
     def initialize(path: str | os.PathLike, busy_timeout_ms: int = 200) -> sqlite3.Connection:
@@ -155,15 +157,12 @@ class EmbeddedStore:
         self._db.execute("SELECT count(*) FROM windows WHERE 0").fetchone()
 
     async def close(self) -> None:
-        """Closes the files (and removes a file of its own); closing twice is harmless."""
+        """Closes the files; closing twice is harmless."""
         self._waiter.shutdown(wait=True)
         for db in (self._db, self._waiting_db):
             if db is not None:
                 db.close()
         self._waiting_db = None
-        if self._own_dir is not None:
-            shutil.rmtree(self._own_dir, ignore_errors=True)
-            self._own_dir = None
 
     def redact(self, text: str) -> str:
         return text
@@ -280,7 +279,7 @@ class RedisStore:
 
 def open_store(settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
-    launcher shares between workers), else BATCHGATE_RATE_LIMIT_DB, else a file of its own."""
+    workers of one machine share), else BATCHGATE_RATE_LIMIT_DB, else this process's memory."""
     if settings.type == "redis":
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
     return EmbeddedStore(embedded_path or os.environ.get(EMBEDDED_PATH_ENV) or None)

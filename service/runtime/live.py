@@ -95,10 +95,11 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return changed
 
 
-class StateDir:
-    """Where the workers of one gateway publish the config they run, so that whichever worker
-    answers REST /health can show all of them. One small JSON file per worker, replaced atomically
-    (write, then rename); files of workers that are gone are skipped."""
+class RunDir:
+    """Where the workers of one gateway run publish the config they run, so that whichever worker
+    answers REST /health can show all of them (`--run-dir`: a directory of the run, not state that
+    outlives it). One small JSON file per worker, replaced atomically (write, then rename); files of
+    workers that are gone are skipped."""
 
     def __init__(self, directory: str | Path, worker: int) -> None:
         self.directory, self.worker = Path(directory), worker
@@ -146,7 +147,7 @@ class LiveConfig:
         limiter: RateLimiter | None = None,
         check: Callable[[Config], str | None] | None = None,
         restart_only: Mapping[str, Callable[[], Any]] | None = None,
-        state_dir: StateDir | None = None,
+        run_dir: RunDir | None = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         canceller: Canceller | None = None,
@@ -154,7 +155,7 @@ class LiveConfig:
         self.path = path
         # One per process, outside every runtime: counts of a virtual key carry over a reload.
         self.limiter = limiter if limiter is not None else RateLimiter.for_config(config.store)
-        self._check, self._env, self._clock, self._state_dir = check, env, clock, state_dir
+        self._check, self._env, self._clock, self._run_dir = check, env, clock, run_dir
         self._restart_only = dict(restart_only or {})
         self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
         # Executors (pools, breakers) shared by the current and the draining runtimes, by use count.
@@ -280,29 +281,29 @@ class LiveConfig:
         executors = list(self._uses)
         self._uses.clear()
         await asyncio.gather(*(executor.close() for executor in executors), *self._closing)
-        if self._state_dir is not None:
-            self._state_dir.remove()
+        if self._run_dir is not None:
+            self._run_dir.remove()
 
     # --- what /health shows ------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """This worker's config: version, load time, whether the last reload worked."""
         return {
-            "worker": self._state_dir.worker if self._state_dir is not None else 0,
+            "worker": self._run_dir.worker if self._run_dir is not None else 0,
             "version": self.current.version,
             "loaded_at": int(self.current.loaded_at),
             "last_reload_successful": self.last_reload_successful,
         }
 
     def workers(self) -> list[dict[str, Any]]:
-        """Every worker's `state()` on this machine (just this one without a state directory)."""
-        if self._state_dir is None:
+        """Every worker's `state()` of this run (just this one without a run directory)."""
+        if self._run_dir is None:
             return [self.state()]
-        return self._state_dir.read() or [self.state()]
+        return self._run_dir.read() or [self.state()]
 
     def _publish(self) -> None:
-        if self._state_dir is not None:
-            self._state_dir.publish(self.state())
+        if self._run_dir is not None:
+            self._run_dir.publish(self.state())
 
 
 class FileWatcher:

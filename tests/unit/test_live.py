@@ -18,7 +18,7 @@ from service.config.reader import ConfigError
 from service.domain.errors import Overloaded, Unauthenticated
 from service.infra.limits import EmbeddedStore, RateLimiter
 from service.infra.providers.catalog import parse_config
-from service.runtime.live import FileWatcher, LiveConfig, StateDir, describe_changes
+from service.runtime.live import FileWatcher, LiveConfig, RunDir, describe_changes
 from service.usecases.cancel import Canceller, Collaborators
 from tests.support import OPENAI_KEYS, config_dict
 
@@ -298,12 +298,12 @@ def test_describe_changes_names_parts_never_values() -> None:
     assert describe_changes(old, parse_config(document(governance={}, client={}), ENV)) == ["governance", "client"]
 
 
-# --- the state directory behind /health ---------------------------------------------------------
+# --- the run directory behind /health ---------------------------------------------------------
 
 
 def test_workers_publish_their_version_and_dead_ones_are_skipped(tmp_path: Path) -> None:
-    first = live_from(document(), state_dir=StateDir(tmp_path, 0))
-    second = live_from(document(client={}), state_dir=StateDir(tmp_path, 1))
+    first = live_from(document(), run_dir=RunDir(tmp_path, 0))
+    second = live_from(document(client={}), run_dir=RunDir(tmp_path, 1))
     (tmp_path / "worker-7.json").write_text(json.dumps({"worker": 7, "version": "x", "pid": 2**22 + 12345}))
     (tmp_path / "worker-8.json").write_text("{not json")
     states = first.workers()
@@ -314,7 +314,7 @@ def test_workers_publish_their_version_and_dead_ones_are_skipped(tmp_path: Path)
     assert "pid" not in states[0]
 
 
-def test_without_a_state_directory_a_worker_reports_itself() -> None:
+def test_without_a_run_directory_a_worker_reports_itself() -> None:
     live = live_from(document())
     assert live.workers() == [live.state()]
 
