@@ -26,13 +26,15 @@ from service.infra.state import state_dir_from
 
 
 def _path(value: str | None) -> Path | None:
-    return Path(value).resolve() if value else None
+    """An absolute path as given: symlinks are kept, so the workers watch the path itself and follow a
+    swap of its target (a Kubernetes `config.json -> ..data/config.json`, a release symlink)."""
+    return Path(os.path.abspath(value)) if value else None
 
 
 def main() -> int:
     config = os.environ.get("CONFIG")
     stack = Stack(
-        config=Path(config).resolve() if config else None,
+        config=_path(config),
         http_port=int(os.environ.get("HTTP_PORT", "8080")),
         grpc_port=int(os.environ.get("GRPC_PORT", "50051")),
         admin_port=int(os.environ.get("ADMIN_PORT", "9901")),

@@ -478,3 +478,47 @@ def test_sighup_to_the_launcher_reloads_every_worker(tmp_path: Path, sandbox: st
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_the_launcher_follows_a_kubernetes_style_swap_of_a_symlinked_config(tmp_path: Path, sandbox: str) -> None:
+    """`make run` with CONFIG a symlink (`config.json -> ..data/config.json`): after the kubelet's
+    swap of `..data` and the removal of the old version directory, the new file is the one that
+    runs (issue 23: the launcher used to hand the workers the symlink's old target)."""
+    mount = Mount(tmp_path / "etc-batchgate")
+    mount.write(encode(config_for(sandbox)))
+    env = launcher_env(CONFIG=str(mount.path), WORKERS="1", DRAIN_DELAY_SECONDS="0")
+    stderr_path = tmp_path / "stderr.log"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            start_new_session=True,
+        )
+    try:
+        try:
+            _, lines = read_until_curl_line(proc)
+        except AssertionError as exc:
+            raise AssertionError(stderr_path.read_text()[-3000:]) from exc
+        assert any(f"config {mount.path}" in line for line in lines), lines  # the path as given
+        url = f"http://127.0.0.1:{env['HTTP_PORT']}/v1/batches/b{uuid.uuid4().hex[:12]}/cancel?provider=openai"
+        with requests.Session() as session:
+            assert session.post(url, headers={"x-bf-vk": VK_REVOKED}, timeout=10).status_code == 200
+
+            mount.write(encode(config_for(sandbox, revoked=True)))  # swaps ..data, removes the old version
+
+            def refused() -> bool:
+                return session.post(url, headers={"x-bf-vk": VK_REVOKED}, timeout=10).status_code == 401
+
+            wait_for(refused, REVOCATION_LIMIT_S, "the revoked key refused after the swap")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert "cannot be read" not in stderr_path.read_text()
