@@ -66,7 +66,8 @@ def main() -> int:
     try:
         stack.start()
     except ConfigError as exc:
-        print(f"batchgate: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"batchgate: config error: {problem}", file=sys.stderr)
         return 2
     except (RuntimeError, TimeoutError) as exc:
         print(f"batchgate: {exc}", file=sys.stderr)

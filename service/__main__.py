@@ -83,7 +83,8 @@ def main() -> None:
         raw = read_config(args.config)
         config = parse_config_bytes(raw, args.config)
     except ConfigError as exc:
-        print(f"batchgate: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"batchgate: config error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
     problem = exposure_problem(config, hosts[0])
     if problem:

@@ -341,16 +341,17 @@ def config_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
     service's, and the rest of the client never needs it)."""
     try:
         from service.config.reader import ConfigError
-        from service.infra.providers.catalog import load_config
+        from service.runtime.check import check_config
     except ImportError as exc:
         raise UsageError(
             "config check validates with the batchgate service's own rules, but the service package is not "
             f"importable here ({exc}); run it in a batchgate checkout's .venv (`make` sets that up)"
         ) from None
     try:
-        config = load_config(path)
+        config = check_config(path)
     except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=stderr)
+        for problem in exc.problems:
+            print(f"{PROG}: config error: {problem}", file=stderr)
         return EXIT_FAILED
     keys = [key for provider in config.providers.values() for key in provider.keys]
     batch_keys = sum(len(provider.batch_keys) for provider in config.providers.values())

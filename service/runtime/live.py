@@ -14,7 +14,11 @@ the wording of the start-time `config error`.
 
 Triggers: `reload()` (SIGHUP), and `FileWatcher`, which polls the file's stat through symlinks, so
 an atomic rename over the file and the `..data` symlink swap of a Kubernetes-mounted ConfigMap or
-Secret are both seen, and reloads when the content changed.
+Secret are both seen, and reloads when the content changed. The secret files the config names
+(`file./path` values) are watched the same way: a rotated secret is a reload.
+
+Fields the config does not know are ignored with one warning line each, at start and at every
+reload (`batchgate config check` refuses them).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from service.infra.observability import (
     CONFIG_RELOADS,
 )
 from service.infra.providers.catalog import parse_config_bytes
+from service.runtime.check import unknown_field_warnings
 from service.usecases.cancel import Canceller, Executor
 
 log = logging.getLogger(__name__)
@@ -161,10 +166,11 @@ class LiveConfig:
         # Executors (pools, breakers) shared by the current and the draining runtimes, by use count.
         self._uses: collections.Counter[Executor] = collections.Counter()
         self._closing: set[asyncio.Task] = set()
-        self.digest = hashlib.sha256(raw).digest() if raw is not None else None
+        self.digest = fingerprint(raw, config.report.secret_files) if raw is not None else None
         self.failed_digest: bytes | None = None
         self.last_reload_successful = True
         self.current = self._build(config, raw, None, canceller)
+        _warn_unknown_fields(config)
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
         CONFIG_INFO.labels(self.current.version).set(1)
@@ -200,10 +206,17 @@ class LiveConfig:
             return False
         return self.apply(raw, trigger)
 
+    def secret_files(self) -> tuple[tuple[str, str], ...]:
+        """The secret files the running config was read with: (path, SHA-256 of the content)."""
+        return self.current.config.report.secret_files
+
+    def fingerprint(self, raw: bytes) -> bytes:
+        """What `raw` would load as, with the running config's secret files as they are now."""
+        return fingerprint(raw, tuple((path, _file_digest(path)) for path, _ in self.secret_files()))
+
     def apply(self, raw: bytes, trigger: str, *, report: bool = True) -> bool:
         """Makes `raw` the running config if it is valid. A failure is logged and counted only with
         `report` (the file watcher first waits to see whether a write was still in progress)."""
-        digest = hashlib.sha256(raw).digest()
         previous = self.current
         try:
             config = parse_config_bytes(raw, self.path or "config", self._env)
@@ -213,13 +226,15 @@ class LiveConfig:
             runtime = self._build(config, raw, previous)
         except ConfigError as exc:
             if report:
-                self._failed(exc, digest)
+                self._failed(exc, self.fingerprint(raw))
             return False
         except Exception as exc:  # never a traceback out of a signal handler: the running config stays
             if report:
-                self._failed(ConfigError(f"{self.path or 'config'}: cannot be loaded ({type(exc).__name__})"), digest)
+                failure = ConfigError(f"{self.path or 'config'}: cannot be loaded ({type(exc).__name__})")
+                self._failed(failure, self.fingerprint(raw))
             return False
         self.current = runtime
+        digest = fingerprint(raw, config.report.secret_files)
         self.digest, self.failed_digest, self.last_reload_successful = digest, None, True
         self._retire(previous)
         CONFIG_RELOADS.labels("success").inc()
@@ -237,7 +252,8 @@ class LiveConfig:
             previous.version,
             ", ".join(changed) or "nothing",
         )
-        stale = [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
+        _warn_unknown_fields(config)
+        stale = [name for name, current in self._restart_only.items() if current() != self._pinned[name]]
         if stale:
             log.warning(
                 "config reload: %s changed but cannot change at runtime; the running value stays until a restart",
@@ -250,7 +266,8 @@ class LiveConfig:
         self.failed_digest, self.last_reload_successful = digest, False
         CONFIG_RELOADS.labels("failure").inc()
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
-        log.error("config reload failed: %s", exc)
+        for problem in exc.problems or (str(exc),):
+            log.error("config reload failed: %s", problem)
         self._publish()
 
     # --- draining replaced runtimes ----------------------------------------------------------
@@ -306,10 +323,40 @@ class LiveConfig:
             self._run_dir.publish(self.state())
 
 
+def fingerprint(raw: bytes, secret_files: tuple[tuple[str, str], ...]) -> bytes:
+    """A config's identity: its bytes and the content of the secret files it names (kept in memory
+    only, never shown: /health's version is the file's alone)."""
+    digest = hashlib.sha256(raw)
+    for path, content in secret_files:
+        digest.update(f"\0{path}\0{content}".encode("utf-8", "surrogateescape"))
+    return digest.digest()
+
+
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def _stat(path: str | Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _warn_unknown_fields(config: Config) -> None:
+    for line in unknown_field_warnings(config):
+        log.warning("%s", line)
+
+
 class FileWatcher:
-    """Notices a change of the config file without a signal: every `interval` seconds it stats the
-    path (following symlinks: an atomic rename and Kubernetes' `..data` swap both give a new inode)
-    and, when anything changed, reads the file and applies it if its digest is new.
+    """Notices a change of the config file, or of a secret file it names, without a signal: every
+    `interval` seconds it stats the paths (following symlinks: an atomic rename and Kubernetes'
+    `..data` swap both give a new inode) and, when anything changed, reads the config and applies it
+    if what it would load (its bytes and the secret files' content) is new.
 
     A new content that does not load is applied again (and only then reported) once the file has
     stayed the same for one interval: a write seen half-way must not count as a failed reload."""
@@ -324,14 +371,13 @@ class FileWatcher:
         self._missing = False
 
     def _stat(self) -> tuple | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
+        config = _stat(self._path)
+        if config is None:
             return None
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return config, tuple(_stat(path) for path, _ in self._live.secret_files())
 
     def poll(self) -> None:
-        """One look at the file (the watcher's loop calls it; tests call it directly)."""
+        """One look at the files (the watcher's loop calls it; tests call it directly)."""
         signature = self._stat()
         if signature is None:
             self._unreadable("it is gone")
@@ -346,7 +392,7 @@ class FileWatcher:
             self._unreadable(exc.strerror or type(exc).__name__)
             return
         self._missing = False
-        digest = hashlib.sha256(raw).digest()
+        digest = self._live.fingerprint(raw)
         if digest == self._live.digest and not self._live.last_reload_successful:
             # Put back to what runs after a failed reload: that is a successful reload.
             self._suspect = None

@@ -178,6 +178,17 @@ BROKEN_CONFIGS = {
         "providers.openai.keys[0].use_for_batch_api: expected true or false, got str",
     ),
     "not json": ("{not json", "{path}: not valid JSON (line 1 column 2:"),
+    "deeply nested": (
+        '{"providers": {"openai": {"keys": ' + "[" * 100_000 + "]" * 100_000 + "}}}",
+        "providers.openai.keys[0][0][0]",
+    ),
+    "malformed redis url": (
+        {
+            "providers": {"openai": {"keys": [{"value": "k", "use_for_batch_api": True}]}},
+            "governance": {"store": {"type": "redis", "url": "redis://:pw@[::1/0"}},
+        },
+        "governance.store.url: not a valid URL (check the host and its brackets)",
+    ),
 }
 
 

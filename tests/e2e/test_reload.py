@@ -99,21 +99,21 @@ def encode(config: dict) -> bytes:
 class Mount:
     """A directory as the kubelet lays out a mounted ConfigMap or Secret, updated as it does."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.versions = root, itertools.count()
-        self.path = root / "config.json"
+    def __init__(self, root: Path, name: str = "config.json") -> None:
+        self.root, self.name, self.versions = root, name, itertools.count()
+        self.path = root / name
         root.mkdir(parents=True)
         self.current: Path | None = None
 
     def write(self, content: bytes) -> None:
         version = self.root / f"..2026_11_28_{next(self.versions):06d}"
         version.mkdir()
-        (version / "config.json").write_bytes(content)
+        (version / self.name).write_bytes(content)
         staged = self.root / "..data_tmp"
         staged.symlink_to(version.name)
         os.replace(staged, self.root / "..data")
         if not self.path.is_symlink():
-            self.path.symlink_to("..data/config.json")
+            self.path.symlink_to(f"..data/{self.name}")
         if self.current is not None:
             shutil.rmtree(self.current)  # the kubelet removes the old version after the swap
         self.current = version
@@ -393,6 +393,33 @@ def test_a_rotated_provider_key_is_sent_by_the_next_call(
 
     assert [carried(b) for b in before] == [[f"Bearer {OPENAI_KEY}"]] * 4
     assert [carried(b) for b in after] == [[f"Bearer {ROTATED_KEY}"]] * 4
+
+
+def test_a_provider_key_in_a_secret_file_rotates_without_a_config_change_or_a_signal(
+    gateway: Stack, mount: Mount, sandbox: str, restore: None, tmp_path: Path
+) -> None:
+    """`"value": "file./.../openai-key"` on a Secret volume: the kubelet's `..data` swap, then an in-place
+    write, each reach both workers' next calls (issue 23: `env.VAR` cannot change in a running pod)."""
+    sim = SimAdmin(sandbox)
+    session = requests.Session()
+    secret = Mount(tmp_path / "secret-volume", "openai-key")
+    secret.write(f"{OPENAI_KEY}\n".encode())
+    content = encode(config_for(sandbox, openai_key=f"file.{secret.path}"))
+    mount.write(content)
+    wait_for_version(gateway, config_version(content))
+
+    def sent_by_both_workers(key: str) -> bool:
+        batch_ids = [f"b{uuid.uuid4().hex[:12]}" for _ in range(6)]  # Envoy spreads them over both workers
+        assert all(native(gateway, session, VK_LOAD, batch_id).status_code == 200 for batch_id in batch_ids)
+        sent = {call["headers"]["Authorization"] for b in batch_ids for call in sim.calls("openai", batch_id=b)}
+        return sent == {f"Bearer {key}"}
+
+    assert sent_by_both_workers(OPENAI_KEY)
+    secret.write(f"{ROTATED_KEY}\n".encode())  # the kubelet's swap; the config file is untouched
+    wait_for(lambda: sent_by_both_workers(ROTATED_KEY), REVOCATION_LIMIT_S, "the rotated key sent")
+    secret.path.write_text(OPENAI_KEY)  # in place
+    wait_for(lambda: sent_by_both_workers(OPENAI_KEY), REVOCATION_LIMIT_S, "the key written in place sent")
+    assert OPENAI_KEY not in (gateway.log_dir / "service.log").read_text()
 
 
 # --- a broken file ------------------------------------------------------------------------------

@@ -469,7 +469,7 @@ def test_an_unexpected_error_while_loading_is_a_failed_reload_not_a_crash(caplog
     deep = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up with RecursionError
     assert not live.apply(deep, "test")
     assert live.current is running
-    assert "config reload failed: config.json: cannot be loaded (RecursionError)" in caplog.text
+    assert "config reload failed: config[0][0][0]" in caplog.text and "nested more than 32 levels deep" in caplog.text
 
 
 def test_an_unreadable_file_is_reported_once_and_the_running_config_stays(config_file: Path, caplog) -> None:
@@ -485,3 +485,15 @@ def test_an_unreadable_file_is_reported_once_and_the_running_config_stays(config
     config_file.write_bytes(raw(document(client={})))
     watcher.poll()
     assert live.current is not running
+
+
+def test_the_readme_quotes_a_failed_reload_as_the_log_says_it(caplog) -> None:
+    import re
+
+    from gateway.render import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"`(config reload failed: providers\.openai\.network_config\.max_retries: [^`]*)`", readme)
+    live = live_from(document())
+    assert not live.apply(raw(document(providers__openai__network_config={"max_retries": "two"})), "test")
+    assert quoted is not None and quoted.group(1) in caplog.messages

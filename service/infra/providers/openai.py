@@ -80,9 +80,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> AzureKeySettings:
-        endpoint = reader.env_string("endpoint", required=True)
+        where = reader.where("endpoint")
+        endpoint = reader.env_string("endpoint", required=True, check=lambda value: http_url(value, where))
         return AzureKeySettings(
-            endpoint=http_url(endpoint, reader.where("endpoint")),
+            endpoint=http_url(endpoint, where) if endpoint else "",
             api_version=reader.env_string("api_version", required=False) or AZURE_API_VERSION,
         )
 
