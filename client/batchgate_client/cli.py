@@ -152,10 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser(
         "check",
         help="validate a config.json with the service's own rules",
-        description="Validate a config.json exactly as the service does at start (environment variables "
-        "named by env.NAME values included). Needs the batchgate service package.",
+        description="Validate a config.json with the service's own loader, more strictly than the service at "
+        "start: every problem is one line, all in one run (unset env.NAME variables and unreadable file./path "
+        "secrets, unknown fields, no provider or no batch-enabled key, an open gateway on BIND_HOST beyond "
+        "loopback). Needs the batchgate service package.",
     )
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--allow-missing-env",
+        action="store_true",
+        help="check a config without its secrets (a CI): unset variables and missing secret files are notes, "
+        "not errors",
+    )
     return parser
 
 
@@ -174,7 +182,7 @@ def run(
     args = build_parser().parse_args(argv)
     try:
         if args.command == "config":
-            return config_check(args.file, stdout, stderr)
+            return config_check(args.file, stdout, stderr, allow_missing_env=args.allow_missing_env)
         args.vk = args.vk or os.environ.get("BATCHGATE_VK") or None
         if args.command == "health":
             return health(args, stdout)
@@ -336,7 +344,7 @@ def health(args: argparse.Namespace, stdout: TextIO) -> int:
     return EXIT_OK if status == "ok" else EXIT_FAILED
 
 
-def config_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
+def config_check(path: str, stdout: TextIO, stderr: TextIO, *, allow_missing_env: bool = False) -> int:
     """Validates with the service's own loader (imported only here: the rules and messages are the
     service's, and the rest of the client never needs it)."""
     try:
@@ -348,11 +356,13 @@ def config_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
             f"importable here ({exc}); run it in a batchgate checkout's .venv (`make` sets that up)"
         ) from None
     try:
-        config = check_config(path)
+        config = check_config(path, allow_missing_env=allow_missing_env)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{PROG}: config error: {problem}", file=stderr)
         return EXIT_FAILED
+    for unresolved in config.report.unresolved:
+        print(f"{PROG}: note: not checked: {unresolved}", file=stderr)
     keys = [key for provider in config.providers.values() for key in provider.keys]
     batch_keys = sum(len(provider.batch_keys) for provider in config.providers.values())
     names = ", ".join(sorted(config.providers)) or "none"

@@ -314,6 +314,20 @@ def test_config_check_is_strict_and_names_every_problem_in_one_run(tmp_path: Pat
     )
 
 
+def test_config_check_allow_missing_env_checks_a_config_without_its_secrets():
+    example = ROOT / "config.example.json"
+    assert batchgate("config", "check", str(example)).returncode == 1
+    result = batchgate("config", "check", "--allow-missing-env", str(example))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == f"{example}: OK: 3 providers (anthropic, azure, openai), 4 keys (4 for batches), 0 virtual keys\n"
+    )
+    notes = result.stderr.splitlines()
+    assert len(notes) == 5 and all(note.startswith("batchgate: note: not checked: providers.") for note in notes)
+    assert "environment variable OPENAI_API_KEY is not set" in notes[0]
+
+
 # --- the live progress display ---------------------------------------------------------------------
 
 
