@@ -29,18 +29,28 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
     """Runs protoc (grpcio-tools) on `protos/batchgate/v1/batchgate.proto`: messages, gRPC stubs and
     type stubs (.pyi), then rewrites `from batchgate.v1 import` to a relative import."""
     import google.api  # googleapis-common-protos ships google/api/annotations.proto
+    import google.longrunning
     from grpc_tools import protoc  # build-time only: grpcio-tools
 
     if not (protos / PROTO).is_file():
         raise SystemExit(f"gen_stubs: {protos / PROTO} not found")
-    includes = [
-        str(protos),
-        os.path.join(os.path.dirname(protoc.__file__), "_proto"),
-        os.path.dirname(os.path.dirname(list(google.api.__path__)[0])),
-    ]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # googleapis-common-protos ships google/longrunning/operations.proto as operations_proto.proto
+    # but registers it in Python under the canonical name, which the stubs must import: protoc reads
+    # a copy under that name (from a directory removed with the temporary output).
+    canonical = tmp.with_name(out.name + ".include") / "google" / "longrunning"
+    shutil.rmtree(canonical.parent.parent, ignore_errors=True)
+    canonical.mkdir(parents=True)
+    shipped = Path(list(google.longrunning.__path__)[0]) / "operations_proto.proto"
+    shutil.copyfile(shipped, canonical / "operations.proto")
+    includes = [
+        str(protos),
+        str(canonical.parent.parent),
+        os.path.join(os.path.dirname(protoc.__file__), "_proto"),
+        os.path.dirname(os.path.dirname(list(google.api.__path__)[0])),
+    ]
     args = [
         "protoc",
         *(f"-I{i}" for i in includes),
@@ -49,7 +59,9 @@ def generate(protos: Path = DEFAULT_PROTOS, out: Path = OUT) -> None:
         f"--grpc_python_out={tmp}",
         PROTO,
     ]
-    if protoc.main(args) != 0:
+    failed = protoc.main(args) != 0
+    shutil.rmtree(canonical.parent.parent, ignore_errors=True)
+    if failed:
         raise SystemExit("gen_stubs: protoc failed")
     for path in (tmp / "batchgate" / "v1").glob("*.py*"):
         text = path.read_text()

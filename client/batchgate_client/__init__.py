@@ -4,26 +4,32 @@
 
     with BatchgateClient("127.0.0.1:50051", vk=os.environ["BATCHGATE_VK"]) as client:
         batch = client.cancel("batch_abc123", "openai", wait_seconds=60)
-        for event in client.cancel_many([("batch_1", "openai"), ("msgbatch_2", "anthropic")]):
-            print(event.index, event.status)
+        with client.cancel_many([("batch_1", "openai"), ("msgbatch_2", "anthropic")]) as events:
+            for event in events:
+                print(event.index, event.status)
 
-The package does not import the service: its gRPC stubs are generated from protos/ into `_proto`.
+Results are typed (`models`: `Batch`, `CancelEvent`, `Health`), failures are `BatchgateError`
+subclasses (`errors`), retries are data (`RetryPolicy`). The package does not import the service:
+its gRPC stubs are generated from protos/ into `_proto`.
 """
 
 from batchgate_client.client import (
     DEFAULT_TARGET,
-    TERMINAL_STATUSES,
+    DEFAULT_TIMEOUT,
+    MAX_ITEMS_PER_CALL,
     AsyncBatchgateClient,
+    AsyncCancelStream,
     BatchCancelResponse,
     BatchgateClient,
-    BatchRef,
-    CancelEvent,
+    CancelStream,
     HealthResponse,
+    ItemLike,
     batch_to_dict,
 )
 from batchgate_client.errors import (
     BatchgateError,
     Cancelled,
+    ClientClosed,
     Conflict,
     ConnectionFailed,
     DeadlineExceeded,
@@ -35,27 +41,56 @@ from batchgate_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from batchgate_client.models import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchRef,
+    BatchStatus,
+    CancelEvent,
+    CircuitState,
+    ConfigState,
+    Health,
+    HealthStatus,
+    ProviderHealth,
+    RateLimitStore,
+    RequestCounts,
+)
 from batchgate_client.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "MAX_ITEMS_PER_CALL",
     "TERMINAL_STATUSES",
     "AsyncBatchgateClient",
+    "AsyncCancelStream",
+    "Batch",
     "BatchCancelResponse",
     "BatchRef",
+    "BatchStatus",
     "BatchgateClient",
     "BatchgateError",
     "CancelEvent",
+    "CancelStream",
     "Cancelled",
+    "CircuitState",
+    "ClientClosed",
+    "ConfigState",
     "Conflict",
     "ConnectionFailed",
     "DeadlineExceeded",
+    "Health",
     "HealthResponse",
+    "HealthStatus",
     "InternalError",
     "InvalidRequest",
+    "ItemLike",
     "NotFound",
     "PermissionDenied",
+    "ProviderHealth",
+    "RateLimitStore",
     "RateLimited",
+    "RequestCounts",
     "RetryPolicy",
     "Unauthenticated",
     "Unavailable",

@@ -5,38 +5,50 @@
     batchgate config check FILE
     batchgate health
 
-Exit codes: 0 every item done as asked, 1 some items failed (the summary says which), 2 a usage
-or connection problem. Every problem is one line on stderr, never a traceback. The virtual key
-(`--vk` or BATCHGATE_VK) is sent as metadata and never printed.
+One exit-code rule for every subcommand (`Exit`): 0 nothing failed, 1 some items failed (the
+summary names them), 2 nothing was decided item by item: a usage error, unreadable input, batchgate
+not reachable (or cut off), or a call refused as a whole (credentials, bounds). 130 interrupted.
+Every problem is one line on stderr, never a traceback. The virtual key (`--vk` or BATCHGATE_VK) is
+sent as metadata and never printed; values that came from a file or a provider are printed with
+their control characters escaped and are never read as markup.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn, TextIO
+from enum import IntEnum
+from typing import Any, NoReturn, TextIO
 
-from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from batchgate_client.batchfile import BatchFileError, read_batches
-from batchgate_client.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, BatchgateClient, BatchRef, CancelEvent
-from batchgate_client.display import JsonView, PlainView, ProgressView, Tally
-from batchgate_client.errors import BatchgateError, ConnectionFailed
+from batchgate_client.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_ITEMS_PER_CALL, BatchgateClient
+from batchgate_client.display import JsonView, PlainView, ProgressView, Tally, count, visible
+from batchgate_client.errors import BatchgateError, ConnectionFailed, Unauthenticated
+from batchgate_client.models import BatchRef, CancelEvent, Health
 
 PROG = "batchgate"
-# CancelMany takes 1 to 1,000 items; longer lists are sent as consecutive calls.
-MAX_ITEMS_PER_CALL = 1000
 MAX_WAIT_SECONDS = 3600
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+class Exit(IntEnum):
+    """The exit codes, the same rule for every subcommand."""
+
+    OK = 0  # nothing failed: every item ended as asked (already ended counts), health ok, config valid
+    FAILED = 1  # batchgate answered and some items failed; the service is draining; the config is invalid
+    REFUSED = 2  # usage, unreadable input, batchgate unreachable or cut off, a call refused as a whole
+    INTERRUPTED = 130  # Ctrl-C
+
+
+# The names of 0.1.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.REFUSED
 
 
 class UsageError(Exception):
@@ -45,7 +57,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of argparse's usage block
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(Exit.REFUSED, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _wait_seconds(value: str) -> int:
@@ -69,13 +81,14 @@ def _timeout(value: str) -> float:
 
 
 def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
-    """The connection options, accepted before and after the subcommand. Only the top level has
-    defaults, so a subcommand's copy never overwrites a value given before it."""
+    """The common options, accepted before and after every subcommand (and between `config` and
+    `check`). Only the top level has defaults, so a subcommand's copy never overwrites a value given
+    before it."""
 
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    group = parser.add_argument_group("connection")
+    group = parser.add_argument_group("common options (before or after the subcommand)")
     group.add_argument(
         "--target",
         metavar="HOST:PORT",
@@ -106,7 +119,7 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
         "-o",
         choices=("text", "json"),
         default=default("text"),
-        help="text (a progress bar on a terminal, plain lines otherwise) or json (one object per item)",
+        help="text (a progress bar on a terminal, plain lines otherwise) or json (one object per item or answer)",
     )
 
 
@@ -117,8 +130,14 @@ def _version() -> str:
         return "(not installed)"
 
 
+EXIT_CODES_HELP = (
+    "exit codes: 0 nothing failed, 1 some items failed (or: service draining, config invalid), "
+    "2 usage, unreadable input, batchgate unreachable or the call refused as a whole, 130 interrupted"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Cancel LLM batch jobs through batchgate.")
+    parser = _Parser(prog=PROG, description="Cancel LLM batch jobs through batchgate.", epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     _common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -126,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser(
         "cancel",
         help="cancel batches: IDs with --provider, or a list with --from",
-        description="Cancel batches given as IDs (with --provider) or listed in a file (--from): CSV lines "
-        '`provider,id` or JSON lines {"id": ..., "provider": ...}. Several batches go '
-        "through one CancelMany call per 1,000.",
+        description="Cancel batches given as IDs (with --provider) or listed in a file (--from). A file holds "
+        'JSON lines {"id": ..., "provider": ...} or CSV lines `provider,id`; a header row naming the columns '
+        "(`id,provider` or `provider,id`) sets their order and is skipped, never sent; a line with an id alone "
+        "takes --provider; blank lines and # comments are skipped. Several batches go through one CancelMany "
+        f"call per {MAX_ITEMS_PER_CALL:,}. A batch that had already ended (cancelled, completed, ...) is reported "
+        "as `already ended` and is not a failure.",
+        epilog=EXIT_CODES_HELP,
     )
     cancel.add_argument("ids", nargs="*", metavar="ID", help="batch ids (all on --provider)")
     cancel.add_argument("--provider", "-p", help="provider of the IDs (and of --from lines that hold an id alone)")
@@ -142,10 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(cancel, defaults=False)
 
-    health = commands.add_parser("health", help="the service's health and each provider's circuit")
+    health = commands.add_parser(
+        "health", help="the service's health and each provider's circuit", epilog=EXIT_CODES_HELP
+    )
     _common_options(health, defaults=False)
 
     config = commands.add_parser("config", help="work with a config.json offline")
+    _common_options(config, defaults=False)
     config_commands = config.add_subparsers(
         dest="config_command", required=True, metavar="ACTION", parser_class=_Parser
     )
@@ -156,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "start: every problem is one line, all in one run (unset env.NAME variables and unreadable file./path "
         "secrets, unknown fields, no provider or no batch-enabled key, an open gateway on BIND_HOST beyond "
         "loopback). Needs the batchgate service package.",
+        epilog=EXIT_CODES_HELP,
     )
     check.add_argument("file", metavar="FILE")
     check.add_argument(
@@ -164,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a config without its secrets (a CI): unset variables and missing secret files are notes, "
         "not errors",
     )
+    _common_options(check, defaults=False)
     return parser
 
 
@@ -182,38 +210,49 @@ def run(
     args = build_parser().parse_args(argv)
     try:
         if args.command == "config":
-            return config_check(args.file, stdout, stderr, allow_missing_env=args.allow_missing_env)
+            return config_check(args, stdout, stderr)
         args.vk = args.vk or os.environ.get("BATCHGATE_VK") or None
         if args.command == "health":
             return health(args, stdout)
         return cancel(args, stdin, stdout, stderr)
     except UsageError as exc:
-        print(f"{PROG}: {exc}", file=stderr)
+        print(f"{PROG}: {visible(str(exc))}", file=stderr)
     except ConnectionFailed as exc:
-        print(f"{PROG}: cannot reach batchgate at {args.target}: {exc.message}", file=stderr)
+        print(f"{PROG}: cannot reach batchgate at {visible(args.target)}: {visible(exc.message)}", file=stderr)
     except BatchgateError as exc:
-        print(f"{PROG}: the call failed: {exc}", file=stderr)
+        print(f"{PROG}: the call failed: {visible(str(exc))}", file=stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=stderr)
-        return 130
+        return Exit.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
     except Exception as exc:  # a bug: still one line (BATCHGATE_DEBUG=1 shows the traceback)
         if os.environ.get("BATCHGATE_DEBUG"):
             raise
-        print(f"{PROG}: unexpected error ({type(exc).__name__}): {exc}", file=stderr)
-    return EXIT_USAGE
+        print(f"{PROG}: unexpected error ({type(exc).__name__}): {visible(str(exc))}", file=stderr)
+    return Exit.REFUSED
 
 
 def _client(args: argparse.Namespace) -> BatchgateClient:
-    tls_ca = None
-    if args.tls_ca:
-        try:
-            tls_ca = Path(args.tls_ca).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read --tls-ca {args.tls_ca}: {exc.strerror}") from None
-    return BatchgateClient(args.target, vk=args.vk, tls_ca=tls_ca, timeout=args.timeout)
+    try:
+        return BatchgateClient(args.target, vk=args.vk, tls_ca=args.tls_ca or None, timeout=args.timeout)
+    except (TypeError, ValueError) as exc:
+        # The library names its arguments (tls_ca, vk, target); the operator gave them as options.
+        message = str(exc)
+        for argument, option in (("tls_ca", "--tls-ca"), ("vk", "--vk (or BATCHGATE_VK)"), ("target", "--target")):
+            if message.startswith(argument + " ") or message.startswith(f"cannot read {argument} "):
+                message = message.replace(argument, option, 1)
+                break
+        raise UsageError(message) from None
+
+
+def refused_as_a_whole(error: BatchgateError) -> bool:
+    """Whether a failed call decided nothing about its batches: batchgate was not reached or gave no
+    answer of its own (no ErrorDetail: a dead target, a broken connection, the call's own deadline),
+    or it refused the caller (its credentials). CancelMany refuses those for the whole call; a single
+    cancel's other failures are its item's, as they would be in CancelMany."""
+    return error.detail is None or (isinstance(error, Unauthenticated) and error.is_bifrost_error)
 
 
 def _batches(args: argparse.Namespace, stdin: TextIO) -> list[BatchRef]:
@@ -279,74 +318,65 @@ def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: Text
             if len(refs) == 1 and args.source is None:
                 view.event(_cancel_one(client, refs[0], args.wait, console))
             else:
-                _cancel_many(client, refs, args.wait, view)
+                with client.cancel_many(refs, wait_seconds=args.wait, ok_if_ended=True) as events:
+                    for event in events:
+                        view.event(event)
     except BaseException:
         # Interrupted or cut off midway: what was done so far is worth knowing, then the error.
         if tally.latest:
             view.summary()
         raise
     view.summary()
-    return EXIT_FAILED if tally.failures() or tally.missing() else EXIT_OK
+    return Exit.FAILED if tally.failures() or tally.missing() else Exit.OK
 
 
 def _cancel_one(client: BatchgateClient, ref: BatchRef, wait: int, console: Console) -> CancelEvent:
-    """One batch through the single Cancel (with its wait); its failure is the item's, except
-    when batchgate could not be reached."""
-    status = (
-        console.status(f"waiting up to {wait}s for {ref.id} to be cancelled") if wait and console.is_terminal else None
-    )
+    """One batch through the single Cancel (with its wait); its failure is the item's, unless it
+    decided nothing (`refused_as_a_whole`)."""
+    waiting = Text(f"waiting up to {wait}s for {visible(ref.id)} to be cancelled")
+    status = console.status(waiting) if wait and console.is_terminal else None
     try:
         if status is not None:
             with status:
-                batch = client.cancel(ref.id, ref.provider, wait_seconds=wait)
+                batch = client.cancel(ref.id, ref.provider, wait_seconds=wait, ok_if_ended=True)
         else:
-            batch = client.cancel(ref.id, ref.provider, wait_seconds=wait)
-    except ConnectionFailed:
-        raise
+            batch = client.cancel(ref.id, ref.provider, wait_seconds=wait, ok_if_ended=True)
     except BatchgateError as exc:
+        if refused_as_a_whole(exc):
+            raise
         return CancelEvent(0, ref.id, ref.provider, True, error=exc)
     return CancelEvent(0, ref.id, ref.provider, True, batch=batch)
 
 
-def _cancel_many(client: BatchgateClient, refs: list[BatchRef], wait: int, view: PlainView | ProgressView) -> None:
-    """Every batch through CancelMany, 1,000 per call, one call after the other. A call that fails
-    as a whole (bad request, no access, service down) stops here with that error."""
-    for offset in range(0, len(refs), MAX_ITEMS_PER_CALL):
-        chunk = refs[offset : offset + MAX_ITEMS_PER_CALL]
-        for event in client.cancel_many(chunk, wait_seconds=wait):
-            view.event(dataclasses.replace(event, index=event.index + offset) if offset else event)
-
-
 def health(args: argparse.Namespace, stdout: TextIO) -> int:
     """Exit 0 when the service answers `ok`, 1 when it is draining."""
+    answer: Health | None
     with _client(args) as client:
         try:
             answer = client.health()
             status = answer.status
-        except ConnectionFailed:
-            raise
         except BatchgateError as exc:
-            if exc.code != "draining":
+            if exc.code != "draining" or exc.detail is None:
                 raise
             answer, status = None, "draining"
-    providers = {name: answer.providers[name].circuit for name in sorted(answer.providers)} if answer else {}
     if args.output == "json":
-        body = json_format.MessageToDict(answer, preserving_proto_field_name=True) if answer else {"status": status}
+        body = answer.to_dict() if answer is not None else {"status": status}
         print(json.dumps(body, separators=(",", ":")), file=stdout, flush=True)
     else:
         console = Console(file=stdout, highlight=False)
-        console.print(f"batchgate at {args.target}: [bold]{status}[/bold]")
-        if providers:
+        console.print(Text.assemble(f"batchgate at {visible(args.target)}: ", (visible(status), "bold")))
+        if answer is not None and answer.providers:
             table = Table("provider", "circuit")
-            for name, circuit in providers.items():
-                table.add_row(name, f"[{'green' if circuit == 'closed' else 'red'}]{circuit}[/]")
+            for name, provider in answer.providers.items():
+                circuit = visible(provider.raw.circuit)
+                table.add_row(Text(visible(name)), Text(circuit, style="green" if circuit == "closed" else "red"))
             console.print(table)
-    return EXIT_OK if status == "ok" else EXIT_FAILED
+    return Exit.OK if status == "ok" else Exit.FAILED
 
 
-def config_check(path: str, stdout: TextIO, stderr: TextIO, *, allow_missing_env: bool = False) -> int:
+def config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     """Validates with the service's own loader (imported only here: the rules and messages are the
-    service's, and the rest of the client never needs it)."""
+    service's, and the rest of the client never needs it). Exit 0 valid, 1 invalid."""
     try:
         from service.config.reader import ConfigError
         from service.runtime.check import check_config
@@ -355,20 +385,38 @@ def config_check(path: str, stdout: TextIO, stderr: TextIO, *, allow_missing_env
             "config check validates with the batchgate service's own rules, but the service package is not "
             f"importable here ({exc}); run it in a batchgate checkout's .venv (`make` sets that up)"
         ) from None
+    path = args.file
     try:
-        config = check_config(path, allow_missing_env=allow_missing_env)
+        config = check_config(path, allow_missing_env=args.allow_missing_env)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"{PROG}: config error: {problem}", file=stderr)
-        return EXIT_FAILED
-    for unresolved in config.report.unresolved:
-        print(f"{PROG}: note: not checked: {unresolved}", file=stderr)
-    keys = [key for provider in config.providers.values() for key in provider.keys]
+        # Every problem, one line each (every unset variable, every unknown field: one run names all).
+        if args.output == "json":
+            _print_json({"file": path, "ok": False, "error": str(exc), "problems": list(exc.problems)}, stdout)
+        else:
+            for problem in exc.problems:
+                print(f"{PROG}: config error: {visible(problem)}", file=stderr)
+        return Exit.FAILED
+    not_checked = list(config.report.unresolved)  # --allow-missing-env: what could not be read
+    if args.output != "json":
+        for unresolved in not_checked:
+            print(f"{PROG}: note: not checked: {visible(unresolved)}", file=stderr)
+    providers = sorted(config.providers)
+    keys = sum(len(provider.keys) for provider in config.providers.values())
     batch_keys = sum(len(provider.batch_keys) for provider in config.providers.values())
-    names = ", ".join(sorted(config.providers)) or "none"
-    print(
-        f"{path}: OK: {len(config.providers)} providers ({names}), {len(keys)} keys ({batch_keys} for batches), "
-        f"{len(config.virtual_keys)} virtual keys",
-        file=stdout,
-    )
-    return EXIT_OK
+    virtual_keys = len(config.virtual_keys)
+    if args.output == "json":
+        summary = {"providers": providers, "keys": keys, "batch_keys": batch_keys, "virtual_keys": virtual_keys}
+        _print_json(
+            {"file": path, "ok": True, **summary, **({"not_checked": not_checked} if not_checked else {})}, stdout
+        )
+    else:
+        print(
+            f"{visible(path)}: OK: {count(len(providers), 'provider')} ({', '.join(providers) or 'none'}), "
+            f"{count(keys, 'key')} ({batch_keys} for batches), {count(virtual_keys, 'virtual key')}",
+            file=stdout,
+        )
+    return Exit.OK
+
+
+def _print_json(body: dict[str, Any], stdout: TextIO) -> None:
+    print(json.dumps(body, separators=(",", ":")), file=stdout, flush=True)

@@ -1,362 +1,584 @@
-"""Typed clients for `batchgate.v1.BatchService`: `BatchgateClient` (blocking) and
-`AsyncBatchgateClient` (asyncio), with the same methods and arguments.
+"""`BatchgateClient` (blocking) and `AsyncBatchgateClient` (asyncio): the same methods, arguments
+and results, one with `await`.
 
 Both hold one gRPC channel (create one client and reuse it), send the virtual key as `x-bf-vk`
-metadata on every call, give every call a deadline, retry UNAVAILABLE a few times within that
-deadline (`retry.RetryPolicy`), and raise failures as `errors.BatchgateError` subclasses.
+metadata on every call, give every call a deadline, retry only what cannot reach a provider twice
+(`retry.RetryPolicy`), return typed results (`models`) and raise failures as `errors.BatchgateError`
+subclasses. Everything they share (argument checks, requests, retry bookkeeping) is in `_calls`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import random
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import warnings
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from types import TracebackType
+from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 import grpc
-from google.protobuf import json_format
+import grpc.aio
 
+from batchgate_client import _calls
+from batchgate_client._calls import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    MAX_ITEMS_PER_CALL,
+    REQUEST_ID_HEADER,
+    VIRTUAL_KEY_HEADER,
+    CaFile,
+    ItemLike,
+    MetadataLike,
+    batch_ref,
+)
+from batchgate_client._convert import batch_from_proto, event_from_proto, health_from_proto
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
-from batchgate_client._proto.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from batchgate_client.errors import BatchgateError, from_detail, from_rpc_error
-from batchgate_client.retry import DEFAULT_RETRY, RetryPolicy
+from batchgate_client.errors import BatchgateError, from_rpc_error
+from batchgate_client.models import TERMINAL_STATUSES, Batch, BatchRef, CancelEvent, Health
+from batchgate_client.retry import RetryPolicy
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_TIMEOUT = 30.0
-VIRTUAL_KEY_HEADER = "x-bf-vk"
-REQUEST_ID_HEADER = "x-request-id"
-# Statuses after which a batch does not change any more (what `wait_seconds` waits for).
-TERMINAL_STATUSES = frozenset({"cancelled", "completed", "failed", "expired", "ended"})
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "MAX_ITEMS_PER_CALL",
+    "REQUEST_ID_HEADER",
+    "TERMINAL_STATUSES",
+    "VIRTUAL_KEY_HEADER",
+    "AsyncBatchgateClient",
+    "AsyncCancelStream",
+    "BatchCancelResponse",
+    "BatchRef",
+    "BatchgateClient",
+    "CancelEvent",
+    "CancelStream",
+    "HealthResponse",
+    "ItemLike",
+    "batch_ref",
+    "batch_to_dict",
+]
 
+# The protobuf messages behind `Batch` and `Health` (`.raw`), under their 0.1 names.
 BatchCancelResponse = pb.BatchCancelResponse
 HealthResponse = pb.HealthResponse
 
-
-@dataclass(frozen=True, slots=True)
-class BatchRef:
-    """One batch to cancel: the provider's batch id and the provider that holds it."""
-
-    id: str
-    provider: str
+_T = TypeVar("_T")
 
 
-# What `cancel_many` accepts per item: a BatchRef, a mapping with "id" and "provider", or an
-# (id, provider) pair, the order of `cancel(batch_id, provider)`.
-ItemLike = BatchRef | Mapping[str, Any] | tuple[str, str]
+class _DeprecatedHooks(TypedDict, total=False):
+    """Test hooks the 0.1 constructors took; still honoured, with a DeprecationWarning."""
+
+    sleep: Callable[[float], Any]
+    clock: Callable[[], float]
+    rand: random.Random
 
 
-@dataclass(frozen=True, slots=True)
-class CancelEvent:
-    """One step of one item of `cancel_many`: the batch's state (`batch`) or its failure (`error`).
-    Every item ends with exactly one event whose `final` is true."""
+def batch_to_dict(batch: Batch | pb.BatchCancelResponse) -> dict[str, Any]:
+    """The REST body of a cancel (the JSON Envoy's transcoder prints for it); `Batch.to_dict()`."""
+    return (batch if isinstance(batch, Batch) else batch_from_proto(batch)).to_dict()
 
-    index: int
-    id: str
-    provider: str
-    final: bool
-    batch: pb.BatchCancelResponse | None = None
-    error: BatchgateError | None = None
+
+def _legacy_hooks(owner: str, hooks: _DeprecatedHooks) -> _DeprecatedHooks:
+    unknown = set(hooks) - set(_DeprecatedHooks.__annotations__)
+    if unknown:
+        name = sorted(unknown)[0]
+        known = ("target", "vk", "timeout", "tls", "tls_ca", "retry", "metadata")
+        guess = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {guess[0]!r}? " if guess else ""
+        raise TypeError(f"{owner}() got an unexpected keyword argument {name!r} ({hint}it takes {', '.join(known)})")
+    if hooks:
+        warnings.warn(
+            f"{owner}({', '.join(f'{name}=' for name in hooks)}): test hooks are no longer constructor "
+            "arguments; they will be removed",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return hooks
+
+
+class CancelStream(Iterator[CancelEvent]):
+    """The events of `BatchgateClient.cancel_many`, as they happen. Lazy: the first call is sent
+    when iteration starts. Closing it (`close()`, the end of its `with` block, or leaving a `for`
+    loop over it once it is garbage-collected) cancels the call in flight, and the service stops
+    its work for it."""
+
+    def __init__(self, events: Generator[CancelEvent, None, None]) -> None:
+        self._events = events
+        self._started = False
+        self._closed = False
+
+    def __iter__(self) -> CancelStream:
+        return self
+
+    def __next__(self) -> CancelEvent:
+        self._started = True
+        return next(self._events)
+
+    def close(self) -> None:
+        """Cancels the call in flight (if any); iteration then ends."""
+        self._closed = True
+        self._events.close()
+
+    def __enter__(self) -> CancelStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._started and not self._closed:
+            warnings.warn(
+                "cancel_many(...) was never iterated: nothing was cancelled", RuntimeWarning, stacklevel=2, source=self
+            )
+
+
+class AsyncCancelStream(AsyncIterator[CancelEvent]):
+    """The events of `AsyncBatchgateClient.cancel_many`, as they happen. Lazy: the first call is
+    sent when iteration starts. `async with` it, or wrap it in `contextlib.aclosing`, so leaving
+    early cancels the call in flight (the service then stops its work for it)."""
+
+    def __init__(self, events: AsyncGenerator[CancelEvent, None]) -> None:
+        self._events = events
+        self._started = False
+        self._closed = False
+
+    def __aiter__(self) -> AsyncCancelStream:
+        return self
+
+    async def __anext__(self) -> CancelEvent:
+        self._started = True
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Cancels the call in flight (if any); iteration then ends."""
+        self._closed = True
+        await self._events.aclose()
+
+    async def __aenter__(self) -> AsyncCancelStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._started and not self._closed:
+            warnings.warn(
+                "cancel_many(...) was never iterated: nothing was cancelled", RuntimeWarning, stacklevel=2, source=self
+            )
+
+
+class _ClientBase:
+    """What the twins hold alike: the checked arguments, the retries' time and randomness, and
+    whether the client was closed."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        vk: str | None,
+        timeout: float,
+        tls: bool | None,
+        tls_ca: CaFile | None,
+        retry: RetryPolicy | None,
+        metadata: MetadataLike,
+        sleep: Callable[[float], Any],
+        deprecated: _DeprecatedHooks,
+    ) -> None:
+        hooks = _legacy_hooks(type(self).__name__, deprecated)
+        self._settings = _calls.settings(
+            target, vk=vk, timeout=timeout, tls=tls, tls_ca=tls_ca, retry=retry, metadata=metadata
+        )
+        self._hooks = _calls.Hooks(sleep=sleep)
+        self._closed = False
+        self._use_hooks(**hooks)
 
     @property
-    def status(self) -> str:
-        """The batch's status, or `error`."""
-        return self.batch.status if self.batch is not None else "error"
+    def target(self) -> str:
+        """The address the client connects to."""
+        return self._settings.target
 
     @property
-    def ok(self) -> bool:
-        return self.error is None
+    def timeout(self) -> float:
+        """Each call's deadline in seconds, unless the call gives its own (plus its wait)."""
+        return self._settings.timeout
 
-    def to_dict(self) -> dict[str, Any]:
-        """The REST stream's line for this event: `batch` is the single-cancel body, `error` the
-        single-cancel error body."""
-        line: dict[str, Any] = {"index": self.index, "id": self.id, "provider": self.provider, "final": self.final}
-        if self.error is not None:
-            line["error"] = self.error.to_dict()
-        elif self.batch is not None:
-            line["batch"] = batch_to_dict(self.batch)
-        return line
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of every call."""
+        return self._settings.retry
 
+    def _use_hooks(
+        self,
+        *,
+        sleep: Callable[[float], Any] | None = None,
+        clock: Callable[[], float] | None = None,
+        rand: random.Random | None = None,
+    ) -> Self:
+        """Tests: replace sleeping (a coroutine function for the asyncio client), the clock and the
+        jitter's randomness of the retries."""
+        self._hooks.sleep = sleep or self._hooks.sleep
+        self._hooks.clock = clock or self._hooks.clock
+        self._hooks.rand = rand or self._hooks.rand
+        return self
 
-def batch_to_dict(batch: pb.BatchCancelResponse) -> dict[str, Any]:
-    """The REST body of a cancel (the JSON Envoy's transcoder prints for it)."""
-    return json_format.MessageToDict(batch, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    def __repr__(self) -> str:  # never shows the virtual key
+        return f"{type(self).__name__}({self.target!r})"
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _calls.closed_error()
 
-def batch_ref(item: ItemLike) -> BatchRef:
-    """Normalises one `cancel_many` item; TypeError/ValueError for anything else."""
-    if isinstance(item, BatchRef):
-        ref = item
-    elif isinstance(item, Mapping):
-        ref = BatchRef(item.get("id"), item.get("provider"))  # type: ignore[arg-type]
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        ref = BatchRef(*item)
-    else:
-        raise TypeError(f"a batch to cancel is a BatchRef, a mapping or an (id, provider) pair, not {item!r}")
-    if not isinstance(ref.id, str) or not isinstance(ref.provider, str):
-        raise TypeError(f"batch id and provider must be strings: {item!r}")
-    return ref
-
-
-def _wait(wait_seconds: int) -> int:
-    if isinstance(wait_seconds, bool) or not isinstance(wait_seconds, int) or wait_seconds < 0:
-        raise ValueError(f"wait_seconds must be a whole number of seconds >= 0, not {wait_seconds!r}")
-    return wait_seconds
+    def _attempts(self, budget: float) -> _calls.Attempts:
+        return _calls.Attempts(self._settings, budget, self._hooks.clock, self._hooks.rand)
 
 
-def _event(message: pb.CancelManyEvent, request_id: str | None) -> CancelEvent:
-    which = message.WhichOneof("result")
-    return CancelEvent(
-        index=message.index,
-        id=message.id,
-        provider=message.provider,
-        final=message.final,
-        batch=message.batch if which == "batch" else None,
-        error=from_detail(message.error, request_id=request_id) if which == "error" else None,
-    )
+class BatchgateClient(_ClientBase):
+    """Blocking client for batchgate's gRPC API (the service's port, or Envoy's, which passes gRPC
+    through).
 
+        with BatchgateClient("gateway.internal:8080", vk=os.environ["BATCHGATE_VK"], tls=True) as client:
+            batch = client.cancel("batch_abc123", "openai", wait_seconds=600)
 
-def _request_id(metadata: Any) -> str | None:
-    for key, value in metadata or ():
-        if key.lower() == "x-request-id" and isinstance(value, str):
-            return value
-    return None
+    Arguments (keyword-only after `target`), checked here with TypeError / ValueError:
 
+    - `target`: HOST:PORT (default 127.0.0.1:50051).
+    - `vk`: the virtual key, sent as `x-bf-vk` on every call; never in `repr` or errors.
+    - `timeout`: each call's deadline in seconds (default 30), to which its `wait_seconds` is added.
+    - `tls`: True connects with TLS trusting the system's roots.
+    - `tls_ca`: a PEM file (path) or PEM bytes to trust instead; implies TLS. An empty, unreadable or
+      certificate-less one is an error, never a fall back to the system's roots.
+    - `retry`: a `RetryPolicy` (default: 3 attempts, only failures that cannot reach a provider twice).
+    - `metadata`: extra (key, value) pairs sent with every call, e.g. a fixed `x-request-id`.
 
-def _credentials(tls_ca: str | Path | bytes | None, tls: bool | None) -> grpc.ChannelCredentials | None:
-    """TLS credentials: `tls_ca` a PEM file (or its bytes) to trust, or `tls=True` for the system's
-    roots. None for a plaintext channel."""
-    if tls_ca is not None:
-        pem = tls_ca if isinstance(tls_ca, bytes) else Path(tls_ca).read_bytes()
-        return grpc.ssl_channel_credentials(root_certificates=pem)
-    if tls:
-        return grpc.ssl_channel_credentials()
-    return None
+    Use it as a context manager, or call `close()`; a closed client raises `ClientClosed`.
+    """
 
-
-class _Base:
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         vk: str | None = None,
-        tls_ca: str | Path | bytes | None = None,
-        tls: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        metadata: Iterable[tuple[str, str]] = (),
-        clock: Callable[[], float] = time.monotonic,
-        rand: random.Random | None = None,
+        tls: bool | None = None,
+        tls_ca: CaFile | None = None,
+        retry: RetryPolicy | None = None,
+        metadata: MetadataLike = (),
+        **_deprecated: Unpack[_DeprecatedHooks],
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.target = target
-        self.timeout = timeout
-        self.retry = retry
-        self._metadata = tuple(metadata) + (((VIRTUAL_KEY_HEADER, vk),) if vk else ())
-        self._fixed_request_id = _request_id(self._metadata)
-        self._credentials = _credentials(tls_ca, tls)
-        self._clock = clock
-        self._rand = rand
-
-    def __repr__(self) -> str:  # never shows the virtual key
-        return f"{type(self).__name__}({self.target!r})"
-
-    def _call_metadata(self) -> tuple[tuple[tuple[str, str], ...], str]:
-        """One call's metadata and request id: an `x-request-id` of the client's own (kept across
-        the call's retries) unless `metadata` set one. The service logs, audits and forwards it, and
-        need not send back an id it generated (a gRPC operation of its own: ~0.2 ms a call)."""
-        if self._fixed_request_id is not None:
-            return self._metadata, self._fixed_request_id
-        request_id = uuid.uuid4().hex
-        return (*self._metadata, (REQUEST_ID_HEADER, request_id)), request_id
-
-    def _budget(self, timeout: float | None, wait_seconds: int = 0) -> float:
-        """A call's deadline in seconds: its timeout plus the time it was asked to wait."""
-        return (self.timeout if timeout is None else timeout) + wait_seconds
-
-    def _next_pause(self, err: grpc.RpcError, retry: int, deadline: float) -> float | None:
-        if not self.retry.retryable(err.code()):
-            return None
-        return self.retry.pause(retry, deadline - self._clock(), self._rand)
-
-    def _cancel_request(self, batch_id: str, provider: str, wait_seconds: int) -> pb.CancelBatchRequest:
-        if not isinstance(batch_id, str) or not isinstance(provider, str):
-            raise TypeError("batch_id and provider must be strings")
-        return pb.CancelBatchRequest(batch_id=batch_id, provider=provider, wait_seconds=_wait(wait_seconds))
-
-    @staticmethod
-    def _many_request(items: Iterable[ItemLike], wait_seconds: int) -> pb.CancelManyRequest:
-        refs = [batch_ref(item) for item in items]
-        return pb.CancelManyRequest(
-            batches=[pb.BatchRef(id=ref.id, provider=ref.provider) for ref in refs], wait_seconds=_wait(wait_seconds)
+        super().__init__(
+            target,
+            vk=vk,
+            timeout=timeout,
+            tls=tls,
+            tls_ca=tls_ca,
+            retry=retry,
+            metadata=metadata,
+            sleep=time.sleep,
+            deprecated=_deprecated,
         )
-
-
-class BatchgateClient(_Base):
-    """Blocking client. `BatchgateClient("gateway.internal:8080", vk=..., tls_ca="ca.pem")`.
-
-    `timeout` is each call's deadline in seconds, to which a call's `wait_seconds` is added.
-    Use it as a context manager, or call `close()`.
-    """
-
-    def __init__(
-        self, target: str = DEFAULT_TARGET, *, sleep: Callable[[float], None] = time.sleep, **kwargs: Any
-    ) -> None:
-        super().__init__(target, **kwargs)
-        self._sleep = sleep
-        if self._credentials is not None:
-            self._channel = grpc.secure_channel(target, self._credentials)
-        else:
-            self._channel = grpc.insecure_channel(target)
-        self._stub = pb_grpc.BatchServiceStub(self._channel)
+        credentials = self._settings.credentials
+        self._channel = (
+            grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
+        )
+        self._cancel = self._channel.unary_unary(
+            _calls.CANCEL_METHOD,
+            request_serializer=pb.CancelBatchRequest.SerializeToString,
+            response_deserializer=pb.BatchCancelResponse.FromString,
+        )
+        self._cancel_many = self._channel.unary_stream(
+            _calls.CANCEL_MANY_METHOD,
+            request_serializer=pb.CancelManyRequest.SerializeToString,
+            response_deserializer=pb.CancelManyEvent.FromString,
+        )
+        self._health = self._channel.unary_unary(
+            _calls.HEALTH_METHOD,
+            request_serializer=pb.HealthRequest.SerializeToString,
+            response_deserializer=pb.HealthResponse.FromString,
+        )
 
     def __enter__(self) -> BatchgateClient:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled and later calls raise `ClientClosed`.
+        Closing twice is harmless."""
+        self._closed = True
         self._channel.close()
 
     def cancel(
-        self, batch_id: str, provider: str, *, wait_seconds: int = 0, timeout: float | None = None
-    ) -> pb.BatchCancelResponse:
-        """Cancels one batch; with `wait_seconds` answers once it is terminal or the wait ran out
-        (then `extra_fields.warning` says so)."""
-        request = self._cancel_request(batch_id, provider, wait_seconds)
-        return self._unary(self._stub.Cancel, request, self._budget(timeout, wait_seconds))
+        self,
+        batch_id: str,
+        provider: str,
+        *,
+        wait_seconds: int = 0,
+        timeout: float | None = None,
+        ok_if_ended: bool = False,
+    ) -> Batch:
+        """Cancels one batch and returns its state after the call.
 
-    def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
-        """The service's status (`ok`) and the circuit state per provider; a draining service
-        raises `Unavailable` (code `draining`)."""
-        return self._unary(self._stub.Health, pb.HealthRequest(), self._budget(timeout))
+        `wait_seconds` (0-3,600): keep reading the batch back until it is terminal or the time ran
+        out (then `warning` says so). `timeout` replaces the client's for this call. With
+        `ok_if_ended`, a batch that had already ended (batchgate's 409) is returned as a `Batch` with
+        `status` "ended" and `already_ended` true instead of raising `Conflict`.
+        Raises a `BatchgateError` subclass (`NotFound`, `Conflict`, `PermissionDenied`, ...).
+        """
+        request = _calls.cancel_request(batch_id, provider, wait_seconds)
+        try:
+            answer = self._unary(self._cancel, request, _calls.budget(self._settings, timeout, wait_seconds))
+        except BatchgateError as error:
+            return _calls.settle(error, ok_if_ended, batch_id, provider)
+        return batch_from_proto(answer)
+
+    def health(self, *, timeout: float | None = None) -> Health:
+        """The service's status (`ok`), each provider's circuit, the rate-limit store and the config
+        each worker runs. A draining service raises `Unavailable` with code `draining`."""
+        return health_from_proto(self._unary(self._health, pb.HealthRequest(), _calls.budget(self._settings, timeout)))
 
     def cancel_many(
-        self, items: Iterable[ItemLike], *, wait_seconds: int = 0, timeout: float | None = None
-    ) -> Iterator[CancelEvent]:
-        """Cancels up to 1,000 batches in one call and yields each item's events as they happen.
-        Closing the iterator early (or leaving a `for` loop) cancels the call, and the service
-        stops its work for it. The call is retried on UNAVAILABLE only until the first event."""
-        request = self._many_request(items, wait_seconds)
-        return self._stream(request, self._budget(timeout, wait_seconds))
+        self,
+        items: Iterable[ItemLike],
+        *,
+        wait_seconds: int = 0,
+        timeout: float | None = None,
+        ok_if_ended: bool = False,
+    ) -> CancelStream:
+        """Cancels many batches and yields each item's events as they happen (`CancelEvent`).
 
-    def _unary(self, method: Callable[..., Any], request: Any, budget: float) -> Any:
-        deadline = self._clock() + budget
-        metadata, request_id = self._call_metadata()
-        retry = 0
+        `items` are `BatchRef`s, (id, provider) pairs or {"id", "provider"} mappings, checked now;
+        the calls are lazy: nothing is sent until the stream is iterated. A list over 1,000 items
+        goes as consecutive calls of 1,000; `index` is always the position in `items`. Each call
+        has its own deadline (`timeout` plus `wait_seconds`) and is retried only before its first
+        event. An item's failure is its event's `error`; a call that fails as a whole (refused,
+        unreachable, cut off) raises from the iteration. `ok_if_ended` turns an item's 409 (already
+        ended) into a batch event, as for `cancel`. Close the stream (or use it in a `with` block)
+        to stop early: the call in flight is cancelled and the service stops its work for it.
+        """
+        requests = _calls.many_requests(items, wait_seconds)
+        budget = _calls.budget(self._settings, timeout, wait_seconds)
+        return CancelStream(self._events(requests, budget, ok_if_ended))
+
+    def _unary(self, method: grpc.UnaryUnaryMultiCallable[Any, _T], request: Any, budget: float) -> _T:
+        self._check_open()
+        attempts = self._attempts(budget)
         while True:
             try:
-                return method(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
+                return method(request, timeout=attempts.remaining(), metadata=attempts.metadata)
             except grpc.RpcError as err:
-                retry += 1
-                pause = self._next_pause(err, retry, deadline)
+                error = from_rpc_error(err, attempts.request_id)
+                pause = attempts.pause_after(error)
                 if pause is None:
-                    raise from_rpc_error(err, request_id) from err
-                self._sleep(pause)
+                    raise error from err
+            except ValueError as err:  # grpc's "Cannot invoke RPC on closed channel!"
+                self._check_open()
+                raise err
+            self._hooks.sleep(pause)
+            self._check_open()
 
-    def _stream(self, request: pb.CancelManyRequest, budget: float) -> Iterator[CancelEvent]:
-        deadline = self._clock() + budget
-        metadata, sent_id = self._call_metadata()
-        retry = 0
-        while True:
-            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
-            received = False
-            try:
-                request_id = sent_id
-                for message in call:
-                    if not received:
-                        received = True
-                        request_id = _request_id(call.initial_metadata()) or sent_id
-                    yield _event(message, request_id)
-                return
-            except grpc.RpcError as err:
-                retry += 1
-                pause = None if received else self._next_pause(err, retry, deadline)
-                if pause is None:
-                    raise from_rpc_error(err, sent_id) from err
-            finally:
-                call.cancel()  # no-op once the stream ended; stops the server's work otherwise
-            self._sleep(pause)
+    def _events(
+        self, requests: list[tuple[int, pb.CancelManyRequest]], budget: float, ok_if_ended: bool
+    ) -> Generator[CancelEvent, None, None]:
+        for offset, request in requests:
+            self._check_open()
+            attempts = self._attempts(budget)
+            while True:
+                call = self._cancel_many(request, timeout=attempts.remaining(), metadata=attempts.metadata)
+                received = False
+                try:
+                    request_id = attempts.request_id
+                    for message in call:
+                        if not received:
+                            received = True
+                            request_id = _calls.answered_request_id(call.initial_metadata()) or request_id
+                        yield event_from_proto(message, request_id=request_id, offset=offset, ok_if_ended=ok_if_ended)
+                    break
+                except grpc.RpcError as err:
+                    self._check_open()
+                    error = from_rpc_error(err, attempts.request_id)
+                    pause = None if received else attempts.pause_after(error)
+                    if pause is None:
+                        raise error from err
+                finally:
+                    call.cancel()  # no-op once the stream ended; stops the server's work otherwise
+                self._hooks.sleep(pause)
+                self._check_open()
 
 
-class AsyncBatchgateClient(_Base):
-    """asyncio client with the methods of `BatchgateClient`, as coroutines; `cancel_many` is an
-    async iterator (wrap it in `contextlib.aclosing` to cancel the call when leaving early)."""
+class AsyncBatchgateClient(_ClientBase):
+    """asyncio client: the methods, arguments and results of `BatchgateClient`, as coroutines
+    (`cancel_many` returns an async stream).
+
+        async with AsyncBatchgateClient("127.0.0.1:50051", vk=os.environ["BATCHGATE_VK"]) as client:
+            batch = await client.cancel("batch_abc123", "openai")
+
+    Arguments as for `BatchgateClient` (target; keyword-only vk, timeout, tls, tls_ca, retry,
+    metadata), checked here with TypeError / ValueError. Create it inside the event loop that uses
+    it; use it with `async with`, or `await close()`.
+    """
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, **kwargs: Any
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        vk: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        tls: bool | None = None,
+        tls_ca: CaFile | None = None,
+        retry: RetryPolicy | None = None,
+        metadata: MetadataLike = (),
+        **_deprecated: Unpack[_DeprecatedHooks],
     ) -> None:
-        super().__init__(target, **kwargs)
-        self._sleep = sleep
-        if self._credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, self._credentials)
-        else:
-            self._channel = grpc.aio.insecure_channel(target)
-        self._stub = pb_grpc.BatchServiceStub(self._channel)
+        super().__init__(
+            target,
+            vk=vk,
+            timeout=timeout,
+            tls=tls,
+            tls_ca=tls_ca,
+            retry=retry,
+            metadata=metadata,
+            sleep=asyncio.sleep,
+            deprecated=_deprecated,
+        )
+        credentials = self._settings.credentials
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
+        self._cancel = self._channel.unary_unary(
+            _calls.CANCEL_METHOD,
+            request_serializer=pb.CancelBatchRequest.SerializeToString,
+            response_deserializer=pb.BatchCancelResponse.FromString,
+        )
+        self._cancel_many = self._channel.unary_stream(
+            _calls.CANCEL_MANY_METHOD,
+            request_serializer=pb.CancelManyRequest.SerializeToString,
+            response_deserializer=pb.CancelManyEvent.FromString,
+        )
+        self._health = self._channel.unary_unary(
+            _calls.HEALTH_METHOD,
+            request_serializer=pb.HealthRequest.SerializeToString,
+            response_deserializer=pb.HealthResponse.FromString,
+        )
 
     async def __aenter__(self) -> AsyncBatchgateClient:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled and later calls raise `ClientClosed`.
+        Closing twice is harmless."""
+        self._closed = True
         await self._channel.close()
 
     async def cancel(
-        self, batch_id: str, provider: str, *, wait_seconds: int = 0, timeout: float | None = None
-    ) -> pb.BatchCancelResponse:
-        request = self._cancel_request(batch_id, provider, wait_seconds)
-        return await self._unary(self._stub.Cancel, request, self._budget(timeout, wait_seconds))
+        self,
+        batch_id: str,
+        provider: str,
+        *,
+        wait_seconds: int = 0,
+        timeout: float | None = None,
+        ok_if_ended: bool = False,
+    ) -> Batch:
+        """Cancels one batch and returns its state after the call.
 
-    async def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
-        return await self._unary(self._stub.Health, pb.HealthRequest(), self._budget(timeout))
+        `wait_seconds` (0-3,600): keep reading the batch back until it is terminal or the time ran
+        out (then `warning` says so). `timeout` replaces the client's for this call. With
+        `ok_if_ended`, a batch that had already ended (batchgate's 409) is returned as a `Batch` with
+        `status` "ended" and `already_ended` true instead of raising `Conflict`.
+        Raises a `BatchgateError` subclass (`NotFound`, `Conflict`, `PermissionDenied`, ...).
+        """
+        request = _calls.cancel_request(batch_id, provider, wait_seconds)
+        try:
+            answer = await self._unary(self._cancel, request, _calls.budget(self._settings, timeout, wait_seconds))
+        except BatchgateError as error:
+            return _calls.settle(error, ok_if_ended, batch_id, provider)
+        return batch_from_proto(answer)
+
+    async def health(self, *, timeout: float | None = None) -> Health:
+        """The service's status (`ok`), each provider's circuit, the rate-limit store and the config
+        each worker runs. A draining service raises `Unavailable` with code `draining`."""
+        budget = _calls.budget(self._settings, timeout)
+        return health_from_proto(await self._unary(self._health, pb.HealthRequest(), budget))
 
     def cancel_many(
-        self, items: Iterable[ItemLike], *, wait_seconds: int = 0, timeout: float | None = None
-    ) -> AsyncIterator[CancelEvent]:
-        request = self._many_request(items, wait_seconds)
-        return self._stream(request, self._budget(timeout, wait_seconds))
+        self,
+        items: Iterable[ItemLike],
+        *,
+        wait_seconds: int = 0,
+        timeout: float | None = None,
+        ok_if_ended: bool = False,
+    ) -> AsyncCancelStream:
+        """Cancels many batches and yields each item's events as they happen (`CancelEvent`); not a
+        coroutine: `async for event in client.cancel_many(...)`.
 
-    async def _unary(self, method: Callable[..., Any], request: Any, budget: float) -> Any:
-        deadline = self._clock() + budget
-        metadata, request_id = self._call_metadata()
-        retry = 0
+        `items` are `BatchRef`s, (id, provider) pairs or {"id", "provider"} mappings, checked now;
+        the calls are lazy: nothing is sent until the stream is iterated. A list over 1,000 items
+        goes as consecutive calls of 1,000; `index` is always the position in `items`. Each call
+        has its own deadline (`timeout` plus `wait_seconds`) and is retried only before its first
+        event. An item's failure is its event's `error`; a call that fails as a whole raises from
+        the iteration. `ok_if_ended` as for `cancel`. `async with client.cancel_many(...) as
+        events:` (or `contextlib.aclosing`) cancels the call in flight when leaving early.
+        """
+        requests = _calls.many_requests(items, wait_seconds)
+        budget = _calls.budget(self._settings, timeout, wait_seconds)
+        return AsyncCancelStream(self._events(requests, budget, ok_if_ended))
+
+    async def _unary(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _T], request: Any, budget: float) -> _T:
+        self._check_open()
+        attempts = self._attempts(budget)
         while True:
             try:
-                return await method(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
+                return await method(request, timeout=attempts.remaining(), metadata=attempts.metadata)
             except grpc.RpcError as err:
-                retry += 1
-                pause = self._next_pause(err, retry, deadline)
+                self._check_open()
+                error = from_rpc_error(err, attempts.request_id)
+                pause = attempts.pause_after(error)
                 if pause is None:
-                    raise from_rpc_error(err, request_id) from err
-                await self._sleep(pause)
+                    raise error from err
+            except grpc.aio.UsageError as err:  # the channel was closed under the call
+                self._check_open()
+                raise err
+            await self._hooks.sleep(pause)
+            self._check_open()
 
-    async def _stream(self, request: pb.CancelManyRequest, budget: float) -> AsyncIterator[CancelEvent]:
-        deadline = self._clock() + budget
-        metadata, sent_id = self._call_metadata()
-        retry = 0
-        while True:
-            call = self._stub.CancelMany(request, timeout=max(0.0, deadline - self._clock()), metadata=metadata)
-            received = False
-            try:
-                request_id = sent_id
-                async for message in call:
-                    if not received:
-                        received = True
-                        request_id = _request_id(await call.initial_metadata()) or sent_id
-                    yield _event(message, request_id)
-                return
-            except grpc.RpcError as err:
-                retry += 1
-                pause = None if received else self._next_pause(err, retry, deadline)
-                if pause is None:
-                    raise from_rpc_error(err, sent_id) from err
-            finally:
-                call.cancel()
-            await self._sleep(pause)
+    async def _events(
+        self, requests: list[tuple[int, pb.CancelManyRequest]], budget: float, ok_if_ended: bool
+    ) -> AsyncGenerator[CancelEvent, None]:
+        for offset, request in requests:
+            self._check_open()
+            attempts = self._attempts(budget)
+            while True:
+                call = self._cancel_many(request, timeout=attempts.remaining(), metadata=attempts.metadata)
+                received = False
+                try:
+                    request_id = attempts.request_id
+                    async for message in call:
+                        if not received:
+                            received = True
+                            request_id = _calls.answered_request_id(await call.initial_metadata()) or request_id
+                        yield event_from_proto(message, request_id=request_id, offset=offset, ok_if_ended=ok_if_ended)
+                    break
+                except grpc.RpcError as err:
+                    self._check_open()
+                    error = from_rpc_error(err, attempts.request_id)
+                    pause = None if received else attempts.pause_after(error)
+                    if pause is None:
+                        raise error from err
+                finally:
+                    call.cancel()
+                await self._hooks.sleep(pause)
+                self._check_open()

@@ -3,11 +3,17 @@
 
 Every view gets each event of the stream and decides what to show; a `Tally` keeps each item's
 latest state, so the progress counts, the summary and the exit code agree.
+
+Batch ids, provider names and messages come from a file or from a provider: none of them is ever
+read as rich markup (they go in as `Text`), and control characters (ESC, BEL, bidi overrides...)
+are shown as escapes (`visible`), so a hostile id can neither break the output nor drive the
+terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -19,10 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from batchgate_client.client import TERMINAL_STATUSES, CancelEvent
+from batchgate_client.models import TERMINAL_STATUSES, CancelEvent
 
 # The summary lists at most this many failed items (the count is always complete).
 MAX_LISTED_FAILURES = 20
+ALREADY_ENDED = "already ended"
 
 STATUS_STYLES = {
     "cancelled": "green",
@@ -32,12 +39,39 @@ STATUS_STYLES = {
     "failed": "red",
     "expired": "magenta",
     "ended": "cyan",
+    ALREADY_ENDED: "green",
 }
+
+# C0 controls, DEL, C1 controls, the bidi embeddings/overrides/isolates and marks, and lone
+# surrogates (undecodable input kept by Python as \udcXX).
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def visible(value: str) -> str:
+    """`value` with every control character written as an escape (`\\x1b`, `\\u202e`), so that
+    printing it shows it instead of acting on the terminal."""
+    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), value)
+
+
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """`1 item`, `2 items`."""
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def label(event: CancelEvent) -> str:
+    """What an item's state is called in the output: its status (the provider's word when it is
+    not a unified one), `already ended`, or `error`."""
+    if event.batch is None:
+        return "error"
+    if event.batch.already_ended:
+        return ALREADY_ENDED
+    return visible(event.batch.raw.status or event.batch.status)
 
 
 class Tally:
     """Each item's latest event, and which items failed: an error, or (when waiting) a batch that
-    was still not terminal when the wait ran out."""
+    was still not terminal when the wait ran out. A batch that had already ended is what the user
+    wanted: not a failure."""
 
     def __init__(self, total: int, waiting: bool, clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
@@ -56,7 +90,7 @@ class Tally:
         return not event.ok or (self.waiting and event.final and event.status not in TERMINAL_STATUSES)
 
     def counts(self) -> Counter[str]:
-        return Counter(event.status for event in self.latest.values())
+        return Counter(label(event) for event in self.latest.values())
 
     def failures(self) -> list[CancelEvent]:
         return sorted((e for e in self.latest.values() if e.final and self.failed(e)), key=lambda e: e.index)
@@ -73,13 +107,17 @@ class Tally:
 
 
 def describe(event: CancelEvent) -> str:
-    """`ID PROVIDER STATUS [detail]`: the plain line of one item."""
+    """`ID PROVIDER STATUS [detail]`: the plain line of one item, control characters escaped."""
+    where = f"{visible(event.id)} {visible(event.provider)}"
     if event.error is not None:
         err = event.error
-        return f"{event.id} {event.provider} error {err.status_code} {err.label}: {err.message}"
-    line = f"{event.id} {event.provider} {event.status}"
-    if event.batch is not None and event.batch.extra_fields.HasField("warning"):
-        line += f" (warning: {event.batch.extra_fields.warning})"
+        return f"{where} error {err.status_code} {visible(err.label)}: {visible(err.message)}"
+    batch = event.batch
+    if batch is not None and batch.already_ended:
+        return f"{where} {ALREADY_ENDED} ({visible(batch.warning or '').removeprefix('already ended: ')})"
+    line = f"{where} {label(event)}"
+    if batch is not None and batch.warning is not None:
+        line += f" (warning: {visible(batch.warning)})"
     return line
 
 
@@ -101,12 +139,12 @@ class PlainView:
             print(describe(event), file=self.out, flush=True)
 
     def summary(self) -> None:
-        if self.tally.total > 1 or self.tally.failures() or self.tally.missing():
-            print(summary_line(self.tally), file=self.err, flush=True)
+        print(summary_line(self.tally), file=self.err, flush=True)
 
 
 class JsonView(PlainView):
-    """One JSON object per item (the REST stream's final line for it); the summary on stderr."""
+    """One JSON object per item (the REST stream's final line for it); the summary on stderr. JSON
+    escapes control characters itself."""
 
     def event(self, event: CancelEvent) -> None:
         self.tally.add(event)
@@ -116,9 +154,9 @@ class JsonView(PlainView):
 
 def summary_line(tally: Tally) -> str:
     failures = tally.failures()
-    line = f"{tally.total} items in {tally.elapsed():.1f}s: {tally.counts_text() or 'none done'}"
+    line = f"{count(tally.total, 'item')} in {tally.elapsed():.1f}s: {tally.counts_text() or 'none done'}"
     if failures:
-        listed = ", ".join(f"{e.id} ({_reason(e)})" for e in failures[:MAX_LISTED_FAILURES])
+        listed = ", ".join(f"{visible(e.id)} ({reason(e)})" for e in failures[:MAX_LISTED_FAILURES])
         more = f" and {len(failures) - MAX_LISTED_FAILURES} more" if len(failures) > MAX_LISTED_FAILURES else ""
         line += f"; {len(failures)} failed: {listed}{more}"
     if tally.missing():
@@ -126,10 +164,10 @@ def summary_line(tally: Tally) -> str:
     return line
 
 
-def _reason(event: CancelEvent) -> str:
+def reason(event: CancelEvent) -> str:
     if event.error is not None:
-        return f"{event.error.status_code} {event.error.label}"
-    return f"still {event.status}"
+        return f"{event.error.status_code} {visible(event.error.label)}"
+    return f"still {label(event)}"
 
 
 class ProgressView:
@@ -172,7 +210,8 @@ class ProgressView:
 
     def summary(self) -> None:
         tally = self.tally
-        table = Table(title=f"{tally.total} batches in {tally.elapsed():.1f}s", title_justify="left")
+        title = f"{count(tally.total, 'batch', 'batches')} in {tally.elapsed():.1f}s"
+        table = Table(title=Text(title), title_justify="left")
         table.add_column("status")
         table.add_column("items", justify="right")
         for status, n in sorted(tally.counts().items()):
@@ -183,12 +222,12 @@ class ProgressView:
         failures = tally.failures()
         if not failures:
             return
-        failed = Table(title=f"{len(failures)} failed", title_justify="left", title_style="bold red")
+        failed = Table(title=Text(f"{len(failures)} failed"), title_justify="left", title_style="bold red")
         for column in ("#", "id", "provider", "reason"):
             failed.add_column(column, overflow="fold")
         for e in failures[:MAX_LISTED_FAILURES]:
-            reason = f"{_reason(e)}: {e.error.message}" if e.error is not None else _reason(e)
-            failed.add_row(str(e.index), e.id, e.provider, reason)
+            why = f"{reason(e)}: {visible(e.error.message)}" if e.error is not None else reason(e)
+            failed.add_row(str(e.index), Text(visible(e.id)), Text(visible(e.provider)), Text(why))
         if len(failures) > MAX_LISTED_FAILURES:
             failed.caption = f"and {len(failures) - MAX_LISTED_FAILURES} more"
         self.console.print(failed)

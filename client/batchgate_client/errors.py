@@ -5,6 +5,13 @@ every failed call; the exception carries those fields, so callers branch on the 
 (`except NotFound:`) and read `status_code`, `type`, `code`, `message` and `provider` without
 unpacking `google.rpc.Status` themselves. A CancelMany item that failed carries the same detail
 without a gRPC status; its class is chosen from the HTTP status, with the service's own table.
+
+`retryable` says whether trying the same call again is safe and useful without multiplying the
+calls to the provider: the call never reached batchgate (the connection was not made, so nothing
+was sent), or batchgate itself refused it before calling the provider and said when to come back
+(a Retry-After: its admission limit, a rate limit, an open circuit). An answer that came from the
+provider, or a provider that stayed down through batchgate's own retries, is not: batchgate already
+retried it per key.
 """
 
 from __future__ import annotations
@@ -60,6 +67,13 @@ class BatchgateError(Exception):
     def __str__(self) -> str:
         where = f" ({self.provider})" if self.provider else ""
         return f"{self.status_code} {self.label}{where}: {self.message}"
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same call may be sent again without another call to the provider: batchgate
+        answered it itself (`is_bifrost_error`, with its ErrorDetail) and sent a Retry-After, which
+        it does only for refusals made before any provider call. `ConnectionFailed` overrides it."""
+        return self.detail is not None and self.is_bifrost_error and self.retry_after is not None
 
     @property
     def label(self) -> str:
@@ -138,8 +152,27 @@ class Unavailable(BatchgateError):
 
 
 class ConnectionFailed(Unavailable):
-    """The call never got an answer from batchgate: nothing listens at the target, TLS failed, or
-    the connection broke. Unlike other `Unavailable` errors it carries no ErrorDetail."""
+    """The call never got an answer from batchgate: nothing listens at the target, the name does
+    not resolve, TLS failed, or the connection broke. Unlike other `Unavailable` errors it carries
+    no ErrorDetail. `request_sent` is False when no connection was made (nothing was sent, so a
+    retry is safe) and True when the connection broke after the request went out (it may have been
+    done)."""
+
+    def __init__(self, message: str, *, request_sent: bool = True, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.request_sent = request_sent
+
+    @property
+    def retryable(self) -> bool:
+        return not self.request_sent
+
+
+class ClientClosed(BatchgateError):
+    """The client was closed (`close()`, or its `with` block ended) before this call."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+    default_status = 499
+    default_type = "client_closed"
 
 
 class DeadlineExceeded(BatchgateError):
@@ -213,11 +246,29 @@ def from_detail(detail: pb.ErrorDetail, *, request_id: str | None = None) -> Bat
     return _build(class_for_http_status(detail.status_code), detail, None, request_id, None)
 
 
+# What gRPC says when it could not connect at all: the request was never sent. (A connection that
+# broke after sending says e.g. "Stream removed (Socket closed)"; Envoy, in front of the service,
+# already retries its own connect failures and refused streams.)
+NOT_CONNECTED_MARKERS = (
+    "failed to connect to all addresses",
+    "errors resolving",
+    "dns resolution failed",
+    "name resolution failure",
+    "no healthy upstream",
+)
+
+
+def never_sent(message: str) -> bool:
+    """Whether a detail-less UNAVAILABLE message says that no connection was made."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in NOT_CONNECTED_MARKERS)
+
+
 def from_rpc_error(err: grpc.RpcError, request_id: str | None = None) -> BatchgateError:
     """The exception for a failed call: the class from the gRPC code, the fields from the attached
     ErrorDetail when there is one, else from the status itself. The request id is the one the
     service answered with, else `request_id` (the one the call was sent with)."""
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    code = _call_value(err, "code") or grpc.StatusCode.UNKNOWN
     headers = _metadata(err)
     request_id = headers.get("x-request-id") or request_id
     retry_after = _seconds(headers.get("retry-after"))
@@ -225,13 +276,33 @@ def from_rpc_error(err: grpc.RpcError, request_id: str | None = None) -> Batchga
     cls = _BY_GRPC_CODE.get(code, InternalError)
     if detail is not None:
         return _build(cls, detail, code, request_id, retry_after)
-    message = (err.details() if hasattr(err, "details") else None) or code.name.lower()
+    message = _call_value(err, "details") or code.name.lower()
     if cls is Unavailable:
-        cls = ConnectionFailed
+        return ConnectionFailed(
+            message,
+            request_sent=not never_sent(message),
+            code=code.name.lower(),
+            grpc_code=code,
+            request_id=request_id,
+            retry_after=retry_after,
+        )
     return cls(message, code=code.name.lower(), grpc_code=code, request_id=request_id, retry_after=retry_after)
 
 
-def _build(cls, detail, grpc_code, request_id, retry_after) -> BatchgateError:
+def _call_value(err: grpc.RpcError, name: str) -> Any:
+    """`err.code()` / `err.details()`: grpc's errors are also calls, but `RpcError` itself does not
+    promise either."""
+    getter = getattr(err, name, None)
+    return getter() if callable(getter) else None
+
+
+def _build(
+    cls: type[BatchgateError],
+    detail: pb.ErrorDetail,
+    grpc_code: grpc.StatusCode | None,
+    request_id: str | None,
+    retry_after: float | None,
+) -> BatchgateError:
     error = detail.error
     return cls(
         error.message,
@@ -250,7 +321,7 @@ def _build(cls, detail, grpc_code, request_id, retry_after) -> BatchgateError:
 
 def _detail(err: grpc.RpcError) -> pb.ErrorDetail | None:
     try:
-        status = rpc_status.from_call(err)
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]  # an RpcError raised by a call is one
     except (ValueError, AttributeError):  # details that do not match the status, or not a call
         return None
     if status is None:

@@ -1,6 +1,7 @@
 """The client package's pure parts: the --from file reader, the retry policy, the error mapping,
 the tally behind the exit code, the CLI's usage errors, and that the package never imports the
-service (its stubs are its own)."""
+service (its stubs are its own). The typed models, converters, constructor checks and terminal
+escaping are in test_client_types.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from batchgate_client import (
     BatchRef,
     CancelEvent,
     Conflict,
+    ConnectionFailed,
     DeadlineExceeded,
     InternalError,
     InvalidRequest,
@@ -23,11 +25,12 @@ from batchgate_client import (
     RetryPolicy,
     Unavailable,
 )
+from batchgate_client._convert import batch_from_proto
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
 from batchgate_client.batchfile import BatchFileError, read_batches
 from batchgate_client.cli import run
 from batchgate_client.display import PlainView, Tally, summary_line
-from batchgate_client.errors import class_for_http_status, from_detail
+from batchgate_client.errors import class_for_http_status, from_detail, never_sent
 
 # --- the --from file -------------------------------------------------------------------------------
 
@@ -50,6 +53,30 @@ def test_csv_and_json_lines_mix_with_comments_blanks_and_a_header():
 
 def test_an_id_alone_takes_the_default_provider():
     assert read_batches(["batch_1\n"], "f", default_provider="azure") == [BatchRef("batch_1", "azure")]
+
+
+@pytest.mark.parametrize("header", ["id,provider", "ID, Provider", '"id","provider"'])
+def test_an_id_provider_header_sets_the_column_order_and_is_never_a_batch(header):
+    lines = [f"{header}\n", "batch_1,openai\n", "msgbatch_2 , anthropic\n"]
+    assert read_batches(lines, "f.csv") == [BatchRef("batch_1", "openai"), BatchRef("msgbatch_2", "anthropic")]
+
+
+def test_a_provider_id_header_keeps_the_default_order_and_a_later_header_switches_it():
+    lines = ["Provider,ID\n", "openai,batch_1\n", "# the second export\n", "id,provider\n", "b2,azure\n"]
+    assert read_batches(lines, "f.csv") == [BatchRef("batch_1", "openai"), BatchRef("b2", "azure")]
+
+
+def test_an_id_header_lists_ids_alone_for_the_default_provider():
+    assert read_batches(["id\n", "batch_1\n"], "f", default_provider="groq") == [BatchRef("batch_1", "groq")]
+    with pytest.raises(BatchFileError, match=r"f:2: expected an id alone \(the header names one column: id\)"):
+        read_batches(["id\n", "batch_1,openai\n"], "f")
+    with pytest.raises(BatchFileError, match="f:2: a line with an id alone needs --provider"):
+        read_batches(["id\n", "batch_1\n"], "f")
+
+
+def test_after_an_id_provider_header_a_bad_line_names_that_order():
+    with pytest.raises(BatchFileError, match="f:2: expected id,provider$"):
+        read_batches(["id,provider\n", "batch_1,\n"], "f")
 
 
 @pytest.mark.parametrize(
@@ -93,10 +120,88 @@ def test_pauses_stop_after_the_attempts_and_before_the_deadline():
     assert policy.pause(1, remaining=0.4) is None  # no time left for another attempt
 
 
-def test_only_unavailable_is_retryable():
-    policy = RetryPolicy()
-    assert policy.retryable(grpc.StatusCode.UNAVAILABLE)
-    assert not any(policy.retryable(code) for code in grpc.StatusCode if code != grpc.StatusCode.UNAVAILABLE)
+def detail_error(cls, status, code, *, bifrost=True, retry_after=None):
+    detail = pb.ErrorDetail(
+        is_bifrost_error=bifrost, status_code=status, error=pb.ErrorField(type="t", code=code, message="m")
+    )
+    err = from_detail(detail)
+    assert type(err) is cls
+    err.retry_after = retry_after
+    return err
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        # Never reached batchgate: nothing was sent.
+        (ConnectionFailed("failed to connect to all addresses; ...", request_sent=False), True),
+        # The connection broke after the request went out: it may have been done.
+        (ConnectionFailed("Stream removed (Socket closed)", request_sent=True), False),
+        # batchgate refused before any provider call and said when to come back.
+        (detail_error(RateLimited, 429, "overloaded", retry_after=1.0), True),
+        (detail_error(RateLimited, 429, "rate_limited", retry_after=4.0), True),
+        (detail_error(Unavailable, 503, "circuit_open", retry_after=5.0), True),
+        # ... but not when that is longer than max_retry_after (10 s): the caller decides.
+        (detail_error(RateLimited, 429, "rate_limited", retry_after=58.0), False),
+        # A provider that stayed down through batchgate's own retries, or its own answer.
+        (detail_error(Unavailable, 502, "upstream_unavailable"), False),
+        (detail_error(Unavailable, 503, None, bifrost=False), False),
+        (detail_error(RateLimited, 429, "rate_limit_exceeded", bifrost=False), False),
+        (detail_error(Unavailable, 503, "draining"), False),
+        (detail_error(Conflict, 409, None, bifrost=False), False),
+        (DeadlineExceeded("deadline_exceeded", code="deadline_exceeded"), False),
+    ],
+)
+def test_only_what_cannot_reach_a_provider_twice_is_retried(error, retried):
+    assert RetryPolicy().should_retry(error) is retried
+
+
+def test_a_retry_waits_at_least_the_retry_after():
+    policy = RetryPolicy(initial_backoff=0.2, jitter=0)
+    assert policy.next_pause(detail_error(Unavailable, 503, "circuit_open", retry_after=5.0), 1, 30.0) == 5.0
+    assert policy.next_pause(detail_error(Unavailable, 503, "circuit_open", retry_after=5.0), 1, 4.0) is None
+    assert policy.next_pause(ConnectionFailed("x", request_sent=False), 1, 30.0) == 0.2
+
+
+def test_the_01_positional_order_still_builds_a_policy():
+    policy = RetryPolicy(2, 0.1, 1.0, 2.0, 0.0, frozenset({grpc.StatusCode.UNAVAILABLE}))
+    assert (policy.attempts, policy.codes, policy.max_retry_after) == (2, {grpc.StatusCode.UNAVAILABLE}, 10.0)
+
+
+def test_codes_narrow_what_is_retried():
+    policy = RetryPolicy(codes=frozenset({grpc.StatusCode.UNAVAILABLE}))
+    assert policy.retryable(grpc.StatusCode.UNAVAILABLE) and not policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert not policy.should_retry(detail_error(RateLimited, 429, "overloaded", retry_after=1.0))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"attempts": 0}, "attempts must be a whole number >= 1"),
+        ({"attempts": 2.5}, "attempts must be a whole number >= 1"),
+        ({"initial_backoff": -1}, "initial_backoff must be a finite number >= 0"),
+        ({"max_retry_after": float("inf")}, "max_retry_after must be a finite number >= 0"),
+        ({"jitter": 1.5}, "jitter must be between 0 and 1"),
+    ],
+)
+def test_a_bad_retry_policy_is_refused_when_made(fields, message):
+    with pytest.raises(ValueError, match=message):
+        RetryPolicy(**fields)
+
+
+@pytest.mark.parametrize(
+    ("message", "sent"),
+    [
+        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused", False),
+        ("errors resolving nosuch.invalid:50051: [field:hostname lookup error: Domain name not found]", False),
+        ("DNS resolution failed for nosuch.invalid:50051", False),
+        ("no healthy upstream", False),
+        ("Stream removed (Socket closed)", True),
+        ("recvmsg:Connection reset by peer", True),
+    ],
+)
+def test_a_connection_failure_says_whether_the_request_went_out(message, sent):
+    assert never_sent(message) is not sent
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -161,7 +266,7 @@ def event(index: int, status: str | None, final: bool = True, warning: str | Non
     batch = pb.BatchCancelResponse(id=f"b{index}", status=status)
     if warning:
         batch.extra_fields.warning = warning
-    return CancelEvent(index, f"b{index}", "openai", final, batch=batch)
+    return CancelEvent(index, f"b{index}", "openai", final, batch=batch_from_proto(batch))
 
 
 def test_without_waiting_only_errors_fail():
@@ -219,6 +324,12 @@ def test_summary_lists_a_bounded_number_of_failures():
         ),
         (["cancel", "bad\udcff", "-p", "openai"], "batchgate: batch id 'bad\\xff' is not valid UTF-8"),
         (["cancel", "b1", "-p", "open\udcffai"], "batchgate: provider 'open\\xffai' is not valid UTF-8"),
+        # TLS fails closed: an empty CA file is an error, never the system's roots (#24 item 5).
+        (["--tls-ca", "/dev/null", "cancel", "b1", "-p", "openai"], "batchgate: --tls-ca /dev/null is empty"),
+        (
+            ["cancel", "b1", "-p", "openai", "--vk", "sk-bf-\u00e9"],
+            "batchgate: --vk (or BATCHGATE_VK) must be printable",
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message):

@@ -2,8 +2,11 @@
 real gateway: sandbox simulators, the gRPC service and Envoy, started once for the session.
 
 Single cancels, bulk cancels from a file and from stdin (CancelMany, also through Envoy), waiting
-until cancelled, JSON output, the exit codes for partial failure and a dead target, `config check`
-against the service's own start-up check, and the live progress display on a pseudo-terminal.
+until cancelled, JSON output, one exit-code rule (0 nothing failed, 1 some items failed, 2 refused,
+the same for one id and many), re-runs over batches that already ended, CSV headers in either
+order, options before or after every subcommand, `config check` against the service's own start-up
+check, and the terminal output: the live progress display on a pseudo-terminal, hostile ids shown
+as text and control characters escaped.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ def test_the_command_is_installed_in_the_virtualenv():
 def test_cancel_one_batch_prints_its_status(grpc_target, sim: SimAdmin):
     batch = sim.seed("openai")
     result = batchgate("cancel", batch, "--provider", "openai", target=grpc_target)
-    assert (result.returncode, result.stdout, result.stderr) == (0, f"{batch} openai cancelling\n", "")
+    assert (result.returncode, result.stdout) == (0, f"{batch} openai cancelling\n")
+    assert re.fullmatch(r"1 item in \d+\.\ds: 1 cancelling\n", result.stderr), result.stderr  # a summary, singular
     assert sim.batch("openai", batch)["status"] == "cancelling"
 
 
@@ -80,12 +84,12 @@ def test_cancel_several_ids_one_line_each_and_exit_1_naming_the_failure(grpc_tar
 
 def test_bulk_from_a_file_mixes_providers_and_formats(grpc_target, sim: SimAdmin, tmp_path: Path):
     openai, anthropic = sim.seed("openai"), sim.seed("anthropic", new_id("msgbatch"))
-    done = sim.seed("openai", status="completed")
+    done, missing = sim.seed("openai", status="completed"), new_id("missing")
     listing = tmp_path / "batches.csv"
     listing.write_text(
         f"provider,id\n# Tuesday's bad prompt\nopenai,{openai}\n"
         f'{{"id": "{anthropic}", "provider": "anthropic"}}\n'
-        f"openai,{done}\n"
+        f"openai,{done}\nopenai,{missing}\n"
     )
     result = batchgate("cancel", "--from", str(listing), target=grpc_target)
     assert result.returncode == 1
@@ -93,10 +97,44 @@ def test_bulk_from_a_file_mixes_providers_and_formats(grpc_target, sim: SimAdmin
         [
             f"{openai} openai cancelling",
             f"{anthropic} anthropic cancelling",
-            f"{done} openai error 409 invalid_request_error: Cannot cancel a batch with status 'completed'.",
+            f"{done} openai already ended (Cannot cancel a batch with status 'completed'.)",
+            f"{missing} openai error 404 invalid_request_error: No batch found with id '{missing}'.",
         ]
     )
-    assert result.stderr.startswith("3 items in ") and f"1 failed: {done} (409 invalid_request_error)" in result.stderr
+    assert result.stderr.startswith("4 items in ") and "1 already ended, 2 cancelling, 1 error" in result.stderr
+    assert f"1 failed: {missing} (404 invalid_request_error)" in result.stderr
+
+
+def test_a_rerun_over_batches_that_already_ended_succeeds(grpc_target, sim: SimAdmin):
+    """Running the same command again (the README's examples) finds the batches cancelled: that is
+    what was asked, so it is reported as such and the run does not fail (#23 item 5)."""
+    batch = sim.seed("openai", cancel_delay_s=0)  # cancelled on the next read
+    first = batchgate("cancel", batch, "-p", "openai", "--wait", "30", target=grpc_target)
+    assert (first.returncode, first.stdout) == (0, f"{batch} openai cancelled\n"), first.stderr
+    again = batchgate("cancel", batch, "-p", "openai", target=grpc_target)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"{batch} openai already ended (Cannot cancel a batch with status 'cancelled'.)\n"
+    assert "1 already ended" in again.stderr and "failed" not in again.stderr
+    bulk = batchgate("cancel", "--from", "-", "-o", "json", target=grpc_target, stdin=f"openai,{batch}\n")
+    assert bulk.returncode == 0
+    line = json.loads(bulk.stdout)
+    assert (line["batch"]["status"], "error" in line) == ("ended", False)
+    assert line["batch"]["extra_fields"]["warning"].startswith("already ended: Cannot cancel")
+
+
+@pytest.mark.parametrize("header", ["id,provider", "provider,id", "ID,Provider"])
+def test_a_csv_header_in_either_order_is_read_and_never_sent(grpc_target, sim: SimAdmin, t0: float, header: str):
+    batches = [sim.seed("openai"), sim.seed("openai")]
+    order = [c.strip().lower() for c in header.split(",")]
+    rows = "".join(",".join(b if c == "id" else "openai" for c in order) + "\n" for b in batches)
+    result = batchgate("cancel", "--from", "-", target=grpc_target, stdin=f"{header}\n{rows}")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(f"{b} openai cancelling" for b in batches)
+    assert result.stderr.startswith("2 items in ")
+    sent = [c["path"] for c in sim.calls(since=t0)]
+    assert len(sent) == 2 and not [p for p in sent if p.endswith(("/batches/id/cancel", "/batches/provider/cancel"))]
+    help_text = batchgate("cancel", "--help").stdout
+    assert "header row naming the columns" in help_text and "never sent" in help_text
 
 
 def test_bulk_from_stdin_through_envoy_all_done_exits_0(envoy_target, sim: SimAdmin):
@@ -211,8 +249,9 @@ def test_the_virtual_key_is_never_echoed(grpc_target, sim: SimAdmin):
             )
             assert result.returncode == 2 and secret not in result.stdout + result.stderr
             assert result.stderr == "batchgate: the call failed: 401 virtual_key_not_found: virtual key not found\n"
+            # One id or two: the same refusal, the same exit code (#23 item 2; before: 1 for one id).
             single = batchgate(*args, *extra, "cancel", batch, "-p", "openai", target=grpc_target, env=env)
-            assert single.returncode == 1 and secret not in single.stdout + single.stderr
+            assert (single.returncode, single.stdout, single.stderr) == (2, "", result.stderr)
     dead = batchgate("--vk", secret, "health", target=f"127.0.0.1:{free_port()}")
     assert dead.returncode == 2 and secret not in dead.stdout + dead.stderr
 
@@ -223,6 +262,9 @@ def test_health_shows_each_providers_circuit(grpc_target):
     assert re.search(r"openai\s+.\s+closed", text.stdout), text.stdout
     as_json = json.loads(batchgate("health", "-o", "json", target=grpc_target).stdout)
     assert as_json["status"] == "ok" and as_json["providers"]["anthropic"] == {"circuit": "closed"}
+    # Proto defaults are printed: worker 0 has its "worker" key (before: dropped).
+    assert sorted(w["worker"] for w in as_json["workers"]) == list(range(len(as_json["workers"])))
+    assert "worker" in as_json["config"]
 
 
 def test_python_dash_m_runs_the_same_command(grpc_target):
@@ -237,6 +279,28 @@ def test_python_dash_m_runs_the_same_command(grpc_target):
     assert result.returncode == 0 and json.loads(result.stdout)["status"] == "ok"
 
 
+def test_one_exit_code_rule(grpc_target, sim: SimAdmin):
+    """0 nothing failed, 1 some items failed, 2 nothing decided item by item: the same for one id
+    and for many (#23 item 2)."""
+    ok, missing = sim.seed("openai"), new_id("missing")
+    cases = [
+        (("cancel", ok, "-p", "openai"), 0),
+        (("cancel", missing, "-p", "openai"), 1),
+        (("cancel", sim.seed("openai"), missing, "-p", "openai"), 1),
+        (("cancel", "b1", "-p", "nosuchprovider"), 1),  # an item CancelMany would answer with an error line
+        (("cancel", "b1", "b2", "-p", "nosuchprovider"), 1),
+        (("cancel", "b1"), 2),  # usage
+        (("--vk", "sk-bf-unknown", "cancel", sim.seed("openai"), "-p", "openai"), 2),  # refused as a whole
+        (("--vk", "sk-bf-unknown", "cancel", sim.seed("openai"), missing, "-p", "openai"), 2),
+    ]
+    for args, code in cases:
+        result = batchgate(*args, target=grpc_target)
+        assert result.returncode == code, (args, result.stderr)
+    dead = f"127.0.0.1:{free_port()}"
+    assert batchgate("cancel", "b1", "-p", "openai", target=dead).returncode == 2
+    assert batchgate("health", target=dead).returncode == 2
+
+
 # --- config check ----------------------------------------------------------------------------------
 
 
@@ -247,6 +311,33 @@ def test_config_check_accepts_a_good_config(stack: Stack, tmp_path: Path):
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"{config}: OK: 12 providers (anthropic, azure, bedrock, ")
     assert "12 keys (12 for batches), 0 virtual keys" in result.stdout
+
+
+def test_config_check_takes_the_common_options_before_or_after(stack: Stack, tmp_path: Path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(gateway_config(stack.sandbox_url)))
+    for args in (
+        ("config", "check", str(config), "-o", "json"),  # before: an argument error (exit 2)
+        ("-o", "json", "config", "check", str(config)),  # before: ignored (text)
+        ("config", "--output", "json", "check", str(config)),
+    ):
+        result = batchgate(*args)
+        assert (result.returncode, result.stderr) == (0, ""), args
+        body = json.loads(result.stdout)
+        assert (body["file"], body["ok"], body["keys"], body["batch_keys"], body["virtual_keys"]) == (
+            str(config),
+            True,
+            12,
+            12,
+            0,
+        )
+        assert body["providers"][:3] == ["anthropic", "azure", "bedrock"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"providers": {"nosuch": {}}}')
+    result = batchgate("config", "check", str(broken), "--output=json", "--timeout", "5")
+    assert result.returncode == 1 and result.stderr == ""
+    body = json.loads(result.stdout)
+    assert (body["ok"], body["file"]) == (False, str(broken)) and body["error"]
 
 
 @pytest.mark.parametrize(
@@ -397,3 +488,32 @@ def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(grpc_target, si
     settled = sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches)
     time.sleep(2.5)  # past the service's first read-back (1 s) and the next
     assert sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches) == settled
+
+
+HOSTILE_IDS = ["[/]", "[link=http://evil.example]x[/link]", "a\x1b[31mred\x07b"]
+
+
+def test_hostile_ids_are_text_on_a_terminal(grpc_target):
+    """Ids come from a file: `[/]` must not crash the summary, `[link=...]` must not become a link,
+    and ESC must not reach the terminal (#23 item 11). batchgate refuses them (400 each)."""
+    env = {**ENV, "TERM": "xterm-256color", "COLUMNS": "200"}
+    listing = "".join(json.dumps({"id": i, "provider": "openai"}) + "\n" for i in HOSTILE_IDS)
+    code, output = run_on_pty([str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-"], listing.encode(), env)
+    assert code == 1, output  # each item failed; before: exit 2 with MarkupError
+    assert "MarkupError" not in output and "unexpected error" not in output
+    assert "[/]" in output and "[link=http://evil.example]x[/link]" in output
+    assert "\x1b]8;" not in output  # no terminal hyperlink
+    assert "a\x1b[31mred" not in output and "\x07" not in output
+    assert "a\\x1b[31mred\\x07b" in output
+
+
+def test_hostile_ids_piped_show_escapes_not_control_bytes(grpc_target):
+    listing = "".join(json.dumps({"id": i, "provider": "openai"}) + "\n" for i in HOSTILE_IDS)
+    result = batchgate("cancel", "--from", "-", target=grpc_target, stdin=listing)
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("a\\x1b[31mred\\x07b openai error 400 ") for line in lines), lines
+    assert any(line.startswith("[/] openai error 400 ") for line in lines), lines
+    single = batchgate("cancel", "a\x1b]0;pwned\x07", "-p", "openai", "--wait", "5", target=grpc_target)
+    assert single.returncode == 1 and "\x1b" not in single.stdout + single.stderr

@@ -28,8 +28,15 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 def launcher_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    ports = {name: str(free_port()) for name in ("HTTP_PORT", "GRPC_PORT", "ADMIN_PORT", "METRICS_PORT")}
-    env.update(ports, WORKERS="2")  # not the default ports: other gateways may run on this machine
+    # Every port its own free one (metrics too: worker i serves METRICS_PORT + i), so a launcher test
+    # never collides with another gateway on this machine.
+    env.update(
+        HTTP_PORT=str(free_port()),
+        GRPC_PORT=str(free_port()),
+        ADMIN_PORT=str(free_port()),
+        METRICS_PORT=str(free_port()),
+        WORKERS="2",
+    )
     env.update(extra)
     return env
 

@@ -1,6 +1,7 @@
 """The client library (client/batchgate_client) against a real batchgate service over real gRPC on
-loopback, with the sandbox over real HTTP behind it: the blocking and the asyncio client, every
-error kind, the retry on UNAVAILABLE, CancelMany with and without waiting, virtual keys and TLS.
+loopback, with the sandbox over real HTTP behind it: the blocking and the asyncio client, typed
+results, every error kind, retries that never multiply upstream calls, `ok_if_ended`, CancelMany
+with and without waiting (and over 1,000 items), virtual keys, TLS, and the command's exit codes.
 
 Every test runs against both clients through one small adapter: the blocking client runs in a
 worker thread, because the in-process server needs this event loop to answer.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import logging
 import re
@@ -20,15 +22,19 @@ import grpc
 import pytest
 from batchgate_client import (
     AsyncBatchgateClient,
+    Batch,
     BatchgateClient,
     BatchRef,
+    ClientClosed,
     Conflict,
     ConnectionFailed,
     DeadlineExceeded,
+    InternalError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
     RateLimited,
+    RequestCounts,
     RetryPolicy,
     Unauthenticated,
     Unavailable,
@@ -36,10 +42,14 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
+from gateway.render import ROOT
 from service.edge.server import create_server
 from service.infra.providers.catalog import parse_config
+from service.runtime.live import LiveConfig
+from service.usecases.cancel import Canceller, Collaborators
 from service.usecases.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
+from tests.integration.test_reliability import SteppedClock
 from tests.support import config_dict, self_signed_cert
 
 FAST_POLLS = PollPolicy(first_s=0.2, max_s=0.5)
@@ -55,14 +65,21 @@ class Adapter:
     def __init__(self, kind: str, target: str, **kwargs) -> None:
         self.kind = kind
         self.pauses: list[float] = []
+        also = kwargs.pop("sleep", None)  # called with each pause too (to move a test's clock)
+
+        def record(seconds: float) -> None:
+            self.pauses.append(seconds)
+            if also is not None:
+                also(seconds)
+
         if kind == "sync":
-            self.client = BatchgateClient(target, sleep=self.pauses.append, **kwargs)
+            self.client = BatchgateClient(target, **kwargs)._use_hooks(sleep=record)
         else:
 
-            async def record(seconds: float) -> None:
-                self.pauses.append(seconds)
+            async def record_async(seconds: float) -> None:
+                record(seconds)
 
-            self.client = AsyncBatchgateClient(target, sleep=record, **kwargs)
+            self.client = AsyncBatchgateClient(target, **kwargs)._use_hooks(sleep=record_async)
 
     async def cancel(self, *args, **kwargs):
         if self.kind == "sync":
@@ -76,8 +93,14 @@ class Adapter:
 
     async def cancel_many(self, items, **kwargs) -> list:
         if self.kind == "sync":
-            return await asyncio.to_thread(lambda: list(self.client.cancel_many(items, **kwargs)))
-        return [event async for event in self.client.cancel_many(items, **kwargs)]
+
+            def collect() -> list:
+                with self.client.cancel_many(items, **kwargs) as events:
+                    return list(events)
+
+            return await asyncio.to_thread(collect)
+        async with self.client.cancel_many(items, **kwargs) as events:
+            return [event async for event in events]
 
     async def close(self) -> None:
         if self.kind == "sync":
@@ -137,23 +160,27 @@ async def governed_target(sandbox, sim):
 async def test_cancel_answers_the_batch(connect, target, sim):
     batch = sim.seed("openai", new_id(), request_counts={"total": 10, "completed": 4, "failed": 0})
     answer = await connect(target).cancel(batch.id, "openai")
-    assert (answer.id, answer.status, answer.extra_fields.provider) == (batch.id, "cancelling", "openai")
+    assert isinstance(answer, Batch)
+    assert (answer.id, answer.status, answer.provider) == (batch.id, "cancelling", "openai")
+    assert answer.request_counts == RequestCounts(total=10, completed=4, failed=0)  # the others not reported
+    assert answer.cancelling_at is not None and answer.cancelled_at is None and answer.warning is None
     body = batch_to_dict(answer)
-    assert body["request_counts"] == {"total": 10, "completed": 4, "failed": 0}
+    assert body == answer.to_dict() and body["request_counts"] == {"total": 10, "completed": 4, "failed": 0}
     assert body["extra_fields"]["request_type"] == "batch_cancel"
 
 
 async def test_cancel_with_wait_answers_once_the_batch_is_cancelled(connect, target, sim):
     batch = sim.seed("openai", new_id(), cancel_delay_s=0.3)
     answer = await connect(target).cancel(batch.id, "openai", wait_seconds=10)
-    assert answer.status == "cancelled"
-    assert not answer.extra_fields.HasField("warning")
+    assert answer.status == "cancelled" and answer.terminal and answer.cancelled_at is not None
+    assert answer.warning is None
 
 
 async def test_health_lists_each_configured_providers_circuit(connect, target):
     health = await connect(target).health()
     assert health.status == "ok"
     assert {name: p.circuit for name, p in health.providers.items()} == {"openai": "closed", "azure": "closed"}
+    assert health.config is not None and health.config.worker == 0 and health.to_dict()["config"]["worker"] == 0
 
 
 async def test_a_draining_service_answers_health_with_unavailable_draining(connect, sandbox):
@@ -163,7 +190,7 @@ async def test_a_draining_service_answers_health_with_unavailable_draining(conne
         with pytest.raises(Unavailable) as info:
             await client.health()
         assert (info.value.code, info.value.status_code) == ("draining", 503)
-        assert len(client.pauses) == 2  # UNAVAILABLE: retried, then raised
+        assert client.pauses == []  # an answer: the service is draining
         out = io.StringIO()
         assert await asyncio.to_thread(run, ["--target", address, "health"], stdout=out, stderr=io.StringIO()) == 1
         assert out.getvalue() == f"batchgate at {address}: draining\n"
@@ -202,16 +229,15 @@ async def test_each_error_kind_is_its_own_class_with_the_error_detail(
     assert err.to_dict()["error"]["message"] == err.message
 
 
-async def test_a_call_and_its_retries_send_one_request_id_of_the_clients(connect, target, sim, caplog):
-    # The service logs the id it was sent; one it generated itself would differ per attempt.
+async def test_each_call_sends_a_request_id_of_the_clients(connect, target, sim, caplog):
+    # The service logs the id it was sent (kept across a call's retries: see the circuit test).
     caplog.set_level(logging.INFO, logger="batchgate.access")
-    sim.add_fault("openai", {"status": 503})
     client = connect(target)
     await client.cancel(sim.seed("openai", new_id()).id, "openai")
     with pytest.raises(NotFound) as info:
         await client.cancel("missing_batch_1", "openai")
-    first, retried, failed = [r.fields["request_id"] for r in caplog.records if r.name == "batchgate.access"]
-    assert first == retried and re.fullmatch(r"[0-9a-f]{32}", first)
+    first, failed = [r.fields["request_id"] for r in caplog.records if r.name == "batchgate.access"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert failed == info.value.request_id != first
 
 
@@ -257,24 +283,88 @@ async def test_rate_limited_carries_retry_after(connect, governed_target, sim):
     assert client.pauses == []
 
 
-async def test_unavailable_is_retried_a_few_times_then_raised(connect, target, sim):
+async def test_a_provider_down_is_not_retried_on_top_of_the_services_retries(connect, target, sim):
+    # The service already retried per key (max_retries 0 here: one call); the client adds none, so a
+    # provider that is down sees exactly what the service sends (before: 3 times as many).
     batch = sim.seed("openai", new_id())
     sim.add_fault("openai", {"status": 503, "count": 10})
     client = connect(target, retry=RetryPolicy(attempts=3, initial_backoff=0.1, jitter=0))
     with pytest.raises(Unavailable) as info:
         await client.cancel(batch.id, "openai")
     assert not isinstance(info.value, ConnectionFailed) and info.value.detail is not None
-    assert info.value.status_code == 503
-    assert client.pauses == [0.1, 0.2]  # exponential backoff between the three attempts
-    assert len(sim.calls("openai")) == 3  # the config has max_retries 0: one upstream call per attempt
+    assert info.value.status_code == 503 and not info.value.retryable
+    assert client.pauses == []
+    assert len(sim.calls("openai")) == 1
+    events = await client.cancel_many([(batch.id, "openai")])
+    assert [type(e.error) for e in events] == [Unavailable] and len(sim.calls("openai")) == 2
 
 
-async def test_unavailable_once_then_the_retry_succeeds(connect, target, sim):
-    batch = sim.seed("openai", new_id())
-    sim.add_fault("openai", {"status": 503})
+async def test_an_open_circuit_is_retried_after_its_retry_after_with_one_probe(connect, sandbox, sim, caplog):
+    """batchgate refuses while a provider's circuit is open (503 circuit_open, Retry-After) without
+    calling it: the client waits that long and tries again, and the retry is the one probe. The
+    client's pauses move the breaker's clock, so nothing really sleeps."""
+    clock = SteppedClock()
+    cfg = config_dict(sandbox.url)
+    cfg["providers"]["openai"]["network_config"]["circuit_breaker"] = {"failure_threshold": 2, "open_seconds": 5}
+    parsed = parse_config(cfg, env={})
+    live = LiveConfig(parsed, canceller=Canceller(parsed, parts=Collaborators(clock=clock)))
+    app = await create_server(live, "127.0.0.1:0")
+    try:
+        client = connect(f"127.0.0.1:{app.port}", sleep=lambda seconds: setattr(clock, "now", clock.now + seconds))
+        sim.add_fault("openai", {"status": 500, "count": 2})
+        for _ in range(2):
+            with pytest.raises(InternalError):
+                await client.cancel(sim.seed("openai", new_id()).id, "openai")
+        before = len(sim.calls("openai"))
+        caplog.set_level(logging.INFO, logger="batchgate.access")
+        batch = await client.cancel(sim.seed("openai", new_id()).id, "openai")
+        assert batch.status == "cancelling"
+        assert len(client.pauses) == 1 and client.pauses[0] >= 5  # the Retry-After, not the backoff
+        assert len(sim.calls("openai")) == before + 1  # the refusal called nobody; the probe once
+        refused, probe = [r.fields["request_id"] for r in caplog.records if r.name == "batchgate.access"]
+        assert refused == probe  # one call, one request id across its attempts
+    finally:
+        await app.stop(grace=0)
+
+
+async def test_ok_if_ended_turns_an_ended_batch_into_its_state(connect, target, sim):
+    done = sim.seed("openai", new_id(), status="completed")
     client = connect(target)
-    assert (await client.cancel(batch.id, "openai")).status == "cancelling"
-    assert len(client.pauses) == 1 and 0 < client.pauses[0] <= 0.3
+    with pytest.raises(Conflict):
+        await client.cancel(done.id, "openai")
+    batch = await client.cancel(done.id, "openai", ok_if_ended=True)
+    assert (batch.id, batch.provider, batch.status, batch.already_ended, batch.terminal) == (
+        done.id,
+        "openai",
+        "ended",
+        True,
+        True,
+    )
+    assert batch.warning == "already ended: Cannot cancel a batch with status 'completed'."
+    with pytest.raises(NotFound):  # only "already ended" is settled
+        await client.cancel("missing_ended_1", "openai", ok_if_ended=True)
+    events = await client.cancel_many([(done.id, "openai"), ("missing_ended_2", "openai")], ok_if_ended=True)
+    by_index = {e.index: e for e in events}
+    assert (by_index[0].status, by_index[0].ok, by_index[0].batch.already_ended) == ("ended", True, True)
+    assert isinstance(by_index[1].error, NotFound)
+
+
+async def test_cancel_many_splits_a_long_list_and_keeps_each_items_position(connect, target, sim, caplog):
+    caplog.set_level(logging.INFO, logger="batchgate.access")
+    items = [(sim.seed("openai", new_id()).id, "openai") for _ in range(1001)]
+    events = await connect(target).cancel_many(items)
+    assert sorted(e.index for e in events) == list(range(1001))
+    assert all(e.id == items[e.index][0] and e.status == "cancelling" for e in events)
+    calls = [r.fields["items"] for r in caplog.records if r.name == "batchgate.access" and "items" in r.fields]
+    assert calls == [1000, 1]
+
+
+async def test_a_closed_client_raises_client_closed(connect, target, sim):
+    client = connect(target)
+    await client.cancel(sim.seed("openai", new_id()).id, "openai")
+    await client.close()
+    with pytest.raises(ClientClosed):
+        await client.cancel(sim.seed("openai", new_id()).id, "openai")
 
 
 async def test_deadline_exceeded_when_the_call_outlives_its_timeout(connect, target, sim):
@@ -295,6 +385,7 @@ async def test_connection_failed_when_nothing_listens(connect):
             await client.cancel("batch_1", "openai")
     assert isinstance(info.value, Unavailable) and info.value.detail is None
     assert info.value.grpc_code == grpc.StatusCode.UNAVAILABLE
+    assert not info.value.request_sent and info.value.retryable  # nothing was sent: retried
     assert len(client.pauses) == 1
 
 
@@ -327,9 +418,11 @@ async def test_cancel_many_with_wait_ends_each_item_cancelled(connect, target, s
 
 
 async def test_cancel_many_refuses_a_bad_call_as_a_whole(connect, target):
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest):  # an empty id: the service's check, for the whole call
+        await connect(target).cancel_many([("", "openai")])
+    with pytest.raises(ValueError):  # the client's own checks, before any call
         await connect(target).cancel_many([])
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(ValueError):
         await connect(target).cancel_many([("b1", "openai")], wait_seconds=3601)
 
 
@@ -355,6 +448,7 @@ async def test_leaving_cancel_many_early_cancels_the_call(target, sim):
 async def test_leaving_the_async_cancel_many_early_cancels_the_call(target, sim):
     ids = [sim.seed("openai", new_id(), cancel_delay_s=3600).id for _ in range(2)]
     async with AsyncBatchgateClient(target) as client:
+        # The 0.1 README's pattern (contextlib.aclosing) still works; `async with` the stream does too.
         async with contextlib.aclosing(client.cancel_many([(i, "openai") for i in ids], wait_seconds=60)) as events:
             first = await anext(events)
         assert not first.final
@@ -371,3 +465,16 @@ async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
         assert (await connect(address, tls_ca=cert).cancel(batch.id, "openai")).status == "cancelling"
         with pytest.raises(ConnectionFailed):
             await connect(address, retry=RetryPolicy(attempts=1)).cancel(batch.id, "openai")  # plaintext
+        with pytest.raises(ValueError, match="tls_ca is empty"):  # never the system's roots instead
+            connect(address, tls_ca=b"")
+
+
+async def test_the_type_checked_example_program_runs(target, sim, capsys):
+    """client/examples/typed_usage.py is what `make lint` type-checks; here it runs, both clients."""
+    spec = importlib.util.spec_from_file_location("typed_usage", ROOT / "client" / "examples" / "typed_usage.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    ids = [sim.seed("openai", new_id()).id for _ in range(4)]
+    assert await asyncio.to_thread(example.main, target, ids) == 0
+    out = capsys.readouterr().out
+    assert f"{ids[0]} on openai: cancelling" in out and "not found: 404" in out and "openai closed" in out
