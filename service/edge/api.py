@@ -129,18 +129,26 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
-async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
-    """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
-    rendering in initial metadata for the edge (gateway/errors.lua)."""
-    await context.send_initial_metadata(
-        (
-            *extra,
-            *failure.headers.items(),
-            *rendered.headers,
-            (ERROR_BODY_HEADER, rendered.body),
-            (ERROR_STATUS_HEADER, str(rendered.status)),
-        )
+def through_edge(headers: dict[str, str]) -> bool:
+    """Whether a call is a REST call transcoded by the edge (Envoy names its original path): only
+    those get the edge's plumbing (the rendered error body and status, the NDJSON marker), which
+    gateway/errors.lua consumes. Native gRPC callers, direct or through Envoy, never see it."""
+    return ORIGINAL_PATH_HEADER in headers
+
+
+async def abort(
+    context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError | None, *extra
+) -> None:
+    """Ends the call with the failure's gRPC status (typed ErrorDetail attached); for a REST call
+    (`rendered`), the REST rendering goes in initial metadata for the edge (gateway/errors.lua)."""
+    plumbing = (
+        ()
+        if rendered is None
+        else (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
     )
+    metadata = (*extra, *failure.headers.items(), *plumbing)
+    if metadata:
+        await context.send_initial_metadata(metadata)
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
@@ -264,7 +272,7 @@ def handles_rpc(
                     span.end()
             if call.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-            await abort(context, failure, render(failure), *call.echo_id)
+            await abort(context, failure, render(failure) if through_edge(headers) else None, *call.echo_id)
 
         return wrapper
 
@@ -356,7 +364,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 call.context,
                 raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
-            await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
+            stream = ((STREAM_HEADER, "ndjson"),) if through_edge(headers) else ()
+            if call.echo_id or stream:
+                await context.send_initial_metadata((*call.echo_id, *stream))
             call.metadata_sent = True
             budget = time_budget(context.time_remaining(), headers)
             async with contextlib.aclosing(self._bulk.run(bulk, budget)) as events:
