@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.domain.errors import CATALOGUE, CODES
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
+from service.edge.routes import _VARIABLE, rest_routes
+from service.edge.status import grpc_code_for_http
+from service.gen.batchgate.v1 import batchgate_pb2
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
 # below the service's 1 MiB gRPC message limit (service/edge/server.py) so Envoy refuses a larger one
@@ -33,6 +38,7 @@ TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
+SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
 
 
 def render(
@@ -98,7 +104,39 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
     limits = f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}"
-    return text.replace(LUA_ENVELOPE_MARKER, envelope.lua_constants() + "\n" + limits)
+    return text.replace(LUA_ENVELOPE_MARKER, "\n".join([envelope.lua_constants(), limits, lua_routes()]))
+
+
+def lua_routes() -> str:
+    """The REST routes for the Lua filter (a path of a route with another method is a 405 there), from
+    the proto's `google.api.http` bindings: `{Lua pattern, HTTP verb, request type}` each."""
+    rows = [
+        "{" + ", ".join(json.dumps(value) for value in (lua_pattern(template), verb, request_type)) + "}"
+        for verb, template, request_type in rest_routes(SERVICE)
+    ]
+    return "local ROUTES = {\n  " + ",\n  ".join(rows) + "\n}"
+
+
+_LUA_MAGIC = re.compile(r"([\^$()%.\[\]*+\-?])")
+
+
+def lua_pattern(template: str) -> str:
+    """A google.api.http path template as an anchored Lua pattern over the raw path: `{name}` and `*`
+    match one segment, `**` the rest, `{name=literal/*}` its own template."""
+
+    def segments(text: str) -> str:
+        return "/".join(
+            ".+" if part == "**" else "[^/]+" if part == "*" else _LUA_MAGIC.sub(r"%\1", part)
+            for part in text.split("/")
+        )
+
+    out, last = [], 0
+    for match in _VARIABLE.finditer(template):
+        out.append(segments(template[last : match.start()]))
+        out.append(segments(match.group(2) or "*"))
+        last = match.end()
+    out.append(segments(template[last:]))
+    return "^" + "".join(out) + "$"
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -150,9 +188,22 @@ def _listener_tls(cert: Path, key: Path) -> str:
       """
 
 
+def error_table() -> str:
+    """README.md's error table, from the catalogue (service/domain/errors.py): every `error.code`
+    batchgate or its edge answers with. `python -m gateway.render --error-table` prints it."""
+    rows = ["| HTTP | gRPC | `error.type` | `error.code` | when |", "|---|---|---|---|---|"]
+    for entry in CATALOGUE:
+        status = str(entry.status) if entry.status else "the provider's"
+        grpc = grpc_code_for_http(entry.status).name if entry.status else "from the status"
+        where = " (Envoy)" if entry.edge else ""
+        rows.append(f"| {status} | {grpc} | `{entry.type}` | `{entry.code}` | {entry.when}{where} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--error-table", action="store_true", help="print README.md's error table and exit")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--http-port", type=int, default=8080)
     upstream = parser.add_mutually_exclusive_group()
     upstream.add_argument("--grpc-port", type=int, action="append", default=[], help="a service port on 127.0.0.1")
@@ -163,6 +214,11 @@ def main() -> None:
     parser.add_argument("--bind-host", default="127.0.0.1")
     parser.add_argument("--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)")
     args = parser.parse_args()
+    if args.error_table:
+        print(error_table(), end="")
+        return
+    if args.out is None:
+        parser.error("--out is required")
     assets = {}
     if args.assets_dir:
         assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
@@ -183,16 +239,20 @@ def main() -> None:
 
 @dataclass(frozen=True)
 class LocalReply:
-    """One kind of reply Envoy makes itself, in the words of every route: the Bifrost error fields
-    and what the drop-in SDK routes call it. Messages are Envoy format strings."""
+    """One kind of reply Envoy makes itself, in the words of every route: the Bifrost error code (its
+    type from the catalogue, service/domain/errors.py) and what the drop-in SDK routes call it.
+    Messages are Envoy format strings."""
 
     status: int | None  # None: any status without a row of its own
     code: str
-    type: str
     message: str
     anthropic: str  # Anthropic error.type
     google: str  # Google error.status
     bedrock: str  # AWS x-amzn-ErrorType
+
+    @property
+    def type(self) -> str:
+        return CODES[self.code].type
 
 
 _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
@@ -201,13 +261,18 @@ _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
 _ENVOY_SAYS = "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)"
 # First match wins. 5xx replies never pass on Envoy's text: it names upstream addresses.
 LOCAL_REPLIES = [
+    LocalReply(404, "route_not_found", _NO_ROUTE, "not_found_error", "NOT_FOUND", "UnknownOperationException"),
     LocalReply(
-        404, "route_not_found", "not_found", _NO_ROUTE, "not_found_error", "NOT_FOUND", "UnknownOperationException"
+        405,
+        "method_not_allowed",
+        "%REQ(:METHOD)% is not allowed on %REQ(:PATH)%; use %RESP(ALLOW)%",
+        "invalid_request_error",
+        "INVALID_ARGUMENT",
+        "ValidationException",
     ),
     LocalReply(
         408,
         "request_timeout",
-        "invalid_request_error",
         "the request did not arrive in time",
         "invalid_request_error",
         "DEADLINE_EXCEEDED",
@@ -216,7 +281,6 @@ LOCAL_REPLIES = [
     LocalReply(
         413,
         "request_too_large",
-        "invalid_request_error",
         "request body is too large",
         "request_too_large",
         "INVALID_ARGUMENT",
@@ -225,25 +289,15 @@ LOCAL_REPLIES = [
     LocalReply(
         500,
         "internal_error",
-        "internal_error",
         "the gateway could not produce an answer",
         "api_error",
         "INTERNAL",
         "InternalServerException",
     ),
-    LocalReply(
-        501,
-        "not_implemented",
-        "invalid_request_error",
-        _ENVOY_SAYS,
-        "invalid_request_error",
-        "UNIMPLEMENTED",
-        "ValidationException",
-    ),
+    LocalReply(501, "not_implemented", _ENVOY_SAYS, "invalid_request_error", "UNIMPLEMENTED", "ValidationException"),
     LocalReply(
         502,
         "upstream_unavailable",
-        "service_unavailable",
         "batchgate service gave no valid answer",
         "api_error",
         "UNAVAILABLE",
@@ -252,7 +306,6 @@ LOCAL_REPLIES = [
     LocalReply(
         503,
         "upstream_unavailable",
-        "service_unavailable",
         "batchgate service is unavailable",
         "api_error",
         "UNAVAILABLE",
@@ -261,20 +314,13 @@ LOCAL_REPLIES = [
     LocalReply(
         504,
         "upstream_timeout",
-        "timeout_error",
         "batchgate service did not answer in time",
         "timeout_error",
         "DEADLINE_EXCEEDED",
         "ServiceUnavailableException",
     ),
     LocalReply(
-        None,
-        "invalid_request",
-        "invalid_request_error",
-        _ENVOY_SAYS,
-        "invalid_request_error",
-        "INVALID_ARGUMENT",
-        "ValidationException",
+        None, "invalid_request", _ENVOY_SAYS, "invalid_request_error", "INVALID_ARGUMENT", "ValidationException"
     ),
 ]
 SURFACES = ("anthropic", "genai", "bedrock")
@@ -291,7 +337,13 @@ def local_reply_body(surface: str | None, reply: LocalReply) -> tuple[dict, dict
     if surface == "bedrock":
         return envelope.bedrock(message, reply.bedrock)
     body = envelope.bifrost(
-        status_code="%RESPONSE_CODE%", type=reply.type, code=reply.code, message=message, param=None, provider=""
+        status_code="%RESPONSE_CODE%",
+        type=reply.type,
+        code=reply.code,
+        message=message,
+        param=None,
+        provider="",
+        request_type=f"%REQ({envelope.REQUEST_TYPE_HEADER})%",  # set by errors.lua on cancel routes only
     )
     return body, {}
 

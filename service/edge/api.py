@@ -17,13 +17,13 @@ from google.protobuf import empty_pb2, json_format
 from grpc_status import rpc_status
 from opentelemetry import trace as otel_trace
 
-from service.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.domain.errors import CODES, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.domain.model import CancelCommand, CancelResult
 from service.edge.converters import error_to_status, event_outcome, event_to_proto, result_to_proto
 
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
-from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
+from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, REQUEST_TYPE, STREAM_HEADER
 from service.edge.routes import ORIGINAL_PATH_HEADER, RouteTable
 from service.edge.status import grpc_code
 from service.edge.surfaces import (
@@ -116,7 +116,11 @@ def no_route(original_path: str) -> GatewayError:
     path = original_path.split("?", 1)[0]
     if len(path) > 200:
         path = path[:200] + "..."
-    return GatewayError(f"no route for POST {path}", status_code=404, type="not_found", code="route_not_found")
+    error = GatewayError(
+        f"no route for POST {path}", status_code=404, type=CODES["route_not_found"].type, code="route_not_found"
+    )
+    error.request_type = ""  # no route, no cancel
+    return error
 
 
 def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float | None:
@@ -225,13 +229,15 @@ def handles_rpc(
     render: Callable[[GatewayError], RenderedError] = bifrost_error,
     finish: Finish | None = _finish_cancel,
     route: Callable[[dict[str, str]], str] = _cancel_route,
+    request_type: str = REQUEST_TYPE,
 ):
     """Decorates an RPC of the service, the one place for what every call needs (in the style of
     kserve's exception-to-status interceptor): request id, span, in-flight gauge and, once it ends,
     `finish` (metrics, log line, audit). A raised GatewayError becomes its gRPC status plus, for the
     REST edge, the error rendered by `render` (the route's own shape); anything unexpected becomes
     INTERNAL with details hidden (logged here, with the traceback). Without `finish` (Health) the
-    call is not observed, only its errors mapped."""
+    call is not observed, only its errors mapped. `request_type`: what its errors' `extra_fields`
+    say the call was ("" for an RPC that is not a cancel)."""
 
     def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         name = method.__name__
@@ -270,6 +276,8 @@ def handles_rpc(
                     span.set_attribute("rpc.grpc.status_code", code)
                     finish(call, request, span, code, status, failure)
                     span.end()
+            if request_type != REQUEST_TYPE:
+                failure.request_type = request_type
             if call.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
             await abort(context, failure, render(failure) if through_edge(headers) else None, *call.echo_id)
@@ -387,7 +395,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                             warning=warning,
                         )
 
-    @handles_rpc(render_health, finish=None)
+    @handles_rpc(render_health, finish=None, request_type="")
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> pb.HealthResponse:

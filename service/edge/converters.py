@@ -60,7 +60,7 @@ def error_detail(error: GatewayError) -> pb.ErrorDetail:
         is_bifrost_error=error.is_bifrost_error,
         status_code=error.status_code,
         error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
+        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=error.request_type),
     )
 
 
