@@ -341,7 +341,9 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
 
     @handles_cancel()
     async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
-        return result_to_proto(await self._cancel(request, context, call, "Cancel"))
+        result = await self._cancel(request, context, call, "Cancel")
+        # The OpenAI-compatible routes answer OpenAI's Batch: the fields the provider reported, too.
+        return result_to_proto(result, openai=call.command is not None and call.command.surface == "openai")
 
     @handles_cancel(anthropic_error)
     async def CancelAnthropic(self, request, context, call: Call) -> pb.AnthropicMessageBatch:

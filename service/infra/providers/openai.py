@@ -13,7 +13,7 @@ from urllib.parse import quote
 from service.config.file import Key
 from service.config.reader import ConfigReader, http_url
 from service.domain.errors import UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchDetails, BatchState, RequestCounts
 from service.infra.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
 
 AZURE_API_VERSION = "2024-10-21"
@@ -67,7 +67,32 @@ class OpenAIAdapter(Adapter):
             cancelled_at=unix_seconds(data.get("cancelled_at")),
             created_at=unix_seconds(data.get("created_at")),
             expires_at=unix_seconds(data.get("expires_at")),
+            details=openai_details(data),
         )
+
+
+def openai_details(data: dict[str, Any]) -> BatchDetails:
+    """The OpenAI Batch fields of an OpenAI-shaped answer, for the OpenAI-compatible routes: strings,
+    times (Azure's previews send ISO 8601) and JSON objects as reported; anything else is left out."""
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) else None
+
+    def obj(name: str) -> dict[str, Any] | None:
+        value = data.get(name)
+        return value if isinstance(value, dict) else None
+
+    return BatchDetails(
+        **{name: text(name) for name in _TEXT_FIELDS},
+        **{name: unix_seconds(data.get(name)) for name in _TIME_FIELDS},
+        **{name: obj(name) for name in _OBJECT_FIELDS},
+    )
+
+
+_TEXT_FIELDS = ("endpoint", "input_file_id", "completion_window", "model", "output_file_id", "error_file_id")
+_TIME_FIELDS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at")
+_OBJECT_FIELDS = ("metadata", "errors", "usage")
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
