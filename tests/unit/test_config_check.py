@@ -290,3 +290,16 @@ def test_sighup_reads_the_secret_file_again(tmp_path: Path) -> None:
     secret.write_text("sk-second")
     assert live.reload()
     assert live.current.config.providers["openai"].keys[0].value == "sk-second"
+
+
+def test_a_reload_with_a_malformed_redis_url_names_the_field(tmp_path: Path, caplog) -> None:
+    path = write(tmp_path, good())
+    live = LiveConfig.from_file(path, env={})
+    data = good()
+    data["governance"] = {"store": {"type": "redis", "url": "redis://:pw@[::1/0"}}
+    path.write_text(json.dumps(data))
+    assert not live.reload()
+    assert "config reload failed: governance.store.url: not a valid URL (check the host and its brackets)" in (
+        caplog.messages
+    )
+    assert "pw@" not in caplog.text
