@@ -8,6 +8,7 @@ default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
 SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3),
 STATE_DIR (state that must outlive a restart: the embedded rate-limit store; default build/state).
+In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
 """
@@ -45,6 +46,7 @@ def main() -> int:
         tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
         sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
+        sandbox_demo=True,
         state_dir=state_dir_from(os.environ, DEFAULT_STATE_DIR),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):

@@ -111,6 +111,8 @@ class Stack:
     # Prometheus /metrics of worker i on metrics_port + i (None: off).
     metrics_port: int | None = None
     sandbox_auto_create: bool = True
+    # Seed every simulator with the demo mix of batches (`python -m sandbox --demo`).
+    sandbox_demo: bool = False
     # Seconds a cancelled sandbox batch reads as `cancelling` (None: the simulator's default).
     sandbox_cancel_delay_s: float | None = None
     log_dir: Path | None = None
@@ -194,6 +196,7 @@ class Stack:
                     "--port",
                     "0",
                     *(["--auto-create"] if self.sandbox_auto_create else []),
+                    *(["--demo"] if self.sandbox_demo else []),
                     *(
                         ["--cancel-delay", str(self.sandbox_cancel_delay_s)]
                         if self.sandbox_cancel_delay_s is not None

@@ -1,7 +1,9 @@
-"""`python -m sandbox [--host H] [--port P] [--auto-create] [--azure-quirks] [--keys-file F] [--cancel-delay S]`
+"""`python -m sandbox [--host H] [--port P] [--auto-create] [--azure-quirks] [--keys-file F]
+[--cancel-delay S] [--demo]`
 
 Serves the provider sandbox, prints `SANDBOX_PORT=<port>` once listening and runs until SIGINT or
-SIGTERM. The keys file is JSON `{provider: [key, ...]}` and replaces the default keys.
+SIGTERM. The keys file is JSON `{provider: [key, ...]}` and replaces the default keys. `--demo`
+seeds every provider with a realistic mix of batches (sandbox/seeding.py) to list and cancel.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import orjson
 
-from sandbox.core import DEFAULT_CANCEL_DELAY_S
+from sandbox.core import DEFAULT_CANCEL_DELAY_S, SIMULATOR_KEY
+from sandbox.seeding import seed_demo
 from sandbox.server import DEFAULT_KEYS, build_app, start
 
 
@@ -37,6 +40,8 @@ async def serve(args: argparse.Namespace, keys: Mapping[str, list[str]]) -> None
     app = build_app(
         keys=keys, auto_create=args.auto_create, azure_quirks=args.azure_quirks, cancel_delay_s=args.cancel_delay
     )
+    if args.demo:
+        seed_demo(app[SIMULATOR_KEY])
     runner, port = await start(app, args.host, args.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SECONDS",
         help=f"how long a cancelled batch reads as cancelling (default {DEFAULT_CANCEL_DELAY_S})",
     )
+    parser.add_argument("--demo", action="store_true", help="seed every provider with a mix of batches")
     args = parser.parse_args(argv)
     asyncio.run(serve(args, load_keys(args.keys_file, parser)))
 

@@ -1,7 +1,14 @@
-"""Simulated Anthropic Message Batches API: cancel and retrieve.
+"""Simulated Anthropic Message Batches API: cancel, retrieve and list.
 
     POST {prefix}/v1/messages/batches/{id}/cancel   (no body)  -> message_batch
     GET  {prefix}/v1/messages/batches/{id}                     -> message_batch
+    GET  {prefix}/v1/messages/batches?after_id=&before_id=&limit=
+                                   -> {data, has_more, first_id, last_id}, most recent first
+
+The list is a cursor page: `after_id` = the previous page's `last_id` pages towards older
+batches, `before_id` = its `first_id` towards newer ones; `limit` 1-1000, default 20. A limit out
+of range, a non-integer one, or both cursors at once is a 400 invalid_request_error (the exact
+wording is not pinned down). A message batch has no metadata.
 
 Auth: the key in `x-api-key` (what the API reference documents) or `Authorization: Bearer <key>`
 (what the current official SDK sends), and an `anthropic-version` header with any date; without it
@@ -42,6 +49,7 @@ from sandbox.core import (
     SimBatch,
     Simulator,
     bearer_token,
+    int_query,
     json_response,
     reason,
 )
@@ -50,6 +58,8 @@ MISSING_KEY = "x-api-key header is required"
 INVALID_KEY = "invalid x-api-key"
 INVALID_BEARER = "Invalid bearer token"
 MISSING_VERSION = "anthropic-version: header is required"
+LIST_DEFAULT_LIMIT = 20
+LIST_MAX_LIMIT = 1000
 
 # Anthropic's documented error types per HTTP status, with the message an injected fault answers.
 STATUS_ERRORS: dict[int, tuple[str, str]] = {
@@ -165,14 +175,51 @@ class AnthropicSim(ProviderSim):
         return [
             ("POST", "/v1/messages/batches/{batch_id}/cancel", self.cancel),
             ("GET", "/v1/messages/batches/{batch_id}", self.retrieve),
+            ("GET", "/v1/messages/batches", self.list_batches),
         ]
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        denied = self.check_headers(request)
+        if denied is not None:
+            return denied
+        try:
+            limit = int_query(request, "limit")
+        except ValueError:
+            return self.error(400, "invalid_request_error", "limit: Input should be a valid integer")
+        if limit is None:
+            limit = LIST_DEFAULT_LIMIT
+        if not 1 <= limit <= LIST_MAX_LIMIT:
+            bound = "greater than or equal to 1" if limit < 1 else f"less than or equal to {LIST_MAX_LIMIT}"
+            return self.error(400, "invalid_request_error", f"limit: Input should be {bound}")
+        after_id, before_id = request.query.get("after_id"), request.query.get("before_id")
+        if after_id is not None and before_id is not None:
+            return self.error(400, "invalid_request_error", "Only one of before_id and after_id may be provided.")
+        account = self.account(request)
+        cursor_id = after_id if after_id is not None else before_id
+        cursor = None if cursor_id is None else self.cursor_of(cursor_id, account)
+        batches: list[SimBatch] = []
+        has_more = False
+        if cursor_id is None or cursor is not None:
+            newest_first = before_id is None
+            batches, has_more = self.store.page(account, limit=limit, after=cursor, newest_first=newest_first)
+            if not newest_first:
+                batches.reverse()
+        base = f"{request.url.origin()}{self.prefix}"
+        data = [render_message_batch(batch, base) for batch in batches]
+        body = {
+            "data": data,
+            "has_more": has_more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+        return json_response(body, headers=self.response_headers())
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         denied = self.check_headers(request)
         if denied is not None:
             return denied
         batch_id = request.match_info["batch_id"]
-        batch = self.store.get(batch_id)
+        batch = self.store.get(batch_id, self.account(request))
         if batch is None:
             return self.error(404, "not_found_error", f"message_batch_id {batch_id!r} was not found.")
         if cancel:
@@ -184,6 +231,9 @@ class AnthropicSim(ProviderSim):
                 return self.error(status, "invalid_request_error", message)
         base = f"{request.url.origin()}{self.prefix}"
         return json_response(render_message_batch(batch, base), headers=self.response_headers())
+
+    def account(self, request: web.Request) -> str | None:
+        return request.headers.get("x-api-key") or bearer_token(request)
 
     def check_headers(self, request: web.Request) -> web.Response | None:
         """None when the key (x-api-key or Bearer) is accepted and a version is named, else the

@@ -1,7 +1,16 @@
-"""Simulated Amazon Bedrock batch inference control plane: stop and get a model invocation job.
+"""Simulated Amazon Bedrock batch inference control plane: stop, get and list model invocation jobs.
 
     POST {prefix}/model-invocation-job/{jobIdentifier}/stop   -> 200, empty body
     GET  {prefix}/model-invocation-job/{jobIdentifier}        -> GetModelInvocationJob
+    GET  {prefix}/model-invocation-jobs                       -> ListModelInvocationJobs
+
+ListModelInvocationJobs takes (botocore's service model) `maxResults` 1-1000 (100 when absent:
+the default is not documented), `nextToken`, `statusEquals` (one status), `submitTimeAfter` /
+`submitTimeBefore` (ISO 8601, strictly after / before), `nameContains`, `sortBy=CreationTime` and
+`sortOrder` (Descending by default) and answers `{invocationJobSummaries, nextToken}`, the last
+page without `nextToken`. A value out of its constraint is a ValidationException (400). Job
+summaries carry no tags (Bedrock keeps those apart, behind ListTagsForResource), so a seeded
+batch's metadata never shows.
 
 The identifier is a job id or the job's ARN (`arn:aws:bedrock:us-east-1:123456789012:
 model-invocation-job/{id}`), percent-encoded as one path segment; both find the batch seeded
@@ -57,7 +66,9 @@ from sandbox.core import (
     ProviderSim,
     SimBatch,
     Simulator,
+    int_query,
     json_response,
+    token_query,
 )
 
 REGION = "us-east-1"
@@ -65,6 +76,8 @@ ACCOUNT_ID = "123456789012"
 SERVICE = "bedrock"
 ARN_PREFIX = f"arn:aws:bedrock:{REGION}:{ACCOUNT_ID}:model-invocation-job/"
 SIGNATURE_MAX_SKEW_S = 300
+LIST_DEFAULT_RESULTS = 100
+LIST_MAX_RESULTS = 1000
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
 # AWS's pattern for a job identifier (StopModelInvocationJob / GetModelInvocationJob).
@@ -185,6 +198,25 @@ def job_arn(batch_id: str) -> str:
     return batch_id if batch_id.startswith("arn:") else ARN_PREFIX + batch_id
 
 
+def job_name(batch_id: str) -> str:
+    job_id = batch_id.rsplit("/", 1)[-1]
+    return f"sandbox-job-{re.sub(r'[^A-Za-z0-9]', '', job_id)[:40] or 'x'}"
+
+
+def parse_iso8601(text: str) -> float | None:
+    """Unix seconds of an ISO 8601 timestamp as botocore writes it (`2026-01-02T03:04:05Z`), or
+    of unix seconds; None when it is neither. A timestamp without offset is UTC."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def render_job(batch: SimBatch, options: BedrockOptions) -> dict[str, Any]:
     """The batch as a GetModelInvocationJob answer."""
     data = batch.to_dict()
@@ -194,7 +226,7 @@ def render_job(batch: SimBatch, options: BedrockOptions) -> dict[str, Any]:
     modified = batch.cancelled_at or batch.cancelling_at or ended or batch.in_progress_at or batch.created_at
     job: dict[str, Any] = {
         "jobArn": job_arn(batch.id),
-        "jobName": f"sandbox-job-{re.sub(r'[^A-Za-z0-9]', '', job_id)[:40] or 'x'}",
+        "jobName": job_name(batch.id),
         "modelId": "anthropic.claude-3-haiku-20240307-v1:0",
         "roleArn": f"arn:aws:iam::{ACCOUNT_ID}:role/BedrockBatchInferenceRole",
         "status": status,
@@ -250,7 +282,66 @@ class BedrockSim(ProviderSim):
         return [
             ("POST", "/model-invocation-job/{job}/stop", self.stop),
             ("GET", "/model-invocation-job/{job}", self.get_job),
+            ("GET", "/model-invocation-jobs", self.list_jobs),
         ]
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        """ListModelInvocationJobs: one page of the jobs the key's account sees."""
+        denied = await self.authenticate(request)
+        if denied is not None:
+            return denied
+        query, options = request.query, self.options
+        try:
+            limit = int_query(request, "maxResults")
+        except ValueError:
+            return self.constraint_error(query["maxResults"], "maxResults", "Member must be an integer")
+        if limit is None:
+            limit = LIST_DEFAULT_RESULTS
+        if not 1 <= limit <= LIST_MAX_RESULTS:
+            bound = "greater than or equal to 1" if limit < 1 else f"less than or equal to {LIST_MAX_RESULTS}"
+            return self.constraint_error(limit, "maxResults", f"Member must have value {bound}")
+        status = query.get("statusEquals")
+        if status is not None and status not in BEDROCK_STATUSES:
+            allowed = ", ".join(sorted(BEDROCK_STATUSES))
+            return self.constraint_error(status, "statusEquals", f"Member must satisfy enum value set: [{allowed}]")
+        bounds = {}
+        for name in ("submitTimeAfter", "submitTimeBefore"):
+            if name in query:
+                when = parse_iso8601(query[name])
+                if when is None:
+                    return self.constraint_error(query[name], name, "Member must be an ISO 8601 timestamp")
+                bounds[name] = when
+        order = query.get("sortOrder", "Descending")
+        if order not in ("Ascending", "Descending") or query.get("sortBy", "CreationTime") != "CreationTime":
+            return self.validation_error("sortBy must be CreationTime and sortOrder Ascending or Descending")
+        try:
+            cursor = token_query(request, "nextToken")
+        except ValueError:
+            return self.validation_error("The nextToken is not valid.")
+        after, before = bounds.get("submitTimeAfter"), bounds.get("submitTimeBefore")
+        name_part = query.get("nameContains")
+
+        def matches(batch: SimBatch) -> bool:
+            if status is not None and (options.status_names.get(batch.status) or JOB_STATUS[batch.status]) != status:
+                return False
+            if (after is not None and batch.created_at <= after) or (before is not None and batch.created_at >= before):
+                return False
+            return name_part is None or name_part in job_name(batch.id)
+
+        batches, more = self.store.page(
+            self.account(request), limit=limit, after=cursor, newest_first=order == "Descending", where=matches
+        )
+        body: dict[str, Any] = {"invocationJobSummaries": [render_job(batch, options) for batch in batches]}
+        token = self.store.next_token(batches, more)
+        if token:
+            body["nextToken"] = token
+        return json_response(body, headers=self.response_headers())
+
+    def validation_error(self, problem: str) -> web.Response:
+        return self.error(400, "ValidationException", f"1 validation error detected: {problem}")
+
+    def constraint_error(self, value: object, member: str, constraint: str) -> web.Response:
+        return self.validation_error(f"Value '{value}' at '{member}' failed to satisfy constraint: {constraint}")
 
     async def stop(self, request: web.Request) -> web.Response:
         return await self.answer(request, stop=True)
@@ -271,7 +362,7 @@ class BedrockSim(ProviderSim):
                 f"1 validation error detected: Value '{identifier}' at 'jobIdentifier' failed to satisfy "
                 f"constraint: Member must satisfy regular expression pattern: {IDENTIFIER_PATTERN}",
             )
-        batch = self.find(identifier)
+        batch = self.find(identifier, self.account(request))
         if batch is None:
             return self.error(404, "ResourceNotFoundException", f"Could not find model invocation job {identifier}.")
         if not stop:
@@ -285,15 +376,27 @@ class BedrockSim(ProviderSim):
             return self.conflict(batch, status)
         return web.Response(status=200, headers=self.response_headers())
 
-    def find(self, identifier: str) -> SimBatch | None:
-        """The batch an identifier names: a job id, or an ARN of this region and account."""
+    def find(self, identifier: str, key: str | None) -> SimBatch | None:
+        """The batch an identifier names for the key `key`: a job id, or an ARN of this region
+        and account."""
         match = _ARN.match(identifier)
         if match is None:
-            return self.store.get(identifier)
+            return self.store.get(identifier, key)
         _, region, account, job_id = match.groups()
         if (region, account) != (REGION, ACCOUNT_ID) or "/" in job_id:
             return None
-        return self.store.peek(identifier) or self.store.get(job_id)
+        if self.store.peek(identifier) is not None:
+            return self.store.get(identifier, key)
+        return self.store.get(job_id, key)
+
+    def account(self, request: web.Request) -> str | None:
+        """The sandbox key (ACCESS_KEY:SECRET_KEY[:TOKEN]) whose access key signed the request."""
+        credential = parse_authorization(request.headers.get("Authorization", "").partition(" ")[2]).get("Credential")
+        access_key = (credential or "").split("/")[0]
+        for key in self.sim.keys.get(self.name, ()):
+            if key.split(":")[0] == access_key:
+                return key
+        return None
 
     def conflict(self, batch: SimBatch, status: str) -> web.Response:
         # Bedrock's service model sends ConflictException as HTTP 400.

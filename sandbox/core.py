@@ -9,13 +9,19 @@ State advances lazily when a batch is read, so the simulator runs no background 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import math
+import re
 import uuid
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from itertools import count as counter
 from itertools import repeat
-from time import time
+from time import monotonic, time
 from typing import Any, ClassVar
 
 import orjson
@@ -40,7 +46,13 @@ BAD_GATEWAY_HTML = (
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
 )
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# A position in a store's creation order: (created_at, insertion sequence number).
+Position = tuple[int, int]
 
 
 class NotCancellable(Exception):
@@ -65,6 +77,11 @@ class SimBatch:
     cancelled_at: int | None = None
     cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S
     in_progress_at: int | None = None
+    # The batch's own metadata (labels on Vertex), rendered only by providers that keep metadata.
+    metadata: dict[str, str] | None = None
+    # The key (one of the simulator's keys for the provider) whose account the batch belongs to:
+    # only that key lists, reads and cancels it. None: every accepted key sees it.
+    owner: str | None = None
     # Exact time the cancel was accepted; cancelling_at is its whole-second rendering.
     _cancel_started: float | None = field(default=None, init=False, repr=False)
 
@@ -80,6 +97,10 @@ class SimBatch:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                 raise ValueError(f"{name} must be unix seconds (an integer)")
         self.request_counts = _counts(self.request_counts)
+        if self.metadata is not None:
+            self.metadata = _metadata(self.metadata)
+        if self.owner is not None and (not isinstance(self.owner, str) or not self.owner):
+            raise ValueError("owner must be a non-empty string (a key of the provider)")
         if self.in_progress_at is None and self.status not in ("validating", "failed"):
             self.in_progress_at = self.created_at
         if self.status == "cancelling":
@@ -88,6 +109,10 @@ class SimBatch:
         elif self.status == "cancelled":
             self.cancelled_at = self.cancelled_at or int(time())
             self.cancelling_at = self.cancelling_at or self.cancelled_at
+
+    def visible_to(self, account: str | None) -> bool:
+        """Whether the key `account` may see this batch (its owner's, or an unowned batch)."""
+        return self.owner is None or self.owner == account
 
     def refresh(self, now: float) -> SimBatch:
         """Advances a pending cancel: `cancelling` reads as `cancelled` once cancel_delay_s passed."""
@@ -134,12 +159,18 @@ class SimBatch:
             "cancelling_at": self.cancelling_at,
             "cancelled_at": self.cancelled_at,
             "request_counts": dict(self.request_counts),
-            "metadata": None,
+            "metadata": None if self.metadata is None else dict(self.metadata),
         }
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("metadata must be an object of string values")
+    return dict(value)
 
 
 def _counts(value: Any) -> dict[str, int]:
@@ -152,7 +183,11 @@ def _counts(value: Any) -> dict[str, int]:
 
 class BatchStore:
     """One provider's batches. With `auto_create`, an unknown id (not starting with `missing`) is
-    created on first touch as an in_progress batch with the default counts."""
+    created on first touch as an in_progress batch with the default counts.
+
+    Seeded batches are also kept in creation order (created_at, then insertion), so a list page
+    costs O(page + batches skipped by its filter) from a cursor, not O(all batches). Auto-created
+    batches are never listed: they stand for ids a caller already knows."""
 
     def __init__(
         self, provider: str, *, auto_create: bool = False, cancel_delay_s: float = DEFAULT_CANCEL_DELAY_S
@@ -161,36 +196,153 @@ class BatchStore:
         self.auto_create = auto_create
         # How long batches created without their own `cancel_delay_s` stay `cancelling`.
         self.cancel_delay_s = cancel_delay_s
+        # Makes a fresh id in the provider's format (set by the provider's simulator).
+        self.new_id: Callable[[], str] = lambda: f"batch_{uuid.uuid4().hex[:24]}"
         self._seeded: dict[str, SimBatch] = {}
         self._auto: dict[str, SimBatch] = {}
+        self._order: list[Position] = []  # ascending
+        self._positions: dict[str, Position] = {}
+        self._by_seq: dict[int, SimBatch] = {}
+        self._seq = counter()
+
+    def __len__(self) -> int:
+        """How many seeded (listable) batches the store holds."""
+        return len(self._seeded)
 
     def seed(self, id: str, **fields: Any) -> SimBatch:
         """Creates or replaces a batch; `fields` are SimBatch fields (status, created_at, ...)."""
-        fields.setdefault("cancel_delay_s", self.cancel_delay_s)
-        batch = SimBatch(self.provider, id, **fields)
-        self._auto.pop(id, None)
-        self._seeded[id] = batch
-        return batch
+        return self.seed_many([{**fields, "id": id}])[0]
+
+    def seed_many(self, batches: Iterable[Mapping[str, Any]]) -> list[SimBatch]:
+        """Creates or replaces batches (each a mapping of SimBatch fields with its `id`); all are
+        validated before any is stored. A large seed is sorted into the order once."""
+        created: dict[str, SimBatch] = {}  # a repeated id: the last one wins
+        for fields in batches:
+            fields = dict(fields)
+            fields.setdefault("cancel_delay_s", self.cancel_delay_s)
+            batch = SimBatch(self.provider, fields.pop("id", None), **fields)
+            created.pop(batch.id, None)
+            created[batch.id] = batch
+        for batch_id in created:
+            self._forget(batch_id)
+            self._auto.pop(batch_id, None)
+        bulk = len(created) > 64
+        for batch in created.values():
+            self._seeded[batch.id] = batch
+            position = (batch.created_at, next(self._seq))
+            self._positions[batch.id] = position
+            self._by_seq[position[1]] = batch
+            if bulk:
+                self._order.append(position)
+            else:
+                insort(self._order, position)
+        if bulk:
+            self._order.sort()
+        return list(created.values())
+
+    def _forget(self, batch_id: str) -> None:
+        position = self._positions.pop(batch_id, None)
+        if position is not None:
+            del self._order[bisect_left(self._order, position)]
+            del self._by_seq[position[1]]
 
     def peek(self, batch_id: str) -> SimBatch | None:
-        """The batch's current state without auto-creating it."""
+        """The batch's current state without auto-creating it (whoever owns it)."""
         batch = self._seeded.get(batch_id)
         if batch is None:
             batch = self._auto.get(batch_id)
         return None if batch is None else batch.refresh(time())
 
-    def get(self, batch_id: str) -> SimBatch | None:
-        """The batch's current state, auto-creating it when the store does that."""
+    def get(self, batch_id: str, account: str | None = None) -> SimBatch | None:
+        """The batch as the key `account` sees it: None when it does not exist or belongs to
+        another key; auto-created when the store does that and no batch has the id."""
         batch = self.peek(batch_id)
-        if batch is None and self.auto_create and not batch_id.startswith(MISSING_PREFIX):
+        if batch is not None:
+            return batch if batch.visible_to(account) else None
+        if self.auto_create and not batch_id.startswith(MISSING_PREFIX):
             if len(self._auto) >= AUTO_CREATED_LIMIT:
                 del self._auto[next(iter(self._auto))]
             batch = self._auto[batch_id] = SimBatch(self.provider, batch_id, cancel_delay_s=self.cancel_delay_s)
         return batch
 
+    def position(self, batch_id: str) -> Position | None:
+        """A seeded batch's place in the creation order (a list cursor), whoever owns it."""
+        return self._positions.get(batch_id)
+
+    def page(
+        self,
+        account: str | None,
+        *,
+        limit: int,
+        after: Position | None = None,
+        newest_first: bool = True,
+        where: Callable[[SimBatch], bool] | None = None,
+    ) -> tuple[list[SimBatch], bool]:
+        """Up to `limit` batches that `account` sees and `where` accepts, beyond the position
+        `after` in the listing's direction, and whether more such batches follow."""
+        order, by_seq, now = self._order, self._by_seq, time()
+        if newest_first:
+            i, step = (len(order) if after is None else bisect_left(order, after)) - 1, -1
+        else:
+            i, step = (0 if after is None else bisect_right(order, after)), 1
+        found: list[SimBatch] = []
+        while 0 <= i < len(order):
+            batch = by_seq[order[i][1]]
+            i += step
+            if not batch.visible_to(account):
+                continue
+            batch.refresh(now)
+            if where is not None and not where(batch):
+                continue
+            if len(found) >= limit:
+                return found, True
+            found.append(batch)
+        return found, False
+
+    def next_token(self, batches: list[SimBatch], more: bool) -> str | None:
+        """The page token that continues after a page (None after the last page)."""
+        return page_token(self._positions[batches[-1].id]) if more and batches else None
+
     def clear(self) -> None:
         self._seeded.clear()
         self._auto.clear()
+        self._order.clear()
+        self._positions.clear()
+        self._by_seq.clear()
+
+
+def page_token(position: Position) -> str:
+    """An opaque page token for a list cursor."""
+    return base64.urlsafe_b64encode(f"{position[0]}.{position[1]}".encode()).decode().rstrip("=")
+
+
+def parse_page_token(token: str) -> Position | None:
+    """The cursor in a page token, None when the token is not one this simulator made."""
+    try:
+        created, seq = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode().split(".")
+        return int(created), int(seq)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+
+
+class RateLimit:
+    """At most `per_second` admitted calls in any sliding second. `admit` answers None for an
+    admitted call, else the seconds until the next call would be admitted."""
+
+    def __init__(self, per_second: int) -> None:
+        if not isinstance(per_second, int) or isinstance(per_second, bool) or per_second < 1:
+            raise ValueError("per_second must be an integer >= 1")
+        self.per_second = per_second
+        self._admitted: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        admitted = self._admitted
+        while admitted and now - admitted[0] >= 1.0:
+            admitted.popleft()
+        if len(admitted) < self.per_second:
+            admitted.append(now)
+            return None
+        return 1.0 - (now - admitted[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,8 +419,11 @@ class Simulator:
         # Calls being answered right now and the most there were at once (reset() zeroes the peak).
         self.in_flight = 0
         self.peak_in_flight = 0
+        # The clock cancel rate limits count with (tests replace it).
+        self.clock: Callable[[], float] = monotonic
         self._stores: dict[str, BatchStore] = {}
         self._faults: dict[str, deque[Fault]] = {}
+        self._cancel_limits: dict[str, RateLimit] = {}
         self._calls: deque[dict[str, Any]] = deque(maxlen=CALLS_LIMIT)
 
     @property
@@ -293,9 +448,32 @@ class Simulator:
         """Creates or replaces a batch, e.g. `seed("openai", "b1", status="completed")`."""
         return self.store(provider).seed(id, **fields)
 
+    def seed_many(self, provider: str, batches: Iterable[Mapping[str, Any]]) -> list[SimBatch]:
+        """Creates or replaces many batches at once (each a mapping of SimBatch fields with `id`)."""
+        return self.store(provider).seed_many(batches)
+
     def batch(self, provider: str, batch_id: str) -> SimBatch | None:
         """A batch's current state (never auto-created)."""
         return self.store(provider).peek(batch_id)
+
+    def set_cancel_rate(self, provider: str, per_second: int | None) -> None:
+        """Lets the provider accept at most `per_second` cancel calls in any second; beyond that a
+        cancel is answered 429 with the provider's own body and a Retry-After header. None lifts
+        the limit."""
+        self.store(provider)  # unknown provider -> KeyError
+        if per_second is None:
+            self._cancel_limits.pop(provider, None)
+        else:
+            self._cancel_limits[provider] = RateLimit(per_second)
+
+    def cancel_rate(self, provider: str) -> int | None:
+        limit = self._cancel_limits.get(provider)
+        return None if limit is None else limit.per_second
+
+    def admit_cancel(self, provider: str) -> float | None:
+        """None when a cancel call may proceed now, else the seconds until one may."""
+        limit = self._cancel_limits.get(provider)
+        return None if limit is None else limit.admit(self.clock())
 
     def add_fault(self, provider: str, fault: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> int:
         """Queues one fault or a list of them (all validated first); returns how many calls are
@@ -335,11 +513,12 @@ class Simulator:
         self._calls.clear()
 
     def reset(self) -> None:
-        """Forgets all batches, pending faults and recorded calls."""
+        """Forgets all batches, pending faults, cancel rate limits and recorded calls."""
         for store in self._stores.values():
             store.clear()
         for queue in self._faults.values():
             queue.clear()
+        self._cancel_limits.clear()
         self._calls.clear()
         self.peak_in_flight = self.in_flight
 
@@ -370,6 +549,37 @@ def reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return f"HTTP {status}"
+
+
+def int_query(request: web.Request, name: str) -> int | None:
+    """An integer query parameter (None when absent); ValueError when it is not an integer."""
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"{name} is not an integer: {text!r}")
+    return int(text)
+
+
+def coerced_page_size(request: web.Request, name: str, default: int, maximum: int) -> int:
+    """A page size as Google-style APIs take it (AIP-158): absent or 0 is `default`, above
+    `maximum` is `maximum`; ValueError for a negative or non-integer one."""
+    size = int_query(request, name)
+    if size is not None and size < 0:
+        raise ValueError(f"{name} must not be negative")
+    return min(size or default, maximum)
+
+
+def token_query(request: web.Request, name: str) -> Position | None:
+    """The cursor in a page token parameter (None when absent or empty); ValueError for a token
+    this simulator did not make."""
+    token = request.query.get(name)
+    if not token:
+        return None
+    cursor = parse_page_token(token)
+    if cursor is None:
+        raise ValueError(f"invalid {name}")
+    return cursor
 
 
 def retry_after_header(seconds: float) -> str:
@@ -415,6 +625,19 @@ class ProviderSim:
         self.sim = sim
         self.prefix = prefix.rstrip("/")
         self.store = sim.add_provider(self.name)
+        self.store.new_id = self.new_batch_id
+
+    def account(self, request: web.Request) -> str | None:
+        """The accepted key an authenticated request came with (batches owned by another key are
+        invisible to it). Called only after the request passed the provider's authentication."""
+        return bearer_token(request)
+
+    def cursor_of(self, batch_id: str, account: str | None) -> Position | None:
+        """The list position of a listed batch that `account` sees (an id used as a cursor)."""
+        batch = self.store.peek(batch_id)
+        if batch is None or not batch.visible_to(account):
+            return None
+        return self.store.position(batch_id)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """(method, path below the prefix, handler) for each provider endpoint."""
@@ -446,12 +669,16 @@ class ProviderSim:
 
     def route_table(self) -> list[web.RouteDef]:
         """The provider's routes under its prefix plus a catch-all for unknown paths, all recorded
-        and subject to faults."""
-        table = [web.route(method, self.prefix + path, self._wrap(handler)) for method, path, handler in self.routes()]
+        and subject to faults. Every POST route of a provider is its cancel, which the cancel rate
+        limit (`Simulator.set_cancel_rate`) applies to."""
+        table = [
+            web.route(method, self.prefix + path, self._wrap(handler, cancel=method == "POST"))
+            for method, path, handler in self.routes()
+        ]
         table.append(web.route("*", self.prefix + "/{tail:.*}", self._wrap(self.not_found_route)))
         return table
 
-    def _wrap(self, handler: Handler) -> Handler:
+    def _wrap(self, handler: Handler, *, cancel: bool = False) -> Handler:
         async def dispatch(request: web.Request) -> web.StreamResponse:
             sim = self.sim
             sim.record(self.name, request, await request.text())
@@ -463,6 +690,11 @@ class ProviderSim:
                     response = await self._inject(fault, request)
                     if response is not None:
                         return response
+                wait = sim.admit_cancel(self.name) if cancel else None
+                if wait is not None:
+                    response = self.status_error(429)
+                    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                    return response
                 return await handler(request)
             finally:
                 sim.in_flight -= 1

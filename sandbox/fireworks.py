@@ -60,7 +60,7 @@ class FireworksSim(ProviderSim):
         name = f"accounts/{account}/batchInferenceJobs/{job_id}"
         if account != self.account_id:
             return self.rpc_error(403, PERMISSION_DENIED, f"permission denied on account {account!r}")
-        batch = self.store.get(job_id)
+        batch = self.store.get(job_id, key)
         if batch is None:
             return self.rpc_error(404, NOT_FOUND, f'batch inference job "{name}" not found')
         return json_response(self.render_inference_job(batch, name), headers=self.response_headers())

@@ -5,6 +5,7 @@ Gemini, under `/gemini` (API versions `v1beta` and `v1`, which the google-genai 
 
     POST /v1beta/batches/{id}:cancel   -> {}
     GET  /v1beta/batches/{id}          -> Operation {name, metadata: GenerateContentBatch, done, response|error}
+    GET  /v1beta/batches?pageSize=&pageToken=   -> {operations: [Operation], nextPageToken}
 
 Auth is `x-goog-api-key` (or `?key=`): missing -> 403 PERMISSION_DENIED, unknown -> 400
 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, as Gemini answers. There is no interim
@@ -15,7 +16,17 @@ Vertex, under `/vertex` (API versions `v1` and `v1beta1`):
 
     POST /v1/projects/{p}/locations/{l}/batchPredictionJobs/{id}:cancel  -> {}
     GET  /v1/projects/{p}/locations/{l}/batchPredictionJobs/{id}         -> BatchPredictionJob
+    GET  /v1/projects/{p}/locations/{l}/batchPredictionJobs?filter=&pageSize=&pageToken=
+                                       -> {batchPredictionJobs: [BatchPredictionJob], nextPageToken}
     POST /token   the OAuth2 token endpoint (JWT-bearer grant)
+
+Both lists are newest first (neither API documents an order), `pageSize` defaults to 100 and is
+coerced to 1000 above that (AIP-158; neither documents its bounds), a negative one or a page token
+the simulator did not make is 400 INVALID_ARGUMENT, and an empty page is `{}` (proto3 JSON leaves
+empty lists out). Vertex's `filter` is the documented subset of AIP-160 (sandbox/filters.py: state,
+create_time, display_name, labels.k); a Vertex job carries the batch's metadata as `labels`. A
+Gemini batch has no labels; the google-genai SDK refuses `filter` outside Vertex and the simulator
+ignores one.
 
 The token endpoint verifies the assertion's RS256 signature against the sandbox service account's
 public key and that its issuer is an accepted service account (the simulator's `vertex` keys are
@@ -42,6 +53,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from secrets import token_urlsafe
@@ -63,9 +75,12 @@ from sandbox.core import (
     SimBatch,
     Simulator,
     bearer_token,
+    coerced_page_size,
     json_response,
     reason,
+    token_query,
 )
+from sandbox.filters import FilterError, Job, parse_filter
 
 SANDBOX_PROJECT = "batchgate-sandbox"
 SANDBOX_PROJECT_NUMBER = "731902548316"
@@ -114,6 +129,8 @@ TOKEN_LIFETIME_S = 3599
 MAX_ASSERTION_LIFETIME_S = 3600
 CLOCK_SKEW_S = 300
 MINTED_TOKENS_LIMIT = 10_000
+LIST_DEFAULT_PAGE_SIZE = 100
+LIST_MAX_PAGE_SIZE = 1000
 
 GEMINI_MODEL = "models/gemini-2.5-flash"
 GEMINI_BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
@@ -184,7 +201,8 @@ class VertexOptions:
 class _GoogleState:
     gemini: GeminiOptions = field(default_factory=GeminiOptions)
     vertex: VertexOptions = field(default_factory=VertexOptions)
-    tokens: dict[str, float] = field(default_factory=dict)  # minted access token -> expiry (unix)
+    # minted access token -> (expiry (unix), the service account it was minted for)
+    tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
 
 
 _STATE: WeakKeyDictionary[Simulator, _GoogleState] = WeakKeyDictionary()
@@ -277,6 +295,27 @@ class _GoogleSim(ProviderSim):
             "metadata": {"service": service, **metadata},
         }
 
+    def list_page(
+        self, request: web.Request, field: str, render: Callable[[SimBatch], dict[str, Any]], where: Any = None
+    ) -> web.Response:
+        """One page of the batches the caller sees, as `{field: [...], nextPageToken}`."""
+        try:
+            size = coerced_page_size(request, "pageSize", LIST_DEFAULT_PAGE_SIZE, LIST_MAX_PAGE_SIZE)
+        except ValueError:
+            return self.error(400, "INVALID_ARGUMENT", f"Invalid page_size {request.query['pageSize']!r}.")
+        try:
+            cursor = token_query(request, "pageToken")
+        except ValueError:
+            return self.error(400, "INVALID_ARGUMENT", "Invalid page token.")
+        batches, more = self.store.page(self.account(request), limit=size, after=cursor, where=where)
+        body: dict[str, Any] = {}
+        if batches:
+            body[field] = [render(batch) for batch in batches]
+        token = self.store.next_token(batches, more)
+        if token:
+            body["nextPageToken"] = token
+        return json_response(body, headers=self.response_headers())
+
     def cancel_batch(self, batch: SimBatch, finished_cancel: str, name: str, state: str) -> web.Response | None:
         """Applies a cancel; for a finished batch the error answer (unless the option ignores it).
         `state` renders the batch's state name for the message."""
@@ -310,15 +349,25 @@ class GeminiSim(_GoogleSim):
             for route in (
                 ("POST", f"/{version}/batches/{{batch_id:[^/]+}}:cancel", self.cancel),
                 ("GET", f"/{version}/batches/{{batch_id}}", self.retrieve),
+                ("GET", f"/{version}/batches", self.list_batches),
             )
         ]
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
+        return self.list_page(request, "operations", self.operation)
+
+    def account(self, request: web.Request) -> str | None:
+        return request.headers.get("x-goog-api-key") or request.query.get("key")
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         denied = self.authenticate(request)
         if denied is not None:
             return denied
         batch_id = request.match_info["batch_id"]
-        batch = self.store.get(batch_id)
+        batch = self.store.get(batch_id, self.account(request))
         if batch is None:
             return self.error(404, "NOT_FOUND", "Requested entity was not found.")
         if cancel:
@@ -328,7 +377,7 @@ class GeminiSim(_GoogleSim):
         return json_response(self.render(batch), headers=self.response_headers())
 
     def authenticate(self, request: web.Request) -> web.Response | None:
-        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        key = self.account(request)
         if self.sim.key_ok(self.name, key):
             return None
         if not key:
@@ -348,7 +397,14 @@ class GeminiSim(_GoogleSim):
         return prefix + STATES[batch.status][0]
 
     def render(self, batch: SimBatch) -> dict[str, Any]:
-        options = self.google.gemini
+        """The GET answer: the Operation, or with `batch_at_top_level` the batch itself."""
+        operation = self.operation(batch)
+        if self.google.gemini.batch_at_top_level:
+            return {key: value for key, value in operation["metadata"].items() if key != "@type"}
+        return operation
+
+    def operation(self, batch: SimBatch) -> dict[str, Any]:
+        """The batch as the Operation whose metadata is the GenerateContentBatch."""
         data = batch.to_dict()
         counts = batch.request_counts
         total, succeeded, failed = counts["total"], counts["completed"], counts["failed"]
@@ -375,8 +431,6 @@ class GeminiSim(_GoogleSim):
         }
         if end is not None:
             metadata["endTime"] = rfc3339(end, 0)
-        if options.batch_at_top_level:
-            return {key: value for key, value in metadata.items() if key != "@type"}
         operation: dict[str, Any] = {"name": name, "metadata": metadata, "done": batch.status in FINISHED}
         if batch.status == "completed":
             operation["response"] = {"@type": GEMINI_OUTPUT_TYPE, "responsesFile": f"files/batch-{batch.id}"}
@@ -422,8 +476,52 @@ class VertexSim(_GoogleSim):
             for route in (
                 ("POST", f"/{version}{job}/{{job_id:[^/]+}}:cancel", self.cancel),
                 ("GET", f"/{version}{job}/{{job_id}}", self.retrieve),
+                ("GET", f"/{version}{job}", self.list_jobs),
             )
         ]
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
+        project, location = request.match_info["project"], request.match_info["location"]
+        refused = self.check_project(project, f"projects/{project}/locations/{location}", "list")
+        if refused is not None:
+            return refused
+        try:
+            predicate = parse_filter(request.query.get("filter", ""))
+        except FilterError as exc:
+            return self.error(400, "INVALID_ARGUMENT", f"Invalid filter: {exc}.")
+
+        def where(batch: SimBatch) -> bool:
+            state = "JOB_STATE_" + STATES[batch.status][1]
+            job = Job(state, batch.created_at, display_name(batch), batch.metadata or {})
+            return predicate(job)
+
+        number = SANDBOX_PROJECT_NUMBER if project == SANDBOX_PROJECT else project
+        parent = f"projects/{number}/locations/{location}/batchPredictionJobs"
+        return self.list_page(
+            request, "batchPredictionJobs", lambda batch: self.render(batch, f"{parent}/{batch.id}"), where
+        )
+
+    def account(self, request: web.Request) -> str | None:
+        """The service account the bearer token was minted for."""
+        minted = self.google.tokens.get(bearer_token(request) or "")
+        return None if minted is None else minted[1]
+
+    def check_project(self, project: str, resource: str, verb: str) -> web.Response | None:
+        """None when the sandbox's service accounts may use `project`, else Vertex's 403."""
+        by_number = project == SANDBOX_PROJECT_NUMBER and SANDBOX_PROJECT in self.google.vertex.projects
+        if project in self.google.vertex.projects or by_number:
+            return None
+        permission = "aiplatform.batchPredictionJobs." + verb
+        return self.error(
+            403,
+            "PERMISSION_DENIED",
+            f"Permission '{permission}' denied on resource '//aiplatform.googleapis.com/{resource}' "
+            "(or it may not exist).",
+            [self.error_info("IAM_PERMISSION_DENIED", self.service, permission=permission, resource=resource)],
+        )
 
     def route_table(self) -> list[web.RouteDef]:
         # The token endpoint is Google's OAuth service, not the Vertex API: recorded, but the
@@ -448,9 +546,9 @@ class VertexSim(_GoogleSim):
         tokens = self.google.tokens
         if len(tokens) >= MINTED_TOKENS_LIMIT:
             now = time()
-            for old in [t for t, expiry in tokens.items() if expiry <= now] or [next(iter(tokens))]:
+            for old in [t for t, (expiry, _) in tokens.items() if expiry <= now] or [next(iter(tokens))]:
                 del tokens[old]
-        tokens[access_token] = time() + lifetime
+        tokens[access_token] = (time() + lifetime, str(claims["iss"]))
         return json_response({"access_token": access_token, "expires_in": lifetime, "token_type": "Bearer"})
 
     def verify_assertion(self, assertion: str, request: web.Request) -> dict[str, Any] | web.Response:
@@ -502,17 +600,10 @@ class VertexSim(_GoogleSim):
         project, location, job_id = (request.match_info[n] for n in ("project", "location", "job_id"))
         resource = f"projects/{project}/locations/{location}/batchPredictionJobs/{job_id}"
         options = self.google.vertex
-        by_number = project == SANDBOX_PROJECT_NUMBER and SANDBOX_PROJECT in options.projects
-        if project not in options.projects and not by_number:
-            permission = "aiplatform.batchPredictionJobs." + ("cancel" if cancel else "get")
-            return self.error(
-                403,
-                "PERMISSION_DENIED",
-                f"Permission '{permission}' denied on resource '//aiplatform.googleapis.com/{resource}' "
-                "(or it may not exist).",
-                [self.error_info("IAM_PERMISSION_DENIED", self.service, permission=permission, resource=resource)],
-            )
-        batch = self.store.get(job_id)
+        refused = self.check_project(project, resource, "cancel" if cancel else "get")
+        if refused is not None:
+            return refused
+        batch = self.store.get(job_id, self.account(request))
         if batch is None:
             return self.error(404, "NOT_FOUND", f'The BatchPredictionJob "{resource}" does not exist.')
         if cancel:
@@ -524,8 +615,8 @@ class VertexSim(_GoogleSim):
 
     def authenticate(self, request: web.Request) -> web.Response | None:
         token = bearer_token(request)
-        expiry = self.google.tokens.get(token) if token else None
-        if expiry is not None and expiry > time():
+        minted = self.google.tokens.get(token) if token else None
+        if minted is not None and minted[0] > time():
             return None
         if token is None:
             details = [self.error_info("CREDENTIALS_MISSING", self.service)]
@@ -543,7 +634,7 @@ class VertexSim(_GoogleSim):
         update = max(t for t in (batch.created_at, batch.in_progress_at, batch.cancelling_at, end) if t is not None)
         job: dict[str, Any] = {
             "name": name,
-            "displayName": f"sandbox-{batch.id}",
+            "displayName": display_name(batch),
             "model": "publishers/google/models/gemini-2.5-flash",
             "inputConfig": {
                 "instancesFormat": "jsonl",
@@ -560,7 +651,7 @@ class VertexSim(_GoogleSim):
             },
             "createTime": rfc3339(batch.created_at, 6),
             "updateTime": rfc3339(update, 6),
-            "labels": {},
+            "labels": dict(batch.metadata or {}),
         }
         if batch.in_progress_at is not None:
             job["startTime"] = rfc3339(batch.in_progress_at, 3)
@@ -571,6 +662,10 @@ class VertexSim(_GoogleSim):
         elif batch.status == "failed":
             job["error"] = {"code": 13, "message": "Internal error occurred."}
         return job
+
+
+def display_name(batch: SimBatch) -> str:
+    return f"sandbox-{batch.id}"
 
 
 def _b64url(text: str) -> bytes:

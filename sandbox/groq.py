@@ -2,8 +2,11 @@
 
     POST {prefix}/openai/v1/batches/{id}/cancel   -> the Batch (status `cancelling`)
     GET  {prefix}/openai/v1/batches/{id}          -> the Batch
+    GET  {prefix}/openai/v1/batches               -> OpenAI's list page
 
-Everything but the paths and the error wording is OpenAI's (see sandbox/openai.py). Groq's error
+Everything but the paths and the error wording is OpenAI's (see sandbox/openai.py), including the
+list's `after` / `limit` pagination (the groq SDK's `batches.list()` sends neither, and types the
+answer as `{object, data}` only). Groq's error
 objects carry no `param`, and a missing or wrong key gets 401 `Invalid API Key` /
 `invalid_api_key` without echoing the key.
 """
@@ -34,6 +37,7 @@ class GroqSim(OpenAISim):
         return [
             ("POST", "/openai/v1/batches/{batch_id}/cancel", self.cancel),
             ("GET", "/openai/v1/batches/{batch_id}", self.retrieve),
+            ("GET", "/openai/v1/batches", self.list_batches),
         ]
 
     def authenticate(self, request: web.Request) -> web.Response | None:
@@ -42,7 +46,13 @@ class GroqSim(OpenAISim):
         return self.error(401, "Invalid API Key", code="invalid_api_key")
 
     def error(
-        self, status: int, message: str, *, error_type: str | None = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ) -> web.Response:
         body: dict = {"message": message, "type": error_type}
         if code is not None:

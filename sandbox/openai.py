@@ -1,8 +1,15 @@
-"""Simulated OpenAI and Azure OpenAI batch APIs: cancel and retrieve.
+"""Simulated OpenAI and Azure OpenAI batch APIs: cancel, retrieve and list.
 
-Both answer a cancel with the full Batch object. Azure differs in its auth header (`api-key`), its
-`api-version` query parameter, its error envelope and, with the simulator's `azure_quirks` option,
-in a preview build's batch shape: capitalised statuses, ISO 8601 timestamps and null request counts.
+Both answer a cancel with the full Batch object. The list (`GET .../batches?after=&limit=`) is
+newest first, `limit` 1-100 (default 20), a cursor page `{object: list, data, first_id, last_id,
+has_more}` whose next page is `after=<last_id>`. As live OpenAI does, `limit=0` answers an empty
+page, and a limit below 0 or above 100 is a 400 `integer_below_min_value` /
+`integer_above_max_value` with `param: limit`. An `after` id this key cannot see answers an empty
+page (what OpenAI answers is not pinned down). Batches carry their `metadata`.
+
+Azure differs in its auth header (`api-key`), its `api-version` query parameter, its error
+envelope and, with the simulator's `azure_quirks` option, in a preview build's batch shape:
+capitalised statuses, ISO 8601 timestamps and null request counts.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from sandbox.core import (
     ProviderSim,
     SimBatch,
     bearer_token,
+    int_query,
     json_response,
     mask_key,
     reason,
 )
+
+LIST_DEFAULT_LIMIT = 20
+LIST_MAX_LIMIT = 100
 
 OPENAI_MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -61,8 +72,8 @@ AZURE_RATE_LIMIT = (
 
 
 class OpenAISim(ProviderSim):
-    """OpenAI: `POST {prefix}/v1/batches/{id}/cancel` and `GET {prefix}/v1/batches/{id}` with
-    `Authorization: Bearer <key>`."""
+    """OpenAI: `POST {prefix}/v1/batches/{id}/cancel`, `GET {prefix}/v1/batches/{id}` and
+    `GET {prefix}/v1/batches` with `Authorization: Bearer <key>`."""
 
     name = "openai"
     prefix = "/openai"
@@ -72,7 +83,47 @@ class OpenAISim(ProviderSim):
         return [
             ("POST", "/v1/batches/{batch_id}/cancel", self.cancel),
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
+            ("GET", "/v1/batches", self.list_batches),
         ]
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        """One cursor page of the batches the key sees, newest first."""
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            limit = int_query(request, "limit")
+        except ValueError:
+            text = request.query["limit"]
+            message = f"Invalid 'limit': expected an integer, but got {text!r} instead."
+            return self.error(400, message, param="limit", code="invalid_type")
+        if limit is None:
+            limit = LIST_DEFAULT_LIMIT
+        if limit < 0:
+            message = f"Invalid 'limit': integer below minimum value. Expected a value >= 0, but got {limit} instead."
+            return self.error(400, message, param="limit", code="integer_below_min_value")
+        if limit > LIST_MAX_LIMIT:
+            message = (
+                "Invalid 'limit': integer above maximum value. "
+                f"Expected a value <= {LIST_MAX_LIMIT}, but got {limit} instead."
+            )
+            return self.error(400, message, param="limit", code="integer_above_max_value")
+        account = self.account(request)
+        after = request.query.get("after")
+        cursor = None if after is None else self.cursor_of(after, account)
+        batches: list[SimBatch] = []
+        has_more = False
+        if after is None or cursor is not None:
+            batches, has_more = self.store.page(account, limit=limit, after=cursor)
+        data = [self.render(batch) for batch in batches]
+        body = {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+        return json_response(body, headers=self.response_headers())
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         """Authenticates, finds the batch, cancels it when asked and renders it."""
@@ -80,7 +131,7 @@ class OpenAISim(ProviderSim):
         if denied is not None:
             return denied
         batch_id = request.match_info["batch_id"]
-        batch = self.store.get(batch_id)
+        batch = self.store.get(batch_id, self.account(request))
         if batch is None:
             return self.error(404, f"No batch found with id '{batch_id}'.")
         if cancel:
@@ -103,9 +154,15 @@ class OpenAISim(ProviderSim):
         return batch.to_dict()
 
     def error(
-        self, status: int, message: str, *, error_type: str | None = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ) -> web.Response:
-        body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
         return json_response(body, status, self.response_headers())
 
     def status_error(self, status: int) -> web.Response:
@@ -139,8 +196,10 @@ class AzureSim(OpenAISim):
         return [
             ("POST", "/openai/batches/{batch_id}/cancel", self._versioned(self.cancel)),
             ("GET", "/openai/batches/{batch_id}", self._versioned(self.retrieve)),
+            ("GET", "/openai/batches", self._versioned(self.list_batches)),
             ("POST", "/openai/v1/batches/{batch_id}/cancel", self.cancel),
             ("GET", "/openai/v1/batches/{batch_id}", self.retrieve),
+            ("GET", "/openai/v1/batches", self.list_batches),
         ]
 
     def _versioned(self, handler: Handler) -> Handler:
@@ -151,8 +210,11 @@ class AzureSim(OpenAISim):
 
         return require_api_version
 
+    def account(self, request: web.Request) -> str | None:
+        return request.headers.get("api-key") or bearer_token(request)
+
     def authenticate(self, request: web.Request) -> web.Response | None:
-        key = request.headers.get("api-key") or bearer_token(request)
+        key = self.account(request)
         if self.sim.key_ok(self.name, key):
             return None
         return self.gateway_error(401, AZURE_INVALID_KEY if key else AZURE_MISSING_KEY)
@@ -168,13 +230,19 @@ class AzureSim(OpenAISim):
         return data
 
     def error(
-        self, status: int, message: str, *, error_type: str | None = "invalid_request_error", code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
     ) -> web.Response:
         body = {
             "error": {
                 "code": code or str(status),
                 "message": message,
-                "param": None,
+                "param": param,
                 "type": error_type,
                 "inner_error": None,
             }

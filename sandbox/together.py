@@ -1,7 +1,11 @@
-"""Simulated Together batches API: cancel and retrieve.
+"""Simulated Together batches API: cancel, retrieve and list.
 
     POST {prefix}/v1/batches/{id}/cancel   -> the BatchJob, already CANCELLED
     GET  {prefix}/v1/batches/{id}          -> the BatchJob
+    GET  {prefix}/v1/batches               -> a plain JSON array of every BatchJob, newest first
+
+The list takes no parameters and has no pages (together SDK's `list_batches`); its order is not
+documented. A BatchJob has no metadata.
 
 Auth is `Authorization: Bearer KEY`; the API gateway refuses a missing or wrong key with a 401 in
 OpenAI's envelope (`invalid_api_key`). The batch service's own errors are `{"error": "<message>"}`
@@ -60,14 +64,22 @@ class TogetherSim(ProviderSim):
         return [
             ("POST", "/v1/batches/{batch_id}/cancel", self.cancel),
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
+            ("GET", "/v1/batches", self.list_batches),
         ]
+
+    async def list_batches(self, request: web.Request) -> web.Response:
+        key = bearer_token(request)
+        if not self.sim.key_ok(self.name, key):
+            return self.gateway_error(401, INVALID_KEY if key else MISSING_KEY, "invalid_api_key")
+        batches, _ = self.store.page(key, limit=len(self.store))
+        return json_response([self.render(batch) for batch in batches], headers=self.response_headers())
 
     def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
         key = bearer_token(request)
         if not self.sim.key_ok(self.name, key):
             return self.gateway_error(401, INVALID_KEY if key else MISSING_KEY, "invalid_api_key")
         batch_id = request.match_info["batch_id"]
-        batch = self.store.get(batch_id)
+        batch = self.store.get(batch_id, key)
         if batch is None:
             return self.error(404, f"batch job {batch_id} not found")
         if cancel:

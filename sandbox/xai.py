@@ -1,7 +1,13 @@
-"""Simulated xAI batches API: cancel and retrieve.
+"""Simulated xAI batches API: cancel, retrieve and list.
 
     POST {prefix}/v1/batches/{batch_id}:cancel   -> the Batch
     GET  {prefix}/v1/batches/{batch_id}          -> the Batch
+    GET  {prefix}/v1/batches?limit=&pagination_token=   -> {"batches": [Batch], "pagination_token"}
+
+The list is xai-sdk's ListBatches (`limit`, `pagination_token`) over REST, newest first; the last
+page has no `pagination_token`. The server's default and largest `limit` are not documented: the
+simulator answers 100 by default and at most 1000; a negative limit or a token it did not make is
+400 INVALID_ARGUMENT. A Batch has no metadata.
 
 A Batch has no status field, only request tallies (`state`) and a `cancel_time`:
 
@@ -30,7 +36,17 @@ from uuid import uuid4
 
 from aiohttp import web
 
-from sandbox.core import Handler, NotCancellable, ProviderSim, SimBatch, bearer_token, json_response, reason
+from sandbox.core import (
+    Handler,
+    NotCancellable,
+    ProviderSim,
+    SimBatch,
+    bearer_token,
+    coerced_page_size,
+    json_response,
+    reason,
+    token_query,
+)
 
 # gRPC status descriptions as xAI's API puts them in `code`.
 INVALID_ARGUMENT = "Client specified an invalid argument"
@@ -47,6 +63,8 @@ DESCRIPTIONS = {
     503: "The service is currently unavailable",
     504: "The deadline expired before the operation could complete",
 }
+LIST_DEFAULT_LIMIT = 100
+LIST_MAX_LIMIT = 1000
 INVALID_KEY = "Incorrect API key provided: {masked}. You can obtain an API key from https://console.x.ai."
 
 
@@ -67,16 +85,39 @@ class XAISim(ProviderSim):
         return [
             ("POST", "/v1/batches/{batch_id:[^/]+}:cancel", self.cancel),
             ("GET", "/v1/batches/{batch_id}", self.retrieve),
+            ("GET", "/v1/batches", self.list_batches),
         ]
 
-    def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
+    async def list_batches(self, request: web.Request) -> web.Response:
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
+        try:
+            limit = coerced_page_size(request, "limit", LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT)
+            cursor = token_query(request, "pagination_token")
+        except ValueError as exc:
+            return self.error(400, str(exc))
+        batches, more = self.store.page(bearer_token(request), limit=limit, after=cursor)
+        body: dict[str, Any] = {"batches": [self.render(batch) for batch in batches]}
+        token = self.store.next_token(batches, more)
+        if token:
+            body["pagination_token"] = token
+        return json_response(body, headers=self.response_headers())
+
+    def authenticate(self, request: web.Request) -> web.Response | None:
         key = bearer_token(request)
         if key is None:
             return self.error(401, "Missing bearer or basic authentication in header")
         if not self.sim.key_ok(self.name, key):
             return self.error(400, INVALID_KEY.format(masked=f"{key[:2]}***{key[-2:]}"))
+        return None
+
+    def answer(self, request: web.Request, *, cancel: bool) -> web.Response:
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
         batch_id = request.match_info["batch_id"]
-        batch = self.store.get(batch_id)
+        batch = self.store.get(batch_id, bearer_token(request))
         if batch is None:
             return self.error(404, f"Batch {batch_id} not found")
         if cancel:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
@@ -104,3 +106,38 @@ class ItemEvent:
     final: bool
     result: CancelResult | None = None
     error: Any = None  # a service.domain.errors.GatewayError
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Which batches a listing looks for, in unified terms. A batch matches when its status is one
+    of `statuses` (never empty), it was created at or after `created_after` and before
+    `created_before` (unix seconds; 0: no bound) and every `metadata` pair equals its own."""
+
+    statuses: frozenset[str]
+    created_after: int = 0
+    created_before: int = 0
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(slots=True)
+class ListedBatch:
+    """One batch a provider listed: its state (`state.id` in the form a cancel of that provider
+    accepts, `state.created_at` when the provider said) and its metadata or labels ({} for a
+    provider that keeps none)."""
+
+    state: BatchState
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def matches(batch: ListedBatch, query: ListQuery) -> bool:
+    """Whether a listed batch is one the query looks for: the one local filter, applied whatever
+    the provider filtered on its side. A time bound needs a known creation time."""
+    if batch.state.status not in query.statuses:
+        return False
+    created = batch.state.created_at
+    if query.created_after and (created is None or created < query.created_after):
+        return False
+    if query.created_before and (created is None or created >= query.created_before):
+        return False
+    return all(batch.metadata.get(name) == value for name, value in query.metadata.items())

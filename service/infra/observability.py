@@ -41,16 +41,17 @@ REQUEST_SECONDS = Histogram(
     "batchgate_request_seconds", "Time to answer a cancel call", ["route"], buckets=_LATENCY_BUCKETS
 )
 IN_FLIGHT = Gauge("batchgate_in_flight_requests", "Cancel calls being handled")
-# `operation` tells cancel calls from reads of a batch (follow-up reads and waiting).
+# `operation` tells cancel calls from reads of a batch (follow-up reads and waiting) and from pages
+# of a listing (finding batches to cancel).
 UPSTREAM_SECONDS = Histogram(
     "batchgate_upstream_seconds",
-    "One upstream HTTP attempt, by provider and operation (cancel, read)",
+    "One upstream HTTP attempt, by provider and operation (cancel, read, list)",
     ["provider", "operation"],
     buckets=_LATENCY_BUCKETS,
 )
 UPSTREAM_ATTEMPTS = Counter(
     "batchgate_upstream_attempts",
-    "Upstream HTTP attempts by provider, operation (cancel, read) and result (2xx..5xx, error)",
+    "Upstream HTTP attempts by provider, operation (cancel, read, list) and result (2xx..5xx, error)",
     ["provider", "operation", "result"],
 )
 UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
@@ -101,13 +102,13 @@ class CallRecord:
     attempts: int = 0
     upstream_status: int | None = None
     key_failovers: int = 0
-    # Of the attempts, those that read a batch (the rest are cancel calls).
+    # Of the attempts, those that read (a batch, or a page of a listing); the rest are cancel calls.
     reads: int = 0
 
     def attempt(self, provider: str, status: int | None, seconds: float, operation: str = "cancel") -> None:
         """Records one upstream HTTP attempt (status None: no answer)."""
         self.attempts += 1
-        if operation == "read":
+        if operation != "cancel":
             self.reads += 1
         elif self.attempts - self.reads > 1:
             _child(UPSTREAM_RETRIES, provider).inc()

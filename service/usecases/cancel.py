@@ -163,6 +163,15 @@ class Canceller:
     def executors(self) -> list[Executor]:
         return [executor for _, executor in self._providers.values()]
 
+    def adapters(self) -> dict[str, Adapter]:
+        """The adapter of every configured provider that can cancel, by name."""
+        return {name: adapter for name, (adapter, _) in self._providers.items()}
+
+    def provider(self, name: str) -> tuple[Adapter, Executor]:
+        """A configured provider's adapter and executor (for listing its batches); raises the
+        single cancel's 400 for a provider that is unknown, cannot cancel or is not configured."""
+        return self._resolve(name)
+
     async def close(self) -> None:
         await asyncio.gather(*(executor.close() for executor in self.executors()))
 

@@ -17,6 +17,10 @@ Errors: `{"type": "error", "error": {"type", "message"}, "request_id"}` plus a `
 401 authentication_error, 403 permission_error, 404 not_found_error, 429 rate_limit_error,
 500 api_error, 529 overloaded_error). Cancelling an ended batch is refused with a 4xx whose exact
 status no public source pins down (most likely 400 invalid_request_error); it is kept as sent.
+
+Listing: `GET /v1/messages/batches?limit=1000&after_id=<last_id>` (anthropic SDK `batches.list`:
+`{data, has_more, first_id, last_id}`, `limit` 1-1000, "most recently created batches are returned
+first"). No server-side filters, and a message batch has no metadata.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from typing import Any
 
 from service.config.file import Key, ProviderConfig
 from service.domain.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
     UpstreamResponse,
     count,
     decode_json,
+    next_token,
     path_segment,
     unix_seconds,
 )
@@ -66,6 +71,8 @@ class AnthropicAdapter(Adapter):
 
     accepts_direct_keys = True
     sdk_surface = "anthropic"
+    lists_newest_first = True
+    list_page_size = 1000
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -98,6 +105,17 @@ class AnthropicAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/messages/batches/{id}`: the same message_batch the cancel answers."""
         return self.request("GET", f"{self.base_url(key)}/v1/messages/batches/{path_segment(ref)}", key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        url = f"{self.base_url(key)}/v1/messages/batches"
+        return self.list_get(url, key, {"limit": self.list_page_size, "after_id": page_token})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = self.listed(data, "data")
+        more = batches and data.get("has_more") is True
+        return batches, (next_token(data, "last_id") or batches[-1].state.id) if more else None
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("processing_status"):

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 
 from service.config.file import Key, ProviderConfig
 from service.config.reader import ConfigReader
 from service.domain.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from service.domain.model import STATUSES, BatchState, RequestCounts
+from service.domain.model import STATUSES, BatchState, ListedBatch, ListQuery, RequestCounts
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class UpstreamRequest:
     url: str
     headers: dict[str, str]
     body: bytes | None = None
-    # `cancel`, or `read` for a read of the batch (metrics and logs tell them apart).
+    # `cancel`, `read` for a read of the batch, `list` for a page of a listing (metrics and logs
+    # tell them apart).
     operation: str = "cancel"
 
 
@@ -106,6 +107,10 @@ class Adapter:
        `retrieve_request(key, ref)` reads the batch back until its status is terminal;
     4. `parse_batch(batch_id, data)` on the answer that carries the batch, `parse_error(response)`
        on a non-2xx answer.
+
+    Finding batches (`service.usecases.listing`) drives `list_request(key, query, page_token)`
+    (prepared and sent like a cancel) and `parse_list(data)` page after page, from no token until
+    `parse_list` answers no next token.
     """
 
     name: ClassVar[str]
@@ -125,6 +130,18 @@ class Adapter:
     # the name of its provider-specific block, and whether the secret `value` is required.
     key_settings_block: ClassVar[str | None] = None
     key_value_required: ClassVar[bool] = True
+    # Listing: whether the provider documents its list as newest first (a listing may then stop at
+    # the first batch created before the query's created_after), whether its batches carry
+    # metadata or labels (a provider that keeps none never matches a metadata selector), and the
+    # page size asked for (the provider's largest, or its documented example where it has none).
+    lists_newest_first: ClassVar[bool] = False
+    keeps_metadata: ClassVar[bool] = False
+    list_page_size: ClassVar[int] = 100
+
+    @classmethod
+    def can_list(cls) -> bool:
+        """Whether this provider's batches can be listed (the adapter builds a list request)."""
+        return cls.list_request is not Adapter.list_request
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> Any:
@@ -176,6 +193,44 @@ class Adapter:
         """The provider's documented read of one batch (waiting for a cancel to take effect reads
         it until terminal); its answer is parsed by `parse_batch`. Default: the follow-up read."""
         return self.status_request(key, ref)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest | None:
+        """The request for one page of the key's batches (`page_token` None: the first page), with
+        the provider's own server-side filters for `query` where it has them; None when the
+        provider cannot list. Its `operation` is `list`."""
+        return None
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        """The batches of one page answer and the token of the next page (None after the last).
+        `page_token` and `query` are those the page was asked with: providers paged by number
+        (Mistral) or listed once per status (Bedrock) continue from them."""
+        raise NotImplementedError
+
+    def listed(
+        self, data: Any, field: str | None, *, id_field: str = "id", created_field: str = "created_at",
+        metadata_field: str | None = None,
+    ) -> list[ListedBatch]:  # fmt: skip
+        """Each batch of a page answer (`data[field]`, or the answer itself for None) as `parse_batch`
+        reads it, with its id (`id_field`), creation time and metadata; a batch without an id is the
+        provider's failure (502)."""
+        batches = []
+        for item in page_items(data, field, self.name):
+            batch_id = item.get(id_field) if isinstance(item, dict) else None
+            if not isinstance(batch_id, str) or not batch_id:
+                raise UpstreamUnavailable(f"{self.name} listed a batch without its {id_field}", provider=self.name)
+            state = self.parse_batch(batch_id, item)
+            state.created_at = unix_seconds(item.get(created_field))
+            batches.append(ListedBatch(state, listed_metadata(item.get(metadata_field)) if metadata_field else {}))
+        return batches
+
+    def list_get(self, url: str, key: Key, params: Mapping[str, Any] | list[tuple[str, Any]]) -> UpstreamRequest:
+        """A `list` GET of `url` with the query parameters (None values left out), the usual headers
+        and the key's credentials (`request`)."""
+        request = self.request("GET", with_query(url, params), key)
+        request.operation = "list"
+        return request
 
     async def prepare(self, key: Key, request: UpstreamRequest) -> UpstreamRequest:
         """Last step before sending: request signing or token minting. Default: nothing to do."""
@@ -242,6 +297,61 @@ class Adapter:
             self._unknown_statuses.add(value)
             log.warning("unknown %s batch status %r passed through", self.name, value)
         return value
+
+
+def with_query(url: str, params: Mapping[str, Any] | list[tuple[str, Any]], safe: str = "") -> str:
+    """`url` with the query parameters appended, percent-encoded as RFC 3986 (`%20`, never `+`);
+    None values are left out, a list of pairs may repeat a name."""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    kept = [(name, str(value)) for name, value in pairs if value is not None]
+    if not kept:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(kept, quote_via=quote, safe=safe)}"
+
+
+def listed_metadata(value: Any) -> dict[str, str]:
+    """A batch's metadata or labels as strings: string values as they are, numbers and booleans as
+    JSON writes them, anything else (nested objects, lists, null) left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            continue
+        if isinstance(item, str):
+            out[name] = item
+        elif isinstance(item, bool):
+            out[name] = "true" if item else "false"
+        elif isinstance(item, (int, float)) and math.isfinite(item):
+            out[name] = str(item)
+    return out
+
+
+def rfc3339(seconds: int) -> str:
+    """Unix seconds as an RFC 3339 UTC time (`2026-01-02T03:04:05Z`)."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_token(data: Any, name: str) -> str | None:
+    """A page answer's next-page token (`data[name]`), None when absent or empty."""
+    token = data.get(name) if isinstance(data, dict) else None
+    return token if isinstance(token, str) and token else None
+
+
+def page_items(data: Any, field: str | None, provider: str) -> list[Any]:
+    """The list of batches in a page answer (`data[field]`, or the answer itself for `None`); a
+    missing list is an empty page (proto3 JSON leaves empty lists out), anything else is the
+    provider's failure (502)."""
+    if field is None:
+        items = data
+    elif isinstance(data, dict):
+        items = data.get(field, [])
+        items = [] if items is None else items
+    else:
+        items = None
+    if not isinstance(items, list):
+        raise UpstreamUnavailable(f"{provider} answered a list of an unexpected shape", provider=provider)
+    return items
 
 
 def _str_or(value: Any, default: str | None) -> str | None:

@@ -39,6 +39,17 @@ Errors: the exception name comes in the `x-amzn-ErrorType` header (possibly with
 `message` or `Message`. `ConflictException` (stopping a job that already ended) is sent as 400 by
 Bedrock and answered as 409. A bad-signature answer echoes the canonical request, which holds the
 session token: that part is cut from the message.
+
+Listing: `GET {base}/model-invocation-jobs` (ListModelInvocationJobs, botocore's model:
+`maxResults` 1-1000, `nextToken`, answer `{invocationJobSummaries, nextToken}`), newest first
+(`sortBy=CreationTime&sortOrder=Descending`). `statusEquals` takes ONE status, so a query for
+several unified statuses lists once per Bedrock status that maps to one of them (validating =
+Submitted, Validating, Scheduled; in_progress = InProgress; ...), one after the other; the page
+token carries which. `submitTimeAfter` (strictly after, so one second before the query's inclusive
+bound) and `submitTimeBefore` (strictly before, as the query's) filter on the server; the
+gateway's own filter applies the exact bounds. Job summaries carry no tags (those sit behind
+ListTagsForResource), so a Bedrock batch never matches a metadata selector. A listed job's id is
+its ARN.
 """
 
 from __future__ import annotations
@@ -58,15 +69,18 @@ from botocore.credentials import Credentials
 from service.config.file import Key, ProviderConfig
 from service.config.reader import ConfigReader
 from service.domain.errors import GatewayError, InvalidRequest, ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
     UpstreamResponse,
     count,
     decode_json,
+    next_token,
     path_segment,
+    rfc3339,
     unix_seconds,
+    with_query,
 )
 
 SERVICE = "bedrock"
@@ -87,6 +101,12 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+){2,3}$")
 _SIGNATURE_DETAILS = re.compile(r"\s*The Canonical String for this request should have been.*", re.S)
 _SECURITY_TOKEN_LINE = re.compile(r"(x-amz-security-token:)[^\s'\\]*", re.I)
 CONFLICT = "ConflictException"
+# ModelInvocationJobStatus as Bedrock spells it, by its lowercased form (the adapter's table keys).
+BEDROCK_STATUS_NAMES = {
+    name.lower(): name
+    for name in ("Submitted", "Validating", "Scheduled", "InProgress", "Stopping", "Stopped", "Completed",
+                 "PartiallyCompleted", "Failed", "Expired")
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +201,14 @@ def scrub_message(message: str) -> str:
     return _SECURITY_TOKEN_LINE.sub(r"\1<redacted>", message).strip()
 
 
+def _list_position(page_token: str | None) -> tuple[int, str]:
+    """(which status of the listing, Bedrock's nextToken) from a listing page token."""
+    if not page_token:
+        return 0, ""
+    index, _, next_token = page_token.partition("|")
+    return int(index), next_token
+
+
 class BedrockAdapter(Adapter):
     name = "bedrock"
     statuses = {
@@ -198,6 +226,9 @@ class BedrockAdapter(Adapter):
     # Requests are signed with the key's AWS credentials; `value` is not used.
     key_settings_block = "bedrock_key_config"
     key_value_required = False
+    # Newest first, but listed once per status: a listing cannot stop at the first old job (the
+    # server filters on submit time instead).
+    list_page_size = 1000
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> BedrockKeySettings:
@@ -243,6 +274,40 @@ class BedrockAdapter(Adapter):
 
     def status_request(self, key: Key, ref: str) -> UpstreamRequest:
         return UpstreamRequest("GET", self.job_url(key, ref), dict(self._base_headers))
+
+    def list_statuses(self, query: ListQuery) -> list[str]:
+        """The Bedrock statuses to list one by one for the query (their names as Bedrock spells
+        them); [] when every status is wanted or none maps (then one listing without the filter)."""
+        mapped = self.statuses.items()
+        wanted = sorted(BEDROCK_STATUS_NAMES[raw] for raw, unified in mapped if unified in query.statuses)
+        return [] if len(wanted) == len(BEDROCK_STATUS_NAMES) else wanted
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        index, next_token = _list_position(page_token)
+        statuses = self.list_statuses(query)
+        params = {
+            "maxResults": self.list_page_size,
+            "sortBy": "CreationTime",
+            "sortOrder": "Descending",
+            "statusEquals": statuses[index] if index < len(statuses) else None,
+            "submitTimeAfter": rfc3339(query.created_after - 1) if query.created_after > 1 else None,
+            "submitTimeBefore": rfc3339(query.created_before) if query.created_before else None,
+            "nextToken": next_token or None,
+        }
+        # SigV4 signs the query as sent: RFC 3986 encoding, nothing but unreserved characters bare.
+        url = with_query(f"{self.base_url(key)}/model-invocation-jobs", params, safe="-_.~")
+        return UpstreamRequest("GET", url, dict(self._base_headers), operation="list")
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = self.listed(data, "invocationJobSummaries", id_field="jobArn", created_field="submitTime")
+        index, _ = _list_position(page_token)
+        token = next_token(data, "nextToken")
+        if token:
+            return batches, f"{index}|{token}"
+        statuses = self.list_statuses(query) if query is not None else []
+        return batches, f"{index + 1}|" if index + 1 < len(statuses) else None
 
     def signer(self, key: Key) -> SigV4Auth:
         """The key's SigV4 signer (and credentials), created on first use."""

@@ -15,6 +15,11 @@ num_successful_records, failed = num_failed_records (int64 values may arrive as 
 
 Errors are `{"id"?, "message"}` (401 `invalid api token`, 404, 400 for a batch that cannot be
 cancelled); the HTTP status is kept.
+
+Listing: `GET {base}/v2/batches?page_size=1000&page_token=` (cohere SDK `batches.list`: at most 50
+without `page_size`, 1000 at most, answer `{batches, next_page_token}`, no token on the last page).
+No server-side filters, no documented order (its `order_by` names a field, not a direction), and a
+batch has no metadata.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from service.config.file import Key
 from service.domain.errors import ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -31,6 +36,7 @@ from service.infra.providers.base import (
     count,
     decode_json,
     known_counts,
+    next_token,
     path_segment,
 )
 
@@ -39,6 +45,7 @@ class CohereAdapter(Adapter):
     name = "cohere"
     default_base_url = "https://api.cohere.com"
     accepts_direct_keys = True
+    list_page_size = 1000
     statuses = {
         "batch_status_queued": "validating",
         "batch_status_in_progress": "in_progress",
@@ -56,6 +63,15 @@ class CohereAdapter(Adapter):
 
     def status_request(self, key: Key, ref: str) -> UpstreamRequest:
         return self.request("GET", self.batch_url(key, ref), key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        url = f"{self.base_url(key)}/v2/batches"
+        return self.list_get(url, key, {"page_size": self.list_page_size, "page_token": page_token})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        return self.listed(data, "batches"), next_token(data, "next_page_token")
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         batch = data.get("batch") if isinstance(data, dict) and isinstance(data.get("batch"), dict) else data

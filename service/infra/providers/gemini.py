@@ -11,6 +11,12 @@ is reported as `cancelling` (the use case's rule for every provider); `cancelled
 
 IDs: `batches/x` (Envoy decodes `%2F`), `batches-x` (the seed gateway's encoding) and bare `x` all
 address batch `x`.
+
+Listing: `GET {base}/v1beta/batches?pageSize=1000&pageToken=` (google-genai `batches.list`) answers
+`{operations: [Operation], nextPageToken}` (`{}` when there are none: proto3 JSON leaves empty
+lists out); each Operation's `metadata` is the batch and its `name` (`batches/x`) the listed id.
+Gemini documents no order, no server-side filter (the SDK refuses `filter` outside Vertex) and no
+page-size bounds (Google APIs coerce a larger one down, AIP-158); a batch has no labels.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any
 
 from service.config.file import Key
 from service.domain.errors import UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
-from service.infra.providers.base import UpstreamRequest, path_segment, unix_seconds
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
+from service.infra.providers.base import UpstreamRequest, next_token, page_items, path_segment, unix_seconds
 from service.infra.providers.google import BATCH_STATES, JOB_STATES, GoogleAdapter, stats
 
 
@@ -41,6 +47,7 @@ class GeminiAdapter(GoogleAdapter):
     api_version = "v1beta"
     statuses = {**BATCH_STATES, **JOB_STATES}
     accepts_direct_keys = True
+    list_page_size = 1000
 
     def parse_id(self, batch_id: str) -> str:
         """`batches/x`, `batches-x` or `x` -> `x` (a bare id that itself starts with `batches-` is
@@ -65,6 +72,25 @@ class GeminiAdapter(GoogleAdapter):
 
     def status_request(self, key: Key, ref: str) -> UpstreamRequest:
         return self.request("GET", self._url(key, ref), key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        url = f"{self.base_url(key)}/{self.api_version}/batches"
+        return self.list_get(url, key, {"pageSize": self.list_page_size, "pageToken": page_token})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = []
+        for operation in page_items(data, "operations", self.name):
+            batch = _gemini_batch(operation)
+            name = operation.get("name") if isinstance(operation, dict) else None
+            name = name or (batch.get("name") if batch else None)
+            if not isinstance(name, str) or not name:
+                raise UpstreamUnavailable(f"{self.name} listed a batch without its name", provider=self.name)
+            state = self.parse_batch(name, operation)
+            state.created_at = unix_seconds(batch.get("createTime")) if batch else None
+            batches.append(ListedBatch(state))
+        return batches, next_token(data, "nextPageToken")
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         batch = _gemini_batch(data)

@@ -4,7 +4,8 @@
 Batch object (`status: cancelling`, unix-second timestamps, `request_counts.{total, completed,
 failed}`); errors use OpenAI's envelope `{"error": {"message", "type", "code"}}` (401
 `Invalid API Key` / `invalid_api_key`, 429 `rate_limit_exceeded`). Everything but the path prefix
-is inherited from the OpenAI adapter.
+is inherited from the OpenAI adapter, listing included (`GET /openai/v1/batches`, OpenAI's cursor
+page), except that Groq does not document the list's order, so a listing never stops early.
 """
 
 from __future__ import annotations
@@ -16,3 +17,4 @@ class GroqAdapter(OpenAIAdapter):
     name = "groq"
     default_base_url = "https://api.groq.com"
     path_prefix = "/openai/v1"
+    lists_newest_first = False

@@ -29,6 +29,8 @@ from service.infra.resilience import CircuitBreaker
 
 RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)} - {501, 505})
 MAX_RESPONSE_BYTES = 1 << 20
+# A page of a listing holds up to 1,000 batches (Together's list all of them at once).
+MAX_LIST_RESPONSE_BYTES = 32 << 20
 USER_AGENT = "batchgate/0.1"
 
 
@@ -198,17 +200,18 @@ class HttpExecutor:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            if resp.content_length is not None and resp.content_length <= MAX_RESPONSE_BYTES:
+            cap = MAX_LIST_RESPONSE_BYTES if request.operation == "list" else MAX_RESPONSE_BYTES
+            if resp.content_length is not None and resp.content_length <= cap:
                 body = await resp.read()
             else:
-                body = await self._read_capped(resp)
+                body = await self._read_capped(resp, cap)
             return UpstreamResponse(resp.status, resp.headers, body)
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_capped(self, resp: aiohttp.ClientResponse, cap: int) -> bytes:
         chunks, size = [], 0
         async for chunk in resp.content.iter_chunked(1 << 16):
             size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
+            if size > cap:
                 raise UpstreamUnavailable(f"{self.provider} answered with an oversized body", provider=self.provider)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -16,6 +16,15 @@ time it ended) is reported as `cancelled_at`, as Anthropic's `ended_at` is.
 Errors come in two envelopes: the API gateway's `{"message", "request_id"}` (401 `Unauthorized`,
 429) and the service's `{"detail": ...}`, where `detail` is a string or, for a 422, a list of
 validation errors `[{"loc", "msg", "type"}]` (a job id that is not a UUID). The HTTP status is kept.
+
+Listing: `GET {base}/v1/batch/jobs?page=N&page_size=100&order_by=-created` (mistralai SDK
+`batch.jobs.list`: pages numbered from 0, default size 100, answer `{object: list, data, total}`,
+newest first), with the server's `status` (repeated, one per Mistral status the query's unified
+statuses map to) and `created_after` (one second before the query's bound: whether Mistral's is
+inclusive is not documented; the gateway's own filter applies the exact one). The SDK sends the
+`metadata` filter form-exploded (each pair as a parameter of its own), which cannot be told apart
+from other parameters, so it is not sent: each job's `metadata` is matched by the gateway. Pages
+are asked until `total` is reached or a page comes back empty.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 
 from service.config.file import Key
 from service.domain.errors import ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -33,6 +42,7 @@ from service.infra.providers.base import (
     decode_json,
     known_counts,
     path_segment,
+    rfc3339,
     unix_seconds,
 )
 
@@ -41,6 +51,9 @@ class MistralAdapter(Adapter):
     name = "mistral"
     default_base_url = "https://api.mistral.ai"
     accepts_direct_keys = True
+    lists_newest_first = True
+    keeps_metadata = True
+    list_page_size = 100
     statuses = {
         "queued": "validating",
         "running": "in_progress",
@@ -57,6 +70,28 @@ class MistralAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batch/jobs/{id}`: the same BatchJob the cancel answers."""
         return self.request("GET", f"{self.base_url(key)}/v1/batch/jobs/{path_segment(ref)}", key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        params: list[tuple[str, Any]] = [
+            ("page", int(page_token or 0)),
+            ("page_size", self.list_page_size),
+            ("order_by", "-created"),
+        ]
+        wanted = sorted(raw.upper() for raw, unified in self.statuses.items() if unified in query.statuses)
+        if len(wanted) < len(self.statuses):
+            params += [("status", status) for status in wanted]
+        if query.created_after > 1:
+            params.append(("created_after", rfc3339(query.created_after - 1)))
+        return self.list_get(f"{self.base_url(key)}/v1/batch/jobs", key, params)
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = self.listed(data, "data", metadata_field="metadata")
+        page = int(page_token or 0)
+        total = count(data.get("total"))
+        more = (page + 1) * self.list_page_size < total if total is not None else len(batches) >= self.list_page_size
+        return batches, str(page + 1) if batches and more else None
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):

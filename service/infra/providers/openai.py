@@ -2,6 +2,12 @@
 
 The cancel call answers with the batch object, so no follow-up read is needed. Azure preview builds
 send capitalised statuses, ISO timestamps and null counts; the parsing accepts all of them.
+
+Listing: `GET .../batches?limit=100&after=<last id>` (openai SDK `batches.list`: a cursor page
+`{object: list, data, first_id, last_id, has_more}`, `limit` 1-100, newest first; Azure takes the
+same with its `api-version`). The next page is asked while `has_more` is true; an answer without
+`has_more` (the groq SDK types its list as `{object, data}` only) continues only from a full page.
+No server-side filters; each batch carries its `metadata` (string pairs).
 """
 
 from __future__ import annotations
@@ -13,8 +19,15 @@ from urllib.parse import quote
 from service.config.file import Key
 from service.config.reader import ConfigReader, http_url
 from service.domain.errors import UpstreamUnavailable
-from service.domain.model import BatchDetails, BatchState, RequestCounts
-from service.infra.providers.base import Adapter, UpstreamRequest, count, path_segment, unix_seconds
+from service.domain.model import BatchDetails, BatchState, ListedBatch, ListQuery, RequestCounts
+from service.infra.providers.base import (
+    Adapter,
+    UpstreamRequest,
+    count,
+    next_token,
+    path_segment,
+    unix_seconds,
+)
 
 AZURE_API_VERSION = "2024-10-21"
 
@@ -35,6 +48,9 @@ class OpenAIAdapter(Adapter):
     path_prefix = "/v1"
     request_id_header = "X-Client-Request-Id"
     accepts_direct_keys = True
+    lists_newest_first = True
+    keeps_metadata = True
+    list_page_size = 100
 
     def cancel_url(self, key: Key, segment: str) -> str:
         return f"{self.base_url(key)}{self.path_prefix}/batches/{segment}/cancel"
@@ -48,6 +64,20 @@ class OpenAIAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET .../batches/{id}`: the same Batch object the cancel answers."""
         return self.request("GET", self.batch_url(key, path_segment(ref)), key)
+
+    def list_url(self, key: Key) -> str:
+        return f"{self.base_url(key)}{self.path_prefix}/batches"
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        return self.list_get(self.list_url(key), key, {"limit": self.list_page_size, "after": page_token})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = self.listed(data, "data", metadata_field="metadata")
+        has_more = data.get("has_more")
+        more = has_more is True or (has_more is None and len(batches) >= self.list_page_size)
+        return batches, (next_token(data, "last_id") or batches[-1].state.id) if batches and more else None
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):
@@ -127,3 +157,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     def batch_url(self, key: Key, segment: str) -> str:
         return f"{self.base_url(key)}/openai/batches/{segment}?api-version={self._version(key)}"
+
+    def list_url(self, key: Key) -> str:
+        return f"{self.base_url(key)}/openai/batches?api-version={self._version(key)}"

@@ -14,6 +14,9 @@ Errors: the batch API documents `{"error": "<message>"}` for 400/401/403/404/500
 finished job is a 400); Together's API gateway answers auth failures in OpenAI's envelope
 `{"error": {"message", "type", "param", "code"}}` (401 `invalid_api_key`). Both are read; the HTTP
 status is kept.
+
+Listing: `GET {base}/v1/batches` answers a plain JSON array of every BatchJob (together SDK
+`list_batches`): one page, no parameters, no documented order, no metadata.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 from service.config.file import Key
 from service.domain.errors import ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState
+from service.domain.model import BatchState, ListedBatch, ListQuery
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -55,6 +58,14 @@ class TogetherAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batches/{id}`: the same BatchJob the cancel answers."""
         return self.request("GET", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}", key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        return self.list_get(f"{self.base_url(key)}/v1/batches", key, {})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        return self.listed(data, None), None
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict) or not data.get("status"):

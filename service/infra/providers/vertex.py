@@ -15,6 +15,14 @@ IDs: bare job id (project and region from the key), the full resource name
 `projects/p/locations/l/batchPredictionJobs/id`, or its URL-safe unpadded base64 (the seed
 gateway's encoding). A full name is authoritative: its project and location are used even when
 they differ from the key's (the key only supplies credentials; a job lives where its name says).
+
+Listing: `GET {base}/v1/projects/{p}/locations/{l}/batchPredictionJobs?filter=&pageSize=1000&pageToken=`
+in the key's project and region, answering `{batchPredictionJobs, nextPageToken}` (`{}` when empty).
+The documented `filter` (AIP-160) does the query's work on the server:
+`(state="JOB_STATE_RUNNING" OR ...) AND create_time>="..." AND create_time<"..." AND labels.k="v"`
+(a metadata key that cannot be a label key stays out of it: no job can match it). Vertex documents
+no order, so a listing never stops early. A listed job's id is its full resource name, and its
+`labels` are its metadata.
 """
 
 from __future__ import annotations
@@ -29,8 +37,16 @@ from typing import Any
 from service.config.file import Key, ProviderConfig
 from service.config.reader import ConfigError, ConfigReader
 from service.domain.errors import InvalidRequest, ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
-from service.infra.providers.base import UpstreamRequest, UpstreamResponse, path_segment, unix_seconds
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
+from service.infra.providers.base import (
+    UpstreamRequest,
+    UpstreamResponse,
+    next_token,
+    path_segment,
+    rfc3339,
+    unix_seconds,
+    with_query,
+)
 from service.infra.providers.google import JOB_STATES, GoogleAdapter, google_error, stats
 from service.infra.providers.google_auth import ServiceAccountTokens
 
@@ -49,6 +65,9 @@ _RESOURCE_NAME = re.compile(r"^projects/([^/]+)/locations/([^/]+)/batchPredictio
 # A location goes into the host name of the default base URL: strictly a region name.
 _LOCATION = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+# What a Vertex label key may be (lowercase letters, digits, `_` and `-`; international letters
+# too, left to the local filter), so `labels.<key>` is one filter field.
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +101,8 @@ class VertexAdapter(GoogleAdapter):
     # The key's `vertex_key_config` carries the service account; `value` is not used.
     key_settings_block = "vertex_key_config"
     key_value_required = False
+    keeps_metadata = True
+    list_page_size = 1000
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> VertexKeySettings:
@@ -171,6 +192,39 @@ class VertexAdapter(GoogleAdapter):
 
     def status_request(self, key: Key, ref: VertexJobRef) -> UpstreamRequest:
         return UpstreamRequest("GET", self._url(key, ref), self.headers({}))
+
+    def list_filter(self, query: ListQuery) -> str:
+        """The AIP-160 filter that finds the query's jobs on the server ("" for none)."""
+        clauses = []
+        states = sorted(raw.upper() for raw, unified in self.statuses.items() if unified in query.statuses)
+        if states and len(states) < len(self.statuses):
+            clauses.append("(" + " OR ".join(f'state="{state}"' for state in states) + ")")
+        if query.created_after:
+            clauses.append(f'create_time>="{rfc3339(query.created_after)}"')
+        if query.created_before:
+            clauses.append(f'create_time<"{rfc3339(query.created_before)}"')
+        for name, value in sorted(query.metadata.items()):
+            if _LABEL_KEY.match(name):
+                escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+                clauses.append(f'labels.{name}="{escaped}"')
+        return " AND ".join(clauses)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        project, location = self._where(key, VertexJobRef(""))
+        url = (
+            f"{self._base_for(location)}/{self.api_version}/projects/{path_segment(project)}"
+            f"/locations/{path_segment(location)}/batchPredictionJobs"
+        )
+        params = {"filter": self.list_filter(query) or None, "pageSize": self.list_page_size, "pageToken": page_token}
+        return UpstreamRequest("GET", with_query(url, params), self.headers({}), operation="list")
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        jobs = self.listed(
+            data, "batchPredictionJobs", id_field="name", created_field="createTime", metadata_field="labels"
+        )
+        return jobs, next_token(data, "nextPageToken")
 
     # OAuth2
 

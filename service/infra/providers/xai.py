@@ -30,6 +30,10 @@ Errors are `{"code": "<gRPC status description>", "error": "<message>"}`. An inv
 reported as the 401 `authentication_error` it means, so the next configured key is tried; a batch
 that can no longer be cancelled (a FAILED_PRECONDITION description) is reported as 409. Other
 statuses are kept.
+
+Listing: `GET {base}/v1/batches?limit=100&pagination_token=` (xai-sdk `batch.list`, ListBatches over
+REST: `{batches, pagination_token}`, no token on the last page; the SDK's own example pages by 100,
+the server's bounds are not documented). No server-side filters, no documented order, no metadata.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from urllib.parse import unquote
 
 from service.config.file import Key
 from service.domain.errors import ProviderError, UpstreamUnavailable
-from service.domain.model import BatchState, RequestCounts
+from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -47,6 +51,7 @@ from service.infra.providers.base import (
     count,
     decode_json,
     known_counts,
+    next_token,
     path_segment,
     unix_seconds,
 )
@@ -74,6 +79,16 @@ class XAIAdapter(Adapter):
     def retrieve_request(self, key: Key, ref: str) -> UpstreamRequest:
         """`GET /v1/batches/{id}`: the same batch the cancel answers."""
         return self.request("GET", f"{self.base_url(key)}/v1/batches/{path_segment(ref)}", key)
+
+    def list_request(self, key: Key, query: ListQuery, page_token: str | None) -> UpstreamRequest:
+        url = f"{self.base_url(key)}/v1/batches"
+        return self.list_get(url, key, {"limit": self.list_page_size, "pagination_token": page_token})
+
+    def parse_list(
+        self, data: Any, *, page_token: str | None = None, query: ListQuery | None = None
+    ) -> tuple[list[ListedBatch], str | None]:
+        batches = self.listed(data, "batches", id_field="batch_id", created_field="create_time")
+        return batches, next_token(data, "pagination_token")
 
     def parse_batch(self, batch_id: str, data: Any) -> BatchState:
         if not isinstance(data, dict):
