@@ -5,15 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-PROTO := protos/batchgate/v1/batchgate.proto
+PROTOS := $(shell find protos -name '*.proto')
 GEN := service/gen
 GEN_STAMP := $(GEN)/.generated
 DESCRIPTOR := build/batchgate.pb
+# The contract of the latest release, which `buf breaking` compares protos/ against (make proto-release).
+BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
-CLIENT_STUBS := build/client-stubs.stamp
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto lint typecheck-client redis-server run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release deploy-config lint typecheck-client redis-server promtool run test unit integration e2e bench bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -24,47 +25,35 @@ $(INSTALLED): requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	touch $@
 
-# One command derives all generated code (Python stubs and Envoy's descriptor set) from protos/.
-proto: $(GEN_STAMP) $(CLIENT_STUBS) $(CLIENT_INSTALLED)
+# One command derives all generated code from protos/ (gateway/codegen.py, which the Dockerfile runs
+# too): the service's and the client's stubs, Envoy's descriptor set, the OpenAPI document the edge
+# serves, and the googleapis .proto files buf reads.
+proto: $(GEN_STAMP) $(CLIENT_INSTALLED)
 
-# googleapis-common-protos ships google/longrunning/operations.proto as operations_proto.proto but
-# registers it in Python (and Envoy's descriptor set must name it) under the canonical name: protoc
-# reads a copy under that name from build/proto-include. The service's stubs for the
-# google.longrunning.Operations service are the ones that package ships (operations_pb2_grpc).
-PROTO_INCLUDE := build/proto-include
-PROTOC_INCLUDES = -Iprotos -I$(PROTO_INCLUDE) \
-	-I$$($(PY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))') \
-	-I$$($(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
-
-$(GEN_STAMP): $(PROTO) $(INSTALLED)
-	rm -rf $(GEN) $(PROTO_INCLUDE) && mkdir -p $(GEN) $(PROTO_INCLUDE)/google/longrunning
-	cp $$($(PY) -c 'import google.longrunning, os; print(os.path.join(google.longrunning.__path__[0], "operations_proto.proto"))') \
-		$(PROTO_INCLUDE)/google/longrunning/operations.proto
-	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --python_out=$(GEN) --grpc_python_out=$(GEN) $(PROTO)
-	# Envoy's descriptor set: every type an Any in an answer can hold (the operation's metadata,
-	# response and error details), google.rpc's error details included, or the transcoder answers 502.
-	$(PY) -m grpc_tools.protoc $(PROTOC_INCLUDES) --include_imports --include_source_info \
-		--descriptor_set_out=$(DESCRIPTOR) $(PROTO) google/rpc/error_details.proto
-	# Stubs live inside the service package: make the stub's import of its messages relative.
-	sed -i 's/^from batchgate\.v1 import/from . import/' $(GEN)/batchgate/v1/batchgate_pb2_grpc.py
-	touch $(GEN)/__init__.py $(GEN)/batchgate/__init__.py $(GEN)/batchgate/v1/__init__.py $@
-
-# The client's copy lives in client/batchgate_client/_proto with relative imports (it must not need
-# the service); its package build runs the same generator, so a pip install of client/ has them too.
-$(CLIENT_STUBS): $(PROTO) $(INSTALLED) client/gen_stubs.py
-	mkdir -p build
-	$(PY) client/gen_stubs.py
+$(GEN_STAMP): $(PROTOS) $(INSTALLED) gateway/codegen.py gateway/openapi.py gateway/envoy.yaml.tmpl client/gen_stubs.py
+	$(PY) -m gateway.codegen
 	touch $@
 
 # The client, editable, puts the `batchgate` command into the virtualenv. The .pth file puts this
 # checkout on the path, so `batchgate config check` finds the service's config rules from anywhere.
 # `compat` makes the editable install a plain path entry, which type checkers follow (an import
 # hook, setuptools' default, they cannot), so `make lint` checks examples against it.
-$(CLIENT_INSTALLED): $(CLIENT_STUBS) client/pyproject.toml client/setup.py
+$(CLIENT_INSTALLED): $(GEN_STAMP) client/pyproject.toml client/setup.py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
 		--config-settings editable_mode=compat -e ./client
 	$(PY) -c 'import sys, sysconfig; open(sysconfig.get_paths()["purelib"] + "/batchgate-checkout.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 	touch $@
+
+# deploy/generated/: Envoy's config for Kubernetes and the files it reads, which deploy/kustomization.yaml
+# turns into the batchgate-envoy ConfigMap (`kubectl apply -k deploy/`). Its Envoy balances over
+# batchgate-service in NAMESPACE and serves its stats for Prometheus on 9902.
+NAMESPACE ?= default
+DEPLOY_GENERATED ?= deploy/generated
+deploy-config: proto
+	mkdir -p $(DEPLOY_GENERATED)
+	$(PY) -m gateway.render --bind-host 0.0.0.0 --assets-dir /etc/envoy --stats-port 9902 \
+		--upstream-dns batchgate-service.$(NAMESPACE).svc.cluster.local:50051 --out $(DEPLOY_GENERATED)/envoy.yaml
+	cp $(DESCRIPTOR) build/openapi.json $(DEPLOY_GENERATED)/
 
 # The rate-limit tests start their own redis-server (Debian's package): install it when missing.
 redis-server:
@@ -74,15 +63,31 @@ redis-server:
 		apt-get update -q >/dev/null || true; apt-get install -y -q redis-server >/dev/null; }
 	@command -v redis-server >/dev/null
 
+# The alert rules' tests (deploy/monitoring/) run Debian's promtool (package prometheus): install it
+# when missing (only promtool is used).
+promtool:
+	@command -v promtool >/dev/null || { \
+		echo "promtool missing: apt-get install -y --no-install-recommends prometheus"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q >/dev/null || true; apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null
+
 run: proto
 	$(PY) -m gateway.run
 
-# Lint: layers import only downward (import-linter), ruff's rules and its formatting, and the
-# client's types.
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting, the client's
+# types; the gRPC contract (buf's rules, buf.yaml; nothing released broken); the Dockerfile (hadolint).
 lint: proto typecheck-client
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking protos --against $(BUF_BASELINE)
+	$(VENV)/bin/hadolint Dockerfile
+
+# When a release is cut: its contract becomes the one `buf breaking` compares against.
+proto-release: proto
+	$(VENV)/bin/buf build protos --exclude-source-info -o $(BUF_BASELINE)
 
 # The client package under mypy --strict (client/pyproject.toml), then client/examples/ as a service
 # author's CI would check it, against the installed package: mypy --strict and pyright (strict).
@@ -92,10 +97,10 @@ typecheck-client: proto
 	$(VENV)/bin/mypy --config-file client/examples/mypy.ini client/examples
 	$(VENV)/bin/pyright --pythonpath $(abspath $(PY)) -p client/examples
 
-test: lint redis-server
+test: lint redis-server promtool
 	$(PY) -m pytest -q
 
-unit: proto
+unit: proto promtool
 	$(PY) -m pytest -q tests/unit
 
 integration: proto redis-server

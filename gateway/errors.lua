@@ -171,8 +171,13 @@ local function plain_message(m)
   local value, kind
   field, value, kind = string.match(m, "^(.-): invalid value (.-) for type (.+)$")
   if field then
-    if field == "" and string.match(value, "^Starting an object") then
-      return quoted(kind) .. " must be a string, not an object"
+    if string.match(value, "^Starting an object") then
+      -- An object for a scalar field: `kind` is then that field's own name, and `field` the path of
+      -- the message holding it (empty at the top), so the field's type is not in the message.
+      return quoted(field ~= "" and (field .. "." .. kind) or kind) .. " must not be an object"
+    end
+    if string.match(kind, "^type%.googleapis%.com/") then
+      return quoted(field) .. " must be an object, not " .. value
     end
     return quoted(field) .. " must be " .. (SCALAR_TYPES[kind] or "of another type") .. ", not " .. value
   end

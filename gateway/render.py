@@ -39,6 +39,10 @@ LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
 SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
+# The OpenAPI document (gateway/openapi.py, made by `make proto`) that the edge serves itself.
+OPENAPI = ROOT / "build" / "openapi.json"
+OPENAPI_PATH = "/openapi.json"
+OPENAPI_MAX_BYTES = 1024 * 1024
 
 
 def render(
@@ -52,16 +56,20 @@ def render(
     route_timeout_s: float = 60.0,
     request_timeout_s: float = 15.0,
     descriptor: Path = DESCRIPTOR,
+    openapi: Path = OPENAPI,
     lua_file: Path = LUA_FILE,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    stats_port: int | None = None,
 ) -> str:
     """Returns the Envoy YAML for one edge listener in front of the service: the given ports on
     127.0.0.1, the given Unix socket paths (`grpc_sockets`: one worker each, the cheaper hop on one
     machine), or with `upstream_dns` ("host:port") every address that name resolves to. With a
     certificate and key the edge serves HTTPS (and gRPC over TLS), and talks TLS to the service,
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
-    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED)."""
+    that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED). With
+    `stats_port`, a listener of its own on `bind_host` serves Envoy's Prometheus stats (only
+    GET /stats/prometheus of the admin, which stays on 127.0.0.1) for a scraper."""
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -82,11 +90,16 @@ def render(
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
+        OPENAPI=openapi,
+        OPENAPI_PATH=OPENAPI_PATH,
+        OPENAPI_MAX_BYTES=OPENAPI_MAX_BYTES,
         LOCAL_REPLY_MAPPERS=_local_reply_mappers(),
         DEFAULT_LOCAL_REPLY=_default_local_reply(),
         ENDPOINTS=endpoints,
         LISTENER_TLS=_listener_tls(tls_cert, tls_key) if tls_cert else "",
         CLUSTER_TLS=_CLUSTER_TLS if tls_cert else "",
+        STATS_LISTENER=_stats_listener(bind_host, stats_port) if stats_port else "",
+        STATS_CLUSTER=_STATS_CLUSTER.format(admin_port=admin_port) if stats_port else "",
     )
     if upstream_dns:
         # The template fixes the cluster type; this is its one line that says so.
@@ -175,6 +188,41 @@ _CLUSTER_TLS = """\
 """
 
 
+def _stats_listener(host: str, port: int) -> str:
+    router = '{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}'
+    return f"""  - name: stats
+    address: {{socket_address: {{address: {host}, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: stats
+          route_config:
+            virtual_hosts:
+            - name: stats
+              domains: ["*"]
+              routes:
+              - match: {{path: /stats/prometheus, headers: [{{name: ":method", string_match: {{exact: GET}}}}]}}
+                route: {{cluster: envoy_admin}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {router}
+"""
+
+
+_STATS_CLUSTER = """\
+  - name: envoy_admin
+    type: STATIC  # Envoy's own admin on loopback, whatever the service cluster's type
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: envoy_admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+"""
+
+
 def _listener_tls(cert: Path, key: Path) -> str:
     return f"""transport_socket:
         name: envoy.transport_sockets.tls
@@ -212,7 +260,10 @@ def main() -> None:
     )
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--bind-host", default="127.0.0.1")
-    parser.add_argument("--assets-dir", type=Path, help="where Envoy will find batchgate.pb (default: this checkout)")
+    parser.add_argument("--stats-port", type=int, help="serve Envoy's /stats/prometheus on this port of --bind-host")
+    parser.add_argument(
+        "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and openapi.json (default: this checkout)"
+    )
     args = parser.parse_args()
     if args.error_table:
         print(error_table(), end="")
@@ -221,7 +272,7 @@ def main() -> None:
         parser.error("--out is required")
     assets = {}
     if args.assets_dir:
-        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name}
+        assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "openapi": args.assets_dir / OPENAPI.name}
     try:
         config = render(
             http_port=args.http_port,
@@ -229,6 +280,7 @@ def main() -> None:
             upstream_dns=args.upstream_dns,
             admin_port=args.admin_port,
             bind_host=args.bind_host,
+            stats_port=args.stats_port,
             **assets,
         )
     except ValueError as exc:
@@ -376,7 +428,12 @@ def _local_reply_mappers() -> str:
         }
     }
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
-    mappers = [{"filter": grpc_call, "body_format_override": plain_text}]
+    # Envoy's one 200 of its own is GET /openapi.json (a direct response): its body as it is.
+    as_is = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
+    mappers = [
+        {"filter": grpc_call, "body_format_override": plain_text},
+        {"filter": _status_filter(200), "body_format_override": as_is},
+    ]
     for surface in (*SURFACES, None):
         # Before transcoding the path is the REST one; after, Envoy keeps it in x-envoy-original-path.
         on_surface = (

@@ -318,6 +318,8 @@ class RateLimiter:
         warn_every_s: float = 60.0,
     ) -> None:
         self.store = store
+        # At 0 from the start: an alert on the rate of store errors sees the store before it fails.
+        STORE_ERRORS.labels(store.kind)
         self.on_error = on_error
         self._clock = clock
         self._retry_after_error_s = retry_after_error_s

@@ -56,6 +56,11 @@ UPSTREAM_ATTEMPTS = Counter(
 )
 UPSTREAM_RETRIES = Counter("batchgate_upstream_retries", "Upstream retries by provider", ["provider"])
 KEY_FAILOVERS = Counter("batchgate_key_failovers", "Moves to the next configured key", ["provider"])
+ADMISSION_REJECTED = Counter(
+    "batchgate_admission_rejected",
+    "Cancels refused at once because the provider's admission queue was full (429 overloaded)",
+    ["provider"],
+)
 # Config reloads, named the way Prometheus and Alertmanager name theirs.
 CONFIG_RELOADS = Counter("batchgate_config_reloads", "Config reload attempts by result (success, failure)", ["result"])
 CONFIG_LAST_RELOAD_SUCCESSFUL = Gauge(
@@ -83,6 +88,19 @@ def use_provider_labels(names: Iterable[str]) -> None:
 
 def provider_label(provider: str) -> str:
     return provider if provider in _provider_labels else "unknown"
+
+
+def provider_series(provider: str) -> None:
+    """Creates a configured provider's counters at 0, so that a rate() over them (an alert, a
+    dashboard panel) sees the provider before its first retry, key failover or refused call."""
+    label = provider_label(provider)
+    for metric in (UPSTREAM_RETRIES, KEY_FAILOVERS, ADMISSION_REJECTED):
+        _child(metric, label)
+
+
+def count_shed(provider: str) -> None:
+    """One call refused by the provider's admission queue (service.infra.resilience.Admission)."""
+    _child(ADMISSION_REJECTED, provider_label(provider)).inc()
 
 
 @functools.cache

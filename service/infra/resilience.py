@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.infra.observability import count_shed
 
 
 class Admission:
@@ -24,6 +25,7 @@ class Admission:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._waiting >= self._buffer_size:
+            count_shed(self.provider)
             raise Overloaded(
                 f"too many cancels in flight for {self.provider}; retry shortly",
                 code="overloaded",

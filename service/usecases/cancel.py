@@ -21,7 +21,7 @@ from service.domain.errors import (
 )
 from service.domain.model import BatchState, CancelCommand, CancelResult
 from service.infra.limits import RateLimiter
-from service.infra.observability import KEY_FAILOVERS, CallRecord, use_provider_labels
+from service.infra.observability import KEY_FAILOVERS, CallRecord, provider_series, use_provider_labels
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -146,6 +146,7 @@ class Canceller:
         self._providers: dict[str, tuple[Adapter, Executor]] = {}
         self._admission: dict[str, Admission] = {}
         for name, pc in config.providers.items():
+            provider_series(name)
             before = old.get(name)
             if name in ADAPTERS:
                 adapter, executor = previous._providers[name] if before is not None else (None, None)

@@ -28,13 +28,13 @@ CURL_LINE = re.compile(r"^\s*try: (curl .+)$")
 
 def launcher_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
-    # Every port its own free one (metrics too: worker i serves METRICS_PORT + i), so a launcher test
-    # never collides with another gateway on this machine.
+    # Every port its own free one, and no metrics ports (worker i would serve METRICS_PORT + i, which
+    # no free_port() reserves), so a launcher test never collides with another gateway on this machine.
     env.update(
         HTTP_PORT=str(free_port()),
         GRPC_PORT=str(free_port()),
         ADMIN_PORT=str(free_port()),
-        METRICS_PORT=str(free_port()),
+        METRICS_PORT="0",
         WORKERS="2",
     )
     env.update(extra)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, ROOT, render, split_host_port
+from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
@@ -130,6 +130,7 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
     assets = tmp_path / "etc-envoy"
     assets.mkdir()
     shutil.copy(DESCRIPTOR, assets / "batchgate.pb")
+    shutil.copy(OPENAPI, assets / "openapi.json")
     out = tmp_path / "envoy.yaml"
 
     subprocess.run(
@@ -141,6 +142,8 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
             K8S_UPSTREAM,
             "--bind-host",
             "0.0.0.0",
+            "--stats-port",
+            "9902",
             "--assets-dir",
             str(assets),
             "--out",
@@ -153,7 +156,9 @@ def test_cli_renders_the_kubernetes_config(tmp_path: Path) -> None:
 
     config = out.read_text()
     assert f"proto_descriptor: {assets / 'batchgate.pb'}" in config
+    assert f'filename: "{assets / "openapi.json"}"' in config
     assert "default_source_code: {inline_string: " in config  # the Lua filter comes inside the config
+    assert "address: 0.0.0.0, port_value: 9902" in config  # Envoy's stats, for Prometheus
     validate(config, tmp_path)
 
 
@@ -241,7 +246,7 @@ def test_every_local_reply_status_has_its_own_message() -> None:
 def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
     mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
     rendered = []
-    for mapper in mappers[1:]:
+    for mapper in mappers[2:]:  # after the native gRPC one and GET /openapi.json's 200
         text = json.dumps(mapper["filter"])
         on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
         if on_surface:
@@ -257,3 +262,11 @@ def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:
+    """GET /openapi.json is a direct response: a local reply, which must not be wrapped in an error body."""
+    mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[1]
+    assert '"default_value": 200' in json.dumps(mapper["filter"])
+    assert mapper["body_format_override"]["text_format_source"] == {"inline_string": "%LOCAL_REPLY_BODY%"}
+    assert mapper["body_format_override"]["content_type"] == "application/json"

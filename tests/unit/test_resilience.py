@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
+import service.usecases.cancel  # noqa: F401  (names the providers metric labels may hold)
 from service.domain.errors import Overloaded, UpstreamUnavailable
 from service.infra.resilience import Admission, CircuitBreaker
 
@@ -120,8 +122,13 @@ def test_unknown_outcome_only_ends_a_probe(clock):
 # --- Admission -------------------------------------------------------------------------------------------
 
 
+def shed() -> float:
+    return REGISTRY.get_sample_value("batchgate_admission_rejected_total", {"provider": "openai"}) or 0.0
+
+
 async def test_admission_bounds_in_flight_and_waiting_calls():
     admission = Admission("openai", concurrency=2, buffer_size=1)
+    shed_before = shed()
     release = asyncio.Event()
     entered: list[int] = []
 
@@ -139,6 +146,7 @@ async def test_admission_bounds_in_flight_and_waiting_calls():
             pass
     err = info.value
     assert (err.status_code, err.code, err.provider, err.headers) == (429, "overloaded", "openai", {"retry-after": "1"})
+    assert shed() == shed_before + 1  # batchgate_admission_rejected_total, what BatchgateRequestsShed reads
     release.set()
     await asyncio.gather(*running)
     assert entered == [0, 1, 2]  # the waiting call ran once a slot freed
