@@ -24,7 +24,6 @@ from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
 from service.edge.routes import _VARIABLE, rest_routes
 from service.edge.status import grpc_code_for_http
-from service.gen.batchgate.v1 import batchgate_pb2
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
 # below the service's 1 MiB gRPC message limit (service/edge/server.py) so Envoy refuses a larger one
@@ -38,7 +37,6 @@ TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
 LUA_ENVELOPE_MARKER = "--@ENVELOPE@--"
 DESCRIPTOR = ROOT / "build" / "batchgate.pb"
-SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
 # The OpenAPI document (gateway/openapi.py, made by `make proto`) that the edge serves itself.
 OPENAPI = ROOT / "build" / "openapi.json"
 OPENAPI_PATH = "/openapi.json"
@@ -123,9 +121,14 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
 def lua_routes() -> str:
     """The REST routes for the Lua filter (a path of a route with another method is a 405 there), from
     the proto's `google.api.http` bindings: `{Lua pattern, HTTP verb, request type}` each."""
+    # Generated code: imported when a config is rendered, never when gateway.codegen (which imports
+    # this module) is about to generate it on a fresh checkout.
+    from service.gen.batchgate.v1 import batchgate_pb2
+
+    service = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
     rows = [
         "{" + ", ".join(json.dumps(value) for value in (lua_pattern(template), verb, request_type)) + "}"
-        for verb, template, request_type in rest_routes(SERVICE)
+        for verb, template, request_type in rest_routes(service)
     ]
     return "local ROUTES = {\n  " + ",\n  ".join(rows) + "\n}"
 
