@@ -110,7 +110,7 @@ function envoy_on_request(handle)
     return
   end
   local path = string.match(target, "^[^?]*")
-  if path == BULK_PATH then
+  if path == BULK_PATH or path == MATCHING_PATH then
     local length = tonumber(headers:get("content-length") or "")
     if length ~= nil and length > BULK_MAX_REQUEST_BYTES then
       refuse(handle, "413", "request body is too large")

@@ -30,6 +30,18 @@ from service.edge.status import grpc_code_for_http
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 BULK_PATH = "/v1/batches/cancel"
+# CancelMatching's explicit batches: up to 1,000 too, under the same body limit.
+MATCHING_PATH = "/v1/batches:cancelMatching"
+# A done operation's REST answer lists every batch it matched: ~400 bytes of JSON each, ~40 MB at
+# the 100,000 cap (the service's gRPC send limit, service/edge/server.py, is 64 MiB as well).
+OPERATIONS_MAX_RESPONSE_BYTES = 64 << 20
+# The gRPC methods that may run as long as the longest wait: Cancel and CancelMany with
+# wait_seconds, WaitOperation.
+LONG_RPCS = (
+    "/batchgate.v1.BatchService/Cancel",
+    "/batchgate.v1.BatchService/CancelMany",
+    "/google.longrunning.Operations/WaitOperation",
+)
 
 GATEWAY_DIR = Path(__file__).resolve().parent
 ROOT = GATEWAY_DIR.parent
@@ -84,7 +96,9 @@ def render(
         ROUTE_TIMEOUT=f"{route_timeout_s:g}s",
         WAIT_ROUTE_TIMEOUT=f"{MAX_WAIT_SECONDS + route_timeout_s:g}s",
         BULK_MAX_REQUEST_BYTES=BULK_MAX_REQUEST_BYTES,
-        BULK_PATH=BULK_PATH,
+        BULK_PATHS_REGEX=_exact_paths((BULK_PATH, MATCHING_PATH)),
+        OPERATIONS_MAX_RESPONSE_BYTES=OPERATIONS_MAX_RESPONSE_BYTES,
+        LONG_RPCS_REGEX=_exact_paths(LONG_RPCS),
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
@@ -114,7 +128,13 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
     text = lua_file.read_text()
     if text.count(LUA_ENVELOPE_MARKER) != 1:
         raise RuntimeError(f"{lua_file.name}: expected exactly one {LUA_ENVELOPE_MARKER} line")
-    limits = f"local BULK_PATH = {json.dumps(BULK_PATH)}\nlocal BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}"
+    limits = "\n".join(
+        [
+            f"local BULK_PATH = {json.dumps(BULK_PATH)}",
+            f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
+            f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
+        ]
+    )
     return text.replace(LUA_ENVELOPE_MARKER, "\n".join([envelope.lua_constants(), limits, lua_routes()]))
 
 
@@ -123,11 +143,17 @@ def lua_routes() -> str:
     the proto's `google.api.http` bindings: `{Lua pattern, HTTP verb, request type}` each."""
     # Generated code: imported when a config is rendered, never when gateway.codegen (which imports
     # this module) is about to generate it on a fresh checkout.
+    from google.longrunning import operations_pb2
+
     from service.gen.batchgate.v1 import batchgate_pb2
 
-    service = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
+    services = (
+        batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"],
+        operations_pb2.DESCRIPTOR.services_by_name["Operations"],
+    )
     rows = [
         "{" + ", ".join(json.dumps(value) for value in (lua_pattern(template), verb, request_type)) + "}"
+        for service in services
         for verb, template, request_type in rest_routes(service)
     ]
     return "local ROUTES = {\n  " + ",\n  ".join(rows) + "\n}"
@@ -153,6 +179,11 @@ def lua_pattern(template: str) -> str:
         last = match.end()
     out.append(segments(template[last:]))
     return "^" + "".join(out) + "$"
+
+
+def _exact_paths(paths: Sequence[str]) -> str:
+    """A regex matching exactly these paths, as a YAML double-quoted string holds it."""
+    return ("^(" + "|".join(map(re.escape, paths)) + ")$").replace("\\", "\\\\")
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -7,7 +7,8 @@ and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (
 default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
 METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
 SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3),
-STATE_DIR (state that must outlive a restart: the embedded rate-limit store; default build/state).
+STATE_DIR (state that must outlive a restart: the embedded rate-limit store, the operations
+without a Redis store; default build/state).
 In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from gateway.stack import DEFAULT_STATE_DIR, Stack, default_envoy_concurrency, default_workers
+from sandbox.server import SANDBOX_OPERATOR_KEY
 from service.config.reader import ConfigError
 from service.infra.state import state_dir_from
 
@@ -47,6 +49,7 @@ def main() -> int:
         tls_key=_path(os.environ.get("TLS_KEY_FILE")),
         sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
         sandbox_demo=True,
+        # Never a temporary directory: rate-limit counts and operations must survive a restart.
         state_dir=state_dir_from(os.environ, DEFAULT_STATE_DIR),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
@@ -86,8 +89,16 @@ def main() -> int:
             f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health",
             flush=True,
         )
-    print(f"  rate limits counted in: {stack.rate_limit_store}   state kept in: {stack.state_dir}", flush=True)
+    print(f"  state kept in: {stack.state_dir}", flush=True)
+    print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
+    print(f"  operations kept in: {stack.operation_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)
+    if config is None:
+        print(
+            f"  kill switch (dry run): curl {insecure}-X POST '{url}/v1/batches:cancelMatching' "
+            f"-H 'x-bf-vk: {SANDBOX_OPERATOR_KEY}' -d '{{\"validate_only\": true}}'",
+            flush=True,
+        )
     print(f"  reload the config: kill -HUP {os.getpid()} (or change {stack.config_path})", flush=True)
     code = 0
     while not stopping:

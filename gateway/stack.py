@@ -31,7 +31,9 @@ from gateway.render import ROOT, render
 from sandbox.server import gateway_config
 from service.config.governance import StoreConfig
 from service.infra.limits import EmbeddedStore, RedisStore
+from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import load_config
+from service.infra.state import OPERATIONS_FILE
 from service.usecases.auth import exposure_problem
 
 BUILD = ROOT / "build"
@@ -45,6 +47,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free loopback ports (worker i's metrics port is the first + i)."""
+    for _ in range(attempts):
+        first = free_port()
+        socks = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 def default_workers() -> int:
@@ -119,8 +140,9 @@ class Stack:
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # State that must outlive a restart (the embedded rate-limit store's file), passed to every
-    # worker as --state-dir; None: a directory inside the run directory, gone at stop (tests).
+    # State that must outlive a restart (the embedded rate-limit store's file, the operations'
+    # without a Redis store), passed to every worker as --state-dir: `make run` uses STATE_DIR
+    # (build/state); None: a directory inside the run directory, gone at stop (a test's gateway).
     state_dir: Path | None = None
     # The embedded rate-limit store (SQLite) every worker shares; None: rate-limits.sqlite3 in the
     # state directory. Unused when the config names a Redis store.
@@ -138,6 +160,8 @@ class Stack:
     envoy_config: Path | None = None
     # Where this run's workers count rate limits: the SQLite path, or the Redis address.
     rate_limit_store: str = ""
+    # Where this run's workers keep long-running operations: the SQLite path, or the Redis address.
+    operation_store: str = ""
     _roles: dict[int, str] = field(default_factory=dict)
     _own_dirs: list[Path] = field(default_factory=list)
 
@@ -217,7 +241,7 @@ class Stack:
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        store_args = self._rate_limit_store(loaded.store, state_dir)
+        store_args = self._rate_limit_store(loaded.store, state_dir) + self._operation_store(loaded.store, state_dir)
         if self.private_sockets:
             self.worker_sockets = [self.run_dir / f"worker-{i}.sock" for i in range(self.workers)]
             private = [["--private-socket", str(path)] for path in self.worker_sockets]
@@ -304,6 +328,17 @@ class Stack:
         EmbeddedStore.initialize(path).close()
         self.rate_limit_store = str(path)
         return ["--rate-limit-db", str(path)] if self.rate_limit_db else []
+
+    def _operation_store(self, settings: StoreConfig, state_dir: Path) -> list[str]:
+        """The operations' SQLite file in the state directory, created once before the workers open
+        it; nothing with a Redis store (they keep operations there)."""
+        if settings.type != "embedded":
+            self.operation_store = RedisStore.describe(settings.url)
+            return []
+        path = state_dir / OPERATIONS_FILE
+        SqliteOperationStore.initialize(path)
+        self.operation_store = str(path)
+        return ["--operations-db", str(path)]
 
     def _edge_ready(self) -> bool:
         admin = f"http://127.0.0.1:{self.admin_port}"

@@ -44,11 +44,27 @@ PROVIDERS: tuple[tuple[type[ProviderSim], str], ...] = tuple((sim, sim.prefix) f
 DEFAULT_KEYS: Mapping[str, list[str]] = {sim.name: [sim.default_key] for sim in SIMULATORS}
 
 
+# Sandbox mode's virtual key that may cancel by selector (CancelMatching); the gateway stays open
+# for every other call, as before.
+SANDBOX_OPERATOR_KEY = "sk-bf-sandbox-operator"
+
+
 def gateway_config(sandbox_url: str) -> dict:
-    """A batchgate config.json pointing every simulated provider at the sandbox at `sandbox_url`."""
+    """A batchgate config.json pointing every simulated provider at the sandbox at `sandbox_url`, with
+    one virtual key (`SANDBOX_OPERATOR_KEY`) that may cancel by selector on all of them."""
     return {
         "client": {"allow_per_request_raw_override": True},
         "providers": {sim.name: sim.gateway_config(sandbox_url + sim.prefix, sim.default_key) for sim in SIMULATORS},
+        "governance": {
+            "virtual_keys": [
+                {
+                    "id": "sandbox-operator",
+                    "value": SANDBOX_OPERATOR_KEY,
+                    "allow_cancel_matching": True,
+                    "provider_configs": [{"provider": sim.name} for sim in SIMULATORS],
+                }
+            ]
+        },
     }
 
 

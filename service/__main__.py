@@ -21,6 +21,8 @@ from service.infra.providers.catalog import parse_config_bytes
 from service.runtime.live import LiveConfig, RunDir
 from service.usecases.auth import exposure_problem
 
+OPERATIONS_DB_ENV = "BATCHGATE_OPERATIONS_DB"
+
 
 def _file_digest(path: str | None) -> str | None:
     try:
@@ -55,9 +57,10 @@ def main() -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=state.state_dir_from(os.environ),
+        default=state.state_dir_from(os.environ, state.DEFAULT_STATE_DIR),
         help=f"directory of the state that must outlive a restart: the embedded rate-limit store's "
-        f"{state.RATE_LIMITS_FILE} ({state.STATE_DIR_ENV}; default: none, such state is kept in memory)",
+        f"{state.RATE_LIMITS_FILE}, the operations' {state.OPERATIONS_FILE} ({state.STATE_DIR_ENV}; "
+        f"default: {state.DEFAULT_STATE_DIR} in the working directory)",
     )
     parser.add_argument(
         "--run-dir", help="directory of one gateway run, where its workers publish the config version each runs"
@@ -68,6 +71,13 @@ def main() -> None:
         default=os.environ.get(EMBEDDED_PATH_ENV),
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
         f"({EMBEDDED_PATH_ENV}; default: {state.RATE_LIMITS_FILE} in the state directory)",
+    )
+    parser.add_argument(
+        "--operations-db",
+        default=os.environ.get(OPERATIONS_DB_ENV),
+        help="the SQLite file of long-running operations, shared by the workers of one machine "
+        f"({OPERATIONS_DB_ENV}; default: {state.OPERATIONS_FILE} in the state directory); "
+        "unused when governance.store is Redis",
     )
     args = parser.parse_args()
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
@@ -98,12 +108,12 @@ def main() -> None:
             print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
     try:
-        state_dir = state.prepare(args.state_dir) if args.state_dir else None
+        state_dir = state.prepare(args.state_dir)
     except OSError as exc:
         print(f"batchgate: cannot create the state directory {args.state_dir}: {exc.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        embedded = args.rate_limit_db or (EmbeddedStore.path_in(state_dir) if state_dir else None)
+        embedded = args.rate_limit_db or EmbeddedStore.path_in(state_dir)
         # One limiter per process, outside every loaded config: counts carry over reloads.
         limiter = RateLimiter.for_config(config.store, embedded)
     except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
@@ -123,7 +133,17 @@ def main() -> None:
     )
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []
-    asyncio.run(serve(live, args.address, *extra, reuse_port=args.reuse_port, tls=tls, metrics_port=args.metrics_port))
+    asyncio.run(
+        serve(
+            live,
+            args.address,
+            *extra,
+            reuse_port=args.reuse_port,
+            tls=tls,
+            metrics_port=args.metrics_port,
+            operations_db=args.operations_db or str(state_dir / state.OPERATIONS_FILE),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from service.config.governance import (
     parse_store,
     parse_virtual_keys,
 )
+from service.config.operations import OperationsConfig, parse_operations
 from service.config.reader import ConfigError, ConfigReader, Reading, env_of, http_url, shown
 
 # Re-exported: the config's types are all read from here.
@@ -42,6 +43,7 @@ __all__ = [
     "Key",
     "KeySchema",
     "NetworkConfig",
+    "OperationsConfig",
     "ProviderConfig",
     "RateLimit",
     "ReadReport",
@@ -132,6 +134,7 @@ class Config:
     virtual_keys: tuple[VirtualKey, ...] = ()
     auth: AuthConfig = AuthConfig()
     store: StoreConfig = StoreConfig()
+    operations: OperationsConfig = OperationsConfig()
     report: ReadReport = field(default=ReadReport(), compare=False, repr=False)
 
     @property
@@ -297,6 +300,7 @@ def _parse(root: ConfigReader, schemas: Mapping[str, KeySchema]) -> Config:
         ),
         auth=parse_auth(root.child("auth_config")),
         store=parse_store(root.child("governance").child("store")),
+        operations=parse_operations(root.child("operations")),
     )
 
 

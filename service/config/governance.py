@@ -28,6 +28,9 @@ class VirtualKey:
     # provider -> allowed configured key ids (None: every key of that provider).
     providers: dict[str, frozenset[str] | None] = field(default_factory=dict)
     rate_limit: RateLimit | None = None
+    # May start CancelMatching operations with a selector (list and cancel whatever matches within
+    # its providers); explicit batches need only the normal cancel permission.
+    allow_cancel_matching: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ def parse_virtual_keys(
                 expires_at=_timestamp(r, "expires_at"),
                 providers=allowed,
                 rate_limit=limits.get(limit_id),
+                allow_cancel_matching=r.get("allow_cancel_matching", bool, False),
             )
         )
     return tuple(keys)

@@ -65,6 +65,14 @@ CATALOGUE: tuple[ErrorCode, ...] = (
         "a caller's own key for a provider that cannot use one (Bedrock, Vertex)",
     ),
     ErrorCode("invalid_key_config", 400, "invalid_request_error", "a Vertex key without usable `vertex_key_config`"),
+    ErrorCode("unknown_status", 400, "invalid_request_error", "CancelMatching: a status filter names no status"),
+    ErrorCode("unsupported_filter", 400, "invalid_request_error", "ListOperations: a `filter` it does not support"),
+    ErrorCode(
+        "notify_url_not_allowed",
+        400,
+        "invalid_request_error",
+        "CancelMatching: `notify.url` is not under one of `operations.notify_urls`",
+    ),
     # 401, 403
     ErrorCode("unauthenticated", 401, "authentication_error", "credentials refused (the generic code of a 401)"),
     ErrorCode(
@@ -82,6 +90,38 @@ CATALOGUE: tuple[ErrorCode, ...] = (
     ),
     ErrorCode("permission_denied", 403, "permission_error", "not allowed (the generic code of a 403)"),
     ErrorCode("provider_blocked", 403, "permission_error", "the virtual key does not allow this provider"),
+    ErrorCode(
+        "virtual_key_revoked",
+        401,
+        "authentication_error",
+        "an operation's virtual key was revoked, deactivated or expired while it ran (its `error`)",
+    ),
+    ErrorCode(
+        "cancel_matching_not_allowed",
+        403,
+        "permission_error",
+        "CancelMatching with a selector, without admin credentials or a virtual key with `allow_cancel_matching`",
+    ),
+    ErrorCode("not_found", 404, "invalid_request_error", "no such thing (the generic code of a 404)"),
+    ErrorCode(
+        "operation_not_found",
+        404,
+        "invalid_request_error",
+        "an operation that does not exist or that the caller did not start (one answer for both)",
+    ),
+    ErrorCode(
+        "failed_precondition",
+        409,
+        "invalid_request_error",
+        "not in a state that allows the call (the generic code of a 409)",
+    ),
+    ErrorCode("operation_running", 409, "invalid_request_error", "DeleteOperation of an operation that is not done"),
+    ErrorCode(
+        "too_many_matches",
+        409,
+        "invalid_request_error",
+        "an operation's selector matches more than `max_batches` (its `error`; nothing was cancelled)",
+    ),
     # 404, 405, 408, 413
     ErrorCode(
         "route_not_found",
@@ -113,8 +153,21 @@ CATALOGUE: tuple[ErrorCode, ...] = (
         "rate_limit_error",
         "the provider's `concurrency_and_buffer_size` is full",
     ),
+    ErrorCode(
+        "too_many_operations",
+        429,
+        "rate_limit_error",
+        "the caller already runs `operations.max_running_per_caller` operations",
+    ),
+    ErrorCode(
+        "operation_cancelled",
+        499,
+        "cancelled_error",
+        "an operation stopped by CancelOperation (its `error`, gRPC code 1 CANCELLED)",
+    ),
     # 5xx
     ErrorCode("internal_error", 500, "internal_error", "a bug: details are logged, never sent"),
+    ErrorCode("unimplemented", 501, "internal_error", "operations are not served by this process"),
     ErrorCode(
         "not_implemented",
         501,
@@ -209,6 +262,20 @@ class PermissionDenied(GatewayError):
     status_code = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class FailedPrecondition(GatewayError):
+    """The thing exists but is not in a state that allows the call (409, FAILED_PRECONDITION)."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "failed_precondition"
 
 
 class Overloaded(GatewayError):

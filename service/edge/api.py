@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
+from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2, json_format
 from grpc_status import rpc_status
 from opentelemetry import trace as otel_trace
@@ -24,6 +25,7 @@ from service.edge.converters import error_to_status, event_outcome, event_to_pro
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
 from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, REQUEST_TYPE, STREAM_HEADER
+from service.edge.operation_proto import matching_command, operation_to_proto
 from service.edge.routes import ORIGINAL_PATH_HEADER, RouteTable
 from service.edge.status import grpc_code
 from service.edge.surfaces import (
@@ -43,6 +45,7 @@ from service.infra.observability import (
     CallRecord,
     activate,
     record_bulk,
+    record_call,
     record_item,
     record_request,
     request_id,
@@ -52,6 +55,7 @@ from service.runtime.live import LiveConfig
 from service.usecases.bulk import BulkCanceller, check_wait
 from service.usecases.cancel import Canceller
 from service.usecases.context import CallContext
+from service.usecases.operations import Operations
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +187,8 @@ class Call:
     metadata_sent: bool = False
     # CancelMany: the final outcomes of its items by gRPC code name.
     outcomes: Counter = field(default_factory=Counter)
+    # CancelMatching: the name of the operation it started.
+    operation: str = ""
 
 
 def _finish_cancel(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
@@ -223,6 +229,31 @@ def _bulk_route(headers: dict[str, str]) -> str:
 
 # What an RPC reports once it ends: its span's attributes, metrics, log line and audit events.
 Finish = Callable[[Call, Any, Any, str, int, "GatewayError | None"], None]
+
+
+def operations_route(headers: dict[str, str]) -> str:
+    """The route label of CancelMatching and the Operations calls: `operations` through the REST
+    edge, else `grpc`."""
+    return "operations" if ORIGINAL_PATH_HEADER in headers else "grpc"
+
+
+def finish_call(rpc: str) -> Finish:
+    """What CancelMatching and the Operations calls report once they end: their access line (no
+    audit event: they cancel nothing themselves; each batch an operation settles has its own)."""
+
+    def finish(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
+        span.set_attribute("batchgate.rpc", rpc)
+        record_call(
+            call.context.record,
+            rpc=rpc,
+            caller=call.context.caller,
+            code=code,
+            http_status=status,
+            error=failure.message if failure is not None else None,
+            operation=(call.operation or getattr(request, "name", ""))[:100] or None,
+        )
+
+    return finish
 
 
 def handles_rpc(
@@ -310,10 +341,12 @@ def render_health(failure: GatewayError) -> RenderedError:
 class BatchServicer(pb_grpc.BatchServiceServicer):
     """Thin methods: convert in, run the use case, convert out."""
 
-    def __init__(self, live: LiveConfig | Canceller) -> None:
+    def __init__(self, live: LiveConfig | Canceller, operations: Operations | None = None) -> None:
         # The config can change under a running server (service.runtime.live); a bare Canceller never does.
         self._live = live if isinstance(live, LiveConfig) else LiveConfig(live.config, canceller=live)
         self._bulk = BulkCanceller()
+        # Long-running operations (CancelMatching); None: this servicer does not run them.
+        self._operations = operations
         self.draining = False
 
     @property
@@ -397,6 +430,19 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                             warning=warning,
                         )
 
+    @handles_rpc(finish=finish_call("CancelMatching"), route=operations_route)
+    async def CancelMatching(
+        self, request: pb.CancelMatchingRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> operations_pb2.Operation:
+        """Starts an operation that cancels every batch matching the selector (or the named ones)
+        and answers with it at once (`done` false); its progress is read with the Operations
+        service. Bad input, refused access and limits end the call before anything is listed."""
+        if self._operations is None:
+            raise GatewayError("operations are not served here", status_code=501, code="unimplemented")
+        operation = await self._operations.start(matching_command(request), call.context)
+        call.operation = operation.name
+        return operation_to_proto(operation, None)
+
     @handles_rpc(render_health, finish=None, request_type="")
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
@@ -413,6 +459,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             "rate_limit_store": pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health()),
             "config": pb.ConfigState(**live.state()),
             "workers": [pb.ConfigState(**state) for state in live.workers()],
+            "operations_running": self._operations.running() if self._operations is not None else 0,
         }
         if self.draining:
             raise Draining(pb.HealthResponse(status="draining", **parts))

@@ -25,7 +25,9 @@ _VARIABLE = re.compile(r"\{(\w+)(?:=([^}]*))?\}")
 
 
 # RPCs that cancel: their errors say `extra_fields.request_type: batch_cancel`; others say "".
-CANCEL_METHODS = frozenset({"Cancel", "CancelMany", "CancelAnthropic", "CancelGenAI", "StopModelInvocationJob"})
+CANCEL_METHODS = frozenset(
+    {"Cancel", "CancelMany", "CancelAnthropic", "CancelGenAI", "StopModelInvocationJob", "CancelMatching"}
+)
 
 
 def _rules(method: MethodDescriptor) -> Iterator[tuple[str, str]]:

@@ -7,23 +7,33 @@ import gc
 import logging
 import os
 import signal
+from pathlib import Path
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
 from service.edge.api import BatchServicer, rest_error_metadata
+from service.edge.operation_proto import operation_json
+from service.edge.operations import OperationsServicer
 from service.edge.wire import StrictRegistrar
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
+from service.infra.operation_store import OperationStore, open_operation_store
+from service.infra.webhook import WebhookSender
 from service.runtime.live import FileWatcher, LiveConfig
 from service.usecases.cancel import Canceller
+from service.usecases.operations import Operations, Settings
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name
+OPERATIONS_SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
+# The largest answer a worker sends (a done operation of 100,000 batches is ~15 MB in protobuf).
+MAX_SEND_BYTES = 64 << 20
 GRACE_SECONDS = 10.0
 # Between turning NOT_SERVING and refusing calls: Envoy's health checks (1 s interval, 2 failures)
 # take this long to move traffic to other replicas.
@@ -40,8 +50,11 @@ class App:
         live: LiveConfig,
         servicer: BatchServicer,
         health: health.aio.HealthServicer,
+        operations: Operations,
+        webhooks: WebhookSender,
     ):
         self.server, self.port, self.live, self.servicer, self.health = server, port, live, servicer, health
+        self.operations, self.webhooks = operations, webhooks
 
     @property
     def canceller(self) -> Canceller:
@@ -61,7 +74,10 @@ class App:
         await self.health.enter_graceful_shutdown()
         if drain_delay:
             await asyncio.sleep(drain_delay)
-        await self.server.stop(grace)
+        # Operations leave as calls do: what is in flight finishes, the rest is another worker's.
+        await asyncio.gather(self.server.stop(grace), self.operations.close(grace))
+        await self.operations.store.close()
+        await self.webhooks.close()
         await self.live.close()
         await self.live.limiter.close()
 
@@ -73,16 +89,24 @@ async def create_server(
     reuse_port: bool = False,
     tls: tuple[bytes, bytes] | None = None,
     limiter: RateLimiter | None = None,
+    operations_db: str | Path | None = None,
+    operation_store: OperationStore | None = None,
+    operation_settings: Settings | None = None,
 ) -> App:
     """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
     and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
     chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded.
     `limiter` (the process's rate limiter and its store; default: the store `governance.store`
-    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server."""
+    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server.
+    Long-running operations live in `operation_store`, else in the Redis of `governance.store`,
+    else in the SQLite file `operations_db` (None: a private file, removed at stop)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 1 << 20),
+            # A done operation's answer lists every batch it matched (up to 100,000, ~15 MB): the
+            # send limit is set, not left to the library's default.
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
             # Envoy admits 60 KiB of request headers, and they all arrive as metadata (a long path
             # twice): accept that much so an oversized id gets our 400, not a gRPC refusal.
             ("grpc.max_metadata_size", 64 << 10),
@@ -95,14 +119,22 @@ async def create_server(
         ]
     )
     live = config if isinstance(config, LiveConfig) else LiveConfig(config, limiter=limiter)
-    servicer = BatchServicer(live)
+    settings = live.current.config.store
+    store = operation_store or open_operation_store(settings.type, settings.url, operations_db)
+    webhooks = WebhookSender()
+    operations = Operations(store, live, settings=operation_settings, render=operation_json, notifier=webhooks)
+    servicer = BatchServicer(live, operations)
     # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
     registrar = StrictRegistrar(server, rest_error_metadata)
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(operations), registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)), registrar
+        reflection.aio.ReflectionServicer(
+            (SERVICE_NAME, OPERATIONS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+        registrar,
     )
     credentials = grpc.ssl_server_credentials([tls]) if tls is not None else None
     ports = [
@@ -115,7 +147,8 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return App(server, port, live, servicer, health_servicer)
+    operations.start_background()
+    return App(server, port, live, servicer, health_servicer, operations, webhooks)
 
 
 async def serve(
@@ -127,10 +160,19 @@ async def serve(
     metrics_port: int | None = None,
     drain_delay: float = DRAIN_DELAY_SECONDS,
     limiter: RateLimiter | None = None,
+    operations_db: str | Path | None = None,
 ) -> None:
     """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
     SIGHUP and when the file changes."""
-    app = await create_server(config, address, *extra_addresses, reuse_port=reuse_port, tls=tls, limiter=limiter)
+    app = await create_server(
+        config,
+        address,
+        *extra_addresses,
+        reuse_port=reuse_port,
+        tls=tls,
+        limiter=limiter,
+        operations_db=operations_db,
+    )
     live = app.live
     if metrics_port:
         start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())

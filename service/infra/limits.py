@@ -24,7 +24,6 @@ recovery needs no restart and a dead store costs a call at most one timeout per 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import os
@@ -34,12 +33,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 from prometheus_client import Counter
 
 from service.config.governance import RateLimit, StoreConfig
 from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.infra.redis_connections import RedisConnections, Script, describe
 from service.infra.state import RATE_LIMITS_FILE
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ class EmbeddedStore:
 
 # KEYS[1] counter, ARGV[1] window in ms -> {count, ms until reset}. A key without an expiry (just
 # created, or left over) gets one, so every window ends.
-_REDIS_HIT = """
+_REDIS_HIT = Script("""
 local count = redis.call('INCR', KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
@@ -183,95 +182,40 @@ if ttl < 0 then
   ttl = tonumber(ARGV[1])
 end
 return {count, ttl}
-"""
+""")
 REDIS_KEY_PREFIX = "batchgate:ratelimit:"
 
 
 class RedisStore:
-    """Counts in Redis with one EVALSHA per call, short timeouts and no retries (a failing store is
-    the limiter's business). The pool is a free list of redis-py `Connection`s (redis-py reads the
-    URL: TLS, AUTH, db), not `Redis.execute_command`, whose pool locks, observability events and
-    per-write wait_for task were ~70 of the ~115 us a check took here (a loopback round trip: ~60
-    us). A connection that failed in any way (a late reply could still come) is never reused."""
+    """Counts in Redis with one EVALSHA per call over pooled connections
+    (service.infra.redis_connections), short timeouts and no retries (a failing store is the
+    limiter's business)."""
 
     kind = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.25, max_connections: int = 1000) -> None:
-        # Imported here: only deployments with a Redis store pay for the import.
-        from redis.asyncio import ConnectionPool
-        from redis.exceptions import NoScriptError
-
-        parts = urlsplit(url)
-        self._secrets = tuple(s for s in (url, parts.password, unquote(parts.password or "")) if s)  # raw, decoded
-        self.address = self.describe(url)
+        self._redis = RedisConnections(url, timeout_s=timeout_s, max_connections=max_connections)
+        self.address = self._redis.address
         self.timeout_s = timeout_s
-        # No socket timeouts (a wait_for task per write; a burst's connects timed from its start): `_command` caps.
-        settings = ConnectionPool.from_url(url, socket_timeout=None, socket_connect_timeout=None)
-        self._connection_class = settings.connection_class
-        self._connection_kwargs = dict(settings.connection_kwargs, health_check_interval=0)
-        self._no_script = NoScriptError
-        self._idle: list = []  # connected and in step, ready for a command
-        self._open = 0  # in use or idle; past `max_connections` a check fails like any store error
-        self._max_connections = max_connections
-        self._sha = hashlib.sha1(_REDIS_HIT.encode()).hexdigest()
 
     @staticmethod
     def describe(url: str) -> str:
         """The URL without credentials, fit for a log line."""
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+        return describe(url)
 
     async def hit(self, key: str, window_s: float) -> tuple[int, float]:
         window_ms = max(1, round(window_s * 1000))
-        try:
-            count, ttl_ms = await self._command("EVALSHA", self._sha, 1, REDIS_KEY_PREFIX + key, window_ms)
-        except self._no_script:  # a restarted or flushed Redis: EVAL sends the script and caches it
-            count, ttl_ms = await self._command("EVAL", _REDIS_HIT, 1, REDIS_KEY_PREFIX + key, window_ms)
+        count, ttl_ms = await _REDIS_HIT(self._redis, (REDIS_KEY_PREFIX + key,), window_ms)
         return int(count), int(ttl_ms) / 1000
 
     async def ping(self) -> None:
-        await self._command("PING")
-
-    async def _command(self, *args: object) -> object:
-        """One command on an idle connection, else a new one; capped at `timeout_s`, twice that when
-        it must connect first (TLS and AUTH included)."""
-        conn = self._idle.pop() if self._idle else None
-        if conn is not None:
-            try:  # data waiting, or closed by Redis while idle (a restart): connect anew (no I/O here)
-                connected = not await conn.can_read()
-            except Exception:  # noqa: BLE001 - any doubt about an idle connection: replace it
-                connected = False
-            if not connected:
-                await conn.disconnect(nowait=True)
-        elif self._open < self._max_connections:
-            conn, connected = self._connection_class(**self._connection_kwargs), False
-            self._open += 1
-        else:
-            raise ConnectionError(f"all {self._max_connections} Redis connections are busy")
-        try:
-            async with asyncio.timeout(self.timeout_s if connected else 2 * self.timeout_s):
-                await conn.send_command(*args)
-                reply = await conn.read_response()
-        except self._no_script:
-            self._idle.append(conn)  # a clean error reply: the connection is in step
-            raise
-        except BaseException:
-            self._open -= 1
-            await conn.disconnect(nowait=True)
-            raise
-        self._idle.append(conn)
-        return reply
+        await self._redis.command("PING")
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            self._open -= 1
-            await conn.disconnect()
+        await self._redis.close()
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._redis.redact(text)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.address!r})"

@@ -70,6 +70,25 @@ CONFIG_LAST_RELOAD_SUCCESS_SECONDS = Gauge(
     "batchgate_config_last_reload_success_timestamp_seconds", "When the running config was loaded (unix time)"
 )
 CONFIG_INFO = Gauge("batchgate_config_info", "The running config's version (always 1)", ["version"])
+# Long-running CancelMatching operations (service.usecases.operations).
+OPERATIONS_STARTED = Counter("batchgate_operations_started", "CancelMatching operations started")
+OPERATIONS_FINISHED = Counter(
+    "batchgate_operations_finished",
+    "Operations finished, by result (ok, or the error's gRPC code name: failed_precondition, cancelled, ...)",
+    ["result"],
+)
+OPERATION_BATCHES = Counter(
+    "batchgate_operation_batches",
+    "Batches of operations settled, by outcome (matched, cancelled, already_ended, failed, skipped)",
+    ["outcome"],
+)
+OPERATIONS_RUNNING = Gauge("batchgate_operations_running", "Operations this worker is running now")
+# Every result and outcome starts at 0, so alerts and rate() see the series before the first one.
+for _result in ("ok", "failed_precondition", "cancelled", "unauthenticated", "error"):
+    OPERATIONS_FINISHED.labels(_result)
+for _outcome in ("matched", "cancelled", "already_ended", "failed", "skipped"):
+    OPERATION_BATCHES.labels(_outcome)
+operations_log = logging.getLogger("batchgate.operations")
 for _result in ("success", "failure"):
     CONFIG_RELOADS.labels(_result)
 
@@ -186,8 +205,10 @@ def _audit(
     http_status: int,
     index: int | None = None,
     warning: str | None = None,
+    operation: str | None = None,
 ) -> None:
-    """The audit event of one cancel: a single call's, or one bulk item's (with its `index`)."""
+    """The audit event of one cancel: a single call's, one bulk item's (with its `index`), or one
+    batch of a long-running operation (with the `operation`'s name)."""
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
@@ -196,6 +217,7 @@ def _audit(
                     "event": "audit",
                     "request_id": record.request_id,
                     **({"index": index} if index is not None else {}),
+                    **({"operation": operation} if operation is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
                     "provider": provider,
@@ -235,6 +257,70 @@ def record_item(
     )
 
 
+def record_operation_batch(
+    record: CallRecord,
+    *,
+    operation: str,
+    provider: str,
+    batch_id: str,
+    caller: str,
+    outcome: str,
+    code: str,
+    http_status: int,
+    warning: str | None = None,
+) -> None:
+    """The metric and the audit event of one batch of an operation once it is settled: the
+    CancelMatching call's request id and the operation's name identify it."""
+    _child(OPERATION_BATCHES, outcome).inc()
+    _audit(
+        record,
+        caller=caller,
+        provider=provider_label(provider),
+        batch_id=batch_id,
+        code=code,
+        http_status=http_status,
+        warning=warning,
+        operation=operation,
+    )
+
+
+def record_operation(name: str, caller: str, state: str, counts: dict[str, int], **fields: Any) -> None:
+    """One log line per state change of an operation (`batchgate.operations`): no secrets, the
+    caller as `vk:<id>` or `admin`."""
+    if operations_log.isEnabledFor(logging.INFO):
+        details = {k: v for k, v in fields.items() if v is not None}
+        operations_log.info(
+            "operation " + state,
+            extra={"fields": {"operation": name, "caller": caller, "state": state, **counts, **details}},
+        )
+
+
+def record_call(
+    record: CallRecord, *, rpc: str, caller: str, code: str, http_status: int, error: str | None, **fields: Any
+) -> None:
+    """The access log line of a call that is not a single cancel (CancelMany, CancelMatching and the
+    google.longrunning.Operations calls): its RPC, caller, outcome and `fields` (those not None)."""
+    seconds = time.perf_counter() - record.started
+    _child(REQUEST_SECONDS, record.route).observe(seconds)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": record.request_id,
+                    "route": record.route,
+                    "rpc": rpc,
+                    "caller": caller,
+                    "outcome": code,
+                    "status": http_status,
+                    **{k: v for k, v in fields.items() if v is not None},
+                    "latency_ms": round(seconds * 1000, 2),
+                    **({"error": error} if error else {}),
+                }
+            },
+        )
+
+
 def record_bulk(
     record: CallRecord,
     *,
@@ -247,29 +333,19 @@ def record_bulk(
 ) -> None:
     """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
     what it did upstream (cancel attempts and reads)."""
-    seconds = time.perf_counter() - record.started
-    _child(REQUEST_SECONDS, record.route).observe(seconds)
-    if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "request_id": record.request_id,
-                    "route": record.route,
-                    "rpc": "CancelMany",
-                    "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
-                    "items": items,
-                    "item_outcomes": outcomes,
-                    "attempts": record.attempts,
-                    "reads": record.reads,
-                    "key_failovers": record.key_failovers,
-                    "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
-                }
-            },
-        )
+    record_call(
+        record,
+        rpc="CancelMany",
+        caller=caller,
+        code=code,
+        http_status=http_status,
+        error=error,
+        items=items,
+        item_outcomes=outcomes,
+        attempts=record.attempts,
+        reads=record.reads,
+        key_failovers=record.key_failovers,
+    )
 
 
 class CircuitCollector(Collector):

@@ -97,6 +97,8 @@ def describe_changes(old: Config, new: Config) -> list[str]:
         changed.append("auth_config")
     if old.client != new.client:
         changed.append("client")
+    if old.operations != new.operations:
+        changed.append("operations")
     return changed
 
 

@@ -110,6 +110,13 @@ class Authenticator:
         PermissionDenied (403), Overloaded (429, rate limit) or UpstreamUnavailable (503, the
         rate-limit store failed and `on_error` is `deny`). Only a virtual key with a limit touches
         the store."""
+        allowed = self.scope(caller, provider)
+        await self.count(caller)
+        return allowed
+
+    def scope(self, caller: Caller, provider: str) -> frozenset[str] | None:
+        """The configured key ids the caller may use on `provider` (None: all), without counting a
+        call; raises PermissionDenied (403)."""
         vk = caller.virtual_key
         if vk is None:
             return None
@@ -117,9 +124,13 @@ class Authenticator:
             raise PermissionDenied(
                 f"Provider '{provider}' is not allowed for this virtual key", code="provider_blocked", provider=provider
             )
-        if vk.rate_limit is not None:
-            await self.limiter.check(vk.id, vk.rate_limit)
         return vk.providers[provider]
+
+    async def count(self, caller: Caller) -> None:
+        """Counts one call against the caller's virtual-key rate limit, if it has one (429 over it)."""
+        vk = caller.virtual_key
+        if vk is not None and vk.rate_limit is not None:
+            await self.limiter.check(vk.id, vk.rate_limit)
 
 
 def exposure_problem(config: Config, host: str) -> str | None:

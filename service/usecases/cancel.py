@@ -31,7 +31,7 @@ from service.infra.providers.base import (
     merge_headers,
 )
 from service.infra.providers.catalog import ADAPTERS, KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
-from service.infra.providers.http import HttpExecutor, RetryPolicy
+from service.infra.providers.http import HttpExecutor, RetryPolicy, keep_retry_after
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
@@ -225,6 +225,37 @@ class Canceller:
             raise
         return Target(adapter, executor, keys, ref)
 
+    def scoped_target(self, caller: Caller, provider: str, batch_id: str, key_id: str | None = None) -> Target:
+        """A target for work the caller already started (a batch of a long-running operation): the
+        provider and the caller's scope are checked as for `target`, but no call is counted against
+        its rate limit again; with `key_id`, that configured key alone (a batch is cancelled and read
+        with the key whose account it was found in, never another). Raises 400/403."""
+        adapter, executor = self._resolve(provider)
+        try:
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
+            ref = adapter.parse_id(batch_id)
+            keys = self._keys(adapter, caller, allowed_key_ids)
+            if key_id is not None:
+                keys = tuple(key for key in keys if key.id == key_id)
+                if not keys:
+                    raise InvalidRequest(
+                        f"key {key_id!r} is no longer configured for batches of {adapter.name}", code="no_batch_keys"
+                    )
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+        return Target(adapter, executor, keys, ref)
+
+    def batch_keys(self, caller: Caller, provider: str) -> tuple[Key, ...]:
+        """The configured batch keys the caller may use on `provider`, in the order they are tried
+        (listing goes through each: every key may be another account). Raises 400/403."""
+        adapter, _ = self._resolve(provider)
+        try:
+            return self._keys(adapter, caller, self.auth.scope(caller, adapter.name))
+        except GatewayError as err:
+            err.provider = adapter.name
+            raise
+
     async def cancel_target(
         self, target: Target, command: CancelCommand, call: CallContext, call_end: float | None
     ) -> CancelResult:
@@ -251,7 +282,7 @@ class Canceller:
         async with self._admission[adapter.name].slot():
             answer = await handle.executor.send(await adapter.prepare(handle.key, request), deadline, call.record)
         if answer.status >= 300:
-            raise adapter.parse_error(answer)
+            raise keep_retry_after(adapter.parse_error(answer), answer)
         data = decode_json(answer, adapter.name)
         state = self._parse(adapter, command.batch_id, data)
         state.id = command.batch_id
@@ -310,7 +341,7 @@ class Canceller:
                     warning,
                     read_back=ReadBack(adapter, executor, key, ref, passed),
                 )
-            error = adapter.parse_error(response)
+            error = keep_retry_after(adapter.parse_error(response), response)
             if error.status_code in FINAL_STATUSES and error.type != "authentication_error":
                 break  # about the batch, not the key (Gemini says a bad key with a 400)
         assert error is not None

@@ -310,7 +310,7 @@ def test_config_check_accepts_a_good_config(stack: Stack, tmp_path: Path):
     result = batchgate("config", "check", str(config))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"{config}: OK: 12 providers (anthropic, azure, bedrock, ")
-    assert "12 keys (12 for batches), 0 virtual keys" in result.stdout
+    assert "12 keys (12 for batches), 1 virtual key" in result.stdout  # sandbox mode's operator key
 
 
 def test_config_check_takes_the_common_options_before_or_after(stack: Stack, tmp_path: Path):
@@ -329,7 +329,7 @@ def test_config_check_takes_the_common_options_before_or_after(stack: Stack, tmp
             True,
             12,
             12,
-            0,
+            1,  # sandbox mode's operator key
         )
         assert body["providers"][:3] == ["anthropic", "azure", "bedrock"]
     broken = tmp_path / "broken.json"

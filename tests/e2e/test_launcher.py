@@ -36,6 +36,8 @@ def launcher_env(**extra: str) -> dict[str, str]:
         ADMIN_PORT=str(free_port()),
         METRICS_PORT="0",
         WORKERS="2",
+        # Operations kept apart from `make run`'s build/state.
+        STATE_DIR=tempfile.mkdtemp(prefix="batchgate-launcher-state-"),
     )
     env.update(extra)
     return env
@@ -131,8 +133,10 @@ def test_sandbox_mode_prints_a_working_curl_line_and_stops_cleanly(tmp_path: Pat
             start_new_session=True,
         )
     try:
-        command, _ = read_until_curl_line(proc)
+        command, printed = read_until_curl_line(proc)
         assert f"http://127.0.0.1:{env['HTTP_PORT']}/" in command
+        assert f"  operations kept in: {env['STATE_DIR']}/operations.sqlite3" in printed
+        assert (Path(env["STATE_DIR"]) / "operations.sqlite3").is_file()
         kids = children_of(proc.pid)
         roles = sorted(
             "sandbox"

@@ -25,7 +25,7 @@ import grpc
 import pytest
 import requests
 
-from gateway.stack import Stack, free_port
+from gateway.stack import Stack, free_port, free_ports
 from sandbox.server import gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
@@ -72,7 +72,7 @@ def new_stack(cfg: dict, directory: Path, workers: int, env: dict[str, str] | No
         http_port=free_port(),
         grpc_port=free_port(),
         admin_port=free_port(),
-        metrics_port=free_port(),
+        metrics_port=free_ports(workers),
         log_dir=directory / "logs",
         workers=workers,
         env={"DRAIN_DELAY_SECONDS": "0", "LOG_LEVEL": "DEBUG", **(env or {})},

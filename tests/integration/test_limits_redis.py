@@ -59,7 +59,7 @@ async def test_redis_store_counts_atomically_and_expires_the_window(redis_server
 async def test_a_flushed_script_cache_is_refilled_and_counting_goes_on(redis_server):
     store = RedisStore(redis_server.url)
     assert (await store.hit("k", 60))[0] == 1
-    await store._command("SCRIPT", "FLUSH")  # what a restarted or failed-over Redis looks like
+    await store._redis.command("SCRIPT", "FLUSH")  # what a restarted or failed-over Redis looks like
     assert (await store.hit("k", 60))[0] == 2
     assert (await store.hit("k", 60))[0] == 3
     await store.close()
@@ -81,7 +81,7 @@ async def test_a_connection_that_timed_out_is_never_reused(redis_server):
     # A paused Redis answers late: the late reply must not be read as the next check's answer.
     store, admin = RedisStore(redis_server.url, timeout_s=0.05), RedisStore(redis_server.url)
     assert (await store.hit("k", 60))[0] == 1
-    await admin._command("CLIENT", "PAUSE", 300, "WRITE")
+    await admin._redis.command("CLIENT", "PAUSE", 300, "WRITE")
     with pytest.raises(TimeoutError):
         await store.hit("k", 60)
     await asyncio.sleep(0.4)

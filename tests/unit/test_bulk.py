@@ -142,8 +142,13 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
         True,
         False,
     ]
+    assert [bool(pattern.match(f"/google.longrunning.Operations/{m}")) for m in ("WaitOperation", "GetOperation")] == [
+        True,
+        False,
+    ]
     assert "stream_newline_delimited: true" in config
-    assert config.count("timeout: 60s") == 1  # every other call keeps the normal route timeout
+    # Every other call keeps the normal route timeout (the catch-all route and the operations one).
+    assert config.count("timeout: 60s") == 2
 
 
 def test_sandbox_cancel_delay_is_a_simulator_setting():
@@ -159,10 +164,11 @@ def test_sandbox_cancel_delay_is_a_simulator_setting():
         Simulator(keys={}, cancel_delay_s=-1)
 
 
-def test_the_bulk_routes_transcoder_config_differs_only_in_its_body_limit():
-    """The per-route copy replaces the filter's config on POST /v1/batches/cancel: it must keep
-    every other option (print options, validation) of the filter's own."""
-    from gateway.render import BULK_MAX_REQUEST_BYTES, render
+def test_the_per_route_transcoder_configs_differ_only_in_their_body_limits():
+    """The per-route copies replace the filter's config on POST /v1/batches/cancel and
+    /v1/batches:cancelMatching (a larger request) and on /v1/operations... (a larger answer): they
+    must keep every other option (services, print options, validation) of the filter's own."""
+    from gateway.render import BULK_MAX_REQUEST_BYTES, OPERATIONS_MAX_RESPONSE_BYTES, render
 
     config = render(http_port=8080, grpc_ports=[50051])
     marker = '"@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder'
@@ -178,10 +184,19 @@ def test_the_bulk_routes_transcoder_config_differs_only_in_its_body_limit():
             if text.strip() and not text.lstrip().startswith("#"):
                 lines.append(text)
         blocks.append(lines)
-    per_route, filter_config = blocks
-    limit = [line for line in per_route if "max_request_body_size" in line]
-    assert limit == [f"max_request_body_size: {BULK_MAX_REQUEST_BYTES}"]
-    assert [line for line in per_route if line not in limit] == [
-        line for line in filter_config if "max_request_body_size" not in line
+    bulk, operations, filter_config = blocks
+
+    def limits(block: list[str]) -> list[str]:
+        return [line for line in block if "_body_size" in line]
+
+    assert limits(filter_config) == ["max_request_body_size: 65536", "max_response_body_size: 4194304"]
+    assert limits(bulk) == [f"max_request_body_size: {BULK_MAX_REQUEST_BYTES}", "max_response_body_size: 4194304"]
+    assert limits(operations) == [
+        "max_request_body_size: 65536",
+        f"max_response_body_size: {OPERATIONS_MAX_RESPONSE_BYTES}",
     ]
+    for copy in (bulk, operations):
+        assert [line for line in copy if line not in limits(copy)] == [
+            line for line in filter_config if line not in limits(filter_config)
+        ]
     assert BULK_MAX_REQUEST_BYTES >= MAX_BULK_ITEMS * 600

@@ -9,6 +9,7 @@ added anywhere without an entry fails here."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +81,21 @@ def raised_codes() -> list[Raised]:
 RAISED = raised_codes()
 
 
-def error_classes() -> dict[str, type[GatewayError]]:
+def error_classes() -> dict[str, type]:
+    """The error classes by name, and the operations' Failure (an error as data, rendered alike)."""
+    from service.domain.operations import Failure
     from service.edge import api
 
     found = {name: value for name, value in vars(errors).items() if isinstance(value, type)}
     found.update({name: value for name, value in vars(api).items() if isinstance(value, type)})
-    return {name: cls for name, cls in found.items() if issubclass(cls, GatewayError)}
+    return {**{name: cls for name, cls in found.items() if issubclass(cls, GatewayError)}, "Failure": Failure}
+
+
+def default(cls: type, name: str) -> object:
+    """A class's default status_code or type (a dataclass's field default)."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    return getattr(cls, name)
 
 
 def test_the_scan_finds_what_it_must() -> None:
@@ -112,9 +122,9 @@ def test_each_code_is_raised_with_its_catalogued_status_and_type() -> None:
     for raised in RAISED:
         cls = classes.get(raised.error_class)
         assert cls is not None, f"{raised.where}: {raised.error_class} is not an error class"
-        status = raised.status if raised.status is not None else cls.status_code
+        status = raised.status if raised.status is not None else default(cls, "status_code")
         entry = CODES[raised.code]
-        kind = {None: cls.type, COMPUTED: entry.type}.get(raised.type, raised.type)
+        kind = {None: default(cls, "type"), COMPUTED: entry.type}.get(raised.type, raised.type)
         if kind != entry.type or entry.status not in (None, status):  # None: the provider's status
             wrong.append(f"{raised.where}: {raised.code} as {status} {kind}, catalogued {entry.status} {entry.type}")
     for reply in LOCAL_REPLIES:

@@ -163,7 +163,7 @@ def test_messages_follow_the_json_mapping(document: dict) -> None:
 
 
 def test_the_edge_transcodes_the_services_the_document_describes(tmp_path: Path) -> None:
-    assert transcoded_services() == ["batchgate.v1.BatchService"]
+    assert transcoded_services() == ["batchgate.v1.BatchService", "google.longrunning.Operations"]
     template = tmp_path / "envoy.yaml.tmpl"
     template.write_text(
         "  services: [batchgate.v1.BatchService]\n"

@@ -12,6 +12,7 @@ are injected, so the policy and the retry loop are unit-tested without waiting.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ import aiohttp
 from yarl import URL
 
 from service.config.file import NetworkConfig
-from service.domain.errors import DeadlineExceeded, UpstreamUnavailable
+from service.domain.errors import DeadlineExceeded, GatewayError, UpstreamUnavailable
 from service.infra.observability import CallRecord, client_span, inject_context
 from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.resilience import CircuitBreaker
@@ -46,6 +47,16 @@ def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time)
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def keep_retry_after(error: GatewayError, response: UpstreamResponse) -> GatewayError:
+    """`error` (parsed from `response`) with the provider's Retry-After of a 429 or 503, in whole
+    seconds, so whoever retries (an operation, a caller) waits as the provider asked."""
+    if response.status in (429, 503) and "retry-after" not in error.headers:
+        seconds = retry_after_seconds(response.headers.get("Retry-After"))
+        if seconds is not None:
+            error.headers["retry-after"] = str(max(1, math.ceil(seconds)))
+    return error
 
 
 @dataclass(frozen=True, slots=True)
