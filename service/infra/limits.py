@@ -91,8 +91,7 @@ RETURNING count, reset_at
 
 class EmbeddedStore:
     """A SQLite file in WAL mode. Every process that opens the same path shares the counts. Without a
-    path (a lone `python -m service` without a state directory) the counts live in this process's
-    memory: nothing is written to disk.
+    path (a test's store) the counts live in this process's memory: nothing is written to disk.
 
     A counted call is one short write, ~20 us at p50 here (no fsync: counts are worth nothing after
     a reboot), cheaper than a hop to a thread, so it runs on the event loop. But SQLite's busy handler
