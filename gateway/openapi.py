@@ -357,7 +357,8 @@ def error_envelopes() -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     bedrock_body, bedrock_headers = envelope.bedrock("", "")
     samples = {
         "": (
-            envelope.bifrost(status_code=0, type="", code=None, message="", param=None, provider=""),
+            # request_type: batch_cancel on a cancel route, null elsewhere (a nullable string).
+            envelope.bifrost(status_code=0, type="", code=None, message="", param=None, provider="", request_type=""),
             {},
             "The Bifrost error body (`is_bifrost_error` false: the provider's own error, status and fields kept).",
         ),
