@@ -470,7 +470,8 @@ async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
 
 
 async def test_the_type_checked_example_program_runs(target, sim, capsys):
-    """client/examples/typed_usage.py is what `make lint` type-checks; here it runs, both clients."""
+    """client/examples/typed_usage.py is what `make lint` type-checks; here it runs, both clients,
+    cancel by name as operations included."""
     spec = importlib.util.spec_from_file_location("typed_usage", ROOT / "client" / "examples" / "typed_usage.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -478,3 +479,7 @@ async def test_the_type_checked_example_program_runs(target, sim, capsys):
     assert await asyncio.to_thread(example.main, target, ids) == 0
     out = capsys.readouterr().out
     assert f"{ids[0]} on openai: cancelling" in out and "not found: 404" in out and "openai closed" in out
+    # Then both clients stop all four by name: a dry run matches them (it reads nothing), each real
+    # run is accepted again (the sandbox keeps them `cancelling`).
+    assert f"openai {ids[0]}  matched None" in out
+    assert out.count(f"openai {ids[3]} main cancelled cancelling") == 2
