@@ -4,6 +4,7 @@ the second run meets the batches the first one cancelled, as a user re-running a
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from gateway.render import ROOT
 from gateway.stack import Stack, free_port
+from sandbox.server import SANDBOX_OPERATOR_KEY
 from tests.e2e.conftest import SimAdmin
 
 FENCED_PYTHON = re.compile(r"```python\n(.*?)```", re.S)
@@ -53,7 +55,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def run(example: str, stack: Stack) -> subprocess.CompletedProcess:
     code = example.replace("127.0.0.1:8080", f"127.0.0.1:{stack.http_port}")
     code = code.replace("127.0.0.1:50051", f"127.0.0.1:{stack.grpc_port}")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Sandbox mode's virtual key that may cancel by selector (the kill-switch example needs one).
+    env = {**os.environ, "BATCHGATE_VK": SANDBOX_OPERATOR_KEY}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
 
 
 def test_the_readme_has_the_examples_this_runs() -> None:
