@@ -151,9 +151,12 @@ class KeySchema(Protocol):
     imports the providers: the schemas are passed in (`service.infra.providers.catalog` passes them all)."""
 
     # The key's provider-specific block (`azure_key_config`), or None when there is none.
-    key_settings_block: ClassVar[str | None]
+    @property
+    def key_settings_block(self) -> str | None: ...
+
     # Whether `value` must be set (providers that authenticate with their key block say no).
-    key_value_required: ClassVar[bool]
+    @property
+    def key_value_required(self) -> bool: ...
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> Any:

@@ -19,8 +19,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import SplitResult, urlsplit
+
+T = TypeVar("T")
 
 ENV_PREFIX = "env."
 FILE_PREFIX = "file."
@@ -110,7 +112,18 @@ class ConfigReader:
         for): not reported as unknown."""
         self.asked.update(names)
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    @overload
+    def get(self, name: str, kind: type[T], default: T) -> T: ...
+
+    @overload
+    def get(self, name: str, kind: type[T], default: None = None) -> T | None: ...
+
+    @overload
+    def get(self, name: str, kind: tuple[type[Any], ...], default: Any = None) -> Any: ...
+
+    def get(self, name: str, kind: type[Any] | tuple[type[Any], ...], default: Any = None) -> Any:
+        """The field `name` if it is of `kind` (a type, or a tuple of the types it may be), else
+        `default` when it is absent or null; ConfigError naming the field otherwise."""
         self.asked.add(name)
         value = self.data.get(name, default)
         if value is None:

@@ -14,8 +14,7 @@ and a test fails when a code is raised anywhere without an entry here. Errors a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-_CLASS_DEFAULT = object()
+from typing import TypedDict, Unpack
 
 # The Bifrost body's `extra_fields.request_type` of an error on a cancel route; "" elsewhere (an
 # unknown path, /health).
@@ -65,6 +64,12 @@ CATALOGUE: tuple[ErrorCode, ...] = (
         "a caller's own key for a provider that cannot use one (Bedrock, Vertex)",
     ),
     ErrorCode("invalid_key_config", 400, "invalid_request_error", "a Vertex key without usable `vertex_key_config`"),
+    ErrorCode(
+        "key_not_allowed",
+        400,
+        "invalid_request_error",
+        "an operation's batch under a configured key the caller may not use",
+    ),
     ErrorCode("unknown_status", 400, "invalid_request_error", "CancelMatching: a status filter names no status"),
     ErrorCode("unsupported_filter", 400, "invalid_request_error", "ListOperations: a `filter` it does not support"),
     ErrorCode(
@@ -203,6 +208,20 @@ CATALOGUE: tuple[ErrorCode, ...] = (
 CODES: dict[str, ErrorCode] = {entry.code: entry for entry in CATALOGUE}
 
 
+class ErrorFields(TypedDict, total=False):
+    """What a `GatewayError` may set besides its message; an unset field keeps its class's value."""
+
+    status_code: int
+    type: str
+    code: str | None  # None: a provider error without a code
+    param: str | None
+    provider: str
+    # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
+    headers: dict[str, str]
+    # False for an error a provider answered (a stored one, read back: see ProviderError).
+    is_bifrost_error: bool
+
+
 class GatewayError(Exception):
     """An error answer. `is_bifrost_error` is True for errors the gateway itself decided on and False
     for errors a provider returned (as Bifrost does)."""
@@ -214,32 +233,20 @@ class GatewayError(Exception):
     # "" for an error that is not about a cancel (an unknown path, /health).
     request_type = REQUEST_TYPE
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        type: str | None = None,
-        code: str | None | object = _CLASS_DEFAULT,
-        param: str | None = None,
-        provider: str = "",
-        is_bifrost_error: bool | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, **fields: Unpack[ErrorFields]) -> None:
         super().__init__(message)
         self.message = message
-        if status_code is not None:
-            self.status_code = status_code
-        if type is not None:
-            self.type = type
-        if code is not _CLASS_DEFAULT:
-            self.code = code  # may be None: a provider error without a code
-        if is_bifrost_error is not None:
-            self.is_bifrost_error = is_bifrost_error
-        self.param = param
-        self.provider = provider
-        # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
-        self.headers = headers or {}
+        if "status_code" in fields:
+            self.status_code = fields["status_code"]
+        if "type" in fields:
+            self.type = fields["type"]
+        if "code" in fields:
+            self.code = fields["code"]
+        self.param = fields.get("param")
+        self.provider = fields.get("provider", "")
+        self.headers = fields.get("headers") or {}
+        if "is_bifrost_error" in fields:
+            self.is_bifrost_error = fields["is_bifrost_error"]
 
 
 class InvalidRequest(GatewayError):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.server import SANDBOX_OPERATOR_KEY
 from tests.e2e.conftest import SimAdmin

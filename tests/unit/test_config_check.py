@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from service.config.reader import ConfigError
 from service.infra.providers.catalog import load_config, parse_config
 from service.runtime.check import check_config
-from service.runtime.live import FileWatcher, LiveConfig
+from service.runtime.live import ConfigSource, FileWatcher, LiveConfig
 
 KEY = "sk-unit-check-0123456789"
 VK = "sk-bf-unit-check-team"
@@ -68,7 +68,7 @@ def test_the_service_ignores_unknown_fields_with_a_warning_at_start_and_reload(t
     assert config.providers["openai"].keys[0].weight == 1.0
     warning = "config: providers.openai.keys[0].wieght: unknown field (did you mean `weight`?), ignored"
     with caplog.at_level(logging.WARNING):
-        live = LiveConfig.from_file(path, env={})
+        live = LiveConfig.from_file(ConfigSource(path, env={}))
         assert caplog.text.count(warning) == 1
         assert live.reload()
         assert caplog.text.count(warning) == 2
@@ -262,7 +262,7 @@ def test_a_rotated_secret_file_is_a_reload_in_place_or_by_a_data_swap(tmp_path: 
     data = good()
     data["providers"]["openai"]["keys"][0]["value"] = f"file.{mount / 'openai'}"
     path = write(tmp_path, data)
-    live = LiveConfig.from_file(path, env={})
+    live = LiveConfig.from_file(ConfigSource(path, env={}))
     watcher = FileWatcher(live)
     watcher.poll()
     running = live.current
@@ -286,7 +286,7 @@ def test_sighup_reads_the_secret_file_again(tmp_path: Path) -> None:
     secret.write_text("sk-first")
     data = good()
     data["providers"]["openai"]["keys"][0]["value"] = f"file.{secret}"
-    live = LiveConfig.from_file(write(tmp_path, data), env={})
+    live = LiveConfig.from_file(ConfigSource(write(tmp_path, data), env={}))
     secret.write_text("sk-second")
     assert live.reload()
     assert live.current.config.providers["openai"].keys[0].value == "sk-second"
@@ -294,7 +294,7 @@ def test_sighup_reads_the_secret_file_again(tmp_path: Path) -> None:
 
 def test_a_reload_with_a_malformed_redis_url_names_the_field(tmp_path: Path, caplog) -> None:
     path = write(tmp_path, good())
-    live = LiveConfig.from_file(path, env={})
+    live = LiveConfig.from_file(ConfigSource(path, env={}))
     data = good()
     data["governance"] = {"store": {"type": "redis", "url": "redis://:pw@[::1/0"}}
     path.write_text(json.dumps(data))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import LOCAL_REPLIES, ROOT, error_table
+from gateway.paths import ROOT
+from gateway.render import LOCAL_REPLIES, error_table
 from service.domain import errors
 from service.domain.errors import CATALOGUE, CODES, GatewayError
 

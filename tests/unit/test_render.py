@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, render, split_host_port
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
+from gateway.render import BULK_PATH, LOCAL_REPLIES, MATCHING_PATH, SHAPED_SURFACES, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
@@ -264,6 +265,32 @@ def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
         assert not regex.fullmatch(rest)
 
 
+def test_each_drop_in_api_words_every_local_reply() -> None:
+    statuses = {reply.status for reply in LOCAL_REPLIES}
+    assert [surface.name for surface in SHAPED_SURFACES] == ["anthropic", "genai", "bedrock"]
+    for surface in SHAPED_SURFACES:
+        assert set(surface.shape.local_words) == statuses, surface.name
+
+
+def test_routes_the_config_names_come_from_the_proto() -> None:
+    config = render(http_port=8080, grpc_ports=[50051])
+    assert (BULK_PATH, MATCHING_PATH) == ("/v1/batches/cancel", "/v1/batches:cancelMatching")
+    regexes = [re.compile(json.loads(m)) for m in re.findall(r'safe_regex: \{regex: ("[^"]*")\}', config)]
+    bulk = next(r for r in regexes if r.match(BULK_PATH))
+    assert [p for p in (BULK_PATH, MATCHING_PATH, BULK_PATH + "/", "/v1/batches/b/cancel") if bulk.match(p)] == [
+        BULK_PATH,
+        MATCHING_PATH,
+    ]
+    long = next(r for r in regexes if r.match("/batchgate.v1.BatchService/Cancel"))
+    rpcs = ["/batchgate.v1.BatchService/" + m for m in ("Cancel", "CancelMany", "CancelAnthropic", "Health")]
+    rpcs.append("/google.longrunning.Operations/WaitOperation")
+    assert [rpc for rpc in rpcs if long.match(rpc)] == [
+        "/batchgate.v1.BatchService/Cancel",
+        "/batchgate.v1.BatchService/CancelMany",
+        "/google.longrunning.Operations/WaitOperation",
+    ]
+
+
 def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:
     """GET /openapi.json is a direct response: a local reply, which must not be wrapped in an error body."""
     mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[1]
@@ -272,13 +299,13 @@ def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:
     assert mapper["body_format_override"]["content_type"] == "application/json"
 
 
-def test_codegen_and_render_import_before_anything_is_generated():
+def test_codegen_imports_before_anything_is_generated():
     """A fresh checkout runs `python -m gateway.codegen` (make proto, the image build) before
-    service/gen exists: neither it nor the renderer it imports may need the generated stubs."""
+    service/gen exists: it may not need the generated stubs."""
     import subprocess
     import sys
 
-    from gateway.render import ROOT
+    from gateway.paths import ROOT
 
     code = (
         "import sys\n"
@@ -287,6 +314,6 @@ def test_codegen_and_render_import_before_anything_is_generated():
         "        if name == 'service.gen' or name.startswith('service.gen.'):\n"
         "            raise ImportError(name)\n"
         "sys.meta_path.insert(0, NoGeneratedCode())\n"
-        "import gateway.codegen, gateway.render\n"
+        "import gateway.codegen\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.stack import DEFAULT_STATE_DIR, ROOT, remove_stale_run_dirs
-from service.infra.state import state_dir_from
+from gateway.stack import remove_stale_run_dirs
+from service.config.settings import Settings
 
 
 def dead_pid() -> int:
@@ -37,8 +37,6 @@ def test_run_directories_of_dead_gateways_are_removed_and_no_others(tmp_path: Pa
     assert alive.is_dir() and link.is_symlink() and all(path.is_dir() for path in unrelated)
 
 
-def test_state_dir_comes_from_the_environment_else_the_default(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert state_dir_from({"STATE_DIR": "var/state"}, DEFAULT_STATE_DIR) == tmp_path / "var" / "state"
-    assert state_dir_from({"STATE_DIR": ""}, DEFAULT_STATE_DIR) == ROOT / "build" / "state"
-    assert state_dir_from({}) is None
+def test_state_dir_comes_from_the_environment_else_build_state() -> None:
+    assert Settings.from_env({"STATE_DIR": "var/state"}).state_dir == "var/state"
+    assert Settings.from_env({"STATE_DIR": ""}).state_dir == Settings.from_env({}).state_dir == "build/state"

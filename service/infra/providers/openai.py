@@ -114,14 +114,23 @@ def openai_details(data: dict[str, Any]) -> BatchDetails:
         return value if isinstance(value, dict) else None
 
     return BatchDetails(
-        **{name: text(name) for name in _TEXT_FIELDS},
-        **{name: unix_seconds(data.get(name)) for name in _TIME_FIELDS},
-        **{name: obj(name) for name in _OBJECT_FIELDS},
+        endpoint=text("endpoint"),
+        input_file_id=text("input_file_id"),
+        completion_window=text("completion_window"),
+        model=text("model"),
+        output_file_id=text("output_file_id"),
+        error_file_id=text("error_file_id"),
+        in_progress_at=unix_seconds(data.get("in_progress_at")),
+        finalizing_at=unix_seconds(data.get("finalizing_at")),
+        completed_at=unix_seconds(data.get("completed_at")),
+        failed_at=unix_seconds(data.get("failed_at")),
+        expired_at=unix_seconds(data.get("expired_at")),
+        metadata=obj("metadata"),
+        errors=obj("errors"),
+        usage=obj("usage"),
     )
 
 
-_TEXT_FIELDS = ("endpoint", "input_file_id", "completion_window", "model", "output_file_id", "error_file_id")
-_TIME_FIELDS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at")
 _OBJECT_FIELDS = ("metadata", "errors", "usage")
 
 
