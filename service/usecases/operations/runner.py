@@ -153,7 +153,7 @@ class _Leave(Exception):
 
 
 def cancelled_failure() -> Failure:
-    return Failure(STOPPED_MESSAGE, status_code=499, type="cancelled", code="operation_cancelled")
+    return Failure(STOPPED_MESSAGE, status_code=499, type="cancelled_error", code="operation_cancelled")
 
 
 def result_label(error: Failure | None) -> str:
