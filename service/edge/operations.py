@@ -27,7 +27,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
-        found = await self._operations.get(request.name, rpc.call.headers, rpc.call)
+        found = await self._operations.get(request.name, rpc.call)
         return operation_to_proto(found.operation, found.items)
 
     @handles_rpc(finish=finish_call("ListOperations"), route=operations_route)
@@ -35,7 +35,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         self, request: operations_pb2.ListOperationsRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.ListOperationsResponse:
         operations, token = await self._operations.list_operations(
-            request.name, request.filter, request.page_size, request.page_token, rpc.call.headers, rpc.call
+            request.name, request.filter, request.page_size, request.page_token, rpc.call
         )
         return operations_pb2.ListOperationsResponse(
             operations=[operation_to_proto(operation, None) for operation in operations], next_page_token=token
@@ -45,14 +45,14 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
-        await self._operations.cancel(request.name, rpc.call.headers, rpc.call)
+        await self._operations.cancel(request.name, rpc.call)
         return empty_pb2.Empty()
 
     @handles_rpc(finish=finish_call("DeleteOperation"), route=operations_route)
     async def DeleteOperation(
         self, request: operations_pb2.DeleteOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
-        await self._operations.delete(request.name, rpc.call.headers, rpc.call)
+        await self._operations.delete(request.name, rpc.call)
         return empty_pb2.Empty()
 
     @handles_rpc(finish=finish_call("WaitOperation"), route=operations_route)
@@ -63,5 +63,5 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         if timeout is not None and timeout < 0:
             timeout = 0.0
         # The call's deadline (rpc.call.deadline) bounds the wait too.
-        found = await self._operations.wait(request.name, timeout, rpc.call.headers, rpc.call)
+        found = await self._operations.wait(request.name, timeout, rpc.call)
         return operation_to_proto(found.operation, found.items)

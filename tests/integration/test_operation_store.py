@@ -25,6 +25,7 @@ from service.infra.operation_store import (
     BadPageToken,
     LeaseLost,
     RedisOperationStore,
+    SaveMode,
     SqliteOperationStore,
     StopRequested,
 )
@@ -81,7 +82,7 @@ async def test_saving_keeps_the_order_found_and_updates_in_place(store):
 async def test_replacing_the_batches_drops_the_old_ones(store):
     op = operation()
     await store.create(op, items(5), "w", T0 + 15)
-    await store.save("w", T0, op, items(2, "azure"), replace_items=True)
+    await store.save("w", T0, op, items(2, "azure"), SaveMode.REPLACE)
     assert [item.key for item in await store.items(op.name)] == [("azure", "batch_00000"), ("azure", "batch_00001")]
 
 
@@ -89,7 +90,7 @@ async def test_a_large_save_goes_through_whole(store):
     op = operation()
     await store.create(op, [], "w", T0 + 15)
     op.state = "cancelling"
-    await store.save("w", T0, op, items(2500), replace_items=True)
+    await store.save("w", T0, op, items(2500), SaveMode.REPLACE)
     assert len(await store.items(op.name)) == 2500
     assert (await store.get(op.name)).operation.state == "cancelling"
 
@@ -112,7 +113,7 @@ async def test_a_cancel_request_stops_checked_writes_only(store):
     assert await store.request_cancel(op.name)
     assert not await store.request_cancel("operations/missing")
     with pytest.raises(StopRequested):
-        await store.save("w", T0, op, items(1), check_stop=True)
+        await store.save("w", T0, op, items(1), SaveMode.UNLESS_STOPPED)
     assert await store.items(op.name) == []
     op.state = DONE
     op.done = True

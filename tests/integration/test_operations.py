@@ -24,14 +24,14 @@ from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import parse_config
 from service.infra.webhook import signature
-from service.usecases.operations import Backoff, Settings
+from service.usecases.operations import Backoff, OperationPolicy
 from service.usecases.waiting import PollPolicy
 from tests.support import AZURE_KEY, OPENAI_KEYS, error_detail
 
-FAST = Settings(
+FAST = OperationPolicy(
     retry=Backoff(first_s=0.02, max_s=0.1),
     listing_retry=Backoff(first_s=0.02, max_s=0.1),
-    notify_retry=Backoff(first_s=0.05, max_s=0.1),
+    webhook_retry=Backoff(first_s=0.05, max_s=0.1),
     poll=PollPolicy(first_s=0.05, max_s=0.2),
     flush_seconds=0.02,
 )
@@ -131,8 +131,8 @@ def cancels(sim, provider: str | None = None) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(config: dict, store=None, settings: Settings = FAST) -> AsyncIterator[Client]:
-    app = await create_server(parse_config(config, env={}), operations=OperationsSetup(store=store, settings=settings))
+async def serving(config: dict, store=None, policy: OperationPolicy = FAST) -> AsyncIterator[Client]:
+    app = await create_server(parse_config(config, env={}), operations=OperationsSetup(store=store, policy=policy))
     client = Client(app)
     try:
         yield client
@@ -501,7 +501,7 @@ async def test_a_worker_that_shuts_down_hands_its_operation_over_at_once(sandbox
     ids = [seed(sim, "openai", f"batch_hand_{i:02d}") for i in range(12)]
     path = tmp_path / "state" / "operations.sqlite3"
     app = await create_server(
-        parse_config(config, env={}), operations=OperationsSetup(store=SqliteOperationStore(path), settings=FAST)
+        parse_config(config, env={}), operations=OperationsSetup(store=SqliteOperationStore(path), policy=FAST)
     )
     first = Client(app)
     sim.add_fault("openai", {"latency_ms": 200, "count": 8})

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from types import SimpleNamespace
 
 import pytest
 from google.protobuf import json_format
@@ -35,15 +36,16 @@ from service.edge.operation_proto import matching_command, operation_json, opera
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.operation_store import LeaseLost, SqliteOperationStore, StopRequested
 from service.infra.providers.catalog import parse_config
+from service.infra.timing import Timing
 from service.infra.webhook import signature
 from service.runtime.build import RuntimeFactory
 from service.usecases.auth import Caller
-from service.usecases.operations import Backoff, Scheduler
+from service.usecases.operations import Backoff, OperationPolicy, Scheduler, Worker
 from service.usecases.operations.checks import check_access, check_request, normalized, owner_caller
 from service.usecases.operations.progress import Progress
 from service.usecases.operations.runner import result_label
 from service.usecases.operations.work import WorkQueue
-from tests.support import SteppedClock
+from tests.support import SteppedClock, eventually
 
 T0 = 1_800_000_000.0
 
@@ -51,54 +53,42 @@ T0 = 1_800_000_000.0
 # --- the work queue ------------------------------------------------------------------------------
 
 
-class LoopClock:
-    """Loop-time stand-in that tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+def stepped_queue(items):
+    """A queue on stepped time: a take that has to wait for a retry or a pause moves the clock."""
+    clock = SteppedClock()
+    return WorkQueue(items, Timing(clock=clock, sleep=clock.sleep)), clock
 
 
 async def test_providers_take_turns_and_the_queue_ends_when_everything_settled():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1), ("a", 2), ("a", 3), ("b", 10)], clock)
+    queue, clock = stepped_queue([("a", 1), ("a", 2), ("a", 3), ("b", 10)])
     taken = [await queue.take() for _ in range(4)]
     assert taken == [("a", 1), ("b", 10), ("a", 2), ("a", 3)]
     for _ in taken:
         queue.done()
     assert await queue.take() is None and len(queue) == 0
+    assert clock.now == 0.0  # nothing had to wait
 
 
 async def test_a_paused_provider_waits_while_others_go_on():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1), ("a", 2), ("b", 10), ("b", 11)], clock)
+    queue, clock = stepped_queue([("a", 1), ("a", 2), ("b", 10), ("b", 11)])
     assert await queue.take() == ("a", 1)
     queue.pause("a", 5.0)
     queue.retry("a", 1, 0.0)
     assert [await queue.take(), await queue.take()] == [("b", 10), ("b", 11)]
+    assert clock.now == 0.0  # b's items went at once
     queue.done()
     queue.done()
-    waiting = asyncio.ensure_future(queue.take())
-    await asyncio.sleep(0)
-    assert not waiting.done()  # only a's items are left, and a is paused
-    clock.now = 5.0
-    queue.pause("z", 0)  # any change wakes the waiter to look again
-    assert await waiting == ("a", 2)
+    # Only a's items are left, and a is paused: the next take waits until the pause ends.
+    assert await queue.take() == ("a", 2)
+    assert clock.now == 5.0
 
 
 async def test_a_retry_comes_back_after_its_delay_and_close_ends_every_take():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1)], clock)
+    queue, clock = stepped_queue([("a", 1)])
     assert await queue.take() == ("a", 1)
     queue.retry("a", 1, 2.0)
-    waiting = asyncio.ensure_future(queue.take())
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    clock.now = 2.0
-    queue.pause("z", 0)
-    assert await waiting == ("a", 1)
+    assert await queue.take() == ("a", 1)
+    assert clock.sleeps == [2.0]
     queue.retry("a", 1, 10.0)
     assert queue.drain() == [1]
     queue.close()
@@ -113,6 +103,11 @@ def operation(**fields) -> Operation:
     return Operation("operations/p", "admin", command, create_time=T0, update_time=T0, **fields)
 
 
+def worker(store, now: float = T0, **policy) -> Worker:
+    """This worker's side of operations in `store`, at a fixed time, with `policy` fields set."""
+    return Worker(store, RUNTIMES, holder="w", timing=Timing(clock=lambda: now), policy=OperationPolicy(**policy))
+
+
 @pytest.fixture
 async def store(tmp_path):
     engine = SqliteOperationStore(tmp_path / "ops.sqlite3")
@@ -124,7 +119,7 @@ async def test_settled_batches_are_written_in_groups_and_counted(store):
     items = [BatchItem("openai", f"b{i}") for i in range(250)]
     op = operation()
     await store.create(op, items, "w", T0 + 60)
-    progress = Progress(store, "w", op, items, lambda: T0, flush_items=100, flush_seconds=30)
+    progress = Progress(worker(store, flush_items=100, flush_seconds=30), op, items)
     saves = []
     original = store.save
 
@@ -147,7 +142,7 @@ async def test_a_mark_is_stored_before_it_returns_and_a_stop_refuses_it(store):
     item = BatchItem("openai", "b1")
     op = operation()
     await store.create(op, [item], "w", T0 + 60)
-    progress = Progress(store, "w", op, [item], lambda: T0)
+    progress = Progress(worker(store), op, [item])
     await progress.mark_sent(item)
     assert (await store.items(op.name))[0].cancel_sent
     second = BatchItem("openai", "b2")
@@ -166,7 +161,7 @@ async def test_a_lost_lease_fails_every_write_after_it(store):
     item = BatchItem("openai", "b1")
     op = operation()
     await store.create(op, [item], "w", T0 + 60)
-    progress = Progress(store, "w", op, [item], lambda: T0 + 61)  # the lease expired
+    progress = Progress(worker(store, T0 + 61), op, [item])  # the lease expired
     with pytest.raises(LeaseLost):
         await progress.mark_sent(item)
     with pytest.raises(LeaseLost):
@@ -199,7 +194,9 @@ CONFIG = parse_config(
     },
     env={},
 )
-CANCELLER = RuntimeFactory.for_config(CONFIG).build(CONFIG, "unit").canceller
+RUNTIME = RuntimeFactory.for_config(CONFIG).build(CONFIG, "unit")
+RUNTIMES = SimpleNamespace(current=RUNTIME)  # what LiveConfig offers: the runtime current now
+CANCELLER = RUNTIME.canceller
 VKS = {vk.id: vk for vk in CONFIG.virtual_keys}
 
 
@@ -458,8 +455,11 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
         runners[name] = IdleRunner(name)
         return runners[name]
 
-    mine = Scheduler(store, "w1", make, lambda: 15.0, clock)
-    theirs = Scheduler(store, "w2", make, lambda: 15.0, clock)
+    def on(holder: str) -> Worker:
+        return Worker(store, RUNTIMES, holder=holder, timing=Timing(clock=clock))
+
+    mine = Scheduler(on("w1"), make)
+    theirs = Scheduler(on("w2"), make)
     await store.create(operation(), [], "w1", T0 + 15)
     mine.adopt("operations/p")
     clock.now = T0 + 10
@@ -474,8 +474,7 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
     await theirs.tick(15.0)
     assert theirs.runner("operations/p") is not None and (await store.get("operations/p")).holder == "w2"
     await mine.tick(15.0)  # w1 learns it lost the lease and stops its runner at once
-    await asyncio.sleep(0)
-    assert mine.runner("operations/p") is None
+    await eventually(lambda: mine.runner("operations/p") is None)
     await theirs.shutdown(timeout=0.1)
     assert (await store.get("operations/p")).holder == ""  # released: another worker resumes at once
 

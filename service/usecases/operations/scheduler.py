@@ -16,9 +16,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from service.config.operations import OperationsConfig
 from service.infra.observability import OPERATIONS_RUNNING
-from service.infra.operation_store import OperationStore
 from service.usecases.operations.runner import Runner
+from service.usecases.operations.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,11 @@ WARN_EVERY_S = 60.0
 
 
 class Scheduler:
-    def __init__(
-        self,
-        store: OperationStore,
-        holder: str,
-        make_runner: Callable[[str], Runner],
-        lease_seconds: Callable[[], float],
-        clock: Callable[[], float],
-        *,
-        max_running: int = MAX_RUNNING,
-    ) -> None:
-        self.store, self.holder, self._make_runner = store, holder, make_runner
-        self._lease_seconds, self._clock, self._max_running = lease_seconds, clock, max_running
+    """The operations `worker` runs (each by a runner `make_runner` makes), and its leases."""
+
+    def __init__(self, worker: Worker, make_runner: Callable[[str], Runner], *, max_running: int = MAX_RUNNING) -> None:
+        self.store, self.holder, self._worker, self._make_runner = worker.store, worker.holder, worker, make_runner
+        self._clock, self._max_running = worker.now, max_running
         self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
         self._kick = asyncio.Event()
@@ -99,9 +93,13 @@ class Scheduler:
             self._warned_at = now
             log.warning("operations: %s (%s); trying again", what, type(exc).__name__)
 
+    def _operations_config(self) -> OperationsConfig:
+        with self._worker.runtimes.current as runtime:
+            return runtime.config.operations
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            lease = self._lease_seconds()
+            lease = self._operations_config().lease_seconds
             try:
                 await self.tick(lease)
             except Exception as exc:  # noqa: BLE001 - a store that fails now may answer next round
