@@ -202,3 +202,25 @@ async def test_running_counts_and_deletion(store):
     assert not await store.delete("operations/b")
     assert await store.get("operations/b") is None and await store.items("operations/b") == []
     assert [op.name for op in (await store.page(None, 10, ""))[0]] == ["operations/a"]
+
+
+async def test_finished_operations_older_than_the_retention_are_deleted_oldest_first(store):
+    day = 86400.0
+    for i, (done, webhook) in enumerate([(True, ""), (True, ""), (False, ""), (True, NOTIFY_PENDING), (True, "")]):
+        op = operation(f"operations/{i}", created=T0 - (40 - i) * day)  # 40, 39, 38, 37 and 36 days old
+        await store.create(op, items(3), "w", T0 + 15)
+        op.done, op.state, op.notification.state = done, DONE if done else "cancelling", webhook
+        await store.save("w", T0, op)
+    young = operation("operations/young", created=T0 - 29 * day, done=True, state=DONE)
+    await store.create(young, items(1), "w", T0 + 15)
+    await store.save("w", T0, young)
+    cutoff = T0 - 30 * day
+    assert await store.delete_finished(cutoff, 1) == ["operations/0"]
+    # Not done, or its webhook not delivered yet: kept whatever its age, as is anything younger.
+    assert await store.delete_finished(cutoff, 10) == ["operations/1", "operations/4"]
+    assert await store.delete_finished(cutoff, 10) == []
+    assert await store.get("operations/0") is None and await store.items("operations/0") == []
+    kept = [op.name for op in (await store.page(None, 10, ""))[0]]
+    assert kept == ["operations/young", "operations/3", "operations/2"]
+    assert [op.name for op in (await store.page("vk:team-a", 10, ""))[0]] == kept
+    assert await store.count_running("vk:team-a") == 1

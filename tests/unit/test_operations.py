@@ -291,6 +291,8 @@ def test_a_prefix_without_a_path_allows_every_path_of_its_host_only():
         ({"notify_secret": "env.NO_SUCH_VAR"}, "environment variable NO_SUCH_VAR is not set"),
         ({"max_running_per_caller": 0}, "operations.max_running_per_caller: must be between 1 and 1000"),
         ({"lease_seconds": 0.5}, "operations.lease_seconds: must be between 1 and 300"),
+        ({"retention_days": 3651}, "operations.retention_days: must be between 0 and 3650"),
+        ({"retention_days": 1.5}, "operations.retention_days: expected an integer, got float"),
     ],
 )
 def test_the_operations_block_is_checked(operations, message):
@@ -477,6 +479,39 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
     await eventually(lambda: mine.runner("operations/p") is None)
     await theirs.shutdown(timeout=0.1)
     assert (await store.get("operations/p")).holder == ""  # released: another worker resumes at once
+
+
+async def finished_on(store, name: str, age_days: float) -> None:
+    op = operation(state=DONE, done=True)
+    op.name, op.create_time = name, T0 - age_days * 86400
+    await store.create(op, [BatchItem("openai", "b")], "w", T0 + 60)
+    await store.save("w", T0, op)
+
+
+async def test_the_scheduler_deletes_finished_operations_past_their_retention_once_an_hour(store):
+    clock = SteppedClock(T0)
+    scheduler = Scheduler(Worker(store, RUNTIMES, holder="w1", timing=Timing(clock=clock)), IdleRunner)
+    await finished_on(store, "operations/old", 31)
+    await finished_on(store, "operations/young", 29)
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old") is None and await store.get("operations/young") is not None
+    await finished_on(store, "operations/old-too", 31)
+    clock.now = T0 + 3599
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old-too") is not None  # looked for once an hour
+    clock.now = T0 + 3600
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old-too") is None and await store.get("operations/young") is not None
+    assert CONFIG.operations.retention_days == 30
+
+
+async def test_a_retention_of_zero_keeps_finished_operations(store):
+    config = parse_config({"operations": {"retention_days": 0}}, env={})
+    runtimes = SimpleNamespace(current=RuntimeFactory.for_config(config).build(config, "unit"))
+    scheduler = Scheduler(Worker(store, runtimes, holder="w1", timing=Timing(clock=lambda: T0)), IdleRunner)
+    await finished_on(store, "operations/ancient", 3000)
+    await scheduler.tick(15.0)
+    assert await store.get("operations/ancient") is not None
 
 
 def test_envoys_descriptor_set_holds_every_type_an_answer_can_pack():

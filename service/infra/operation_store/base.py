@@ -106,6 +106,10 @@ class OperationStore(Protocol):
     async def release(self, holder: str, names: Sequence[str]) -> None:
         """Gives leases up at once (graceful shutdown), so another worker resumes without waiting."""
 
+    async def delete_finished(self, created_before: float, limit: int) -> list[str]:
+        """Deletes up to `limit` operations created before `created_before` (unix seconds) that are
+        done and have no webhook left to deliver, oldest first; returns their names."""
+
     async def close(self) -> None: ...
 
 

@@ -164,6 +164,32 @@ redis.call('SADD', KEYS[5], ARGV[1])
 return 1
 """)
 
+# KEYS: all zset, active zset. ARGV: lowest member (the newest creation time to delete, as a ZRANGEBYLEX
+# bound), how many of the oldest to look at, how many to delete at most, key prefix -> names deleted.
+_DELETE_FINISHED = Script("""
+local members = redis.call('ZREVRANGEBYLEX', KEYS[1], '+', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local deleted = {}
+for _, member in ipairs(members) do
+  if #deleted >= tonumber(ARGV[3]) then
+    break
+  end
+  local name = string.match(member, '|(.*)$')
+  local op = ARGV[4] .. 'op:' .. name
+  local values = redis.call('HMGET', op, 'done', 'active', 'owner')
+  if values[1] == '1' and values[2] == '0' then
+    redis.call('UNLINK', op, ARGV[4] .. 'items:' .. name)
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', ARGV[4] .. 'owner:' .. values[3], member)
+    redis.call('ZREM', KEYS[2], name)
+    redis.call('SREM', ARGV[4] .. 'running:' .. values[3], name)
+    table.insert(deleted, name)
+  elseif not values[1] then
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return deleted
+""")
+
 # KEYS: op hash. Sets cancel_requested on an existing operation.
 _REQUEST_CANCEL = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -329,6 +355,13 @@ class RedisOperationStore:
     async def release(self, holder: str, names: Sequence[str]) -> None:
         if names:
             await _RELEASE(self._redis, (self._active,), holder, self._prefix + "op:", *names)
+
+    async def delete_finished(self, created_before: float, limit: int) -> list[str]:
+        # Older operations sort later (their inverted creation time is larger): from the oldest on.
+        bound = f"[{_INVERT_US - int(created_before * 1_000_000) + 1:017d}"
+        keys = (self._all, self._active)
+        names = await _DELETE_FINISHED(self._redis, keys, bound, 4 * limit, limit, self._prefix)
+        return [name.decode() for name in names]
 
     async def close(self) -> None:
         await self._redis.close()

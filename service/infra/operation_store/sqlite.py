@@ -88,6 +88,8 @@ _CLAIM = (
 
 _FINISHED = "SELECT name FROM operations WHERE done = 1 AND active = 0 AND created_us < ? ORDER BY created_us LIMIT ?"
 
+_FINISHED = "SELECT name FROM operations WHERE done = 1 AND active = 0 AND created_us < ? ORDER BY created_us LIMIT ?"
+
 
 def _item_rows(name: str, items: Sequence[BatchItem], first_seq: int) -> list[tuple[Any, ...]]:
     return [
@@ -295,6 +297,13 @@ class SqliteOperationStore:
             f" WHERE holder = ? AND name IN ({','.join('?' * len(names))})"
         )
         await self._db.run(lambda db: db.execute(sql, (holder, *names)))
+
+    async def delete_finished(self, created_before: float, limit: int) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            names = [row[0] for row in db.execute(_FINISHED, (int(created_before * 1_000_000), limit)).fetchall()]
+            return [name for name in names if _delete(db, name)]
+
+        return await self._db.transaction(work)
 
     async def close(self) -> None:
         await self._db.close()
