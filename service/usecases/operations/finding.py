@@ -2,8 +2,8 @@
 
 Every selected provider is listed under each configured batch key the caller may use (each key may
 be another account); a batch found under two keys is kept under the first. A listing that fails in
-a way retrying can fix (network, 408, 429, 5xx, an open circuit) is started again after a backoff
-until the operation gives up; then, or on any other
+a way retrying can fix (network, 408, 429, 5xx, an open circuit) is started again after a backoff,
+never sooner than the provider's Retry-After, until the operation gives up; then, or on any other
 error, the operation fails with the provider's error. Explicit batches are not listed. Nothing is
 cancelled before the listing is complete: more matches than `max_batches` end the operation.
 """
@@ -16,7 +16,7 @@ from service.config.file import Key
 from service.domain.errors import GatewayError
 from service.domain.model import ListQuery
 from service.domain.operations import BatchItem, Failure, Operation
-from service.infra.providers.http import RETRYABLE_STATUSES
+from service.infra.providers.http import RETRYABLE_STATUSES, retry_after_seconds
 from service.usecases.listing import list_batches
 from service.usecases.operations.checks import check_access, default_statuses
 from service.usecases.operations.run import Run
@@ -111,9 +111,10 @@ async def _list_under_key(run: Run, provider: Provider, key: Key, found: Found) 
 
 
 def _delay(run: Run, error: GatewayError, failures: int) -> float | None:
-    """Seconds until listing again after `error`; None when retrying cannot fix it or would not
-    start before the operation gives up."""
+    """Seconds until listing again after `error` (the backoff, or the provider's Retry-After when
+    longer); None when retrying cannot fix it or would not start before the operation gives up."""
     if error.status_code not in RETRYABLE_STATUSES:
         return None
-    delay = run.worker.policy.listing_retry.delay(failures, run.worker.timing.rand)
+    backoff = run.worker.policy.listing_retry.delay(failures, run.worker.timing.rand)
+    delay = max(backoff, retry_after_seconds(error.headers.get("retry-after")) or 0.0)
     return delay if delay < run.remaining() else None

@@ -32,7 +32,7 @@ class OperationPolicy:
     """`retry`: a batch's cancel that failed in a way retrying can fix; `listing_retry`: a listing
     that did; `webhook_retry` and `webhook_for_s`: the webhook's delivery; `poll`: reading accepted
     batches back (with `wait`); progress is written once `flush_items` batches changed or
-    `flush_seconds` after the first of them."""
+    `flush_seconds` after the first of them. A provider's Retry-After is never cut short."""
 
     retry: Backoff = Backoff()
     listing_retry: Backoff = Backoff(first_s=2.0, max_s=60.0)
