@@ -12,7 +12,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
 from service.edge.api import Context, Rpc, finish_call, handles_rpc, operations_route
-from service.edge.operation_proto import operation_to_proto
+from service.edge.operation_proto import operation_to_proto, render_operation
 from service.usecases.operations import Operations
 
 SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
@@ -28,7 +28,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
         self, request: operations_pb2.GetOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
         found = await self._operations.get(request.name, rpc.call)
-        return operation_to_proto(found.operation, found.items)
+        return await render_operation(found.operation, found.items)
 
     @handles_rpc(finish=finish_call("ListOperations"), route=operations_route)
     async def ListOperations(
@@ -64,4 +64,4 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
             timeout = 0.0
         # The call's deadline (rpc.call.deadline) bounds the wait too.
         found = await self._operations.wait(request.name, timeout, rpc.call)
-        return operation_to_proto(found.operation, found.items)
+        return await render_operation(found.operation, found.items)

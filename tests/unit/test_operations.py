@@ -32,7 +32,15 @@ from service.domain.operations import (
     Operation,
     Selector,
 )
-from service.edge.operation_proto import matching_command, operation_json, operation_to_proto
+from service.edge.operation_proto import (
+    JSON_OPTIONS,
+    JSON_PER_TURN,
+    RENDER_PER_TURN,
+    matching_command,
+    operation_json,
+    operation_to_proto,
+    render_operation,
+)
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.operation_store import LeaseLost, SqliteOperationStore, StopRequested
 from service.infra.providers.catalog import parse_config
@@ -380,8 +388,8 @@ def test_a_running_operation_has_no_result_and_a_list_leaves_batches_out():
     assert operation_to_proto(finished(ITEMS), None).WhichOneof("result") is None
 
 
-def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
-    body = operation_json(finished(ITEMS), ITEMS)
+async def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
+    body = await operation_json(finished(ITEMS), ITEMS)
     data = json.loads(body)
     assert data["done"] is True and data["name"] == "operations/p"
     assert data["metadata"]["@type"] == "type.googleapis.com/batchgate.v1.CancelMatchingMetadata"
@@ -389,6 +397,24 @@ def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
     assert data["response"]["batches"][0]["batch"]["request_counts"]["total"] == 10
     assert data["response"]["batches"][2]["error"]["error"]["message"] == "No batch found with id 'b3'."
     assert signature(body, "k") == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["response", "stopped with its batches"])
+async def test_a_large_operation_rendered_a_part_at_a_time_is_what_rendering_at_once_gives(stopped):
+    count = 2 * RENDER_PER_TURN + 7
+    assert count > 2 * JSON_PER_TURN
+    items = [
+        BatchItem(i.provider, f"{i.batch_id}_{n}", i.key_id, i.outcome, i.state, i.latency_ms, i.warning, i.error)
+        for n in range(count // len(ITEMS) + 1)
+        for i in ITEMS
+    ][:count]
+    error = Failure("cancelled", 499, "cancelled", "operation_cancelled") if stopped else None
+    op = finished(items, error=error, error_has_batches=stopped)
+    at_once = operation_to_proto(op, items)
+    in_parts = await render_operation(op, items)
+    assert in_parts.SerializeToString(deterministic=True) == at_once.SerializeToString(deterministic=True)
+    assert json.loads(await operation_json(op, items)) == json_format.MessageToDict(at_once, **JSON_OPTIONS)
+    assert (await render_operation(op, None)).SerializeToString() == operation_to_proto(op, None).SerializeToString()
 
 
 def test_the_request_is_read_as_sent():

@@ -21,6 +21,7 @@ from service.infra.operation_store.base import (
     StoredOperation,
     active,
     created_us,
+    decode_items,
     decode_token,
     dumps,
     encode_token,
@@ -269,7 +270,7 @@ class RedisOperationStore:
             seq, _, doc = value.partition(b"|")
             ordered.append((int(seq), doc))
         ordered.sort(key=lambda pair: pair[0])
-        return [BatchItem.from_dict(orjson.loads(doc)) for _, doc in ordered]
+        return await decode_items([doc for _, doc in ordered])
 
     async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         start = "(" + decode_token(page_token) if page_token else "-"

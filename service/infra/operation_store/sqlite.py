@@ -30,6 +30,7 @@ from service.infra.operation_store.base import (
     StoredOperation,
     active,
     created_us,
+    decode_items,
     decode_token,
     dumps,
     encode_token,
@@ -201,11 +202,8 @@ class SqliteOperationStore:
 
     async def items(self, name: str) -> list[BatchItem]:
         sql = "SELECT doc FROM operation_batches WHERE operation = ? ORDER BY seq"
-
-        def work(db: sqlite3.Connection) -> list[BatchItem]:
-            return [BatchItem.from_dict(orjson.loads(row[0])) for row in db.execute(sql, (name,)).fetchall()]
-
-        return await self._db.run(work)
+        rows: list[tuple[str]] = await self._db.run(lambda db: db.execute(sql, (name,)).fetchall())
+        return await decode_items([row[0] for row in rows])
 
     async def page(self, owner: str | None, page_size: int, page_token: str) -> tuple[list[Operation], str]:
         where: list[str] = []

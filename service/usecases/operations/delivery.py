@@ -46,7 +46,7 @@ async def _post(run: Run, webhook: Webhook) -> tuple[int | None, str]:
         return None, "no operations.notify_secret is configured"
     items = run.progress.items or await run.worker.store.items(run.operation.name)
     try:
-        body = webhook.render(run.operation, items)
+        body = await webhook.render(run.operation, items)
         return await webhook.sender.post(run.operation.notification.url, body, secret), ""
     except Exception as exc:  # noqa: BLE001 - no answer (OSError, TimeoutError, aiohttp's errors) or a bug: tried again
         return None, f"no answer ({type(exc).__name__})"

@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,7 +54,7 @@ class Webhook:
     """How a finished operation is announced: `render` makes the body (what GetOperation answers, as
     JSON), `sender` posts it."""
 
-    render: Callable[[Operation, list[BatchItem]], bytes]
+    render: Callable[[Operation, list[BatchItem]], Awaitable[bytes]]
     sender: Sender
 
 
