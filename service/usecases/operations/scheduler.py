@@ -171,3 +171,15 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._release([name for name, _ in entries])
         self._update_gauge()
+
+    async def abandon(self) -> None:
+        """Stops at once, the way a killed process does: no round runs again and every runner is
+        cancelled where it stands; nothing is written, nothing released (its leases run out). What
+        tests of a takeover stand a dead worker on; a real crash needs no call."""
+        self._stopping.set()
+        tasks = [task for _, task in self._runners.values()]
+        if self._loop is not None:
+            tasks.append(self._loop)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
