@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 CAP_MESSAGE = "matches {matched} batches, more than max_batches {cap}; nothing was cancelled"
 
-# Batches found so far, by (provider, id).
-Found = dict[tuple[str, str], BatchItem]
+# Batches listed so far, by (provider, id).
+Listed = dict[tuple[str, str], BatchItem]
 
 
 async def find_batches(run: Run) -> list[BatchItem] | Failure:
@@ -37,7 +37,7 @@ async def find_batches(run: Run) -> list[BatchItem] | Failure:
     selector = run.operation.command.selector
     if selector.explicit:
         return list(run.progress.items) or [BatchItem(provider, batch_id) for batch_id, provider in selector.batches]
-    found: Found = {}
+    found: Listed = {}
     with run.owner() as owner:
         try:
             providers = check_access(owner.caller, run.operation.command, owner.canceller)
@@ -80,7 +80,7 @@ def _query(operation: Operation) -> ListQuery:
     )
 
 
-async def _list_under_key(run: Run, provider: Provider, key: Key, found: Found) -> Failure | None:
+async def _list_under_key(run: Run, provider: Provider, key: Key, found: Listed) -> Failure | None:
     """Adds the key's matching batches to `found`, listing again after a failure retrying can fix;
     the failure that ends the operation, if the listing fails for good."""
     query = _query(run.operation)
