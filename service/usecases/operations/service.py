@@ -75,12 +75,12 @@ class Operations:
         call.caller = caller.identity
         return caller
 
-    async def start(self, command: CancelMatchingCommand, context: CallContext) -> Operation:
+    async def start(self, command: CancelMatchingCommand, call: CallContext) -> Operation:
         """Checks and starts a CancelMatching operation; this worker runs it from now on. Raises
         400/401/403/429 before anything is listed."""
         with self.runtimes.current as runtime:
             canceller, config = runtime.canceller, runtime.config
-            caller = self._caller(context)
+            caller = self._caller(call)
             check_request(command, config, canceller)
             command = normalized(command)
             check_access(caller, command, canceller)
@@ -105,7 +105,7 @@ class Operations:
             update_time=now,
             state=LISTING,
             counts=Counts.of(items),
-            request_id=context.record.request_id if context.record is not None else "",
+            request_id=call.record.request_id if call.record is not None else "",
         )
         await self.store.create(operation, items, self.worker.holder, now + lease)
         OPERATIONS_STARTED.inc()
