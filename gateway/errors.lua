@@ -23,8 +23,9 @@
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
 -- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, the request-id rule
 -- (REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH, REQUEST_ID_UNSAFE) from service/infra/observability.py,
--- BULK_PATH from the proto's route of CancelMany, and BULK_MAX_REQUEST_BYTES comes from
--- gateway/render.py, which puts them all in place of the next line and inlines the result into
+-- BULK_PATH from the proto's route of CancelMany, ROUTES (every REST route from the proto's
+-- google.api.http bindings: {Lua pattern, method, request type}), and BULK_MAX_REQUEST_BYTES comes
+-- from gateway/render.py, which puts them all in place of the next line and inlines the result into
 -- Envoy's config.
 --@ENVELOPE@--
 
@@ -64,6 +65,23 @@ local function refuse(handle, status, message)
   handle:respond({[":status"] = status, ["content-type"] = "text/plain"}, message)
 end
 
+-- The route a REST request's path and method name, or nil and the methods its path takes.
+local function route_of(method, path)
+  local allowed, seen = {}, {}
+  for _, route in ipairs(ROUTES) do
+    if string.match(path, route[1]) then
+      if route[2] == method then
+        return route, nil
+      end
+      if not seen[route[2]] then
+        seen[route[2]] = true
+        allowed[#allowed + 1] = route[2]
+      end
+    end
+  end
+  return nil, allowed
+end
+
 -- The rule service/infra/observability.py applies to direct gRPC callers, generated from it.
 local function safe_request_id(id)
   return #id >= 1 and #id <= REQUEST_ID_MAX_LENGTH and string.find(id, REQUEST_ID_UNSAFE) == nil
@@ -75,6 +93,7 @@ function envoy_on_request(handle)
   if rid ~= nil and not safe_request_id(rid) then
     headers:remove(REQUEST_ID_HEADER)
   end
+  headers:remove(REQUEST_TYPE_HEADER)  -- ours to set, below
   if is_grpc(headers:get("content-type")) then
     return
   end
@@ -105,6 +124,18 @@ function envoy_on_request(handle)
   if string.find(path, "//", 1, true) or (#path > 1 and string.sub(path, -1) == "/") then
     refuse(handle, "404", "no route")
     return
+  end
+  -- A route's path with another method: 405 naming the methods it takes. Envoy's local replies
+  -- (gateway/render.py) name the request type of a cancel route in their error bodies, and only there.
+  local route, allowed = route_of(headers:get(":method"), path)
+  if route == nil and #allowed > 0 then
+    handle:respond(
+      {[":status"] = "405", ["allow"] = table.concat(allowed, ", "), ["content-type"] = "text/plain"},
+      "method not allowed")
+    return
+  end
+  if route ~= nil and route[3] ~= "" then
+    headers:add(REQUEST_TYPE_HEADER, route[3])
   end
   if string.find(target, "%%[89A-Fa-f]%x") then
     local decoded = string.gsub(target, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)

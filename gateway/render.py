@@ -22,9 +22,11 @@ from pathlib import Path
 from google.longrunning import operations_pb2
 
 from gateway.paths import DESCRIPTOR, GATEWAY_DIR, OPENAPI
+from service.domain.errors import CATALOGUE, CODES
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
-from service.edge.routes import WAITING_RPCS, templates
+from service.edge.routes import _VARIABLE, WAITING_RPCS, rest_routes, templates
+from service.edge.status import grpc_code_for_http
 from service.edge.surfaces import SURFACES, Surface
 from service.gen.batchgate.v1 import batchgate_pb2
 from service.infra.observability import REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH, REQUEST_ID_PUNCTUATION
@@ -139,6 +141,7 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
         f"local BULK_PATH = {json.dumps(BULK_PATH)}",
         f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
         f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
+        lua_routes(),
     ]
     return text.replace(LUA_ENVELOPE_MARKER, "\n".join(generated))
 
@@ -146,6 +149,39 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
 def _lua_unsafe_id_pattern() -> str:
     """A Lua pattern matching any character a request id may not hold (`%` escapes punctuation)."""
     return "[^A-Za-z0-9" + "".join("%" + c for c in REQUEST_ID_PUNCTUATION) + "]"
+
+
+def lua_routes() -> str:
+    """The REST routes for the Lua filter (a path of a route with another method is a 405 there), from
+    the proto's `google.api.http` bindings: `{Lua pattern, HTTP verb, request type}` each."""
+    rows = [
+        "{" + ", ".join(json.dumps(value) for value in (lua_pattern(template), verb, request_type)) + "}"
+        for service in (_SERVICE, _OPERATIONS)
+        for verb, template, request_type in rest_routes(service)
+    ]
+    return "local ROUTES = {\n  " + ",\n  ".join(rows) + "\n}"
+
+
+_LUA_MAGIC = re.compile(r"([\^$()%.\[\]*+\-?])")
+
+
+def lua_pattern(template: str) -> str:
+    """A google.api.http path template as an anchored Lua pattern over the raw path: `{name}` and `*`
+    match one segment, `**` the rest, `{name=literal/*}` its own template."""
+
+    def segments(text: str) -> str:
+        return "/".join(
+            ".+" if part == "**" else "[^/]+" if part == "*" else _LUA_MAGIC.sub(r"%\1", part)
+            for part in text.split("/")
+        )
+
+    out, last = [], 0
+    for match in _VARIABLE.finditer(template):
+        out.append(segments(template[last : match.start()]))
+        out.append(segments(match.group(2) or "*"))
+        last = match.end()
+    out.append(segments(template[last:]))
+    return "^" + "".join(out) + "$"
 
 
 def _exact_paths(paths: Sequence[str]) -> str:
@@ -237,9 +273,22 @@ def _listener_tls(cert: Path, key: Path) -> str:
       """
 
 
+def error_table() -> str:
+    """README.md's error table, from the catalogue (service/domain/errors.py): every `error.code`
+    batchgate or its edge answers with. `python -m gateway.render --error-table` prints it."""
+    rows = ["| HTTP | gRPC | `error.type` | `error.code` | when |", "|---|---|---|---|---|"]
+    for entry in CATALOGUE:
+        status = str(entry.status) if entry.status else "the provider's"
+        grpc = grpc_code_for_http(entry.status).name if entry.status else "from the status"
+        where = " (Envoy)" if entry.edge else ""
+        rows.append(f"| {status} | {grpc} | `{entry.type}` | `{entry.code}` | {entry.when}{where} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--error-table", action="store_true", help="print README.md's error table and exit")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--http-port", type=int, default=8080)
     upstream = parser.add_mutually_exclusive_group()
     upstream.add_argument("--grpc-port", type=int, action="append", default=[], help="a service port on 127.0.0.1")
@@ -253,6 +302,11 @@ def main() -> None:
         "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and openapi.json (default: this checkout)"
     )
     args = parser.parse_args()
+    if args.error_table:
+        print(error_table(), end="")
+        return
+    if args.out is None:
+        parser.error("--out is required")
     assets = {}
     if args.assets_dir:
         assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "openapi": args.assets_dir / OPENAPI.name}
@@ -274,14 +328,17 @@ def main() -> None:
 
 @dataclass(frozen=True)
 class LocalReply:
-    """One kind of reply Envoy makes itself, as the Bifrost error fields; the drop-in SDK routes
-    word it in their own API's terms (`ErrorShape.local_words` in service.edge.surfaces). Messages
-    are Envoy format strings."""
+    """One kind of reply Envoy makes itself, as the Bifrost error fields (its type from the catalogue,
+    service/domain/errors.py); the drop-in SDK routes word it in their own API's terms
+    (`ErrorShape.local_words` in service.edge.surfaces). Messages are Envoy format strings."""
 
     status: int | None  # None: any status without a row of its own
     code: str
-    type: str
     message: str
+
+    @property
+    def type(self) -> str:
+        return CODES[self.code].type
 
 
 _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
@@ -290,15 +347,16 @@ _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
 _ENVOY_SAYS = "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)"
 # First match wins. 5xx replies never pass on Envoy's text: it names upstream addresses.
 LOCAL_REPLIES = [
-    LocalReply(404, "route_not_found", "not_found", _NO_ROUTE),
-    LocalReply(408, "request_timeout", "invalid_request_error", "the request did not arrive in time"),
-    LocalReply(413, "request_too_large", "invalid_request_error", "request body is too large"),
-    LocalReply(500, "internal_error", "internal_error", "the gateway could not produce an answer"),
-    LocalReply(501, "not_implemented", "invalid_request_error", _ENVOY_SAYS),
-    LocalReply(502, "upstream_unavailable", "service_unavailable", "batchgate service gave no valid answer"),
-    LocalReply(503, "upstream_unavailable", "service_unavailable", "batchgate service is unavailable"),
-    LocalReply(504, "upstream_timeout", "timeout_error", "batchgate service did not answer in time"),
-    LocalReply(None, "invalid_request", "invalid_request_error", _ENVOY_SAYS),
+    LocalReply(404, "route_not_found", _NO_ROUTE),
+    LocalReply(405, "method_not_allowed", "%REQ(:METHOD)% is not allowed on %REQ(:PATH)%; use %RESP(ALLOW)%"),
+    LocalReply(408, "request_timeout", "the request did not arrive in time"),
+    LocalReply(413, "request_too_large", "request body is too large"),
+    LocalReply(500, "internal_error", "the gateway could not produce an answer"),
+    LocalReply(501, "not_implemented", _ENVOY_SAYS),
+    LocalReply(502, "upstream_unavailable", "batchgate service gave no valid answer"),
+    LocalReply(503, "upstream_unavailable", "batchgate service is unavailable"),
+    LocalReply(504, "upstream_timeout", "batchgate service did not answer in time"),
+    LocalReply(None, "invalid_request", _ENVOY_SAYS),
 ]
 # The drop-in routes with an error envelope of their own; the others answer in the Bifrost body.
 SHAPED_SURFACES = tuple(surface for surface in SURFACES.values() if surface.shape is not None)
@@ -311,7 +369,9 @@ def local_reply_body(surface: Surface | None, reply: LocalReply) -> tuple[dict, 
         shape = surface.shape
         return shape.body(shape.local_words[reply.status], reply.message, "%RESPONSE_CODE%")
     text = envelope.ErrorText(reply.type, reply.code, reply.message, None)
-    return envelope.bifrost(text, "%RESPONSE_CODE%", provider=""), {}
+    # request_type: set by errors.lua on cancel routes only (absent elsewhere: null).
+    request_type = f"%REQ({envelope.REQUEST_TYPE_HEADER})%"
+    return envelope.bifrost(text, "%RESPONSE_CODE%", provider="", request_type=request_type), {}
 
 
 def _status_filter(status: int) -> dict:

@@ -89,7 +89,7 @@ def parse_operations(reader: ConfigReader) -> OperationsConfig:
             raise ConfigError(f"{where}: must be an http(s) URL prefix with a host, without credentials or query")
         targets.append(NotifyTarget(*parsed))
     secret = reader.env_string("notify_secret", required=False)
-    if targets and not secret:
+    if targets and not secret and not reader.unresolved("notify_secret"):
         raise ConfigError(f"{reader.where('notify_secret')}: required when notify_urls is set")
     max_running = reader.get("max_running_per_caller", int, DEFAULT_MAX_RUNNING_PER_CALLER)
     if not 1 <= max_running <= 1000:

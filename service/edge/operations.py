@@ -23,14 +23,14 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
     def __init__(self, operations: Operations) -> None:
         self._operations = operations
 
-    @handles_rpc(finish=finish_call("GetOperation"), route=operations_route)
+    @handles_rpc(finish=finish_call("GetOperation"), route=operations_route, request_type="")
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
         found = await self._operations.get(request.name, rpc.call)
         return await render_operation(found.operation, found.items)
 
-    @handles_rpc(finish=finish_call("ListOperations"), route=operations_route)
+    @handles_rpc(finish=finish_call("ListOperations"), route=operations_route, request_type="")
     async def ListOperations(
         self, request: operations_pb2.ListOperationsRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.ListOperationsResponse:
@@ -41,21 +41,21 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignor
             operations=[operation_to_proto(operation, None) for operation in operations], next_page_token=token
         )
 
-    @handles_rpc(finish=finish_call("CancelOperation"), route=operations_route)
+    @handles_rpc(finish=finish_call("CancelOperation"), route=operations_route, request_type="")
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
         await self._operations.cancel(request.name, rpc.call)
         return empty_pb2.Empty()
 
-    @handles_rpc(finish=finish_call("DeleteOperation"), route=operations_route)
+    @handles_rpc(finish=finish_call("DeleteOperation"), route=operations_route, request_type="")
     async def DeleteOperation(
         self, request: operations_pb2.DeleteOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
         await self._operations.delete(request.name, rpc.call)
         return empty_pb2.Empty()
 
-    @handles_rpc(finish=finish_call("WaitOperation"), route=operations_route)
+    @handles_rpc(finish=finish_call("WaitOperation"), route=operations_route, request_type="")
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:

@@ -27,12 +27,11 @@ import asyncio
 import logging
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import Counter
@@ -40,6 +39,7 @@ from prometheus_client import Counter
 from service.config.governance import RateLimit, StoreConfig
 from service.domain.errors import Overloaded, UpstreamUnavailable
 from service.infra.redis_connections import RedisConnections, Script, describe
+from service.infra.state import RATE_LIMITS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ RETURNING count, reset_at
 
 class EmbeddedStore:
     """A SQLite file in WAL mode. Every process that opens the same path shares the counts. Without a
-    path the store makes a file of its own (a lone `python -m service`) and removes it on close.
+    path (a test's store) the counts live in this process's memory: nothing is written to disk.
 
     A counted call is one short write, ~20 us at p50 here (no fsync: counts are worth nothing after
     a reboot), cheaper than a hop to a thread, so it runs on the event loop. But SQLite's busy handler
@@ -105,11 +105,7 @@ class EmbeddedStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
     ) -> None:
-        self._own_dir = None
-        if path is None:
-            self._own_dir = tempfile.mkdtemp(prefix="batchgate-limits-")
-            path = os.path.join(self._own_dir, "rate-limits.sqlite3")
-        self.path = os.fspath(path)
+        self.path = ":memory:" if path is None else os.fspath(path)
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._db = self.initialize(self.path, busy_timeout_ms)  # may wait while other workers start
@@ -117,6 +113,11 @@ class EmbeddedStore:
         self._db.execute("PRAGMA busy_timeout = 0")
         self._waiting_db: sqlite3.Connection | None = None  # opened on first contention
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="rate-limit-store")
+
+    @staticmethod
+    def path_in(state_dir: str | os.PathLike[str]) -> Path:
+        """The store's file in a state directory (STATE_DIR): the launcher and every worker agree."""
+        return Path(state_dir) / RATE_LIMITS_FILE
 
     @staticmethod
     def initialize(path: str | os.PathLike[str], busy_timeout_ms: int = 200) -> sqlite3.Connection:
@@ -151,15 +152,12 @@ class EmbeddedStore:
         self._db.execute("SELECT count(*) FROM windows WHERE 0").fetchone()
 
     async def close(self) -> None:
-        """Closes the files (and removes a file of its own); closing twice is harmless."""
+        """Closes the files; closing twice is harmless."""
         self._waiter.shutdown(wait=True)
         for db in (self._db, self._waiting_db):
             if db is not None:
                 db.close()
         self._waiting_db = None
-        if self._own_dir is not None:
-            shutil.rmtree(self._own_dir, ignore_errors=True)
-            self._own_dir = None
 
     def redact(self, text: str) -> str:
         return text
@@ -221,7 +219,8 @@ class RedisStore:
 
 def open_store(settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
-    launcher shares between workers: `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB), else a file of its own."""
+    workers of one machine share: the state directory's, `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB),
+    else this process's memory."""
     if settings.type == "redis" and settings.url is not None:  # governance.store requires its url
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
     return EmbeddedStore(embedded_path or None)

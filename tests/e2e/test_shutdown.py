@@ -37,7 +37,7 @@ SERVICE_DOWN = {
     "is_bifrost_error": True,
     "status_code": 503,
     "error": {
-        "type": "service_unavailable",
+        "type": "upstream_error",
         "code": "upstream_unavailable",
         "message": "batchgate service is unavailable",
         "param": None,

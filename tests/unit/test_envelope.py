@@ -203,10 +203,13 @@ return function(hdrs)
   local methods = {}
   function methods:get(key) return rawget(self, key) end
   function methods:remove(key) rawset(self, key, nil) end
+  function methods:add(key, value) rawset(self, key, value) end
   local headers = setmetatable(hdrs, {__index = methods})
   local handle = {}
   function handle:headers() return headers end
-  function handle:respond(reply, body) handle.status, handle.reply_body = reply[":status"], body end
+  function handle:respond(reply, body)
+    handle.status, handle.reply_body, handle.allow = reply[":status"], body, reply["allow"]
+  end
   return handle
 end
 """
@@ -235,6 +238,31 @@ def test_a_bulk_body_declared_over_the_limit_is_a_413_before_the_transcoder(lua,
     if length is not None:
         headers["content-length"] = str(length)
     assert request(lua, headers) == (status, "request body is too large" if status else None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow", "request_type"),
+    [
+        ("GET", "/v1/batches/b1/cancel", "POST", None),
+        ("DELETE", "/openai/v1/batches/b1/cancel?provider=azure", "POST", None),
+        ("GET", "/v1/batches/cancel", "POST", None),
+        ("PUT", "/bedrock/model-invocation-job/arn%3Ax/stop", "POST", None),
+        ("GET", "/genai/v1beta/batches/b1:cancel", "POST", None),
+        ("POST", "/health", "GET", None),
+        ("POST", "/v1/batches/b1/cancel", None, "batch_cancel"),
+        ("POST", "/anthropic/v1/messages/batches/b1/cancel", None, "batch_cancel"),
+        ("GET", "/health", None, None),
+        ("GET", "/v1/no/such/route", None, None),  # the transcoder's 404
+    ],
+)
+def test_a_routes_path_with_another_method_is_a_405_naming_its_method(lua, method, path, allow, request_type):
+    """Issue 23: 405 with `Allow`, not a 404; and only a cancel route's errors name the request type
+    (Envoy's local replies read it from the header the filter sets)."""
+    hdrs = lua.table_from({":method": method, ":path": path, "x-bf-request-type": "forged"})
+    handle = lua.execute(FAKE_REQUEST_HANDLE)(hdrs)
+    lua.globals().envoy_on_request(handle)
+    assert (handle.status, handle.allow) == (("405", allow) if allow else (None, None))
+    assert hdrs["x-bf-request-type"] == request_type
 
 
 def test_native_grpc_answers_pass_untouched(lua):

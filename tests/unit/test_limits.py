@@ -140,13 +140,20 @@ async def test_a_reopened_store_keeps_open_windows_and_drops_ended_ones(tmp_path
     await store.close()
 
 
-async def test_a_store_of_its_own_is_removed_on_close():
+async def test_a_store_without_a_file_counts_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     store = EmbeddedStore()
     assert await store.hit("a", 1) == (1, pytest.approx(1, abs=0.1))
+    assert await store.hit("a", 1) == (2, pytest.approx(1, abs=0.1))
     await store.close()
-    import os
+    assert store.path == ":memory:" and list(tmp_path.iterdir()) == []
 
-    assert not os.path.exists(store.path)
+
+def test_the_store_file_of_a_state_directory(tmp_path):
+    assert EmbeddedStore.path_in(tmp_path) == tmp_path / "rate-limits.sqlite3"
 
 
 async def test_contended_write_waits_off_the_event_loop(tmp_path):

@@ -28,7 +28,7 @@ class Leaving(Exception):
 
 
 def cancelled_failure() -> Failure:
-    return Failure(STOPPED_MESSAGE, status_code=499, type="cancelled", code="operation_cancelled")
+    return Failure(STOPPED_MESSAGE, status_code=499, type="cancelled_error", code="operation_cancelled")
 
 
 class Control:
