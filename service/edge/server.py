@@ -27,11 +27,12 @@ from service.infra.concurrency import Lease
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
 from service.infra.operation_store import OperationStore, open_operation_store
+from service.infra.timing import Timing
 from service.infra.webhook import WebhookSender
 from service.runtime.live import FileWatcher, LiveConfig
 from service.usecases.cancel import Canceller
-from service.usecases.operations import Operations
-from service.usecases.operations import Settings as OperationSettings
+from service.usecases.operations import OperationPolicy, Operations, Webhook, Worker
+from service.usecases.operations.worker import UNIX_TIME
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class App:
         # Operations leave as calls do: what is in flight finishes, the rest is another worker's.
         await asyncio.gather(self.server.stop(grace), self.operations.close(grace))
         await self.operations.store.close()
-        if self.operations.notifier is not None:
-            await self.operations.notifier.close()
+        if self.operations.worker.webhook is not None:
+            await self.operations.worker.webhook.sender.close()
         await self.live.close()
         await self.live.limiter.close()
 
@@ -87,12 +88,13 @@ class App:
 @dataclass(frozen=True, slots=True)
 class OperationsSetup:
     """Where long-running operations live and how they run: in `store`, else in the Redis of
-    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop);
-    `settings` tune the runner (tests make it fast)."""
+    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop); with
+    `policy` (tests make it fast), on `timing` (unix time; tests move it)."""
 
     store: OperationStore | None = None
     db: str | Path | None = None
-    settings: OperationSettings | None = None
+    policy: OperationPolicy = OperationPolicy()
+    timing: Timing = UNIX_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,8 @@ async def create_server(
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     store_config = live.current.config.store
     store = operations.store or open_operation_store(store_config.type, store_config.url, operations.db)
-    running = Operations(store, live, settings=operations.settings, render=operation_json, notifier=WebhookSender())
+    webhook = Webhook(operation_json, WebhookSender())
+    running = Operations(Worker(store, live, timing=operations.timing, policy=operations.policy, webhook=webhook))
     servicer = BatchServicer(live, running)
     # Every call passes the door (header bytes, its caller's share) and reads its request itself, so
     # a malformed call always gets a status (service.edge.wire). The registrar stands in for the
