@@ -1,8 +1,9 @@
 """`python -m bench.run --profile`: py-spy on the service (all its processes) during an extra REST
 c=64 run. A summary goes to bench/results/profile.md (the busy samples by owner: grpc, aiohttp,
 batchgate's own code, logging, metrics, the asyncio loop; then self and inclusive time per frame),
-the collapsed stacks to profile.txt in the run's working directory. With `--profile-native` the
-owners are exact: grpc's Cython layer and C core have no Python frames and show up only there.
+the collapsed stacks to bench/results/profile.txt (not committed: to search, or to draw as a flame
+graph). With `--profile-native` the owners are exact: grpc's Cython layer and C core have no Python
+frames and show up only there.
 
 Named profiling, not profile: a bench/profile.py would shadow the standard library's `profile`
 (which cProfile imports) wherever bench/ itself is on the path.
@@ -25,7 +26,7 @@ from bench.load import LoadClient, Target
 from bench.procs import Groups
 
 
-def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target: Target, workdir: Path) -> None:
+def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target: Target) -> None:
     """py-spy on the service while `client` sends `args.profile_requests` to `target`."""
     if not ensure_pip_requirements(ROOT / "bench" / "requirements-profile.txt", "py_spy") and not shutil.which(
         "py-spy", path=str(Path(sys.executable).parent)
@@ -36,7 +37,8 @@ def profile(args: argparse.Namespace, client: LoadClient, groups: Groups, target
     if spy is None:
         log("py-spy not found after install: no profile")
         return
-    raw = workdir / "profile.txt"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    raw = RESULTS / "profile.txt"
     raw.unlink(missing_ok=True)
     pid = groups.roots["service"][0]
     cmd = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw), "--subprocesses"]

@@ -55,7 +55,7 @@ from bench.report import (
 from bench.system import System
 
 
-def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System, workdir: Path) -> int:
+def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System) -> int:
     smoke = args.smoke
     levels = [(1, args.c1_requests, args.c1_warmup), (args.concurrency, args.c64_requests, args.c64_warmup)]
     groups = system.groups()
@@ -101,7 +101,7 @@ def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System, 
         print(line)
     print(f"\nwrote {out.relative_to(ROOT)}" + ("" if smoke else " and bench/results/latency.png"))
     if args.profile:
-        profile(args, client, groups, all_targets[1], workdir)
+        profile(args, client, groups, all_targets[1])
     errors = sum(r.result.errors for r in runs)
     if smoke and errors:
         print(f"SMOKE FAILED: {errors} errors", file=sys.stderr)
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile_only:
                 path = next(t for t in targets(system) if t.name == args.profile_path)
                 client.run(path, args.concurrency, args.c64_warmup)
-                profile(args, client, system.groups(), path, workdir)
+                profile(args, client, system.groups(), path)
                 return 0
-            return run_benchmark(args, client, system, workdir)
+            return run_benchmark(args, client, system)
         except HarnessError as err:
             print(f"bench: {err}", file=sys.stderr)
             if system.stack is not None:
