@@ -14,7 +14,7 @@ BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto proto-release deploy-config lint typecheck-client redis-server promtool run test unit integration e2e mutate bench bench-ops bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release deploy-config lint typecheck typecheck-client redis-server promtool run test unit integration e2e mutate bench bench-ops bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -75,9 +75,10 @@ promtool:
 run: proto
 	$(PY) -m gateway.run
 
-# Lint: layers import only downward (import-linter), ruff's rules and its formatting, the client's
-# types; the gRPC contract (buf's rules, buf.yaml; nothing released broken); the Dockerfile (hadolint).
-lint: proto typecheck-client
+# Lint: layers import only downward (import-linter), ruff's rules and its formatting, the service's
+# and the client's types; the gRPC contract (buf's rules, buf.yaml; nothing released broken); the
+# Dockerfile (hadolint).
+lint: proto typecheck typecheck-client
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -88,6 +89,11 @@ lint: proto typecheck-client
 # When a release is cut: its contract becomes the one `buf breaking` compares against.
 proto-release: proto
 	$(VENV)/bin/buf build protos --exclude-source-info -o $(BUF_BASELINE)
+
+# The service under mypy --strict ([tool.mypy] in pyproject.toml; the generated stubs are read for
+# their types, not checked).
+typecheck: proto
+	$(VENV)/bin/mypy
 
 # The client package under mypy --strict (client/pyproject.toml), then client/examples/ as a service
 # author's CI would check it, against the installed package: mypy --strict and pyright (strict).

@@ -221,7 +221,8 @@ def rss_soak_markdown(
 def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
     import grpc
 
-    from gateway.stack import default_envoy_concurrency, default_workers, envoy_binary
+    from gateway.stack import envoy_binary
+    from service.config.settings import Settings
 
     model = "unknown"
     try:
@@ -232,6 +233,7 @@ def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
     except OSError:
         pass
     envoy = envoy_binary()
+    settings = Settings.from_env()
     return [
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
         f"- machine: {len(os.sched_getaffinity(0))} cores (nproc), {model}, {platform.platform()}",
@@ -240,7 +242,7 @@ def machine_info(client: LoadClient, args: argparse.Namespace) -> list[str]:
         f"- load generator: {client.name} ({client.version}), one client thread; gRPC: "
         f"c calls over min(c, {args.grpc_conns}) HTTP/2 connections; REST and baseline: HTTP/1.1, one connection per "
         "concurrent request",
-        f"- service workers: {default_workers()}, Envoy --concurrency {default_envoy_concurrency()} "
+        f"- service workers: {settings.workers}, Envoy --concurrency {settings.envoy_concurrency} "
         "(WORKERS / ENVOY_CONCURRENCY)",
     ]
 

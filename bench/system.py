@@ -98,13 +98,22 @@ class System:
         """Envoy with the gateway's config (gateway/render.py: Lua, transcoder, router) in front of
         one reference servicer's Unix socket, as the gateway runs it (`--concurrency` ENVOY_CONCURRENCY)."""
         from gateway.render import render
-        from gateway.stack import default_envoy_concurrency, envoy_binary, free_port
+        from gateway.stack import envoy_binary, free_port
+        from service.config.settings import Settings
 
         http_port = free_port()
         config = self.workdir / f"envoy-{name}.yaml"
         config.write_text(render(http_port=http_port, grpc_sockets=[socket], admin_port=free_port()))
         binary = envoy_binary()
-        args = [binary, "-c", str(config), "--concurrency", str(default_envoy_concurrency()), "--log-level", "warn"]
+        args = [
+            binary,
+            "-c",
+            str(config),
+            "--concurrency",
+            str(Settings.from_env().envoy_concurrency),
+            "--log-level",
+            "warn",
+        ]
         log_file = open(self.workdir / f"envoy-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
             [*args, "--base-id", str(http_port)],
@@ -116,8 +125,9 @@ class System:
         return proc, f"http://127.0.0.1:{http_port}"
 
     def start(self) -> None:
-        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from gateway.stack import Stack, free_port
         from sandbox.server import gateway_config
+        from service.config.settings import Settings
 
         self.sim, port = _spawn_on_port("sandbox", "SANDBOX_PORT", "--auto-create")
         self.sim_url = f"http://127.0.0.1:{port}"
@@ -137,15 +147,16 @@ class System:
             grpc_port=free_port(),
             admin_port=free_port(),
             log_dir=self.workdir / "logs",
-            workers=default_workers(),
-            envoy_concurrency=default_envoy_concurrency(),
+            workers=Settings.from_env().workers,
+            envoy_concurrency=Settings.from_env().envoy_concurrency,
         )
         self.stack.start(timeout=30)
 
     def start_redis_gateway(self) -> None:
         """A local redis-server and a second gateway (same simulator) counting limits in it."""
-        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from gateway.stack import Stack, free_port
         from sandbox.server import gateway_config
+        from service.config.settings import Settings
 
         binary = shutil.which("redis-server")
         if binary is None:
@@ -183,8 +194,8 @@ class System:
             grpc_port=free_port(),
             admin_port=free_port(),
             log_dir=self.workdir / "logs-redis",
-            workers=default_workers(),
-            envoy_concurrency=default_envoy_concurrency(),
+            workers=Settings.from_env().workers,
+            envoy_concurrency=Settings.from_env().envoy_concurrency,
             env={"BENCH_REDIS_URL": self.redis_url},
         )
         self.redis_stack.start(timeout=30)

@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from gateway.render import DESCRIPTOR, OPENAPI, ROOT
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
 
 PROTOS = ROOT / "protos"
 SERVICE_GEN = ROOT / "service" / "gen"
@@ -64,7 +64,15 @@ def service_stubs(out: Path = SERVICE_GEN, descriptor: Path = DESCRIPTOR) -> Non
     tmp.mkdir(parents=True)
     descriptor.parent.mkdir(parents=True, exist_ok=True)
     includes = [f"-I{i}" for i in include_dirs()]
-    stubs = ["protoc", *includes, f"--python_out={tmp}", f"--grpc_python_out={tmp}", *contract_files()]
+    # The messages' .pyi is what mypy reads for their types (make typecheck).
+    stubs = [
+        "protoc",
+        *includes,
+        f"--python_out={tmp}",
+        f"--pyi_out={tmp}",
+        f"--grpc_python_out={tmp}",
+        *contract_files(),
+    ]
     # Envoy's descriptor set: every type an Any in an answer can hold (an operation's metadata,
     # response and error details), google.rpc's error details included, or the transcoder answers 502.
     types = ["protoc", *includes, "--include_imports", "--include_source_info", f"--descriptor_set_out={descriptor}"]

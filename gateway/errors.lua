@@ -21,9 +21,11 @@
 --   optional fields, so `code` and `param` are put back as null, as in the single cancel's body.
 
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
--- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, and BULK_PATH and
--- BULK_MAX_REQUEST_BYTES come from gateway/render.py, which puts them in place of the next line and
--- inlines the result into Envoy's config.
+-- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, the request-id rule
+-- (REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH, REQUEST_ID_UNSAFE) from service/infra/observability.py,
+-- BULK_PATH from the proto's route of CancelMany, and BULK_MAX_REQUEST_BYTES comes from
+-- gateway/render.py, which puts them all in place of the next line and inlines the result into
+-- Envoy's config.
 --@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
@@ -62,16 +64,16 @@ local function refuse(handle, status, message)
   handle:respond({[":status"] = status, ["content-type"] = "text/plain"}, message)
 end
 
--- service/infra/observability.py keeps the same rule for direct gRPC callers.
+-- The rule service/infra/observability.py applies to direct gRPC callers, generated from it.
 local function safe_request_id(id)
-  return #id >= 1 and #id <= 128 and string.find(id, "[^%w%._:%-]") == nil
+  return #id >= 1 and #id <= REQUEST_ID_MAX_LENGTH and string.find(id, REQUEST_ID_UNSAFE) == nil
 end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  local rid = headers:get("x-request-id")
+  local rid = headers:get(REQUEST_ID_HEADER)
   if rid ~= nil and not safe_request_id(rid) then
-    headers:remove("x-request-id")
+    headers:remove(REQUEST_ID_HEADER)
   end
   if is_grpc(headers:get("content-type")) then
     return

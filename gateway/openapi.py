@@ -31,7 +31,8 @@ from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_proto_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, OPENAPI_PATH, ROOT, SURFACES, TEMPLATE
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
+from gateway.render import LOCAL_REPLIES, OPENAPI_PATH, SHAPED_SURFACES, TEMPLATE
 from service.domain.errors import GatewayError
 from service.edge import envelope
 from service.infra.providers.catalog import KNOWN_PROVIDERS
@@ -71,6 +72,9 @@ SECURITY_SCHEMES = {
 # Request fields that name the provider to cancel on: one of the provider catalog's names (any other
 # is a 400 before any upstream call).
 PROVIDER_FIELDS = {"batchgate.v1.CancelBatchRequest.provider", "batchgate.v1.BatchRef.provider"}
+# The drop-in routes with an error envelope of their own (the first path segment; the registry of
+# service/edge/surfaces.py); the other routes answer in the Bifrost body.
+SURFACE_NAMES = tuple(surface.name for surface in SHAPED_SURFACES)
 # An RPC whose answer for one status is its own message, not the error envelope.
 OWN_ERROR_BODIES = {"batchgate.v1.BatchService.Health": {503: "the health answer itself, `status` `draining`"}}
 
@@ -354,18 +358,23 @@ def _schema_of_sample(value: Any) -> dict[str, Any]:
 
 def error_envelopes() -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     """(schema, extra headers) of the error body on each surface ("" for the Bifrost routes)."""
-    bedrock_body, bedrock_headers = envelope.bedrock("", "")
+    descriptions = {
+        "anthropic": "Anthropic's error body.",
+        "genai": "Google's error body (`code` is the HTTP status).",
+        "bedrock": "AWS rest-json: the exception's name in `x-amzn-errortype`.",
+    }
+    assert set(descriptions) == set(SURFACE_NAMES), "a surface without a description of its error envelope here"
     samples = {
         "": (
-            envelope.bifrost(status_code=0, type="", code=None, message="", param=None, provider=""),
+            envelope.bifrost(envelope.ErrorText("", None, "", None), 0, provider=""),
             {},
             "The Bifrost error body (`is_bifrost_error` false: the provider's own error, status and fields kept).",
         ),
-        "anthropic": (envelope.anthropic("", ""), {}, "Anthropic's error body."),
-        "genai": (envelope.google(0, "", ""), {}, "Google's error body (`code` is the HTTP status)."),
-        "bedrock": (bedrock_body, bedrock_headers, "AWS rest-json: the exception's name in `x-amzn-errortype`."),
     }
-    assert set(samples) == {"", *SURFACES}, "a surface without an error envelope here"
+    for shaped in SHAPED_SURFACES:
+        assert shaped.shape is not None
+        body, headers = shaped.shape.body("", "", 0)  # the registry's own envelope (service/edge/surfaces.py)
+        samples[shaped.name] = (body, headers, descriptions[shaped.name])
     out = {}
     for surface, (body, headers, text) in samples.items():
         out[surface] = ({**_schema_of_sample(body), "description": text}, headers)
@@ -487,7 +496,7 @@ def build(fds: descriptor_pb2.FileDescriptorSet, services: Iterable[str]) -> dic
             for n, (verb, template, body) in enumerate(_bindings(method.options.Extensions[annotations_pb2.http])):
                 route = parse_template(template)
                 surface = route.path.split("/")[1]
-                surface = surface if surface in SURFACES else ""
+                surface = surface if surface in SURFACE_NAMES else ""
                 bound = set(route.params.values()) | set(route.fixed)
                 operation: dict[str, Any] = {
                     "operationId": f"{service.name}_{method.name}" + (f"_{n + 1}" if n else ""),

@@ -1,13 +1,10 @@
 """`python -m gateway.run` (what `make run` does): runs Envoy + the service in the foreground.
 
-Environment: CONFIG (a config.json; without it, sandbox mode with bundled provider simulators),
-HTTP_PORT (REST edge, default 8080), GRPC_PORT (gRPC service, default 50051), ADMIN_PORT (Envoy
-admin on loopback, default 9901), BIND_HOST (REST edge address, default 127.0.0.1), TLS_CERT_FILE
-and TLS_KEY_FILE (PEM files: HTTPS at the edge, TLS on the gRPC port), WORKERS (service processes,
-default one per core), ENVOY_CONCURRENCY (Envoy worker threads, default half the cores),
-METRICS_PORT (Prometheus /metrics of worker i on METRICS_PORT + i, default 9464; 0 turns it off),
-SANDBOX_CANCEL_DELAY_S (sandbox mode: seconds a cancelled batch stays `cancelling`, default 3),
-STATE_DIR (where long-running operations are kept across restarts, default build/state).
+Its settings come from the environment, read once here (service.config.settings, README's table):
+CONFIG (without it, sandbox mode with bundled provider simulators), the ports, BIND_HOST, the TLS
+files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S, STATE_DIR (where long-running
+operations are kept across restarts); the service workers read theirs (LOG_*, DRAIN_DELAY_SECONDS,
+REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same environment.
 In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
@@ -21,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.stack import Stack, default_envoy_concurrency, default_workers
+from gateway.stack import Stack
 from sandbox.server import SANDBOX_OPERATOR_KEY
 from service.config.reader import ConfigError
+from service.config.settings import Settings
 
 
 def _path(value: str | None) -> Path | None:
@@ -31,22 +29,27 @@ def _path(value: str | None) -> Path | None:
 
 
 def main() -> int:
-    config = os.environ.get("CONFIG")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"batchgate: {exc}", file=sys.stderr)
+        return 2
+    config = settings.config
     stack = Stack(
         config=Path(config).resolve() if config else None,
-        http_port=int(os.environ.get("HTTP_PORT", "8080")),
-        grpc_port=int(os.environ.get("GRPC_PORT", "50051")),
-        admin_port=int(os.environ.get("ADMIN_PORT", "9901")),
-        bind_host=os.environ.get("BIND_HOST", "127.0.0.1"),
-        workers=default_workers(),
-        metrics_port=int(os.environ.get("METRICS_PORT", "9464")) or None,
-        envoy_concurrency=default_envoy_concurrency(),
-        tls_cert=_path(os.environ.get("TLS_CERT_FILE")),
-        tls_key=_path(os.environ.get("TLS_KEY_FILE")),
-        sandbox_cancel_delay_s=float(os.environ.get("SANDBOX_CANCEL_DELAY_S", "3")),
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        admin_port=settings.admin_port,
+        bind_host=settings.bind_host,
+        workers=settings.workers,
+        metrics_port=settings.metrics_port or None,
+        envoy_concurrency=settings.envoy_concurrency,
+        tls_cert=_path(settings.tls_cert_file),
+        tls_key=_path(settings.tls_key_file),
+        sandbox_cancel_delay_s=settings.sandbox_cancel_delay_s,
         sandbox_demo=True,
         # Never a temporary directory: operations must survive a restart.
-        state_dir=Path(os.environ.get("STATE_DIR") or "build/state").resolve(),
+        state_dir=Path(settings.state_dir).resolve(),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)

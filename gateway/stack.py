@@ -21,9 +21,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.render import ROOT, render
+from gateway.paths import ROOT
+from gateway.render import render
 from sandbox.server import gateway_config
 from service.config.governance import StoreConfig
+from service.config.settings import Settings
 from service.infra.limits import EmbeddedStore, RedisStore
 from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import load_config
@@ -55,16 +57,6 @@ def free_ports(count: int, attempts: int = 50) -> int:
             for sock in socks:
                 sock.close()
     raise OSError(f"no {count} consecutive free ports on 127.0.0.1")
-
-
-def default_workers() -> int:
-    """WORKERS, else one service process per core."""
-    return int(os.environ.get("WORKERS") or os.cpu_count() or 1)
-
-
-def default_envoy_concurrency() -> int:
-    """ENVOY_CONCURRENCY, else half the cores: Envoy needs far less CPU than the Python workers."""
-    return int(os.environ.get("ENVOY_CONCURRENCY") or max(1, (os.cpu_count() or 1) // 2))
 
 
 def _die_with_parent() -> None:
@@ -210,7 +202,7 @@ class Stack:
             self.worker_ports = [free_port() for _ in range(self.workers)]
             private = [["--private-port", str(port)] for port in self.worker_ports]
         for i, own in enumerate(private):
-            metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
+            metrics = ["--metrics-port", str(self.metrics_port + i if self.metrics_port else 0)]
             self._spawn(
                 "service",
                 [
@@ -271,8 +263,8 @@ class Stack:
         self._wait(self._edge_ready, deadline, "the gateway did not become ready")
 
     def request_read_timeout(self) -> float:
-        """REQUEST_READ_TIMEOUT_SECONDS as the service reads it (service/edge/wire.py)."""
-        return float({**os.environ, **self.env}.get("REQUEST_READ_TIMEOUT_SECONDS") or 10)
+        """REQUEST_READ_TIMEOUT_SECONDS as the workers will read it from the environment they get."""
+        return Settings.from_env({**os.environ, **self.env}).request_read_timeout_seconds
 
     def _rate_limit_store(self, settings: StoreConfig) -> list[str]:
         """Creates the embedded store's file once, before any worker opens it (they would race to

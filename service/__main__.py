@@ -1,28 +1,32 @@
-"""`python -m service --config config.json --address 127.0.0.1:50051` runs the gRPC service."""
+"""`python -m service --config config.json --address 127.0.0.1:50051` runs the gRPC service.
+
+The process's settings are read from the environment here, once (service.config.settings); the
+flags, which the launcher (gateway/stack.py) passes to each worker, take precedence over them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import os
 import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from service.config.file import Config, read_config
 from service.config.reader import ConfigError
-from service.edge.server import serve
-from service.infra.limits import EMBEDDED_PATH_ENV, RateLimiter
+from service.config.settings import Settings
+from service.edge.server import Listener, serve
+from service.infra.limits import RateLimiter
 from service.infra.observability import configure_logging, configure_tracing
 from service.infra.providers.catalog import parse_config_bytes
-from service.runtime.live import LiveConfig, StateDir
+from service.runtime.build import RuntimeFactory
+from service.runtime.live import ConfigSource, LiveConfig, StateDir
 from service.usecases.auth import exposure_problem
-
-# Where state that must outlive a restart lives (long-running operations): never a temporary directory.
-DEFAULT_STATE_DIR = "build/state"
-OPERATIONS_DB_ENV = "BATCHGATE_OPERATIONS_DB"
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -32,10 +36,15 @@ def _file_digest(path: str | None) -> str | None:
         return None
 
 
-def main() -> None:
+def _exit(message: str) -> NoReturn:
+    print(f"batchgate: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _arguments(settings: Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m service", description="batchgate gRPC service")
-    parser.add_argument("--config", default=os.environ.get("CONFIG"), required=not os.environ.get("CONFIG"))
-    parser.add_argument("--address", default=f"127.0.0.1:{os.environ.get('GRPC_PORT', '50051')}")
+    parser.add_argument("--config", default=settings.config, required=not settings.config)
+    parser.add_argument("--address", default=f"127.0.0.1:{settings.grpc_port}")
     parser.add_argument("--reuse-port", action="store_true", help="share the port with other workers")
     parser.add_argument(
         "--private-port", type=int, help="also listen on this loopback port of this worker's own (Envoy's endpoint)"
@@ -47,11 +56,11 @@ def main() -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("METRICS_PORT") or 0) or None,
-        help="serve Prometheus /metrics on this loopback port (METRICS_PORT)",
+        default=settings.metrics_port,
+        help="serve Prometheus /metrics on this port of METRICS_HOST (METRICS_PORT; 0: off)",
     )
-    parser.add_argument("--tls-cert", default=os.environ.get("TLS_CERT_FILE"), help="PEM certificate chain")
-    parser.add_argument("--tls-key", default=os.environ.get("TLS_KEY_FILE"), help="PEM private key")
+    parser.add_argument("--tls-cert", default=settings.tls_cert_file, help="PEM certificate chain")
+    parser.add_argument("--tls-key", default=settings.tls_key_file, help="PEM private key")
     parser.add_argument(
         "--edge-host", help="address the REST edge in front of this worker listens on (a reload must not open it)"
     )
@@ -59,76 +68,75 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
     parser.add_argument(
         "--rate-limit-db",
-        default=os.environ.get(EMBEDDED_PATH_ENV),
+        default=settings.batchgate_rate_limit_db,
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
-        f"({EMBEDDED_PATH_ENV}; default: a file of this process's own)",
+        "(BATCHGATE_RATE_LIMIT_DB; default: a file of this process's own)",
     )
     parser.add_argument(
         "--operations-db",
-        default=os.environ.get(OPERATIONS_DB_ENV)
-        or os.path.join(os.environ.get("STATE_DIR") or DEFAULT_STATE_DIR, "operations.sqlite3"),
+        default=settings.batchgate_operations_db or os.path.join(settings.state_dir, "operations.sqlite3"),
         help="the SQLite file of long-running operations, shared by the workers of one machine "
-        f"({OPERATIONS_DB_ENV}; default: STATE_DIR/operations.sqlite3, STATE_DIR default {DEFAULT_STATE_DIR}); "
-        "unused when governance.store is Redis",
+        "(BATCHGATE_OPERATIONS_DB; default: STATE_DIR/operations.sqlite3); unused when governance.store is Redis",
     )
-    args = parser.parse_args()
-    # A SIGHUP (reload) that arrives before the server is up must not end the process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    configure_logging()
-    configure_tracing()
+    return parser.parse_args()
+
+
+def _tls(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    if not (args.tls_cert or args.tls_key):
+        return None
+    try:
+        return Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes()
+    except (OSError, TypeError) as exc:
+        _exit(f"cannot read the TLS key and certificate: {exc}")
+
+
+def _source(args: argparse.Namespace) -> ConfigSource:
+    """The config file, refused at a reload when it would open a public listener, and the TLS files
+    a reload cannot change."""
     hosts = [args.address.rsplit(":", 1)[0], *([args.edge_host] if args.edge_host else [])]
 
     def exposure(config: Config) -> str | None:
         return next(filter(None, (exposure_problem(config, host) for host in hosts)), None)
 
+    restart_only = {
+        "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
+        "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
+    }
+    return ConfigSource(args.config, check=exposure, restart_only=restart_only)
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        _exit(str(exc))
+    args = _arguments(settings)
+    settings = dataclasses.replace(
+        settings, metrics_port=args.metrics_port or 0, batchgate_operations_db=args.operations_db
+    )
+    # A SIGHUP (reload) that arrives before the server is up must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(settings)
+    configure_tracing(settings)
     try:
         raw = read_config(args.config)
         config = parse_config_bytes(raw, args.config)
     except ConfigError as exc:
-        print(f"batchgate: config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    problem = exposure_problem(config, hosts[0])
+        _exit(f"config error: {exc}")
+    problem = exposure_problem(config, args.address.rsplit(":", 1)[0])
     if problem:
-        print(f"batchgate: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-    tls = None
-    if args.tls_cert or args.tls_key:
-        try:
-            tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
-        except (OSError, TypeError) as exc:
-            print(f"batchgate: cannot read the TLS key and certificate: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+        _exit(problem)
+    tls = _tls(args)
     try:
         # One limiter per process, outside every loaded config: counts carry over reloads.
         limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
     except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
-        print(f"batchgate: cannot open the rate limit store: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    live = LiveConfig(
-        config,
-        raw,
-        path=args.config,
-        limiter=limiter,
-        check=exposure,
-        restart_only={
-            "TLS_CERT_FILE": lambda: _file_digest(args.tls_cert),
-            "TLS_KEY_FILE": lambda: _file_digest(args.tls_key),
-        },
-        state_dir=StateDir(args.state_dir, args.worker) if args.state_dir else None,
-    )
+        _exit(f"cannot open the rate limit store: {exc}")
+    state_dir = StateDir(args.state_dir, args.worker) if args.state_dir else None
+    live = LiveConfig(config, raw, source=_source(args), factory=RuntimeFactory(limiter), state_dir=state_dir)
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []
-    asyncio.run(
-        serve(
-            live,
-            args.address,
-            *extra,
-            reuse_port=args.reuse_port,
-            tls=tls,
-            metrics_port=args.metrics_port,
-            operations_db=args.operations_db,
-        )
-    )
+    asyncio.run(serve(live, Listener(args.address, tuple(extra), args.reuse_port, tls), settings))
 
 
 if __name__ == "__main__":

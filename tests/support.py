@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
+import inspect
 import ipaddress
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from sandbox.core import ProviderSim
 from service.config.file import Config
@@ -44,6 +48,33 @@ class SteppedClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Waits until `predicate()` (sync or async) holds, checking every few milliseconds; fails after
+    `timeout` seconds, which is headroom on a busy machine, not an expected duration. The one place
+    integration tests wait for something to happen: they never sleep and hope."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        assert time.monotonic() < deadline, f"not reached within {timeout} s"
+        await asyncio.sleep(0.005)
+
+
+def in_flight() -> float:
+    """Calls the service in this process is handling now (its batchgate_in_flight_requests gauge)."""
+    return REGISTRY.get_sample_value("batchgate_in_flight_requests") or 0.0
+
+
+async def settled(timeout: float = 10.0) -> None:
+    """Waits until the service in this process handles no call. A call that has ended starts no
+    upstream request any more: after this a test can check what it did not do, without sleeping
+    and hoping that long enough has passed."""
+    await eventually(lambda: in_flight() == 0, timeout)
 
 
 def config_dict(sandbox_url: str, **client: Any) -> dict:
@@ -123,7 +154,7 @@ async def running_service(config: Config | dict) -> AsyncIterator[tuple[App, bat
     """A real grpc.aio server on an ephemeral loopback port and a stub talking to it."""
     if isinstance(config, dict):
         config = parse_config(config, env={})
-    app = await create_server(config, "127.0.0.1:0")
+    app = await create_server(config)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         yield app, batchgate_pb2_grpc.BatchServiceStub(channel)

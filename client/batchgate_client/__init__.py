@@ -8,7 +8,14 @@
             for event in events:
                 print(event.index, event.status)
 
-Results are typed (`models`: `Batch`, `CancelEvent`, `Health`), failures are `BatchgateError`
+Cancel by selector (a kill switch) is a long-running operation:
+
+        op = client.cancel_matching(providers=["openai"], metadata={"team": "ml"}, validate_only=True)
+        op = client.wait_operation(op.name, timeout=60)
+        for batch in op.result.batches if op.result else ():
+            print(batch.provider, batch.id, batch.outcome)
+
+Results are typed (`models`: `Batch`, `CancelEvent`, `Health`, `Operation`), failures are `BatchgateError`
 subclasses (`errors`), retries are data (`RetryPolicy`). The package does not import the service:
 its gRPC stubs are generated from protos/ into `_proto`.
 """
@@ -24,6 +31,7 @@ from batchgate_client.client import (
     CancelStream,
     HealthResponse,
     ItemLike,
+    TimeLike,
     batch_to_dict,
 )
 from batchgate_client.errors import (
@@ -44,16 +52,26 @@ from batchgate_client.errors import (
 from batchgate_client.models import (
     TERMINAL_STATUSES,
     Batch,
+    BatchOutcome,
     BatchRef,
+    BatchSelector,
     BatchStatus,
     CancelEvent,
+    CancelMatchingMetadata,
+    CancelMatchingResult,
     CircuitState,
     ConfigState,
     Health,
     HealthStatus,
+    MatchedBatch,
+    Operation,
+    OperationError,
+    OperationsPage,
+    OperationState,
     ProviderHealth,
     RateLimitStore,
     RequestCounts,
+    SelectorStatus,
 )
 from batchgate_client.retry import RetryPolicy
 
@@ -66,11 +84,15 @@ __all__ = [
     "AsyncCancelStream",
     "Batch",
     "BatchCancelResponse",
+    "BatchOutcome",
     "BatchRef",
+    "BatchSelector",
     "BatchStatus",
     "BatchgateClient",
     "BatchgateError",
     "CancelEvent",
+    "CancelMatchingMetadata",
+    "CancelMatchingResult",
     "CancelStream",
     "Cancelled",
     "CircuitState",
@@ -85,13 +107,20 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "ItemLike",
+    "MatchedBatch",
     "NotFound",
+    "Operation",
+    "OperationError",
+    "OperationState",
+    "OperationsPage",
     "PermissionDenied",
     "ProviderHealth",
     "RateLimitStore",
     "RateLimited",
     "RequestCounts",
     "RetryPolicy",
+    "SelectorStatus",
+    "TimeLike",
     "Unauthenticated",
     "Unavailable",
     "batch_to_dict",

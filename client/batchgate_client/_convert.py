@@ -9,20 +9,32 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TypeVar, cast, get_args
 
-from google.protobuf import json_format
+from google.longrunning import operations_proto_pb2 as operations_pb
+from google.protobuf import any_pb2, json_format
+from google.rpc import status_pb2
 
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
-from batchgate_client.errors import REQUEST_TYPE, BatchgateError, Conflict, from_detail
+from batchgate_client.errors import REQUEST_TYPE, BatchgateError, Conflict, from_detail, from_status
 from batchgate_client.models import (
+    BATCH_OUTCOMES,
     BATCH_STATUSES,
     JSON,
+    OPERATION_STATES,
     Batch,
+    BatchRef,
+    BatchSelector,
     BatchStatus,
     CancelEvent,
+    CancelMatchingMetadata,
+    CancelMatchingResult,
     CircuitState,
     ConfigState,
     Health,
     HealthStatus,
+    MatchedBatch,
+    Operation,
+    OperationError,
+    OperationsPage,
     ProviderHealth,
     RateLimitStore,
     RequestCounts,
@@ -152,5 +164,110 @@ def config_state_from_proto(message: pb.ConfigState) -> ConfigState:
         version=message.version,
         loaded_at=message.loaded_at,
         last_reload_successful=message.last_reload_successful,
+        raw=message,
+    )
+
+
+# --- operations ------------------------------------------------------------------------------------
+
+
+def selector_from_proto(message: pb.BatchSelector) -> BatchSelector:
+    return BatchSelector(
+        providers=tuple(message.providers),
+        statuses=tuple(_literal(status, BATCH_STATUSES) for status in message.statuses),
+        created_after=message.created_after or None,
+        created_before=message.created_before or None,
+        metadata={key: message.metadata[key] for key in sorted(message.metadata)},
+        batches=tuple(BatchRef(ref.id, ref.provider) for ref in message.batches),
+        raw=message,
+    )
+
+
+def metadata_from_proto(message: pb.CancelMatchingMetadata) -> CancelMatchingMetadata:
+    return CancelMatchingMetadata(
+        selector=selector_from_proto(message.selector),
+        validate_only=message.validate_only,
+        state=_literal(message.state, OPERATION_STATES),
+        matched=message.matched,
+        cancel_accepted=message.cancel_accepted,
+        already_ended=message.already_ended,
+        failed=message.failed,
+        pending=message.pending,
+        skipped=message.skipped,
+        create_time=message.create_time,
+        update_time=message.update_time,
+        created_by=message.created_by,
+        raw=message,
+    )
+
+
+def matched_batch_from_proto(message: pb.MatchedBatch) -> MatchedBatch:
+    """One batch of a result; the proto's empty outcome (not settled yet) reads "pending"."""
+    return MatchedBatch(
+        id=message.id,
+        provider=message.provider,
+        key_id=message.key_id,
+        outcome=_literal(message.outcome or "pending", BATCH_OUTCOMES),
+        batch=batch_from_proto(message.batch) if message.HasField("batch") else None,
+        error=from_detail(message.error) if message.HasField("error") else None,
+        raw=message,
+    )
+
+
+def result_from_proto(message: pb.CancelMatchingResult) -> CancelMatchingResult:
+    return CancelMatchingResult(
+        batches=tuple(matched_batch_from_proto(batch) for batch in message.batches), raw=message
+    )
+
+
+def operation_error_from_proto(status: status_pb2.Status) -> OperationError:
+    """A done operation's `error`: its ErrorDetail (batchgate attaches it last) gives the exception
+    its class and the REST error's fields."""
+    detail: pb.ErrorDetail | None = None
+    for packed in status.details:
+        candidate = pb.ErrorDetail()
+        if packed.Unpack(candidate):
+            detail = candidate
+    return OperationError(
+        code=status.code,
+        message=status.message,
+        exception=from_status(status.code, status.message, detail),
+        raw=status,
+    )
+
+
+def operation_from_proto(message: operations_pb.Operation) -> Operation:
+    """An Operation whose metadata is a CancelMatchingMetadata (batchgate's only kind). The batches
+    come from `response` or, for an operation stopped after matching, from its error's details."""
+    metadata = pb.CancelMatchingMetadata()
+    message.metadata.Unpack(metadata)  # an absent or foreign metadata leaves the defaults ("unknown")
+    which = message.WhichOneof("result")
+    error: OperationError | None = None
+    packed: list[any_pb2.Any] = []
+    if which == "response":
+        packed = [message.response]
+    elif which == "error":
+        error = operation_error_from_proto(message.error)
+        packed = list(message.error.details)
+    result: CancelMatchingResult | None = None
+    for candidate in packed:
+        unpacked = pb.CancelMatchingResult()
+        if candidate.Unpack(unpacked):
+            result = result_from_proto(unpacked)
+            break
+    return Operation(
+        name=message.name,
+        done=message.done,
+        metadata=metadata_from_proto(metadata),
+        result=result,
+        error=error,
+        raw=message,
+    )
+
+
+def operations_page_from_proto(message: operations_pb.ListOperationsResponse) -> OperationsPage:
+    return OperationsPage(
+        operations=tuple(operation_from_proto(op) for op in message.operations),
+        next_page_token=message.next_page_token,
         raw=message,
     )

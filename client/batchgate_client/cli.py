@@ -2,12 +2,16 @@
 
     batchgate cancel ID [ID ...] --provider P [--wait SECONDS]
     batchgate cancel --from FILE|- [--wait SECONDS] [--output json]
+    batchgate stop [--provider P ...] [--status S ...] [--created-after WHEN] [--metadata K=V ...]
+                   [--max N] [--dry-run] [--yes] [--wait] [--detach]
+    batchgate operations list | get NAME | wait NAME | cancel NAME | delete NAME
     batchgate config check FILE
     batchgate health
 
 One exit-code rule for every subcommand (`Exit`): 0 nothing failed, 1 some items failed (the
 summary names them), 2 nothing was decided item by item: a usage error, unreadable input, batchgate
-not reachable (or cut off), or a call refused as a whole (credentials, bounds). 130 interrupted.
+not reachable (or cut off), or a call refused as a whole (credentials, bounds, more matches than
+--max). 130 interrupted. `stop` and `operations` are in `operations_cli`.
 Every problem is one line on stderr, never a traceback. The virtual key (`--vk` or BATCHGATE_VK) is
 sent as metadata and never printed; values that came from a file or a provider are printed with
 their control characters escaped and are never read as markup.
@@ -21,38 +25,25 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from enum import IntEnum
 from typing import Any, NoReturn, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from batchgate_client._cli_common import PROG, Exit, UsageError, make_client, refused_as_a_whole
 from batchgate_client.batchfile import BatchFileError, read_batches
 from batchgate_client.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, MAX_ITEMS_PER_CALL, BatchgateClient
 from batchgate_client.display import JsonView, PlainView, ProgressView, Tally, count, visible
-from batchgate_client.errors import BatchgateError, ConnectionFailed, Unauthenticated
+from batchgate_client.errors import BatchgateError, ConnectionFailed
 from batchgate_client.models import BatchRef, CancelEvent, Health
+from batchgate_client.operations_cli import add_parsers, operations, stop
 
-PROG = "batchgate"
 MAX_WAIT_SECONDS = 3600
-
-
-class Exit(IntEnum):
-    """The exit codes, the same rule for every subcommand."""
-
-    OK = 0  # nothing failed: every item ended as asked (already ended counts), health ok, config valid
-    FAILED = 1  # batchgate answered and some items failed; the service is draining; the config is invalid
-    REFUSED = 2  # usage, unreadable input, batchgate unreachable or cut off, a call refused as a whole
-    INTERRUPTED = 130  # Ctrl-C
 
 
 # The names of 0.1.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = Exit.OK, Exit.FAILED, Exit.REFUSED
-
-
-class UsageError(Exception):
-    """A problem with what the operator asked (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +99,13 @@ def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
         help="virtual key (prefer the BATCHGATE_VK environment variable: arguments are visible to other users)",
     )
     group.add_argument(
+        "--admin",
+        metavar="USER",
+        default=default(os.environ.get("BATCHGATE_ADMIN") or None),
+        help="call with the gateway's admin credentials (BATCHGATE_ADMIN); the password comes from "
+        "BATCHGATE_ADMIN_PASSWORD, or is asked for on a terminal",
+    )
+    group.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_timeout,
@@ -131,8 +129,9 @@ def _version() -> str:
 
 
 EXIT_CODES_HELP = (
-    "exit codes: 0 nothing failed, 1 some items failed (or: service draining, config invalid), "
-    "2 usage, unreadable input, batchgate unreachable or the call refused as a whole, 130 interrupted"
+    "exit codes: 0 nothing failed, 1 some items failed (or: service draining, config invalid, the operation "
+    "was stopped), 2 usage, unreadable input, batchgate unreachable or the call refused as a whole (more "
+    "matches than --max, permission denied, the answer was no), 130 interrupted"
 )
 
 
@@ -164,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"wait up to SECONDS (at most {MAX_WAIT_SECONDS}) until each batch is terminal",
     )
     _common_options(cancel, defaults=False)
+
+    add_parsers(commands, lambda sub: _common_options(sub, defaults=False), EXIT_CODES_HELP)
 
     health = commands.add_parser(
         "health", help="the service's health and each provider's circuit", epilog=EXIT_CODES_HELP
@@ -206,6 +207,10 @@ def run(
         args.vk = args.vk or os.environ.get("BATCHGATE_VK") or None
         if args.command == "health":
             return health(args, stdout)
+        if args.command == "stop":
+            return stop(args, stdin, stdout, stderr)
+        if args.command == "operations":
+            return operations(args, stdin, stdout, stderr)
         return cancel(args, stdin, stdout, stderr)
     except UsageError as exc:
         print(f"{PROG}: {visible(str(exc))}", file=stderr)
@@ -224,27 +229,6 @@ def run(
             raise
         print(f"{PROG}: unexpected error ({type(exc).__name__}): {visible(str(exc))}", file=stderr)
     return Exit.REFUSED
-
-
-def _client(args: argparse.Namespace) -> BatchgateClient:
-    try:
-        return BatchgateClient(args.target, vk=args.vk, tls_ca=args.tls_ca or None, timeout=args.timeout)
-    except (TypeError, ValueError) as exc:
-        # The library names its arguments (tls_ca, vk, target); the operator gave them as options.
-        message = str(exc)
-        for argument, option in (("tls_ca", "--tls-ca"), ("vk", "--vk (or BATCHGATE_VK)"), ("target", "--target")):
-            if message.startswith(argument + " ") or message.startswith(f"cannot read {argument} "):
-                message = message.replace(argument, option, 1)
-                break
-        raise UsageError(message) from None
-
-
-def refused_as_a_whole(error: BatchgateError) -> bool:
-    """Whether a failed call decided nothing about its batches: batchgate was not reached or gave no
-    answer of its own (no ErrorDetail: a dead target, a broken connection, the call's own deadline),
-    or it refused the caller (its credentials). CancelMany refuses those for the whole call; a single
-    cancel's other failures are its item's, as they would be in CancelMany."""
-    return error.detail is None or (isinstance(error, Unauthenticated) and error.is_bifrost_error)
 
 
 def _batches(args: argparse.Namespace, stdin: TextIO) -> list[BatchRef]:
@@ -306,7 +290,7 @@ def cancel(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: Text
     else:
         view = PlainView(tally, stdout, stderr)
     try:
-        with _client(args) as client, view:
+        with make_client(args, stdin) as client, view:
             if len(refs) == 1 and args.source is None:
                 view.event(_cancel_one(client, refs[0], args.wait, console))
             else:
@@ -343,7 +327,7 @@ def _cancel_one(client: BatchgateClient, ref: BatchRef, wait: int, console: Cons
 def health(args: argparse.Namespace, stdout: TextIO) -> int:
     """Exit 0 when the service answers `ok`, 1 when it is draining."""
     answer: Health | None
-    with _client(args) as client:
+    with make_client(args) as client:
         try:
             answer = client.health()
             status = answer.status

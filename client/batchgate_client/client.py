@@ -14,12 +14,14 @@ import difflib
 import random
 import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 import grpc
 import grpc.aio
+from google.longrunning import operations_proto_pb2 as operations_pb
+from google.protobuf import empty_pb2
 
 from batchgate_client import _calls
 from batchgate_client._calls import (
@@ -31,12 +33,28 @@ from batchgate_client._calls import (
     CaFile,
     ItemLike,
     MetadataLike,
+    TimeLike,
     batch_ref,
 )
-from batchgate_client._convert import batch_from_proto, event_from_proto, health_from_proto
+from batchgate_client._convert import (
+    batch_from_proto,
+    event_from_proto,
+    health_from_proto,
+    operation_from_proto,
+    operations_page_from_proto,
+)
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
 from batchgate_client.errors import BatchgateError, from_rpc_error
-from batchgate_client.models import TERMINAL_STATUSES, Batch, BatchRef, CancelEvent, Health
+from batchgate_client.models import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchRef,
+    CancelEvent,
+    Health,
+    Operation,
+    OperationsPage,
+    SelectorStatus,
+)
 from batchgate_client.retry import RetryPolicy
 
 __all__ = [
@@ -55,6 +73,7 @@ __all__ = [
     "CancelStream",
     "HealthResponse",
     "ItemLike",
+    "TimeLike",
     "batch_ref",
     "batch_to_dict",
 ]
@@ -300,6 +319,36 @@ class BatchgateClient(_ClientBase):
             request_serializer=pb.HealthRequest.SerializeToString,
             response_deserializer=pb.HealthResponse.FromString,
         )
+        self._cancel_matching = self._channel.unary_unary(
+            _calls.CANCEL_MATCHING_METHOD,
+            request_serializer=pb.CancelMatchingRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._get_operation = self._channel.unary_unary(
+            _calls.GET_OPERATION_METHOD,
+            request_serializer=operations_pb.GetOperationRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._list_operations = self._channel.unary_unary(
+            _calls.LIST_OPERATIONS_METHOD,
+            request_serializer=operations_pb.ListOperationsRequest.SerializeToString,
+            response_deserializer=operations_pb.ListOperationsResponse.FromString,
+        )
+        self._wait_operation = self._channel.unary_unary(
+            _calls.WAIT_OPERATION_METHOD,
+            request_serializer=operations_pb.WaitOperationRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._cancel_operation = self._channel.unary_unary(
+            _calls.CANCEL_OPERATION_METHOD,
+            request_serializer=operations_pb.CancelOperationRequest.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
+        self._delete_operation = self._channel.unary_unary(
+            _calls.DELETE_OPERATION_METHOD,
+            request_serializer=operations_pb.DeleteOperationRequest.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
 
     def __enter__(self) -> BatchgateClient:
         return self
@@ -366,6 +415,119 @@ class BatchgateClient(_ClientBase):
         requests = _calls.many_requests(items, wait_seconds)
         budget = _calls.budget(self._settings, timeout, wait_seconds)
         return CancelStream(self._events(requests, budget, ok_if_ended))
+
+    def cancel_matching(
+        self,
+        *,
+        providers: Iterable[str] | None = None,
+        statuses: Iterable[SelectorStatus] | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        batches: Iterable[ItemLike] | None = None,
+        validate_only: bool = False,
+        max_batches: int | None = None,
+        wait: bool = False,
+        deadline_seconds: int | None = None,
+        notify_url: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Starts cancelling every batch that matches (a kill switch) and returns the long-running
+        `Operation` at once (`operations/<id>`, state `listing`); follow it with `wait_operation`
+        or `get_operation`.
+
+        The selector: `providers` (None: every provider the caller may use that can list batches),
+        `statuses` (None: validating, in_progress, finalizing), `created_after` (inclusive) and
+        `created_before` (exclusive) as timezone-aware datetimes or unix seconds, `metadata` pairs
+        that must all equal the batch's own; or exactly the named `batches` (BatchRefs, (id,
+        provider) pairs or mappings, up to 1,000; then leave the filters out).
+        `validate_only`: a dry run, the result lists every match (outcome `matched`) and nothing is
+        cancelled. `max_batches` (None: 100; up to 100,000): more matches and the operation ends
+        with an `error` (code 9, `Conflict`) having cancelled nothing. `wait`: done only once every
+        cancelled batch reads a terminal status. `deadline_seconds` (None: 3,600; up to 86,400): how
+        long the service keeps retrying. `notify_url`: a webhook batchgate POSTs the finished
+        operation to (its config must allow the URL). `timeout` replaces the client's for this call.
+
+        Needs the gateway's admin credentials or a virtual key with `allow_cancel_matching`
+        (`PermissionDenied` otherwise; explicit `batches` need only the normal cancel permission).
+        Raises TypeError / ValueError for bad arguments before sending, `InvalidRequest` for what
+        the service refuses (an unknown provider, a notify URL not allowed).
+        """
+        request = _calls.matching_request(
+            providers=providers,
+            statuses=statuses,
+            created_after=created_after,
+            created_before=created_before,
+            metadata=metadata,
+            batches=batches,
+            validate_only=validate_only,
+            max_batches=max_batches,
+            wait=wait,
+            deadline_seconds=deadline_seconds,
+            notify_url=notify_url,
+        )
+        budget = _calls.budget(self._settings, timeout)
+        return operation_from_proto(self._unary(self._cancel_matching, request, budget))
+
+    def get_operation(self, name: str, *, timeout: float | None = None) -> Operation:
+        """The operation as it stands (`operations/<id>`, or the bare id); a done one with its
+        batches (`result`). `NotFound` for an operation that does not exist or that the caller may
+        not see (only admin and the virtual key that started it may)."""
+        request = operations_pb.GetOperationRequest(name=_calls.operation_name(name))
+        return operation_from_proto(self._unary(self._get_operation, request, _calls.budget(self._settings, timeout)))
+
+    def list_operations_page(
+        self, *, page_size: int | None = None, page_token: str | None = None, timeout: float | None = None
+    ) -> OperationsPage:
+        """One page of the caller's operations (admin: everyone's), newest first, without their
+        batches; `next_page_token` ("" on the last page) asks for the next. `page_size` (None: the
+        service's default, 50) is at most 1,000."""
+        request = _calls.list_request(page_size, page_token)
+        return operations_page_from_proto(
+            self._unary(self._list_operations, request, _calls.budget(self._settings, timeout))
+        )
+
+    def list_operations(
+        self, *, page_size: int | None = None, timeout: float | None = None
+    ) -> Generator[Operation, None, None]:
+        """Every operation the caller may see, newest first, without their batches (a `for` loop);
+        one ListOperations call per page (`page_size` each, `timeout` each), made as the iteration
+        reaches it."""
+        return self._pages(_calls.list_request(page_size, None), _calls.budget(self._settings, timeout))
+
+    def wait_operation(self, name: str, timeout: float | None = None) -> Operation:
+        """Waits until the operation is done, or `timeout` seconds passed (None: until done), and
+        returns it as it then stands (check `done`). WaitOperation calls of at most 60 s each, so
+        no call outlives a proxy's timeout; a done operation answers at once. Use a short
+        `timeout` in a loop to show progress."""
+        waiting = _calls.Waiting(name, timeout, self._hooks.clock)
+        while True:
+            request, wait = waiting.next_call()
+            answer = self._unary(self._wait_operation, request, self._settings.timeout + wait)
+            operation = operation_from_proto(answer)
+            if operation.done or waiting.over():
+                return operation
+
+    def cancel_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Stops the operation: once this returns no new cancel call starts; batches not yet
+        cancelled end as `skipped` and the operation ends with an error of code 1 (CANCELLED). A
+        done operation is left as it is."""
+        request = operations_pb.CancelOperationRequest(name=_calls.operation_name(name))
+        self._unary(self._cancel_operation, request, _calls.budget(self._settings, timeout))
+
+    def delete_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Forgets a done operation and its batches. `Conflict` while it still runs (cancel it
+        first, or wait)."""
+        request = operations_pb.DeleteOperationRequest(name=_calls.operation_name(name))
+        self._unary(self._delete_operation, request, _calls.budget(self._settings, timeout))
+
+    def _pages(self, request: operations_pb.ListOperationsRequest, budget: float) -> Generator[Operation, None, None]:
+        while True:
+            page = operations_page_from_proto(self._unary(self._list_operations, request, budget))
+            yield from page.operations
+            if not page.next_page_token:
+                return
+            request = operations_pb.ListOperationsRequest(page_size=request.page_size, page_token=page.next_page_token)
 
     def _unary(self, method: grpc.UnaryUnaryMultiCallable[Any, _T], request: Any, budget: float) -> _T:
         self._check_open()
@@ -469,6 +631,36 @@ class AsyncBatchgateClient(_ClientBase):
             request_serializer=pb.HealthRequest.SerializeToString,
             response_deserializer=pb.HealthResponse.FromString,
         )
+        self._cancel_matching = self._channel.unary_unary(
+            _calls.CANCEL_MATCHING_METHOD,
+            request_serializer=pb.CancelMatchingRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._get_operation = self._channel.unary_unary(
+            _calls.GET_OPERATION_METHOD,
+            request_serializer=operations_pb.GetOperationRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._list_operations = self._channel.unary_unary(
+            _calls.LIST_OPERATIONS_METHOD,
+            request_serializer=operations_pb.ListOperationsRequest.SerializeToString,
+            response_deserializer=operations_pb.ListOperationsResponse.FromString,
+        )
+        self._wait_operation = self._channel.unary_unary(
+            _calls.WAIT_OPERATION_METHOD,
+            request_serializer=operations_pb.WaitOperationRequest.SerializeToString,
+            response_deserializer=operations_pb.Operation.FromString,
+        )
+        self._cancel_operation = self._channel.unary_unary(
+            _calls.CANCEL_OPERATION_METHOD,
+            request_serializer=operations_pb.CancelOperationRequest.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
+        self._delete_operation = self._channel.unary_unary(
+            _calls.DELETE_OPERATION_METHOD,
+            request_serializer=operations_pb.DeleteOperationRequest.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
 
     async def __aenter__(self) -> AsyncBatchgateClient:
         return self
@@ -536,6 +728,124 @@ class AsyncBatchgateClient(_ClientBase):
         requests = _calls.many_requests(items, wait_seconds)
         budget = _calls.budget(self._settings, timeout, wait_seconds)
         return AsyncCancelStream(self._events(requests, budget, ok_if_ended))
+
+    async def cancel_matching(
+        self,
+        *,
+        providers: Iterable[str] | None = None,
+        statuses: Iterable[SelectorStatus] | None = None,
+        created_after: TimeLike | None = None,
+        created_before: TimeLike | None = None,
+        metadata: Mapping[str, str] | None = None,
+        batches: Iterable[ItemLike] | None = None,
+        validate_only: bool = False,
+        max_batches: int | None = None,
+        wait: bool = False,
+        deadline_seconds: int | None = None,
+        notify_url: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Starts cancelling every batch that matches (a kill switch) and returns the long-running
+        `Operation` at once (`operations/<id>`, state `listing`); follow it with `wait_operation`
+        or `get_operation`.
+
+        The selector: `providers` (None: every provider the caller may use that can list batches),
+        `statuses` (None: validating, in_progress, finalizing), `created_after` (inclusive) and
+        `created_before` (exclusive) as timezone-aware datetimes or unix seconds, `metadata` pairs
+        that must all equal the batch's own; or exactly the named `batches` (BatchRefs, (id,
+        provider) pairs or mappings, up to 1,000; then leave the filters out).
+        `validate_only`: a dry run, the result lists every match (outcome `matched`) and nothing is
+        cancelled. `max_batches` (None: 100; up to 100,000): more matches and the operation ends
+        with an `error` (code 9, `Conflict`) having cancelled nothing. `wait`: done only once every
+        cancelled batch reads a terminal status. `deadline_seconds` (None: 3,600; up to 86,400): how
+        long the service keeps retrying. `notify_url`: a webhook batchgate POSTs the finished
+        operation to (its config must allow the URL). `timeout` replaces the client's for this call.
+
+        Needs the gateway's admin credentials or a virtual key with `allow_cancel_matching`
+        (`PermissionDenied` otherwise; explicit `batches` need only the normal cancel permission).
+        Raises TypeError / ValueError for bad arguments before sending, `InvalidRequest` for what
+        the service refuses (an unknown provider, a notify URL not allowed).
+        """
+        request = _calls.matching_request(
+            providers=providers,
+            statuses=statuses,
+            created_after=created_after,
+            created_before=created_before,
+            metadata=metadata,
+            batches=batches,
+            validate_only=validate_only,
+            max_batches=max_batches,
+            wait=wait,
+            deadline_seconds=deadline_seconds,
+            notify_url=notify_url,
+        )
+        budget = _calls.budget(self._settings, timeout)
+        return operation_from_proto(await self._unary(self._cancel_matching, request, budget))
+
+    async def get_operation(self, name: str, *, timeout: float | None = None) -> Operation:
+        """The operation as it stands (`operations/<id>`, or the bare id); a done one with its
+        batches (`result`). `NotFound` for an operation that does not exist or that the caller may
+        not see (only admin and the virtual key that started it may)."""
+        request = operations_pb.GetOperationRequest(name=_calls.operation_name(name))
+        return operation_from_proto(
+            await self._unary(self._get_operation, request, _calls.budget(self._settings, timeout))
+        )
+
+    async def list_operations_page(
+        self, *, page_size: int | None = None, page_token: str | None = None, timeout: float | None = None
+    ) -> OperationsPage:
+        """One page of the caller's operations (admin: everyone's), newest first, without their
+        batches; `next_page_token` ("" on the last page) asks for the next. `page_size` (None: the
+        service's default, 50) is at most 1,000."""
+        request = _calls.list_request(page_size, page_token)
+        return operations_page_from_proto(
+            await self._unary(self._list_operations, request, _calls.budget(self._settings, timeout))
+        )
+
+    def list_operations(
+        self, *, page_size: int | None = None, timeout: float | None = None
+    ) -> AsyncGenerator[Operation, None]:
+        """Every operation the caller may see, newest first, without their batches (`async for`);
+        one ListOperations call per page (`page_size` each, `timeout` each), made as the iteration
+        reaches it."""
+        return self._pages(_calls.list_request(page_size, None), _calls.budget(self._settings, timeout))
+
+    async def wait_operation(self, name: str, timeout: float | None = None) -> Operation:
+        """Waits until the operation is done, or `timeout` seconds passed (None: until done), and
+        returns it as it then stands (check `done`). WaitOperation calls of at most 60 s each, so
+        no call outlives a proxy's timeout; a done operation answers at once. Use a short
+        `timeout` in a loop to show progress."""
+        waiting = _calls.Waiting(name, timeout, self._hooks.clock)
+        while True:
+            request, wait = waiting.next_call()
+            answer = await self._unary(self._wait_operation, request, self._settings.timeout + wait)
+            operation = operation_from_proto(answer)
+            if operation.done or waiting.over():
+                return operation
+
+    async def cancel_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Stops the operation: once this returns no new cancel call starts; batches not yet
+        cancelled end as `skipped` and the operation ends with an error of code 1 (CANCELLED). A
+        done operation is left as it is."""
+        request = operations_pb.CancelOperationRequest(name=_calls.operation_name(name))
+        await self._unary(self._cancel_operation, request, _calls.budget(self._settings, timeout))
+
+    async def delete_operation(self, name: str, *, timeout: float | None = None) -> None:
+        """Forgets a done operation and its batches. `Conflict` while it still runs (cancel it
+        first, or wait)."""
+        request = operations_pb.DeleteOperationRequest(name=_calls.operation_name(name))
+        await self._unary(self._delete_operation, request, _calls.budget(self._settings, timeout))
+
+    async def _pages(
+        self, request: operations_pb.ListOperationsRequest, budget: float
+    ) -> AsyncGenerator[Operation, None]:
+        while True:
+            page = operations_page_from_proto(await self._unary(self._list_operations, request, budget))
+            for operation in page.operations:
+                yield operation
+            if not page.next_page_token:
+                return
+            request = operations_pb.ListOperationsRequest(page_size=request.page_size, page_token=page.next_page_token)
 
     async def _unary(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _T], request: Any, budget: float) -> _T:
         self._check_open()

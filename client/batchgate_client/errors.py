@@ -246,6 +246,26 @@ def from_detail(detail: pb.ErrorDetail, *, request_id: str | None = None) -> Bat
     return _build(class_for_http_status(detail.status_code), detail, None, request_id, None)
 
 
+def grpc_status_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode of a google.rpc.Code number (UNKNOWN for one gRPC does not define)."""
+    return next((code for code in grpc.StatusCode if code.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
+def from_status(
+    code: int, message: str, detail: pb.ErrorDetail | None, *, request_id: str | None = None
+) -> BatchgateError:
+    """The exception for a google.rpc.Status that is data rather than a failed call (a done
+    operation's `error`): with its ErrorDetail, as `from_detail` (the class from the HTTP status)
+    with the status's gRPC code; without one, the class of the gRPC code."""
+    grpc_code = grpc_status_code(code)
+    if detail is not None:
+        return _build(class_for_http_status(detail.status_code), detail, grpc_code, request_id, None)
+    cls = _BY_GRPC_CODE.get(grpc_code, InternalError)
+    return cls(
+        message or grpc_code.name.lower(), code=grpc_code.name.lower(), grpc_code=grpc_code, request_id=request_id
+    )
+
+
 # What gRPC says when it could not connect at all: the request was never sent. (A connection that
 # broke after sending says e.g. "Stream removed (Socket closed)"; Envoy, in front of the service,
 # already retries its own connect failures and refused streams.)

@@ -15,11 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_args
 
+import grpc
+from google.longrunning import operations_proto_pb2 as operations_pb
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 from batchgate_client._proto.batchgate.v1 import batchgate_pb2 as pb
-from batchgate_client.errors import BatchgateError
+from batchgate_client.errors import BatchgateError, grpc_status_code
 
 # The unified batch statuses (the proto's BatchCancelResponse.status). A status batchgate passes
 # through from a provider that is not one of these reads as "unknown"; `raw.status` keeps its word.
@@ -38,6 +41,32 @@ BatchStatus: TypeAlias = Literal[
 BATCH_STATUSES: frozenset[BatchStatus] = frozenset(get_args(BatchStatus))
 # Statuses after which a batch does not change any more (what `wait_seconds` waits for).
 TERMINAL_STATUSES: frozenset[BatchStatus] = frozenset({"cancelled", "completed", "failed", "expired", "ended"})
+
+# The statuses a selector can name (CancelMatching's `statuses`): the unified ones, "unknown" aside.
+SelectorStatus: TypeAlias = Literal[
+    "validating",
+    "in_progress",
+    "finalizing",
+    "cancelling",
+    "cancelled",
+    "completed",
+    "failed",
+    "expired",
+    "ended",
+]
+SELECTOR_STATUSES: frozenset[SelectorStatus] = frozenset(get_args(SelectorStatus))
+# What a selector without statuses matches: batches that still run.
+DEFAULT_SELECTOR_STATUSES: tuple[SelectorStatus, ...] = ("validating", "in_progress", "finalizing")
+
+# A CancelMatching operation's state (CancelMatchingMetadata.state): listing the providers,
+# cancelling what matched, waiting for the cancelled batches to end (`wait`), done.
+OperationState: TypeAlias = Literal["listing", "cancelling", "waiting", "done", "unknown"]
+OPERATION_STATES: frozenset[OperationState] = frozenset(get_args(OperationState))
+# What became of one batch an operation found (MatchedBatch.outcome): `matched` (a dry run),
+# `cancelled` (the provider accepted the cancel), `already_ended`, `failed`, `skipped` (the operation
+# was stopped first), or `pending` while it is not settled yet.
+BatchOutcome: TypeAlias = Literal["matched", "cancelled", "already_ended", "failed", "skipped", "pending", "unknown"]
+BATCH_OUTCOMES: frozenset[BatchOutcome] = frozenset(get_args(BatchOutcome))
 
 CircuitState: TypeAlias = Literal["closed", "half_open", "open", "unknown"]
 HealthStatus: TypeAlias = Literal["ok", "draining", "unknown"]
@@ -226,4 +255,165 @@ class Health(_RawAccess):
 
     def to_dict(self) -> dict[str, Any]:
         """The REST body of `GET /health`, every field printed (worker 0 included)."""
+        return _message_to_dict(self.raw)
+
+
+# --- cancel by selector: long-running operations ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchSelector(_RawAccess):
+    """Which batches an operation touches, as batchgate recorded it (provider and status names
+    lowercased): every batch of `providers` (empty: every provider the caller may use that can
+    list) in one of `statuses` (empty: validating, in_progress, finalizing), created at or after
+    `created_after` and before `created_before` (unix seconds; None: no bound), whose own metadata
+    holds every pair of `metadata`; or exactly the named `batches`."""
+
+    providers: tuple[str, ...] = ()
+    statuses: tuple[BatchStatus, ...] = ()
+    created_after: int | None = None
+    created_before: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    batches: tuple[BatchRef, ...] = ()
+    raw: pb.BatchSelector = field(default_factory=pb.BatchSelector, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelMatchingMetadata(_RawAccess):
+    """An operation's progress (its `metadata`), while it runs and once it is done.
+
+    `matched` = `cancel_accepted` + `already_ended` + `failed` + `skipped` + `pending` (a dry run,
+    `validate_only`, counts only `matched`). `create_time` / `update_time` are unix seconds;
+    `created_by` is the virtual key's id, `admin` or `anonymous`.
+    """
+
+    selector: BatchSelector = field(default_factory=BatchSelector)
+    validate_only: bool = False
+    state: OperationState = "unknown"
+    matched: int = 0
+    cancel_accepted: int = 0
+    already_ended: int = 0
+    failed: int = 0
+    pending: int = 0
+    skipped: int = 0
+    create_time: int = 0
+    update_time: int = 0
+    created_by: str = ""
+    raw: pb.CancelMatchingMetadata = field(default_factory=pb.CancelMatchingMetadata, repr=False, compare=False)
+
+    @property
+    def settled(self) -> int:
+        """How many matched batches are settled (accepted, already ended, failed or skipped)."""
+        return self.matched - self.pending
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as the REST API prints it (without the Any's `@type`)."""
+        return _message_to_dict(self.raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MatchedBatch(_RawAccess):
+    """One batch an operation found (or was given): where it was found (`provider`, and `key_id`,
+    the configured key it was listed and cancelled with), what became of it (`outcome`), its last
+    known state (`batch`, the model a single cancel answers; None when none was read) and, when it
+    failed, the last error (`error`, the class a single cancel would have raised)."""
+
+    id: str
+    provider: str
+    key_id: str = ""
+    outcome: BatchOutcome = "unknown"
+    batch: Batch | None = None
+    error: BatchgateError | None = None
+    raw: pb.MatchedBatch = field(default_factory=pb.MatchedBatch, repr=False, compare=False)
+
+    @property
+    def status(self) -> BatchStatus | None:
+        """The batch's last known status, None when batchgate read none."""
+        return self.batch.status if self.batch is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The item as the REST API prints it in `response.batches`."""
+        return _message_to_dict(self.raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelMatchingResult(_RawAccess):
+    """Every batch a done operation found, with its outcome."""
+
+    batches: tuple[MatchedBatch, ...] = ()
+    raw: pb.CancelMatchingResult = field(default_factory=pb.CancelMatchingResult, repr=False, compare=False)
+
+    def by_outcome(self, outcome: BatchOutcome) -> tuple[MatchedBatch, ...]:
+        """The batches with this outcome, in the result's order."""
+        return tuple(batch for batch in self.batches if batch.outcome == outcome)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationError(_RawAccess):
+    """Why an operation ended without doing what it was asked: `code` is the google.rpc.Code number
+    (9 FAILED_PRECONDITION: more batches matched than `max_batches`, nothing was cancelled; 1
+    CANCELLED: stopped by CancelOperation; 16 UNAUTHENTICATED: its virtual key was revoked; ...),
+    `message` batchgate's explanation (e.g. "matches 150 batches, more than max_batches 100; nothing
+    was cancelled"). `exception` is the same failure as the `BatchgateError` subclass a call would
+    raise (`Conflict` for the cap, `Cancelled`, `Unauthenticated`, ...), with the REST error's
+    fields; `raise exception` to treat it as one."""
+
+    code: int
+    message: str
+    exception: BatchgateError
+    raw: status_pb2.Status = field(default_factory=status_pb2.Status, repr=False, compare=False)
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        """`code` as a grpc.StatusCode (UNKNOWN for a number gRPC does not define)."""
+        return grpc_status_code(self.code)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation(_RawAccess):
+    """A cancel by selector (`cancel_matching`) as a long-running operation (google.longrunning,
+    AIP-151): its `name` (`operations/<id>`), whether it is `done`, its progress (`metadata`) and,
+    once done, its batches (`result`) or why it failed (`error`).
+
+    `result` is None while it runs, in `list_operations` (which leaves the batches out: get the
+    operation for them) and when it failed before keeping any batch; a stopped operation has both
+    `error` (CANCELLED) and the `result` with its skipped batches.
+    """
+
+    name: str
+    done: bool
+    metadata: CancelMatchingMetadata = field(default_factory=CancelMatchingMetadata)
+    result: CancelMatchingResult | None = None
+    error: OperationError | None = None
+    raw: operations_pb.Operation = field(default_factory=operations_pb.Operation, repr=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        """The name without its `operations/` prefix."""
+        return self.name.removeprefix("operations/")
+
+    @property
+    def ok(self) -> bool:
+        """Done without an error (batches may still have failed: see `metadata.failed`)."""
+        return self.done and self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The REST body of GetOperation (what `GET /v1/operations/<id>` and the webhook send):
+        proto field names, `metadata` / `response` / `error.details` with their `@type`."""
+        return _message_to_dict(self.raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperationsPage(_RawAccess):
+    """One page of ListOperations, newest first: the operations (without their batches) and the
+    token of the next page ("" on the last)."""
+
+    operations: tuple[Operation, ...] = ()
+    next_page_token: str = ""
+    raw: operations_pb.ListOperationsResponse = field(
+        default_factory=operations_pb.ListOperationsResponse, repr=False, compare=False
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The REST body of `GET /v1/operations`."""
         return _message_to_dict(self.raw)

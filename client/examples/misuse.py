@@ -9,7 +9,7 @@ the types stop catching one of these, the check fails. Never run."""
 
 from __future__ import annotations
 
-from batchgate_client import AsyncBatchgateClient, Batch, BatchgateClient
+from batchgate_client import AsyncBatchgateClient, Batch, BatchgateClient, Operation
 
 
 def mistakes(client: BatchgateClient, batch: Batch) -> None:
@@ -25,8 +25,28 @@ def mistakes(client: BatchgateClient, batch: Batch) -> None:
     batch.status = "cancelled"  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
 
 
+def operation_mistakes(client: BatchgateClient, operation: Operation) -> None:
+    client.cancel_matching(["openai"])  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    client.cancel_matching(statuses=["running"])  # type: ignore[list-item]  # pyright: ignore[reportArgumentType]
+    client.cancel_matching(created_after="2h")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    client.cancel_matching(max=5)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    count: int = len(operation.result.batches)  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+    print(count)
+    if operation.metadata.state == "running":  # type: ignore[comparison-overlap]  # pyright: ignore[reportUnnecessaryComparison]
+        pass
+    if operation.result is not None and operation.result.batches[0].outcome == "canceled":  # type: ignore[comparison-overlap]  # pyright: ignore[reportUnnecessaryComparison]
+        pass
+    operation.done = True  # type: ignore[misc]  # pyright: ignore[reportAttributeAccessIssue]
+    for _ in client.wait_operation(operation.name):  # type: ignore[attr-defined]  # pyright: ignore[reportGeneralTypeIssues]
+        pass
+
+
 async def async_mistakes(client: AsyncBatchgateClient) -> None:
     for _ in client.cancel_many([("batch_1", "openai")]):  # type: ignore[attr-defined]  # pyright: ignore[reportGeneralTypeIssues]
         pass
     batch: Batch = client.cancel("batch_1", "openai")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     print(batch)
+    operation: Operation = client.get_operation("operations/x")  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    for _ in client.list_operations():  # type: ignore[attr-defined]  # pyright: ignore[reportGeneralTypeIssues]
+        pass
+    print(operation)

@@ -3,8 +3,9 @@
 `make lint` type-checks it against the installed package with mypy --strict and pyright (strict),
 so the public types hold: explicit constructor arguments, typed results with `int | None` where a
 provider may not report, `Literal` statuses that a `match` covers exhaustively, closable streams
-(also through `contextlib.aclosing`), and the error classes. tests/integration/test_client.py runs
-it against a real service.
+(also through `contextlib.aclosing`), the error classes, and cancel by selector as a typed
+long-running `Operation` (its metadata, its batches' `Literal` outcomes, its error's exception
+class). tests/integration/test_client.py runs it against a real service.
 
     python client/examples/typed_usage.py [HOST:PORT [BATCH_ID ...]]   # e.g. against `make run`
 """
@@ -22,12 +23,17 @@ from batchgate_client import (
     Batch,
     BatchgateClient,
     BatchgateError,
+    BatchOutcome,
     BatchRef,
     BatchStatus,
     CancelEvent,
+    CancelMatchingMetadata,
     Conflict,
     Health,
+    MatchedBatch,
     NotFound,
+    Operation,
+    OperationsPage,
     RateLimited,
     RetryPolicy,
 )
@@ -103,11 +109,70 @@ async def cancel_async(target: str, batch_ids: list[str]) -> Health:
         return health
 
 
+def done_with(outcome: BatchOutcome) -> bool:
+    """Whether a batch an operation found needs nothing more from us."""
+    match outcome:
+        case "cancelled" | "already_ended" | "matched":
+            return True
+        case "failed" | "skipped" | "pending" | "unknown":
+            return False
+        case _:
+            assert_never(outcome)
+
+
+def report(operation: Operation) -> bool:
+    meta: CancelMatchingMetadata = operation.metadata
+    print(operation.name, meta.state, meta.matched, meta.cancel_accepted, meta.failed, meta.created_by)
+    if operation.error is not None:
+        code: int = operation.error.code
+        cause: BatchgateError = operation.error.exception
+        print("refused:", code, operation.error.message, type(cause).__name__, isinstance(cause, Conflict))
+        return False
+    batches: tuple[MatchedBatch, ...] = operation.result.batches if operation.result is not None else ()
+    for batch in batches:
+        status: BatchStatus | None = batch.status
+        why = f" ({batch.error.status_code} {batch.error.message})" if batch.error is not None else ""
+        print(batch.provider, batch.id, batch.key_id, batch.outcome, status, why)
+    return all(done_with(batch.outcome) for batch in batches)
+
+
+def stop_sync(target: str, batch_ids: list[str]) -> bool:
+    """A dry run of named batches, then the real run, followed until done; then the history."""
+    with BatchgateClient(target, vk=os.environ.get("BATCHGATE_VK")) as client:
+        named = [BatchRef(batch_id, "openai") for batch_id in batch_ids]
+        preview = client.wait_operation(client.cancel_matching(batches=named, validate_only=True).name, timeout=30)
+        report(preview)
+        started: Operation = client.cancel_matching(batches=named, max_batches=10, deadline_seconds=600)
+        done = client.wait_operation(started.name, timeout=60.0)
+        page: OperationsPage = client.list_operations_page(page_size=10)
+        recent: list[str] = [operation.name for operation in client.list_operations(page_size=5)]
+        print(len(page.operations), page.next_page_token or "(last page)", recent[:2])
+        return done.done and report(done)
+
+
+async def stop_async(target: str, batch_ids: list[str]) -> bool:
+    async with AsyncBatchgateClient(target, vk=os.environ.get("BATCHGATE_VK")) as client:
+        started = await client.cancel_matching(batches=[(batch_id, "openai") for batch_id in batch_ids])
+        operation = await client.get_operation(started.id)
+        while not operation.done:
+            operation = await client.wait_operation(operation.name, 1.0)  # one progress step
+            print(operation.metadata.state, operation.metadata.settled, "of", operation.metadata.matched)
+        async for listed in client.list_operations():
+            print(listed.name, listed.done)
+        await client.cancel_operation(operation.name)  # a done operation stays as it is
+        ok = report(operation)
+        await client.delete_operation(operation.name)
+        return ok
+
+
 def main(target: str, batch_ids: list[str]) -> int:
-    """Four OpenAI batch ids: two for the blocking client, two for the asyncio one."""
+    """Four OpenAI batch ids: two for the blocking client, two for the asyncio one; then both stop
+    all four again by name, as operations (a batch still cancelling is accepted again; one that
+    ended is `already_ended`: nothing fails)."""
     finals = cancel_sync(target, batch_ids[:2])
     health = asyncio.run(cancel_async(target, batch_ids[2:4]))
-    return 0 if all(event.ok for event in finals) and health.status == "ok" else 1
+    stopped = stop_sync(target, batch_ids) and asyncio.run(stop_async(target, batch_ids))
+    return 0 if all(event.ok for event in finals) and health.status == "ok" and stopped else 1
 
 
 if __name__ == "__main__":

@@ -137,9 +137,12 @@ class KeySchema(Protocol):
     imports the providers: the schemas are passed in (`service.infra.providers.catalog` passes them all)."""
 
     # The key's provider-specific block (`azure_key_config`), or None when there is none.
-    key_settings_block: ClassVar[str | None]
+    @property
+    def key_settings_block(self) -> str | None: ...
+
     # Whether `value` must be set (providers that authenticate with their key block say no).
-    key_value_required: ClassVar[bool]
+    @property
+    def key_value_required(self) -> bool: ...
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> Any:
@@ -209,7 +212,7 @@ def _network(reader: ConfigReader) -> NetworkConfig:
     )
 
 
-def parse_config(data: Any, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]) -> Config:
+def parse_config(data: Any, env: Mapping[str, str] | None, schemas: Mapping[str, KeySchema]) -> Config:
     """`data` (a parsed config.json) as a checked Config. `schemas` names every provider a config
     may configure, with how its keys are read (`service.infra.providers.catalog.KEY_SCHEMAS`)."""
     known_providers = frozenset(schemas)
@@ -290,7 +293,7 @@ def config_version(raw: bytes) -> str:
 
 
 def parse_config_bytes(
-    raw: bytes, path: str | Path, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]
+    raw: bytes, path: str | Path, env: Mapping[str, str] | None, schemas: Mapping[str, KeySchema]
 ) -> Config:
     """`raw` (the bytes of the file at `path`, which error messages name) as a checked Config."""
     try:
@@ -304,5 +307,5 @@ def parse_config_bytes(
     return parse_config(data, env, schemas)
 
 
-def load_config(path: str | Path, env: os._Environ | dict | None, schemas: Mapping[str, KeySchema]) -> Config:
+def load_config(path: str | Path, env: Mapping[str, str] | None, schemas: Mapping[str, KeySchema]) -> Config:
     return parse_config_bytes(read_config(path), path, env, schemas)

@@ -4,9 +4,11 @@ that names the offending field (`providers.openai.keys[0].value: ...`). String v
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -27,7 +29,7 @@ _JSON_TYPES = {
 class ConfigReader:
     """Typed access to one JSON object, with the field path for error messages."""
 
-    def __init__(self, data: Any, path: str, env: os._Environ | dict) -> None:
+    def __init__(self, data: Any, path: str, env: Mapping[str, str]) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"{path or 'config'}: expected an object, got {type(data).__name__}")
         self.data, self.path, self.env = data, path, env
@@ -35,7 +37,18 @@ class ConfigReader:
     def where(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    @overload
+    def get(self, name: str, kind: type[T], default: T) -> T: ...
+
+    @overload
+    def get(self, name: str, kind: type[T], default: None = None) -> T | None: ...
+
+    @overload
+    def get(self, name: str, kind: tuple[type[Any], ...], default: Any = None) -> Any: ...
+
+    def get(self, name: str, kind: type[Any] | tuple[type[Any], ...], default: Any = None) -> Any:
+        """The field `name` if it is of `kind` (a type, or a tuple of the types it may be), else
+        `default` when it is absent or null; ConfigError naming the field otherwise."""
         value = self.data.get(name, default)
         if value is None:
             return default

@@ -7,7 +7,21 @@ status to a gRPC code, `service.edge.envelope.error_body` builds the REST body. 
 
 from __future__ import annotations
 
-_CLASS_DEFAULT = object()
+from typing import TypedDict, Unpack
+
+
+class ErrorFields(TypedDict, total=False):
+    """What a `GatewayError` may set besides its message; an unset field keeps its class's value."""
+
+    status_code: int
+    type: str
+    code: str | None  # None: a provider error without a code
+    param: str | None
+    provider: str
+    # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
+    headers: dict[str, str]
+    # False for an error a provider answered (a stored one, read back: see ProviderError).
+    is_bifrost_error: bool
 
 
 class GatewayError(Exception):
@@ -19,32 +33,20 @@ class GatewayError(Exception):
     code: str | None = "internal_error"
     is_bifrost_error = True
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        type: str | None = None,
-        code: str | None | object = _CLASS_DEFAULT,
-        param: str | None = None,
-        provider: str = "",
-        is_bifrost_error: bool | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, **fields: Unpack[ErrorFields]) -> None:
         super().__init__(message)
         self.message = message
-        if status_code is not None:
-            self.status_code = status_code
-        if type is not None:
-            self.type = type
-        if code is not _CLASS_DEFAULT:
-            self.code = code  # may be None: a provider error without a code
-        if is_bifrost_error is not None:
-            self.is_bifrost_error = is_bifrost_error
-        self.param = param
-        self.provider = provider
-        # Extra response headers (e.g. retry-after), sent as gRPC initial metadata.
-        self.headers = headers or {}
+        if "status_code" in fields:
+            self.status_code = fields["status_code"]
+        if "type" in fields:
+            self.type = fields["type"]
+        if "code" in fields:
+            self.code = fields["code"]
+        self.param = fields.get("param")
+        self.provider = fields.get("provider", "")
+        self.headers = fields.get("headers") or {}
+        if "is_bifrost_error" in fields:
+            self.is_bifrost_error = fields["is_bifrost_error"]
 
 
 class InvalidRequest(GatewayError):

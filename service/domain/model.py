@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from service.domain.errors import GatewayError
+
 # The unified status vocabulary (the seed API's enum, with OpenAI's and Bifrost's `cancelled`).
 STATUSES = frozenset(
     {"validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled", "ended"}
@@ -54,8 +56,10 @@ class CancelCommand:
     # Raw response wanted by the caller (header x-bf-send-back-raw-response), honoured only when
     # the config allows per-request override.
     raw_response_requested: bool = False
-    # The drop-in route the call came through (`anthropic`, `genai`, `bedrock`, `openai`), else "".
-    surface: str = ""
+    # The provider whose own SDK the caller speaks: the drop-in route's provider when the call came
+    # through one (`anthropic` on the Anthropic route), else "". Such a call may pass some of that
+    # SDK's headers upstream (`Adapter.caller_headers`).
+    sdk_provider: str = ""
     # Seconds to keep reading the batch back until its status is terminal (0: answer at once).
     wait_seconds: int = 0
 
@@ -67,9 +71,6 @@ class CancelResult:
     latency_ms: int
     raw_response: Any = None
     warning: str | None = None
-    # What reading this batch back needs (the key that cancelled it, the adapter's reference);
-    # internal to the use case, never rendered.
-    read_back: Any = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ class ItemEvent:
     provider: str
     final: bool
     result: CancelResult | None = None
-    error: Any = None  # a service.domain.errors.GatewayError
+    error: GatewayError | None = None
 
 
 @dataclass(frozen=True, slots=True)

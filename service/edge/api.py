@@ -10,11 +10,12 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn, TypeAlias, TypeVar
 
 import grpc
 from google.longrunning import operations_pb2
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import trace as otel_trace
 
@@ -26,23 +27,17 @@ from service.edge.converters import error_to_status, event_outcome, event_to_pro
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
 from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
 from service.edge.operation_proto import matching_command, operation_to_proto
-from service.edge.routes import ORIGINAL_PATH_HEADER, RouteTable
+from service.edge.routes import ORIGINAL_PATH_HEADER, WAITING_RPCS, RouteTable
 from service.edge.status import grpc_code
-from service.edge.surfaces import (
-    SURFACE_DEFAULT_PROVIDER,
-    RenderedError,
-    anthropic_error,
-    bedrock_error,
-    bifrost_error,
-    google_error,
-    to_anthropic,
-)
+from service.edge.surfaces import SURFACES, RenderedError, Surface, bifrost_error, rpc_renderer
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.infra.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
     CallRecord,
+    Outcome,
+    Subject,
     activate,
     record_bulk,
     record_call,
@@ -53,11 +48,16 @@ from service.infra.observability import (
 )
 from service.runtime.live import LiveConfig
 from service.usecases.bulk import BulkCanceller, check_wait
-from service.usecases.cancel import Canceller
 from service.usecases.context import CallContext
 from service.usecases.operations import Operations
 
 log = logging.getLogger(__name__)
+
+# Generic in the stubs only (types-grpcio): the alias is a string, never evaluated.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 RAW_RESPONSE_HEADER = "x-bf-send-back-raw-response"
 
@@ -107,11 +107,12 @@ def command_from_proto(
     provider = (request.provider or headers.get(MODEL_PROVIDER_HEADER, "")).strip().lower()
     if record is not None:
         record.route = route_label(surface, headers)
+    drop_in = SURFACES.get(surface)
     return CancelCommand(
         batch_id=batch_id,
-        provider=provider or SURFACE_DEFAULT_PROVIDER.get(surface, ""),
+        provider=provider or (drop_in.default_provider if drop_in else ""),
         raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
-        surface=surface or "",
+        sdk_provider=drop_in.default_provider if drop_in else "",
     )
 
 
@@ -133,7 +134,13 @@ def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float 
     return grpc_remaining
 
 
-async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, rendered: RenderedError, *extra) -> None:
+def call_deadline(context: Context, headers: dict[str, str]) -> float | None:
+    """The call's deadline (loop time, see CallContext): now plus its `time_budget`."""
+    budget = time_budget(context.time_remaining(), headers)
+    return None if budget is None else asyncio.get_running_loop().time() + budget
+
+
+async def abort(context: Context, failure: GatewayError, rendered: RenderedError, *extra: tuple[str, str]) -> NoReturn:
     """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
     rendering in initial metadata for the edge (gateway/errors.lua)."""
     await context.send_initial_metadata(
@@ -148,63 +155,40 @@ async def abort(context: grpc.aio.ServicerContext, failure: GatewayError, render
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
-# The error shape of each RPC's REST routes (the drop-in surfaces answer in their provider's).
-_REST_RENDERERS = {
-    "CancelAnthropic": anthropic_error,
-    "CancelGenAI": google_error,
-    "StopModelInvocationJob": bedrock_error,
-}
-
-
 def rest_error_metadata(method: str, error: GatewayError) -> tuple[tuple[str, str], ...]:
     """What `abort` sends the edge so that a REST caller of `method` (`/pkg.Service/Name`) reads
     `error` in its route's shape; for refusals made before the servicer runs (service.edge.wire)."""
-    rendered = _REST_RENDERERS.get(method.rsplit("/", 1)[-1], bifrost_error)(error)
+    rendered = rpc_renderer(method.rsplit("/", 1)[-1])(error)
     return (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
 
 
 @dataclass(slots=True)
-class Call:
-    """One RPC in flight: its context (headers, caller, record), its command once known, and
+class Rpc:
+    """One RPC in flight: its call (headers, caller, record, deadline), its command once known, and
     whether its initial metadata already went out (a stream's first event: an error after that can
     only be the status)."""
 
-    context: CallContext
+    call: CallContext
     echo_id: tuple[tuple[str, str], ...] = ()
     command: CancelCommand | None = None
     metadata_sent: bool = False
     # CancelMany: the final outcomes of its items by gRPC code name.
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
     # CancelMatching: the name of the operation it started.
     operation: str = ""
 
 
-def _finish_cancel(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
-    command = call.command
+def _finish_cancel(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
+    command = rpc.command
     if command is not None:
         span.set_attribute("batchgate.provider", command.provider)
-    record_request(
-        call.context.record,
-        provider=command.provider if command else "",
-        batch_id=command.batch_id if command else getattr(request, "batch_id", ""),
-        caller=call.context.caller,
-        code=code,
-        http_status=status,
-        error=failure.message if failure is not None else None,
-    )
+    subject = Subject(command.provider, command.batch_id) if command else Subject("", getattr(request, "batch_id", ""))
+    record_request(record, rpc.call.caller, subject, outcome)
 
 
-def _finish_bulk(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
+def _finish_bulk(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
     span.set_attribute("batchgate.items", len(request.batches))
-    record_bulk(
-        call.context.record,
-        caller=call.context.caller,
-        items=len(request.batches),
-        outcomes=dict(call.outcomes),
-        code=code,
-        http_status=status,
-        error=failure.message if failure is not None else None,
-    )
+    record_bulk(record, rpc.call.caller, len(request.batches), dict(rpc.outcomes), outcome)
 
 
 def _cancel_route(headers: dict[str, str]) -> str:
@@ -215,8 +199,9 @@ def _bulk_route(headers: dict[str, str]) -> str:
     return "bulk" if ORIGINAL_PATH_HEADER in headers else "grpc"
 
 
-# What an RPC reports once it ends: its span's attributes, metrics, log line and audit events.
-Finish = Callable[[Call, Any, Any, str, int, "GatewayError | None"], None]
+# What an RPC reports once it ends (the call, its record, its request, its span, how it ended): its
+# span's attributes, metrics, log line and audit events.
+Finish = Callable[[Rpc, CallRecord, Any, otel_trace.Span, Outcome], None]
 
 
 def operations_route(headers: dict[str, str]) -> str:
@@ -225,30 +210,28 @@ def operations_route(headers: dict[str, str]) -> str:
     return "operations" if ORIGINAL_PATH_HEADER in headers else "grpc"
 
 
-def finish_call(rpc: str) -> Finish:
+def finish_call(rpc_name: str) -> Finish:
     """What CancelMatching and the Operations calls report once they end: their access line (no
     audit event: they cancel nothing themselves; each batch an operation settles has its own)."""
 
-    def finish(call: Call, request: Any, span: Any, code: str, status: int, failure: GatewayError | None) -> None:
-        span.set_attribute("batchgate.rpc", rpc)
-        record_call(
-            call.context.record,
-            rpc=rpc,
-            caller=call.context.caller,
-            code=code,
-            http_status=status,
-            error=failure.message if failure is not None else None,
-            operation=(call.operation or getattr(request, "name", ""))[:100] or None,
-        )
+    def finish(rpc: Rpc, record: CallRecord, request: Any, span: otel_trace.Span, outcome: Outcome) -> None:
+        span.set_attribute("batchgate.rpc", rpc_name)
+        operation = (rpc.operation or getattr(request, "name", ""))[:100] or None
+        record_call(record, rpc_name, rpc.call.caller, outcome, operation=operation)
 
     return finish
+
+
+# A servicer method as written (it gets the RPC's `Rpc`) and as gRPC calls it.
+Method = Callable[[S, Req, Context, Rpc], Awaitable[Resp]]
+Handler = Callable[[S, Req, Context], Awaitable[Resp]]
 
 
 def handles_rpc(
     render: Callable[[GatewayError], RenderedError] = bifrost_error,
     finish: Finish | None = _finish_cancel,
     route: Callable[[dict[str, str]], str] = _cancel_route,
-):
+) -> Callable[[Method[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Decorates an RPC of the service, the one place for what every call needs (in the style of
     kserve's exception-to-status interceptor): request id, span, in-flight gauge and, once it ends,
     `finish` (metrics, log line, audit). A raised GatewayError becomes its gRPC status plus, for the
@@ -256,26 +239,31 @@ def handles_rpc(
     INTERNAL with details hidden (logged here, with the traceback). Without `finish` (Health) the
     call is not observed, only its errors mapped."""
 
-    def decorate(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def decorate(method: Method[S, Req, Resp]) -> Handler[S, Req, Resp]:
         name = method.__name__
 
         @functools.wraps(method)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(self: S, request: Req, context: Context) -> Resp:
             headers = metadata_headers(context.invocation_metadata())
+            deadline = call_deadline(context, headers)
+            record: CallRecord | None = None
+            span: otel_trace.Span = otel_trace.INVALID_SPAN
             if finish is None:
-                call, span = Call(CallContext(headers)), otel_trace.INVALID_SPAN
+                rpc = Rpc(CallContext(headers, deadline=deadline))
             else:
                 rid, generated = request_id(headers)
                 echo_id = ((REQUEST_ID_HEADER, rid),) if generated else ()
-                call = Call(CallContext(headers, CallRecord(rid, route(headers))), echo_id)
+                record = CallRecord(rid, route(headers))
+                rpc = Rpc(CallContext(headers, record, deadline=deadline), echo_id)
                 IN_FLIGHT.inc()
                 span = server_span(name, headers, rid)
-            code, status, failure = "OK", 200, None
+            code, status = "OK", 200
+            failure: GatewayError | None = None
             try:
                 with activate(span):
-                    response = await method(self, request, context, call)
-                if call.echo_id and not call.metadata_sent:
-                    await context.send_initial_metadata(call.echo_id)
+                    response = await method(self, request, context, rpc)
+                if rpc.echo_id and not rpc.metadata_sent:
+                    await context.send_initial_metadata(rpc.echo_id)
                 return response
             except GatewayError as error:
                 failure = error
@@ -286,16 +274,17 @@ def handles_rpc(
                 log.exception("unexpected error in %s", name)
                 failure = GatewayError("internal error")
             finally:
-                if finish is not None:
+                if finish is not None and record is not None:
                     IN_FLIGHT.dec()
                     if failure is not None:
                         code, status = grpc_code(failure).name, failure.status_code
                     span.set_attribute("rpc.grpc.status_code", code)
-                    finish(call, request, span, code, status, failure)
+                    finish(rpc, record, request, span, Outcome(code, status, failure.message if failure else None))
                     span.end()
-            if call.metadata_sent:  # events already went out: only the status can still say it
+            assert failure is not None  # an answer returned and CancelledError re-raised: only failures get here
+            if rpc.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-            await abort(context, failure, render(failure), *call.echo_id)
+            await abort(context, failure, render(failure), *rpc.echo_id)
 
         return wrapper
 
@@ -322,15 +311,29 @@ def render_health(failure: GatewayError) -> RenderedError:
     return RenderedError(503, body)
 
 
-class BatchServicer(pb_grpc.BatchServiceServicer):
-    """Thin methods: convert in, run the use case, convert out."""
+DropIn = Callable[["BatchServicer", pb.CancelBatchRequest, Context], Awaitable[Message]]
 
-    def __init__(self, live: LiveConfig | Canceller, operations: Operations | None = None) -> None:
-        # The config can change under a running server (service.runtime.live); a bare Canceller never does.
-        self._live = live if isinstance(live, LiveConfig) else LiveConfig(live.config, canceller=live)
+
+def _drop_in(surface: Surface) -> DropIn:
+    """The servicer method of a drop-in API's RPC: a cancel through its route, answered in its shape."""
+
+    async def method(servicer: BatchServicer, request: pb.CancelBatchRequest, context: Context, rpc: Rpc) -> Message:
+        return surface.answer(await servicer._cancel(request, rpc, surface.rpc, surface.name))
+
+    method.__name__ = method.__qualname__ = surface.rpc
+    return handles_cancel(surface.render)(method)
+
+
+class BatchServicer(pb_grpc.BatchServiceServicer):
+    """Thin methods: convert in, run the use case, convert out. `live` is the config this worker
+    runs (it can change under a running server: service.runtime.live)."""
+
+    def __init__(self, live: LiveConfig, operations: Operations | None = None) -> None:
+        self.live = live
+        # Long-running operations (CancelMatching; their progress is read with the Operations
+        # service); None: this servicer does not run them.
+        self.operations = operations
         self._bulk = BulkCanceller()
-        # Long-running operations (CancelMatching); None: this servicer does not run them.
-        self._operations = operations
         self.draining = False
 
     @property
@@ -342,105 +345,91 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def draining(self, value: bool) -> None:
         self._draining = value
         if value:  # shared by every runtime: waits under an older config end too
-            self._live.current.canceller.stopping.set()
+            self.live.factory.waiting.stopping.set()
 
-    async def _cancel(self, request, context, call: Call, method: str, surface: str | None = None) -> CancelResult:
-        headers = call.context.headers
-        call.command = command_from_proto(request, headers, method, surface, call.context.record)
-        if method == "Cancel":
+    async def _cancel(
+        self, request: pb.CancelBatchRequest, rpc: Rpc, method: str, surface: str | None = None
+    ) -> CancelResult:
+        call = rpc.call
+        rpc.command = command_from_proto(request, call.headers, method, surface, call.record)
+        if method in WAITING_RPCS:
             check_wait(request.wait_seconds)
-            call.command = replace(call.command, wait_seconds=request.wait_seconds)
+            rpc.command = replace(rpc.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
-        with self._live.current as runtime:
-            return await runtime.canceller.cancel(
-                call.command, call.context, time_budget(context.time_remaining(), headers)
-            )
+        with self.live.current as runtime:
+            return await runtime.canceller.cancel(rpc.command, call)
 
     @handles_cancel()
-    async def Cancel(self, request: pb.CancelBatchRequest, context, call: Call) -> pb.BatchCancelResponse:
-        return result_to_proto(await self._cancel(request, context, call, "Cancel"))
+    async def Cancel(self, request: pb.CancelBatchRequest, context: Context, rpc: Rpc) -> pb.BatchCancelResponse:
+        return result_to_proto(await self._cancel(request, rpc, "Cancel"))
 
-    @handles_cancel(anthropic_error)
-    async def CancelAnthropic(self, request, context, call: Call) -> pb.AnthropicMessageBatch:
-        return to_anthropic(await self._cancel(request, context, call, "CancelAnthropic", "anthropic"))
-
-    @handles_cancel(google_error)
-    async def CancelGenAI(self, request, context, call: Call) -> empty_pb2.Empty:
-        await self._cancel(request, context, call, "CancelGenAI", "genai")
-        return empty_pb2.Empty()
-
-    @handles_cancel(bedrock_error)
-    async def StopModelInvocationJob(self, request, context, call: Call) -> empty_pb2.Empty:
-        await self._cancel(request, context, call, "StopModelInvocationJob", "bedrock")
-        return empty_pb2.Empty()
+    # The drop-in SDK routes: each RPC answers in its API's shape, errors included (service.edge.surfaces).
+    CancelAnthropic = _drop_in(SURFACES["anthropic"])
+    CancelGenAI = _drop_in(SURFACES["genai"])
+    StopModelInvocationJob = _drop_in(SURFACES["bedrock"])
 
     @handles_rpc(finish=_finish_bulk, route=_bulk_route)
-    async def CancelMany(self, request: pb.CancelManyRequest, context: grpc.aio.ServicerContext, call: Call) -> None:
+    async def CancelMany(self, request: pb.CancelManyRequest, context: Context, rpc: Rpc) -> None:
         """Streams each item's events as they happen. Errors of the whole call (bounds, credentials)
         end it before any event, with the single cancel's error shape and status; an item's error
         is its own event."""
-        headers = call.context.headers
+        call = rpc.call
         # The config current now serves the whole stream, whatever reloads meanwhile.
-        with self._live.current as runtime:
+        with self.live.current as runtime:
             bulk = self._bulk.prepare(
                 runtime.canceller,
                 [(item.id, item.provider) for item in request.batches],
                 request.wait_seconds,
-                call.context,
-                raw_response_requested=headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
+                call,
+                raw_response_requested=call.headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
-            await context.send_initial_metadata((*call.echo_id, (STREAM_HEADER, "ndjson")))
-            call.metadata_sent = True
-            budget = time_budget(context.time_remaining(), headers)
-            async with contextlib.aclosing(self._bulk.run(bulk, budget)) as events:
+            await context.send_initial_metadata((*rpc.echo_id, (STREAM_HEADER, "ndjson")))
+            rpc.metadata_sent = True
+            async with contextlib.aclosing(self._bulk.run(bulk)) as events:
                 async for event in events:
                     await context.write(event_to_proto(event))
-                    if event.final:
+                    if event.final and call.record is not None:
                         item_code, item_status = event_outcome(event)
-                        call.outcomes[item_code] += 1
+                        rpc.outcomes[item_code] += 1
                         warning = event.result.warning if event.result is not None else None
                         record_item(
-                            call.context.record,
-                            index=event.index,
-                            provider=event.provider,
-                            batch_id=event.batch_id,
-                            caller=call.context.caller,
-                            code=item_code,
-                            http_status=item_status,
-                            warning=warning,
+                            call.record,
+                            call.caller,
+                            Subject(event.provider, event.batch_id, event.index),
+                            Outcome(item_code, item_status, warning=warning),
                         )
 
     @handles_rpc(finish=finish_call("CancelMatching"), route=operations_route)
     async def CancelMatching(
-        self, request: pb.CancelMatchingRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: pb.CancelMatchingRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
         """Starts an operation that cancels every batch matching the selector (or the named ones)
         and answers with it at once (`done` false); its progress is read with the Operations
         service. Bad input, refused access and limits end the call before anything is listed."""
-        if self._operations is None:
+        if self.operations is None:
             raise GatewayError("operations are not served here", status_code=501, code="unimplemented")
-        operation = await self._operations.start(matching_command(request), call.context)
-        call.operation = operation.name
+        operation = await self.operations.start(matching_command(request), rpc.call)
+        rpc.operation = operation.name
         return operation_to_proto(operation, None)
 
     @handles_rpc(render_health, finish=None)
-    async def Health(
-        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext, call: Call
-    ) -> pb.HealthResponse:
+    async def Health(self, request: pb.HealthRequest, context: Context, rpc: Rpc) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the
         config version this worker and its sibling workers run."""
-        live = self._live
+        live = self.live
         breakers = live.current.canceller.breaker_states()
         providers = {name: pb.ProviderHealth(circuit=state) for name, state in breakers.items()}
         limiter = live.limiter
-        parts = {
-            "providers": providers,
-            "rate_limit_store": pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health()),
-            "config": pb.ConfigState(**live.state()),
-            "workers": [pb.ConfigState(**state) for state in live.workers()],
-            "operations_running": self._operations.running() if self._operations is not None else 0,
-        }
+        store = pb.RateLimitStoreHealth(type=limiter.store.kind, state=await limiter.health())
+        health = pb.HealthResponse(
+            status="draining" if self.draining else "ok",
+            providers=providers,
+            rate_limit_store=store,
+            config=pb.ConfigState(**live.state()),
+            workers=[pb.ConfigState(**state) for state in live.workers()],
+            operations_running=self.operations.running() if self.operations is not None else 0,
+        )
         if self.draining:
-            raise Draining(pb.HealthResponse(status="draining", **parts))
-        return pb.HealthResponse(status="ok", **parts)
+            raise Draining(health)
+        return health

@@ -69,7 +69,7 @@ def event_to_proto(event: ItemEvent) -> pb.CancelManyEvent:
     message = pb.CancelManyEvent(index=event.index, id=event.batch_id, provider=event.provider, final=event.final)
     if event.result is not None:
         message.batch.CopyFrom(result_to_proto(event.result))
-    else:
+    elif event.error is not None:
         message.error.CopyFrom(error_detail(event.error))
     return message
 

@@ -14,7 +14,7 @@ Imports only the domain's error type.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.domain.errors import GatewayError
 
@@ -28,45 +28,39 @@ BEDROCK_ERROR_TYPE_HEADER = "x-amzn-errortype"
 
 REQUEST_TYPE = "batch_cancel"
 
-# The Bifrost body's inner `error` object, in proto field order (batchgate.v1.ErrorField), which is
-# the order the transcoder prints them in; the nullable ones are optional fields it omits when
-# unset, and that the edge puts back as null in CancelMany's NDJSON lines.
-ERROR_KEYS = ("type", "code", "message", "param")
+
+class ErrorText(NamedTuple):
+    """The Bifrost body's inner `error` object, in proto field order (batchgate.v1.ErrorField), which
+    is the order the transcoder prints them in."""
+
+    type: str
+    code: str | None
+    message: str
+    param: str | None
+
+
+# Its keys; the nullable ones are optional fields the transcoder omits when unset, and that the edge
+# puts back as null in CancelMany's NDJSON lines.
+ERROR_KEYS: tuple[str, ...] = ErrorText._fields
 NULLABLE_ERROR_KEYS = ("code", "param")
 # The first key of the Bifrost body (batchgate.v1.ErrorDetail), which tells an item's error apart.
 FIRST_KEY = "is_bifrost_error"
 
 
-def bifrost(
-    *,
-    status_code: Any,
-    type: str,
-    code: str | None,
-    message: str,
-    param: str | None,
-    provider: str,
-    is_bifrost_error: bool = True,
-) -> dict:
+def bifrost(text: ErrorText, status_code: Any, provider: str, is_bifrost_error: bool = True) -> dict[str, Any]:
     """The Bifrost error body. `status_code` is an int, or an Envoy format string in local replies."""
     return {
         FIRST_KEY: is_bifrost_error,
         "status_code": status_code,
-        "error": dict(zip(ERROR_KEYS, (type, code, message, param), strict=True)),
+        "error": dict(zip(ERROR_KEYS, text, strict=True)),
         "extra_fields": {"provider": provider, "request_type": REQUEST_TYPE},
     }
 
 
-def error_body(error: GatewayError) -> dict:
+def error_body(error: GatewayError) -> dict[str, Any]:
     """A `GatewayError`'s Bifrost error body."""
-    return bifrost(
-        status_code=error.status_code,
-        type=error.type,
-        code=error.code,
-        message=error.message,
-        param=error.param,
-        provider=error.provider,
-        is_bifrost_error=error.is_bifrost_error,
-    )
+    text = ErrorText(error.type, error.code, error.message, error.param)
+    return bifrost(text, error.status_code, error.provider, error.is_bifrost_error)
 
 
 def error_json(error: GatewayError) -> str:
@@ -74,22 +68,22 @@ def error_json(error: GatewayError) -> str:
     return to_json(error_body(error))
 
 
-def anthropic(kind: str, message: str) -> dict:
+def anthropic(kind: str, message: str) -> dict[str, Any]:
     """Anthropic's error body: `{"type": "error", "error": {"type", "message"}}`."""
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def google(code: Any, message: str, status: str) -> dict:
+def google(code: Any, message: str, status: str) -> dict[str, Any]:
     """Google's error body: `{"error": {"code", "message", "status"}}` (`code` the HTTP status)."""
     return {"error": {"code": code, "message": message, "status": status}}
 
 
-def bedrock(message: str, exception: str) -> tuple[dict, dict[str, str]]:
+def bedrock(message: str, exception: str) -> tuple[dict[str, Any], dict[str, str]]:
     """AWS rest-json: `{"message"}` in the body, the exception name in a header."""
     return {"message": message}, {BEDROCK_ERROR_TYPE_HEADER: exception}
 
 
-def to_json(body: dict) -> str:
+def to_json(body: dict[str, Any]) -> str:
     """Compact and ASCII-only: the body travels to the edge as a gRPC metadata value."""
     return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
 

@@ -8,34 +8,34 @@ method acts (and checks who may see the operation) on the name it receives, neve
 
 from __future__ import annotations
 
-import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 
-from service.edge.api import Call, finish_call, handles_rpc, operations_route, time_budget
+from service.edge.api import Context, Rpc, finish_call, handles_rpc, operations_route
 from service.edge.operation_proto import operation_to_proto
 from service.usecases.operations import Operations
 
 SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name
 
 
-class OperationsServicer(operations_pb2_grpc.OperationsServicer):
+# googleapis-common-protos ships no types: its generated servicer base is Any to mypy.
+class OperationsServicer(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
     def __init__(self, operations: Operations) -> None:
         self._operations = operations
 
     @handles_rpc(finish=finish_call("GetOperation"), route=operations_route)
     async def GetOperation(
-        self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: operations_pb2.GetOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
-        found = await self._operations.get(request.name, call.context.headers, call.context)
+        found = await self._operations.get(request.name, rpc.call.headers, rpc.call)
         return operation_to_proto(found.operation, found.items)
 
     @handles_rpc(finish=finish_call("ListOperations"), route=operations_route)
     async def ListOperations(
-        self, request: operations_pb2.ListOperationsRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: operations_pb2.ListOperationsRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.ListOperationsResponse:
         operations, token = await self._operations.list_operations(
-            request.name, request.filter, request.page_size, request.page_token, call.context.headers, call.context
+            request.name, request.filter, request.page_size, request.page_token, rpc.call.headers, rpc.call
         )
         return operations_pb2.ListOperationsResponse(
             operations=[operation_to_proto(operation, None) for operation in operations], next_page_token=token
@@ -43,25 +43,25 @@ class OperationsServicer(operations_pb2_grpc.OperationsServicer):
 
     @handles_rpc(finish=finish_call("CancelOperation"), route=operations_route)
     async def CancelOperation(
-        self, request: operations_pb2.CancelOperationRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: operations_pb2.CancelOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
-        await self._operations.cancel(request.name, call.context.headers, call.context)
+        await self._operations.cancel(request.name, rpc.call.headers, rpc.call)
         return empty_pb2.Empty()
 
     @handles_rpc(finish=finish_call("DeleteOperation"), route=operations_route)
     async def DeleteOperation(
-        self, request: operations_pb2.DeleteOperationRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: operations_pb2.DeleteOperationRequest, context: Context, rpc: Rpc
     ) -> empty_pb2.Empty:
-        await self._operations.delete(request.name, call.context.headers, call.context)
+        await self._operations.delete(request.name, rpc.call.headers, rpc.call)
         return empty_pb2.Empty()
 
     @handles_rpc(finish=finish_call("WaitOperation"), route=operations_route)
     async def WaitOperation(
-        self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext, call: Call
+        self, request: operations_pb2.WaitOperationRequest, context: Context, rpc: Rpc
     ) -> operations_pb2.Operation:
         timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else None
         if timeout is not None and timeout < 0:
             timeout = 0.0
-        budget = time_budget(context.time_remaining(), call.context.headers)
-        found = await self._operations.wait(request.name, timeout, budget, call.context.headers, call.context)
+        # The call's deadline (rpc.call.deadline) bounds the wait too.
+        found = await self._operations.wait(request.name, timeout, rpc.call.headers, rpc.call)
         return operation_to_proto(found.operation, found.items)

@@ -19,10 +19,14 @@ from google.api import annotations_pb2
 from google.protobuf.descriptor import MethodDescriptor
 
 ORIGINAL_PATH_HEADER = "x-envoy-original-path"
+# The RPCs that may wait for batches to be cancelled (`wait_seconds`, up to MAX_WAIT_SECONDS): the
+# servicer reads the wait of these only, and Envoy gives their routes the longer timeout.
+WAITING_RPCS = ("Cancel", "CancelMany")
 _VARIABLE = re.compile(r"\{(\w+)(?:=([^}]*))?\}")
 
 
-def _bindings(method: MethodDescriptor) -> Iterator[str]:
+def templates(method: MethodDescriptor) -> Iterator[str]:
+    """The path templates of an RPC's REST routes, as its `google.api.http` option writes them."""
     rule = method.GetOptions().Extensions[annotations_pb2.http]
     for binding in (rule, *rule.additional_bindings):
         pattern = getattr(binding, binding.WhichOneof("pattern"))
@@ -45,7 +49,7 @@ def _compile(template: str) -> re.Pattern[str]:
 
 class RouteTable:
     def __init__(self, method: MethodDescriptor) -> None:
-        self._patterns = [_compile(template) for template in _bindings(method)]
+        self._patterns = [_compile(template) for template in templates(method)]
         self.variables = frozenset(name for p in self._patterns for name in p.groupindex)
 
     def path_values(self, original_path: str) -> dict[str, str] | None:

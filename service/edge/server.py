@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
@@ -15,10 +16,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from service.config.file import Config
+from service.config.settings import DEFAULTS, Settings
 from service.edge.api import BatchServicer, rest_error_metadata
 from service.edge.operation_proto import operation_json
 from service.edge.operations import OperationsServicer
-from service.edge.wire import StrictRegistrar
+from service.edge.wire import Reading, StrictRegistrar
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
@@ -26,7 +28,8 @@ from service.infra.operation_store import OperationStore, open_operation_store
 from service.infra.webhook import WebhookSender
 from service.runtime.live import FileWatcher, LiveConfig
 from service.usecases.cancel import Canceller
-from service.usecases.operations import Operations, Settings
+from service.usecases.operations import Operations
+from service.usecases.operations import Settings as OperationSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,6 @@ OPERATIONS_SERVICE_NAME = operations_pb2.DESCRIPTOR.services_by_name["Operations
 # The largest answer a worker sends (a done operation of 100,000 batches is ~15 MB in protobuf).
 MAX_SEND_BYTES = 64 << 20
 GRACE_SECONDS = 10.0
-# Between turning NOT_SERVING and refusing calls: Envoy's health checks (1 s interval, 2 failures)
-# take this long to move traffic to other replicas.
-DRAIN_DELAY_SECONDS = float(os.environ.get("DRAIN_DELAY_SECONDS", "3"))
 
 
 class App:
@@ -47,14 +47,12 @@ class App:
         self,
         server: grpc.aio.Server,
         port: int,
-        live: LiveConfig,
         servicer: BatchServicer,
         health: health.aio.HealthServicer,
         operations: Operations,
-        webhooks: WebhookSender,
     ):
-        self.server, self.port, self.live, self.servicer, self.health = server, port, live, servicer, health
-        self.operations, self.webhooks = operations, webhooks
+        self.server, self.port, self.servicer, self.health = server, port, servicer, health
+        self.live, self.operations = servicer.live, operations
 
     @property
     def canceller(self) -> Canceller:
@@ -68,7 +66,8 @@ class App:
 
     async def stop(self, grace: float = GRACE_SECONDS, drain_delay: float = 0.0) -> None:
         """Drains: health turns NOT_SERVING (and REST /health 503) so Envoy stops routing here; after
-        `drain_delay` (time for its health checks to notice; calls keep being served meanwhile)
+        `drain_delay` (DRAIN_DELAY_SECONDS: time for Envoy's health checks, 1 s apart, 2 failures, to
+        move traffic to other replicas; calls keep being served meanwhile)
         new calls are refused and in-flight ones get `grace` to finish; then the pools close."""
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
@@ -77,32 +76,48 @@ class App:
         # Operations leave as calls do: what is in flight finishes, the rest is another worker's.
         await asyncio.gather(self.server.stop(grace), self.operations.close(grace))
         await self.operations.store.close()
-        await self.webhooks.close()
+        if self.operations.notifier is not None:
+            await self.operations.notifier.close()
         await self.live.close()
         await self.live.limiter.close()
 
 
+@dataclass(frozen=True, slots=True)
+class OperationsSetup:
+    """Where long-running operations live and how they run: in `store`, else in the Redis of
+    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop);
+    `settings` tune the runner (tests make it fast)."""
+
+    store: OperationStore | None = None
+    db: str | Path | None = None
+    settings: OperationSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where the server listens: `address` (port 0 picks a free one), `extra` addresses (a worker's
+    own loopback port or Unix socket, Envoy's endpoint), `reuse_port` (share the port with the other
+    workers) and `tls`: (private key PEM, certificate chain PEM) to serve gRPC over TLS."""
+
+    address: str = "127.0.0.1:0"
+    extra: tuple[str, ...] = ()
+    reuse_port: bool = False
+    tls: tuple[bytes, bytes] | None = None
+
+
 async def create_server(
     config: Config | LiveConfig,
-    address: str = "127.0.0.1:0",
-    *extra_addresses: str,
-    reuse_port: bool = False,
-    tls: tuple[bytes, bytes] | None = None,
-    limiter: RateLimiter | None = None,
-    operations_db: str | Path | None = None,
-    operation_store: OperationStore | None = None,
-    operation_settings: Settings | None = None,
+    listener: Listener = Listener(),
+    settings: Settings = DEFAULTS,
+    operations: OperationsSetup = OperationsSetup(),
 ) -> App:
-    """Builds and starts the server on `address` (port 0 picks a free one) and any extra addresses,
-    and returns it (`App.port` is the first address's port). `tls` is (private key PEM, certificate
-    chain PEM) to serve gRPC over TLS. A plain Config never changes; a LiveConfig can be reloaded.
-    `limiter` (the process's rate limiter and its store; default: the store `governance.store`
-    names) serves a plain Config; a LiveConfig brings its own. It is closed with the server.
-    Long-running operations live in `operation_store`, else in the Redis of `governance.store`,
-    else in the SQLite file `operations_db` (None: a private file, removed at stop)."""
+    """Builds and starts the server and returns it (`App.port` is the first address's port). A
+    plain Config never changes (its rate limiter is the one `governance.store` names, closed with
+    the server); a LiveConfig can be reloaded. Of `settings` it reads the request read timeout;
+    `operations` says where long-running operations are kept."""
     server = grpc.aio.server(
         options=[
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.so_reuseport", 1 if listener.reuse_port else 0),
             ("grpc.max_receive_message_length", 1 << 20),
             # A done operation's answer lists every batch it matched (up to 100,000, ~15 MB): the
             # send limit is set, not left to the library's default.
@@ -118,67 +133,51 @@ async def create_server(
             ("grpc.http2.bdp_probe", 0),
         ]
     )
-    live = config if isinstance(config, LiveConfig) else LiveConfig(config, limiter=limiter)
-    settings = live.current.config.store
-    store = operation_store or open_operation_store(settings.type, settings.url, operations_db)
-    webhooks = WebhookSender()
-    operations = Operations(store, live, settings=operation_settings, render=operation_json, notifier=webhooks)
-    servicer = BatchServicer(live, operations)
+    live = config if isinstance(config, LiveConfig) else LiveConfig(config)
+    store_config = live.current.config.store
+    store = operations.store or open_operation_store(store_config.type, store_config.url, operations.db)
+    running = Operations(store, live, settings=operations.settings, render=operation_json, notifier=WebhookSender())
+    servicer = BatchServicer(live, running)
     # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
-    registrar = StrictRegistrar(server, rest_error_metadata)
-    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)
-    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(operations), registrar)
+    # The registrar stands in for the server: it has the two methods the add_*_to_server functions call.
+    strict = StrictRegistrar(server, Reading(settings.request_read_timeout_seconds, rest_error_metadata))
+    registrar = cast(grpc.aio.Server, strict)
+    # Generated by grpcio-tools without annotations:
+    batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)  # type: ignore[no-untyped-call]
+    operations_pb2_grpc.add_OperationsServicer_to_server(OperationsServicer(running), registrar)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        reflection.aio.ReflectionServicer(
-            (SERVICE_NAME, OPERATIONS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        ),
-        registrar,
+    reflection_servicer = reflection.aio.ReflectionServicer(
+        (SERVICE_NAME, OPERATIONS_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     )
-    credentials = grpc.ssl_server_credentials([tls]) if tls is not None else None
+    # types-grpcio-reflection leaves this one unannotated:
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, registrar)  # type: ignore[no-untyped-call]
+    credentials = grpc.ssl_server_credentials([listener.tls]) if listener.tls is not None else None
+    addresses = (listener.address, *listener.extra)
     ports = [
         server.add_insecure_port(addr) if credentials is None else server.add_secure_port(addr, credentials)
-        for addr in (address, *extra_addresses)
+        for addr in addresses
     ]
     if 0 in ports:
-        raise OSError(f"cannot listen on {(address, *extra_addresses)[ports.index(0)]}")
+        raise OSError(f"cannot listen on {addresses[ports.index(0)]}")
     port = ports[0]
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    operations.start_background()
-    return App(server, port, live, servicer, health_servicer, operations, webhooks)
+    running.start_background()
+    return App(server, port, servicer, health_servicer, running)
 
 
-async def serve(
-    config: Config | LiveConfig,
-    address: str,
-    *extra_addresses: str,
-    reuse_port: bool = False,
-    tls: tuple[bytes, bytes] | None = None,
-    metrics_port: int | None = None,
-    drain_delay: float = DRAIN_DELAY_SECONDS,
-    limiter: RateLimiter | None = None,
-    operations_db: str | Path | None = None,
-) -> None:
-    """Runs until SIGINT/SIGTERM, then drains and exits. A config loaded from a file is reloaded on
-    SIGHUP and when the file changes."""
-    app = await create_server(
-        config,
-        address,
-        *extra_addresses,
-        reuse_port=reuse_port,
-        tls=tls,
-        limiter=limiter,
-        operations_db=operations_db,
-    )
-    live = app.live
-    if metrics_port:
-        start_metrics(metrics_port, lambda: live.current.canceller.breaker_states())
+async def serve(live: LiveConfig, listener: Listener, settings: Settings) -> None:
+    """Runs until SIGINT/SIGTERM, then drains (`settings.drain_delay_seconds`) and exits. A config
+    loaded from a file is reloaded on SIGHUP and when the file changes. Serves /metrics unless
+    `settings.metrics_port` is 0."""
+    app = await create_server(live, listener, settings, OperationsSetup(db=settings.batchgate_operations_db))
+    if settings.metrics_port:
+        start_metrics(settings.metrics_host, settings.metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.
     gc.freeze()
-    log.info("batchgate gRPC listening on %s", address.rsplit(":", 1)[0] + f":{app.port}")
+    log.info("batchgate gRPC listening on %s", listener.address.rsplit(":", 1)[0] + f":{app.port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,4 +188,4 @@ async def serve(
     log.info("shutting down: draining in-flight calls")
     if watcher is not None:
         watcher.cancel()
-    await app.stop(drain_delay=drain_delay)
+    await app.stop(drain_delay=settings.drain_delay_seconds)

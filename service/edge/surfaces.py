@@ -1,23 +1,33 @@
-"""Drop-in SDK surfaces: how a unified result and an error look on each provider's own API, so the
-Anthropic, Google GenAI and boto3 SDKs work against batchgate by changing only their base URL.
+"""Drop-in SDK surfaces: one `Surface` entry per provider API that batchgate also speaks, so that
+the OpenAI, Anthropic, Google GenAI and boto3 SDKs work against it by changing only their base URL.
 
-Each error renderer returns the REST answer (status, JSON body, extra headers) the edge sends; gRPC
+An entry says everything about its API in one place: its name (the first path segment of its REST
+routes, and the `surface` those routes set), the RPC its routes call, the provider it cancels on when
+the caller names none (override: x-model-provider), how the unified result reads in its shape, and
+its error envelope (`ErrorShape`): how a service error is worded and rendered on it, and the words
+for Envoy's own replies on its routes. The servicer (service.edge.api) and the Envoy renderer
+(gateway/render.py) both read `SURFACES`.
+
+Each rendering returns the REST answer (status, JSON body, extra headers) the edge sends; gRPC
 callers of the same RPCs get the canonical status and typed detail as everywhere else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from service.domain.errors import GatewayError
 from service.domain.model import CancelResult
 from service.edge import envelope
+from service.edge.converters import result_to_proto
 from service.edge.status import grpc_code
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-
-# The provider each surface cancels on when the caller names none (override: x-model-provider).
-SURFACE_DEFAULT_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "genai": "gemini", "bedrock": "bedrock"}
 
 
 class RenderedError(NamedTuple):
@@ -28,6 +38,42 @@ class RenderedError(NamedTuple):
 
 def bifrost_error(error: GatewayError) -> RenderedError:
     return RenderedError(error.status_code, envelope.error_json(error))
+
+
+# (word, message, status) -> (JSON body, extra headers). `status` is the HTTP status, or an Envoy
+# format string in the local replies gateway/render.py writes.
+ErrorBody = Callable[[str, str, Any], tuple[dict[str, Any], dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorShape:
+    """A drop-in API's own error envelope: `body` builds it from a word (an error type, a status or
+    an exception name, as the API says it), `word` gives a service error's word and HTTP status on
+    this API, and `local_words` the word for each of Envoy's own replies, by HTTP status (None: any
+    other status)."""
+
+    body: ErrorBody
+    word: Callable[[GatewayError], tuple[str, int]]
+    local_words: Mapping[int | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """One drop-in API (see the module docstring); `shape` None: errors in the Bifrost body."""
+
+    name: str
+    rpc: str
+    default_provider: str
+    answer: Callable[[CancelResult], Message]
+    shape: ErrorShape | None = field(default=None, repr=False)
+
+    def render(self, error: GatewayError) -> RenderedError:
+        """`error` as this API's REST answer."""
+        if self.shape is None:
+            return bifrost_error(error)
+        word, status = self.shape.word(error)
+        body, headers = self.shape.body(word, error.message, status)
+        return RenderedError(status, envelope.to_json(body), tuple(headers.items()))
 
 
 _ANTHROPIC_ERROR_TYPES = {
@@ -42,21 +88,25 @@ _ANTHROPIC_ERROR_TYPES = {
 }
 
 
-def anthropic_error(error: GatewayError) -> RenderedError:
-    """`{"type": "error", "error": {"type", "message"}}` with the HTTP status kept."""
+def _anthropic_word(error: GatewayError) -> tuple[str, int]:
+    """Anthropic's error type, with the HTTP status kept."""
     if error.provider == "anthropic" and not error.is_bifrost_error and error.type:
-        kind = error.type  # Anthropic's own error type, passed through
-    else:
-        kind = _ANTHROPIC_ERROR_TYPES.get(error.status_code, "api_error")
-    return RenderedError(error.status_code, envelope.to_json(envelope.anthropic(kind, error.message)))
+        return error.type, error.status_code  # Anthropic's own error type, passed through
+    return _ANTHROPIC_ERROR_TYPES.get(error.status_code, "api_error"), error.status_code
 
 
-def google_error(error: GatewayError) -> RenderedError:
-    """`{"error": {"code", "message", "status"}}`. Google says a precondition failure (a finished
-    batch) with HTTP 400, not 409."""
-    code = grpc_code(error)
-    status = 400 if error.status_code == 409 else error.status_code
-    return RenderedError(status, envelope.to_json(envelope.google(status, error.message, code.name)))
+def _anthropic_body(word: str, message: str, status: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    return envelope.anthropic(word, message), {}
+
+
+def _google_word(error: GatewayError) -> tuple[str, int]:
+    """The canonical status name. Google says a precondition failure (a finished batch) with HTTP
+    400, not 409."""
+    return grpc_code(error).name, 400 if error.status_code == 409 else error.status_code
+
+
+def _google_body(word: str, message: str, status: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    return envelope.google(status, message, word), {}
 
 
 _BEDROCK_ERRORS = {
@@ -73,16 +123,22 @@ _BEDROCK_ERRORS = {
 }
 
 
-def bedrock_error(error: GatewayError) -> RenderedError:
-    """AWS's rest-json errors: the exception name in `x-amzn-ErrorType`, `{"message"}` in the body.
-    Bedrock answers ConflictException (a finished job) with HTTP 400."""
+def _bedrock_word(error: GatewayError) -> tuple[str, int]:
+    """The AWS exception name. Bedrock answers ConflictException (a finished job) with HTTP 400."""
     if error.provider == "bedrock" and not error.is_bifrost_error and (error.type or "").endswith("Exception"):
         name = error.type
     else:
         name = _BEDROCK_ERRORS.get(error.status_code, "InternalServerException")
-    status = 400 if name == "ConflictException" else error.status_code
-    body, headers = envelope.bedrock(error.message, name)
-    return RenderedError(status, envelope.to_json(body), tuple(headers.items()))
+    return name, 400 if name == "ConflictException" else error.status_code
+
+
+def _bedrock_body(word: str, message: str, status: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """AWS's rest-json errors: the exception name in `x-amzn-ErrorType`, `{"message"}` in the body."""
+    return envelope.bedrock(message, word)
+
+
+def _empty(result: CancelResult) -> empty_pb2.Empty:
+    return empty_pb2.Empty()
 
 
 _ANTHROPIC_STATUS = {
@@ -134,3 +190,79 @@ def to_anthropic(result: CancelResult) -> pb.AnthropicMessageBatch:
         created_at=_rfc3339(batch.created_at),
         expires_at=_rfc3339(batch.expires_at),
     )
+
+
+OPENAI = Surface("openai", "Cancel", "openai", result_to_proto)
+ANTHROPIC = Surface(
+    "anthropic",
+    "CancelAnthropic",
+    "anthropic",
+    to_anthropic,
+    ErrorShape(
+        _anthropic_body,
+        _anthropic_word,
+        {
+            404: "not_found_error",
+            408: "invalid_request_error",
+            413: "request_too_large",
+            500: "api_error",
+            501: "invalid_request_error",
+            502: "api_error",
+            503: "api_error",
+            504: "timeout_error",
+            None: "invalid_request_error",
+        },
+    ),
+)
+GENAI = Surface(
+    "genai",
+    "CancelGenAI",
+    "gemini",
+    _empty,
+    ErrorShape(
+        _google_body,
+        _google_word,
+        {
+            404: "NOT_FOUND",
+            408: "DEADLINE_EXCEEDED",
+            413: "INVALID_ARGUMENT",
+            500: "INTERNAL",
+            501: "UNIMPLEMENTED",
+            502: "UNAVAILABLE",
+            503: "UNAVAILABLE",
+            504: "DEADLINE_EXCEEDED",
+            None: "INVALID_ARGUMENT",
+        },
+    ),
+)
+BEDROCK = Surface(
+    "bedrock",
+    "StopModelInvocationJob",
+    "bedrock",
+    _empty,
+    ErrorShape(
+        _bedrock_body,
+        _bedrock_word,
+        {
+            404: "UnknownOperationException",
+            408: "RequestTimeoutException",
+            413: "ValidationException",
+            500: "InternalServerException",
+            501: "ValidationException",
+            502: "ServiceUnavailableException",
+            503: "ServiceUnavailableException",
+            504: "ServiceUnavailableException",
+            None: "ValidationException",
+        },
+    ),
+)
+SURFACES: dict[str, Surface] = {surface.name: surface for surface in (OPENAI, ANTHROPIC, GENAI, BEDROCK)}
+
+
+def rpc_renderer(method: str) -> Callable[[GatewayError], RenderedError]:
+    """How the REST routes of RPC `method` (its name) render an error: the drop-in API's own shape
+    when the RPC is a drop-in's own, else the Bifrost body (the native and OpenAI routes share Cancel)."""
+    for surface in SURFACES.values():
+        if surface.rpc == method and surface.shape is not None:
+            return surface.render
+    return bifrost_error

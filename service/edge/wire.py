@@ -9,11 +9,12 @@ grpc.aio mishandles two kinds of malformed calls to methods that take one reques
 
 So each such method is registered as a request-streaming one that reads its one message itself
 (`context.read()` costs what the unary path costs): no complete message, or one that does not parse,
-is INVALID_ARGUMENT with a plain message and one log line; a message that stops arriving midway is
-DEADLINE_EXCEEDED after READ_TIMEOUT_SECONDS. Request-streaming methods (reflection) get the same
-treatment for each message they read (without the timeout: a stream may idle).
+is INVALID_ARGUMENT with a plain message and one log line; a message that stops arriving midway
+is DEADLINE_EXCEEDED after `Reading.timeout_s` (REQUEST_READ_TIMEOUT_SECONDS). Request-streaming
+methods (reflection) get the same treatment for each message they read (without the timeout: a
+stream may idle).
 
-Use `StrictRegistrar(server)` in place of the server when calling generated `add_*_to_server`.
+Use `StrictRegistrar(server, reading)` in place of the server when calling generated `add_*_to_server`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from service.config.settings import DEFAULTS
 from service.domain.errors import GatewayError, InvalidRequest
 from service.edge.routes import ORIGINAL_PATH_HEADER
 from service.edge.status import grpc_code
@@ -35,30 +37,40 @@ from service.infra.observability import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("batchgate.access")
 
-# How long a call may take to deliver its request message (Envoy waits a little longer, see
-# gateway/envoy.yaml.tmpl): a caller that stops sending mid-message is answered, not waited for.
-READ_TIMEOUT_SECONDS = float(os.environ.get("REQUEST_READ_TIMEOUT_SECONDS", "10"))
+# Generic in the stubs only (types-grpcio): the aliases are strings, never evaluated.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 # (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
 RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """How calls are read: `timeout_s` for a request message to arrive (Envoy waits a little longer,
+    see gateway/envoy.yaml.tmpl: a caller that stops sending mid-message is answered, not waited
+    for), and `rest`, which renders a refusal for REST callers of the methods with REST routes."""
+
+    timeout_s: float = DEFAULTS.request_read_timeout_seconds
+    rest: RestRendering | None = None
+
+
 class _Reader:
     """Reads the request messages of one method, ending the call when they are not there."""
 
-    def __init__(self, method: str, deserializer: Callable[[bytes], Any] | None, rest: RestRendering | None) -> None:
+    def __init__(self, method: str, deserializer: Callable[[bytes], Any] | None, reading: Reading) -> None:
         self.method = method
         message_type = getattr(getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None), "full_name", "")
         self.malformed = f"the request is not a valid {message_type or 'request'} message"
-        self.rest = rest
+        self.reading = reading
 
-    async def one(self, context: grpc.aio.ServicerContext) -> Any:
+    async def one(self, context: Context) -> Any:
         """The call's request message."""
         try:
-            async with asyncio.timeout(READ_TIMEOUT_SECONDS):  # no extra task, unlike wait_for
+            async with asyncio.timeout(self.reading.timeout_s):  # no extra task, unlike wait_for
                 request = await context.read()
         except TimeoutError:
-            late = f"the request did not arrive within {READ_TIMEOUT_SECONDS:g} s"
+            late = f"the request did not arrive within {self.reading.timeout_s:g} s"
             await self.refuse(
                 context, GatewayError(late, status_code=408, type="invalid_request_error", code="request_timeout")
             )
@@ -68,7 +80,7 @@ class _Reader:
             await self.refuse(context, InvalidRequest("the call ended without a complete request message"))
         return request
 
-    async def each(self, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def each(self, context: Context) -> AsyncIterator[Any]:
         """The call's request messages, until the caller half-closes."""
         while True:
             try:
@@ -79,10 +91,14 @@ class _Reader:
                 return
             yield request
 
-    async def refuse(self, context: grpc.aio.ServicerContext, error: GatewayError) -> None:
+    async def refuse(self, context: Context, error: GatewayError) -> None:
         """Ends the call with the error's status and logs one line (no traceback: the caller is at
         fault). A REST caller (a transcoded call) gets it in its route's shape."""
-        headers = {key: value for key, value in context.invocation_metadata() or () if not key.endswith("-bin")}
+        headers = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if not key.endswith("-bin") and isinstance(value, str)
+        }
         rid, generated = request_id(headers)
         code = grpc_code(error)
         if log.isEnabledFor(logging.INFO):
@@ -99,30 +115,34 @@ class _Reader:
                     }
                 },
             )
-        metadata = ((REQUEST_ID_HEADER, rid),) if generated else ()
-        if self.rest is not None:
-            metadata += self.rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
+        metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        rest = self.reading.rest
+        if rest is not None:
+            metadata += rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
         if metadata:
             await context.send_initial_metadata(metadata)
         await context.abort(code, error.message)
 
 
-def strict(handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | None = None) -> grpc.RpcMethodHandler:
+def strict(handler: Handler, method: str, reading: Reading) -> Handler:
     """The same method (`/package.Service/Method`), reading its requests itself (see the module
     docstring); it answers as the original does."""
-    reader = _Reader(method, handler.request_deserializer, rest)
+    reader = _Reader(method, handler.request_deserializer, reading)
     codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    # The stubs type a handler's behaviours for the synchronous server; a grpc.aio server's are
+    # coroutine functions (or async generators) taking a grpc.aio context.
+    behavior: Any
     if handler.unary_unary is not None:
         behavior = handler.unary_unary
 
-        async def unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(requests: Any, context: Context) -> Any:
             return await behavior(await reader.one(context), context)
 
         return grpc.stream_unary_rpc_method_handler(unary, **codec)
     if handler.unary_stream is not None:
         behavior, streaming = handler.unary_stream, grpc.stream_stream_rpc_method_handler
 
-        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+        async def requests_of(context: Context) -> Any:
             return await reader.one(context)
 
     else:
@@ -131,49 +151,48 @@ def strict(handler: grpc.RpcMethodHandler, method: str, rest: RestRendering | No
         if handler.stream_unary is not None:
             streaming = grpc.stream_unary_rpc_method_handler
 
-        async def requests_of(context: grpc.aio.ServicerContext) -> Any:
+        async def requests_of(context: Context) -> Any:
             return reader.each(context)
 
     # A streaming answer is an async generator, or a coroutine that writes with `context.write`.
     if inspect.isasyncgenfunction(behavior):
 
-        async def generate(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def generate(requests: Any, context: Context) -> AsyncIterator[Any]:
             async for response in behavior(await requests_of(context), context):
                 yield response
 
         return streaming(generate, **codec)
 
-    async def call(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(requests: Any, context: Context) -> Any:
         return await behavior(await requests_of(context), context)
 
     return streaming(call, **codec)
 
 
 class _StrictGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, rest: RestRendering | None) -> None:
-        self._inner, self._rest = inner, rest
-        self._strict: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+    def __init__(self, inner: grpc.GenericRpcHandler, reading: Reading) -> None:
+        self._inner, self._reading = inner, reading
+        self._strict: dict[Handler, Handler] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
         if handler not in self._strict:
-            self._strict[handler] = strict(handler, handler_call_details.method, self._rest)
+            self._strict[handler] = strict(handler, handler_call_details.method, self._reading)
         return self._strict[handler]
 
 
 class StrictRegistrar:
     """Stands in for the server while generated `add_*_to_server` functions register a servicer, so
-    every method they register reads its requests strictly. `rest` renders a refusal for REST
-    callers of the methods that have REST routes."""
+    every method they register reads its requests strictly, as `reading` says."""
 
-    def __init__(self, server: grpc.aio.Server, rest: RestRendering | None = None) -> None:
-        self._server, self._rest = server, rest
+    def __init__(self, server: grpc.aio.Server, reading: Reading) -> None:
+        self._server, self._reading = server, reading
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h, self._rest) for h in handlers))
+        self._server.add_generic_rpc_handlers(tuple(_StrictGenericHandler(h, self._reading) for h in handlers))
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        strict_handlers = {name: strict(h, f"/{service}/{name}", self._rest) for name, h in handlers.items()}
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        strict_handlers = {name: strict(h, f"/{service}/{name}", self._reading) for name, h in handlers.items()}
         self._server.add_registered_method_handlers(service, strict_handlers)

@@ -49,9 +49,6 @@ STORE_ERRORS = Counter(
     ["store"],
 )
 
-# Environment variable through which the launcher hands every worker the embedded store's file.
-EMBEDDED_PATH_ENV = "BATCHGATE_RATE_LIMIT_DB"
-
 
 class Store(Protocol):
     kind: str
@@ -103,7 +100,7 @@ class EmbeddedStore:
 
     def __init__(
         self,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
@@ -122,7 +119,7 @@ class EmbeddedStore:
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="rate-limit-store")
 
     @staticmethod
-    def initialize(path: str | os.PathLike, busy_timeout_ms: int = 200) -> sqlite3.Connection:
+    def initialize(path: str | os.PathLike[str], busy_timeout_ms: int = 200) -> sqlite3.Connection:
         """Opens (creating if needed) the store file with its schema. The launcher calls this once
         before starting workers, so they never race to create it."""
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
@@ -222,12 +219,12 @@ class RedisStore:
         return f"RedisStore({self.address!r})"
 
 
-def open_store(settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> Store:
+def open_store(settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
-    launcher shares between workers), else BATCHGATE_RATE_LIMIT_DB, else a file of its own."""
-    if settings.type == "redis":
+    launcher shares between workers: `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB), else a file of its own."""
+    if settings.type == "redis" and settings.url is not None:  # governance.store requires its url
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
-    return EmbeddedStore(embedded_path or os.environ.get(EMBEDDED_PATH_ENV) or None)
+    return EmbeddedStore(embedded_path or None)
 
 
 # --- the limiter ------------------------------------------------------------------------------------
@@ -275,7 +272,7 @@ class RateLimiter:
         self._warned_at = -math.inf
 
     @classmethod
-    def for_config(cls, settings: StoreConfig, embedded_path: str | os.PathLike | None = None) -> RateLimiter:
+    def for_config(cls, settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> RateLimiter:
         return cls(open_store(settings, embedded_path), settings.on_error)
 
     @property

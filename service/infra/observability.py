@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -27,11 +26,18 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+from service.config.settings import Settings
+
 access_log = logging.getLogger("batchgate.access")
 audit_log = logging.getLogger("batchgate.audit")
 
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A caller's request id is kept (logged, sent upstream, answered with) when it is 1 to
+# REQUEST_ID_MAX_LENGTH ASCII letters, digits and REQUEST_ID_PUNCTUATION; any other is replaced. The
+# edge's Lua filter applies the same rule to every request: gateway/render.py generates it from these.
+REQUEST_ID_MAX_LENGTH = 128
+REQUEST_ID_PUNCTUATION = "._:-"
+_SAFE_REQUEST_ID = re.compile(f"[A-Za-z0-9{re.escape(REQUEST_ID_PUNCTUATION)}]{{1,{REQUEST_ID_MAX_LENGTH}}}")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 REQUESTS = Counter(
@@ -158,18 +164,38 @@ def request_id(headers: dict[str, str]) -> tuple[str, bool]:
     """The caller's (or Envoy's) request id when it is safe to log and forward, else a new one;
     the flag says whether it was generated here."""
     given = headers.get(REQUEST_ID_HEADER, "")
-    if _SAFE_REQUEST_ID.match(given):
+    if _SAFE_REQUEST_ID.fullmatch(given):
         return given, False
     return uuid.uuid4().hex, True
 
 
-def record_request(
-    record: CallRecord, *, provider: str, batch_id: str, caller: str, code: str, http_status: int, error: str | None
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a cancel was about: its provider and batch, a bulk item's index, and the name of the
+    long-running operation it was part of."""
+
+    provider: str
+    batch_id: str
+    index: int | None = None
+    operation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a call, or one bulk item, ended: the gRPC code name and HTTP status it was answered with,
+    and the error message or warning its log line or audit event carries."""
+
+    code: str
+    http_status: int
+    error: str | None = None
+    warning: str | None = None
+
+
+def record_request(record: CallRecord, caller: str, subject: Subject, outcome: Outcome) -> None:
     """Metrics, the access log line and the audit event for one finished call."""
     seconds = time.perf_counter() - record.started
-    label = provider_label(provider)
-    _child(REQUESTS, record.route, label, code).inc()
+    label = provider_label(subject.provider)
+    _child(REQUESTS, record.route, label, outcome.code).inc()
     _child(REQUEST_SECONDS, record.route).observe(seconds)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
@@ -179,36 +205,25 @@ def record_request(
                     "request_id": record.request_id,
                     "route": record.route,
                     "provider": label,
-                    "batch_id": batch_id[:256],
+                    "batch_id": subject.batch_id[:256],
                     "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
+                    "outcome": outcome.code,
+                    "status": outcome.http_status,
                     "upstream_status": record.upstream_status,
                     "attempts": record.attempts,
                     "reads": record.reads,
                     "key_failovers": record.key_failovers,
                     "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
+                    **({"error": outcome.error} if outcome.error else {}),
                 }
             },
         )
-    _audit(record, caller=caller, provider=label, batch_id=batch_id, code=code, http_status=http_status)
+    _audit(record, caller, label, subject, Outcome(outcome.code, outcome.http_status))
 
 
-def _audit(
-    record: CallRecord,
-    *,
-    caller: str,
-    provider: str,
-    batch_id: str,
-    code: str,
-    http_status: int,
-    index: int | None = None,
-    warning: str | None = None,
-    operation: str | None = None,
-) -> None:
-    """The audit event of one cancel: a single call's, one bulk item's (with its `index`), or one
-    batch of a long-running operation (with the `operation`'s name)."""
+def _audit(record: CallRecord, caller: str, provider: str, subject: Subject, outcome: Outcome) -> None:
+    """The audit event of one cancel: a single call's, or one bulk item's (with its index).
+    `provider` is the subject's provider as a label (an unknown name reads `unknown`)."""
     if audit_log.isEnabledFor(logging.INFO):
         audit_log.info(
             "audit",
@@ -216,72 +231,34 @@ def _audit(
                 "fields": {
                     "event": "audit",
                     "request_id": record.request_id,
-                    **({"index": index} if index is not None else {}),
-                    **({"operation": operation} if operation is not None else {}),
+                    **({"index": subject.index} if subject.index is not None else {}),
+                    **({"operation": subject.operation} if subject.operation is not None else {}),
                     "who": caller,
                     "action": "batch.cancel",
                     "provider": provider,
-                    "batch_id": batch_id[:256],
-                    "result": "ok" if code == "OK" else code,
-                    "status": http_status,
-                    **({"warning": warning} if warning else {}),
+                    "batch_id": subject.batch_id[:256],
+                    "result": "ok" if outcome.code == "OK" else outcome.code,
+                    "status": outcome.http_status,
+                    **({"warning": outcome.warning} if outcome.warning else {}),
                 }
             },
         )
 
 
-def record_item(
-    record: CallRecord,
-    *,
-    index: int,
-    provider: str,
-    batch_id: str,
-    caller: str,
-    code: str,
-    http_status: int,
-    warning: str | None = None,
-) -> None:
+def record_item(record: CallRecord, caller: str, subject: Subject, outcome: Outcome) -> None:
     """Metrics and the audit event for one item of a bulk cancel, once it had its final event: the
     call's request id plus the item's index identify it."""
-    label = provider_label(provider)
-    _child(REQUESTS, record.route, label, code).inc()
-    _audit(
-        record,
-        caller=caller,
-        provider=label,
-        batch_id=batch_id,
-        code=code,
-        http_status=http_status,
-        index=index,
-        warning=warning,
-    )
+    label = provider_label(subject.provider)
+    _child(REQUESTS, record.route, label, outcome.code).inc()
+    _audit(record, caller, label, subject, outcome)
 
 
-def record_operation_batch(
-    record: CallRecord,
-    *,
-    operation: str,
-    provider: str,
-    batch_id: str,
-    caller: str,
-    outcome: str,
-    code: str,
-    http_status: int,
-    warning: str | None = None,
-) -> None:
-    """The metric and the audit event of one batch of an operation once it is settled: the
-    CancelMatching call's request id and the operation's name identify it."""
-    _child(OPERATION_BATCHES, outcome).inc()
-    _audit(
-        record,
-        caller=caller,
-        provider=provider_label(provider),
-        batch_id=batch_id,
-        code=code,
-        http_status=http_status,
-        warning=warning,
-        operation=operation,
-    )
+def record_operation_batch(record: CallRecord, caller: str, subject: Subject, settled: str, outcome: Outcome) -> None:
+    """The metric and the audit event of one batch of an operation once it is settled (`settled`:
+    its outcome, cancelled, failed...): the CancelMatching call's request id and the operation's
+    name (`subject.operation`) identify it."""
+    _child(OPERATION_BATCHES, settled).inc()
+    _audit(record, caller, provider_label(subject.provider), subject, outcome)
 
 
 def record_operation(name: str, caller: str, state: str, counts: dict[str, int], **fields: Any) -> None:
@@ -295,9 +272,7 @@ def record_operation(name: str, caller: str, state: str, counts: dict[str, int],
         )
 
 
-def record_call(
-    record: CallRecord, *, rpc: str, caller: str, code: str, http_status: int, error: str | None, **fields: Any
-) -> None:
+def record_call(record: CallRecord, rpc: str, caller: str, outcome: Outcome, **fields: Any) -> None:
     """The access log line of a call that is not a single cancel (CancelMany, CancelMatching and the
     google.longrunning.Operations calls): its RPC, caller, outcome and `fields` (those not None)."""
     seconds = time.perf_counter() - record.started
@@ -311,37 +286,26 @@ def record_call(
                     "route": record.route,
                     "rpc": rpc,
                     "caller": caller,
-                    "outcome": code,
-                    "status": http_status,
+                    "outcome": outcome.code,
+                    "status": outcome.http_status,
                     **{k: v for k, v in fields.items() if v is not None},
                     "latency_ms": round(seconds * 1000, 2),
-                    **({"error": error} if error else {}),
+                    **({"error": outcome.error} if outcome.error else {}),
                 }
             },
         )
 
 
-def record_bulk(
-    record: CallRecord,
-    *,
-    caller: str,
-    items: int,
-    outcomes: dict[str, int],
-    code: str,
-    http_status: int,
-    error: str | None,
-) -> None:
-    """The one access log line of a bulk cancel: item counts by outcome (gRPC code names), and
-    what it did upstream (cancel attempts and reads)."""
+def record_bulk(record: CallRecord, caller: str, items: int, item_outcomes: dict[str, int], outcome: Outcome) -> None:
+    """The one access log line of a bulk cancel: its `items` (as asked), their counts by final
+    outcome (gRPC code names), and what it did upstream (cancel attempts and reads)."""
     record_call(
         record,
-        rpc="CancelMany",
-        caller=caller,
-        code=code,
-        http_status=http_status,
-        error=error,
+        "CancelMany",
+        caller,
+        outcome,
         items=items,
-        item_outcomes=outcomes,
+        item_outcomes=item_outcomes,
         attempts=record.attempts,
         reads=record.reads,
         key_failovers=record.key_failovers,
@@ -367,10 +331,10 @@ class CircuitCollector(Collector):
         yield family
 
 
-def start_metrics(port: int, circuit_states: Callable[[], dict[str, str]]) -> None:
-    """Serves /metrics on 127.0.0.1:`port` (METRICS_HOST to change) with the circuit gauge."""
+def start_metrics(host: str, port: int, circuit_states: Callable[[], dict[str, str]]) -> None:
+    """Serves /metrics on `host`:`port` (METRICS_HOST, METRICS_PORT) with the circuit gauge."""
     REGISTRY.register(CircuitCollector(circuit_states))
-    start_http_server(port, addr=os.environ.get("METRICS_HOST", "127.0.0.1"))
+    start_http_server(port, addr=host)
 
 
 class JsonFormatter(logging.Formatter):
@@ -409,10 +373,10 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """LOG_LEVEL (INFO) and LOG_FORMAT (json | text; json by default) for every logger."""
+def configure_logging(settings: Settings) -> None:
+    """LOG_LEVEL and LOG_FORMAT (json | text) for every logger."""
     handler = logging.StreamHandler(sys.stderr)
-    if (fmt or os.environ.get("LOG_FORMAT", "json")).lower() == "text":
+    if settings.log_format.lower() == "text":
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
@@ -422,7 +386,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("LOG_LEVEL", "INFO")).upper())
+    root.setLevel(settings.log_level.upper())
 
 
 # --- tracing -------------------------------------------------------------------------------------
@@ -438,21 +402,19 @@ def tracing_enabled() -> bool:
     return _tracing
 
 
-def configure_tracing(exporter: Any = None) -> bool:
-    """Installs the SDK when the environment asks for it (or an exporter is given, for tests)."""
+def configure_tracing(settings: Settings, exporter: Any = None) -> bool:
+    """Installs the SDK when the settings ask for it (or an exporter is given, for tests)."""
     global _tracing
-    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
-    if exporter is None and (wanted in ("", "none") and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
+    wanted = settings.otel_traces_exporter.lower()
+    if exporter is None and (wanted in ("", "none") and not settings.otel_exporter_otlp_endpoint):
         return False
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+    if settings.otel_sdk_disabled:
         return False
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "batchgate")})
-    )
+    provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service_name}))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     elif wanted == "console":

@@ -22,6 +22,11 @@ class Admission:
         self._buffer_size = buffer_size
         self._waiting = 0
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot now (at most `buffer_size`)."""
+        return self._waiting
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._slots.locked() and self._waiting >= self._buffer_size:
@@ -71,13 +76,13 @@ class CircuitBreaker:
 
     def before_call(self) -> None:
         """Raises when the circuit is open; in half-open state lets exactly one probe through."""
-        state = self.state
-        if state == self.CLOSED:
+        state, opened_at = self.state, self._opened_at
+        if state == self.CLOSED or opened_at is None:
             return
         if state == self.HALF_OPEN and not self._probing:
             self._probing = True
             return
-        wait = max(0.0, self._opened_at + self.open_seconds - self._clock())
+        wait = max(0.0, opened_at + self.open_seconds - self._clock())
         raise UpstreamUnavailable(
             f"{self.provider} is failing; not calling it for another {wait:.0f}s",
             status_code=503,

@@ -1,12 +1,11 @@
 """Live configuration: the config a worker runs changes under it, without a restart.
 
-A `Runtime` is one loaded config and everything built from it (the Canceller: authenticator,
-adapters, pooled HTTP executors, circuit breakers, admission queues). `LiveConfig` holds the current
-one and swaps it in one step on reload. Every call enters the runtime that is current at its start,
-once (`with live.current as runtime:`), so it finishes with the config it started with; a replaced
-runtime counts its calls and releases its connection pools only after the last one ended. What did
-not change is carried over (see `Canceller`), and the rate limiter lives outside every runtime, so
-counts survive a reload.
+`LiveConfig` holds the current `Runtime` (one loaded config and what is built from it, see
+service.runtime.build) and swaps it in one step on reload. Every call enters the runtime that is
+current at its start, once (`with live.current as runtime:`), so it finishes with the config it
+started with; a replaced runtime counts its calls and releases its connection pools only after the
+last one ended. What did not change is carried over, and the rate limiter lives outside every
+runtime, so counts survive a reload.
 
 A reload that fails (unreadable file, bad JSON, a field error, a missing `env.VAR`, a config that
 would open a public listener) changes nothing: one line `config reload failed: <field>: <why>`, in
@@ -20,12 +19,10 @@ Secret are both seen, and reloads when the content changed.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,41 +39,11 @@ from service.infra.observability import (
     CONFIG_RELOADS,
 )
 from service.infra.providers.catalog import parse_config_bytes
-from service.usecases.cancel import Canceller, Executor
+from service.runtime.build import Runtime, RuntimeFactory
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_SECONDS = 0.5
-
-
-class Runtime:
-    """One loaded config and what is built from it. A call holds it (`with runtime:`) from start to
-    end; once retired and left by its last call it tells its owner, which frees what no other
-    runtime uses."""
-
-    __slots__ = ("config", "canceller", "version", "loaded_at", "in_flight", "retired", "_on_drained")
-
-    def __init__(
-        self,
-        config: Config,
-        canceller: Canceller,
-        version: str,
-        loaded_at: float,
-        on_drained: Callable[[Runtime], None],
-    ) -> None:
-        self.config, self.canceller, self.version, self.loaded_at = config, canceller, version, loaded_at
-        self.in_flight = 0
-        self.retired = False
-        self._on_drained = on_drained
-
-    def __enter__(self) -> Runtime:
-        self.in_flight += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.in_flight -= 1
-        if self.retired and not self.in_flight:
-            self._on_drained(self)
 
 
 def describe_changes(old: Config, new: Config) -> list[str]:
@@ -130,61 +97,120 @@ class StateDir:
         self._file.unlink(missing_ok=True)
 
 
-class LiveConfig:
-    """The current runtime of this worker, and reloading it.
+class ConfigSource:
+    """Where a worker's config comes from and what it must pass: the file (`path`, None when the
+    config was given in memory), `env` resolving `env.VAR` values (default: the process environment,
+    read again at each reload), `check` that may refuse a config that parses (returns a reason),
+    and `restart_only`: the settings a reload cannot change (TLS files, say), each with a function
+    giving its current fingerprint, so that a reload can say when one changed since the start."""
 
-    `check` may refuse a config that parses (returns a reason); `restart_only` maps the names of
-    settings a reload cannot change (TLS files, say) to a function giving their current fingerprint:
-    when one differs from its value at start a reload says so in one line. `env` (default: the
-    process environment, read again at each reload) resolves `env.VAR` values. `canceller`, when
-    given, serves the first config (built from `config` otherwise)."""
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        check: Callable[[Config], str | None] | None = None,
+        restart_only: Mapping[str, Callable[[], Any]] | None = None,
+    ) -> None:
+        self.path, self._env, self._check = path, env, check
+        self._restart_only = dict(restart_only or {})
+        self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
+
+    @property
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else "config"
+
+    def read(self) -> bytes:
+        """The file's bytes (ConfigError when it cannot be read)."""
+        if self.path is None:
+            raise ConfigError("this worker's config does not come from a file")
+        return read_config(self.path)
+
+    def parse(self, raw: bytes) -> Config:
+        """The config in `raw`, checked (ConfigError naming the field, or the check's reason)."""
+        config = parse_config_bytes(raw, self.path or "config", self._env)
+        problem = self._check(config) if self._check is not None else None
+        if problem:
+            raise ConfigError(problem)
+        return config
+
+    def stale(self) -> list[str]:
+        """The restart-only settings whose value changed since the start."""
+        return [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
+
+
+def _report_success(previous: Runtime, current: Runtime, trigger: str, stale: list[str]) -> None:
+    """A reload's metrics and log lines (the changed parts by name, never a value)."""
+    CONFIG_RELOADS.labels("success").inc()
+    CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
+    CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(current.loaded_at)
+    if previous.version != current.version:
+        with contextlib.suppress(KeyError):  # another LiveConfig in this process (tests) removed it
+            CONFIG_INFO.remove(previous.version)
+        CONFIG_INFO.labels(current.version).set(1)
+    changed = describe_changes(previous.config, current.config)
+    log.info(
+        "config reloaded (%s): version %s (was %s), changed: %s",
+        trigger,
+        current.version,
+        previous.version,
+        ", ".join(changed) or "nothing",
+    )
+    if stale:
+        log.warning(
+            "config reload: %s changed but cannot change at runtime; the running value stays until a restart",
+            ", ".join(stale),
+        )
+
+
+def _report_failure(exc: ConfigError) -> None:
+    CONFIG_RELOADS.labels("failure").inc()
+    CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
+    log.error("config reload failed: %s", exc)
+
+
+class LiveConfig:
+    """The current runtime of this worker, and reloading it: `config` (with its bytes `raw`, which
+    give its version) is the first; `source` says where later ones come from and what they must
+    pass; `factory` builds each one's runtime (default: one with the rate limiter `config.store`
+    names); `state_dir` is where this worker publishes which config it runs."""
 
     def __init__(
         self,
         config: Config,
         raw: bytes | None = None,
         *,
-        path: str | Path | None = None,
-        limiter: RateLimiter | None = None,
-        check: Callable[[Config], str | None] | None = None,
-        restart_only: Mapping[str, Callable[[], Any]] | None = None,
+        source: ConfigSource | None = None,
+        factory: RuntimeFactory | None = None,
         state_dir: StateDir | None = None,
-        env: Mapping[str, str] | None = None,
-        clock: Callable[[], float] = time.time,
-        canceller: Canceller | None = None,
     ) -> None:
-        self.path = path
-        # One per process, outside every runtime: counts of a virtual key carry over a reload.
-        self.limiter = limiter if limiter is not None else RateLimiter.for_config(config.store)
-        self._check, self._env, self._clock, self._state_dir = check, env, clock, state_dir
-        self._restart_only = dict(restart_only or {})
-        self._pinned = {name: fingerprint() for name, fingerprint in self._restart_only.items()}
-        # Executors (pools, breakers) shared by the current and the draining runtimes, by use count.
-        self._uses: collections.Counter[Executor] = collections.Counter()
-        self._closing: set[asyncio.Task] = set()
+        self.source = source if source is not None else ConfigSource()
+        self.factory = factory if factory is not None else RuntimeFactory.for_config(config)
+        self._state_dir = state_dir
         self.digest = hashlib.sha256(raw).digest() if raw is not None else None
         self.failed_digest: bytes | None = None
         self.last_reload_successful = True
-        self.current = self._build(config, raw, None, canceller)
+        self.current = self.factory.build(config, config_version(raw) if raw is not None else "")
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
         CONFIG_INFO.labels(self.current.version).set(1)
         self._publish()
 
     @classmethod
-    def from_file(cls, path: str | Path, **kwargs: Any) -> LiveConfig:
-        """Loads `path` (raises ConfigError) and keeps it as the file to reload."""
-        raw = read_config(path)
-        return cls(parse_config_bytes(raw, path, kwargs.get("env")), raw, path=path, **kwargs)
+    def from_file(
+        cls, source: ConfigSource, factory: RuntimeFactory | None = None, state_dir: StateDir | None = None
+    ) -> LiveConfig:
+        """Loads `source.path` (raises ConfigError, as for a reload) and keeps it as the file to reload."""
+        raw = source.read()
+        return cls(source.parse(raw), raw, source=source, factory=factory, state_dir=state_dir)
 
-    def _build(
-        self, config: Config, raw: bytes | None, previous: Runtime | None, canceller: Canceller | None = None
-    ) -> Runtime:
-        if canceller is None:
-            canceller = Canceller(config, self.limiter, previous.canceller if previous is not None else None)
-        self._uses.update(canceller.executors())
-        version = config_version(raw) if raw is not None else ""
-        return Runtime(config, canceller, version, self._clock(), self._drained)
+    @property
+    def path(self) -> str | Path | None:
+        return self.source.path
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The process's rate limiter (it outlives reloads)."""
+        return self.factory.limiter
 
     # --- reloading ---------------------------------------------------------------------------
 
@@ -195,7 +221,7 @@ class LiveConfig:
             log.warning("config reload asked for, but this worker's config does not come from a file")
             return False
         try:
-            raw = read_config(self.path)
+            raw = self.source.read()
         except ConfigError as exc:
             self._failed(exc, None)
             return False
@@ -207,81 +233,30 @@ class LiveConfig:
         digest = hashlib.sha256(raw).digest()
         previous = self.current
         try:
-            config = parse_config_bytes(raw, self.path or "config", self._env)
-            problem = self._check(config) if self._check is not None else None
-            if problem:
-                raise ConfigError(problem)
-            runtime = self._build(config, raw, previous)
+            runtime = self.factory.build(self.source.parse(raw), config_version(raw), previous)
         except ConfigError as exc:
             if report:
                 self._failed(exc, digest)
             return False
         except Exception as exc:  # never a traceback out of a signal handler: the running config stays
             if report:
-                self._failed(ConfigError(f"{self.path or 'config'}: cannot be loaded ({type(exc).__name__})"), digest)
+                self._failed(ConfigError(f"{self.source.name}: cannot be loaded ({type(exc).__name__})"), digest)
             return False
         self.current = runtime
         self.digest, self.failed_digest, self.last_reload_successful = digest, None, True
-        self._retire(previous)
-        CONFIG_RELOADS.labels("success").inc()
-        CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
-        CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
-        if previous.version != self.current.version:
-            with contextlib.suppress(KeyError):  # another LiveConfig in this process (tests) removed it
-                CONFIG_INFO.remove(previous.version)
-            CONFIG_INFO.labels(self.current.version).set(1)
-        changed = describe_changes(previous.config, config)
-        log.info(
-            "config reloaded (%s): version %s (was %s), changed: %s",
-            trigger,
-            self.current.version,
-            previous.version,
-            ", ".join(changed) or "nothing",
-        )
-        stale = [name for name, fingerprint in self._restart_only.items() if fingerprint() != self._pinned[name]]
-        if stale:
-            log.warning(
-                "config reload: %s changed but cannot change at runtime; the running value stays until a restart",
-                ", ".join(stale),
-            )
+        previous.retire()
+        _report_success(previous, runtime, trigger, self.source.stale())
         self._publish()
         return True
 
     def _failed(self, exc: ConfigError, digest: bytes | None) -> None:
         self.failed_digest, self.last_reload_successful = digest, False
-        CONFIG_RELOADS.labels("failure").inc()
-        CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
-        log.error("config reload failed: %s", exc)
+        _report_failure(exc)
         self._publish()
-
-    # --- draining replaced runtimes ----------------------------------------------------------
-
-    def _retire(self, runtime: Runtime) -> None:
-        runtime.retired = True
-        if not runtime.in_flight:
-            self._drained(runtime)
-
-    def _drained(self, runtime: Runtime) -> None:
-        """The last call of a replaced runtime ended: close the pools no other runtime uses."""
-        for executor in runtime.canceller.executors():
-            self._uses[executor] -= 1
-            if self._uses[executor] <= 0:
-                del self._uses[executor]
-                self._close(executor)
-
-    def _close(self, executor: Executor) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(executor.close())
-        except RuntimeError:  # no loop: nothing was ever opened
-            return
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """At shutdown, after the server stopped: closes every pool still open."""
-        executors = list(self._uses)
-        self._uses.clear()
-        await asyncio.gather(*(executor.close() for executor in executors), *self._closing)
+        await self.factory.close()
         if self._state_dir is not None:
             self._state_dir.remove()
 
@@ -320,11 +295,11 @@ class FileWatcher:
             raise ValueError("the config was not loaded from a file")
         self._live, self._path, self.interval = live, Path(live.path), interval
         # None: the first poll reads the file, in case it changed since it was loaded.
-        self._signature: tuple | None = None
+        self._signature: tuple[int, ...] | None = None
         self._suspect: bytes | None = None
         self._missing = False
 
-    def _stat(self) -> tuple | None:
+    def _stat(self) -> tuple[int, ...] | None:
         try:
             st = os.stat(self._path)
         except OSError:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field, replace
 
 from service.domain.errors import GatewayError, InvalidRequest
 from service.domain.model import (
@@ -59,9 +59,22 @@ class BulkCall:
     # The provider name as sent at each index (events echo it; the lookup ignores case).
     sent_providers: list[str]
     wait_seconds: int
-    # The call's headers, its caller's identity and its record, shared by every item.
-    context: CallContext
+    # The call's headers, its caller's identity, its record and its deadline, shared by every item.
+    call: CallContext
     raw_response_requested: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    """A bulk call running: its bound on upstream calls in flight, and the queue its items' events
+    go to."""
+
+    bulk: BulkCall
+    gate: asyncio.Semaphore
+    events: asyncio.Queue[ItemEvent] = field(default_factory=asyncio.Queue)
+
+    def report(self, event: ItemEvent) -> None:
+        self.events.put_nowait(event)
 
 
 class BulkCanceller:
@@ -76,13 +89,13 @@ class BulkCanceller:
         canceller: Canceller,
         items: Sequence[tuple[str, str]],
         wait_seconds: int,
-        context: CallContext,
+        call: CallContext,
         raw_response_requested: bool = False,
     ) -> BulkCall:
         """Checks the whole call (bounds, then who is calling): raises its 400/401."""
         check_items(items, wait_seconds)
-        caller = canceller.auth.authenticate(context.headers)
-        context.caller = caller.identity
+        caller = canceller.auth.authenticate(call.headers)
+        call.caller = caller.identity
         grouped: dict[tuple[str, str], list[int]] = {}
         for index, (batch_id, provider) in enumerate(items):
             grouped.setdefault((batch_id, provider.strip().lower()), []).append(index)
@@ -92,76 +105,64 @@ class BulkCanceller:
             grouped,
             [provider for _, provider in items],
             wait_seconds,
-            context,
+            call,
             raw_response_requested,
         )
 
-    async def run(self, call: BulkCall, time_remaining: float | None) -> AsyncIterator[ItemEvent]:
+    async def run(self, bulk: BulkCall) -> AsyncGenerator[ItemEvent, None]:
         """Every item's events as they happen; ends once each has had its final one. Closing the
         iterator (the caller went away) stops every upstream call and read at once."""
-        loop = asyncio.get_running_loop()
-        call_end = None if time_remaining is None else loop.time() + time_remaining
-        gate = asyncio.Semaphore(self._concurrency or call.canceller.config.client.bulk_concurrency)
-        events: asyncio.Queue[ItemEvent] = asyncio.Queue()
+        run = _Run(bulk, asyncio.Semaphore(self._concurrency or bulk.canceller.config.client.bulk_concurrency))
         tasks = [
-            asyncio.create_task(self._item(call, batch_id, provider, indexes[0], gate, events, call_end))
-            for (batch_id, provider), indexes in call.items.items()
+            asyncio.create_task(self._item(run, indexes[0], batch_id, provider))
+            for (batch_id, provider), indexes in bulk.items.items()
         ]
-        indexes_of = {indexes[0]: indexes for indexes in call.items.values()}
+        indexes_of = {indexes[0]: indexes for indexes in bulk.items.values()}
         pending = len(tasks)
         try:
             while pending:
-                event = await events.get()
+                event = await run.events.get()
                 if event.final:
                     pending -= 1
                 for index in indexes_of[event.index]:
-                    yield replace(event, index=index, provider=call.sent_providers[index])
+                    yield replace(event, index=index, provider=bulk.sent_providers[index])
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _item(
-        self,
-        call: BulkCall,
-        batch_id: str,
-        provider: str,
-        index: int,
-        gate: asyncio.Semaphore,
-        events: asyncio.Queue[ItemEvent],
-        call_end: float | None,
-    ) -> None:
+    async def _item(self, run: _Run, index: int, batch_id: str, provider: str) -> None:
         """One distinct item: the single cancel's checks, its cancel call, then its wait."""
-        canceller = call.canceller
+        bulk = run.bulk
+        canceller = bulk.canceller
         command = CancelCommand(
             batch_id=batch_id,
             provider=provider,
-            raw_response_requested=call.raw_response_requested,
-            wait_seconds=call.wait_seconds,
+            raw_response_requested=bulk.raw_response_requested,
+            wait_seconds=bulk.wait_seconds,
         )
         try:
-            target = await canceller.target(call.caller, provider, batch_id)  # 400/403/429 for this item only
-            async with gate:
-                result = await canceller.cancel_target(target, command, call.context, call_end)
+            target = await canceller.target(bulk.caller, provider, batch_id)  # 400/403/429 for this item only
+            async with run.gate:
+                outcome = await canceller.cancel_target(target, command, bulk.call)
         except GatewayError as error:  # exactly what a single cancel of this batch would fail with
-            events.put_nowait(ItemEvent(index, batch_id, provider, True, error=error))
+            run.report(ItemEvent(index, batch_id, provider, True, error=error))
             return
         except Exception as exc:  # noqa: BLE001 - one item's bug must not end the others' stream
-            events.put_nowait(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))
+            run.report(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))
             return
-        if call.wait_seconds == 0 or result.batch.status in TERMINAL_STATUSES:
-            events.put_nowait(ItemEvent(index, batch_id, provider, True, result=result))
+        result = outcome.result
+        if bulk.wait_seconds == 0 or result.batch.status in TERMINAL_STATUSES:
+            run.report(ItemEvent(index, batch_id, provider, True, result=result))
             return
-        events.put_nowait(ItemEvent(index, batch_id, provider, False, result=result))
+        run.report(ItemEvent(index, batch_id, provider, False, result=result))
         final = False
         try:
-            async for waited, final in watch_result(
-                canceller, result, command, call.context, call_end, gate=lambda: gate
-            ):
-                events.put_nowait(ItemEvent(index, batch_id, provider, final, result=waited))
+            async for waited, final in watch_result(canceller, outcome, command, bulk.call, gate=lambda: run.gate):
+                run.report(ItemEvent(index, batch_id, provider, final, result=waited))
         except Exception as exc:  # noqa: BLE001
             if not final:
-                events.put_nowait(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))
+                run.report(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))
 
 
 def _internal(exc: Exception, provider: str) -> GatewayError:

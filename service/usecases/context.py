@@ -11,8 +11,15 @@ from service.infra.observability import CallRecord
 class CallContext:
     """The per-request side of a call, next to its command: the transport headers (credentials,
     SDK headers passed through), who called once authenticated (`vk:<id>`, `admin`, `anonymous`;
-    safe to log), and the record of what it did upstream (for its log line and metrics)."""
+    safe to log), the record of what it did upstream (for its log line and metrics), and its
+    `deadline`.
+
+    A deadline is always one thing in this service: the event loop's time (`loop.time()`) by which
+    something must end, or None for no limit. The edge turns the call's gRPC deadline or Envoy's
+    route timeout into this one (service.edge.api.call_deadline); each upstream exchange ends by the
+    provider's timeout within it (service.usecases.target.exchange_deadline)."""
 
     headers: dict[str, str] = field(default_factory=dict)
     record: CallRecord | None = None
     caller: str = "anonymous"
+    deadline: float | None = None

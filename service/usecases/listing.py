@@ -18,9 +18,9 @@ from typing import Any
 from service.config.file import Key
 from service.domain.errors import GatewayError, UnsupportedOperation, UpstreamUnavailable
 from service.domain.model import ListedBatch, ListQuery, matches
-from service.infra.observability import CallRecord
 from service.infra.providers.base import Adapter, decode_json, merge_headers
-from service.usecases.cancel import Executor
+from service.usecases.context import CallContext
+from service.usecases.target import Executor
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,11 @@ def providers_that_can_list(adapters: Mapping[str, Adapter], allowed: Iterable[s
 
 
 async def list_batches(
-    adapter: Adapter,
-    executor: Executor,
-    key: Key,
-    query: ListQuery,
-    deadline: float,
-    record: CallRecord | None = None,
+    adapter: Adapter, executor: Executor, key: Key, query: ListQuery, call: CallContext
 ) -> AsyncIterator[ListedBatch]:
-    """The key's batches on the adapter's provider that match `query`, each once. `deadline` (loop
-    time) bounds the whole listing; each page also gets at most the provider's timeout. A
+    """The key's batches on the adapter's provider that match `query`, each once. The call's
+    deadline (`call.deadline`, loop time) bounds the whole listing; each page also gets at most the
+    provider's timeout; its record (`call.record`) counts the pages and names the request id. A
     provider's error answer raises the adapter's parsed error; a page of an unexpected shape
     raises UpstreamUnavailable (502); a provider that cannot list raises UnsupportedOperation."""
     loop = asyncio.get_running_loop()
@@ -53,9 +49,12 @@ async def list_batches(
         request = adapter.list_request(key, query, token)
         if request is None:
             raise UnsupportedOperation(f"listing batches is not supported by provider: {adapter.name}")
+        record = call.record
         if adapter.request_id_header and record is not None:
             request.headers = merge_headers(request.headers, {adapter.request_id_header: record.request_id})
-        page_deadline = min(deadline, loop.time() + adapter.config.network.timeout_s)
+        page_deadline = loop.time() + adapter.config.network.timeout_s
+        if call.deadline is not None:
+            page_deadline = min(page_deadline, call.deadline)
         response = await executor.send(await adapter.prepare(key, request), page_deadline, record)
         if response.status >= 300:
             raise adapter.parse_error(response)

@@ -3,7 +3,7 @@
 A cancelled batch often stays `cancelling` for minutes (OpenAI up to 10, Bedrock `Stopping`, Vertex
 `JOB_STATE_CANCELLING`). Reads start 1 s after the cancel and back off to at most 30 s apart, with
 jitter so a bulk call's items do not read in lockstep, and never sooner than a `Retry-After` asks.
-The policy is data and the clock, sleep and randomness are injected, so tests step time.
+The policy is data and the time it runs on is injected (`Waiting.timing`), so tests step time.
 """
 
 from __future__ import annotations
@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from service.domain.errors import GatewayError
 from service.domain.model import TERMINAL_STATUSES, BatchState, CancelCommand, CancelResult
 from service.infra.providers.http import RETRYABLE_STATUSES, retry_after_seconds
+from service.infra.timing import Timing
 from service.usecases.context import CallContext
+from service.usecases.target import CancelOutcome, Target
 
 # Time kept back from the call's own deadline so the last state still reaches the caller.
 ANSWER_MARGIN_S = 1.0
+SHUTTING_DOWN = "waiting ended early: the service is shutting down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +42,6 @@ class PollPolicy:
         return base * (1 - self.jitter * rand())
 
 
-class Reader(Protocol):
-    """What waiting needs of the use case (service.usecases.cancel.Canceller, which imports this module):
-    reading a batch back, the poll policy, and the event set once the service drains."""
-
-    poll_policy: PollPolicy
-    stopping: asyncio.Event
-
-    async def read(
-        self, handle: Any, command: CancelCommand, call: CallContext, call_end: float | None
-    ) -> tuple[BatchState, Any]: ...
-
-
 @dataclass(slots=True)
 class Step:
     """One observed state of a waited-for batch; `final` on the last one."""
@@ -60,15 +52,12 @@ class Step:
     raw: Any = None
 
 
-def wait_end(wait_seconds: float, call_end: float | None, now: float) -> float:
+def wait_end(wait_seconds: float, deadline: float | None, now: float) -> float:
     """Loop time at which waiting stops: after `wait_seconds`, or a margin before the call's deadline."""
     end = now + wait_seconds
-    if call_end is not None:
-        end = min(end, call_end - min(ANSWER_MARGIN_S, max(0.0, call_end - now) / 10))
+    if deadline is not None:
+        end = min(end, deadline - min(ANSWER_MARGIN_S, max(0.0, deadline - now) / 10))
     return end
-
-
-SHUTTING_DOWN = "waiting ended early: the service is shutting down"
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
@@ -81,57 +70,73 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-async def watch(
-    read: Callable[[], Awaitable[tuple[BatchState, Any]]],
-    state: BatchState,
-    until: float,
-    policy: PollPolicy | None = None,
-    *,
-    clock: Callable[[], float] | None = None,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-    rand: Callable[[], float] = random.random,
-    stop: asyncio.Event | None = None,
-) -> AsyncIterator[Step]:
-    """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding a
-    step each time the status changes; the last step is `final`, with a warning when the batch is
-    still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
-    answer); any other failure ends the wait with the last known state. `stop` (the service is
-    shutting down) ends the wait early, so the caller still gets a final answer in the grace time."""
-    clock = clock or asyncio.get_running_loop().time
-    policy = policy or PollPolicy()
-    delay = policy.first_s
-    problem: str | None = None
-    raw: Any = None
-    while state.status not in TERMINAL_STATUSES:
-        now = clock()
-        if now >= until:
-            break
-        await sleep(min(delay, until - now))
-        if stop is not None and stop.is_set():
-            problem = SHUTTING_DOWN
-            break
-        pause = policy.next_delay(delay, rand)
-        try:
-            new_state, raw = await read()
-        except GatewayError as err:
-            problem = f"reading the batch failed: {err.message}"
-            if err.status_code not in RETRYABLE_STATUSES and err.status_code < 500:
-                break
-            pause = max(pause, retry_after_seconds(err.headers.get("retry-after")) or 0.0)
+@dataclass(slots=True)
+class Waiting:
+    """How waits run, shared by the canceller of every config (a reload changes none of it): the
+    poll policy, the time it runs on, and `stopping`, set once the service drains so that every
+    wait, under whichever config it started, ends at once with the last known state."""
+
+    policy: PollPolicy = field(default_factory=PollPolicy)
+    timing: Timing = field(default_factory=Timing)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _pause(self, seconds: float) -> None:
+        if self.timing.sleep is None:
+            await sleep_unless(self.stopping, seconds)  # real time: a drain cuts it short
         else:
-            problem = None
-            changed = new_state.status != state.status
-            state = new_state
-            if changed and state.status not in TERMINAL_STATUSES:
-                yield Step(state, final=False, raw=raw)
-        delay = pause
-    if state.status in TERMINAL_STATUSES:
-        yield Step(state, final=True, raw=raw)
-        return
-    warning = f"the batch is still {state.status or 'not terminal'} after waiting"
-    if problem:
-        warning = f"{warning}; {problem}"
-    yield Step(state, final=True, warning=warning, raw=raw)
+            await self.timing.sleep(seconds)
+
+    async def watch(
+        self, read: Callable[[], Awaitable[tuple[BatchState, Any]]], state: BatchState, until: float
+    ) -> AsyncIterator[Step]:
+        """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding
+        a step each time the status changes; the last step is `final`, with a warning when the batch
+        is still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
+        answer); any other failure ends the wait with the last known state. `stopping` ends the wait
+        early, so the caller still gets a final answer in the grace time."""
+        policy, timing = self.policy, self.timing
+        delay = policy.first_s
+        problem: str | None = None
+        raw: Any = None
+        while state.status not in TERMINAL_STATUSES:
+            now = timing.now()
+            if now >= until:
+                break
+            await self._pause(min(delay, until - now))
+            if self.stopping.is_set():
+                problem = SHUTTING_DOWN
+                break
+            pause = policy.next_delay(delay, timing.rand)
+            try:
+                new_state, raw = await read()
+            except GatewayError as err:
+                problem = f"reading the batch failed: {err.message}"
+                if err.status_code not in RETRYABLE_STATUSES and err.status_code < 500:
+                    break
+                pause = max(pause, retry_after_seconds(err.headers.get("retry-after")) or 0.0)
+            else:
+                problem = None
+                changed = new_state.status != state.status
+                state = new_state
+                if changed and state.status not in TERMINAL_STATUSES:
+                    yield Step(state, final=False, raw=raw)
+            delay = pause
+        if state.status in TERMINAL_STATUSES:
+            yield Step(state, final=True, raw=raw)
+            return
+        warning = f"the batch is still {state.status or 'not terminal'} after waiting"
+        if problem:
+            warning = f"{warning}; {problem}"
+        yield Step(state, final=True, warning=warning, raw=raw)
+
+
+class Reader(Protocol):
+    """What waiting needs of the use case (service.usecases.cancel.Canceller, which imports this
+    module): reading a batch back, and how waits run."""
+
+    waiting: Waiting
+
+    async def read(self, target: Target, batch_id: str, call: CallContext) -> tuple[BatchState, Any]: ...
 
 
 def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelResult:
@@ -144,46 +149,34 @@ def waited_result(result: CancelResult, step: Step, send_raw: bool) -> CancelRes
 
 
 async def watch_result(
-    canceller: Reader,
-    result: CancelResult,
+    reader: Reader,
+    outcome: CancelOutcome,
     command: CancelCommand,
     call: CallContext,
-    call_end: float | None,
-    gate: Callable[[], Any] | None = None,
+    gate: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
 ) -> AsyncIterator[tuple[CancelResult, bool]]:
     """The cancel's result after each status change while waiting `command.wait_seconds`, each with
     whether it is the last. `gate` (an async context manager factory) wraps each read, e.g. a bulk
     call's bound on upstream calls in flight."""
-    loop = asyncio.get_running_loop()
-    until = wait_end(command.wait_seconds, call_end, loop.time())
+    until = wait_end(command.wait_seconds, call.deadline, asyncio.get_running_loop().time())
+    result = outcome.result
     send_raw = result.raw_response is not None
 
     async def read() -> tuple[BatchState, Any]:
         if gate is None:
-            return await canceller.read(result.read_back, command, call, call_end)
+            return await reader.read(outcome.read_back, command.batch_id, call)
         async with gate():
-            return await canceller.read(result.read_back, command, call, call_end)
+            return await reader.read(outcome.read_back, command.batch_id, call)
 
-    if result.read_back is None:  # nothing to read back with (cannot happen after a successful cancel)
-        yield result, True
-        return
-    stop = canceller.stopping
-    steps = watch(
-        read, result.batch, until, canceller.poll_policy, sleep=lambda seconds: sleep_unless(stop, seconds), stop=stop
-    )
-    async for step in steps:
+    async for step in reader.waiting.watch(read, result.batch, until):
         yield waited_result(result, step, send_raw), step.final
 
 
 async def wait_for_terminal(
-    canceller: Reader,
-    result: CancelResult,
-    command: CancelCommand,
-    call: CallContext,
-    call_end: float | None,
+    reader: Reader, outcome: CancelOutcome, command: CancelCommand, call: CallContext
 ) -> CancelResult:
     """A single cancel's wait: the last state once terminal or once the wait runs out."""
-    last = result
-    async for state, _final in watch_result(canceller, result, command, call, call_end):
+    last = outcome.result
+    async for state, _final in watch_result(reader, outcome, command, call):
         last = state
     return last

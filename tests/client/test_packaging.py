@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 
 CLIENT = ROOT / "client"
 

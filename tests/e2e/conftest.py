@@ -10,9 +10,10 @@ go through `sim.faults(...)`, which resets the simulator afterwards if any are l
 from __future__ import annotations
 
 import http.client
+import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,29 @@ INTERNAL_HEADERS = (
     "x-bf-error-body",
     "x-bf-status",
 )
+
+
+def service_log(stack: Stack) -> list[dict]:
+    """The service's JSON log lines so far, every worker's (a line being written right now is skipped)."""
+    assert stack.log_dir is not None, "the stack writes no logs"
+    lines = []
+    for raw in (stack.log_dir / "service.log").read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
+
+
+def until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Polls `predicate()` every 50 ms until it is truthy and returns it; fails after `timeout`
+    seconds (headroom on a busy machine, not an expected duration). How end-to-end tests wait for
+    something another process does."""
+    deadline = time.monotonic() + timeout
+    while not (held := predicate()):
+        assert time.monotonic() < deadline, f"not reached within {timeout} s"
+        time.sleep(0.05)
+    return held
 
 
 def new_id(prefix: str = "batch_e2e") -> str:

@@ -44,7 +44,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from grpc_status import rpc_status
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.anthropic import AnthropicSim
 from sandbox.google import GeminiSim

@@ -18,15 +18,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.server import gateway_config
-from tests.e2e.conftest import SimAdmin, new_id
+from tests.e2e.conftest import SimAdmin, new_id, service_log, until
 
 BATCHGATE = Path(sys.executable).parent / "batchgate"
 # The caller's own settings must not leak into the tests.
@@ -407,7 +406,14 @@ def test_progress_bar_and_summary_table_on_a_terminal(grpc_target, sim: SimAdmin
     assert re.search(rf"│ 2\s+│ {missing}\s+│ openai\s+│ 404 ", plain), plain
 
 
-def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(grpc_target, sim: SimAdmin, t0: float):
+def cancelled_streams(stack: Stack) -> int:
+    """The CancelMany calls the service logged as ended by the caller going away (CANCELLED)."""
+    return sum(
+        1 for line in service_log(stack) if line.get("rpc") == "CancelMany" and line.get("outcome") == "CANCELLED"
+    )
+
+
+def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(stack: Stack, grpc_target, sim: SimAdmin, t0: float):
     batches = [sim.seed("openai") for _ in range(3)]  # stay cancelling for an hour
     proc = subprocess.Popen(
         [str(BATCHGATE), "--target", grpc_target, "cancel", "--from", "-", "--wait", "600"],
@@ -421,20 +427,18 @@ def test_ctrl_c_prints_what_was_done_and_stops_the_services_work(grpc_target, si
     )
     proc.stdin.write("".join(f"openai,{b}\n" for b in batches))
     proc.stdin.close()
-    deadline = time.monotonic() + 30
-    while not all(sim.calls("openai", since=t0, batch_id=b) for b in batches):  # every cancel made
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+    until(lambda: proc.poll() is not None or all(sim.calls("openai", since=t0, batch_id=b) for b in batches))
+    assert proc.poll() is None  # every cancel made, the command still waiting
+    ended_before = cancelled_streams(stack)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     out, err = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 130 and out == ""
     assert err.startswith("3 items in ") and "3 cancelling; 3 without a result" in err
     assert err.endswith("batchgate: interrupted\n") and "Traceback" not in err
-    time.sleep(0.5)
-    settled = sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches)
-    time.sleep(2.5)  # past the service's first read-back (1 s) and the next
-    assert sum(len(sim.calls("openai", since=t0, batch_id=b)) for b in batches) == settled
+    # The service ends the stream, and with it the reads (left alone they would go on for the
+    # wait): its access line says so; after it no read can follow.
+    until(lambda: cancelled_streams(stack) > ended_before)
 
 
 HOSTILE_IDS = ["[/]", "[link=http://evil.example]x[/link]", "a\x1b[31mred\x07b"]

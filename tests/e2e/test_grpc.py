@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from gateway.stack import Stack, free_port
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.conftest import Gateway, SimAdmin, new_id, service_log
 from tests.e2e.h2wire import GRPC_HEADERS, grpc_frame, h2_call
 
 SERVICE = "batchgate.v1.BatchService"
@@ -190,17 +190,6 @@ MALFORMED = {
     "garbage protobuf": grpc_frame(b"\xff\xff\xff\xff\xff"),
 }
 WIRE_WAIT = 5.0  # a healthy answer takes milliseconds; the bug waited a minute
-
-
-def service_log(stack: Stack) -> list[dict]:
-    """The service's JSON log lines so far (a line being written right now is skipped)."""
-    lines = []
-    for raw in (stack.log_dir / "service.log").read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue
-    return lines
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))

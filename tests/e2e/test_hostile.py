@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.conftest import Gateway, SimAdmin, new_id, service_log
 from tests.e2e.h2wire import GRPC_HEADERS, grpc_frame, h2_call
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
@@ -686,21 +686,10 @@ def test_request_metadata_over_grpc_limit_is_a_documented_answer(gw: Gateway, si
 # --- issue 12: the edge treats every REST request alike ---------------------------------------------
 
 
-def service_log(gw: Gateway) -> list[dict]:
-    """The service's JSON log lines so far (a line being written right now is skipped)."""
-    lines = []
-    for raw in (gw.stack.log_dir / "service.log").read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue
-    return lines
-
-
 def log_lines_for(gw: Gateway, batch_id: str) -> list[tuple[str, str]]:
     return [
         (line["logger"], line.get("outcome") or line.get("result"))
-        for line in service_log(gw)
+        for line in service_log(gw.stack)
         if line.get("batch_id") == batch_id
     ]
 
@@ -870,7 +859,7 @@ def test_unsafe_request_id_is_replaced_everywhere(gw: Gateway, sim: SimAdmin, gi
     used = answer.headers.get_all("x-request-id")
     assert used is not None and len(used) == 1 and used[0] != given
     assert re.fullmatch(r"[0-9a-f]{32}|[0-9a-f-]{36}", used[0]), used  # ours, or Envoy's for an empty one
-    logged = {line["request_id"] for line in service_log(gw) if line.get("batch_id") == batch_id}
+    logged = {line["request_id"] for line in service_log(gw.stack) if line.get("batch_id") == batch_id}
     assert logged == {used[0]}
     upstream = [{k.lower(): v for k, v in call["headers"].items()} for call in sim.calls(batch_id=batch_id)]
     sent = [headers["x-client-request-id"] for headers in upstream]
@@ -885,4 +874,4 @@ def test_safe_request_id_is_kept_everywhere(gw: Gateway, sim: SimAdmin, given: s
 
     assert answer.status == 200
     assert answer.headers.get_all("x-request-id") == [given]
-    assert {line["request_id"] for line in service_log(gw) if line.get("batch_id") == batch_id} == {given}
+    assert {line["request_id"] for line in service_log(gw.stack) if line.get("batch_id") == batch_id} == {given}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import free_port
 
 CURL_LINE = re.compile(r"^\s*try: (curl .+)$")

@@ -27,7 +27,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from gateway.render import OPENAPI, OPENAPI_PATH
+from gateway.paths import OPENAPI
+from gateway.render import OPENAPI_PATH
 from gateway.stack import Stack, free_port
 
 NDJSON = "application/x-ndjson"

@@ -30,7 +30,7 @@ import requests
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.server import SANDBOX_OPERATOR_KEY, gateway_config
 from tests.e2e.conftest import Gateway, SimAdmin, new_id

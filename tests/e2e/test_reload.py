@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,8 +33,8 @@ import grpc
 import pytest
 import requests
 
-from gateway.render import ROOT
-from gateway.stack import Stack, free_port
+from gateway.paths import ROOT
+from gateway.stack import Stack, free_port, free_ports
 from sandbox.openai import OpenAISim
 from sandbox.server import DEFAULT_KEYS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
@@ -77,19 +76,6 @@ def config_for(
         ]
     }
     return config
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too: /metrics of worker i is on METRICS_PORT + i."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two adjacent free ports")
 
 
 def encode(config: dict) -> bytes:
@@ -155,7 +141,7 @@ def gateway(mount: Mount, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         grpc_port=free_port(),
         admin_port=free_port(),
         workers=2,
-        metrics_port=free_port_pair(),
+        metrics_port=free_ports(2),
         log_dir=tmp_path_factory.mktemp("reload-logs"),
         env={"DRAIN_DELAY_SECONDS": "0"},
     )
@@ -448,7 +434,7 @@ def test_sighup_to_the_launcher_reloads_every_worker(tmp_path: Path, sandbox: st
     """`make run` as users run it: SIGHUP to that one process reaches both workers."""
     path = tmp_path / "config.json"
     path.write_bytes(encode(config_for(sandbox)))
-    metrics = free_port_pair()
+    metrics = free_ports(2)
     env = launcher_env(CONFIG=str(path), METRICS_PORT=str(metrics), DRAIN_DELAY_SECONDS="0")
     stderr_path = tmp_path / "stderr.log"
     with open(stderr_path, "w") as stderr:

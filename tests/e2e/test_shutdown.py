@@ -27,11 +27,12 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.stack import Stack, free_port
-from service.edge.server import DRAIN_DELAY_SECONDS, GRACE_SECONDS, SERVICE_NAME
+from service.config.settings import DEFAULTS
+from service.edge.server import GRACE_SECONDS, SERVICE_NAME
 from tests.e2e.conftest import SimAdmin, new_id
 
 CLIENT_TIMEOUT = 8.0  # far above any answer time here; a request that needs it counts as hung
-EXIT_LIMIT = DRAIN_DELAY_SECONDS + GRACE_SECONDS
+EXIT_LIMIT = DEFAULTS.drain_delay_seconds + GRACE_SECONDS
 SERVICE_DOWN = {
     "is_bifrost_error": True,
     "status_code": 503,

@@ -42,15 +42,15 @@ from batchgate_client import (
 )
 from batchgate_client.cli import run
 
-from gateway.render import ROOT
-from service.edge.server import create_server
+from gateway.paths import ROOT
+from service.edge.server import Listener, create_server
 from service.infra.providers.catalog import parse_config
+from service.runtime.build import Collaborators, RuntimeFactory
 from service.runtime.live import LiveConfig
-from service.usecases.cancel import Canceller, Collaborators
 from service.usecases.waiting import PollPolicy
 from tests.integration.test_auth import VK_AZURE_ONLY, VK_LIMITED, VK_TEAM, governed
 from tests.integration.test_reliability import SteppedClock
-from tests.support import config_dict, self_signed_cert
+from tests.support import config_dict, self_signed_cert, settled
 
 FAST_POLLS = PollPolicy(first_s=0.2, max_s=0.5)
 
@@ -129,10 +129,10 @@ async def connect(kind):
 
 
 @contextlib.asynccontextmanager
-async def serving_app(config: dict, **server_kwargs):
+async def serving_app(config: dict, listener: Listener | None = None):
     """The service on an ephemeral port; yields it and its target."""
-    app = await create_server(parse_config(config, env={}), "127.0.0.1:0", **server_kwargs)
-    app.canceller.poll_policy = FAST_POLLS
+    app = await create_server(parse_config(config, env={}), listener or Listener())
+    app.live.factory.waiting.policy = FAST_POLLS
     try:
         yield app, f"127.0.0.1:{app.port}"
     finally:
@@ -140,8 +140,8 @@ async def serving_app(config: dict, **server_kwargs):
 
 
 @contextlib.asynccontextmanager
-async def serving(config: dict, **server_kwargs):
-    async with serving_app(config, **server_kwargs) as (_, target):
+async def serving(config: dict, listener: Listener | None = None):
+    async with serving_app(config, listener) as (_, target):
         yield target
 
 
@@ -307,8 +307,8 @@ async def test_an_open_circuit_is_retried_after_its_retry_after_with_one_probe(c
     cfg = config_dict(sandbox.url)
     cfg["providers"]["openai"]["network_config"]["circuit_breaker"] = {"failure_threshold": 2, "open_seconds": 5}
     parsed = parse_config(cfg, env={})
-    live = LiveConfig(parsed, canceller=Canceller(parsed, parts=Collaborators(clock=clock)))
-    app = await create_server(live, "127.0.0.1:0")
+    live = LiveConfig(parsed, factory=RuntimeFactory.for_config(parsed, Collaborators(clock=clock)))
+    app = await create_server(live)
     try:
         client = connect(f"127.0.0.1:{app.port}", sleep=lambda seconds: setattr(clock, "now", clock.now + seconds))
         sim.add_fault("openai", {"status": 500, "count": 2})
@@ -437,10 +437,9 @@ async def test_leaving_cancel_many_early_cancels_the_call(target, sim):
         first = await asyncio.to_thread(next, events)
         await asyncio.to_thread(events.close)  # the channel stays open: closing the iterator is what cancels
         assert not first.final
-        await asyncio.sleep(0.3)
-        settled = len(sim.calls("openai"))
-        await asyncio.sleep(1.2)  # several poll intervals of FAST_POLLS
-        assert len(sim.calls("openai")) == settled
+        # The service ends the call, and with it the reads (left alone they would go on for the
+        # 60 s wait): once it has, no read can follow.
+        await settled()
     finally:
         client.close()
 
@@ -452,15 +451,12 @@ async def test_leaving_the_async_cancel_many_early_cancels_the_call(target, sim)
         async with contextlib.aclosing(client.cancel_many([(i, "openai") for i in ids], wait_seconds=60)) as events:
             first = await anext(events)
         assert not first.final
-        await asyncio.sleep(0.3)
-        settled = len(sim.calls("openai"))
-        await asyncio.sleep(1.2)
-        assert len(sim.calls("openai")) == settled
+        await settled()  # as above: the call and its reads ended
 
 
 async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
     cert, key = self_signed_cert(tmp_path)
-    async with serving(config_dict(sandbox.url), tls=(key.read_bytes(), cert.read_bytes())) as address:
+    async with serving(config_dict(sandbox.url), Listener(tls=(key.read_bytes(), cert.read_bytes()))) as address:
         batch = sim.seed("openai", new_id())
         assert (await connect(address, tls_ca=cert).cancel(batch.id, "openai")).status == "cancelling"
         with pytest.raises(ConnectionFailed):
@@ -470,7 +466,8 @@ async def test_tls_with_the_servers_ca(connect, sandbox, sim, tmp_path: Path):
 
 
 async def test_the_type_checked_example_program_runs(target, sim, capsys):
-    """client/examples/typed_usage.py is what `make lint` type-checks; here it runs, both clients."""
+    """client/examples/typed_usage.py is what `make lint` type-checks; here it runs, both clients,
+    cancel by name as operations included."""
     spec = importlib.util.spec_from_file_location("typed_usage", ROOT / "client" / "examples" / "typed_usage.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -478,3 +475,7 @@ async def test_the_type_checked_example_program_runs(target, sim, capsys):
     assert await asyncio.to_thread(example.main, target, ids) == 0
     out = capsys.readouterr().out
     assert f"{ids[0]} on openai: cancelling" in out and "not found: 404" in out and "openai closed" in out
+    # Then both clients stop all four by name: a dry run matches them (it reads nothing), each real
+    # run is accepted again (the sandbox keeps them `cancelling`).
+    assert f"openai {ids[0]}  matched None" in out
+    assert out.count(f"openai {ids[3]} main cancelled cancelling") == 2

@@ -10,11 +10,12 @@ import uuid
 
 import grpc
 import pytest
+import redis.asyncio
 
-from service.infra.limits import RateLimiter, RedisStore
+from service.infra.limits import REDIS_KEY_PREFIX, RateLimiter, RedisStore
 from service.infra.providers.catalog import parse_config
 from tests.conftest import RedisServer
-from tests.support import cancel, cancel_failure, config_dict, running_service, self_signed_cert
+from tests.support import cancel, cancel_failure, config_dict, eventually, running_service, self_signed_cert
 
 VK = "sk-bf-integration-limited-0001"
 
@@ -43,6 +44,11 @@ async def outcome(stub, sim) -> str:
         return err.code().name
 
 
+def admin(redis_server: RedisServer) -> redis.asyncio.Redis:
+    """A plain redis-py client for what a test does to Redis itself (flush, pause, look at keys)."""
+    return redis.asyncio.Redis.from_url(redis_server.url)
+
+
 async def test_redis_store_counts_atomically_and_expires_the_window(redis_server):
     stores = [RedisStore(redis_server.url, timeout_s=2.0) for _ in range(3)]  # 30 connects at once
     results = await asyncio.gather(*(stores[i % 3].hit("k", 60) for i in range(30)))
@@ -50,16 +56,26 @@ async def test_redis_store_counts_atomically_and_expires_the_window(redis_server
     assert all(59 < reset_in <= 60 for _, reset_in in results)
     count, reset_in = await stores[0].hit("short", 0.05)
     assert (count, reset_in) == (1, 0.05)
-    await asyncio.sleep(0.1)
+    async with admin(redis_server) as redis_admin:
+        # Redis ends the window itself (the key's 50 ms expiry): wait for the key to be gone.
+        await eventually(_gone(redis_admin, REDIS_KEY_PREFIX + "short"))
     assert (await stores[0].hit("short", 0.05))[0] == 1
     for store in stores:
         await store.close()
 
 
+def _gone(redis_admin: redis.asyncio.Redis, key: str):
+    async def check() -> bool:
+        return not await redis_admin.exists(key)
+
+    return check
+
+
 async def test_a_flushed_script_cache_is_refilled_and_counting_goes_on(redis_server):
     store = RedisStore(redis_server.url)
     assert (await store.hit("k", 60))[0] == 1
-    await store._redis.command("SCRIPT", "FLUSH")  # what a restarted or failed-over Redis looks like
+    async with admin(redis_server) as redis_admin:
+        await redis_admin.script_flush()  # what a restarted or failed-over Redis looks like
     assert (await store.hit("k", 60))[0] == 2
     assert (await store.hit("k", 60))[0] == 3
     await store.close()
@@ -68,9 +84,10 @@ async def test_a_flushed_script_cache_is_refilled_and_counting_goes_on(redis_ser
 async def test_connections_closed_by_a_restarted_redis_are_replaced_before_use(redis_server):
     store = RedisStore(redis_server.url)
     await asyncio.gather(*(store.hit("k", 60) for _ in range(3)))  # three idle connections now
-    redis_server.stop()
-    redis_server.start()
-    await asyncio.sleep(0.05)
+    # The restart happens while the service's loop runs (as it does in production), so the closed
+    # connections' end of stream is seen; start() returns once the new Redis answers PING.
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.to_thread(redis_server.start)
     # The first check after the restart already counts (Redis came back empty: a new window).
     assert (await store.hit("k", 60))[0] == 1
     await store.ping()
@@ -79,18 +96,18 @@ async def test_connections_closed_by_a_restarted_redis_are_replaced_before_use(r
 
 async def test_a_connection_that_timed_out_is_never_reused(redis_server):
     # A paused Redis answers late: the late reply must not be read as the next check's answer.
-    store, admin = RedisStore(redis_server.url, timeout_s=0.05), RedisStore(redis_server.url)
+    store = RedisStore(redis_server.url, timeout_s=0.05)
     assert (await store.hit("k", 60))[0] == 1
-    await admin._redis.command("CLIENT", "PAUSE", 300, "WRITE")
-    with pytest.raises(TimeoutError):
-        await store.hit("k", 60)
-    await asyncio.sleep(0.4)
+    async with admin(redis_server) as redis_admin:
+        await redis_admin.client_pause(300, all=False)  # writes wait 300 ms
+        with pytest.raises(TimeoutError):
+            await store.hit("k", 60)
+        await redis_admin.set("probe", 1)  # a write: it returns once the pause is over
     # Redis drops a paused command whose connection closed; a reused connection would answer the
     # next check (another key) with the late reply for "k".
     assert (await store.hit("other", 60))[0] == 1
     assert (await store.hit("k", 60))[0] == 2
     await store.close()
-    await admin.close()
 
 
 async def test_two_services_on_one_redis_let_exactly_the_limit_through(sandbox, sim, redis_server):

@@ -19,6 +19,7 @@ from service.domain.errors import ProviderError
 from service.domain.model import ListQuery
 from service.infra.providers.catalog import ADAPTERS, parse_config
 from service.infra.providers.http import HttpExecutor
+from service.usecases.context import CallContext
 from service.usecases.listing import list_batches
 
 SIMS: dict[str, type[ProviderSim]] = {sim.name: sim for sim in SIMULATORS}
@@ -58,13 +59,13 @@ class Lister:
         config = parse_config({"providers": {provider: block}}, env={}).providers[provider]
         self.adapter = ADAPTERS[provider](config)
         self.adapter.list_page_size = page_size  # several pages from a few batches
-        self.executor = HttpExecutor(provider, config.network, config.concurrency)
+        self.executor = HttpExecutor(config)
         self.keys = config.batch_keys
 
     async def ids(self, query: ListQuery, key: int = 0) -> list[str]:
         """The seeded ids of the batches found (a listed id may be an ARN or a resource name)."""
-        deadline = asyncio.get_running_loop().time() + 30
-        found = list_batches(self.adapter, self.executor, self.keys[key], query, deadline)
+        call = CallContext(deadline=asyncio.get_running_loop().time() + 30)
+        found = list_batches(self.adapter, self.executor, self.keys[key], query, call)
         return [batch.state.id.rsplit("/", 1)[-1] async for batch in found]
 
     async def close(self) -> None:

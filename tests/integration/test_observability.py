@@ -15,6 +15,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from service.config.settings import Settings
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.observability import JsonFormatter, configure_tracing
 from tests.integration.test_auth import VK_TEAM, governed
@@ -231,7 +232,7 @@ async def test_no_secret_in_any_log_line_at_any_level(sandbox, sim, caplog):
 
 async def test_spans_for_the_rpc_and_each_attempt_continue_the_callers_trace(service, sim):
     exporter = InMemorySpanExporter()
-    configure_tracing(exporter)
+    configure_tracing(Settings(), exporter)
     trace_id = uuid.uuid4().hex
     parent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
     sim.add_fault("openai", {"status": 503})

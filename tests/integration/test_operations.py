@@ -18,7 +18,7 @@ from google.protobuf import duration_pb2
 
 from sandbox.anthropic import AnthropicSim
 from sandbox.openai import AzureSim, OpenAISim
-from service.edge.server import App, create_server
+from service.edge.server import App, OperationsSetup, create_server
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.infra.operation_store import SqliteOperationStore
@@ -132,9 +132,7 @@ def cancels(sim, provider: str | None = None) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def serving(config: dict, store=None, settings: Settings = FAST) -> AsyncIterator[Client]:
-    app = await create_server(
-        parse_config(config, env={}), "127.0.0.1:0", operation_store=store, operation_settings=settings
-    )
+    app = await create_server(parse_config(config, env={}), operations=OperationsSetup(store=store, settings=settings))
     client = Client(app)
     try:
         yield client
@@ -503,7 +501,7 @@ async def test_a_worker_that_shuts_down_hands_its_operation_over_at_once(sandbox
     ids = [seed(sim, "openai", f"batch_hand_{i:02d}") for i in range(12)]
     path = tmp_path / "state" / "operations.sqlite3"
     app = await create_server(
-        parse_config(config, env={}), "127.0.0.1:0", operation_store=SqliteOperationStore(path), operation_settings=FAST
+        parse_config(config, env={}), operations=OperationsSetup(store=SqliteOperationStore(path), settings=FAST)
     )
     first = Client(app)
     sim.add_fault("openai", {"latency_ms": 200, "count": 8})

@@ -10,8 +10,9 @@ import pytest
 
 from service.domain.errors import InvalidRequest, Overloaded, ProviderError
 from service.domain.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
+from service.infra.timing import Timing
 from service.usecases.bulk import check_items, check_wait
-from service.usecases.waiting import PollPolicy, wait_end, watch
+from service.usecases.waiting import PollPolicy, Waiting, wait_end
 from tests.support import SteppedClock
 
 
@@ -30,18 +31,8 @@ def reader(clock: SteppedClock, answers: list):
 
 
 async def steps_of(read, clock: SteppedClock, until: float, status: str = "cancelling", rand=lambda: 0.0, policy=None):
-    return [
-        step
-        async for step in watch(
-            read,
-            BatchState(id="b", status=status),
-            until,
-            policy or PollPolicy(),
-            clock=clock,
-            sleep=clock.sleep,
-            rand=rand,
-        )
-    ]
+    waiting = Waiting(policy or PollPolicy(), Timing(clock=clock, sleep=clock.sleep, rand=rand))
+    return [step async for step in waiting.watch(read, BatchState(id="b", status=status), until)]
 
 
 async def test_reads_start_after_one_second_and_back_off_to_thirty():
@@ -105,8 +96,8 @@ async def test_a_read_failure_that_cannot_pass_ends_the_wait_with_the_last_state
 
 async def test_wait_ends_before_the_calls_deadline():
     assert wait_end(10, None, now=5.0) == 15.0
-    assert wait_end(3600, call_end=65.0, now=5.0) == 64.0  # a margin to answer in
-    assert wait_end(3600, call_end=7.0, now=5.0) == pytest.approx(6.8)
+    assert wait_end(3600, deadline=65.0, now=5.0) == 64.0  # a margin to answer in
+    assert wait_end(3600, deadline=7.0, now=5.0) == pytest.approx(6.8)
 
 
 def test_bounds_of_a_bulk_call():

@@ -8,7 +8,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
 from gateway.openapi import _bindings, load_descriptor
-from gateway.render import DESCRIPTOR, ROOT
+from gateway.paths import DESCRIPTOR, ROOT
 
 RELEASE = ROOT / "protos" / "release.binpb"
 

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 
 DEPLOY = ROOT / "deploy"
 # Native gRPC probes are GA from 1.27; the newest the package ships is what clusters run next.

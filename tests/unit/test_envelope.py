@@ -10,12 +10,15 @@ import re
 import lupa.luajit21 as lupa
 import pytest
 from google.protobuf import json_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.render import (
     BULK_MAX_REQUEST_BYTES,
     BULK_PATH,
     LOCAL_REPLIES,
     LUA_ENVELOPE_MARKER,
+    LUA_FILE,
     local_reply_body,
     lua_source,
     render,
@@ -25,8 +28,9 @@ from service.domain.model import ItemEvent
 from service.edge import envelope
 from service.edge.api import ERROR_BODY_HEADER, rest_error_metadata
 from service.edge.converters import error_detail, event_to_proto
-from service.edge.surfaces import anthropic_error, bedrock_error, bifrost_error, google_error
+from service.edge.surfaces import SURFACES, bifrost_error
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.infra.observability import request_id
 
 ERRORS = [
     InvalidRequest("provider query parameter is required", param="provider"),
@@ -38,9 +42,9 @@ ERRORS = [
 ]
 METHODS = {
     "Cancel": bifrost_error,
-    "CancelAnthropic": anthropic_error,
-    "CancelGenAI": google_error,
-    "StopModelInvocationJob": bedrock_error,
+    "CancelAnthropic": SURFACES["anthropic"].render,
+    "CancelGenAI": SURFACES["genai"].render,
+    "StopModelInvocationJob": SURFACES["bedrock"].render,
 }
 
 # Envoy's stream handle, as much of it as the response hook uses.
@@ -178,7 +182,8 @@ def _shape(value):
 
 @pytest.mark.parametrize(
     ("surface", "renderer"),
-    [(None, bifrost_error), ("anthropic", anthropic_error), ("genai", google_error), ("bedrock", bedrock_error)],
+    [(None, bifrost_error), *((SURFACES[name], SURFACES[name].render) for name in ("anthropic", "genai", "bedrock"))],
+    ids=lambda value: getattr(value, "name", None) or str(value),
 )
 @pytest.mark.parametrize("reply", LOCAL_REPLIES, ids=lambda r: str(r.status))
 def test_envoy_local_replies_have_the_service_shape(surface, renderer, reply):
@@ -237,3 +242,50 @@ def test_native_grpc_answers_pass_untouched(lua):
     hdrs = {":status": "200", "content-type": "application/grpc", ERROR_BODY_HEADER: "{}"}
     headers, body, _ = respond(lua, hdrs)
     assert body is None and headers[ERROR_BODY_HEADER] == "{}"
+
+
+# --- the request-id rule: one in Python, generated into the Lua ----------------------------------------
+
+
+def lua_keeps_request_id(lua, value: str) -> bool:
+    """Whether the filter's request hook leaves `x-request-id: value` in place."""
+    hdrs = lua.table_from({"x-request-id": value, "content-type": "application/grpc"})
+    lua.globals().envoy_on_request(lua.execute(FAKE_REQUEST_HANDLE)(hdrs))
+    return hdrs["x-request-id"] is not None
+
+
+def python_keeps_request_id(value: str) -> bool:
+    return request_id({"x-request-id": value}) == (value, False)
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("req-1", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("A.b_c:d-9", True),
+        ("a b", False),
+        ("a/b", False),
+        ("a\nb", False),
+        ("abc\n", False),
+        ("bätch", False),
+        ("a%2Fb", False),
+    ],
+)
+def test_the_edge_and_the_service_keep_the_same_request_ids(lua, value: str, kept: bool) -> None:
+    assert python_keeps_request_id(value) is kept
+    assert lua_keeps_request_id(lua, value) is kept
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=140))
+def test_the_edge_and_the_service_agree_on_any_ascii_request_id(lua, value: str) -> None:
+    assert lua_keeps_request_id(lua, value) is python_keeps_request_id(value)
+
+
+def test_the_lua_names_no_request_id_constant_itself() -> None:
+    hand_written = LUA_FILE.read_text()
+    for literal in ('"x-request-id"', "128", "%._:"):
+        assert literal not in hand_written

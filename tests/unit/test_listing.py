@@ -18,6 +18,7 @@ from service.domain.model import BatchState, ListedBatch, ListQuery, matches
 from service.infra.providers.base import Adapter, UpstreamRequest, UpstreamResponse, with_query
 from service.infra.providers.catalog import ADAPTERS, parse_config
 from service.infra.providers.vertex import VertexJobRef
+from service.usecases.context import CallContext
 from service.usecases.listing import list_batches, providers_that_can_list
 
 BASE = "http://127.0.0.1:9"
@@ -397,9 +398,9 @@ def page(ids: list[tuple[str, int, str]], more: bool) -> dict:
     return {"object": "list", "data": data, "has_more": more, "last_id": data[-1]["id"] if data else None}
 
 
-async def collect(a, executor, q, **kwargs):
-    deadline = asyncio.get_running_loop().time() + 30
-    return [batch async for batch in list_batches(a, executor, key_of(a), q, deadline, **kwargs)]
+async def collect(a, executor, q, record=None):
+    call = CallContext(record=record, deadline=asyncio.get_running_loop().time() + 30)
+    return [batch async for batch in list_batches(a, executor, key_of(a), q, call)]
 
 
 async def test_listing_follows_pages_to_the_end_and_yields_only_matches():

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from service.config.reader import ConfigError
 from service.domain.errors import Overloaded, Unauthenticated
 from service.infra.limits import EmbeddedStore, RateLimiter
 from service.infra.providers.catalog import parse_config
-from service.runtime.live import FileWatcher, LiveConfig, StateDir, describe_changes
-from service.usecases.cancel import Canceller, Collaborators
+from service.runtime.build import Collaborators, RuntimeFactory
+from service.runtime.live import ConfigSource, FileWatcher, LiveConfig, StateDir, describe_changes
 from tests.support import OPENAI_KEYS, config_dict, documented_version
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use
@@ -56,9 +57,20 @@ def raw(data: dict) -> bytes:
 ENV = {"TEAM_A_VK": VK}
 
 
-def live_from(data: dict, **kwargs) -> LiveConfig:
-    kwargs.setdefault("env", dict(ENV))
-    return LiveConfig(parse_config(data, kwargs["env"]), raw(data), path="config.json", **kwargs)
+def live_from(
+    data: dict,
+    *,
+    check=None,
+    restart_only=None,
+    limiter: RateLimiter | None = None,
+    clock=None,
+    state_dir: StateDir | None = None,
+) -> LiveConfig:
+    """A LiveConfig of `data` as if loaded from config.json, with the given parts."""
+    config = parse_config(data, ENV)
+    factory = RuntimeFactory(limiter or RateLimiter.for_config(config.store), clock=clock or time.time)
+    source = ConfigSource("config.json", env=dict(ENV), check=check, restart_only=restart_only)
+    return LiveConfig(config, raw(data), source=source, factory=factory, state_dir=state_dir)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -70,8 +82,8 @@ class Closes:
 
     def __init__(self, live: LiveConfig) -> None:
         self.closed: list = []
-        for executor in live.current.canceller.executors():
-            self.watch(executor)
+        for provider in live.current.canceller.providers.values():
+            self.watch(provider.executor)
 
     def watch(self, executor) -> None:
         async def close() -> None:
@@ -84,15 +96,19 @@ async def _yield() -> None:
     await asyncio.sleep(0)
 
 
+def provider(live: LiveConfig, name: str = "openai"):
+    return live.current.canceller.providers[name]
+
+
 def openai_executor(live: LiveConfig):
-    return live.current.canceller._providers["openai"][1]
+    return provider(live).executor
 
 
 async def test_a_call_keeps_the_config_it_started_with_and_the_old_pool_closes_after_it() -> None:
     live = live_from(document())
     closes = Closes(live)
     old_openai = openai_executor(live)
-    old_azure = live.current.canceller._providers["azure"][1]
+    old_azure = provider(live, "azure").executor
     with live.current as started:
         assert live.apply(raw(document(providers__openai__network_config={"base_url": "http://127.0.0.1:8"})), "test")
         assert live.current is not started and started.retired
@@ -105,7 +121,7 @@ async def test_a_call_keeps_the_config_it_started_with_and_the_old_pool_closes_a
         await _yield()
     # Only the pool whose network settings changed is closed; Azure's was taken over as it was.
     assert closes.closed == [old_openai]
-    assert live.current.canceller._providers["azure"][1] is old_azure
+    assert provider(live, "azure").executor is old_azure
     assert openai_executor(live) is not old_openai
 
 
@@ -115,12 +131,12 @@ async def test_unchanged_providers_keep_breaker_state_adapter_and_admission() ->
     for _ in range(executor.breaker.threshold):
         executor.breaker.record(False)
     assert executor.breaker.state == "open"
-    adapter = live.current.canceller._providers["openai"][0]
-    admission = live.current.canceller._admission["openai"]
+    adapter = provider(live).adapter
+    admission = provider(live).admission
     assert live.apply(raw(document(client={"enforce_auth_on_inference": True, "allow_direct_keys": True})), "test")
     assert openai_executor(live) is executor and executor.breaker.state == "open"
-    assert live.current.canceller._providers["openai"][0] is adapter
-    assert live.current.canceller._admission["openai"] is admission
+    assert provider(live).adapter is adapter
+    assert provider(live).admission is admission
 
 
 async def test_a_rotated_key_is_used_by_the_next_call_but_the_pool_is_kept() -> None:
@@ -128,7 +144,7 @@ async def test_a_rotated_key_is_used_by_the_next_call_but_the_pool_is_kept() -> 
     executor = openai_executor(live)
     rotated = document(providers__openai__keys=[{"name": "main", "value": OPENAI_KEYS[1], "use_for_batch_api": True}])
     assert live.apply(raw(rotated), "test")
-    adapter = live.current.canceller._providers["openai"][0]
+    adapter = provider(live).adapter
     assert [k.value for k in adapter.config.batch_keys] == [OPENAI_KEYS[1]]
     assert openai_executor(live) is executor
 
@@ -175,18 +191,20 @@ def test_a_reload_keeps_the_cancellers_collaborators() -> None:
     parts = Collaborators(executor=FakeExecutor, clock=lambda: 5.0)
     data = document()
     config = parse_config(data, ENV)
-    live = LiveConfig(config, raw(data), path="config.json", env=dict(ENV), canceller=Canceller(config, parts=parts))
+    factory = RuntimeFactory.for_config(config, parts)
+    live = LiveConfig(config, raw(data), source=ConfigSource("config.json", env=dict(ENV)), factory=factory)
     first = live.current.canceller
     assert sorted(built) == ["azure", "openai"]
     changed = document()
     changed["providers"]["azure"]["network_config"]["max_retries"] = 1
     assert live.apply(raw(changed), "test")
     second = live.current.canceller
-    assert second is not first and second.parts is parts
+    assert second is not first and live.factory.parts is parts
     assert sorted(built) == ["azure", "azure", "openai"]  # only the changed provider got a new one
-    (openai_before, azure_before), (openai_after, azure_after) = first.executors(), second.executors()
-    assert openai_after is openai_before and azure_after is not azure_before
-    assert all(isinstance(executor, FakeExecutor) for executor in second.executors())
+    before, after = first.providers, second.providers
+    assert after["openai"].executor is before["openai"].executor
+    assert after["azure"].executor is not before["azure"].executor
+    assert all(isinstance(p.executor, FakeExecutor) for p in after.values())
 
 
 def test_a_revoked_virtual_key_is_refused_after_the_reload() -> None:
@@ -235,7 +253,7 @@ def test_env_values_are_read_again_on_each_reload(tmp_path: Path) -> None:
     env = dict(ENV)
     path = tmp_path / "config.json"
     path.write_bytes(raw(document()))
-    live = LiveConfig.from_file(path, env=env)
+    live = LiveConfig.from_file(ConfigSource(path, env=env))
     env["TEAM_A_VK"] = "sk-bf-unit-live-rotated"
     assert live.reload()  # same bytes: a signal reloads anyway
     live.current.canceller.auth.authenticate({"x-bf-vk": "sk-bf-unit-live-rotated"})
@@ -327,7 +345,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def watched(path: Path) -> tuple[LiveConfig, FileWatcher]:
-    live = LiveConfig.from_file(path, env=dict(ENV))
+    live = LiveConfig.from_file(ConfigSource(path, env=dict(ENV)))
     return live, FileWatcher(live)
 
 
@@ -436,7 +454,7 @@ def test_a_signal_reload_is_not_repeated_by_the_watcher(config_file: Path) -> No
 
 def test_from_file_errors_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
-        LiveConfig.from_file(tmp_path / "absent.json")
+        LiveConfig.from_file(ConfigSource(tmp_path / "absent.json"))
 
 
 def test_putting_back_the_running_file_after_a_failure_clears_the_failure(config_file: Path) -> None:
@@ -453,7 +471,7 @@ def test_putting_back_the_running_file_after_a_failure_clears_the_failure(config
 
 
 def test_a_change_between_loading_and_watching_is_not_missed(config_file: Path) -> None:
-    live = LiveConfig.from_file(config_file, env=dict(ENV))
+    live = LiveConfig.from_file(ConfigSource(config_file, env=dict(ENV)))
     atomic_write(config_file, raw(document(client={})))
     watcher = FileWatcher(live)
     watcher.poll()

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import yaml
 
-from gateway.render import ROOT
+from gateway.paths import ROOT
 
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "alerts.yaml"

@@ -36,8 +36,8 @@ from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.operation_store import LeaseLost, SqliteOperationStore, StopRequested
 from service.infra.providers.catalog import parse_config
 from service.infra.webhook import signature
+from service.runtime.build import RuntimeFactory
 from service.usecases.auth import Caller
-from service.usecases.cancel import Canceller
 from service.usecases.operations import Backoff, Scheduler
 from service.usecases.operations.checks import check_access, check_request, normalized, owner_caller
 from service.usecases.operations.progress import Progress
@@ -199,7 +199,7 @@ CONFIG = parse_config(
     },
     env={},
 )
-CANCELLER = Canceller(CONFIG)
+CANCELLER = RuntimeFactory.for_config(CONFIG).build(CONFIG, "unit").canceller
 VKS = {vk.id: vk for vk in CONFIG.virtual_keys}
 
 
@@ -484,7 +484,7 @@ def test_envoys_descriptor_set_holds_every_type_an_answer_can_pack():
     """A type missing from the set turns the whole REST answer into a 502 (issue 27's traps)."""
     from google.protobuf import descriptor_pb2
 
-    from gateway.render import DESCRIPTOR
+    from gateway.paths import DESCRIPTOR
 
     files = descriptor_pb2.FileDescriptorSet()
     files.ParseFromString(DESCRIPTOR.read_bytes())

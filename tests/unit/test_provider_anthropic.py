@@ -24,6 +24,7 @@ from sandbox.anthropic import (
 )
 from service.domain.errors import InvalidRequest, UpstreamUnavailable
 from service.domain.model import RequestCounts
+from service.edge.surfaces import SURFACES
 from service.infra.providers.anthropic import API_VERSION, AnthropicAdapter
 from service.infra.providers.base import UpstreamResponse
 from service.infra.providers.catalog import ADAPTERS, parse_config
@@ -289,7 +290,7 @@ def test_the_version_is_a_provider_setting():
 
 def test_the_anthropic_route_passes_the_callers_version_and_only_that():
     a = adapter()
-    assert a.sdk_surface == "anthropic"
+    assert SURFACES["anthropic"].default_provider == a.name  # the Anthropic route is its own
     caller = {"anthropic-version": "2023-06-01", "anthropic-beta": "x", "x-api-key": "sk-bf-caller"}
     assert a.caller_headers(caller) == {"anthropic-version": "2023-06-01"}
     assert a.caller_headers({}) == {}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.render import DESCRIPTOR, LOCAL_REPLIES, OPENAPI, ROOT, render, split_host_port
+from gateway.paths import DESCRIPTOR, OPENAPI, ROOT
+from gateway.render import BULK_PATH, LOCAL_REPLIES, MATCHING_PATH, SHAPED_SURFACES, render, split_host_port
 from gateway.stack import envoy_binary
 from service.infra.providers.catalog import parse_config
 from service.usecases.auth import exposure_problem
@@ -295,6 +296,32 @@ def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_each_drop_in_api_words_every_local_reply() -> None:
+    statuses = {reply.status for reply in LOCAL_REPLIES}
+    assert [surface.name for surface in SHAPED_SURFACES] == ["anthropic", "genai", "bedrock"]
+    for surface in SHAPED_SURFACES:
+        assert set(surface.shape.local_words) == statuses, surface.name
+
+
+def test_routes_the_config_names_come_from_the_proto() -> None:
+    config = render(http_port=8080, grpc_ports=[50051])
+    assert (BULK_PATH, MATCHING_PATH) == ("/v1/batches/cancel", "/v1/batches:cancelMatching")
+    regexes = [re.compile(json.loads(m)) for m in re.findall(r'safe_regex: \{regex: ("[^"]*")\}', config)]
+    bulk = next(r for r in regexes if r.match(BULK_PATH))
+    assert [p for p in (BULK_PATH, MATCHING_PATH, BULK_PATH + "/", "/v1/batches/b/cancel") if bulk.match(p)] == [
+        BULK_PATH,
+        MATCHING_PATH,
+    ]
+    long = next(r for r in regexes if r.match("/batchgate.v1.BatchService/Cancel"))
+    rpcs = ["/batchgate.v1.BatchService/" + m for m in ("Cancel", "CancelMany", "CancelAnthropic", "Health")]
+    rpcs.append("/google.longrunning.Operations/WaitOperation")
+    assert [rpc for rpc in rpcs if long.match(rpc)] == [
+        "/batchgate.v1.BatchService/Cancel",
+        "/batchgate.v1.BatchService/CancelMany",
+        "/google.longrunning.Operations/WaitOperation",
+    ]
 
 
 def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:

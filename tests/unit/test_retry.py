@@ -9,12 +9,13 @@ from email.utils import format_datetime
 import aiohttp
 import pytest
 
-from service.config.file import NetworkConfig
+from service.config.file import NetworkConfig, ProviderConfig
 from service.domain.errors import DeadlineExceeded, UpstreamUnavailable
 from service.infra.observability import CallRecord
 from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.providers.http import RETRYABLE_STATUSES, HttpExecutor, RetryPolicy, retry_after_seconds
 from service.infra.resilience import CircuitBreaker
+from service.infra.timing import Timing
 from tests.support import SteppedClock
 
 # --- retry_after_seconds -----------------------------------------------------------------------------
@@ -103,17 +104,8 @@ class ScriptedExecutor(HttpExecutor):
     exception to raise (instead of a network round trip)."""
 
     def __init__(self, script, policy: RetryPolicy, clock: SteppedClock, rand=lambda: 0.5, breaker=None) -> None:
-        super().__init__(
-            "openai",
-            NetworkConfig(),
-            4,
-            breaker,
-            policy,
-            clock=clock,
-            rand=rand,
-            sleep=clock.sleep,
-            wall_clock=lambda: NOW,
-        )
+        timing = Timing(clock=clock, sleep=clock.sleep, rand=rand, wall_clock=lambda: NOW)
+        super().__init__(ProviderConfig("openai", (), concurrency=4), breaker, policy, timing)
         self.script = list(script)
         self.sent = 0
 

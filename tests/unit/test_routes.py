@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from service.domain.errors import GatewayError, InvalidRequest
 from service.edge.api import ROUTES, command_from_proto
+from service.edge.routes import WAITING_RPCS, templates
+from service.edge.surfaces import SURFACES
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 
 
@@ -106,3 +110,32 @@ def test_rest_call_whose_path_no_route_names_is_refused(method, path):
         command_from_proto(request, [("x-envoy-original-path", path)], method)
     assert (info.value.status_code, info.value.code) == (404, "route_not_found")
     assert "victim" not in info.value.message
+
+
+# --- one registry of drop-in surfaces, checked against the proto -------------------------------------
+
+
+def test_each_surface_in_the_proto_is_one_registry_entry_with_its_rpc():
+    """Every `{surface=NAME}` literal of a route names a `Surface` whose RPC is that route's, and
+    every registered surface has routes of its RPC."""
+    service = pb.DESCRIPTOR.services_by_name["BatchService"]
+    in_proto = {
+        (literal, method.name)
+        for method in service.methods
+        for template in templates(method)
+        for literal in re.findall(r"\{surface=(\w+)\}", template)
+    }
+    assert in_proto == {(surface.name, surface.rpc) for surface in SURFACES.values()}
+    assert {name: surface.default_provider for name, surface in SURFACES.items()} == {
+        "openai": "openai",
+        "anthropic": "anthropic",
+        "genai": "gemini",
+        "bedrock": "bedrock",
+    }
+
+
+def test_the_rpcs_that_wait_take_a_wait():
+    service = pb.DESCRIPTOR.services_by_name["BatchService"]
+    assert WAITING_RPCS == ("Cancel", "CancelMany")
+    for name in WAITING_RPCS:
+        assert "wait_seconds" in service.methods_by_name[name].input_type.fields_by_name

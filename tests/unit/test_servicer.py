@@ -25,16 +25,20 @@ from service.domain.model import BatchState, CancelResult, RequestCounts
 from service.edge.api import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, BatchServicer
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
-from service.infra.providers.catalog import NO_BATCH_CANCEL, parse_config
-from service.usecases.cancel import Canceller, Collaborators
+from service.infra.providers.catalog import ADAPTERS, NO_BATCH_CANCEL, parse_config
+from service.runtime.build import Collaborators, RuntimeFactory
+from service.runtime.live import LiveConfig
 from tests.support import OPENAI_KEYS, config_dict
 
 SERVICE = pb.DESCRIPTOR.services_by_name["BatchService"]
 CANCEL = SERVICE.methods_by_name["Cancel"]
 SECRET = "sk-unit-servicer-SECRET-9999"
 # A known provider without batch cancel (and without a provider-specific key config).
-_PLAIN_UNSUPPORTED = sorted(NO_BATCH_CANCEL - {"vertex", "bedrock", "fireworks"})
-UNSUPPORTED = "cohere" if "cohere" in NO_BATCH_CANCEL else _PLAIN_UNSUPPORTED[0]
+UNSUPPORTED = "cerebras"
+
+
+def test_the_unsupported_provider_here_is_one():
+    assert UNSUPPORTED in NO_BATCH_CANCEL and UNSUPPORTED not in ADAPTERS
 
 
 def config(*, batch: bool = True):
@@ -98,9 +102,10 @@ UPSTREAM_CALLS: list = []
 OFFLINE = Collaborators(executor=lambda name, pc, breaker: RefusingExecutor(name, pc, breaker, UPSTREAM_CALLS))
 
 
-def offline(cfg=None) -> Canceller:
-    """A canceller for `cfg` (default: config()) whose executors refuse any upstream call."""
-    return Canceller(cfg or config(), parts=OFFLINE)
+def offline(cfg=None) -> LiveConfig:
+    """The running config `cfg` (default: config()) whose executors refuse any upstream call."""
+    cfg = cfg or config()
+    return LiveConfig(cfg, factory=RuntimeFactory.for_config(cfg, OFFLINE))
 
 
 @pytest.fixture
@@ -110,14 +115,14 @@ def no_network():
     return UPSTREAM_CALLS
 
 
-async def call(request: pb.CancelBatchRequest, canceller: Canceller | None = None, **context_args):
-    canceller = canceller or offline()
+async def call(request: pb.CancelBatchRequest, live: LiveConfig | None = None, **context_args):
+    live = live or offline()
     context = FakeContext(**context_args)
     try:
         with pytest.raises(Aborted):
-            await BatchServicer(canceller).Cancel(request, context)
+            await BatchServicer(live).Cancel(request, context)
     finally:
-        await canceller.close()
+        await live.close()
     (status,) = context.statuses  # aborted exactly once
     (metadata,) = context.initial_metadata  # error headers sent exactly once, before the abort
     return status, dict(metadata)
@@ -224,14 +229,14 @@ async def test_error_body_is_ascii_for_non_ascii_provider(no_network):
 
 
 async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
-    canceller = offline()
+    live = offline()
 
-    async def boom(command, call, time_remaining=None):
+    async def boom(command, call):
         raise RuntimeError(f"connection string postgres://admin:{SECRET}@db/batch")
 
-    monkeypatch.setattr(canceller, "cancel", boom)
+    monkeypatch.setattr(live.current.canceller, "cancel", boom)
     with caplog.at_level(logging.ERROR, logger="service.edge.api"):
-        status, metadata = await call(pb.CancelBatchRequest(batch_id="b", provider="openai"), canceller)
+        status, metadata = await call(pb.CancelBatchRequest(batch_id="b", provider="openai"), live)
     assert status.code is grpc.StatusCode.INTERNAL
     assert status.details == "internal error"
     assert metadata[ERROR_STATUS_HEADER] == "500"
@@ -253,29 +258,28 @@ async def test_unexpected_exception_is_a_sealed_internal(monkeypatch, caplog):
 
 
 async def test_success_passes_metadata_and_deadline_and_answers_the_proto():
-    canceller = offline()
+    live = offline()
     seen = []
 
-    async def cancel(command, call, time_remaining=None):
-        seen.append((command, time_remaining))
+    async def cancel(command, call):
+        seen.append((command, call.deadline))
         batch = BatchState("batch_1", "cancelling", RequestCounts(total=3, completed=1, failed=0), 1738667012)
         return CancelResult(batch, "openai", 17, {"id": "batch_1"})
 
-    canceller.cancel = cancel
+    live.current.canceller.cancel = cancel
     context = FakeContext(
         metadata=(("x-bf-send-back-raw-response", "true"), ("x-request-id", "req-1")), time_remaining=2.5
     )
     request = pb.CancelBatchRequest(batch_id="batch_1", surface="openai")
-    response = await BatchServicer(canceller).Cancel(request, context)
-    await canceller.close()
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    response = await BatchServicer(live).Cancel(request, context)
+    after = loop.time()
+    await live.close()
     assert context.statuses == [] and context.initial_metadata == []  # the request id came with the call
-    ((command, time_remaining),) = seen
-    assert (command.batch_id, command.provider, command.raw_response_requested, time_remaining) == (
-        "batch_1",
-        "openai",
-        True,
-        2.5,
-    )
+    ((command, deadline),) = seen
+    assert (command.batch_id, command.provider, command.raw_response_requested) == ("batch_1", "openai", True)
+    assert before + 2.5 <= deadline <= after + 2.5  # the call's 2.5 s, as loop time
     assert isinstance(response, pb.BatchCancelResponse)
     assert (response.id, response.status, response.cancelling_at) == ("batch_1", "cancelling", 1738667012)
     assert response.request_counts.total == 3 and not response.HasField("cancelled_at")
@@ -334,13 +338,13 @@ class SyncBatchServicer(pb_grpc.BatchServiceServicer):
 
     def Cancel(self, request, context):
         async def run():
-            canceller = Canceller(self._config, parts=self._parts)
+            live = LiveConfig(self._config, factory=RuntimeFactory.for_config(self._config, self._parts))
             try:
-                return await BatchServicer(canceller).Cancel(request, _Bridge(context))
+                return await BatchServicer(live).Cancel(request, _Bridge(context))
             except Aborted:
                 return None
             finally:
-                await canceller.close()
+                await live.close()
 
         return asyncio.run(run())
 
@@ -406,15 +410,15 @@ async def test_health_while_draining_is_503_with_the_health_answer_as_body(no_ne
 
 
 async def test_health_failing_unexpectedly_is_a_sealed_internal(monkeypatch, caplog):
-    canceller = offline()
+    live = offline()
 
     def boom():
         raise RuntimeError(f"secret {SECRET}")
 
-    monkeypatch.setattr(canceller, "breaker_states", boom)
+    monkeypatch.setattr(live.current.canceller, "breaker_states", boom)
     context = FakeContext()
     with caplog.at_level(logging.ERROR, logger="service.edge.api"), pytest.raises(Aborted):
-        await BatchServicer(canceller).Health(pb.HealthRequest(), context)
+        await BatchServicer(live).Health(pb.HealthRequest(), context)
     (status,) = context.statuses
     assert status.code is grpc.StatusCode.INTERNAL and status.details == "internal error"
     assert SECRET not in repr((status, context.initial_metadata))

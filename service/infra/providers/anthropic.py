@@ -70,7 +70,6 @@ class AnthropicAdapter(Adapter):
     }
 
     accepts_direct_keys = True
-    sdk_surface = "anthropic"
     lists_newest_first = True
     list_page_size = 1000
 

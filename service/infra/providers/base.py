@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -94,6 +94,17 @@ def path_segment(batch_id: str) -> str:
     return quote(batch_id, safe="")
 
 
+class ProviderSaid(TypedDict, total=False):
+    """What a provider's error answer said besides its message, as read from its body (any JSON
+    value: `Adapter.error` keeps only what fits), and how the gateway reads its status."""
+
+    type: object
+    code: object
+    param: object
+    status: int | None
+    precondition: bool
+
+
 class Adapter:
     """A provider's batch-cancel wire format. Subclasses set the class attributes and override the
     request builders and parsers (service/infra/providers/README.md is the checklist for a new one); the
@@ -123,9 +134,6 @@ class Adapter:
     accepts_direct_keys: ClassVar[bool] = False
     # Header the provider takes a client request id in (logged on its side), if any.
     request_id_header: ClassVar[str | None] = None
-    # The drop-in SDK route (service.edge.surfaces) that speaks this provider's own API, if any:
-    # calls through it may pass the caller's `caller_headers` upstream.
-    sdk_surface: ClassVar[str | None] = None
     # How config reads this provider's keys (the adapter class is a `service.config.file.KeySchema`):
     # the name of its provider-specific block, and whether the secret `value` is required.
     key_settings_block: ClassVar[str | None] = None
@@ -256,28 +264,19 @@ class Adapter:
             param=err.get("param"),
         )
 
-    def error(
-        self,
-        response: UpstreamResponse,
-        message: Any,
-        *,
-        type: Any = None,
-        code: Any = None,
-        param: Any = None,
-        status: int | None = None,
-        precondition: bool = False,
-    ) -> ProviderError:
+    def error(self, response: UpstreamResponse, message: object, **said: Unpack[ProviderSaid]) -> ProviderError:
         """A ProviderError with the fallbacks every adapter shares: a message, type, code or param
         that is not a non-empty string is left out (a generic message, `provider_error`, none, none;
         `param` may be empty). `status` replaces the HTTP status; `precondition` (the batch is not in
         a state that allows a cancel, e.g. it already ended) is answered as 409, as OpenAI does, so
         a finished batch means the same on every provider."""
-        http_status = 409 if precondition else status or response.status
+        http_status = 409 if said.get("precondition") else said.get("status") or response.status
+        param = said.get("param")
         return ProviderError(
             _str_or(message, None) or f"{self.name} answered HTTP {response.status}",
             status_code=http_status,
-            type=_str_or(type, "provider_error"),
-            code=_str_or(code, None),
+            type=_str_or(said.get("type"), None) or "provider_error",
+            code=_str_or(said.get("code"), None),
             param=param if isinstance(param, str) else None,
             provider=self.name,
         )

@@ -341,7 +341,7 @@ class BedrockAdapter(Adapter):
         )
 
     @staticmethod
-    def _counts(data: dict) -> RequestCounts | None:
+    def _counts(data: dict[str, Any]) -> RequestCounts | None:
         total = count(data.get("totalRecordCount"))
         processed = count(data.get("processedRecordCount"))
         succeeded = count(data.get("successRecordCount"))

@@ -9,7 +9,6 @@ and `load_config` here are `service.config.file`'s with every provider's key sch
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,14 +72,14 @@ UNSUPPORTED_REASONS: Mapping[str, str] = {name: reason for name, reason in CANNO
 KEY_SCHEMAS: Mapping[str, KeySchema] = {**{name: PLAIN_KEYS for name in CANNOT_CANCEL}, **ADAPTERS}
 
 
-def parse_config(data: Any, env: os._Environ | dict | None = None) -> Config:
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """`service.config.file.parse_config` for the providers of this catalog (`env`: os.environ if None)."""
     return config.parse_config(data, env, KEY_SCHEMAS)
 
 
-def parse_config_bytes(raw: bytes, path: str | Path, env: os._Environ | dict | None = None) -> Config:
+def parse_config_bytes(raw: bytes, path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     return config.parse_config_bytes(raw, path, env, KEY_SCHEMAS)
 
 
-def load_config(path: str | Path, env: os._Environ | dict | None = None) -> Config:
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     return config.load_config(path, env, KEY_SCHEMAS)

@@ -30,7 +30,7 @@ from service.infra.providers.base import UpstreamRequest, next_token, page_items
 from service.infra.providers.google import BATCH_STATES, JOB_STATES, GoogleAdapter, stats
 
 
-def _gemini_batch(data: Any) -> dict | None:
+def _gemini_batch(data: Any) -> dict[str, Any] | None:
     """The GenerateContentBatch inside a batches.get answer: the Operation's `metadata` (documented),
     the answer itself, or the Operation's `response` (seen in the wild)."""
     if not isinstance(data, dict):

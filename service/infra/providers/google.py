@@ -104,7 +104,7 @@ def google_error(provider: str, response: UpstreamResponse) -> ProviderError:
         http_status = 409  # see the module docstring: "not in a state that allows the call"
     if reason in _AUTH_REASONS:
         error_type = "authentication_error"
-    elif status in _ERROR_TYPES:
+    elif status is not None and status in _ERROR_TYPES:
         error_type = _ERROR_TYPES[status]
     else:
         error_type = "api_error" if http_status >= 500 else "invalid_request_error"

@@ -33,7 +33,7 @@ class _TokenSource:
         self.credentials = credentials
         self.token: str | None = None
         self.refresh_at = 0.0
-        self.refreshing: asyncio.Future | None = None
+        self.refreshing: asyncio.Future[str] | None = None
 
     def fresh_token(self) -> str | None:
         return self.token if self.token is not None and time() < self.refresh_at else None
@@ -50,10 +50,10 @@ class ServiceAccountTokens:
     def __init__(self, provider: str, timeout_s: float) -> None:
         self.provider = provider
         self.timeout_s = timeout_s
-        self._sources: dict[tuple, _TokenSource] = {}
+        self._sources: dict[tuple[Any, ...], _TokenSource] = {}
         self._http_request: Any = None  # google-auth transport, created on first mint
 
-    async def token(self, info: dict) -> str:
+    async def token(self, info: dict[str, Any]) -> str:
         """A valid access token for the service account `info`: the cached one, else one minted now
         (concurrent callers share the one mint in flight)."""
         source = self._source(info)
@@ -76,14 +76,16 @@ class ServiceAccountTokens:
         for source in self._sources.values():
             source.token = None
 
-    def _source(self, info: dict) -> _TokenSource:
+    def _source(self, info: dict[str, Any]) -> _TokenSource:
         ident = tuple(info.get(name) for name in ("client_email", "token_uri", "private_key_id", "private_key"))
         source = self._sources.get(ident)
         if source is None:
             from google.oauth2 import service_account  # the import costs ~100 ms: only when Vertex is used
 
             try:
-                credentials = service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM_SCOPE])
+                credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]  # google-auth leaves it unannotated
+                    info, scopes=[CLOUD_PLATFORM_SCOPE]
+                )
             except (ValueError, TypeError, KeyError) as exc:
                 # Never the exception text: it may quote the key material.
                 raise GatewayError(
@@ -121,11 +123,12 @@ class ServiceAccountTokens:
         credentials = source.credentials
         expiry = credentials.expiry
         expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else time() + 3600
-        source.store(credentials.token, expires_at)
-        return credentials.token
+        token: str = credentials.token
+        source.store(token, expires_at)
+        return token
 
 
-def _consume_exception(future: asyncio.Future) -> None:
+def _consume_exception(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved: a mint nobody waits for any more logs nothing
 

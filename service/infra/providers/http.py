@@ -11,22 +11,22 @@ are injected, so the policy and the retry loop are unit-tested without waiting.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import aiohttp
 from yarl import URL
 
-from service.config.file import NetworkConfig
+from service.config.file import NetworkConfig, ProviderConfig
 from service.domain.errors import DeadlineExceeded, GatewayError, UpstreamUnavailable
 from service.infra.observability import CallRecord, client_span, inject_context
 from service.infra.providers.base import UpstreamRequest, UpstreamResponse
 from service.infra.resilience import CircuitBreaker
+from service.infra.timing import REAL_TIME, Timing
 
 RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)} - {501, 505})
 MAX_RESPONSE_BYTES = 1 << 20
@@ -98,32 +98,24 @@ class RetryPolicy:
 
 
 class HttpExecutor:
-    """Sends upstream requests for one provider over a pooled session. `clock` (the event loop's
-    time by default: deadlines are loop time), `wall_clock` (for Retry-After dates), `rand` and
-    `sleep` are there for tests."""
+    """Sends upstream requests for one provider (`config`: its network settings and concurrency)
+    over a pooled session. `timing` is the clock deadlines are measured in (the event loop's by
+    default: deadlines are loop time), the sleep between retries, the jitter's randomness and the
+    wall clock for Retry-After dates; tests pass a stepped one."""
 
     def __init__(
         self,
-        provider: str,
-        network: NetworkConfig,
-        concurrency: int,
+        config: ProviderConfig,
         breaker: CircuitBreaker | None = None,
         retry: RetryPolicy | None = None,
-        *,
-        clock: Callable[[], float] | None = None,
-        wall_clock: Callable[[], float] = time.time,
-        rand: Callable[[], float] = random.random,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        timing: Timing = REAL_TIME,
     ) -> None:
-        self.provider = provider
-        self.network = network
-        self.breaker = breaker or CircuitBreaker(provider)
-        self.retry = retry or RetryPolicy.from_network(network)
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._rand = rand
-        self._sleep = sleep
-        self._concurrency = concurrency
+        self.provider = config.name
+        self.network = config.network
+        self.breaker = breaker or CircuitBreaker(config.name)
+        self.retry = retry or RetryPolicy.from_network(config.network)
+        self._timing = timing
+        self._concurrency = config.concurrency
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -165,20 +157,20 @@ class HttpExecutor:
     async def _send_with_retries(
         self, request: UpstreamRequest, deadline: float, record: CallRecord | None
     ) -> UpstreamResponse:
-        clock = self._clock or asyncio.get_running_loop().time
+        timing = self._timing
         policy = self.retry
         attempt = 0
         while True:
             attempt += 1
-            remaining = deadline - clock()
+            remaining = deadline - timing.now()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
             started = time.perf_counter()
             try:
                 with client_span(self.provider, request.method, attempt) as span:
                     inject_context(request.headers)
-                    response = await self._send_once(request, remaining)
-                    span.set_attribute("http.response.status_code", response.status)
+                    answer = await self._send_once(request, remaining)
+                    span.set_attribute("http.response.status_code", answer.status)
             except TimeoutError:  # the attempt had all the remaining time (aiohttp's are subclasses)
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider) from None
             except (aiohttp.ClientError, OSError) as exc:
@@ -188,19 +180,21 @@ class HttpExecutor:
                     raise UpstreamUnavailable(
                         f"could not reach {self.provider}: {type(exc).__name__}", provider=self.provider
                     ) from None
-                response, retry_after = None, None
+                response: UpstreamResponse | None = None
+                retry_after: float | None = None
             else:
                 if record is not None:
-                    record.attempt(self.provider, response.status, time.perf_counter() - started, request.operation)
-                if not policy.retries(attempt, response.status):
-                    return response
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"), self._wall_clock)
-            wait = policy.delay(attempt, retry_after, self._rand)
-            if clock() + wait >= deadline:
+                    record.attempt(self.provider, answer.status, time.perf_counter() - started, request.operation)
+                if not policy.retries(attempt, answer.status):
+                    return answer
+                response = answer
+                retry_after = retry_after_seconds(answer.headers.get("Retry-After"), timing.wall_clock)
+            wait = policy.delay(attempt, retry_after, timing.rand)
+            if timing.now() + wait >= deadline:
                 if response is not None:
                     return response  # no time to wait: the caller gets the provider's answer
                 raise DeadlineExceeded(f"{self.provider} did not answer in time", provider=self.provider)
-            await self._sleep(wait)
+            await timing.pause(wait)
 
     async def _send_once(self, request: UpstreamRequest, timeout: float) -> UpstreamResponse:
         async with self._get_session().request(

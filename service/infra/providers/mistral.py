@@ -129,7 +129,7 @@ class MistralAdapter(Adapter):
         return self.error(response, message, type=error_type, code=str(code) if numeric_code else code, param=param)
 
 
-def _message(data: dict) -> str | None:
+def _message(data: dict[str, Any]) -> str | None:
     """The human message of either envelope; validation errors are joined as `field: msg`."""
     for name in ("message", "detail"):
         value = data.get(name)
@@ -144,9 +144,9 @@ def _message(data: dict) -> str | None:
                     parts.append(f"{where}: {item['msg']}" if where else item["msg"])
             if parts:
                 return "; ".join(parts)
-        if isinstance(value, dict) and isinstance(value.get("message"), str):
-            return value["message"]
+        if isinstance(value, dict) and isinstance(inner := value.get("message"), str):
+            return inner
     err = data.get("error")
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return err["message"]
+    if isinstance(err, dict) and isinstance(inner := err.get("message"), str):
+        return inner
     return None

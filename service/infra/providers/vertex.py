@@ -58,7 +58,7 @@ class VertexKeySettings:
     project_id: str
     region: str
     # Service-account JSON (its `token_uri` is where access tokens are minted).
-    auth_credentials: dict = field(repr=False)
+    auth_credentials: dict[str, Any] = field(repr=False)
 
 
 _RESOURCE_NAME = re.compile(r"^projects/([^/]+)/locations/([^/]+)/batchPredictionJobs/([^/]+)$")
@@ -252,9 +252,8 @@ class VertexAdapter(GoogleAdapter):
         counts = None
         if counts_raw is not None:
             succeeded, failed, incomplete = counts_raw
-            known = incomplete is not None and succeeded is not None and failed is not None
             counts = RequestCounts(
-                total=succeeded + failed + incomplete if known else None,
+                total=None if None in counts_raw else sum(c for c in counts_raw if c is not None),
                 completed=succeeded,
                 failed=failed,
                 succeeded=succeeded,

@@ -122,14 +122,15 @@ class XAIAdapter(Adapter):
         data = data if isinstance(data, dict) else {}
         message, code = data.get("error"), data.get("code")
         if isinstance(message, dict):  # an OpenAI-style envelope from another layer
-            message, code = message.get("message"), message.get("code") or code
+            envelope: dict[str, Any] = message
+            message, code = envelope.get("message"), envelope.get("code") or code
         if isinstance(message, str) and "%20" in message and " " not in message:
             message = unquote(message)  # some xAI builds send the message URL-encoded
         message = message if isinstance(message, str) else None
         code = code if isinstance(code, str) else None
         if response.status == 400 and message and message.lower().startswith(INVALID_KEY_PREFIX):
             return self.error(response, message, type="authentication_error", code=code, status=401)
-        precondition = response.status == 400 and bool(code) and FAILED_PRECONDITION in code.lower()
+        precondition = response.status == 400 and code is not None and FAILED_PRECONDITION in code.lower()
         return self.error(response, message, code=code, precondition=precondition)
 
 

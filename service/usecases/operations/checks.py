@@ -23,10 +23,10 @@ from service.domain.operations import (
     MAX_METADATA_VALUE,
     CancelMatchingCommand,
 )
-from service.infra.providers.base import Adapter
 from service.usecases.auth import Caller
-from service.usecases.cancel import Canceller, Executor
+from service.usecases.cancel import Canceller
 from service.usecases.listing import providers_that_can_list
+from service.usecases.target import Provider
 
 SELECTOR_NOT_ALLOWED = (
     "cancelling by selector needs the gateway's admin credentials or a virtual key with allow_cancel_matching"
@@ -90,7 +90,7 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
             )
     for index, provider in enumerate(selector.providers):
         param = f"selector.providers[{index}]"
-        adapter, _ = _provider(canceller, provider, param)
+        adapter = _provider(canceller, provider, param).adapter
         if not adapter.can_list():
             raise InvalidRequest(
                 f"listing batches is not supported by provider: {adapter.name}",
@@ -104,7 +104,7 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
             raise InvalidRequest(f"{param}.id is required", param=f"{param}.id")
         if not provider.strip():
             raise InvalidRequest(f"{param}.provider is required", param=f"{param}.provider")
-        adapter, _ = _provider(canceller, provider, f"{param}.provider")
+        adapter = _provider(canceller, provider, f"{param}.provider").adapter
         try:
             adapter.parse_id(batch_id)
         except InvalidRequest as err:
@@ -117,7 +117,7 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
         )
 
 
-def _provider(canceller: Canceller, name: str, param: str) -> tuple[Adapter, Executor]:
+def _provider(canceller: Canceller, name: str, param: str) -> Provider:
     try:
         return canceller.provider(name.strip().lower())
     except InvalidRequest as err:

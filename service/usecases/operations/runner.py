@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from service.config.file import Config
 from service.domain.errors import GatewayError, Unauthenticated
-from service.domain.model import TERMINAL_STATUSES, CancelCommand, CancelResult, ListQuery
+from service.domain.model import TERMINAL_STATUSES, CancelCommand, ListQuery
 from service.domain.operations import (
     ALREADY_ENDED,
     CANCELLED,
@@ -62,18 +62,21 @@ from service.infra.observability import (
     OPERATION_BATCHES,
     OPERATIONS_FINISHED,
     CallRecord,
+    Outcome,
+    Subject,
     record_operation,
     record_operation_batch,
 )
 from service.infra.operation_store import LeaseLost, OperationStore, StopRequested
 from service.infra.providers.http import RETRYABLE_STATUSES, retry_after_seconds
 from service.usecases.auth import Caller
-from service.usecases.cancel import Canceller, ReadBack
+from service.usecases.cancel import Canceller
 from service.usecases.context import CallContext
 from service.usecases.listing import list_batches
 from service.usecases.operations.checks import check_access, default_statuses, owner_caller
 from service.usecases.operations.progress import Progress
 from service.usecases.operations.work import WorkQueue
+from service.usecases.target import CancelOutcome
 from service.usecases.waiting import PollPolicy, sleep_unless
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,11 @@ class Runtimes(Protocol):
 
 
 class Notifier(Protocol):
+    """Sends an operation's webhook (service.infra.webhook.WebhookSender)."""
+
     async def post(self, url: str, body: bytes, secret: str) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +344,7 @@ class Runner:
                 canceller = runtime.canceller
                 caller = self._caller(op, runtime.config)
                 try:
-                    adapter, executor = canceller.provider(provider)
+                    resolved = canceller.provider(provider)
                     keys = canceller.batch_keys(caller, provider)
                 except GatewayError as err:
                     await self._fail(op, err)
@@ -347,9 +354,10 @@ class Runner:
                     while True:
                         self._check()
                         deadline = asyncio.get_running_loop().time() + max(0.0, op.deadline - self.clock())
-                        record = CallRecord(op.request_id, ROUTE)
+                        call = CallContext(record=CallRecord(op.request_id, ROUTE), deadline=deadline)
                         try:
-                            async for listed in list_batches(adapter, executor, key, query, deadline, record):
+                            listing = list_batches(resolved.adapter, resolved.executor, key, query, call)
+                            async for listed in listing:
                                 self._check()
                                 found.setdefault(
                                     (provider, listed.state.id),
@@ -434,7 +442,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         call_end = loop.time() + remaining
         command = CancelCommand(batch_id=item.batch_id, provider=item.provider)
-        context = CallContext(record=CallRecord(op.request_id, ROUTE), caller=op.owner)
+        context = CallContext(record=CallRecord(op.request_id, ROUTE), caller=op.owner, deadline=call_end)
         with self.runtimes.current as runtime:
             canceller = runtime.canceller
             try:
@@ -448,7 +456,7 @@ class Runner:
                 except StopRequested:
                     self.request_stop()
                     return None
-                result = await canceller.cancel_target(target, command, context, call_end)
+                outcome = await canceller.cancel_target(target, command, context)
             except LeaseLost:
                 raise
             except GatewayError as err:
@@ -457,14 +465,14 @@ class Runner:
                 log.warning("operation %s: %s/%s: %s", op.name, item.provider, item.batch_id, type(exc).__name__)
                 failures = max(1, item.attempts)
                 return self.settings.retry.delay(failures)
-        self._settle(op, progress, item, result)
+        self._settle(op, progress, item, outcome)
         return None
 
-    def _settle(self, op: Operation, progress: Progress, item: BatchItem, result: CancelResult) -> None:
+    def _settle(self, op: Operation, progress: Progress, item: BatchItem, outcome: CancelOutcome) -> None:
+        result = outcome.result
         state = result.batch
         item.state, item.latency_ms, item.warning, item.error = state, result.latency_ms, result.warning, None
-        if result.read_back is not None:
-            item.key_id = result.read_back.key.id
+        item.key_id = outcome.read_back.key.id  # the key whose account holds the batch
         ended = state.status in TERMINAL_STATUSES and state.status != "cancelled"
         item.settled = state.status in TERMINAL_STATUSES
         progress.set_outcome(item, ALREADY_ENDED if ended else CANCELLED)
@@ -529,10 +537,8 @@ class Runner:
         """The batch's state read back with its key (None when the read fails)."""
         try:
             target = canceller.scoped_target(caller, item.provider, item.batch_id, item.key_id or None)
-            handle = ReadBack(target.adapter, target.executor, target.keys[0], target.ref)
-            command = CancelCommand(batch_id=item.batch_id, provider=item.provider)
-            context = CallContext(record=CallRecord(request_id, ROUTE))
-            state, _ = await canceller.read(handle, command, context, call_end)
+            context = CallContext(record=CallRecord(request_id, ROUTE), deadline=call_end)
+            state, _ = await canceller.read(target.with_key(target.key), item.batch_id, context)
         except GatewayError:
             return None
         return state
@@ -588,10 +594,8 @@ class Runner:
     ) -> None:
         try:
             target = canceller.scoped_target(caller, item.provider, item.batch_id, item.key_id or None)
-            handle = ReadBack(target.adapter, target.executor, target.keys[0], target.ref)
-            command = CancelCommand(batch_id=item.batch_id, provider=item.provider)
-            context = CallContext(record=CallRecord(op.request_id, ROUTE), caller=op.owner)
-            state, _ = await canceller.read(handle, command, context, call_end)
+            context = CallContext(record=CallRecord(op.request_id, ROUTE), caller=op.owner, deadline=call_end)
+            state, _ = await canceller.read(target.with_key(target.key), item.batch_id, context)
         except GatewayError as err:
             if not _retryable(err):
                 item.warning, item.settled = f"reading the batch failed: {err.message}", True
@@ -636,14 +640,10 @@ class Runner:
         code = {CANCELLED: "OK", ALREADY_ENDED: "OK", SKIPPED: "SKIPPED"}.get(item.outcome, "FAILED")
         record_operation_batch(
             CallRecord(op.request_id, ROUTE),
-            operation=op.name,
-            provider=item.provider,
-            batch_id=item.batch_id,
-            caller=op.owner,
-            outcome=item.outcome,
-            code=code,
-            http_status=status,
-            warning=item.warning,
+            op.owner,
+            Subject(item.provider, item.batch_id, operation=op.name),
+            item.outcome,
+            Outcome(code, status, warning=item.warning),
         )
 
     def _log(self, op: Operation, **fields: Any) -> None:

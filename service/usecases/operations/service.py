@@ -220,20 +220,18 @@ class Operations:
         await self.store.delete(name)
 
     async def wait(
-        self,
-        name: str,
-        timeout_s: float | None,
-        budget_s: float | None,
-        headers: Mapping[str, str],
-        context: CallContext | None = None,
+        self, name: str, timeout_s: float | None, headers: Mapping[str, str], context: CallContext | None = None
     ) -> Found:
         """The operation once done, or as it stands when `timeout_s` (WaitOperation's timeout) or
-        the call's own time budget runs out (a little before, so the answer still gets out)."""
+        the call's deadline (`context.deadline`) comes (a second before, so the answer still gets out)."""
         caller = self._caller(headers, context)
         operation = await self._visible(name, caller)
-        limits = [t for t in (timeout_s, None if budget_s is None else max(0.0, budget_s - 1.0)) if t is not None]
         loop = asyncio.get_running_loop()
-        end = loop.time() + min(limits) if limits else None
+        now = loop.time()
+        ends = [now + timeout_s] if timeout_s is not None else []
+        if context is not None and context.deadline is not None:
+            ends.append(max(now, context.deadline - 1.0))
+        end = min(ends) if ends else None
         poll = WAIT_POLL_S[0]
         while not operation.done:
             now = loop.time()
