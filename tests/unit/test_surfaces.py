@@ -10,7 +10,11 @@ import pytest
 
 from service.domain.errors import GatewayError
 from service.domain.model import BatchState, CancelResult, RequestCounts
-from service.edge.surfaces import anthropic_error, bedrock_error, google_error, to_anthropic
+from service.edge.surfaces import SURFACES, to_anthropic
+
+anthropic_error = SURFACES["anthropic"].render
+google_error = SURFACES["genai"].render
+bedrock_error = SURFACES["bedrock"].render
 
 CREATED, EXPIRES, CANCELLING, CANCELLED = 1_700_000_000, 1_700_086_400, 1_700_000_100, 1_700_000_200
 # The same instants as Anthropic writes them (RFC 3339, UTC, "Z").
