@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.stack import free_port
 from service.config.settings import Settings
 from service.edge.server import SERVICE_NAME, Listener, serve
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
@@ -56,13 +55,13 @@ def signal_handlers_restored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-async def test_sigterm_serves_calls_through_the_drain_delay_then_refuses_them(sandbox, sim):
-    port = free_port()
+async def test_sigterm_serves_calls_through_the_drain_delay_then_refuses_them(sandbox, sim, tmp_path):
+    address = f"unix:{tmp_path / 'service.sock'}"  # no port another process could take meanwhile
     live = LiveConfig(parse_config(config_dict(sandbox.url), env={}))
     settings = Settings(drain_delay_seconds=DRAIN_DELAY, metrics_port=0)
     with signal_handlers_restored():
-        server = asyncio.create_task(serve(live, Listener(f"127.0.0.1:{port}"), settings))
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        server = asyncio.create_task(serve(live, Listener(address), settings))
+        async with grpc.aio.insecure_channel(address) as channel:
             stub = batchgate_pb2_grpc.BatchServiceStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
 
@@ -79,7 +78,9 @@ async def test_sigterm_serves_calls_through_the_drain_delay_then_refuses_them(sa
                     return err.code() == grpc.StatusCode.UNAVAILABLE
                 raise AssertionError("a batch that does not exist was cancelled")
 
-            await eventually(lambda: signal.getsignal(signal.SIGTERM) is not _ignore)  # serve() listens for it
+            # serve() listens for SIGTERM now (or it failed to start: then say why).
+            await eventually(lambda: server.done() or signal.getsignal(signal.SIGTERM) is not _ignore)
+            assert not server.done(), server.exception()
             assert (await cancel(stub, sim.seed("openai", new_id()).id)).status == "cancelling"
             os.kill(os.getpid(), signal.SIGTERM)
             await eventually(not_serving)
