@@ -65,6 +65,8 @@ async def test_a_script_runs_by_its_sha1_and_is_sent_whole_only_when_redis_lacks
     await admin.command("SCRIPT", "FLUSH")
     await admin.command("CONFIG", "RESETSTAT")
     assert [await script(redis, ()) for _ in range(3)] == [7, 7, 7]
+    # The NOSCRIPT answer left its connection in step: the pool kept it, one connection all along.
+    assert int(info(await admin.command("INFO", "clients"), "connected_clients")) == 2  # and admin's
     await redis.close()
     stats = await admin.command("INFO", "commandstats")
     assert info(stats, "cmdstat_eval").startswith("calls=1,")  # once, to fill the empty cache
@@ -77,3 +79,5 @@ def test_the_password_is_masked_in_both_its_forms():
         "AUTH *** failed; url ***"
     )
     assert redis.address == "redis://127.0.0.1:6379/0"
+    # The address for logs names the default port and no path when the URL has none.
+    assert RedisConnections("redis://:pw@cache.internal").address == "redis://cache.internal:6379"

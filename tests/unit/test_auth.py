@@ -176,3 +176,11 @@ def test_an_open_gateway_refuses_any_other_address(host):
 @pytest.mark.parametrize("host", PUBLIC_HOSTS[:2])
 def test_a_gateway_that_requires_credentials_or_is_declared_public_may_listen_anywhere(settings, host):
     assert exposure_problem(config(**settings), host) is None
+
+
+@pytest.mark.parametrize("value", ["sk-bf-\udcff-lone-surrogate", "\ud800"])
+def test_a_key_no_text_encoding_can_hold_is_unknown_not_a_crash(auth, value):
+    """Header values decoded with surrogate escapes reach the digest: one answer, as for any unknown key."""
+    with pytest.raises(Unauthenticated) as info:
+        auth.authenticate({"x-bf-vk": value})
+    assert info.value.code == "virtual_key_not_found"
