@@ -50,6 +50,13 @@ async def test_past_max_connections_a_command_fails_at_once_and_a_failed_one_fre
     with pytest.raises(TimeoutError):
         await one.command("BLPOP", "never", 10, timeout_s=0.1)
     assert await one.command("PING") in (b"PONG", "PONG", True)
+    # ... and no more than its place: with that one busy, the next command is refused.
+    busy = asyncio.create_task(one.command("BLPOP", "queue0", 10))
+    await eventually(lambda: blocked_clients(admin, 1))
+    with pytest.raises(ConnectionError):
+        await one.command("PING")
+    await admin.command("RPUSH", "queue0", "x")
+    await busy
     await asyncio.gather(redis.close(), one.close())
 
 
@@ -79,5 +86,6 @@ def test_the_password_is_masked_in_both_its_forms():
         "AUTH *** failed; url ***"
     )
     assert redis.address == "redis://127.0.0.1:6379/0"
+    assert RedisConnections("redis://127.0.0.1:6379/0").redact("XXXX and *") == "XXXX and *"  # no password
     # The address for logs names the default port and no path when the URL has none.
     assert RedisConnections("redis://:pw@cache.internal").address == "redis://cache.internal:6379"
