@@ -14,7 +14,7 @@ BUF_BASELINE := protos/release.binpb
 # The client package (client/): its own stubs, generated from the same protos/, and its install.
 CLIENT_INSTALLED := $(VENV)/.client-installed
 
-.PHONY: all install proto proto-release deploy-config lint typecheck typecheck-client redis-server promtool run test unit integration e2e mutate bench bench-ops bench-smoke bench-soak bench-bulk soak clean
+.PHONY: all install proto proto-release deploy-config lint typecheck typecheck-client redis-server promtool run test unit integration e2e mutate bench bench-ops bench-limits bench-bounds bench-render bench-smoke bench-soak bench-bulk soak clean
 
 all: proto
 
@@ -132,18 +132,28 @@ mutate: proto redis-server
 	$(VENV)/bin/mutmut results
 
 # Benchmark (not part of `make test`): gateway overhead over a direct provider call, then cancel
-# by selector at scale (bench-ops).
+# by selector at scale (bench-ops) and what a 100,000-batch operation's answer costs the event loop
+# (bench-render).
 bench: proto redis-server
 	$(PY) -m bench.run
 	$(PY) -m bench.operations
+	$(PY) -m bench.operation_render
 
 # Only cancel by selector: 10,000 batches dry and real, and 1,000 at a provider's 50 cancels/s (~1 min).
 bench-ops: proto
 	$(PY) -m bench.operations
 
+# Only reading and rendering a done operation of 100,000 batches, in process, ~20 s.
+bench-render: proto
+	$(PY) -m bench.operation_render
+
 # Only what a rate-limit check adds (embedded store and Redis), interleaved rounds, ~2 min.
 bench-limits: proto redis-server
 	$(PY) -m bench.run --limits-only
+
+# Only what the per-caller bounds (issue 21) cost the single cancel: with against without, ~3 min.
+bench-bounds: proto redis-server
+	$(PY) -m bench.run --bounds-only
 
 bench-smoke: proto redis-server
 	$(PY) -m bench.run --smoke

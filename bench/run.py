@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bounds_cost import bounds_cost
 from bench.common import RESULTS, ROOT, HarnessError, log, percentile
 from bench.install import ensure_generated_code, ensure_h2load, ensure_pip_requirements
 from bench.limit_cost import limit_check_cost
@@ -75,8 +76,9 @@ def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System, 
     elapsed = time.monotonic() - started
 
     limit_lines = limit_check_cost(client, system, *((4, 100) if smoke else (12, 300)))
+    bounds_lines = bounds_cost(client, system, *((2, 100, 400) if smoke else (6, 300, 4000)))
     table = results_table(runs, labels)
-    verdicts = evaluate_targets(runs, args.concurrency, None) + limit_lines
+    verdicts = evaluate_targets(runs, args.concurrency, None) + limit_lines + bounds_lines
     summary = [
         rss_line(rss_before, rss_after, total_requests, envoy_rss_before, envoy_rss_after),
         *cpu_lines(runs, labels, args.concurrency),
@@ -169,7 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--limits-only", action="store_true", help="only the rate-limit check's cost (issue 11), printed, ~2 min"
     )
+    parser.add_argument(
+        "--bounds-only",
+        action="store_true",
+        help="only what the bounds of issue 21 cost the single cancel (with against without), ~3 min",
+    )
     args = parser.parse_args(argv)
+    if args.bounds_only:
+        args.no_floor = True
     if args.smoke:
         defaults = dict(c1_requests=300, c64_requests=600, concurrency=8, c1_warmup=50, c64_warmup=100)
     else:
@@ -204,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                 system.start_floor()
             if measuring:
                 system.start_redis_gateway()
+            if measuring and not args.limits_only:
+                system.start_unbounded_gateway()
             log(f"simulator {system.sim_url}, Envoy {system.envoy_url}, service {system.grpc_url}")
             wait_until_sane(system)
             detector_self_test(system, client)
@@ -211,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                 return run_soak(args, client, system)
             if args.limits_only:
                 print("\n".join(limit_check_cost(client, system, 12, 300)))
+                return 0
+            if args.bounds_only:
+                print("\n".join(bounds_cost(client, system, 6, 300, 4000)))
                 return 0
             if args.profile_only:
                 path = next(t for t in targets(system) if t.name == args.profile_path)

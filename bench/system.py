@@ -71,6 +71,10 @@ class System:
         self.redis: subprocess.Popen | None = None
         self.redis_stack = None
         self.redis_url = ""
+        # The same gateway without the bounds of issue 21, and a second one with them (its A/A
+        # pair across gateway processes): bench/bounds_cost.py.
+        self.unbounded_stack = None
+        self.twin_stack = None
 
     def start_floor(self) -> None:
         """The reference grpc.aio servicers (bench/floor.py): without upstream, and with one aiohttp
@@ -152,6 +156,25 @@ class System:
         )
         self.stack.start(timeout=30)
 
+    def start_unbounded_gateway(self) -> None:
+        """Two more gateways (same simulator, same config): one started without the bounds of issue
+        21, one with them (so that two gateway processes with the same code give the noise floor)."""
+        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+
+        for name, unbounded in (("unbounded", True), ("twin", False)):
+            stack = Stack(
+                config=self.workdir / "config.json",
+                http_port=free_port(),
+                grpc_port=free_port(),
+                admin_port=free_port(),
+                log_dir=self.workdir / f"logs-{name}",
+                workers=default_workers(),
+                envoy_concurrency=default_envoy_concurrency(),
+                unbounded=unbounded,
+            )
+            stack.start(timeout=30)
+            setattr(self, f"{name}_stack", stack)
+
     def start_redis_gateway(self) -> None:
         """A local redis-server and a second gateway (same simulator) counting limits in it."""
         from gateway.stack import Stack, free_port
@@ -201,7 +224,7 @@ class System:
         self.redis_stack.start(timeout=30)
 
     def stop(self) -> None:
-        for stack in (self.stack, self.redis_stack):
+        for stack in (self.stack, self.redis_stack, self.unbounded_stack, self.twin_stack):
             if stack is not None:
                 stack.stop()
         edges = [proc for proc, _ in self.floor_edges.values()]
@@ -243,6 +266,10 @@ class System:
         if target.name in self.floor_edges:
             groups.roots["service"] = [self.floor.pid if target.name == "rest_floor" else self.floor_upstream.pid]
             groups.roots["envoy"] = [self.floor_edges[target.name][0].pid]
+        for suffix, stack in (("_unbounded", self.unbounded_stack), ("_twin", self.twin_stack)):
+            if target.name.endswith(suffix):
+                groups.roots["service"] = service_pids(stack)
+                groups.roots["envoy"] = envoy_pids(stack)
         if target.name in ("rest_vk_redis", "rest_vk_open_redis"):
             groups.roots["service"] = service_pids(self.redis_stack)
             groups.roots["envoy"] = envoy_pids(self.redis_stack)

@@ -6,9 +6,11 @@
 --   gRPC would read itself (grpc-*, *-bin) or whose names gRPC metadata cannot carry are dropped; a
 --   path that is not UTF-8 once percent-decoded is a 400, and one with an empty segment (`//`, a
 --   trailing `/`, which the transcoder would ignore) a 404, so none of them reaches the service as
---   something else. A bulk cancel whose declared Content-Length is over BULK_MAX_REQUEST_BYTES is a
---   413 at once: the transcoder's own limit counts only what it still holds while parsing the body,
---   so a body a little over the limit would pass it some of the time.
+--   something else. A body whose declared Content-Length is over its route's limit
+--   (BULK_MAX_REQUEST_BYTES on the bulk routes, MAX_REQUEST_BYTES elsewhere) is a 413 at once; the
+--   buffer filter after this one holds the same limits for bodies of undeclared length (chunked).
+-- * Every request: a header value that gRPC metadata cannot carry (anything but printable ASCII) is
+--   a 400 naming the header (never its value), before the service sees it.
 -- Responses run after the transcoder's (REST only; native gRPC responses are untouched):
 -- * Service errors: the service puts the rendered error JSON in the ERROR_BODY_HEADER response
 --   header and the HTTP status it wants in ERROR_STATUS_HEADER; this swaps them in as body and status, so
@@ -23,9 +25,10 @@
 -- The envelope's constants (ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER, ITEM_ERROR,
 -- ERROR_KEYS, NULLABLE_ERROR_KEYS) are generated from service/edge/envelope.py, the request-id rule
 -- (REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH, REQUEST_ID_UNSAFE) from service/infra/observability.py,
--- BULK_PATH from the proto's route of CancelMany, and BULK_MAX_REQUEST_BYTES comes from
--- gateway/render.py, which puts them all in place of the next line and inlines the result into
--- Envoy's config.
+-- BULK_PATH from the proto's route of CancelMany, ROUTES (every REST route from the proto's
+-- google.api.http bindings: {Lua pattern, method, request type}), and MATCHING_PATH,
+-- BULK_MAX_REQUEST_BYTES and MAX_REQUEST_BYTES come from gateway/render.py, which puts them all in
+-- place of the next line and inlines the result into Envoy's config.
 --@ENVELOPE@--
 
 -- Envoy's rule (Grpc::Common::hasGrpcContentType): exactly application/grpc or application/grpc+...
@@ -64,9 +67,45 @@ local function refuse(handle, status, message)
   handle:respond({[":status"] = status, ["content-type"] = "text/plain"}, message)
 end
 
+-- The route a REST request's path and method name, or nil and the methods its path takes.
+local function route_of(method, path)
+  local allowed, seen = {}, {}
+  for _, route in ipairs(ROUTES) do
+    if string.match(path, route[1]) then
+      if route[2] == method then
+        return route, nil
+      end
+      if not seen[route[2]] then
+        seen[route[2]] = true
+        allowed[#allowed + 1] = route[2]
+      end
+    end
+  end
+  return nil, allowed
+end
+
 -- The rule service/infra/observability.py applies to direct gRPC callers, generated from it.
 local function safe_request_id(id)
   return #id >= 1 and #id <= REQUEST_ID_MAX_LENGTH and string.find(id, REQUEST_ID_UNSAFE) == nil
+end
+
+-- gRPC metadata values are printable ASCII (a `-bin` value is base64 of that); grpc-python logs
+-- any other byte with the whole value and a traceback. The name of the first such header, or nil.
+local function unprintable_header(headers)
+  for key, value in pairs(headers) do
+    if string.sub(key, 1, 1) ~= ":" and string.find(value, "[^\32-\126]") then
+      return key
+    end
+  end
+  return nil
+end
+
+local function refuse_unprintable(handle, headers)
+  local bad = unprintable_header(headers)
+  if bad ~= nil then
+    refuse(handle, "400", "header '" .. string.sub(bad, 1, 64) .. "' has a value that is not printable ASCII")
+  end
+  return bad ~= nil
 end
 
 function envoy_on_request(handle)
@@ -75,7 +114,9 @@ function envoy_on_request(handle)
   if rid ~= nil and not safe_request_id(rid) then
     headers:remove(REQUEST_ID_HEADER)
   end
+  headers:remove(REQUEST_TYPE_HEADER)  -- ours to set, below
   if is_grpc(headers:get("content-type")) then
+    refuse_unprintable(handle, headers)
     return
   end
   local drop = {}
@@ -93,17 +134,31 @@ function envoy_on_request(handle)
     return
   end
   local path = string.match(target, "^[^?]*")
-  if path == BULK_PATH or path == MATCHING_PATH then
-    local length = tonumber(headers:get("content-length") or "")
-    if length ~= nil and length > BULK_MAX_REQUEST_BYTES then
-      refuse(handle, "413", "request body is too large")
-      return
-    end
-  end
   -- The transcoder matches `/v1/batches/a/cancel/` as `/v1/batches/a/cancel`; the service would
   -- then not recognise the path it was called with. One spelling per route.
   if string.find(path, "//", 1, true) or (#path > 1 and string.sub(path, -1) == "/") then
     refuse(handle, "404", "no route")
+    return
+  end
+  -- A route's path with another method: 405 naming the methods it takes. Envoy's local replies
+  -- (gateway/render.py) name the request type of a cancel route in their error bodies, and only there.
+  local route, allowed = route_of(headers:get(":method"), path)
+  if route == nil and #allowed > 0 then
+    handle:respond(
+      {[":status"] = "405", ["allow"] = table.concat(allowed, ", "), ["content-type"] = "text/plain"},
+      "method not allowed")
+    return
+  end
+  if route ~= nil and route[3] ~= "" then
+    headers:add(REQUEST_TYPE_HEADER, route[3])
+  end
+  if refuse_unprintable(handle, headers) then
+    return
+  end
+  local length = tonumber(headers:get("content-length") or "")
+  local limit = (path == BULK_PATH or path == MATCHING_PATH) and BULK_MAX_REQUEST_BYTES or MAX_REQUEST_BYTES
+  if length ~= nil and length > limit then
+    refuse(handle, "413", "request body is too large")
     return
   end
   if string.find(target, "%%[89A-Fa-f]%x") then

@@ -366,7 +366,8 @@ def error_envelopes() -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
     assert set(descriptions) == set(SURFACE_NAMES), "a surface without a description of its error envelope here"
     samples = {
         "": (
-            envelope.bifrost(envelope.ErrorText("", None, "", None), 0, provider=""),
+            # request_type: batch_cancel on a cancel route, null elsewhere (a nullable string).
+            envelope.bifrost(envelope.ErrorText("", None, "", None), 0, provider="", request_type=""),
             {},
             "The Bifrost error body (`is_bifrost_error` false: the provider's own error, status and fields kept).",
         ),

@@ -22,15 +22,18 @@ from pathlib import Path
 from google.longrunning import operations_pb2
 
 from gateway.paths import DESCRIPTOR, GATEWAY_DIR, OPENAPI
+from service.domain.errors import CATALOGUE, CODES
 from service.domain.model import MAX_WAIT_SECONDS
 from service.edge import envelope
-from service.edge.routes import WAITING_RPCS, templates
+from service.edge.routes import _VARIABLE, WAITING_RPCS, rest_routes, templates
+from service.edge.status import grpc_code_for_http
 from service.edge.surfaces import SURFACES, Surface
+from service.edge.wire import MAX_MESSAGE_BYTES
 from service.gen.batchgate.v1 import batchgate_pb2
 from service.infra.observability import REQUEST_ID_HEADER, REQUEST_ID_MAX_LENGTH, REQUEST_ID_PUNCTUATION
 
 # A bulk cancel's largest body: MAX_BULK_ITEMS items with 512-byte ids and the JSON around them,
-# below the service's 1 MiB gRPC message limit (service/edge/server.py) so Envoy refuses a larger one
+# below the service's 1 MiB gRPC message limit (service/edge/wire.py) so Envoy refuses a larger one
 # with its own 413 instead of the service's gRPC RESOURCE_EXHAUSTED.
 BULK_MAX_REQUEST_BYTES = 768 * 1024
 _SERVICE = batchgate_pb2.DESCRIPTOR.services_by_name["BatchService"]
@@ -48,6 +51,29 @@ LONG_RPCS = (
     *(f"/{_SERVICE.full_name}/{name}" for name in WAITING_RPCS),
     f"/{_OPERATIONS.full_name}/{_OPERATIONS.methods_by_name['WaitOperation'].name}",
 )
+# Every other REST body (single cancels carry a provider at most) and gRPC message but the cancels'.
+MAX_REQUEST_BYTES = 64 * 1024
+# A native gRPC Cancel or CancelMany through the edge: the service's own limit and the frame header.
+GRPC_MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES + 5
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What the edge lets all callers together hold (what one caller may hold is the service's
+    business: client.limits). Defaults follow Envoy's edge best practices, sized for one machine."""
+
+    # Open downstream connections, all listeners together (overload manager); more are refused.
+    max_connections: int = 10_000
+    # Streams one HTTP/2 connection may have open; more are refused (REFUSED_STREAM).
+    max_streams_per_connection: int = 100
+    # Envoy's heap: from 85 % the streams buffering most are reset, at 95 % new requests get 503.
+    max_heap_bytes: int = 1 << 30
+    # Calls in flight to the service (the cluster's DEFAULT circuit breaker), and health calls (HIGH).
+    max_upstream_requests: int = 4096
+    max_health_requests: int = 256
+    # Seconds a request may take to arrive: its headers, and the whole of it.
+    request_headers_timeout_s: float = 10.0
+
 
 TEMPLATE = GATEWAY_DIR / "envoy.yaml.tmpl"
 LUA_FILE = GATEWAY_DIR / "errors.lua"
@@ -66,7 +92,8 @@ def render(
     admin_port: int = 9901,
     bind_host: str = "127.0.0.1",
     route_timeout_s: float = 60.0,
-    request_timeout_s: float = 15.0,
+    request_timeout_s: float = 10.0,
+    limits: EdgeLimits | None = EdgeLimits(),
     descriptor: Path = DESCRIPTOR,
     openapi: Path = OPENAPI,
     lua_file: Path = LUA_FILE,
@@ -81,7 +108,11 @@ def render(
     which then serves TLS too (the hop to the service is encrypted but not verified). A request
     that has not fully arrived after `request_timeout_s` gets a 408 (gRPC: DEADLINE_EXCEEDED). With
     `stats_port`, a listener of its own on `bind_host` serves Envoy's Prometheus stats (only
-    GET /stats/prometheus of the admin, which stays on 127.0.0.1) for a scraper."""
+    GET /stats/prometheus of the admin, which stays on 127.0.0.1) for a scraper. `limits` bounds
+    what all callers together may hold (None: no bounds at all, the edge before issue 21, only for
+    the benchmark's comparison: bench/bounds_cost.py)."""
+    bounded = limits is not None
+    limits = limits or EdgeLimits()
     if upstream_dns:
         host, port = split_host_port(upstream_dns)
         endpoints = _endpoint(host, port)
@@ -102,6 +133,14 @@ def render(
         OPERATIONS_MAX_RESPONSE_BYTES=OPERATIONS_MAX_RESPONSE_BYTES,
         LONG_RPCS_REGEX=_exact_paths(LONG_RPCS),
         REQUEST_TIMEOUT=f"{request_timeout_s:g}s",
+        REQUEST_HEADERS_TIMEOUT=f"{min(request_timeout_s, limits.request_headers_timeout_s):g}s",
+        MAX_REQUEST_BYTES=MAX_REQUEST_BYTES,
+        GRPC_MAX_REQUEST_BYTES=GRPC_MAX_REQUEST_BYTES,
+        MAX_CONNECTIONS=limits.max_connections,
+        MAX_STREAMS_PER_CONNECTION=limits.max_streams_per_connection,
+        MAX_HEAP_BYTES=limits.max_heap_bytes,
+        MAX_UPSTREAM_REQUESTS=limits.max_upstream_requests,
+        MAX_HEALTH_REQUESTS=limits.max_health_requests,
         LUA_SOURCE=json.dumps(lua_source(lua_file)),
         DESCRIPTOR=descriptor,
         OPENAPI=openapi,
@@ -115,12 +154,28 @@ def render(
         STATS_LISTENER=_stats_listener(bind_host, stats_port) if stats_port else "",
         STATS_CLUSTER=_STATS_CLUSTER.format(admin_port=admin_port) if stats_port else "",
     )
+    config = _bounds(config, bounded)
     if upstream_dns:
         # The template fixes the cluster type; this is its one line that says so.
         if config.count(_STATIC_CLUSTER) != 1:
             raise RuntimeError(f"{TEMPLATE.name}: expected exactly one {_STATIC_CLUSTER.strip()!r} line")
         config = config.replace(_STATIC_CLUSTER, _DNS_CLUSTER)
     return config
+
+
+def _bounds(config: str, bounded: bool) -> str:
+    """The config with its `#<bounds` ... `#bounds>` parts (bounded) or its `#<unbounded` ...
+    `#unbounded>` parts (not), and without the marker lines."""
+    keep, lines = True, []
+    for line in config.splitlines(keepends=True):
+        mark = line.strip()
+        if mark in ("#<bounds", "#<unbounded"):
+            keep = bounded == (mark == "#<bounds")
+        elif mark in ("#bounds>", "#unbounded>"):
+            keep = True
+        elif keep:
+            lines.append(line)
+    return "".join(lines)
 
 
 def lua_source(lua_file: Path = LUA_FILE) -> str:
@@ -139,6 +194,8 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
         f"local BULK_PATH = {json.dumps(BULK_PATH)}",
         f"local MATCHING_PATH = {json.dumps(MATCHING_PATH)}",
         f"local BULK_MAX_REQUEST_BYTES = {BULK_MAX_REQUEST_BYTES}",
+        f"local MAX_REQUEST_BYTES = {MAX_REQUEST_BYTES}",
+        lua_routes(),
     ]
     return text.replace(LUA_ENVELOPE_MARKER, "\n".join(generated))
 
@@ -146,6 +203,39 @@ def lua_source(lua_file: Path = LUA_FILE) -> str:
 def _lua_unsafe_id_pattern() -> str:
     """A Lua pattern matching any character a request id may not hold (`%` escapes punctuation)."""
     return "[^A-Za-z0-9" + "".join("%" + c for c in REQUEST_ID_PUNCTUATION) + "]"
+
+
+def lua_routes() -> str:
+    """The REST routes for the Lua filter (a path of a route with another method is a 405 there), from
+    the proto's `google.api.http` bindings: `{Lua pattern, HTTP verb, request type}` each."""
+    rows = [
+        "{" + ", ".join(json.dumps(value) for value in (lua_pattern(template), verb, request_type)) + "}"
+        for service in (_SERVICE, _OPERATIONS)
+        for verb, template, request_type in rest_routes(service)
+    ]
+    return "local ROUTES = {\n  " + ",\n  ".join(rows) + "\n}"
+
+
+_LUA_MAGIC = re.compile(r"([\^$()%.\[\]*+\-?])")
+
+
+def lua_pattern(template: str) -> str:
+    """A google.api.http path template as an anchored Lua pattern over the raw path: `{name}` and `*`
+    match one segment, `**` the rest, `{name=literal/*}` its own template."""
+
+    def segments(text: str) -> str:
+        return "/".join(
+            ".+" if part == "**" else "[^/]+" if part == "*" else _LUA_MAGIC.sub(r"%\1", part)
+            for part in text.split("/")
+        )
+
+    out, last = [], 0
+    for match in _VARIABLE.finditer(template):
+        out.append(segments(template[last : match.start()]))
+        out.append(segments(match.group(2) or "*"))
+        last = match.end()
+    out.append(segments(template[last:]))
+    return "^" + "".join(out) + "$"
 
 
 def _exact_paths(paths: Sequence[str]) -> str:
@@ -237,9 +327,22 @@ def _listener_tls(cert: Path, key: Path) -> str:
       """
 
 
+def error_table() -> str:
+    """README.md's error table, from the catalogue (service/domain/errors.py): every `error.code`
+    batchgate or its edge answers with. `python -m gateway.render --error-table` prints it."""
+    rows = ["| HTTP | gRPC | `error.type` | `error.code` | when |", "|---|---|---|---|---|"]
+    for entry in CATALOGUE:
+        status = str(entry.status) if entry.status else "the provider's"
+        grpc = grpc_code_for_http(entry.status).name if entry.status else "from the status"
+        where = " (Envoy)" if entry.edge else ""
+        rows.append(f"| {status} | {grpc} | `{entry.type}` | `{entry.code}` | {entry.when}{where} |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--error-table", action="store_true", help="print README.md's error table and exit")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--http-port", type=int, default=8080)
     upstream = parser.add_mutually_exclusive_group()
     upstream.add_argument("--grpc-port", type=int, action="append", default=[], help="a service port on 127.0.0.1")
@@ -253,6 +356,11 @@ def main() -> None:
         "--assets-dir", type=Path, help="where Envoy will find batchgate.pb and openapi.json (default: this checkout)"
     )
     args = parser.parse_args()
+    if args.error_table:
+        print(error_table(), end="")
+        return
+    if args.out is None:
+        parser.error("--out is required")
     assets = {}
     if args.assets_dir:
         assets = {"descriptor": args.assets_dir / DESCRIPTOR.name, "openapi": args.assets_dir / OPENAPI.name}
@@ -274,14 +382,17 @@ def main() -> None:
 
 @dataclass(frozen=True)
 class LocalReply:
-    """One kind of reply Envoy makes itself, as the Bifrost error fields; the drop-in SDK routes
-    word it in their own API's terms (`ErrorShape.local_words` in service.edge.surfaces). Messages
-    are Envoy format strings."""
+    """One kind of reply Envoy makes itself, as the Bifrost error fields (its type from the catalogue,
+    service/domain/errors.py); the drop-in SDK routes word it in their own API's terms
+    (`ErrorShape.local_words` in service.edge.surfaces). Messages are Envoy format strings."""
 
     status: int | None  # None: any status without a row of its own
     code: str
-    type: str
     message: str
+
+    @property
+    def type(self) -> str:
+        return CODES[self.code].type
 
 
 _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
@@ -290,18 +401,23 @@ _NO_ROUTE = "no route for %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
 _ENVOY_SAYS = "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)"
 # First match wins. 5xx replies never pass on Envoy's text: it names upstream addresses.
 LOCAL_REPLIES = [
-    LocalReply(404, "route_not_found", "not_found", _NO_ROUTE),
-    LocalReply(408, "request_timeout", "invalid_request_error", "the request did not arrive in time"),
-    LocalReply(413, "request_too_large", "invalid_request_error", "request body is too large"),
-    LocalReply(500, "internal_error", "internal_error", "the gateway could not produce an answer"),
-    LocalReply(501, "not_implemented", "invalid_request_error", _ENVOY_SAYS),
-    LocalReply(502, "upstream_unavailable", "service_unavailable", "batchgate service gave no valid answer"),
-    LocalReply(503, "upstream_unavailable", "service_unavailable", "batchgate service is unavailable"),
-    LocalReply(504, "upstream_timeout", "timeout_error", "batchgate service did not answer in time"),
-    LocalReply(None, "invalid_request", "invalid_request_error", _ENVOY_SAYS),
+    LocalReply(404, "route_not_found", _NO_ROUTE),
+    LocalReply(405, "method_not_allowed", "%REQ(:METHOD)% is not allowed on %REQ(:PATH)%; use %RESP(ALLOW)%"),
+    LocalReply(408, "request_timeout", "the request did not arrive in time"),
+    LocalReply(413, "request_too_large", "request body is too large"),
+    LocalReply(500, "internal_error", "the gateway could not produce an answer"),
+    LocalReply(501, "not_implemented", _ENVOY_SAYS),
+    LocalReply(502, "upstream_unavailable", "batchgate service gave no valid answer"),
+    LocalReply(503, "upstream_unavailable", "batchgate service is unavailable"),
+    LocalReply(504, "upstream_timeout", "batchgate service did not answer in time"),
+    LocalReply(None, "invalid_request", _ENVOY_SAYS),
 ]
 # The drop-in routes with an error envelope of their own; the others answer in the Bifrost body.
 SHAPED_SURFACES = tuple(surface for surface in SURFACES.values() if surface.shape is not None)
+# Native gRPC callers of these local replies get this gRPC status (Envoy's own mapping says INTERNAL
+# for 400 and UNKNOWN for the others): INVALID_ARGUMENT for a request refused as malformed,
+# DEADLINE_EXCEEDED for one that did not arrive in time, RESOURCE_EXHAUSTED for one too large.
+GRPC_LOCAL_REPLY_STATUS = {400: 3, 408: 4, 413: 8}
 
 
 def local_reply_body(surface: Surface | None, reply: LocalReply) -> tuple[dict, dict[str, str]]:
@@ -311,7 +427,9 @@ def local_reply_body(surface: Surface | None, reply: LocalReply) -> tuple[dict, 
         shape = surface.shape
         return shape.body(shape.local_words[reply.status], reply.message, "%RESPONSE_CODE%")
     text = envelope.ErrorText(reply.type, reply.code, reply.message, None)
-    return envelope.bifrost(text, "%RESPONSE_CODE%", provider=""), {}
+    # request_type: set by errors.lua on cancel routes only (absent elsewhere: null).
+    request_type = f"%REQ({envelope.REQUEST_TYPE_HEADER})%"
+    return envelope.bifrost(text, "%RESPONSE_CODE%", provider="", request_type=request_type), {}
 
 
 def _status_filter(status: int) -> dict:
@@ -344,7 +462,24 @@ def _local_reply_mappers() -> str:
     plain_text = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}}
     # Envoy's one 200 of its own is GET /openapi.json (a direct response): its body as it is.
     as_is = {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"}
-    mappers = [
+    mappers = []
+    for status, grpc_status in GRPC_LOCAL_REPLY_STATUS.items():
+        # Envoy would say UNKNOWN: the gRPC code that names what happened, with our message.
+        reply = next((reply for reply in LOCAL_REPLIES if reply.status == status), None)
+        message = reply.message if reply is not None else "%LOCAL_REPLY_BODY%"
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [grpc_call, _status_filter(status)]}},
+                "body_format_override": {"text_format_source": {"inline_string": message}},
+                "headers_to_add": [
+                    {
+                        "header": {"key": "grpc-status", "value": str(grpc_status)},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+            }
+        )
+    mappers += [
         {"filter": grpc_call, "body_format_override": plain_text},
         {"filter": _status_filter(200), "body_format_override": as_is},
     ]

@@ -2,9 +2,10 @@
 
 Its settings come from the environment, read once here (service.config.settings, README's table):
 CONFIG (without it, sandbox mode with bundled provider simulators), the ports, BIND_HOST, the TLS
-files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S, STATE_DIR (where long-running
-operations are kept across restarts); the service workers read theirs (LOG_*, DRAIN_DELAY_SECONDS,
-REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same environment.
+files, WORKERS, ENVOY_CONCURRENCY, METRICS_PORT, SANDBOX_CANCEL_DELAY_S, STATE_DIR (state that must
+outlive a restart: the embedded rate-limit store, the operations without a Redis store); the service
+workers read theirs (LOG_*, DRAIN_DELAY_SECONDS, REQUEST_READ_TIMEOUT_SECONDS, OTEL_*) from the same
+environment. CONFIG is watched as given (a symlink is followed at every look, never resolved once).
 In sandbox mode every simulated provider starts with a demo mix of batches to list and cancel.
 SIGINT/SIGTERM stop everything it started; SIGHUP makes every service worker reload the config
 file (they also notice a change of the file by themselves).
@@ -25,7 +26,9 @@ from service.config.settings import Settings
 
 
 def _path(value: str | None) -> Path | None:
-    return Path(value).resolve() if value else None
+    """An absolute path as given: symlinks are kept, so the workers watch the path itself and follow a
+    swap of its target (a Kubernetes `config.json -> ..data/config.json`, a release symlink)."""
+    return Path(os.path.abspath(value)) if value else None
 
 
 def main() -> int:
@@ -36,7 +39,7 @@ def main() -> int:
         return 2
     config = settings.config
     stack = Stack(
-        config=Path(config).resolve() if config else None,
+        config=_path(config),
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         admin_port=settings.admin_port,
@@ -48,8 +51,8 @@ def main() -> int:
         tls_key=_path(settings.tls_key_file),
         sandbox_cancel_delay_s=settings.sandbox_cancel_delay_s,
         sandbox_demo=True,
-        # Never a temporary directory: operations must survive a restart.
-        state_dir=Path(settings.state_dir).resolve(),
+        # Never a temporary directory: rate-limit counts and operations must survive a restart.
+        state_dir=_path(settings.state_dir),
     )
     if bool(stack.tls_cert) != bool(stack.tls_key):
         print("batchgate: set both TLS_CERT_FILE and TLS_KEY_FILE, or neither", file=sys.stderr)
@@ -70,7 +73,8 @@ def main() -> int:
     try:
         stack.start()
     except ConfigError as exc:
-        print(f"batchgate: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"batchgate: config error: {problem}", file=sys.stderr)
         return 2
     except (RuntimeError, TimeoutError) as exc:
         print(f"batchgate: {exc}", file=sys.stderr)
@@ -87,6 +91,7 @@ def main() -> int:
             f" Envoy: http://127.0.0.1:{stack.admin_port}/stats/prometheus, health: {url}/health",
             flush=True,
         )
+    print(f"  state kept in: {stack.state_dir}", flush=True)
     print(f"  rate limits counted in: {stack.rate_limit_store}", flush=True)
     print(f"  operations kept in: {stack.operation_store}", flush=True)
     print(f"  try: curl {insecure}-X POST '{url}/v1/batches/batch_demo/cancel?provider=openai'", flush=True)

@@ -3,6 +3,13 @@
 Used by `python -m gateway.run` (what `make run` starts) and by the end-to-end tests, so the tests
 exercise exactly what users run. Every child gets SIGKILL if this process dies (PR_SET_PDEATHSIG),
 so no Envoy or simulator outlives it.
+
+Files: state that must outlive a restart (the embedded rate-limit store, the operations without a
+Redis store) lives in `state_dir` only (STATE_DIR, build/state under `make run`). Everything else
+one run writes (the workers'
+Unix sockets, their published config versions, Envoy's rendered config, the sandbox's generated
+config) lives in a private run directory in the temporary directory, `batchgate-run-<pid>-*`, which
+a clean stop removes; the next start removes those of gateways whose process is gone (a hard stop).
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ from service.config.settings import Settings
 from service.infra.limits import EmbeddedStore, RedisStore
 from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import load_config
+from service.infra.state import OPERATIONS_FILE
 from service.usecases.auth import exposure_problem
 
 BUILD = ROOT / "build"
+# A run directory's name: this prefix, the launching process's pid, a random suffix.
+RUN_DIR_PREFIX = "batchgate-run-"
 
 
 def free_port() -> int:
@@ -57,6 +67,32 @@ def free_ports(count: int, attempts: int = 50) -> int:
             for sock in socks:
                 sock.close()
     raise OSError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_run_dirs(temp_dir: str | Path | None = None) -> list[Path]:
+    """Removes the run directories (in `temp_dir`, default the system's) of gateways whose launching
+    process is gone, as a hard stop leaves them; only this user's. Returns what it removed."""
+    removed = []
+    for path in Path(temp_dir or tempfile.gettempdir()).glob(RUN_DIR_PREFIX + "*"):
+        pid = path.name[len(RUN_DIR_PREFIX) :].split("-", 1)[0]
+        try:
+            mine = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _die_with_parent() -> None:
@@ -89,26 +125,36 @@ class Stack:
     sandbox_auto_create: bool = True
     # Seed every simulator with the demo mix of batches (`python -m sandbox --demo`).
     sandbox_demo: bool = False
+    # Sandbox mode: sections laid over the generated config (`client` is merged into its own),
+    # e.g. {"client": {"limits": ...}, "governance": ...}.
+    sandbox_config: dict = field(default_factory=dict)
     # Seconds a cancelled sandbox batch reads as `cancelling` (None: the simulator's default).
     sandbox_cancel_delay_s: float | None = None
     log_dir: Path | None = None
     # With both, the edge serves HTTPS / gRPC over TLS and the service serves TLS.
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    # The embedded rate-limit store (SQLite) every worker shares; None: a fresh file per start in a
-    # temporary directory removed at stop. Unused when the config names a Redis store.
-    rate_limit_db: Path | None = None
-    # Where state that outlives a restart lives (the SQLite file of long-running operations, unless
-    # the config names a Redis store): `make run` uses STATE_DIR (build/state); None: a temporary
-    # directory removed at stop (a test's gateway).
+    # State that must outlive a restart (the embedded rate-limit store's file, the operations'
+    # without a Redis store), passed to every worker as --state-dir: `make run` uses STATE_DIR
+    # (build/state); None: a directory inside the run directory, gone at stop (a test's gateway).
     state_dir: Path | None = None
+    # The embedded rate-limit store (SQLite) every worker shares; None: rate-limits.sqlite3 in the
+    # state directory. Unused when the config names a Redis store.
+    rate_limit_db: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # No bounds on what callers may hold (Envoy's of gateway/render.py, the service's client.limits):
+    # the gateway before issue 21, only for the benchmark's comparison (bench/bounds_cost.py).
+    unbounded: bool = False
     procs: list[subprocess.Popen] = field(default_factory=list)
     sandbox_port: int | None = None
     worker_ports: list[int] = field(default_factory=list)  # private loopback ports (private_sockets off)
     worker_sockets: list[Path] = field(default_factory=list)  # private Unix sockets (private_sockets on)
     # The config file the workers run (the generated one in sandbox mode).
     config_path: Path | None = None
+    # This run's private directory (sockets, published versions, generated files), removed at stop.
+    run_dir: Path | None = None
+    # Envoy's rendered config (in the run directory).
+    envoy_config: Path | None = None
     # Where this run's workers count rate limits: the SQLite path, or the Redis address.
     rate_limit_store: str = ""
     # Where this run's workers keep long-running operations: the SQLite path, or the Redis address.
@@ -154,7 +200,12 @@ class Stack:
         return self
 
     def _start(self, deadline: float) -> None:
-        BUILD.mkdir(exist_ok=True)
+        remove_stale_run_dirs()
+        # Short path: a socket path has at most 107 bytes.
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
+        self._own_dirs.append(self.run_dir)
+        state_dir = self.state_dir if self.state_dir is not None else self.run_dir / "state"
+        state_dir.mkdir(parents=True, exist_ok=True)
         config = self.config
         if config is None:
             sandbox = self._spawn(
@@ -179,24 +230,20 @@ class Stack:
             if not line.startswith("SANDBOX_PORT="):
                 raise RuntimeError(f"sandbox did not start: {line!r}")
             self.sandbox_port = int(line.split("=", 1)[1])
-            config = BUILD / f"sandbox-config-{self.http_port}.json"
-            config.write_text(json.dumps(gateway_config(self.sandbox_url), indent=2))
+            config = self.run_dir / "sandbox-config.json"
+            generated = gateway_config(self.sandbox_url)
+            for section, value in self.sandbox_config.items():
+                generated[section] = {**generated[section], **value} if section == "client" else value
+            config.write_text(json.dumps(generated, indent=2))
         self.config_path = config
         loaded = load_config(config, {**os.environ, **self.env})
         problem = exposure_problem(loaded, self.bind_host)
         if problem:
             raise RuntimeError(problem)
         tls_args = ["--tls-cert", str(self.tls_cert), "--tls-key", str(self.tls_key)] if self.tls_cert else []
-        store_args = self._rate_limit_store(loaded.store) + self._operation_store(loaded.store)
-        # Each worker publishes the config version it runs here, so /health (answered by one of
-        # them) shows every worker's.
-        state_dir = BUILD / f"state-{self.http_port}"
-        shutil.rmtree(state_dir, ignore_errors=True)
+        store_args = self._rate_limit_store(loaded.store, state_dir) + self._operation_store(loaded.store, state_dir)
         if self.private_sockets:
-            # A directory of our own with a short path (a socket path has at most 107 bytes).
-            directory = Path(tempfile.mkdtemp(prefix="batchgate-"))
-            self._own_dirs.append(directory)
-            self.worker_sockets = [directory / f"worker-{i}.sock" for i in range(self.workers)]
+            self.worker_sockets = [self.run_dir / f"worker-{i}.sock" for i in range(self.workers)]
             private = [["--private-socket", str(path)] for path in self.worker_sockets]
         else:
             self.worker_ports = [free_port() for _ in range(self.workers)]
@@ -222,8 +269,13 @@ class Stack:
                     self.bind_host,
                     "--state-dir",
                     str(state_dir),
+                    # Each worker publishes the config version it runs here, so /health (answered
+                    # by one of them) shows every worker's.
+                    "--run-dir",
+                    str(self.run_dir / "workers"),
                     "--worker",
                     str(i),
+                    *(["--unbounded-for-benchmark"] if self.unbounded else []),
                 ],
             )
         self._wait(
@@ -231,7 +283,7 @@ class Stack:
             deadline,
             "the service did not start listening",
         )
-        envoy_yaml = BUILD / f"envoy-{self.http_port}.yaml"
+        envoy_yaml = self.envoy_config = self.run_dir / "envoy.yaml"
         envoy_yaml.write_text(
             render(
                 http_port=self.http_port,
@@ -241,7 +293,8 @@ class Stack:
                 bind_host=self.bind_host,
                 tls_cert=self.tls_cert,
                 tls_key=self.tls_key,
-                request_timeout_s=self.request_read_timeout() + 5,
+                request_timeout_s=self.request_read_timeout(),
+                **({"limits": None} if self.unbounded else {}),
             )
         )
         envoy_bin = envoy_binary()
@@ -266,32 +319,25 @@ class Stack:
         """REQUEST_READ_TIMEOUT_SECONDS as the workers will read it from the environment they get."""
         return Settings.from_env({**os.environ, **self.env}).request_read_timeout_seconds
 
-    def _rate_limit_store(self, settings: StoreConfig) -> list[str]:
+    def _rate_limit_store(self, settings: StoreConfig, state_dir: Path) -> list[str]:
         """Creates the embedded store's file once, before any worker opens it (they would race to
-        set it up), and returns the worker arguments that share it."""
+        set it up), and returns the worker arguments that name it when it is not the state
+        directory's own."""
         if settings.type != "embedded":
             self.rate_limit_store = RedisStore.describe(settings.url)
             return []
-        path = self.rate_limit_db
-        if path is None:
-            directory = Path(tempfile.mkdtemp(prefix="batchgate-limits-"))
-            self._own_dirs.append(directory)
-            path = directory / "rate-limits.sqlite3"
+        path = self.rate_limit_db or EmbeddedStore.path_in(state_dir)
         EmbeddedStore.initialize(path).close()
         self.rate_limit_store = str(path)
-        return ["--rate-limit-db", str(path)]
+        return ["--rate-limit-db", str(path)] if self.rate_limit_db else []
 
-    def _operation_store(self, settings: StoreConfig) -> list[str]:
-        """The operations' SQLite file under the state directory, created once before the workers
-        open it; nothing with a Redis store (they keep operations there)."""
+    def _operation_store(self, settings: StoreConfig, state_dir: Path) -> list[str]:
+        """The operations' SQLite file in the state directory, created once before the workers open
+        it; nothing with a Redis store (they keep operations there)."""
         if settings.type != "embedded":
             self.operation_store = RedisStore.describe(settings.url)
             return []
-        directory = self.state_dir
-        if directory is None:
-            directory = Path(tempfile.mkdtemp(prefix="batchgate-state-"))
-            self._own_dirs.append(directory)
-        path = directory / "operations.sqlite3"
+        path = state_dir / OPERATIONS_FILE
         SqliteOperationStore.initialize(path)
         self.operation_store = str(path)
         return ["--operations-db", str(path)]

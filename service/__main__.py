@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import os
 import signal
 import sqlite3
 import sys
@@ -21,11 +20,12 @@ from service.config.file import Config, read_config
 from service.config.reader import ConfigError
 from service.config.settings import Settings
 from service.edge.server import Listener, serve
-from service.infra.limits import RateLimiter
+from service.infra import state
+from service.infra.limits import EmbeddedStore, RateLimiter
 from service.infra.observability import configure_logging, configure_tracing
 from service.infra.providers.catalog import parse_config_bytes
 from service.runtime.build import RuntimeFactory
-from service.runtime.live import ConfigSource, LiveConfig, StateDir
+from service.runtime.live import ConfigSource, LiveConfig, RunDir
 from service.usecases.auth import exposure_problem
 
 
@@ -64,19 +64,35 @@ def _arguments(settings: Settings) -> argparse.Namespace:
     parser.add_argument(
         "--edge-host", help="address the REST edge in front of this worker listens on (a reload must not open it)"
     )
-    parser.add_argument("--state-dir", help="directory where the workers of one gateway publish their config version")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(settings.state_dir),
+        help=f"directory of the state that must outlive a restart: the embedded rate-limit store's "
+        f"{state.RATE_LIMITS_FILE}, the operations' {state.OPERATIONS_FILE} (STATE_DIR; default: "
+        f"{settings.state_dir} in the working directory)",
+    )
+    parser.add_argument(
+        "--run-dir", help="directory of one gateway run, where its workers publish the config version each runs"
+    )
     parser.add_argument("--worker", type=int, default=0, help="this worker's number (for /health)")
     parser.add_argument(
         "--rate-limit-db",
         default=settings.batchgate_rate_limit_db,
         help="the embedded rate-limit store's SQLite file, shared by the workers of one machine "
-        "(BATCHGATE_RATE_LIMIT_DB; default: a file of this process's own)",
+        f"(BATCHGATE_RATE_LIMIT_DB; default: {state.RATE_LIMITS_FILE} in the state directory)",
     )
     parser.add_argument(
         "--operations-db",
-        default=settings.batchgate_operations_db or os.path.join(settings.state_dir, "operations.sqlite3"),
+        default=settings.batchgate_operations_db,
         help="the SQLite file of long-running operations, shared by the workers of one machine "
-        "(BATCHGATE_OPERATIONS_DB; default: STATE_DIR/operations.sqlite3); unused when governance.store is Redis",
+        f"(BATCHGATE_OPERATIONS_DB; default: {state.OPERATIONS_FILE} in the state directory); unused when "
+        "governance.store is Redis",
+    )
+    parser.add_argument(
+        "--unbounded-for-benchmark",
+        action="store_true",
+        help="no per-caller limits (client.limits): only to measure what they cost (bench/bounds_cost.py)",
     )
     return parser.parse_args()
 
@@ -111,8 +127,13 @@ def main() -> None:
     except ValueError as exc:
         _exit(str(exc))
     args = _arguments(settings)
+    try:
+        state_dir = state.prepare(args.state_dir)
+    except OSError as exc:
+        _exit(f"cannot create the state directory {args.state_dir}: {exc.strerror}")
+    operations_db: str = args.operations_db or str(state_dir / state.OPERATIONS_FILE)
     settings = dataclasses.replace(
-        settings, metrics_port=args.metrics_port or 0, batchgate_operations_db=args.operations_db
+        settings, metrics_port=args.metrics_port or 0, state_dir=str(state_dir), batchgate_operations_db=operations_db
     )
     # A SIGHUP (reload) that arrives before the server is up must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -122,21 +143,24 @@ def main() -> None:
         raw = read_config(args.config)
         config = parse_config_bytes(raw, args.config)
     except ConfigError as exc:
-        _exit(f"config error: {exc}")
+        for line in exc.problems[:-1]:  # every one, each on its line (all unset variables at once)
+            print(f"batchgate: config error: {line}", file=sys.stderr)
+        _exit(f"config error: {exc.problems[-1] if exc.problems else exc}")
     problem = exposure_problem(config, args.address.rsplit(":", 1)[0])
     if problem:
         _exit(problem)
     tls = _tls(args)
     try:
         # One limiter per process, outside every loaded config: counts carry over reloads.
-        limiter = RateLimiter.for_config(config.store, args.rate_limit_db)
+        limiter = RateLimiter.for_config(config.store, args.rate_limit_db or EmbeddedStore.path_in(state_dir))
     except (OSError, ValueError, sqlite3.Error) as exc:  # never the URL: redis-py's messages name the field
         _exit(f"cannot open the rate limit store: {exc}")
-    state_dir = StateDir(args.state_dir, args.worker) if args.state_dir else None
-    live = LiveConfig(config, raw, source=_source(args), factory=RuntimeFactory(limiter), state_dir=state_dir)
+    run_dir = RunDir(args.run_dir, args.worker) if args.run_dir else None
+    live = LiveConfig(config, raw, source=_source(args), factory=RuntimeFactory(limiter), run_dir=run_dir)
     extra = [f"127.0.0.1:{args.private_port}"] if args.private_port else []
     extra += [f"unix:{args.private_socket}"] if args.private_socket else []
-    asyncio.run(serve(live, Listener(args.address, tuple(extra), args.reuse_port, tls), settings))
+    listener = Listener(args.address, tuple(extra), args.reuse_port, tls)
+    asyncio.run(serve(live, listener, settings, fair_share=not args.unbounded_for_benchmark))
 
 
 if __name__ == "__main__":

@@ -179,11 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser(
         "check",
         help="validate a config.json with the service's own rules",
-        description="Validate a config.json exactly as the service does at start (environment variables "
-        "named by env.NAME values included). Needs the batchgate service package.",
+        description="Validate a config.json with the service's own loader, more strictly than the service at "
+        "start: every problem is one line, all in one run (unset env.NAME variables and unreadable file./path "
+        "secrets, unknown fields, no provider or no batch-enabled key, an open gateway on BIND_HOST beyond "
+        "loopback). Needs the batchgate service package.",
         epilog=EXIT_CODES_HELP,
     )
     check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--allow-missing-env",
+        action="store_true",
+        help="check a config without its secrets (a CI): unset variables and missing secret files are notes, "
+        "not errors",
+    )
     _common_options(check, defaults=False)
     return parser
 
@@ -355,7 +363,7 @@ def config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
     service's, and the rest of the client never needs it). Exit 0 valid, 1 invalid."""
     try:
         from service.config.reader import ConfigError
-        from service.infra.providers.catalog import load_config
+        from service.runtime.check import check_config
     except ImportError as exc:
         raise UsageError(
             "config check validates with the batchgate service's own rules, but the service package is not "
@@ -363,20 +371,28 @@ def config_check(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> in
         ) from None
     path = args.file
     try:
-        config = load_config(path)
+        config = check_config(path, allow_missing_env=args.allow_missing_env)
     except ConfigError as exc:
+        # Every problem, one line each (every unset variable, every unknown field: one run names all).
         if args.output == "json":
-            _print_json({"file": path, "ok": False, "error": str(exc)}, stdout)
+            _print_json({"file": path, "ok": False, "error": str(exc), "problems": list(exc.problems)}, stdout)
         else:
-            print(f"{PROG}: config error: {visible(str(exc))}", file=stderr)
+            for problem in exc.problems:
+                print(f"{PROG}: config error: {visible(problem)}", file=stderr)
         return Exit.FAILED
+    not_checked = list(config.report.unresolved)  # --allow-missing-env: what could not be read
+    if args.output != "json":
+        for unresolved in not_checked:
+            print(f"{PROG}: note: not checked: {visible(unresolved)}", file=stderr)
     providers = sorted(config.providers)
     keys = sum(len(provider.keys) for provider in config.providers.values())
     batch_keys = sum(len(provider.batch_keys) for provider in config.providers.values())
     virtual_keys = len(config.virtual_keys)
     if args.output == "json":
         summary = {"providers": providers, "keys": keys, "batch_keys": batch_keys, "virtual_keys": virtual_keys}
-        _print_json({"file": path, "ok": True, **summary}, stdout)
+        _print_json(
+            {"file": path, "ok": True, **summary, **({"not_checked": not_checked} if not_checked else {})}, stdout
+        )
     else:
         print(
             f"{visible(path)}: OK: {count(len(providers), 'provider')} ({', '.join(providers) or 'none'}), "

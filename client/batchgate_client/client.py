@@ -109,7 +109,7 @@ def _legacy_hooks(owner: str, hooks: _DeprecatedHooks) -> _DeprecatedHooks:
     if hooks:
         warnings.warn(
             f"{owner}({', '.join(f'{name}=' for name in hooks)}): test hooks are no longer constructor "
-            "arguments; they will be removed",
+            "arguments; they will be removed (batchgate_client.testing.retry_hooks sets them)",
             DeprecationWarning,
             stacklevel=3,
         )
@@ -238,8 +238,8 @@ class _ClientBase:
         clock: Callable[[], float] | None = None,
         rand: random.Random | None = None,
     ) -> Self:
-        """Tests: replace sleeping (a coroutine function for the asyncio client), the clock and the
-        jitter's randomness of the retries."""
+        """Replaces sleeping (a coroutine function for the asyncio client), the clock and the jitter's
+        randomness of the retries: batchgate_client.testing.retry_hooks is the public way."""
         self._hooks.sleep = sleep or self._hooks.sleep
         self._hooks.clock = clock or self._hooks.clock
         self._hooks.rand = rand or self._hooks.rand

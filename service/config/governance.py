@@ -4,12 +4,11 @@ limits are counted (`governance.store`), and the gateway credentials (`auth_conf
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import urlsplit
 
-from service.config.reader import ConfigError, ConfigReader
+from service.config.reader import ConfigError, ConfigReader, split_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,14 +86,21 @@ def _timestamp(reader: ConfigReader, name: str) -> int | None:
     return int(parsed.timestamp())
 
 
+def _virtual_key_value(where: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if not value.startswith("sk-bf-"):
+            raise ConfigError(f"{where}: virtual key values start with sk-bf-")
+
+    return check
+
+
 def parse_virtual_keys(
     gov: ConfigReader, configured: Mapping[str, frozenset[str]], known_providers: frozenset[str]
 ) -> tuple[VirtualKey, ...]:
     """`governance.rate_limits` and `governance.virtual_keys`. `configured` maps each configured
     provider to its key ids; `known_providers` are all the names a config may use."""
     limits: dict[str, RateLimit] = {}
-    for i, item in enumerate(gov.get("rate_limits", list, [])):
-        r = ConfigReader(item, f"{gov.where('rate_limits')}[{i}]", gov.env)
+    for i, r in enumerate(gov.items("rate_limits")):
         limit_id = r.get("id", str, "") or f"rate-limit-{i}"
         maximum = r.get("request_max_limit", int, 0)
         if maximum < 1:
@@ -102,17 +108,13 @@ def parse_virtual_keys(
         limits[limit_id] = RateLimit(limit_id, maximum, _duration(r, "request_reset_duration"))
     keys: list[VirtualKey] = []
     seen: set[str] = set()
-    for i, item in enumerate(gov.get("virtual_keys", list, [])):
-        r = ConfigReader(item, f"{gov.where('virtual_keys')}[{i}]", gov.env)
-        value = r.env_string("value", required=True)
-        if not value.startswith("sk-bf-"):
-            raise ConfigError(f"{r.where('value')}: virtual key values start with sk-bf-")
-        if value in seen:
+    for i, r in enumerate(gov.items("virtual_keys")):
+        value = r.env_string("value", required=True, check=_virtual_key_value(r.where("value")))
+        if value and value in seen:
             raise ConfigError(f"{r.where('value')}: the same value is used by another virtual key")
         seen.add(value)
         allowed: dict[str, frozenset[str] | None] = {}
-        for j, pc in enumerate(r.get("provider_configs", list, [])):
-            pr = ConfigReader(pc, f"{r.where('provider_configs')}[{j}]", gov.env)
+        for pr in r.items("provider_configs"):
             provider = pr.get("provider", str, "")
             if not provider:
                 raise ConfigError(f"{pr.where('provider')}: required")
@@ -166,19 +168,18 @@ def parse_store(reader: ConfigReader) -> StoreConfig:
     url = None
     if kind == "redis":
         # Never repeated in an error: the url may hold a password.
-        url = reader.env_string("url", required=True)
-        parts = urlsplit(url)
-        try:
-            _ = parts.port  # urlsplit reads the port only when asked
-        except ValueError:
-            raise ConfigError(f"{reader.where('url')}: the port is not a number") from None
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ConfigError(f"{reader.where('url')}: must be a redis:// or rediss:// URL with a host")
-        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            raise ConfigError(f"{reader.where('url')}: the path must be a database number (/0)")
+        url = reader.env_string("url", required=True, check=lambda value: _redis_url(value, reader.where("url")))
     elif "url" in reader.data:
         raise ConfigError(f"{reader.where('url')}: only used with type redis")
     return StoreConfig(type=kind, url=url, on_error=on_error, timeout_s=timeout_ms / 1000)
+
+
+def _redis_url(url: str, where: str) -> None:
+    parts = split_url(url, where)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"{where}: must be a redis:// or rediss:// URL with a host")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigError(f"{where}: the path must be a database number (/0)")
 
 
 def parse_auth(reader: ConfigReader) -> AuthConfig:
@@ -189,6 +190,7 @@ def parse_auth(reader: ConfigReader) -> AuthConfig:
         admin_password=reader.env_string("admin_password", required=False),
         disable_auth_on_inference=reader.get("disable_auth_on_inference", bool, False),
     )
-    if config.is_enabled and not (config.admin_username and config.admin_password):
+    unresolved = reader.unresolved("admin_username") or reader.unresolved("admin_password")
+    if config.is_enabled and not (config.admin_username and config.admin_password) and not unresolved:
         raise ConfigError(f"{reader.path}: is_enabled needs admin_username and admin_password")
     return config

@@ -10,6 +10,8 @@ from service.config.reader import ConfigError, ConfigReader
 
 DEFAULT_MAX_RUNNING_PER_CALLER = 10
 DEFAULT_LEASE_SECONDS = 15.0
+DEFAULT_RETENTION_DAYS = 30
+MAX_RETENTION_DAYS = 3650
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,9 @@ class OperationsConfig:
     # How long a worker owns an operation without renewing it (renewed every third of it); after
     # a crash another worker picks the operation up once it expired.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Finished operations older than this (from their creation) are deleted; 0 keeps them until
+    # DeleteOperation.
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     def notify_allowed(self, url: str) -> bool:
         return any(target.allows(url) for target in self.notify_urls)
@@ -72,7 +77,7 @@ def _parse_url(url: str) -> tuple[str, str, int, str] | None:
 
 
 def parse_operations(reader: ConfigReader) -> OperationsConfig:
-    """`operations`: webhook prefixes and secret, the per-caller limit, the lease."""
+    """`operations`: webhook prefixes and secret, the per-caller limit, the lease, the retention."""
     targets = []
     for i, value in enumerate(reader.get("notify_urls", list, [])):
         where = f"{reader.where('notify_urls')}[{i}]"
@@ -84,7 +89,7 @@ def parse_operations(reader: ConfigReader) -> OperationsConfig:
             raise ConfigError(f"{where}: must be an http(s) URL prefix with a host, without credentials or query")
         targets.append(NotifyTarget(*parsed))
     secret = reader.env_string("notify_secret", required=False)
-    if targets and not secret:
+    if targets and not secret and not reader.unresolved("notify_secret"):
         raise ConfigError(f"{reader.where('notify_secret')}: required when notify_urls is set")
     max_running = reader.get("max_running_per_caller", int, DEFAULT_MAX_RUNNING_PER_CALLER)
     if not 1 <= max_running <= 1000:
@@ -92,6 +97,13 @@ def parse_operations(reader: ConfigReader) -> OperationsConfig:
     lease = reader.get("lease_seconds", float, DEFAULT_LEASE_SECONDS)
     if not 1 <= lease <= 300:
         raise ConfigError(f"{reader.where('lease_seconds')}: must be between 1 and 300")
+    retention = reader.get("retention_days", int, DEFAULT_RETENTION_DAYS)
+    if not 0 <= retention <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"{reader.where('retention_days')}: must be between 0 and {MAX_RETENTION_DAYS}")
     return OperationsConfig(
-        notify_urls=tuple(targets), notify_secret=secret, max_running_per_caller=max_running, lease_seconds=lease
+        notify_urls=tuple(targets),
+        notify_secret=secret,
+        max_running_per_caller=max_running,
+        lease_seconds=lease,
+        retention_days=retention,
     )

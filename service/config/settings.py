@@ -43,13 +43,13 @@ class Settings:
     drain_delay_seconds: float = 3.0
     sandbox_cancel_delay_s: float = 3.0
     request_read_timeout_seconds: float = 10.0
-    # The embedded rate-limit store's SQLite file the workers of one machine share (the launcher
-    # sets it); None: a file of this process's own.
+    # The embedded rate-limit store's SQLite file the workers of one machine share; None:
+    # rate-limits.sqlite3 in the state directory.
     batchgate_rate_limit_db: str | None = None
-    # Where state that must outlive a restart lives (long-running operations): never a temporary
-    # directory. The operations' SQLite file is STATE_DIR/operations.sqlite3 unless
-    # BATCHGATE_OPERATIONS_DB names another (the launcher sets it for all its workers); unused when
-    # governance.store is Redis.
+    # Where state that must outlive a restart lives, and nothing else (service.infra.state): the
+    # embedded rate-limit store's rate-limits.sqlite3 and the operations' operations.sqlite3 (unused
+    # with a Redis governance.store); never a temporary directory. BATCHGATE_OPERATIONS_DB names
+    # another file for the operations.
     state_dir: str = "build/state"
     batchgate_operations_db: str | None = None
     # The OpenTelemetry SDK's own variables that decide whether tracing is on (the SDK reads the

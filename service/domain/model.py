@@ -34,6 +34,27 @@ class RequestCounts:
 
 
 @dataclass(slots=True)
+class BatchDetails:
+    """OpenAI Batch fields a provider reported beyond the unified ones, for the OpenAI-compatible
+    routes; None where it did not report them (never invented). Objects are JSON as sent."""
+
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    completion_window: str | None = None
+    model: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    metadata: dict[str, Any] | None = None
+    errors: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
 class BatchState:
     """A batch as the provider describes it after the cancel, in unified terms."""
 
@@ -42,9 +63,11 @@ class BatchState:
     counts: RequestCounts | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
-    # Not part of the unified answer; the drop-in surfaces use them (Anthropic's message_batch).
+    # Not part of the unified answer; the drop-in surfaces use them (Anthropic's message_batch, the
+    # OpenAI routes' Batch).
     created_at: int | None = None
     expires_at: int | None = None
+    details: BatchDetails | None = None
 
 
 @dataclass(slots=True, frozen=True)

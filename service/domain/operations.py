@@ -329,8 +329,9 @@ class Operation:
         return self.owner.removeprefix("vk:")
 
     @property
-    def deadline(self) -> float:
-        """Unix seconds after which nothing is retried any more."""
+    def gives_up_at(self) -> float:
+        """Unix seconds after which nothing is retried or waited for any more (`deadline_seconds`
+        after its creation; unix time, not the loop time a call's deadline is)."""
         return self.create_time + self.command.deadline_seconds
 
     def to_dict(self) -> dict[str, Any]:

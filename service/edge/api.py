@@ -19,19 +19,20 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import trace as otel_trace
 
-from service.domain.errors import GatewayError, InvalidRequest, UpstreamUnavailable
+from service.domain.errors import CODES, GatewayError, InvalidRequest, UpstreamUnavailable
 from service.domain.model import CancelCommand, CancelResult
 from service.edge.converters import error_to_status, event_outcome, event_to_proto, result_to_proto
 
 # Headers (gRPC metadata) the edge reads to shape REST answers (gateway/errors.lua, generated from
 # service.edge.envelope): the error body and status, and the NDJSON stream marker.
-from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, STREAM_HEADER
+from service.edge.envelope import ERROR_BODY_HEADER, ERROR_STATUS_HEADER, REQUEST_TYPE, STREAM_HEADER
 from service.edge.operation_proto import matching_command, operation_to_proto
 from service.edge.routes import ORIGINAL_PATH_HEADER, WAITING_RPCS, RouteTable
 from service.edge.status import grpc_code
 from service.edge.surfaces import SURFACES, RenderedError, Surface, bifrost_error, rpc_renderer
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
+from service.infra.concurrency import current_lease
 from service.infra.observability import (
     IN_FLIGHT,
     REQUEST_ID_HEADER,
@@ -46,7 +47,9 @@ from service.infra.observability import (
     request_id,
     server_span,
 )
+from service.runtime.build import Runtime
 from service.runtime.live import LiveConfig
+from service.usecases.auth import Authenticator, CallerCheck
 from service.usecases.bulk import BulkCanceller, check_wait
 from service.usecases.context import CallContext
 from service.usecases.operations import Operations
@@ -121,7 +124,11 @@ def no_route(original_path: str) -> GatewayError:
     path = original_path.split("?", 1)[0]
     if len(path) > 200:
         path = path[:200] + "..."
-    return GatewayError(f"no route for POST {path}", status_code=404, type="not_found", code="route_not_found")
+    error = GatewayError(
+        f"no route for POST {path}", status_code=404, type=CODES["route_not_found"].type, code="route_not_found"
+    )
+    error.request_type = ""  # no route, no cancel
+    return error
 
 
 def time_budget(grpc_remaining: float | None, headers: dict[str, str]) -> float | None:
@@ -140,18 +147,26 @@ def call_deadline(context: Context, headers: dict[str, str]) -> float | None:
     return None if budget is None else asyncio.get_running_loop().time() + budget
 
 
-async def abort(context: Context, failure: GatewayError, rendered: RenderedError, *extra: tuple[str, str]) -> NoReturn:
-    """Ends the call with the failure's gRPC status (typed ErrorDetail attached), sending the REST
-    rendering in initial metadata for the edge (gateway/errors.lua)."""
-    await context.send_initial_metadata(
-        (
-            *extra,
-            *failure.headers.items(),
-            *rendered.headers,
-            (ERROR_BODY_HEADER, rendered.body),
-            (ERROR_STATUS_HEADER, str(rendered.status)),
-        )
+def through_edge(headers: dict[str, str]) -> bool:
+    """Whether a call is a REST call transcoded by the edge (Envoy names its original path): only
+    those get the edge's plumbing (the rendered error body and status, the NDJSON marker), which
+    gateway/errors.lua consumes. Native gRPC callers, direct or through Envoy, never see it."""
+    return ORIGINAL_PATH_HEADER in headers
+
+
+async def abort(
+    context: Context, failure: GatewayError, rendered: RenderedError | None, *extra: tuple[str, str]
+) -> NoReturn:
+    """Ends the call with the failure's gRPC status (typed ErrorDetail attached); for a REST call
+    (`rendered`), the REST rendering goes in initial metadata for the edge (gateway/errors.lua)."""
+    plumbing = (
+        ()
+        if rendered is None
+        else (*rendered.headers, (ERROR_BODY_HEADER, rendered.body), (ERROR_STATUS_HEADER, str(rendered.status)))
     )
+    metadata = (*extra, *failure.headers.items(), *plumbing)
+    if metadata:
+        await context.send_initial_metadata(metadata)
     await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
 
 
@@ -231,13 +246,15 @@ def handles_rpc(
     render: Callable[[GatewayError], RenderedError] = bifrost_error,
     finish: Finish | None = _finish_cancel,
     route: Callable[[dict[str, str]], str] = _cancel_route,
+    request_type: str = REQUEST_TYPE,
 ) -> Callable[[Method[S, Req, Resp]], Handler[S, Req, Resp]]:
     """Decorates an RPC of the service, the one place for what every call needs (in the style of
     kserve's exception-to-status interceptor): request id, span, in-flight gauge and, once it ends,
     `finish` (metrics, log line, audit). A raised GatewayError becomes its gRPC status plus, for the
     REST edge, the error rendered by `render` (the route's own shape); anything unexpected becomes
     INTERNAL with details hidden (logged here, with the traceback). Without `finish` (Health) the
-    call is not observed, only its errors mapped."""
+    call is not observed, only its errors mapped. `request_type`: what its errors' `extra_fields`
+    say the call was ("" for an RPC that is not a cancel)."""
 
     def decorate(method: Method[S, Req, Resp]) -> Handler[S, Req, Resp]:
         name = method.__name__
@@ -282,9 +299,11 @@ def handles_rpc(
                     finish(rpc, record, request, span, Outcome(code, status, failure.message if failure else None))
                     span.end()
             assert failure is not None  # an answer returned and CancelledError re-raised: only failures get here
+            if request_type != REQUEST_TYPE:
+                failure.request_type = request_type
             if rpc.metadata_sent:  # events already went out: only the status can still say it
                 await context.abort_with_status(rpc_status.to_status(error_to_status(failure)))
-            await abort(context, failure, render(failure), *rpc.echo_id)
+            await abort(context, failure, render(failure) if through_edge(headers) else None, *rpc.echo_id)
 
         return wrapper
 
@@ -345,7 +364,19 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
     def draining(self, value: bool) -> None:
         self._draining = value
         if value:  # shared by every runtime: waits under an older config end too
-            self.live.factory.waiting.stopping.set()
+            self.live.factory.waiting.stop()
+
+    def _current_auth(self) -> Authenticator:
+        return self.live.current.canceller.auth
+
+    def _long_call(self, runtime: Runtime, call: CallContext, batches: int) -> None:
+        """Takes the long-call share of a bulk or waiting call (429 when its caller or the process
+        holds too much: service.infra.concurrency), and has it check its caller against the current
+        config before each upstream call (a revoked key ends it)."""
+        lease = current_lease.get()
+        if lease is not None:
+            lease.long_call(batches, runtime.config.client.limits)
+        call.access = CallerCheck(call.headers, self._current_auth)
 
     async def _cancel(
         self, request: pb.CancelBatchRequest, rpc: Rpc, method: str, surface: str | None = None
@@ -357,11 +388,17 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
             rpc.command = replace(rpc.command, wait_seconds=request.wait_seconds)
         # The config current now serves this call to its end, whatever reloads meanwhile.
         with self.live.current as runtime:
+            if rpc.command.wait_seconds > 0:
+                self._long_call(runtime, call, 1)
             return await runtime.canceller.cancel(rpc.command, call)
 
     @handles_cancel()
     async def Cancel(self, request: pb.CancelBatchRequest, context: Context, rpc: Rpc) -> pb.BatchCancelResponse:
-        return result_to_proto(await self._cancel(request, rpc, "Cancel"))
+        result = await self._cancel(request, rpc, "Cancel")
+        # The OpenAI-compatible routes (their caller speaks OpenAI's SDK) answer OpenAI's Batch: the
+        # fields the provider reported, too.
+        openai = rpc.command is not None and rpc.command.sdk_provider == SURFACES["openai"].default_provider
+        return result_to_proto(result, openai=openai)
 
     # The drop-in SDK routes: each RPC answers in its API's shape, errors included (service.edge.surfaces).
     CancelAnthropic = _drop_in(SURFACES["anthropic"])
@@ -383,7 +420,10 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
                 call,
                 raw_response_requested=call.headers.get(RAW_RESPONSE_HEADER, "").lower() == "true",
             )
-            await context.send_initial_metadata((*rpc.echo_id, (STREAM_HEADER, "ndjson")))
+            self._long_call(runtime, call, len(bulk.items))
+            stream = ((STREAM_HEADER, "ndjson"),) if through_edge(call.headers) else ()
+            if rpc.echo_id or stream:
+                await context.send_initial_metadata((*rpc.echo_id, *stream))
             rpc.metadata_sent = True
             async with contextlib.aclosing(self._bulk.run(bulk)) as events:
                 async for event in events:
@@ -412,7 +452,7 @@ class BatchServicer(pb_grpc.BatchServiceServicer):
         rpc.operation = operation.name
         return operation_to_proto(operation, None)
 
-    @handles_rpc(render_health, finish=None)
+    @handles_rpc(render_health, finish=None, request_type="")
     async def Health(self, request: pb.HealthRequest, context: Context, rpc: Rpc) -> pb.HealthResponse:
         """`GET /health`: ok, or 503 `draining` once shutdown began; circuit state per provider; the
         rate-limit store's state (a failing store degrades limits, not the service: still 200); the

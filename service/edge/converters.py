@@ -7,13 +7,31 @@ from google.protobuf import any_pb2, json_format
 from google.rpc import status_pb2
 
 from service.domain.errors import GatewayError
-from service.domain.model import CancelResult, ItemEvent
+from service.domain.model import BatchState, CancelResult, ItemEvent
 from service.edge.envelope import REQUEST_TYPE
 from service.edge.status import grpc_code
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 
+# BatchDetails fields by kind, as BatchCancelResponse carries them.
+_DETAIL_SCALARS = (
+    "endpoint",
+    "input_file_id",
+    "completion_window",
+    "model",
+    "output_file_id",
+    "error_file_id",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+)
+_DETAIL_OBJECTS = ("metadata", "errors", "usage")
 
-def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
+
+def result_to_proto(result: CancelResult, openai: bool = False) -> pb.BatchCancelResponse:
+    """The unified answer; with `openai` (the OpenAI-compatible routes) also OpenAI's Batch fields
+    the provider reported."""
     batch = result.batch
     response = pb.BatchCancelResponse(
         id=batch.id,
@@ -44,7 +62,27 @@ def result_to_proto(result: CancelResult) -> pb.BatchCancelResponse:
         )
     if result.raw_response is not None:
         json_format.ParseDict(result.raw_response, response.extra_fields.raw_response)
+    if openai:
+        _openai_fields(batch, response)
     return response
+
+
+def _openai_fields(batch: BatchState, response: pb.BatchCancelResponse) -> None:
+    for name in ("created_at", "expires_at"):
+        value = getattr(batch, name)
+        if value is not None:
+            setattr(response, name, value)
+    details = batch.details
+    if details is None:
+        return
+    for name in _DETAIL_SCALARS:
+        value = getattr(details, name)
+        if value is not None:
+            setattr(response, name, value)
+    for name in _DETAIL_OBJECTS:
+        value = getattr(details, name)
+        if value is not None:
+            json_format.ParseDict(value, getattr(response, name))
 
 
 def error_to_status(error: GatewayError) -> status_pb2.Status:
@@ -60,7 +98,7 @@ def error_detail(error: GatewayError) -> pb.ErrorDetail:
         is_bifrost_error=error.is_bifrost_error,
         status_code=error.status_code,
         error=pb.ErrorField(type=error.type, code=error.code, message=error.message, param=error.param),
-        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=REQUEST_TYPE),
+        extra_fields=pb.ErrorExtraFields(provider=error.provider, request_type=error.request_type),
     )
 
 

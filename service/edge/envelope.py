@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
+from service.domain.errors import REQUEST_TYPE as DOMAIN_REQUEST_TYPE
 from service.domain.errors import GatewayError
 
 # Headers (gRPC initial metadata) the service sends the edge: the rendered REST error body and the
@@ -23,10 +24,14 @@ from service.domain.errors import GatewayError
 ERROR_BODY_HEADER = "x-bf-error-body"
 ERROR_STATUS_HEADER = "x-bf-status"
 STREAM_HEADER = "x-bf-stream"
+# The request type of a REST call the edge matched to a cancel route (set by gateway/errors.lua, read
+# by Envoy's own error replies); absent on other routes.
+REQUEST_TYPE_HEADER = "x-bf-request-type"
 # AWS rest-json errors name the exception in this header (HTTP header names are case-insensitive).
 BEDROCK_ERROR_TYPE_HEADER = "x-amzn-errortype"
 
-REQUEST_TYPE = "batch_cancel"
+# A cancel's `extra_fields.request_type` (errors that are not about a cancel say "").
+REQUEST_TYPE = DOMAIN_REQUEST_TYPE
 
 
 class ErrorText(NamedTuple):
@@ -47,20 +52,24 @@ NULLABLE_ERROR_KEYS = ("code", "param")
 FIRST_KEY = "is_bifrost_error"
 
 
-def bifrost(text: ErrorText, status_code: Any, provider: str, is_bifrost_error: bool = True) -> dict[str, Any]:
-    """The Bifrost error body. `status_code` is an int, or an Envoy format string in local replies."""
+def bifrost(
+    text: ErrorText, status_code: Any, provider: str, is_bifrost_error: bool = True, request_type: str = REQUEST_TYPE
+) -> dict[str, Any]:
+    """The Bifrost error body. `status_code` and `request_type` are values, or Envoy format strings
+    in local replies. An error that is not about a cancel says `"request_type": null` (Envoy's local
+    replies print an absent value so too)."""
     return {
         FIRST_KEY: is_bifrost_error,
         "status_code": status_code,
         "error": dict(zip(ERROR_KEYS, text, strict=True)),
-        "extra_fields": {"provider": provider, "request_type": REQUEST_TYPE},
+        "extra_fields": {"provider": provider, "request_type": request_type or None},
     }
 
 
 def error_body(error: GatewayError) -> dict[str, Any]:
     """A `GatewayError`'s Bifrost error body."""
     text = ErrorText(error.type, error.code, error.message, error.param)
-    return bifrost(text, error.status_code, error.provider, error.is_bifrost_error)
+    return bifrost(text, error.status_code, error.provider, error.is_bifrost_error, error.request_type)
 
 
 def error_json(error: GatewayError) -> str:
@@ -104,6 +113,7 @@ def lua_constants() -> str:
             f"local ERROR_BODY_HEADER = {lua_string(ERROR_BODY_HEADER)}",
             f"local ERROR_STATUS_HEADER = {lua_string(ERROR_STATUS_HEADER)}",
             f"local STREAM_HEADER = {lua_string(STREAM_HEADER)}",
+            f"local REQUEST_TYPE_HEADER = {lua_string(REQUEST_TYPE_HEADER)}",
             f"local ITEM_ERROR = {lua_string(item_error)}",
             f"local ERROR_KEYS = {lua_list(ERROR_KEYS)}",
             f"local NULLABLE_ERROR_KEYS = {lua_list(NULLABLE_ERROR_KEYS)}",

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 from google.api import annotations_pb2
-from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from service.edge.envelope import REQUEST_TYPE
 
 ORIGINAL_PATH_HEADER = "x-envoy-original-path"
 # The RPCs that may wait for batches to be cancelled (`wait_seconds`, up to MAX_WAIT_SECONDS): the
@@ -25,13 +27,35 @@ WAITING_RPCS = ("Cancel", "CancelMany")
 _VARIABLE = re.compile(r"\{(\w+)(?:=([^}]*))?\}")
 
 
-def templates(method: MethodDescriptor) -> Iterator[str]:
-    """The path templates of an RPC's REST routes, as its `google.api.http` option writes them."""
+# RPCs that cancel: their errors say `extra_fields.request_type: batch_cancel`; others say "".
+CANCEL_METHODS = frozenset(
+    {"Cancel", "CancelMany", "CancelAnthropic", "CancelGenAI", "StopModelInvocationJob", "CancelMatching"}
+)
+
+
+def _rules(method: MethodDescriptor) -> Iterator[tuple[str, str]]:
+    """(HTTP verb, path template) of each `google.api.http` binding of `method`."""
     rule = method.GetOptions().Extensions[annotations_pb2.http]
     for binding in (rule, *rule.additional_bindings):
-        pattern = getattr(binding, binding.WhichOneof("pattern"))
-        if pattern:
-            yield pattern
+        verb = binding.WhichOneof("pattern")
+        pattern = getattr(binding, verb) if verb else ""
+        if pattern and verb != "custom":
+            yield verb.upper(), pattern
+
+
+def templates(method: MethodDescriptor) -> Iterator[str]:
+    """The path templates of an RPC's REST routes, as its `google.api.http` option writes them."""
+    for _, pattern in _rules(method):
+        yield pattern
+
+
+def rest_routes(service: ServiceDescriptor) -> list[tuple[str, str, str]]:
+    """Every REST route of `service`: (HTTP verb, path template, the request type its errors name)."""
+    return [
+        (verb, template, REQUEST_TYPE if method.name in CANCEL_METHODS else "")
+        for method in service.methods
+        for verb, template in _rules(method)
+    ]
 
 
 def _compile(template: str) -> re.Pattern[str]:

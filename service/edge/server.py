@@ -18,18 +18,21 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from service.config.file import Config
 from service.config.settings import DEFAULTS, Settings
 from service.edge.api import BatchServicer, rest_error_metadata
+from service.edge.callers import address_of
 from service.edge.operation_proto import operation_json
 from service.edge.operations import OperationsServicer
-from service.edge.wire import Reading, StrictRegistrar
+from service.edge.wire import MAX_MESSAGE_BYTES, Admit, Reading, StrictRegistrar, quiet_grpc_metadata_log
 from service.gen.batchgate.v1 import batchgate_pb2, batchgate_pb2_grpc
+from service.infra.concurrency import Lease
 from service.infra.limits import RateLimiter
 from service.infra.observability import start_metrics
 from service.infra.operation_store import OperationStore, open_operation_store
+from service.infra.timing import Timing
 from service.infra.webhook import WebhookSender
 from service.runtime.live import FileWatcher, LiveConfig
 from service.usecases.cancel import Canceller
-from service.usecases.operations import Operations
-from service.usecases.operations import Settings as OperationSettings
+from service.usecases.operations import OperationPolicy, Operations, Webhook, Worker
+from service.usecases.operations.worker import UNIX_TIME
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,8 @@ class App:
         # Operations leave as calls do: what is in flight finishes, the rest is another worker's.
         await asyncio.gather(self.server.stop(grace), self.operations.close(grace))
         await self.operations.store.close()
-        if self.operations.notifier is not None:
-            await self.operations.notifier.close()
+        if self.operations.worker.webhook is not None:
+            await self.operations.worker.webhook.sender.close()
         await self.live.close()
         await self.live.limiter.close()
 
@@ -85,12 +88,13 @@ class App:
 @dataclass(frozen=True, slots=True)
 class OperationsSetup:
     """Where long-running operations live and how they run: in `store`, else in the Redis of
-    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop);
-    `settings` tune the runner (tests make it fast)."""
+    `governance.store`, else in the SQLite file `db` (None: a private file, removed at stop); with
+    `policy` (tests make it fast), on `timing` (unix time; tests move it)."""
 
     store: OperationStore | None = None
     db: str | Path | None = None
-    settings: OperationSettings | None = None
+    policy: OperationPolicy = OperationPolicy()
+    timing: Timing = UNIX_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +109,35 @@ class Listener:
     tls: tuple[bytes, bytes] | None = None
 
 
+def admission(live: LiveConfig) -> Admit:
+    """Takes each call's lease on its caller's share, under the config current at its start: its
+    credentials when that config knows them, else its address (service.edge.callers)."""
+
+    def admit(method: str, headers: dict[str, str], peer: str) -> Lease:
+        runtime = live.current
+        limits = runtime.config.client.limits
+        caller = runtime.canceller.auth.caller_key(headers) or address_of(headers, peer, limits.trusted_proxies)
+        return live.calls.enter(caller, limits)
+
+    return admit
+
+
 async def create_server(
     config: Config | LiveConfig,
     listener: Listener = Listener(),
     settings: Settings = DEFAULTS,
     operations: OperationsSetup = OperationsSetup(),
+    fair_share: bool = True,
 ) -> App:
     """Builds and starts the server and returns it (`App.port` is the first address's port). A
     plain Config never changes (its rate limiter is the one `governance.store` names, closed with
     the server); a LiveConfig can be reloaded. Of `settings` it reads the request read timeout;
-    `operations` says where long-running operations are kept."""
+    `operations` says where long-running operations are kept. `fair_share` False lets every caller
+    hold any number of calls: only for the benchmark's comparison (bench/bounds_cost.py)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1 if listener.reuse_port else 0),
-            ("grpc.max_receive_message_length", 1 << 20),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # A done operation's answer lists every batch it matched (up to 100,000, ~15 MB): the
             # send limit is set, not left to the library's default.
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -136,11 +155,15 @@ async def create_server(
     live = config if isinstance(config, LiveConfig) else LiveConfig(config)
     store_config = live.current.config.store
     store = operations.store or open_operation_store(store_config.type, store_config.url, operations.db)
-    running = Operations(store, live, settings=operations.settings, render=operation_json, notifier=WebhookSender())
+    webhook = Webhook(operation_json, WebhookSender())
+    running = Operations(Worker(store, live, timing=operations.timing, policy=operations.policy, webhook=webhook))
     servicer = BatchServicer(live, running)
-    # Every method reads its request itself, so a malformed call always gets a status (service.edge.wire).
-    # The registrar stands in for the server: it has the two methods the add_*_to_server functions call.
-    strict = StrictRegistrar(server, Reading(settings.request_read_timeout_seconds, rest_error_metadata))
+    # Every call passes the door (header bytes, its caller's share) and reads its request itself, so
+    # a malformed call always gets a status (service.edge.wire). The registrar stands in for the
+    # server: it has the two methods the add_*_to_server functions call.
+    quiet_grpc_metadata_log()
+    admit = admission(live) if fair_share else None
+    strict = StrictRegistrar(server, Reading(settings.request_read_timeout_seconds, rest_error_metadata, admit))
     registrar = cast(grpc.aio.Server, strict)
     # Generated by grpcio-tools without annotations:
     batchgate_pb2_grpc.add_BatchServiceServicer_to_server(servicer, registrar)  # type: ignore[no-untyped-call]
@@ -168,11 +191,12 @@ async def create_server(
     return App(server, port, servicer, health_servicer, running)
 
 
-async def serve(live: LiveConfig, listener: Listener, settings: Settings) -> None:
+async def serve(live: LiveConfig, listener: Listener, settings: Settings, fair_share: bool = True) -> None:
     """Runs until SIGINT/SIGTERM, then drains (`settings.drain_delay_seconds`) and exits. A config
     loaded from a file is reloaded on SIGHUP and when the file changes. Serves /metrics unless
     `settings.metrics_port` is 0."""
-    app = await create_server(live, listener, settings, OperationsSetup(db=settings.batchgate_operations_db))
+    operations = OperationsSetup(db=settings.batchgate_operations_db)
+    app = await create_server(live, listener, settings, operations, fair_share)
     if settings.metrics_port:
         start_metrics(settings.metrics_host, settings.metrics_port, lambda: live.current.canceller.breaker_states())
     # Everything allocated so far lives as long as the process: keep it out of the collector's way.

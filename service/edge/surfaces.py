@@ -203,6 +203,7 @@ ANTHROPIC = Surface(
         _anthropic_word,
         {
             404: "not_found_error",
+            405: "invalid_request_error",
             408: "invalid_request_error",
             413: "request_too_large",
             500: "api_error",
@@ -224,6 +225,7 @@ GENAI = Surface(
         _google_word,
         {
             404: "NOT_FOUND",
+            405: "INVALID_ARGUMENT",
             408: "DEADLINE_EXCEEDED",
             413: "INVALID_ARGUMENT",
             500: "INTERNAL",
@@ -245,6 +247,7 @@ BEDROCK = Surface(
         _bedrock_word,
         {
             404: "UnknownOperationException",
+            405: "ValidationException",
             408: "RequestTimeoutException",
             413: "ValidationException",
             500: "InternalServerException",

@@ -14,6 +14,14 @@ is DEADLINE_EXCEEDED after `Reading.timeout_s` (REQUEST_READ_TIMEOUT_SECONDS). R
 methods (reflection) get the same treatment for each message they read (without the timeout: a
 stream may idle).
 
+Before any message is read, every call (every method) passes the door:
+- its metadata: a value that is not printable ASCII (what gRPC metadata allows; Envoy refuses the
+  same at the edge) is INVALID_ARGUMENT naming the header, never its value. grpc-python itself
+  logs a value that is not UTF-8 with a traceback (`quiet_grpc_metadata_log` keeps that out);
+- its caller's share (`Reading.admit`, service.infra.concurrency): over its limit, 429
+  `too_many_concurrent_calls` at once. The lease is held until the call ends, and is the call's
+  `current_lease` meanwhile (a long call takes more from it).
+
 Use `StrictRegistrar(server, reading)` in place of the server when calling generated `add_*_to_server`.
 """
 
@@ -33,6 +41,7 @@ from service.config.settings import DEFAULTS
 from service.domain.errors import GatewayError, InvalidRequest
 from service.edge.routes import ORIGINAL_PATH_HEADER
 from service.edge.status import grpc_code
+from service.infra.concurrency import Lease, current_lease
 from service.infra.observability import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("batchgate.access")
@@ -41,18 +50,51 @@ log = logging.getLogger("batchgate.access")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
+# The largest request message the service reads (gRPC's own limit, set in service/edge/server.py).
+MAX_MESSAGE_BYTES = 1 << 20
+
 # (method, error) -> initial metadata that has the REST edge answer in the route's own shape.
 RestRendering = Callable[[str, GatewayError], tuple[tuple[str, str], ...]]
+# (method, headers, peer) -> the call's lease on its caller's share; raises GatewayError (429).
+Admit = Callable[[str, dict[str, str], str], Lease]
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """How calls are read: `timeout_s` for a request message to arrive (Envoy waits a little longer,
-    see gateway/envoy.yaml.tmpl: a caller that stops sending mid-message is answered, not waited
-    for), and `rest`, which renders a refusal for REST callers of the methods with REST routes."""
+    """How calls are read: `timeout_s` for a request message to arrive (Envoy holds a request until
+    it is whole for as long, see gateway/envoy.yaml.tmpl: a caller that stops sending mid-message
+    is answered, not waited for), `rest`, which renders a refusal for REST callers of the methods
+    with REST routes, and `admit`, which takes each call's lease on its caller's share (None: no
+    per-caller bounds, only for the benchmark's comparison)."""
 
     timeout_s: float = DEFAULTS.request_read_timeout_seconds
     rest: RestRendering | None = None
+    admit: Admit | None = None
+
+
+def unprintable_header(metadata: Any) -> str | None:
+    """The name of the first metadata entry whose value gRPC metadata cannot carry (`-bin` values
+    are bytes, and free), or None."""
+    for key, value in metadata or ():
+        if not key.endswith("-bin") and not (isinstance(value, str) and value.isascii() and value.isprintable()):
+            return str(key)
+    return None
+
+
+class _QuietMetadataLog(logging.Filter):
+    """grpc-python logs `Invalid encoding on <the raw value>` with a traceback, at error level,
+    for each metadata value that is not UTF-8 (a header value can be a key); the door refuses such
+    a call with a line of its own that names only the header."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on"))
+
+
+def quiet_grpc_metadata_log() -> None:
+    """Keeps grpc-python's log of undecodable metadata values (and their values) out of the logs."""
+    cygrpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _QuietMetadataLog) for f in cygrpc_log.filters):
+        cygrpc_log.addFilter(_QuietMetadataLog())
 
 
 class _Reader:
@@ -63,6 +105,24 @@ class _Reader:
         message_type = getattr(getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None), "full_name", "")
         self.malformed = f"the request is not a valid {message_type or 'request'} message"
         self.reading = reading
+
+    async def door(self, context: Context) -> Lease | None:
+        """The call's checks before its message (see the module docstring): its lease, if any."""
+        metadata = context.invocation_metadata()
+        bad = unprintable_header(metadata)
+        if bad is not None:
+            message = f"header '{bad[:64]}' has a value that is not printable ASCII"
+            await self.refuse(context, InvalidRequest(message))
+        admit = self.reading.admit
+        if admit is None:
+            return None
+        headers = {key: value for key, value in metadata or () if isinstance(value, str)}
+        try:
+            lease = admit(self.method, headers, context.peer())
+        except GatewayError as error:  # logged (at most every few seconds) by the limiter, not here
+            await self.refuse(context, error, logged=False)
+        current_lease.set(lease)
+        return lease
 
     async def one(self, context: Context) -> Any:
         """The call's request message."""
@@ -91,9 +151,9 @@ class _Reader:
                 return
             yield request
 
-    async def refuse(self, context: Context, error: GatewayError) -> None:
+    async def refuse(self, context: Context, error: GatewayError, logged: bool = True) -> None:
         """Ends the call with the error's status and logs one line (no traceback: the caller is at
-        fault). A REST caller (a transcoded call) gets it in its route's shape."""
+        fault; `logged` False: none). A REST caller (a transcoded call) gets it in its route's shape."""
         headers = {
             key: value
             for key, value in context.invocation_metadata() or ()
@@ -101,7 +161,7 @@ class _Reader:
         }
         rid, generated = request_id(headers)
         code = grpc_code(error)
-        if log.isEnabledFor(logging.INFO):
+        if logged and log.isEnabledFor(logging.INFO):
             log.info(
                 "malformed call",
                 extra={
@@ -116,6 +176,7 @@ class _Reader:
                 },
             )
         metadata: tuple[tuple[str, str], ...] = ((REQUEST_ID_HEADER, rid),) if generated else ()
+        metadata += tuple(error.headers.items())
         rest = self.reading.rest
         if rest is not None:
             metadata += rest(self.method, error) if ORIGINAL_PATH_HEADER in headers else ()
@@ -136,7 +197,12 @@ def strict(handler: Handler, method: str, reading: Reading) -> Handler:
         behavior = handler.unary_unary
 
         async def unary(requests: Any, context: Context) -> Any:
-            return await behavior(await reader.one(context), context)
+            lease = await reader.door(context)
+            try:
+                return await behavior(await reader.one(context), context)
+            finally:
+                if lease is not None:
+                    lease.release()
 
         return grpc.stream_unary_rpc_method_handler(unary, **codec)
     if handler.unary_stream is not None:
@@ -158,13 +224,23 @@ def strict(handler: Handler, method: str, reading: Reading) -> Handler:
     if inspect.isasyncgenfunction(behavior):
 
         async def generate(requests: Any, context: Context) -> AsyncIterator[Any]:
-            async for response in behavior(await requests_of(context), context):
-                yield response
+            lease = await reader.door(context)
+            try:
+                async for response in behavior(await requests_of(context), context):
+                    yield response
+            finally:
+                if lease is not None:
+                    lease.release()
 
         return streaming(generate, **codec)
 
     async def call(requests: Any, context: Context) -> Any:
-        return await behavior(await requests_of(context), context)
+        lease = await reader.door(context)
+        try:
+            return await behavior(await requests_of(context), context)
+        finally:
+            if lease is not None:
+                lease.release()
 
     return streaming(call, **codec)
 

@@ -17,8 +17,9 @@ it was, and a changed limit starts a fresh window.
 When the store fails, `RateLimiter` either goes on counting per process until the store answers
 again (`on_error: allow`, the default, as Envoy's rate-limit filter fails open) or refuses limited
 calls with 503 `rate_limit_store_unavailable` (`deny`). Either way it warns at most once a minute,
-counts `batchgate_rate_limit_store_errors_total`, and tries the store again after a short pause, so
-recovery needs no restart and a dead store costs a call at most one timeout per pause.
+counts `batchgate_rate_limit_store_errors_total`, and after a short pause lets ONE call ask the
+store again while the others go on without it, so recovery needs no restart and a dead or hung
+store costs one call at most one timeout per pause.
 """
 
 from __future__ import annotations
@@ -27,12 +28,11 @@ import asyncio
 import logging
 import math
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import Counter
@@ -40,6 +40,7 @@ from prometheus_client import Counter
 from service.config.governance import RateLimit, StoreConfig
 from service.domain.errors import Overloaded, UpstreamUnavailable
 from service.infra.redis_connections import RedisConnections, Script, describe
+from service.infra.state import RATE_LIMITS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ RETURNING count, reset_at
 
 class EmbeddedStore:
     """A SQLite file in WAL mode. Every process that opens the same path shares the counts. Without a
-    path the store makes a file of its own (a lone `python -m service`) and removes it on close.
+    path (a test's store) the counts live in this process's memory: nothing is written to disk.
 
     A counted call is one short write, ~20 us at p50 here (no fsync: counts are worth nothing after
     a reboot), cheaper than a hop to a thread, so it runs on the event loop. But SQLite's busy handler
@@ -105,11 +106,7 @@ class EmbeddedStore:
         clock: Callable[[], float] = time.time,
         busy_timeout_ms: int = 200,
     ) -> None:
-        self._own_dir = None
-        if path is None:
-            self._own_dir = tempfile.mkdtemp(prefix="batchgate-limits-")
-            path = os.path.join(self._own_dir, "rate-limits.sqlite3")
-        self.path = os.fspath(path)
+        self.path = ":memory:" if path is None else os.fspath(path)
         self._clock = clock
         self._busy_timeout_ms = busy_timeout_ms
         self._db = self.initialize(self.path, busy_timeout_ms)  # may wait while other workers start
@@ -117,6 +114,11 @@ class EmbeddedStore:
         self._db.execute("PRAGMA busy_timeout = 0")
         self._waiting_db: sqlite3.Connection | None = None  # opened on first contention
         self._waiter = ThreadPoolExecutor(1, thread_name_prefix="rate-limit-store")
+
+    @staticmethod
+    def path_in(state_dir: str | os.PathLike[str]) -> Path:
+        """The store's file in a state directory (STATE_DIR): the launcher and every worker agree."""
+        return Path(state_dir) / RATE_LIMITS_FILE
 
     @staticmethod
     def initialize(path: str | os.PathLike[str], busy_timeout_ms: int = 200) -> sqlite3.Connection:
@@ -151,15 +153,12 @@ class EmbeddedStore:
         self._db.execute("SELECT count(*) FROM windows WHERE 0").fetchone()
 
     async def close(self) -> None:
-        """Closes the files (and removes a file of its own); closing twice is harmless."""
+        """Closes the files; closing twice is harmless."""
         self._waiter.shutdown(wait=True)
         for db in (self._db, self._waiting_db):
             if db is not None:
                 db.close()
         self._waiting_db = None
-        if self._own_dir is not None:
-            shutil.rmtree(self._own_dir, ignore_errors=True)
-            self._own_dir = None
 
     def redact(self, text: str) -> str:
         return text
@@ -192,7 +191,9 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, timeout_s: float = 0.25, max_connections: int = 1000) -> None:
-        self._redis = RedisConnections(url, timeout_s=timeout_s, max_connections=max_connections)
+        # A check never waits longer than `timeout_s`, connecting included: a hung Redis costs a
+        # limited call at most that (RateLimiter lets one call a second find out).
+        self._redis = RedisConnections(url, timeout_s=timeout_s, max_connections=max_connections, connect_allowance=1.0)
         self.address = self._redis.address
         self.timeout_s = timeout_s
 
@@ -221,7 +222,8 @@ class RedisStore:
 
 def open_store(settings: StoreConfig, embedded_path: str | os.PathLike[str] | None = None) -> Store:
     """The store `governance.store` asks for. The embedded one uses `embedded_path` (the file the
-    launcher shares between workers: `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB), else a file of its own."""
+    workers of one machine share: the state directory's, `--rate-limit-db`, BATCHGATE_RATE_LIMIT_DB),
+    else this process's memory."""
     if settings.type == "redis" and settings.url is not None:  # governance.store requires its url
         return RedisStore(settings.url, timeout_s=settings.timeout_s)
     return EmbeddedStore(embedded_path or None)
@@ -268,6 +270,7 @@ class RateLimiter:
         self._warn_every_s = warn_every_s
         self._local = LocalWindows(clock)
         self._failing_until: float | None = None  # while set and in the future, the store is skipped
+        self._probing = False  # a call is asking a store that failed whether it answers again
         self._degraded = False
         self._warned_at = -math.inf
 
@@ -293,7 +296,12 @@ class RateLimiter:
             )
 
     async def _hit(self, key: str, window_s: float) -> tuple[int, float]:
-        if self._failing_until is None or self._clock() >= self._failing_until:
+        # Healthy: every call asks the store. Since a failure: after the pause, one call at a time
+        # (the probe) asks it while the others go on without it (a hung store never holds them).
+        failing_until = self._failing_until
+        probe = failing_until is not None
+        if failing_until is None or (self._clock() >= failing_until and not self._probing):
+            self._probing = probe
             try:
                 result = await self.store.hit(key, window_s)
             except Exception as exc:  # noqa: BLE001 - any store failure is handled the same way
@@ -301,6 +309,9 @@ class RateLimiter:
             else:
                 self._recovered()
                 return result
+            finally:
+                if probe:
+                    self._probing = False
         if self.on_error == "deny":
             raise UpstreamUnavailable(
                 "the rate limit store is unavailable", status_code=503, code="rate_limit_store_unavailable"
@@ -330,13 +341,21 @@ class RateLimiter:
 
     async def health(self) -> str:
         """Asks the store (one short ping) and returns `ok` or `degraded`; a store that answers ends
-        the pause after an error at once."""
+        the pause after an error at once. While a call is already asking a failed store, the state
+        is reported as it is, without asking again."""
+        if self._probing:
+            return self.state
+        probe = self._failing_until is not None
+        self._probing = probe
         try:
             await self.store.ping()
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
         else:
             self._recovered()
+        finally:
+            if probe:
+                self._probing = False
         return self.state
 
     async def close(self) -> None:

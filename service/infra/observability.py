@@ -337,6 +337,25 @@ def start_metrics(host: str, port: int, circuit_states: Callable[[], dict[str, s
     start_http_server(port, addr=host)
 
 
+# Masks the running config's secrets in log lines (service.infra.redaction; set on each load by
+# service.runtime.live): a last guard, since provider text is masked where it enters. The per-call
+# info lines (access, audit) are built from fields that are masked already (an error message comes
+# from a masked answer); warnings, errors and tracebacks carry text from anywhere: they all pass.
+_log_redaction: Callable[[str], str] | None = None
+
+
+def redact_logs(redact: Callable[[str], str] | None) -> None:
+    """Every warning, error and traceback line from now on passes through `redact`."""
+    global _log_redaction
+    _log_redaction = redact
+
+
+def _redacted(record: logging.LogRecord, line: str) -> str:
+    if _log_redaction is None or (record.levelno < logging.WARNING and not record.exc_info):
+        return line
+    return _log_redaction(line)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the record's `fields`. On the
     request path twice per call, so it is kept cheap (orjson, the timestamp prefix cached per second)."""
@@ -360,7 +379,7 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        return _redacted(record, orjson.dumps(line, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -370,7 +389,7 @@ class TextFormatter(logging.Formatter):
         if fields:
             # Values JSON-quoted: a batch id with a newline must not forge a log line.
             text += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
-        return text
+        return _redacted(record, text)
 
 
 def configure_logging(settings: Settings) -> None:

@@ -16,10 +16,12 @@ from urllib.parse import unquote, urlsplit
 
 
 class RedisConnections:
-    """Commands on pooled connections to the Redis at `url`, each capped at `timeout_s` (twice that
-    when it must connect first, TLS and AUTH included), no client retries."""
+    """Commands on pooled connections to the Redis at `url`, each capped at `timeout_s` (times
+    `connect_allowance` when it must connect first, TLS and AUTH included), no client retries."""
 
-    def __init__(self, url: str, *, timeout_s: float = 0.25, max_connections: int = 1000) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 0.25, max_connections: int = 1000, connect_allowance: float = 2.0
+    ) -> None:
         # Imported here: only deployments with a Redis store pay for the import.
         from redis.asyncio import ConnectionPool
         from redis.exceptions import NoScriptError
@@ -36,10 +38,11 @@ class RedisConnections:
         self._idle: list[Any] = []  # connected and in step, ready for a command
         self._open = 0  # in use or idle; past `max_connections` a command fails like any store error
         self._max_connections = max_connections
+        self._connect_allowance = connect_allowance
 
     async def command(self, *args: object, timeout_s: float | None = None) -> Any:
         """One command on an idle connection, else a new one; capped at `timeout_s` (default: the
-        pool's), twice that when it must connect first."""
+        pool's), times `connect_allowance` when it must connect first."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         conn = self._idle.pop() if self._idle else None
         if conn is not None:
@@ -55,7 +58,7 @@ class RedisConnections:
         else:
             raise ConnectionError(f"all {self._max_connections} Redis connections are busy")
         try:
-            async with asyncio.timeout(timeout if connected else 2 * timeout):
+            async with asyncio.timeout(timeout if connected else self._connect_allowance * timeout):
                 await conn.send_command(*args)
                 reply = await conn.read_response()
         except self.no_script:

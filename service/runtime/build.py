@@ -23,6 +23,7 @@ from service.infra.limits import RateLimiter
 from service.infra.observability import provider_series
 from service.infra.providers.catalog import ADAPTERS
 from service.infra.providers.http import HttpExecutor, RetryPolicy
+from service.infra.redaction import Redactor, config_secrets
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.auth import Authenticator
 from service.usecases.cancel import Canceller
@@ -60,16 +61,24 @@ class Collaborators:
     clock: Callable[[], float] = time.monotonic
 
 
-def build_providers(config: Config, parts: Collaborators, previous: Mapping[str, Provider]) -> dict[str, Provider]:
+def build_providers(
+    config: Config, parts: Collaborators, previous: Mapping[str, Provider], redactor: Redactor | None = None
+) -> dict[str, Provider]:
     """Each configured provider that can cancel, taking over from `previous` (the providers of the
-    runtime being replaced) what did not change."""
-    return {name: _provider(pc, parts, previous.get(name)) for name, pc in config.providers.items() if name in ADAPTERS}
+    runtime being replaced) what did not change; each masks its answers with `redactor` (default:
+    the config's secrets)."""
+    redactor = redactor if redactor is not None else Redactor(config_secrets(config))
+    return {
+        name: _provider(pc, parts, previous.get(name), redactor)
+        for name, pc in config.providers.items()
+        if name in ADAPTERS
+    }
 
 
-def _provider(pc: ProviderConfig, parts: Collaborators, old: Provider | None) -> Provider:
+def _provider(pc: ProviderConfig, parts: Collaborators, old: Provider | None, redactor: Redactor) -> Provider:
     name = pc.name
     if old is None:
-        return Provider(ADAPTERS[name](pc), _executor(pc, parts), parts.admission(name, pc))
+        return Provider(ADAPTERS[name](pc), _executor(pc, parts), parts.admission(name, pc), redactor)
     before = old.adapter.config
     adapter = old.adapter if before == pc else ADAPTERS[name](pc)
     same_pool = (before.network, before.concurrency) == (pc.network, pc.concurrency)
@@ -78,6 +87,7 @@ def _provider(pc: ProviderConfig, parts: Collaborators, old: Provider | None) ->
         adapter,
         old.executor if same_pool else _executor(pc, parts),
         old.admission if same_limits else parts.admission(name, pc),
+        redactor,  # this config's secrets, whatever was taken over
     )
 
 
@@ -181,9 +191,10 @@ class RuntimeFactory:
         """The runtime of `config`, taking over from `previous` what did not change."""
         for name in config.providers:
             provider_series(name)  # its counters exist at 0 before their first event (alerts read rate())
-        providers = build_providers(config, self.parts, previous.canceller.providers if previous else {})
+        redactor = Redactor(config_secrets(config))
+        providers = build_providers(config, self.parts, previous.canceller.providers if previous else {}, redactor)
         auth = self.parts.authenticator(config, self.limiter)
-        canceller = Canceller(config, providers, auth, self.waiting)
+        canceller = Canceller(config, providers, auth, self.waiting, redactor)
         self.pools.hold(providers)
         return Runtime(canceller, version, self._clock(), self._drained)
 

@@ -13,7 +13,11 @@ the wording of the start-time `config error`.
 
 Triggers: `reload()` (SIGHUP), and `FileWatcher`, which polls the file's stat through symlinks, so
 an atomic rename over the file and the `..data` symlink swap of a Kubernetes-mounted ConfigMap or
-Secret are both seen, and reloads when the content changed.
+Secret are both seen, and reloads when the content changed. The secret files the config names
+(`file./path` values) are watched the same way: a rotated secret is a reload.
+
+Fields the config does not know are ignored with one warning line each, at start and at every
+reload (`batchgate config check` refuses them).
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ import orjson
 
 from service.config.file import Config, config_version, read_config
 from service.config.reader import ConfigError
+from service.infra.concurrency import CallLimiter
 from service.infra.limits import RateLimiter
 from service.infra.observability import (
     CONFIG_INFO,
     CONFIG_LAST_RELOAD_SUCCESS_SECONDS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
     CONFIG_RELOADS,
+    redact_logs,
 )
 from service.infra.providers.catalog import parse_config_bytes
 from service.runtime.build import Runtime, RuntimeFactory
+from service.runtime.check import unknown_field_warnings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
         for name in sorted(old.providers.keys() | new.providers.keys())
         if old.providers.get(name) != new.providers.get(name)
     ]
-    if old.virtual_keys != new.virtual_keys:
+    if old.virtual_keys != new.virtual_keys or old.store != new.store:
         changed.append("governance")
     if old.auth != new.auth:
         changed.append("auth_config")
@@ -64,7 +71,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     return changed
 
 
-class StateDir:
+class RunDir:
     """Where the workers of one gateway publish the config they run, so that whichever worker
     answers REST /health can show all of them. One small JSON file per worker, replaced atomically
     (write, then rename); files of workers that are gone are skipped."""
@@ -165,14 +172,44 @@ def _report_success(previous: Runtime, current: Runtime, trigger: str, stale: li
 def _report_failure(exc: ConfigError) -> None:
     CONFIG_RELOADS.labels("failure").inc()
     CONFIG_LAST_RELOAD_SUCCESSFUL.set(0)
-    log.error("config reload failed: %s", exc)
+    for problem in exc.problems or (str(exc),):
+        log.error("config reload failed: %s", problem)
+
+
+def fingerprint(raw: bytes, secret_files: tuple[tuple[str, str], ...]) -> bytes:
+    """A config's identity: its bytes and the content of the secret files it names (kept in memory
+    only, never shown: /health's version is the file's alone)."""
+    digest = hashlib.sha256(raw)
+    for path, content in secret_files:
+        digest.update(f"\0{path}\0{content}".encode("utf-8", "surrogateescape"))
+    return digest.digest()
+
+
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def _stat(path: str | Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _warn_unknown_fields(config: Config) -> None:
+    for line in unknown_field_warnings(config):
+        log.warning("%s", line)
 
 
 class LiveConfig:
     """The current runtime of this worker, and reloading it: `config` (with its bytes `raw`, which
     give its version) is the first; `source` says where later ones come from and what they must
     pass; `factory` builds each one's runtime (default: one with the rate limiter `config.store`
-    names); `state_dir` is where this worker publishes which config it runs."""
+    names); `run_dir` is where this worker publishes which config it runs."""
 
     def __init__(
         self,
@@ -181,15 +218,20 @@ class LiveConfig:
         *,
         source: ConfigSource | None = None,
         factory: RuntimeFactory | None = None,
-        state_dir: StateDir | None = None,
+        run_dir: RunDir | None = None,
     ) -> None:
         self.source = source if source is not None else ConfigSource()
         self.factory = factory if factory is not None else RuntimeFactory.for_config(config)
-        self._state_dir = state_dir
-        self.digest = hashlib.sha256(raw).digest() if raw is not None else None
+        self._run_dir = run_dir
+        self.digest = fingerprint(raw, config.report.secret_files) if raw is not None else None
         self.failed_digest: bytes | None = None
         self.last_reload_successful = True
         self.current = self.factory.build(config, config_version(raw) if raw is not None else "")
+        self._store = config.store
+        # What each caller holds now (service.infra.concurrency): also per process, across reloads.
+        self.calls = CallLimiter()
+        redact_logs(self.current.canceller.redactor.text)
+        _warn_unknown_fields(config)
         CONFIG_LAST_RELOAD_SUCCESSFUL.set(1)
         CONFIG_LAST_RELOAD_SUCCESS_SECONDS.set(self.current.loaded_at)
         CONFIG_INFO.labels(self.current.version).set(1)
@@ -197,11 +239,11 @@ class LiveConfig:
 
     @classmethod
     def from_file(
-        cls, source: ConfigSource, factory: RuntimeFactory | None = None, state_dir: StateDir | None = None
+        cls, source: ConfigSource, factory: RuntimeFactory | None = None, run_dir: RunDir | None = None
     ) -> LiveConfig:
         """Loads `source.path` (raises ConfigError, as for a reload) and keeps it as the file to reload."""
         raw = source.read()
-        return cls(source.parse(raw), raw, source=source, factory=factory, state_dir=state_dir)
+        return cls(source.parse(raw), raw, source=source, factory=factory, run_dir=run_dir)
 
     @property
     def path(self) -> str | Path | None:
@@ -211,6 +253,14 @@ class LiveConfig:
     def limiter(self) -> RateLimiter:
         """The process's rate limiter (it outlives reloads)."""
         return self.factory.limiter
+
+    def secret_files(self) -> tuple[tuple[str, str], ...]:
+        """The secret files the running config was read with: (path, SHA-256 of the content)."""
+        return self.current.config.report.secret_files
+
+    def fingerprint(self, raw: bytes) -> bytes:
+        """What `raw` would load as, with the running config's secret files as they are now."""
+        return fingerprint(raw, tuple((path, _file_digest(path)) for path, _ in self.secret_files()))
 
     # --- reloading ---------------------------------------------------------------------------
 
@@ -230,22 +280,31 @@ class LiveConfig:
     def apply(self, raw: bytes, trigger: str, *, report: bool = True) -> bool:
         """Makes `raw` the running config if it is valid. A failure is logged and counted only with
         `report` (the file watcher first waits to see whether a write was still in progress)."""
-        digest = hashlib.sha256(raw).digest()
         previous = self.current
         try:
-            runtime = self.factory.build(self.source.parse(raw), config_version(raw), previous)
+            config = self.source.parse(raw)
+            runtime = self.factory.build(config, config_version(raw), previous)
         except ConfigError as exc:
             if report:
-                self._failed(exc, digest)
+                self._failed(exc, self.fingerprint(raw))
             return False
         except Exception as exc:  # never a traceback out of a signal handler: the running config stays
             if report:
-                self._failed(ConfigError(f"{self.source.name}: cannot be loaded ({type(exc).__name__})"), digest)
+                failure = ConfigError(f"{self.source.name}: cannot be loaded ({type(exc).__name__})")
+                self._failed(failure, self.fingerprint(raw))
             return False
         self.current = runtime
+        digest = fingerprint(raw, config.report.secret_files)
         self.digest, self.failed_digest, self.last_reload_successful = digest, None, True
         previous.retire()
-        _report_success(previous, runtime, trigger, self.source.stale())
+        # Running waits check their caller against the new config now (a key may be revoked).
+        runtime.canceller.waiting.pulse()
+        redact_logs(runtime.canceller.redactor.text)
+        stale = self.source.stale()
+        if runtime.config.store != self._store:  # the limiter and its store were opened at start
+            stale.insert(0, "governance.store")
+        _report_success(previous, runtime, trigger, stale)
+        _warn_unknown_fields(config)
         self._publish()
         return True
 
@@ -257,35 +316,36 @@ class LiveConfig:
     async def close(self) -> None:
         """At shutdown, after the server stopped: closes every pool still open."""
         await self.factory.close()
-        if self._state_dir is not None:
-            self._state_dir.remove()
+        if self._run_dir is not None:
+            self._run_dir.remove()
 
     # --- what /health shows ------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """This worker's config: version, load time, whether the last reload worked."""
         return {
-            "worker": self._state_dir.worker if self._state_dir is not None else 0,
+            "worker": self._run_dir.worker if self._run_dir is not None else 0,
             "version": self.current.version,
             "loaded_at": int(self.current.loaded_at),
             "last_reload_successful": self.last_reload_successful,
         }
 
     def workers(self) -> list[dict[str, Any]]:
-        """Every worker's `state()` on this machine (just this one without a state directory)."""
-        if self._state_dir is None:
+        """Every worker's `state()` of this run (just this one without a run directory)."""
+        if self._run_dir is None:
             return [self.state()]
-        return self._state_dir.read() or [self.state()]
+        return self._run_dir.read() or [self.state()]
 
     def _publish(self) -> None:
-        if self._state_dir is not None:
-            self._state_dir.publish(self.state())
+        if self._run_dir is not None:
+            self._run_dir.publish(self.state())
 
 
 class FileWatcher:
-    """Notices a change of the config file without a signal: every `interval` seconds it stats the
-    path (following symlinks: an atomic rename and Kubernetes' `..data` swap both give a new inode)
-    and, when anything changed, reads the file and applies it if its digest is new.
+    """Notices a change of the config file, or of a secret file it names, without a signal: every
+    `interval` seconds it stats the paths (following symlinks: an atomic rename and Kubernetes'
+    `..data` swap both give a new inode) and, when anything changed, reads the config and applies it
+    if what it would load (its bytes and the secret files' content) is new.
 
     A new content that does not load is applied again (and only then reported) once the file has
     stayed the same for one interval: a write seen half-way must not count as a failed reload."""
@@ -295,16 +355,15 @@ class FileWatcher:
             raise ValueError("the config was not loaded from a file")
         self._live, self._path, self.interval = live, Path(live.path), interval
         # None: the first poll reads the file, in case it changed since it was loaded.
-        self._signature: tuple[int, ...] | None = None
+        self._signature: tuple[Any, ...] | None = None
         self._suspect: bytes | None = None
         self._missing = False
 
-    def _stat(self) -> tuple[int, ...] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
+    def _stat(self) -> tuple[Any, ...] | None:
+        config = _stat(self._path)
+        if config is None:
             return None
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        return config, tuple(_stat(path) for path, _ in self._live.secret_files())
 
     def poll(self) -> None:
         """One look at the file (the watcher's loop calls it; tests call it directly)."""
@@ -322,7 +381,7 @@ class FileWatcher:
             self._unreadable(exc.strerror or type(exc).__name__)
             return
         self._missing = False
-        digest = hashlib.sha256(raw).digest()
+        digest = self._live.fingerprint(raw)
         if digest == self._live.digest and not self._live.last_reload_successful:
             # Put back to what runs after a failed reload: that is a successful reload.
             self._suspect = None

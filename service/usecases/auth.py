@@ -72,12 +72,7 @@ class Authenticator:
 
     def authenticate(self, headers: Mapping[str, str]) -> Caller:
         """Identifies the caller from its headers; raises Unauthenticated (401)."""
-        bearer = _bearer(headers)
-        carried = (bearer, *(headers.get(h) for h in KEY_HEADERS))
-        # x-bf-vk always means a virtual key; elsewhere the sk-bf- prefix tells it from a provider key.
-        virtual = headers.get(VIRTUAL_KEY_HEADER) or next(
-            (v for v in carried if v and v.startswith(VIRTUAL_KEY_PREFIX)), None
-        )
+        virtual, carried = _presented(headers)
         if virtual:
             vk = self._virtual_key(virtual)
             return Caller(f"vk:{vk.id}", vk)
@@ -96,6 +91,25 @@ class Authenticator:
         if self._config.client.allow_direct_keys:
             direct = next((v for v in carried if v), None)
         return Caller(identity, direct_key=direct)
+
+    def caller_key(self, headers: Mapping[str, str]) -> str | None:
+        """Whom a call counts against for fair share (service.infra.concurrency), from its headers
+        alone and before its message arrives: `vk:<id>` for a virtual key this config knows (active
+        or not), `admin` for the right gateway credentials, `key:<digest>` for a direct provider key
+        where those are allowed; None for anything else (the caller is then its address). One
+        digest and a lookup: nothing is counted or refused here."""
+        virtual, carried = _presented(headers)
+        if virtual:
+            vk = self._virtual_keys.get(_digest(virtual))
+            return f"vk:{vk.id}" if vk is not None else None
+        basic = _basic(headers)
+        if basic is not None:
+            return "admin" if self._admin is not None and hmac.compare_digest(_digest(basic), self._admin) else None
+        if self._config.client.allow_direct_keys:
+            direct = next((v for v in carried if v), None)
+            if direct:
+                return f"key:{_digest(direct).hex()[:16]}"
+        return None
 
     def _virtual_key(self, value: str) -> VirtualKey:
         vk = self._virtual_keys.get(_digest(value))
@@ -131,6 +145,40 @@ class Authenticator:
         vk = caller.virtual_key
         if vk is not None and vk.rate_limit is not None:
             await self.limiter.check(vk.id, vk.rate_limit)
+
+
+class CallerCheck:
+    """Whether a running call's caller may still do what it started, against the config current
+    now (`current` gives its Authenticator; service.runtime.live swaps configs on reload): a key
+    revoked, deactivated or expired, gateway credentials changed, or a provider taken off the key's
+    list, end what the call still had to do (bulk items, waits) with the single cancel's 401/403.
+    One digest and a lookup, never the rate-limit store: cheap before every upstream call."""
+
+    __slots__ = ("_headers", "_current", "_clock")
+
+    def __init__(
+        self, headers: Mapping[str, str], current: Callable[[], Authenticator], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._headers, self._current, self._clock = headers, current, clock
+
+    def check(self, provider: str) -> float | None:
+        """Raises Unauthenticated (401) or PermissionDenied (403) when the caller may no longer
+        cancel on `provider`; else returns the seconds until its virtual key expires (None: never)."""
+        auth = self._current()
+        caller = auth.authenticate(self._headers)
+        auth.scope(caller, provider)
+        vk = caller.virtual_key
+        return None if vk is None or vk.expires_at is None else max(0.0, vk.expires_at - self._clock())
+
+
+def _presented(headers: Mapping[str, str]) -> tuple[str | None, tuple[str | None, ...]]:
+    """The virtual key a call presents (or None), and every value that could be a provider key."""
+    carried = (_bearer(headers), *(headers.get(h) for h in KEY_HEADERS))
+    # x-bf-vk always means a virtual key; elsewhere the sk-bf- prefix tells it from a provider key.
+    virtual = headers.get(VIRTUAL_KEY_HEADER) or next(
+        (v for v in carried if v and v.startswith(VIRTUAL_KEY_PREFIX)), None
+    )
+    return virtual, carried
 
 
 def exposure_problem(config: Config, host: str) -> str | None:

@@ -141,9 +141,12 @@ class BulkCanceller:
             raw_response_requested=bulk.raw_response_requested,
             wait_seconds=bulk.wait_seconds,
         )
+        access = bulk.call.access
         try:
             target = await canceller.target(bulk.caller, provider, batch_id)  # 400/403/429 for this item only
             async with run.gate:
+                if access is not None:  # the caller may have lost its access while this item queued
+                    access.check(target.provider.name)
                 outcome = await canceller.cancel_target(target, command, bulk.call)
         except GatewayError as error:  # exactly what a single cancel of this batch would fail with
             run.report(ItemEvent(index, batch_id, provider, True, error=error))
@@ -160,6 +163,10 @@ class BulkCanceller:
         try:
             async for waited, final in watch_result(canceller, outcome, command, bulk.call, gate=lambda: run.gate):
                 run.report(ItemEvent(index, batch_id, provider, final, result=waited))
+        except GatewayError as error:  # the caller lost its access while waiting (401/403)
+            if not final:
+                error.provider = error.provider or result.provider
+                run.report(ItemEvent(index, batch_id, provider, True, error=error))
         except Exception as exc:  # noqa: BLE001
             if not final:
                 run.report(ItemEvent(index, batch_id, provider, True, error=_internal(exc, provider)))

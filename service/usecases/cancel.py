@@ -35,6 +35,7 @@ from service.domain.model import BatchState, CancelCommand, CancelResult
 from service.infra.observability import use_provider_labels
 from service.infra.providers.base import Adapter
 from service.infra.providers.catalog import KNOWN_PROVIDERS, NO_BATCH_CANCEL, UNSUPPORTED_REASONS
+from service.infra.redaction import Redactor, config_secrets
 from service.usecases.auth import Authenticator, Caller
 from service.usecases.context import CallContext
 from service.usecases.failover import cancel_with_failover
@@ -52,12 +53,20 @@ class Canceller:
     says how waits run."""
 
     def __init__(
-        self, config: Config, providers: Mapping[str, Provider], auth: Authenticator, waiting: Waiting | None = None
+        self,
+        config: Config,
+        providers: Mapping[str, Provider],
+        auth: Authenticator,
+        waiting: Waiting | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
         self.providers = providers
         self.auth = auth
         self.waiting = waiting if waiting is not None else Waiting()
+        # Every secret of this config (service.infra.redaction): its providers mask their answers
+        # with it, and log lines pass it.
+        self.redactor = redactor if redactor is not None else Redactor(config_secrets(config))
 
     async def cancel(self, command: CancelCommand, call: CallContext) -> CancelResult:
         """A single cancel. Everything that can refuse the call does so before any upstream request."""
@@ -84,9 +93,11 @@ class Canceller:
         resolved = self.provider(provider)
         adapter = resolved.adapter
         try:
-            allowed_key_ids = await self.auth.authorize(caller, adapter.name)
+            allowed_key_ids = self.auth.scope(caller, adapter.name)
             ref = adapter.parse_id(batch_id)
             keys = self._keys(resolved, caller, allowed_key_ids)
+            # Counted last: a call refused for its id or keys spends none of the key's rate limit.
+            await self.auth.count(caller)
         except GatewayError as err:
             err.provider = adapter.name
             raise

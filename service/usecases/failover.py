@@ -31,7 +31,8 @@ class Accepted:
 async def cancel_with_failover(target: Target, call: CallContext, deadline: float) -> Accepted:
     """Sends the cancel with each of the target's keys in turn, every exchange ending by `deadline`
     (loop time); returns the first accepted (2xx) answer or raises the last error."""
-    adapter, executor, record = target.provider.adapter, target.provider.executor, call.record
+    provider, record = target.provider, call.record
+    adapter = provider.adapter
     error: GatewayError | None = None
     for index, key in enumerate(target.keys):
         if index and record is not None:
@@ -39,13 +40,13 @@ async def cancel_with_failover(target: Target, call: CallContext, deadline: floa
             KEY_FAILOVERS.labels(adapter.name).inc()
         try:
             request = outgoing(target, adapter.cancel_request(key, target.ref), record)
-            request = await adapter.prepare(key, request)
+            request = await provider.prepare(key, request)
         except (DeadlineExceeded, InvalidRequest):
             raise
         except GatewayError as err:  # this key's credentials could not be used (token mint failed)
             error = err
             continue
-        response = await executor.send(request, deadline, record)
+        response = await provider.send(request, deadline, record)
         if response.status < 300:
             return Accepted(target.with_key(key), response)
         error = keep_retry_after(adapter.parse_error(response), response)

@@ -19,8 +19,9 @@ from service.config.file import Key
 from service.domain.errors import GatewayError, UnsupportedOperation, UpstreamUnavailable
 from service.domain.model import ListedBatch, ListQuery, matches
 from service.infra.providers.base import Adapter, decode_json, merge_headers
+from service.infra.providers.http import keep_retry_after
 from service.usecases.context import CallContext
-from service.usecases.target import Executor
+from service.usecases.target import Sender
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,13 @@ def providers_that_can_list(adapters: Mapping[str, Adapter], allowed: Iterable[s
 
 
 async def list_batches(
-    adapter: Adapter, executor: Executor, key: Key, query: ListQuery, call: CallContext
+    adapter: Adapter, executor: Sender, key: Key, query: ListQuery, call: CallContext
 ) -> AsyncIterator[ListedBatch]:
     """The key's batches on the adapter's provider that match `query`, each once. The call's
     deadline (`call.deadline`, loop time) bounds the whole listing; each page also gets at most the
     provider's timeout; its record (`call.record`) counts the pages and names the request id. A
-    provider's error answer raises the adapter's parsed error; a page of an unexpected shape
+    provider's error answer raises the adapter's parsed error (with the provider's Retry-After of a
+    429 or 503, as a cancel's); a page of an unexpected shape
     raises UpstreamUnavailable (502); a provider that cannot list raises UnsupportedOperation."""
     loop = asyncio.get_running_loop()
     token: str | None = None
@@ -57,7 +59,7 @@ async def list_batches(
             page_deadline = min(page_deadline, call.deadline)
         response = await executor.send(await adapter.prepare(key, request), page_deadline, record)
         if response.status >= 300:
-            raise adapter.parse_error(response)
+            raise keep_retry_after(adapter.parse_error(response), response)
         batches, next_token = _parse_page(adapter, decode_json(response, adapter.name), token, query)
         passed = False
         for batch in batches:

@@ -36,7 +36,8 @@ async def _read(target: Target, request: UpstreamRequest, call: CallContext, dea
     adapter = target.provider.adapter
     request = outgoing(target, request, call.record)
     request.operation = "read"
-    answer = await target.provider.executor.send(await adapter.prepare(target.key, request), deadline, call.record)
+    provider = target.provider
+    answer = await provider.send(await provider.prepare(target.key, request), deadline, call.record)
     if answer.status >= 300:
         raise keep_retry_after(adapter.parse_error(answer), answer)
     return decode_json(answer, adapter.name)

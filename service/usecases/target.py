@@ -16,10 +16,19 @@ from service.domain.errors import GatewayError, InvalidRequest, UpstreamUnavaila
 from service.domain.model import BatchState, CancelResult
 from service.infra.observability import CallRecord
 from service.infra.providers.base import Adapter, UpstreamRequest, UpstreamResponse, merge_headers
+from service.infra.redaction import Redactor, request_credentials
 from service.infra.resilience import Admission, CircuitBreaker
 from service.usecases.context import CallContext
 
 log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """Whatever sends one exchange upstream: an executor, or a `Provider` (which masks the answer)."""
+
+    async def send(
+        self, request: UpstreamRequest, deadline: float, record: CallRecord | None = None
+    ) -> UpstreamResponse: ...
 
 
 class Executor(Protocol):
@@ -38,16 +47,40 @@ class Executor(Protocol):
 @dataclass(frozen=True, slots=True)
 class Provider:
     """One configured provider that can cancel, as one config runs it: its adapter (which holds its
-    `ProviderConfig`), its pooled executor (with the circuit breaker) and its admission queue. Built
-    by service.runtime.providers, which carries unchanged parts over a reload."""
+    `ProviderConfig`), its pooled executor (with the circuit breaker), its admission queue, and the
+    config's secrets (`redactor`). Built by service.runtime.providers, which carries unchanged parts
+    over a reload. Exchanges go through `send` and `prepare`, never the executor or adapter alone:
+    whatever the provider says comes back with the secrets masked."""
 
     adapter: Adapter
     executor: Executor
     admission: Admission
+    redactor: Redactor = field(default_factory=Redactor)
 
     @property
     def name(self) -> str:
         return self.adapter.name
+
+    async def send(
+        self, request: UpstreamRequest, deadline: float, record: CallRecord | None = None
+    ) -> UpstreamResponse:
+        """One exchange through the pooled executor. The answer's body and headers come back with
+        every secret of the config, and the credentials this request carried (a caller's direct key,
+        a minted token), masked before anything reads them: error messages, raw_response, logs."""
+        response = await self.executor.send(request, deadline, record)
+        masking = self.redactor.with_secrets(request_credentials(request.headers))
+        response.body = masking.data(response.body)
+        response.headers = masking.headers(response.headers)
+        return response
+
+    async def prepare(self, key: Key, request: UpstreamRequest) -> UpstreamRequest:
+        """The adapter's signing or token minting; what a token endpoint said comes back masked."""
+        try:
+            return await self.adapter.prepare(key, request)
+        except GatewayError as err:
+            err.message = self.redactor.text(err.message)
+            err.args = (err.message,)
+            raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ The policy is data and the time it runs on is injected (`Waiting.timing`), so te
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -73,27 +74,48 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 @dataclass(slots=True)
 class Waiting:
     """How waits run, shared by the canceller of every config (a reload changes none of it): the
-    poll policy, the time it runs on, and `stopping`, set once the service drains so that every
-    wait, under whichever config it started, ends at once with the last known state."""
+    poll policy, the time it runs on, `stopping`, set once the service drains so that every wait,
+    under whichever config it started, ends at once with the last known state, and a pulse on each
+    reload (`pulse`): every sleeping wait wakes, checks its caller against the new config (a key
+    may be revoked), then sleeps on."""
 
     policy: PollPolicy = field(default_factory=PollPolicy)
     timing: Timing = field(default_factory=Timing)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _pulse: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """The service drains: every wait ends now, with the last known state."""
+        self.stopping.set()
+        self.pulse()
+
+    def pulse(self) -> None:
+        """Wakes every sleeping wait once (a reload)."""
+        pulse, self._pulse = self._pulse, asyncio.Event()
+        pulse.set()
 
     async def _pause(self, seconds: float) -> None:
         if self.timing.sleep is None:
-            await sleep_unless(self.stopping, seconds)  # real time: a drain cuts it short
+            if not self.stopping.is_set():  # real time: a drain or a reload cuts it short
+                await sleep_unless(self._pulse, seconds)
         else:
             await self.timing.sleep(seconds)
 
     async def watch(
-        self, read: Callable[[], Awaitable[tuple[BatchState, Any]]], state: BatchState, until: float
+        self,
+        read: Callable[[], Awaitable[tuple[BatchState, Any]]],
+        state: BatchState,
+        until: float,
+        check: Callable[[], float | None] | None = None,
     ) -> AsyncIterator[Step]:
         """Reads the batch back until its status is terminal or `until` (loop time) passes, yielding
         a step each time the status changes; the last step is `final`, with a warning when the batch
         is still not terminal. A read that fails is retried later when it may succeed (429, 5xx, no
         answer); any other failure ends the wait with the last known state. `stopping` ends the wait
-        early, so the caller still gets a final answer in the grace time."""
+        early, so the caller still gets a final answer in the grace time. `check` (the caller may
+        still do this: service.usecases.auth.CallerCheck) runs before every read and whenever a
+        sleep ends early; its error (401/403) ends the wait, raised. It returns the seconds until the
+        caller's key expires, and the wait wakes then to check again."""
         policy, timing = self.policy, self.timing
         delay = policy.first_s
         problem: str | None = None
@@ -102,7 +124,13 @@ class Waiting:
             now = timing.now()
             if now >= until:
                 break
-            await self._pause(min(delay, until - now))
+            wake = now + min(delay, until - now)
+            while True:  # a sleep may end early (a reload, the drain): check, then sleep on
+                expires_in = check() if check is not None else None
+                left = wake - timing.now()
+                if left <= 0 or self.stopping.is_set():
+                    break
+                await self._pause(left if expires_in is None else min(left, expires_in + 0.001))
             if self.stopping.is_set():
                 problem = SHUTTING_DOWN
                 break
@@ -168,7 +196,9 @@ async def watch_result(
         async with gate():
             return await reader.read(outcome.read_back, command.batch_id, call)
 
-    async for step in reader.waiting.watch(read, result.batch, until):
+    access = call.access
+    check = None if access is None else functools.partial(access.check, result.provider)
+    async for step in reader.waiting.watch(read, result.batch, until, check):
         yield waited_result(result, step, send_raw), step.final
 
 

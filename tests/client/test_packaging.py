@@ -41,6 +41,9 @@ def test_the_wheel_carries_the_stubs_the_command_and_imports_alone(tmp_path: Pat
     assert "batchgate_client/py.typed" in names
     assert not any(n.startswith(("service/", "tests/", "sandbox/")) for n in names)
     assert "batchgate = batchgate_client.cli:main" in meta["entry_points.txt"]
+    # The licence travels with the wheel: its SPDX expression and its text.
+    assert "License-Expression: Apache-2.0" in meta["METADATA"]
+    assert "Apache License" in meta["LICENSE"] and "Version 2.0, January 2004" in meta["LICENSE"]
     for dependency in ("grpcio", "grpcio-status", "protobuf", "googleapis-common-protos", "rich"):
         assert f"Requires-Dist: {dependency}>=" in meta["METADATA"]
 
@@ -70,3 +73,16 @@ def test_the_wheel_carries_the_stubs_the_command_and_imports_alone(tmp_path: Pat
         "assert not [m for m in sys.modules if m == 'service' or m.startswith('service.')]"
     )
     subprocess.run([sys.executable, "-I", "-c", code], check=True, cwd=tmp_path)
+
+
+def test_the_checkout_is_apache_2_0_licensed():
+    import tomllib
+
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+    for pyproject in (ROOT / "pyproject.toml", CLIENT / "pyproject.toml"):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        assert project["license"] == "Apache-2.0", pyproject
+        assert project["license-files"] == ["LICENSE"], pyproject
+    assert (CLIENT / "LICENSE").read_text() == text

@@ -342,11 +342,16 @@ def test_config_check_takes_the_common_options_before_or_after(stack: Stack, tmp
 @pytest.mark.parametrize(
     "broken",
     [
-        '{"providers": {"openai": {"keys": [{"name": "k", "value": "env.BATCHGATE_TEST_UNSET_KEY"}]}}}',
+        '{"providers": {"openai": {"keys": [{"name": "k", "value": "env.BATCHGATE_TEST_UNSET_KEY", '
+        '"use_for_batch_api": true}]}}}',
         '{"providers": {"openai": {"keys": []}}, "governance": {"virtual_keys": [{"id": "a", "value": "nope"}]}}',
         '{"providers": {"nosuch": {}}}',
         '{"providers": ',
+        '{"providers": {"openai": {"keys": ' + "[" * 100_000 + "]" * 100_000 + "}}}",
+        '{"providers": {"openai": {"keys": [{"value": "k", "use_for_batch_api": true}]}}, '
+        '"governance": {"store": {"type": "redis", "url": "redis://:pw@[::1/0"}}}',
     ],
+    ids=["unset variable", "virtual key", "unknown provider", "not json", "deeply nested", "malformed redis url"],
 )
 def test_config_check_fails_with_exactly_the_services_message(tmp_path: Path, broken: str):
     config = tmp_path / "config.json"
@@ -363,6 +368,54 @@ def test_config_check_fails_with_exactly_the_services_message(tmp_path: Path, br
         env=ENV,
     )
     assert service.returncode == 2 and service.stderr.splitlines()[-1] == result.stderr.strip()
+
+
+def test_config_check_is_strict_and_names_every_problem_in_one_run(tmp_path: Path):
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "openai": {
+                        "keys": [{"value": "env.BATCHGATE_TEST_UNSET_A", "wieght": 2, "use_for_batch_api": True}]
+                    },
+                    "anthropic": {"keys": [{"value": "env.BATCHGATE_TEST_UNSET_B"}]},
+                }
+            }
+        )
+    )
+    result = batchgate("config", "check", str(config))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "batchgate: config error: providers.openai.keys[0].value: environment variable BATCHGATE_TEST_UNSET_A "
+        "is not set",
+        "batchgate: config error: providers.anthropic.keys[0].value: environment variable BATCHGATE_TEST_UNSET_B "
+        "is not set",
+        "batchgate: config error: providers.openai.keys[0].wieght: unknown field (did you mean `weight`?)",
+        "batchgate: config error: providers.anthropic.keys: no batch-enabled key (a key is used for batches when "
+        'it has "use_for_batch_api": true and is enabled; cancels on it would fail with no_batch_keys)',
+    ]
+    config.write_text("{}")
+    result = batchgate("config", "check", str(config))
+    assert (result.returncode, result.stderr) == (
+        1,
+        "batchgate: config error: providers: none configured (every cancel would be refused: "
+        "provider_not_configured)\n",
+    )
+
+
+def test_config_check_allow_missing_env_checks_a_config_without_its_secrets():
+    example = ROOT / "config.example.json"
+    assert batchgate("config", "check", str(example)).returncode == 1
+    result = batchgate("config", "check", "--allow-missing-env", str(example))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout
+        == f"{example}: OK: 3 providers (anthropic, azure, openai), 4 keys (4 for batches), 0 virtual keys\n"
+    )
+    notes = result.stderr.splitlines()
+    assert len(notes) == 5 and all(note.startswith("batchgate: note: not checked: providers.") for note in notes)
+    assert "environment variable OPENAI_API_KEY is not set" in notes[0]
 
 
 # --- the live progress display ---------------------------------------------------------------------

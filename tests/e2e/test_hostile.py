@@ -45,7 +45,7 @@ SETTINGS = dict(
 
 # No faults are injected here, so a 5xx other than "gateway/provider unreachable" is a bug.
 # 422 is a provider's own refusal passed on (Mistral validates job ids as UUIDs).
-DOCUMENTED_STATUSES = {200, 400, 401, 403, 404, 409, 413, 422, 429, 431, 502, 503, 504}
+DOCUMENTED_STATUSES = {200, 400, 401, 403, 404, 405, 409, 413, 422, 429, 431, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,8 @@ def assert_bifrost_error(body: Any, status: int) -> None:
     assert error["code"] is None or isinstance(error["code"], str)
     assert error["param"] is None or isinstance(error["param"], str)
     assert set(body["extra_fields"]) == {"provider", "request_type"}
-    assert body["extra_fields"]["request_type"] == "batch_cancel"
+    # batch_cancel on a cancel route, null where the request is no cancel (an unknown path, /health).
+    assert body["extra_fields"]["request_type"] in ("batch_cancel", None)
 
 
 SURFACE_ENVELOPES = {"/anthropic/": "anthropic", "/genai/": "google", "/bedrock/": "bedrock"}
@@ -164,7 +165,7 @@ def assert_documented(target: str, answer: Answer, method: str = "POST") -> Any:
     body = json.loads(text)
     envelope = "bifrost" if is_codec_refusal(answer.status, body) else envelope_for(target)
     if answer.status == 200:
-        assert_success_shape(envelope, body)
+        assert_success_shape(envelope, body, openai=target.startswith("/openai/"))
     elif envelope == "bifrost":
         assert_bifrost_error(body, answer.status)
     elif envelope == "anthropic":
@@ -183,13 +184,20 @@ def assert_documented(target: str, answer: Answer, method: str = "POST") -> Any:
     return body
 
 
-def assert_success_shape(envelope: str, body: Any) -> None:
+# OpenAI's Batch fields a provider may report, which the OpenAI-compatible routes pass on.
+OPENAI_BATCH_FIELDS = set(pb.BatchCancelResponse.DESCRIPTOR.fields_by_name) - {
+    "id", "object", "status", "request_counts", "cancelling_at", "cancelled_at", "extra_fields"
+}  # fmt: skip
+
+
+def assert_success_shape(envelope: str, body: Any, *, openai: bool = False) -> None:
     assert isinstance(body, dict)
     if envelope == "bifrost":
+        unified = {"id", "object", "status", "request_counts", "cancelling_at", "cancelled_at", "extra_fields"}
         assert (
             {"id", "object", "status", "extra_fields"}
             <= set(body)
-            <= {"id", "object", "status", "request_counts", "cancelling_at", "cancelled_at", "extra_fields"}
+            <= unified | (OPENAI_BATCH_FIELDS if openai else set())
         ), body
         assert body["object"] == "batch" and isinstance(body["status"], str) and body["status"]
         assert body["extra_fields"]["request_type"] == "batch_cancel"
@@ -842,12 +850,15 @@ def test_native_grpc_through_the_edge_keeps_its_trailers(gw: Gateway, sim: SimAd
     answer = h2_call(
         gw.stack.http_port, "/batchgate.v1.BatchService/Cancel", GRPC_HEADERS, grpc_frame(message.SerializeToString())
     )
-    assert answer.trailers is not None
-    assert answer.trailers["grpc-status"] == str(grpc.StatusCode.FAILED_PRECONDITION.value[0])
-    assert "grpc-status-details-bin" in answer.trailers
+    # No message and no initial metadata of its own (the edge's plumbing is for REST calls only):
+    # a Trailers-Only answer, whose one HEADERS frame carries the status.
+    status = answer.trailers if answer.trailers is not None else answer.headers
+    assert status["grpc-status"] == str(grpc.StatusCode.FAILED_PRECONDITION.value[0])
+    assert "grpc-status-details-bin" in status
+    assert not any(name.startswith("x-bf-") for name in (*answer.headers, *(answer.trailers or {})))
 
 
-@pytest.mark.parametrize("given", ['a"b', "v" * 9000, "", "a b", "x" * 129, "caf\xe9", "ok,other"])
+@pytest.mark.parametrize("given", ['a"b', "v" * 9000, "", "a b", "x" * 129, "ok,other"])
 @pytest.mark.parametrize("outcome", ["ok", "refused"])
 def test_unsafe_request_id_is_replaced_everywhere(gw: Gateway, sim: SimAdmin, given: str, outcome: str) -> None:
     batch_id = sim.seed("openai") if outcome == "ok" else new_id()
@@ -875,3 +886,119 @@ def test_safe_request_id_is_kept_everywhere(gw: Gateway, sim: SimAdmin, given: s
     assert answer.status == 200
     assert answer.headers.get_all("x-request-id") == [given]
     assert {line["request_id"] for line in service_log(gw.stack) if line.get("batch_id") == batch_id} == {given}
+
+
+# --- issue 21: header bytes, echoed keys, chunked bodies ----------------------------------------------
+
+SECRET_SHAPED = "sk-bf-hostile-header-secret-0001"
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.name in ("native", "anthropic", "genai_v1beta")])
+def test_a_header_value_grpc_cannot_carry_is_a_400_before_the_service_and_never_logged(
+    gw: Gateway, sim: SimAdmin, route: Route
+) -> None:
+    target = target_for(route, new_id(), "openai" if route.name == "native" else None)
+    before = len(service_log(gw.stack))
+
+    answer, body = run_case(gw, sim, "POST", target, None, [("x-bf-vk", SECRET_SHAPED.encode() + b"\xff")])
+
+    assert answer.status == 400
+    assert "header 'x-bf-vk' has a value that is not printable ASCII" in answer.body.decode()
+    assert SECRET_SHAPED not in answer.body.decode()
+    assert service_log(gw.stack)[before:] == []  # the service never saw it
+
+
+@pytest.mark.parametrize("route", ["envoy", "direct"])
+def test_a_grpc_caller_with_such_a_header_gets_invalid_argument_and_no_traceback(gw: Gateway, route: str) -> None:
+    port = gw.stack.http_port if route == "envoy" else gw.stack.grpc_port
+    message = pb.CancelBatchRequest(batch_id=new_id(), provider="openai").SerializeToString()
+    log_file = gw.stack.log_dir / "service.log"
+    size = log_file.stat().st_size
+
+    # The raw byte 0xff (not UTF-8): what grpc-python logged with a traceback and the whole value.
+    hostile = (b"x-bf-vk", SECRET_SHAPED.encode() + b"\xff")
+    answer = h2_call(port, "/batchgate.v1.BatchService/Cancel", [*GRPC_HEADERS, hostile], grpc_frame(message))
+
+    assert answer.grpc_status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), answer
+    assert answer.grpc_message == "header 'x-bf-vk' has a value that is not printable ASCII"
+    # The service writes its one "malformed call" line (direct) before it answers.
+    written = log_file.read_bytes()[size:].decode("utf-8", "replace")
+    assert SECRET_SHAPED not in written and "Traceback" not in written and "Invalid encoding" not in written
+    assert '"level":"error"' not in written
+
+
+ECHO_KEY = "sk-sandbox-openai"  # the sandbox's OpenAI key (gateway/stack.py sandbox mode)
+
+
+def test_a_key_echoed_in_a_provider_error_never_reaches_the_caller_or_the_log(gw: Gateway, faults: SimAdmin) -> None:
+    batch_id = faults.seed("openai")
+    echo = {"error": {"message": f"Incorrect API key provided: {ECHO_KEY}.", "type": "invalid_request_error"}}
+    faults.add_faults("openai", {"status": 401, "body": json.dumps(echo)})
+
+    answer = send(gw, "POST", f"/v1/batches/{batch_id}/cancel?provider=openai")
+
+    assert answer.status == 401
+    assert ECHO_KEY not in answer.body.decode()
+    assert json.loads(answer.body)["error"]["message"] == "Incorrect API key provided: ***."
+    logged = [line for line in service_log(gw.stack) if line.get("batch_id") == batch_id]
+    assert logged and ECHO_KEY not in json.dumps(logged)
+
+
+def test_a_key_echoed_in_a_200_body_never_reaches_raw_response(gw: Gateway, faults: SimAdmin) -> None:
+    batch_id = faults.seed("openai")
+    body = {"id": batch_id, "object": "batch", "status": "cancelling", "metadata": {"seen_key": ECHO_KEY}}
+    faults.add_faults("openai", {"status": 200, "body": json.dumps(body)})
+
+    answer = send(
+        gw, "POST", f"/v1/batches/{batch_id}/cancel?provider=openai", None, [("x-bf-send-back-raw-response", "true")]
+    )
+
+    assert answer.status == 200
+    text = answer.body.decode()
+    assert ECHO_KEY not in text
+    assert json.loads(text)["extra_fields"]["raw_response"]["metadata"] == {"seen_key": "***"}
+
+
+def chunked_bulk(gw: Gateway, size: int, chunk: int) -> tuple[Answer, int]:
+    """A bulk cancel body of about `size` bytes sent with Transfer-Encoding: chunked (no length),
+    and its length."""
+    item = json.dumps({"id": "c" * 500, "provider": "openai"})
+    count = max(1, (size - 40) // (len(item) + 1))
+    body = ('{"batches": [' + ",".join([item] * count) + "]}").encode()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.stack.http_port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/batches/cancel", skip_accept_encoding=True)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for start in range(0, len(body), chunk):
+                piece = body[start : start + chunk]
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # Envoy answered and closed before the whole body was sent
+        resp = conn.getresponse()
+        return Answer(resp.status, resp.headers, resp.read()), len(body)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("size_kb", [700, 760, 775, 800, 900, 1000, 1030, 1070])
+@pytest.mark.parametrize("chunk", [4096, 65536])
+def test_a_chunked_bulk_body_over_the_limit_is_always_a_413_in_the_bifrost_shape(
+    gw: Gateway, size_kb: int, chunk: int
+) -> None:
+    from gateway.render import BULK_MAX_REQUEST_BYTES
+
+    answer, length = chunked_bulk(gw, size_kb * 1000, chunk)
+
+    body = json.loads(answer.body)
+    if length > BULK_MAX_REQUEST_BYTES:
+        assert answer.status == 413, (length, answer.status, answer.body[:200])
+        assert_bifrost_error(body, 413)
+        assert body["error"]["code"] == "request_too_large"
+    else:  # read whole: more than 1,000 items, the service's own 400 for the call
+        assert answer.status == 400, (length, answer.status, answer.body[:200])
+        assert_bifrost_error(body, 400)
+        assert body["error"]["message"].startswith("batches must hold 1 to 1000 items")

@@ -189,6 +189,17 @@ BROKEN_CONFIGS = {
         "providers.openai.keys[0].use_for_batch_api: expected true or false, got str",
     ),
     "not json": ("{not json", "{path}: not valid JSON (line 1 column 2:"),
+    "deeply nested": (
+        '{"providers": {"openai": {"keys": ' + "[" * 100_000 + "]" * 100_000 + "}}}",
+        "providers.openai.keys[0][0][0]",
+    ),
+    "malformed redis url": (
+        {
+            "providers": {"openai": {"keys": [{"value": "k", "use_for_batch_api": True}]}},
+            "governance": {"store": {"type": "redis", "url": "redis://:pw@[::1/0"}},
+        },
+        "governance.store.url: not a valid URL (check the host and its brackets)",
+    ),
 }
 
 
@@ -211,3 +222,104 @@ def test_broken_config_fails_with_one_clear_line(tmp_path: Path, case: str) -> N
     assert "Traceback" not in output
     assert "batchgate is up" not in done.stdout
     assert [p for p in ports if port_open(p)] == []
+
+
+# --- what a run leaves behind (issue 23, item 12) --------------------------------------------------
+
+LIMITED_KEY = "sk-bf-launcher-state"
+
+
+def limited_config(path: Path) -> Path:
+    """A config whose one virtual key may make one call an hour; its provider is a closed port (a
+    counted call is counted before anything goes upstream, whatever upstream then does)."""
+    config = {
+        "providers": {
+            "openai": {
+                "keys": [{"name": "k", "value": "sk-unused", "use_for_batch_api": True}],
+                "network_config": {"base_url": "http://127.0.0.1:9", "max_retries": 0},
+            }
+        },
+        "governance": {
+            "rate_limits": [{"id": "one-an-hour", "request_max_limit": 1, "request_reset_duration": "1h"}],
+            "virtual_keys": [
+                {
+                    "id": "team",
+                    "value": LIMITED_KEY,
+                    "rate_limit_id": "one-an-hour",
+                    "provider_configs": [{"provider": "openai"}],
+                }
+            ],
+        },
+        "client": {"enforce_auth_on_inference": True},
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start_launcher(env: dict[str, str], stderr: Path) -> subprocess.Popen:
+    with open(stderr, "a") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            bufsize=0,
+            start_new_session=True,
+        )
+    read_until_curl_line(proc)
+    return proc
+
+
+def limited_call(env: dict[str, str]) -> int:
+    url = f"http://127.0.0.1:{env['HTTP_PORT']}/v1/batches/batch_state/cancel?provider=openai"
+    return requests.post(url, headers={"x-bf-vk": LIMITED_KEY}, timeout=10).status_code
+
+
+def stop_launcher(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        proc.send_signal(sig)
+        proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_a_run_keeps_state_in_state_dir_only_and_leaves_no_temp_files(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A clean stop leaves nothing in the temporary directory; a hard stop's leftovers go at the next
+    start; the rate-limit counts are in STATE_DIR and outlive a restart."""
+    # A temporary directory of the test's own, with a short path (the sockets live in it).
+    temp, state = Path(tempfile.mkdtemp(prefix="bg-", dir="/tmp")), tmp_path / "state"
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    env = launcher_env(CONFIG=str(limited_config(tmp_path / "config.json")), WORKERS="1")
+    env.update(TMPDIR=str(temp), STATE_DIR=str(state), DRAIN_DELAY_SECONDS="0")
+    stderr = tmp_path / "stderr.log"
+
+    first = start_launcher(env, stderr)
+    assert limited_call(env) != 429  # counted (the provider is down)
+    assert [p.name.startswith(f"batchgate-run-{first.pid}-") for p in temp.iterdir()] == [True]
+    stop_launcher(first, signal.SIGTERM)
+    assert first.returncode == 0
+    assert list(temp.iterdir()) == []
+    assert (state / "rate-limits.sqlite3").is_file()
+
+    hard = start_launcher(env, stderr)
+    assert limited_call(env) == 429  # the count outlived the restart
+    stop_launcher(hard, signal.SIGKILL)
+    (left,) = temp.iterdir()
+    assert left.name.startswith(f"batchgate-run-{hard.pid}-")
+    for _ in range(100):  # its children die with it (PR_SET_PDEATHSIG); wait until the ports are free
+        if not any(port_open(int(env[name])) for name in ("HTTP_PORT", "GRPC_PORT", "ADMIN_PORT")):
+            break
+        time.sleep(0.1)
+
+    last = start_launcher(env, stderr)
+    assert [p.name.startswith(f"batchgate-run-{last.pid}-") for p in temp.iterdir()] == [True]
+    assert limited_call(env) == 429
+    stop_launcher(last, signal.SIGTERM)
+    assert list(temp.iterdir()) == []
+    assert "Traceback" not in stderr.read_text()

@@ -38,6 +38,34 @@ def test_cancel_returns_a_batch(client: openai.OpenAI, sim: SimAdmin, t0: float)
     assert calls[0]["headers"]["Authorization"] == f"Bearer {OPENAI_KEY}"
 
 
+REQUIRED_BY_THE_SDK = ("created_at", "endpoint", "input_file_id", "completion_window")
+
+
+def test_the_batch_carries_the_openai_fields_the_provider_reported(client: openai.OpenAI, sim: SimAdmin) -> None:
+    """Issue 23: the SDK's Batch type requires created_at, endpoint, input_file_id and
+    completion_window; they are passed on as the provider reported them, and what it did not report
+    (null output_file_id, metadata) stays absent."""
+    batch_id = sim.seed("openai")
+
+    batch = client.batches.cancel(batch_id)
+
+    reported = sim.batch("openai", batch_id)  # the simulator's own OpenAI Batch object
+    for name in (*REQUIRED_BY_THE_SDK, "in_progress_at", "expires_at"):
+        assert getattr(batch, name) == reported[name] is not None, name
+    assert Batch.model_validate(batch.model_dump()).input_file_id == reported["input_file_id"]
+    assert (batch.output_file_id, batch.error_file_id, batch.metadata, batch.completed_at) == (None,) * 4
+    assert not {"output_file_id", "metadata", "completed_at"} & set(batch.model_dump(exclude_unset=True))
+
+
+def test_a_provider_without_openai_fields_gets_none_invented(client: openai.OpenAI, sim: SimAdmin) -> None:
+    batch_id = sim.seed("anthropic")
+
+    batch = client.batches.cancel(batch_id, extra_body={"provider": "anthropic"})
+
+    assert batch.created_at is not None  # Anthropic reports when it was created
+    assert (batch.endpoint, batch.input_file_id, batch.completion_window) == (None, None, None)
+
+
 def test_extra_body_provider_routes_to_azure(client: openai.OpenAI, sim: SimAdmin, t0: float) -> None:
     batch_id = sim.seed("azure")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from gateway.stack import BUILD, Stack, free_port
+from gateway.stack import Stack, free_port
 from tests.e2e.conftest import SimAdmin, new_id
 
 
@@ -113,7 +113,7 @@ def test_health_through_envoy_reports_each_providers_circuit(observed: Stack) ->
 def test_envoy_stats_are_on_the_loopback_admin_port(observed: Stack) -> None:
     text = requests.get(f"http://127.0.0.1:{observed.admin_port}/stats/prometheus", timeout=5).text
     assert "envoy_cluster_upstream_rq" in text
-    rendered = (BUILD / f"envoy-{observed.http_port}.yaml").read_text()
+    rendered = observed.envoy_config.read_text()
     assert (
         f"admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {observed.admin_port}}}}}" in rendered
     )

@@ -33,7 +33,7 @@ from google.protobuf import duration_pb2
 from gateway.paths import ROOT
 from gateway.stack import Stack, free_port
 from sandbox.server import SANDBOX_OPERATOR_KEY, gateway_config
-from tests.e2e.conftest import Gateway, SimAdmin, new_id
+from tests.e2e.conftest import Gateway, SimAdmin, new_id, until
 
 OPERATOR = {"x-bf-vk": SANDBOX_OPERATOR_KEY}
 NOW = int(time.time())
@@ -50,14 +50,14 @@ def get(gw: Gateway, name: str, headers: dict | None = None) -> requests.Respons
 
 
 def wait_done(gw: Gateway, name: str, headers: dict | None = None, seconds: float = 30) -> dict:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    """The operation once GetOperation says it is done (within `seconds`)."""
+
+    def done() -> dict | None:
         resp = get(gw, name, headers)
         assert resp.status_code == 200, resp.text
-        if resp.json()["done"]:
-            return resp.json()
-        time.sleep(0.1)
-    raise AssertionError(f"{name} not done after {seconds} s: {resp.text[:500]}")
+        return resp.json() if resp.json()["done"] else None
+
+    return until(done, seconds)
 
 
 def outcomes(op: dict) -> dict[str, str]:
@@ -196,9 +196,7 @@ def test_cancel_operation_stops_it(gw: Gateway, faults: SimAdmin, t0: float) -> 
     ids = [sim.seed("openai", metadata={"run": tag}) for _ in range(40)]
     sim.add_faults("openai", {"latency_ms": 300, "count": 200})
     name = start(gw, {"selector": {"metadata": {"run": tag}}})["name"]
-    deadline = time.monotonic() + 20
-    while not cancel_paths(sim, t0, ids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until(lambda: cancel_paths(sim, t0, ids), 20)
     resp = gw.post(f"/v1/{name}:cancel", headers=OPERATOR)
     assert resp.status_code == 200 and resp.json() == {}
     returned = time.time()
@@ -331,8 +329,7 @@ def test_an_operation_survives_sigkill_of_every_process(outside: SimAdmin, tmp_p
         sim.add_faults("openai", {"latency_ms": 150, "count": 1000})  # ~4 cancels in flight, 150 ms each
         gw = Gateway(first)
         name = start(gw, {"selector": {"metadata": {"run": tag}}})["name"]
-        while len(cancel_paths(sim, 0, ids)) < 12:
-            time.sleep(0.05)
+        until(lambda: len(cancel_paths(sim, 0, ids)) >= 12)
     finally:
         kill_all(first)
     first.stop()
@@ -365,8 +362,7 @@ def test_a_gateway_on_the_same_redis_takes_over(outside: SimAdmin, tmp_path: Pat
     try:
         sim.add_faults("openai", {"latency_ms": 150, "count": 1000})
         name = start(Gateway(first), {"selector": {"metadata": {"run": tag}}})["name"]
-        while len(cancel_paths(sim, 0, ids)) < 8:
-            time.sleep(0.05)
+        until(lambda: len(cancel_paths(sim, 0, ids)) >= 8)
         kill_all(first)
         op = wait_done(Gateway(second), name, seconds=60)
     finally:

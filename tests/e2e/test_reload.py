@@ -85,21 +85,21 @@ def encode(config: dict) -> bytes:
 class Mount:
     """A directory as the kubelet lays out a mounted ConfigMap or Secret, updated as it does."""
 
-    def __init__(self, root: Path) -> None:
-        self.root, self.versions = root, itertools.count()
-        self.path = root / "config.json"
+    def __init__(self, root: Path, name: str = "config.json") -> None:
+        self.root, self.name, self.versions = root, name, itertools.count()
+        self.path = root / name
         root.mkdir(parents=True)
         self.current: Path | None = None
 
     def write(self, content: bytes) -> None:
         version = self.root / f"..2026_11_28_{next(self.versions):06d}"
         version.mkdir()
-        (version / "config.json").write_bytes(content)
+        (version / self.name).write_bytes(content)
         staged = self.root / "..data_tmp"
         staged.symlink_to(version.name)
         os.replace(staged, self.root / "..data")
         if not self.path.is_symlink():
-            self.path.symlink_to("..data/config.json")
+            self.path.symlink_to(f"..data/{self.name}")
         if self.current is not None:
             shutil.rmtree(self.current)  # the kubelet removes the old version after the swap
         self.current = version
@@ -381,6 +381,33 @@ def test_a_rotated_provider_key_is_sent_by_the_next_call(
     assert [carried(b) for b in after] == [[f"Bearer {ROTATED_KEY}"]] * 4
 
 
+def test_a_provider_key_in_a_secret_file_rotates_without_a_config_change_or_a_signal(
+    gateway: Stack, mount: Mount, sandbox: str, restore: None, tmp_path: Path
+) -> None:
+    """`"value": "file./.../openai-key"` on a Secret volume: the kubelet's `..data` swap, then an in-place
+    write, each reach both workers' next calls (issue 23: `env.VAR` cannot change in a running pod)."""
+    sim = SimAdmin(sandbox)
+    session = requests.Session()
+    secret = Mount(tmp_path / "secret-volume", "openai-key")
+    secret.write(f"{OPENAI_KEY}\n".encode())
+    content = encode(config_for(sandbox, openai_key=f"file.{secret.path}"))
+    mount.write(content)
+    wait_for_version(gateway, documented_version(content))
+
+    def sent_by_both_workers(key: str) -> bool:
+        batch_ids = [f"b{uuid.uuid4().hex[:12]}" for _ in range(6)]  # Envoy spreads them over both workers
+        assert all(native(gateway, session, VK_LOAD, batch_id).status_code == 200 for batch_id in batch_ids)
+        sent = {call["headers"]["Authorization"] for b in batch_ids for call in sim.calls("openai", batch_id=b)}
+        return sent == {f"Bearer {key}"}
+
+    assert sent_by_both_workers(OPENAI_KEY)
+    secret.write(f"{ROTATED_KEY}\n".encode())  # the kubelet's swap; the config file is untouched
+    wait_for(lambda: sent_by_both_workers(ROTATED_KEY), REVOCATION_LIMIT_S, "the rotated key sent")
+    secret.path.write_text(OPENAI_KEY)  # in place
+    wait_for(lambda: sent_by_both_workers(OPENAI_KEY), REVOCATION_LIMIT_S, "the key written in place sent")
+    assert OPENAI_KEY not in (gateway.log_dir / "service.log").read_text()
+
+
 # --- a broken file ------------------------------------------------------------------------------
 
 
@@ -464,3 +491,47 @@ def test_sighup_to_the_launcher_reloads_every_worker(tmp_path: Path, sandbox: st
             proc.kill()
             proc.wait()
         proc.stdout.close()
+
+
+def test_the_launcher_follows_a_kubernetes_style_swap_of_a_symlinked_config(tmp_path: Path, sandbox: str) -> None:
+    """`make run` with CONFIG a symlink (`config.json -> ..data/config.json`): after the kubelet's
+    swap of `..data` and the removal of the old version directory, the new file is the one that
+    runs (issue 23: the launcher used to hand the workers the symlink's old target)."""
+    mount = Mount(tmp_path / "etc-batchgate")
+    mount.write(encode(config_for(sandbox)))
+    env = launcher_env(CONFIG=str(mount.path), WORKERS="1", DRAIN_DELAY_SECONDS="0")
+    stderr_path = tmp_path / "stderr.log"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=0,
+            start_new_session=True,
+        )
+    try:
+        try:
+            _, lines = read_until_curl_line(proc)
+        except AssertionError as exc:
+            raise AssertionError(stderr_path.read_text()[-3000:]) from exc
+        assert any(f"config {mount.path}" in line for line in lines), lines  # the path as given
+        url = f"http://127.0.0.1:{env['HTTP_PORT']}/v1/batches/b{uuid.uuid4().hex[:12]}/cancel?provider=openai"
+        with requests.Session() as session:
+            assert session.post(url, headers={"x-bf-vk": VK_REVOKED}, timeout=10).status_code == 200
+
+            mount.write(encode(config_for(sandbox, revoked=True)))  # swaps ..data, removes the old version
+
+            def refused() -> bool:
+                return session.post(url, headers={"x-bf-vk": VK_REVOKED}, timeout=10).status_code == 401
+
+            wait_for(refused, REVOCATION_LIMIT_S, "the revoked key refused after the swap")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert "cannot be read" not in stderr_path.read_text()

@@ -399,7 +399,9 @@ def test_unusual_but_safe_id_is_escaped_as_one_segment(gw: Gateway, sim: SimAdmi
 ENVOY_REPLIES = {
     "unknown path": ("POST", "/nope", None, {}, 404, "route_not_found"),
     "unknown versioned path": ("POST", "/v2/batches/x/cancel?provider=openai", None, {}, 404, "route_not_found"),
-    "GET on cancel": ("GET", "/v1/batches/{id}/cancel?provider=openai", None, {}, 404, "route_not_found"),
+    "GET on cancel": ("GET", "/v1/batches/{id}/cancel?provider=openai", None, {}, 405, "method_not_allowed"),
+    "DELETE on the OpenAI route": ("DELETE", "/openai/v1/batches/{id}/cancel", None, {}, 405, "method_not_allowed"),
+    "POST on health": ("POST", "/health", None, {}, 405, "method_not_allowed"),
     "malformed json": (
         "POST",
         "/openai/v1/batches/{id}/cancel",
@@ -458,7 +460,16 @@ def test_envoy_replies_are_bifrost_json(gw: Gateway, sim: SimAdmin, t0: float, c
     assert answer["error"]["code"] == code
     assert isinstance(answer["error"]["type"], str) and answer["error"]["type"]
     assert isinstance(answer["error"]["message"], str) and answer["error"]["message"]
-    assert answer["extra_fields"]["request_type"] == "batch_cancel"
+    assert answer["error"]["type"].endswith("_error")
+    # Only a cancel route's errors say they are about a cancel (issue 23).
+    no_cancel = code in ("route_not_found", "method_not_allowed")
+    assert answer["extra_fields"]["request_type"] == (None if no_cancel else "batch_cancel")
+    if code == "method_not_allowed":
+        assert resp.headers["allow"] == ("GET" if path == "/health" else "POST")
+        assert (
+            answer["error"]["message"]
+            == f"{method} is not allowed on {path.format(id=batch_id)}; use {resp.headers['allow']}"
+        )
     assert sim.calls(since=t0) == []
     assert sim.batch("openai", batch_id)["status"] == "in_progress"
 
@@ -591,7 +602,7 @@ def test_service_down_is_a_503_bifrost_body(openai_only: Stack, sim: SimAdmin) -
         "is_bifrost_error": True,
         "status_code": 503,
         "error": {
-            "type": "service_unavailable",
+            "type": "upstream_error",
             "code": "upstream_unavailable",
             "message": "batchgate service is unavailable",
             "param": None,
@@ -605,3 +616,16 @@ def test_service_down_is_a_503_bifrost_body(openai_only: Stack, sim: SimAdmin) -
                 pb.CancelBatchRequest(batch_id=new_id(), provider="openai"), timeout=5
             )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/batches/{id}:cancel?provider=openai", "/v1/batches/{id}/cancel/?provider=openai", "/v1/nope", "/"],
+)
+def test_a_path_that_is_no_cancel_route_does_not_claim_to_be_a_cancel(gw: Gateway, sim: SimAdmin, path: str) -> None:
+    """Issue 23: `request_type: batch_cancel` only on a cancel route; a 404, whoever answers it, says null."""
+    resp = gw.request("POST", path.format(id=new_id()))
+    assert resp.status_code == 404
+    body = resp.json()
+    assert (body["error"]["code"], body["error"]["type"]) == ("route_not_found", "invalid_request_error")
+    assert body["extra_fields"] == {"provider": "", "request_type": None}

@@ -37,7 +37,7 @@ SERVICE_DOWN = {
     "is_bifrost_error": True,
     "status_code": 503,
     "error": {
-        "type": "service_unavailable",
+        "type": "upstream_error",
         "code": "upstream_unavailable",
         "message": "batchgate service is unavailable",
         "param": None,
@@ -49,7 +49,15 @@ SERVICE_DOWN = {
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = Path(tmp_path_factory.mktemp("shutdown-stack"))
-    stack = Stack(config=None, http_port=free_port(), grpc_port=free_port(), admin_port=free_port(), log_dir=logs)
+    stack = Stack(
+        config=None,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        admin_port=free_port(),
+        log_dir=logs,
+        # One caller (this test, anonymous on loopback) sends bursts of 128 calls to one worker.
+        sandbox_config={"client": {"limits": {"calls_per_caller": 512}}},
+    )
     stack.start()
     try:
         yield stack

@@ -307,3 +307,35 @@ async def test_health_and_reflection_are_served(sandbox, sim):
             )
             names = [s.name async for r in stream for s in r.list_services_response.service]
     assert "batchgate.v1.BatchService" in names
+
+
+# --- the edge's plumbing stays at the edge (issue 23) --------------------------------------------
+
+EDGE_PLUMBING = ("x-bf-error-body", "x-bf-status", "x-bf-stream")
+
+
+async def test_native_grpc_callers_never_get_the_edges_plumbing(service, sim):
+    """x-bf-error-body / x-bf-status (a failed call) and x-bf-stream (CancelMany) are metadata for the
+    edge's Lua filter: a direct gRPC caller sees the status and its typed detail only."""
+    failed = service.Cancel(pb.CancelBatchRequest(batch_id=new_id(), provider="nosuch"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await failed
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_detail(info.value).error.code == "unknown_provider"
+    assert [key for key, _ in await failed.initial_metadata() if key in EDGE_PLUMBING] == []
+
+    batch = sim.seed("openai", new_id())
+    stream = service.CancelMany(
+        pb.CancelManyRequest(batches=[pb.BatchRef(id=batch.id, provider="openai"), pb.BatchRef(id="x", provider="no")])
+    )
+    events = [event async for event in stream]
+    assert sorted(event.WhichOneof("result") for event in events) == ["batch", "error"]
+    assert [key for key, _ in await stream.initial_metadata() if key in EDGE_PLUMBING] == []
+    # A REST call through the edge (Envoy names its original path) still gets the rendering.
+    rest = service.Cancel(
+        pb.CancelBatchRequest(batch_id="batch_x", provider="nosuch"),
+        metadata=(("x-envoy-original-path", "/v1/batches/batch_x/cancel?provider=nosuch"),),
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await rest
+    assert {key for key, _ in await rest.initial_metadata()} >= {"x-bf-error-body", "x-bf-status"}

@@ -41,6 +41,7 @@ from batchgate_client import (
     batch_to_dict,
 )
 from batchgate_client.cli import run
+from batchgate_client.testing import retry_hooks
 
 from gateway.paths import ROOT
 from service.edge.server import Listener, create_server
@@ -73,13 +74,13 @@ class Adapter:
                 also(seconds)
 
         if kind == "sync":
-            self.client = BatchgateClient(target, **kwargs)._use_hooks(sleep=record)
+            self.client = retry_hooks(BatchgateClient(target, **kwargs), sleep=record)
         else:
 
             async def record_async(seconds: float) -> None:
                 record(seconds)
 
-            self.client = AsyncBatchgateClient(target, **kwargs)._use_hooks(sleep=record_async)
+            self.client = retry_hooks(AsyncBatchgateClient(target, **kwargs), sleep=record_async)
 
     async def cancel(self, *args, **kwargs):
         if self.kind == "sync":

@@ -11,9 +11,14 @@ import uuid
 import grpc
 import pytest
 import redis.asyncio
+from prometheus_client import REGISTRY
 
+from service.edge.server import Listener, create_server
+from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from service.infra.limits import REDIS_KEY_PREFIX, RateLimiter, RedisStore
 from service.infra.providers.catalog import parse_config
+from service.runtime.build import RuntimeFactory
+from service.runtime.live import LiveConfig
 from tests.conftest import RedisServer
 from tests.support import cancel, cancel_failure, config_dict, eventually, running_service, self_signed_cert
 
@@ -175,6 +180,48 @@ async def test_an_unreachable_redis_never_holds_a_call_for_long(sandbox, sim):
         assert await outcome(stub, sim) == "ok"
         assert loop.time() - started < 2.0
         assert await outcome(stub, sim) == "ok"  # within the pause: not asked again
+
+
+async def test_a_paused_redis_costs_one_call_per_pause_its_timeout_and_the_others_nothing(sandbox, sim, redis_server):
+    # CLIENT PAUSE: Redis accepts commands and answers none, the outage that took 25 % of limited
+    # calls ~0.5 s each and logged a dozen errors a second. The pause is a clock the test moves.
+    now = [0.0]
+    limiter = RateLimiter(RedisStore(redis_server.url, timeout_s=0.1), clock=lambda: now[0])
+    config = parse_config(limited_config(sandbox.url, {"type": "redis", "url": redis_server.url}, limit=1000), env={})
+    admin = RedisStore(redis_server.url)
+    app = await create_server(LiveConfig(config, factory=RuntimeFactory(limiter)), Listener("127.0.0.1:0"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = pb_grpc.BatchServiceStub(channel)
+    try:
+        assert await outcome(stub, sim) == "ok"
+        errors = REGISTRY.get_sample_value("batchgate_rate_limit_store_errors_total", {"store": "redis"}) or 0.0
+        await admin._redis.command("CLIENT", "PAUSE", 20_000, "WRITE")  # scripts wait, UNPAUSE does not
+        assert await outcome(stub, sim) == "ok"  # it waited for the timeout: the store failed open
+        assert limiter.state == "degraded"
+        # Within the pause every limited call goes on without the store.
+        assert await asyncio.gather(*(outcome(stub, sim) for _ in range(10))) == ["ok"] * 10
+        now[0] += 1.0
+        # After it one call asks the paused store (and waits its timeout); the others do not wait
+        # for that one: all of them are answered before it.
+        finished: list[str] = []
+
+        async def call(name: str) -> None:
+            assert await outcome(stub, sim) == "ok"
+            finished.append(name)
+
+        probe = asyncio.create_task(call("probe"))
+        while not limiter._probing:
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*(call(f"other-{i}") for i in range(10)))
+        await probe
+        assert finished[-1] == "probe" and len(finished) == 11
+        errors_now = REGISTRY.get_sample_value("batchgate_rate_limit_store_errors_total", {"store": "redis"})
+        assert errors_now == errors + 2  # one per pause, not one per call
+    finally:
+        await channel.close()
+        await app.stop(grace=0)
+        await admin._redis.command("CLIENT", "UNPAUSE")
+        await admin.close()
 
 
 @pytest.mark.parametrize("db", ["/0", "/3"])

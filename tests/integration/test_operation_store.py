@@ -25,6 +25,7 @@ from service.infra.operation_store import (
     BadPageToken,
     LeaseLost,
     RedisOperationStore,
+    SaveMode,
     SqliteOperationStore,
     StopRequested,
 )
@@ -81,7 +82,7 @@ async def test_saving_keeps_the_order_found_and_updates_in_place(store):
 async def test_replacing_the_batches_drops_the_old_ones(store):
     op = operation()
     await store.create(op, items(5), "w", T0 + 15)
-    await store.save("w", T0, op, items(2, "azure"), replace_items=True)
+    await store.save("w", T0, op, items(2, "azure"), SaveMode.REPLACE)
     assert [item.key for item in await store.items(op.name)] == [("azure", "batch_00000"), ("azure", "batch_00001")]
 
 
@@ -89,7 +90,7 @@ async def test_a_large_save_goes_through_whole(store):
     op = operation()
     await store.create(op, [], "w", T0 + 15)
     op.state = "cancelling"
-    await store.save("w", T0, op, items(2500), replace_items=True)
+    await store.save("w", T0, op, items(2500), SaveMode.REPLACE)
     assert len(await store.items(op.name)) == 2500
     assert (await store.get(op.name)).operation.state == "cancelling"
 
@@ -112,7 +113,7 @@ async def test_a_cancel_request_stops_checked_writes_only(store):
     assert await store.request_cancel(op.name)
     assert not await store.request_cancel("operations/missing")
     with pytest.raises(StopRequested):
-        await store.save("w", T0, op, items(1), check_stop=True)
+        await store.save("w", T0, op, items(1), SaveMode.UNLESS_STOPPED)
     assert await store.items(op.name) == []
     op.state = DONE
     op.done = True
@@ -201,3 +202,25 @@ async def test_running_counts_and_deletion(store):
     assert not await store.delete("operations/b")
     assert await store.get("operations/b") is None and await store.items("operations/b") == []
     assert [op.name for op in (await store.page(None, 10, ""))[0]] == ["operations/a"]
+
+
+async def test_finished_operations_older_than_the_retention_are_deleted_oldest_first(store):
+    day = 86400.0
+    for i, (done, webhook) in enumerate([(True, ""), (True, ""), (False, ""), (True, NOTIFY_PENDING), (True, "")]):
+        op = operation(f"operations/{i}", created=T0 - (40 - i) * day)  # 40, 39, 38, 37 and 36 days old
+        await store.create(op, items(3), "w", T0 + 15)
+        op.done, op.state, op.notification.state = done, DONE if done else "cancelling", webhook
+        await store.save("w", T0, op)
+    young = operation("operations/young", created=T0 - 29 * day, done=True, state=DONE)
+    await store.create(young, items(1), "w", T0 + 15)
+    await store.save("w", T0, young)
+    cutoff = T0 - 30 * day
+    assert await store.delete_finished(cutoff, 1) == ["operations/0"]
+    # Not done, or its webhook not delivered yet: kept whatever its age, as is anything younger.
+    assert await store.delete_finished(cutoff, 10) == ["operations/1", "operations/4"]
+    assert await store.delete_finished(cutoff, 10) == []
+    assert await store.get("operations/0") is None and await store.items("operations/0") == []
+    kept = [op.name for op in (await store.page(None, 10, ""))[0]]
+    assert kept == ["operations/young", "operations/3", "operations/2"]
+    assert [op.name for op in (await store.page("vk:team-a", 10, ""))[0]] == kept
+    assert await store.count_running("vk:team-a") == 1

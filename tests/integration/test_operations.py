@@ -1,11 +1,11 @@
 """Cancel by selector as long-running operations, through the real servicer over real gRPC, with the
 real adapters and executors against the simulators over real HTTP (whose recorded calls show what
-was and was not sent). Retries, polls and leases are set short through the settings and the config,
-never by sleeping."""
+was and was not sent). Retries and polls are set short through the policy; a takeover is driven by
+the second worker's clock (its time is past the dead worker's lease) and every wait is for an event
+(`eventually`), never a sleep."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -23,21 +23,24 @@ from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc
 from service.infra.operation_store import SqliteOperationStore
 from service.infra.providers.catalog import parse_config
+from service.infra.timing import Timing
 from service.infra.webhook import signature
-from service.usecases.operations import Backoff, Settings
+from service.usecases.operations import Backoff, OperationPolicy
+from service.usecases.operations.worker import UNIX_TIME
 from service.usecases.waiting import PollPolicy
-from tests.support import AZURE_KEY, OPENAI_KEYS, error_detail
+from tests.support import AZURE_KEY, OPENAI_KEYS, error_detail, eventually
 
-FAST = Settings(
+FAST = OperationPolicy(
     retry=Backoff(first_s=0.02, max_s=0.1),
     listing_retry=Backoff(first_s=0.02, max_s=0.1),
-    notify_retry=Backoff(first_s=0.05, max_s=0.1),
+    webhook_retry=Backoff(first_s=0.05, max_s=0.1),
     poll=PollPolicy(first_s=0.05, max_s=0.2),
     flush_seconds=0.02,
 )
 ADMIN = ("authorization", "Basic " + __import__("base64").b64encode(b"admin:hunter2-admin").decode())
 VK_OPS, VK_PLAIN, VK_OTHER = "sk-bf-ops-team", "sk-bf-plain-team", "sk-bf-other-team"
 NOW = int(time.time())
+LEASE_S = 2
 
 
 def gateway_config(url: str, **operations: Any) -> dict:
@@ -78,7 +81,7 @@ def gateway_config(url: str, **operations: Any) -> dict:
                 },
             ]
         },
-        "operations": {"lease_seconds": 2, **operations},
+        "operations": {"lease_seconds": LEASE_S, **operations},
     }
 
 
@@ -131,8 +134,9 @@ def cancels(sim, provider: str | None = None) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(config: dict, store=None, settings: Settings = FAST) -> AsyncIterator[Client]:
-    app = await create_server(parse_config(config, env={}), operations=OperationsSetup(store=store, settings=settings))
+async def serving(config: dict, store=None, timing: Timing = UNIX_TIME) -> AsyncIterator[Client]:
+    setup = OperationsSetup(store=store, policy=FAST, timing=timing)
+    app = await create_server(parse_config(config, env={}), operations=setup)
     client = Client(app)
     try:
         yield client
@@ -363,8 +367,7 @@ async def test_cancel_operation_stops_new_cancels_and_skips_the_rest(gateway, si
     ids = [seed(sim, "openai", f"batch_stop_{i:02d}") for i in range(20)]
     sim.add_fault("openai", {"latency_ms": 150, "count": 40})  # every call takes a while
     op = await gateway.start(selector={"batches": [(i, "openai") for i in ids]}, max_batches=20)
-    while len(cancels(sim)) < 4:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(cancels(sim)) >= 4)
     await gateway.ops.CancelOperation(operations_pb2.CancelOperationRequest(name=op.name), metadata=(ADMIN,))
     sent_when_it_returned = len(sim.calls("openai"))
     done = await gateway.wait(op.name)
@@ -457,8 +460,7 @@ async def test_a_revoked_key_stops_its_operation(sandbox, sim, tmp_path):
         sim.add_fault("openai", {"latency_ms": 150, "count": 40})
         mine = (("x-bf-vk", VK_OPS),)
         op = await gateway.start(metadata=mine, selector={"batches": [(i, "openai") for i in ids]}, max_batches=20)
-        while len(cancels(sim)) < 2:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(cancels(sim)) >= 2)
         config["governance"]["virtual_keys"][0]["is_active"] = False
         live = gateway.app.live
         assert live.apply(__import__("json").dumps(config).encode(), "test")
@@ -479,17 +481,16 @@ async def test_another_worker_takes_over_an_operation_whose_worker_died(sandbox,
     async with serving(config, store=first_store) as first:
         sim.add_fault("openai", {"latency_ms": 200, "count": 200})
         op = await first.start(selector={"batches": [(i, "openai") for i in ids]}, max_batches=20)
-        while len(cancels(sim)) < 3:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(cancels(sim)) >= 3)
         # The worker dies: its tasks stop where they are, nothing is released or written any more.
-        first.app.operations.scheduler._stopping.set()
-        for runner in list(first.app.operations.scheduler._runners.values()):
-            runner[1].cancel()
-        await asyncio.sleep(0)
+        await first.app.operations.scheduler.abandon()
         sim.reset()  # forgets the faults (and the calls so far); batches are seeded again below
         for i in ids:
             seed(sim, "openai", i)
-        async with serving(config, store=SqliteOperationStore(path)) as second:
+        # The second worker's clock is a lease ahead: the dead worker's lease has run out for it, so
+        # it takes the operation over in its first round instead of after two real seconds.
+        later = Timing(clock=lambda: time.time() + LEASE_S)
+        async with serving(config, store=SqliteOperationStore(path), timing=later) as second:
             done = await second.wait(op.name, seconds=20)
     assert {b.outcome for b in result(done).values()} == {"cancelled"}
     resent = cancels(sim)
@@ -501,13 +502,12 @@ async def test_a_worker_that_shuts_down_hands_its_operation_over_at_once(sandbox
     ids = [seed(sim, "openai", f"batch_hand_{i:02d}") for i in range(12)]
     path = tmp_path / "state" / "operations.sqlite3"
     app = await create_server(
-        parse_config(config, env={}), operations=OperationsSetup(store=SqliteOperationStore(path), settings=FAST)
+        parse_config(config, env={}), operations=OperationsSetup(store=SqliteOperationStore(path), policy=FAST)
     )
     first = Client(app)
     sim.add_fault("openai", {"latency_ms": 200, "count": 8})
     op = await first.start(selector={"batches": [(i, "openai") for i in ids]}, max_batches=20)
-    while len(cancels(sim)) < 2:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(cancels(sim)) >= 2)
     await first.channel.close()
     await app.stop(grace=5)  # SIGTERM's path: in-flight calls finish, progress is written, the lease released
     store = SqliteOperationStore(path)
@@ -542,7 +542,8 @@ class Receiver:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hooks"
+        host, port = self.runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/hooks"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -562,11 +563,12 @@ async def test_the_webhook_retries_server_errors_and_stops_at_a_refusal(sandbox,
             )
             await gateway.wait(op.name)
             store = gateway.app.operations.store
-            for _ in range(200):
-                notification = (await store.get(op.name)).operation.notification
-                if notification.state != "pending":
-                    break
-                await asyncio.sleep(0.02)
+
+            async def settled() -> bool:  # delivered or given up: the receiver saw every attempt
+                return (await store.get(op.name)).operation.notification.state != "pending"
+
+            await eventually(settled)
+            notification = (await store.get(op.name)).operation.notification
         assert notification.state == ("delivered" if delivered else "failed")
         assert len(receiver.received) == attempts == notification.attempts
         headers, body = receiver.received[-1]

@@ -335,3 +335,31 @@ def test_refusal_before_the_servicer_is_rendered_in_the_routes_shape(method, bod
     metadata = dict(rest_error_metadata(method, error))
     assert json.loads(metadata[ERROR_BODY_HEADER]) == body
     assert metadata[ERROR_STATUS_HEADER] == "408"
+
+
+def test_openai_batch_fields_only_on_the_openai_routes_and_only_as_reported():
+    from service.domain.model import BatchState, CancelResult
+    from service.edge.converters import result_to_proto
+    from service.infra.providers.openai import openai_details
+
+    data = {
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": "file-abc",
+        "completion_window": "24h",
+        "in_progress_at": "2026-12-08T00:00:01Z",  # an Azure preview's ISO time
+        "output_file_id": None,
+        "metadata": {"team": "a"},
+        "usage": 7,  # not an object: left out
+    }
+    batch = BatchState("b", "cancelling", created_at=1795000000, details=openai_details(data))
+    openai = result_to_proto(CancelResult(batch, "openai", 1), openai=True)
+    assert (openai.created_at, openai.endpoint, openai.input_file_id, openai.completion_window) == (
+        1795000000,
+        "/v1/chat/completions",
+        "file-abc",
+        "24h",
+    )
+    assert openai.in_progress_at == 1796688001 and dict(openai.metadata.struct_value) == {"team": "a"}
+    assert not openai.HasField("output_file_id") and not openai.HasField("usage") and not openai.HasField("model")
+    native = result_to_proto(CancelResult(batch, "openai", 1))
+    assert not native.HasField("created_at") and not native.HasField("endpoint") and not native.HasField("metadata")

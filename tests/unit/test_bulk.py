@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from service.domain.errors import InvalidRequest, Overloaded, ProviderError
+from service.domain.errors import InvalidRequest, Overloaded, ProviderError, Unauthenticated
 from service.domain.model import MAX_BULK_ITEMS, MAX_WAIT_SECONDS, BatchState
 from service.infra.timing import Timing
 from service.usecases.bulk import check_items, check_wait
@@ -44,6 +44,49 @@ async def test_reads_start_after_one_second_and_back_off_to_thirty():
     assert len(steps) == 1 and steps[0].final and steps[0].state.status == "cancelling"
     assert "still cancelling" in steps[0].warning
     assert clock.now == 200.0  # the last sleep is cut to the end of the wait
+
+
+async def test_a_caller_that_loses_its_access_ends_the_wait_before_the_next_read():
+    clock = SteppedClock()
+    read, reads = reader(clock, ["cancelling"])
+    revoked = Unauthenticated("virtual key not found", code="virtual_key_not_found")
+    checks: list[float] = []
+
+    def check() -> float | None:
+        checks.append(clock.now)
+        if clock.now >= 5.0:
+            raise revoked
+        return None
+
+    waiting = Waiting(PollPolicy(), Timing(clock=clock, sleep=clock.sleep, rand=lambda: 0.0))
+    steps = waiting.watch(read, BatchState(id="b", status="cancelling"), 100.0, check)
+    with pytest.raises(Unauthenticated) as info:
+        async for _ in steps:
+            pass
+    assert info.value is revoked
+    assert reads == [1.0, 3.0]  # the read due at 7 s never happens
+    assert checks == [0.0, 1.0, 1.0, 3.0, 3.0, 7.0]  # before each sleep and before each read
+
+
+async def test_a_wait_wakes_when_its_callers_key_expires_and_after_an_early_wake_sleeps_on():
+    clock = SteppedClock()
+    read, reads = reader(clock, ["cancelling"])
+    expires_at = 12.5
+
+    def check() -> float | None:
+        if clock.now >= expires_at:
+            raise Unauthenticated("virtual key not found", code="virtual_key_not_found")
+        return expires_at - clock.now
+
+    async def sleep(seconds: float) -> None:  # the first sleep is cut short (a reload's pulse)
+        await clock.sleep(seconds / 2 if not clock.sleeps else seconds)
+
+    waiting = Waiting(PollPolicy(), Timing(clock=clock, sleep=sleep, rand=lambda: 0.0))
+    with pytest.raises(Unauthenticated):
+        async for _ in waiting.watch(read, BatchState(id="b", status="cancelling"), 100.0, check):
+            pass
+    assert reads == [1.0, 3.0, 7.0]  # read on time despite the early wake; none after the expiry
+    assert clock.now == pytest.approx(12.501)  # woke at the expiry (the next read was due at 15 s)
 
 
 async def test_jitter_only_shortens_a_gap():
@@ -121,12 +164,12 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
     from gateway.render import render
 
     config = render(http_port=8080, grpc_ports=[50051], route_timeout_s=60)
-    match = re.search(
-        r'regex: "(.*?)"\}\}\n\s+route:\n(?:\s+.*\n)*?\s+timeout: (\S+)\n\s+idle_timeout: (\S+)\n', config
-    )
-    assert match is not None
-    regex, timeout, idle = match.groups()
-    assert timeout == idle == f"{MAX_WAIT_SECONDS + 60}s"
+    # The route whose regex names Cancel: its lines up to the next route.
+    start = config.index('regex: "^(/batchgate\\\\.v1\\\\.BatchService/Cancel')
+    route = config[start : config.index("- match:", start)]
+    regex = route.split('regex: "', 1)[1].split('"', 1)[0]
+    settings = dict(re.findall(r"^\s+(timeout|idle_timeout): (\S+)$", route, re.MULTILINE))
+    assert settings == {"timeout": f"{MAX_WAIT_SECONDS + 60}s", "idle_timeout": f"{MAX_WAIT_SECONDS + 60}s"}
     pattern = re.compile(regex.replace("\\\\", "\\"))
     assert [bool(pattern.match(f"/batchgate.v1.BatchService/{m}")) for m in ("Cancel", "CancelMany", "Health")] == [
         True,
@@ -138,8 +181,8 @@ def test_the_edge_lets_the_longest_wait_finish_and_streams_ndjson():
         False,
     ]
     assert "stream_newline_delimited: true" in config
-    # Every other call keeps the normal route timeout (the catch-all route and the operations one).
-    assert config.count("timeout: 60s") == 2
+    # Every other call keeps the normal route timeout (health, reflection, operations, everything else).
+    assert config.count("timeout: 60s") == 4 and "idle_timeout: 60s" not in config
 
 
 def test_sandbox_cancel_delay_is_a_simulator_setting():

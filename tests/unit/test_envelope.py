@@ -19,6 +19,7 @@ from gateway.render import (
     LOCAL_REPLIES,
     LUA_ENVELOPE_MARKER,
     LUA_FILE,
+    MAX_REQUEST_BYTES,
     local_reply_body,
     lua_source,
     render,
@@ -203,10 +204,13 @@ return function(hdrs)
   local methods = {}
   function methods:get(key) return rawget(self, key) end
   function methods:remove(key) rawset(self, key, nil) end
+  function methods:add(key, value) rawset(self, key, value) end
   local headers = setmetatable(hdrs, {__index = methods})
   local handle = {}
   function handle:headers() return headers end
-  function handle:respond(reply, body) handle.status, handle.reply_body = reply[":status"], body end
+  function handle:respond(reply, body)
+    handle.status, handle.reply_body, handle.allow = reply[":status"], body, reply["allow"]
+  end
   return handle
 end
 """
@@ -225,16 +229,42 @@ def request(lua, headers: dict[str, str]) -> tuple[str | None, str | None]:
         (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES + 1, "413"),
         (BULK_PATH + "?x=1", "application/json", 10 * BULK_MAX_REQUEST_BYTES, "413"),
         (BULK_PATH, "application/json", BULK_MAX_REQUEST_BYTES, None),  # the limit itself fits
-        (BULK_PATH, "application/json", None, None),  # chunked: the transcoder's own limit applies
-        ("/v1/batches/b1/cancel", "application/json", BULK_MAX_REQUEST_BYTES + 1, None),  # its own limit
+        (BULK_PATH, "application/json", None, None),  # chunked: the buffer filter's limit applies
+        ("/v1/batches/b1/cancel", "application/json", MAX_REQUEST_BYTES + 1, "413"),  # its own limit
+        ("/v1/batches/b1/cancel", "application/json", MAX_REQUEST_BYTES, None),
         ("/batchgate.v1.BatchService/CancelMany", "application/grpc", BULK_MAX_REQUEST_BYTES + 1, None),
     ],
 )
-def test_a_bulk_body_declared_over_the_limit_is_a_413_before_the_transcoder(lua, path, content_type, length, status):
+def test_a_body_declared_over_its_routes_limit_is_a_413_before_it_is_read(lua, path, content_type, length, status):
     headers = {":method": "POST", ":path": path, "content-type": content_type}
     if length is not None:
         headers["content-length"] = str(length)
     assert request(lua, headers) == (status, "request body is too large" if status else None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow", "request_type"),
+    [
+        ("GET", "/v1/batches/b1/cancel", "POST", None),
+        ("DELETE", "/openai/v1/batches/b1/cancel?provider=azure", "POST", None),
+        ("GET", "/v1/batches/cancel", "POST", None),
+        ("PUT", "/bedrock/model-invocation-job/arn%3Ax/stop", "POST", None),
+        ("GET", "/genai/v1beta/batches/b1:cancel", "POST", None),
+        ("POST", "/health", "GET", None),
+        ("POST", "/v1/batches/b1/cancel", None, "batch_cancel"),
+        ("POST", "/anthropic/v1/messages/batches/b1/cancel", None, "batch_cancel"),
+        ("GET", "/health", None, None),
+        ("GET", "/v1/no/such/route", None, None),  # the transcoder's 404
+    ],
+)
+def test_a_routes_path_with_another_method_is_a_405_naming_its_method(lua, method, path, allow, request_type):
+    """Issue 23: 405 with `Allow`, not a 404; and only a cancel route's errors name the request type
+    (Envoy's local replies read it from the header the filter sets)."""
+    hdrs = lua.table_from({":method": method, ":path": path, "x-bf-request-type": "forged"})
+    handle = lua.execute(FAKE_REQUEST_HANDLE)(hdrs)
+    lua.globals().envoy_on_request(handle)
+    assert (handle.status, handle.allow) == (("405", allow) if allow else (None, None))
+    assert hdrs["x-bf-request-type"] == request_type
 
 
 def test_native_grpc_answers_pass_untouched(lua):
@@ -244,14 +274,37 @@ def test_native_grpc_answers_pass_untouched(lua):
     assert body is None and headers[ERROR_BODY_HEADER] == "{}"
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/grpc"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-bf-vk", "sk-bf-secret\xff"), ("authorization", "Bearer \xe9"), ("x-note", "a\tb"), ("x-note", "a\x7fb")],
+)
+def test_a_header_value_grpc_metadata_cannot_carry_is_a_400_naming_only_the_header(lua, content_type, name, value):
+    headers = {":method": "POST", ":path": "/v1/batches/b1/cancel", "content-type": content_type, name: value}
+    status, body = request(lua, headers)
+    assert (status, body) == ("400", f"header '{name}' has a value that is not printable ASCII")
+    assert value not in body
+
+
+def test_printable_ascii_header_values_pass(lua):
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/batches/b1/cancel",
+        "x-bf-vk": "sk-bf-" + "".join(map(chr, range(32, 127))),
+    }
+    assert request(lua, headers) == (None, None)
+
+
 # --- the request-id rule: one in Python, generated into the Lua ----------------------------------------
 
 
 def lua_keeps_request_id(lua, value: str) -> bool:
-    """Whether the filter's request hook leaves `x-request-id: value` in place."""
+    """Whether the filter's request hook passes `x-request-id: value` on (a request it refuses, one
+    whose header bytes gRPC metadata cannot carry, passes nothing on)."""
     hdrs = lua.table_from({"x-request-id": value, "content-type": "application/grpc"})
-    lua.globals().envoy_on_request(lua.execute(FAKE_REQUEST_HANDLE)(hdrs))
-    return hdrs["x-request-id"] is not None
+    handle = lua.execute(FAKE_REQUEST_HANDLE)(hdrs)
+    lua.globals().envoy_on_request(handle)
+    return handle.status is None and hdrs["x-request-id"] is not None
 
 
 def python_keeps_request_id(value: str) -> bool:

@@ -4,6 +4,7 @@ of `governance.store`. No sleeps: time is a number the tests move."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -11,9 +12,10 @@ from prometheus_client import REGISTRY
 
 from service.config.governance import RateLimit, StoreConfig
 from service.config.reader import ConfigError
-from service.domain.errors import Overloaded, UpstreamUnavailable
+from service.domain.errors import InvalidRequest, Overloaded, UpstreamUnavailable
 from service.infra.limits import EmbeddedStore, RateLimiter, RedisStore, counter_key
 from service.infra.providers.catalog import parse_config
+from service.runtime.build import RuntimeFactory
 from service.usecases.auth import Authenticator, Caller
 
 
@@ -140,13 +142,20 @@ async def test_a_reopened_store_keeps_open_windows_and_drops_ended_ones(tmp_path
     await store.close()
 
 
-async def test_a_store_of_its_own_is_removed_on_close():
+async def test_a_store_without_a_file_counts_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     store = EmbeddedStore()
     assert await store.hit("a", 1) == (1, pytest.approx(1, abs=0.1))
+    assert await store.hit("a", 1) == (2, pytest.approx(1, abs=0.1))
     await store.close()
-    import os
+    assert store.path == ":memory:" and list(tmp_path.iterdir()) == []
 
-    assert not os.path.exists(store.path)
+
+def test_the_store_file_of_a_state_directory(tmp_path):
+    assert EmbeddedStore.path_in(tmp_path) == tmp_path / "rate-limits.sqlite3"
 
 
 async def test_contended_write_waits_off_the_event_loop(tmp_path):
@@ -219,6 +228,54 @@ async def test_deny_refuses_limited_calls_with_503_until_the_store_answers():
     await limiter.check("team", LIMIT)
 
 
+class HungStore(FlakyStore):
+    """A store whose answers wait until the test lets them go (a paused Redis), then fail."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.release = asyncio.Event()
+
+    async def hit(self, key: str, window_s: float) -> tuple[int, float]:
+        self.calls += 1
+        await self.release.wait()
+        raise TimeoutError()
+
+    async def ping(self) -> None:
+        self.calls += 1
+        await self.release.wait()
+        raise TimeoutError()
+
+
+async def test_a_hung_store_is_asked_by_one_call_per_pause_while_the_others_go_on(caplog):
+    caplog.set_level(logging.WARNING, "service.infra.limits")
+    clock = Clock()
+    store = HungStore(clock)
+    limiter = RateLimiter(store, clock=clock)
+    errors = store_errors()
+    # The calls already in flight when the store hangs wait for it (its timeout), once.
+    first = [asyncio.create_task(limiter.check(f"k{i}", LIMIT)) for i in range(5)]
+    await asyncio.sleep(0)
+    store.release.set()
+    await asyncio.gather(*first)
+    assert store.calls == 5 and store_errors() == errors + 5
+    store.release.clear()
+    # Within the pause nobody asks it.
+    await asyncio.gather(*(limiter.check(f"k{i}", LIMIT) for i in range(20)))
+    assert store.calls == 5
+    clock.now += 1.0
+    # After it: one call (the probe) asks and waits; the others answer at once, without it, and
+    # so does /health (it does not ask a store that a call is already asking).
+    probe = asyncio.create_task(limiter.check("probe", LIMIT))
+    await asyncio.sleep(0)
+    await asyncio.gather(*(limiter.check(f"k{i}", LIMIT) for i in range(20)))
+    assert await limiter.health() == "degraded"
+    assert not probe.done() and store.calls == 6
+    store.release.set()
+    await probe
+    assert store.calls == 6 and store_errors() == errors + 6
+    assert len(caplog.records) == 1  # one warning a minute, however many failures
+
+
 async def test_health_reports_a_store_that_stopped_answering():
     clock = Clock()
     store = FlakyStore(clock)
@@ -268,6 +325,19 @@ async def test_only_limited_virtual_keys_touch_the_store():
     await auth.authorize(auth.authenticate({"x-bf-vk": "sk-bf-limited"}), "openai")
     assert store.calls == 1
     await auth.authorize(Caller("admin"), "openai")
+    assert store.calls == 1
+
+
+@pytest.mark.parametrize("batch_id", ["../x", "a/b", "", "b" * 600])
+async def test_a_call_refused_for_its_id_spends_none_of_the_rate_limit(batch_id):
+    clock = Clock()
+    store = FlakyStore(clock)
+    canceller = RuntimeFactory(RateLimiter(store, clock=clock)).build(parse_config(_config(), env={}), "v").canceller
+    caller = canceller.auth.authenticate({"x-bf-vk": "sk-bf-limited"})
+    with pytest.raises(InvalidRequest):
+        await canceller.target(caller, "openai", batch_id)
+    assert store.calls == 0
+    await canceller.target(caller, "openai", "batch_fine")
     assert store.calls == 1
 
 

@@ -19,7 +19,7 @@ from service.domain.errors import Overloaded, Unauthenticated
 from service.infra.limits import EmbeddedStore, RateLimiter
 from service.infra.providers.catalog import parse_config
 from service.runtime.build import Collaborators, RuntimeFactory
-from service.runtime.live import ConfigSource, FileWatcher, LiveConfig, StateDir, describe_changes
+from service.runtime.live import ConfigSource, FileWatcher, LiveConfig, RunDir, describe_changes
 from tests.support import OPENAI_KEYS, config_dict, documented_version
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use
@@ -64,13 +64,13 @@ def live_from(
     restart_only=None,
     limiter: RateLimiter | None = None,
     clock=None,
-    state_dir: StateDir | None = None,
+    run_dir: RunDir | None = None,
 ) -> LiveConfig:
     """A LiveConfig of `data` as if loaded from config.json, with the given parts."""
     config = parse_config(data, ENV)
     factory = RuntimeFactory(limiter or RateLimiter.for_config(config.store), clock=clock or time.time)
     source = ConfigSource("config.json", env=dict(ENV), check=check, restart_only=restart_only)
-    return LiveConfig(config, raw(data), source=source, factory=factory, state_dir=state_dir)
+    return LiveConfig(config, raw(data), source=source, factory=factory, run_dir=run_dir)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -303,6 +303,30 @@ def test_restart_only_settings_are_named_when_they_changed(caplog) -> None:
     ) in caplog.text
 
 
+def test_a_reload_that_changes_the_rate_limit_store_says_it_needs_a_restart(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="service.runtime.live")
+    live = live_from(document())
+    limiter = live.limiter
+    moved = document()
+    moved["governance"]["store"] = {"type": "embedded", "on_error": "deny"}
+    assert live.apply(raw(moved), "test")
+    assert live.limiter is limiter and live.limiter.on_error == "allow"  # the running store stays
+    assert "changed: governance" in caplog.text
+    assert (
+        "config reload: governance.store changed but cannot change at runtime; the running value stays until a restart"
+    ) in caplog.text
+
+
+async def test_a_reload_wakes_sleeping_waits_so_they_check_their_caller() -> None:
+    live = live_from(document())
+    waiting = live.current.canceller.waiting
+    sleeper = asyncio.create_task(waiting._pause(3600))  # what a wait does between reads (real time)
+    await _yield()
+    assert live.apply(raw(document(client={"enforce_auth_on_inference": True, "bulk_concurrency": 4})), "test")
+    await asyncio.wait_for(sleeper, 1)  # woken at once, not after an hour
+    assert live.current.canceller.waiting is waiting  # shared by every config of the process
+
+
 def test_describe_changes_names_parts_never_values() -> None:
     old = parse_config(document(), ENV)
     new = parse_config(document(providers__openai__send_back_raw_response=True, auth_config={}), ENV)
@@ -313,12 +337,12 @@ def test_describe_changes_names_parts_never_values() -> None:
     assert describe_changes(old, parse_config(document(governance={}, client={}), ENV)) == ["governance", "client"]
 
 
-# --- the state directory behind /health ---------------------------------------------------------
+# --- the run directory behind /health ---------------------------------------------------------
 
 
 def test_workers_publish_their_version_and_dead_ones_are_skipped(tmp_path: Path) -> None:
-    first = live_from(document(), state_dir=StateDir(tmp_path, 0))
-    second = live_from(document(client={}), state_dir=StateDir(tmp_path, 1))
+    first = live_from(document(), run_dir=RunDir(tmp_path, 0))
+    second = live_from(document(client={}), run_dir=RunDir(tmp_path, 1))
     (tmp_path / "worker-7.json").write_text(json.dumps({"worker": 7, "version": "x", "pid": 2**22 + 12345}))
     (tmp_path / "worker-8.json").write_text("{not json")
     states = first.workers()
@@ -329,7 +353,7 @@ def test_workers_publish_their_version_and_dead_ones_are_skipped(tmp_path: Path)
     assert "pid" not in states[0]
 
 
-def test_without_a_state_directory_a_worker_reports_itself() -> None:
+def test_without_a_run_directory_a_worker_reports_itself() -> None:
     live = live_from(document())
     assert live.workers() == [live.state()]
 
@@ -484,7 +508,7 @@ def test_an_unexpected_error_while_loading_is_a_failed_reload_not_a_crash(caplog
     deep = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up with RecursionError
     assert not live.apply(deep, "test")
     assert live.current is running
-    assert "config reload failed: config.json: cannot be loaded (RecursionError)" in caplog.text
+    assert "config reload failed: config[0][0][0]" in caplog.text and "nested more than 32 levels deep" in caplog.text
 
 
 def test_an_unreadable_file_is_reported_once_and_the_running_config_stays(config_file: Path, caplog) -> None:
@@ -500,3 +524,15 @@ def test_an_unreadable_file_is_reported_once_and_the_running_config_stays(config
     config_file.write_bytes(raw(document(client={})))
     watcher.poll()
     assert live.current is not running
+
+
+def test_the_readme_quotes_a_failed_reload_as_the_log_says_it(caplog) -> None:
+    import re
+
+    from gateway.paths import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    quoted = re.search(r"`(config reload failed: providers\.openai\.network_config\.max_retries: [^`]*)`", readme)
+    live = live_from(document())
+    assert not live.apply(raw(document(providers__openai__network_config={"max_retries": "two"})), "test")
+    assert quoted is not None and quoted.group(1) in caplog.messages

@@ -6,6 +6,7 @@ parses. tests/e2e/test_monitoring.py checks that every metric they read exists."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -55,7 +56,7 @@ def test_every_alert_is_tested_and_says_what_to_do() -> None:
 def dashboard_queries(dashboard: dict) -> list[str]:
     """Every PromQL expression of the dashboard (panels and variables), Grafana's own range variable
     replaced by a duration so that it parses as PromQL."""
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     return [e.replace("$__rate_interval", "5m") for e in exprs]
 
@@ -69,6 +70,9 @@ def test_the_dashboard_reads_its_prometheus_variable_with_valid_promql() -> None
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":  # a heading over the panels below it
+            assert "targets" not in panel and panel["gridPos"]["w"] == 24, panel["title"]
+            continue
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
@@ -77,6 +81,26 @@ def test_the_dashboard_reads_its_prometheus_variable_with_valid_promql() -> None
         if expr.startswith("label_values("):
             continue  # Grafana's query, not PromQL
         promql_parser.parse(expr)  # raises on invalid PromQL
+
+
+def test_the_operations_row_shows_every_operations_metric() -> None:
+    from prometheus_client import REGISTRY
+
+    import service.infra.observability  # noqa: F401 - registers the service's metrics
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (start,) = [i for i, p in enumerate(panels) if p["type"] == "row" and p["title"].startswith("Operations")]
+    rows_after = [i for i, p in enumerate(panels) if p["type"] == "row" and i > start]
+    below = panels[start + 1 : rows_after[0] if rows_after else len(panels)]
+    read = " ".join(t["expr"] for p in below for t in p["targets"])
+    names = {
+        metric.name + ("_total" if metric.type == "counter" else "")
+        for metric in REGISTRY.collect()
+        if metric.name.startswith(("batchgate_operation_", "batchgate_operations_"))
+    }
+    assert len(names) == 4, names
+    for name in names:
+        assert re.search(rf"\b{name}\b", read), f"{name} is on no panel of the operations row"
 
 
 def test_the_kustomization_ships_both() -> None:

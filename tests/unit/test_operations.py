@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+from types import SimpleNamespace
 
 import pytest
 from google.protobuf import json_format
@@ -31,19 +32,28 @@ from service.domain.operations import (
     Operation,
     Selector,
 )
-from service.edge.operation_proto import matching_command, operation_json, operation_to_proto
+from service.edge.operation_proto import (
+    JSON_OPTIONS,
+    JSON_PER_TURN,
+    RENDER_PER_TURN,
+    matching_command,
+    operation_json,
+    operation_to_proto,
+    render_operation,
+)
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.infra.operation_store import LeaseLost, SqliteOperationStore, StopRequested
 from service.infra.providers.catalog import parse_config
+from service.infra.timing import Timing
 from service.infra.webhook import signature
 from service.runtime.build import RuntimeFactory
 from service.usecases.auth import Caller
-from service.usecases.operations import Backoff, Scheduler
+from service.usecases.operations import Backoff, OperationPolicy, Scheduler, Worker
 from service.usecases.operations.checks import check_access, check_request, normalized, owner_caller
 from service.usecases.operations.progress import Progress
 from service.usecases.operations.runner import result_label
 from service.usecases.operations.work import WorkQueue
-from tests.support import SteppedClock
+from tests.support import SteppedClock, eventually
 
 T0 = 1_800_000_000.0
 
@@ -51,54 +61,42 @@ T0 = 1_800_000_000.0
 # --- the work queue ------------------------------------------------------------------------------
 
 
-class LoopClock:
-    """Loop-time stand-in that tests move by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+def stepped_queue(items):
+    """A queue on stepped time: a take that has to wait for a retry or a pause moves the clock."""
+    clock = SteppedClock()
+    return WorkQueue(items, Timing(clock=clock, sleep=clock.sleep)), clock
 
 
 async def test_providers_take_turns_and_the_queue_ends_when_everything_settled():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1), ("a", 2), ("a", 3), ("b", 10)], clock)
+    queue, clock = stepped_queue([("a", 1), ("a", 2), ("a", 3), ("b", 10)])
     taken = [await queue.take() for _ in range(4)]
     assert taken == [("a", 1), ("b", 10), ("a", 2), ("a", 3)]
     for _ in taken:
         queue.done()
     assert await queue.take() is None and len(queue) == 0
+    assert clock.now == 0.0  # nothing had to wait
 
 
 async def test_a_paused_provider_waits_while_others_go_on():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1), ("a", 2), ("b", 10), ("b", 11)], clock)
+    queue, clock = stepped_queue([("a", 1), ("a", 2), ("b", 10), ("b", 11)])
     assert await queue.take() == ("a", 1)
     queue.pause("a", 5.0)
     queue.retry("a", 1, 0.0)
     assert [await queue.take(), await queue.take()] == [("b", 10), ("b", 11)]
+    assert clock.now == 0.0  # b's items went at once
     queue.done()
     queue.done()
-    waiting = asyncio.ensure_future(queue.take())
-    await asyncio.sleep(0)
-    assert not waiting.done()  # only a's items are left, and a is paused
-    clock.now = 5.0
-    queue.pause("z", 0)  # any change wakes the waiter to look again
-    assert await waiting == ("a", 2)
+    # Only a's items are left, and a is paused: the next take waits until the pause ends.
+    assert await queue.take() == ("a", 2)
+    assert clock.now == 5.0
 
 
 async def test_a_retry_comes_back_after_its_delay_and_close_ends_every_take():
-    clock = LoopClock()
-    queue = WorkQueue([("a", 1)], clock)
+    queue, clock = stepped_queue([("a", 1)])
     assert await queue.take() == ("a", 1)
     queue.retry("a", 1, 2.0)
-    waiting = asyncio.ensure_future(queue.take())
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    clock.now = 2.0
-    queue.pause("z", 0)
-    assert await waiting == ("a", 1)
+    assert await queue.take() == ("a", 1)
+    assert clock.sleeps == [2.0]
     queue.retry("a", 1, 10.0)
     assert queue.drain() == [1]
     queue.close()
@@ -113,6 +111,11 @@ def operation(**fields) -> Operation:
     return Operation("operations/p", "admin", command, create_time=T0, update_time=T0, **fields)
 
 
+def worker(store, now: float = T0, **policy) -> Worker:
+    """This worker's side of operations in `store`, at a fixed time, with `policy` fields set."""
+    return Worker(store, RUNTIMES, holder="w", timing=Timing(clock=lambda: now), policy=OperationPolicy(**policy))
+
+
 @pytest.fixture
 async def store(tmp_path):
     engine = SqliteOperationStore(tmp_path / "ops.sqlite3")
@@ -124,7 +127,7 @@ async def test_settled_batches_are_written_in_groups_and_counted(store):
     items = [BatchItem("openai", f"b{i}") for i in range(250)]
     op = operation()
     await store.create(op, items, "w", T0 + 60)
-    progress = Progress(store, "w", op, items, lambda: T0, flush_items=100, flush_seconds=30)
+    progress = Progress(worker(store, flush_items=100, flush_seconds=30), op, items)
     saves = []
     original = store.save
 
@@ -147,7 +150,7 @@ async def test_a_mark_is_stored_before_it_returns_and_a_stop_refuses_it(store):
     item = BatchItem("openai", "b1")
     op = operation()
     await store.create(op, [item], "w", T0 + 60)
-    progress = Progress(store, "w", op, [item], lambda: T0)
+    progress = Progress(worker(store), op, [item])
     await progress.mark_sent(item)
     assert (await store.items(op.name))[0].cancel_sent
     second = BatchItem("openai", "b2")
@@ -166,7 +169,7 @@ async def test_a_lost_lease_fails_every_write_after_it(store):
     item = BatchItem("openai", "b1")
     op = operation()
     await store.create(op, [item], "w", T0 + 60)
-    progress = Progress(store, "w", op, [item], lambda: T0 + 61)  # the lease expired
+    progress = Progress(worker(store, T0 + 61), op, [item])  # the lease expired
     with pytest.raises(LeaseLost):
         await progress.mark_sent(item)
     with pytest.raises(LeaseLost):
@@ -199,7 +202,9 @@ CONFIG = parse_config(
     },
     env={},
 )
-CANCELLER = RuntimeFactory.for_config(CONFIG).build(CONFIG, "unit").canceller
+RUNTIME = RuntimeFactory.for_config(CONFIG).build(CONFIG, "unit")
+RUNTIMES = SimpleNamespace(current=RUNTIME)  # what LiveConfig offers: the runtime current now
+CANCELLER = RUNTIME.canceller
 VKS = {vk.id: vk for vk in CONFIG.virtual_keys}
 
 
@@ -294,6 +299,8 @@ def test_a_prefix_without_a_path_allows_every_path_of_its_host_only():
         ({"notify_secret": "env.NO_SUCH_VAR"}, "environment variable NO_SUCH_VAR is not set"),
         ({"max_running_per_caller": 0}, "operations.max_running_per_caller: must be between 1 and 1000"),
         ({"lease_seconds": 0.5}, "operations.lease_seconds: must be between 1 and 300"),
+        ({"retention_days": 3651}, "operations.retention_days: must be between 0 and 3650"),
+        ({"retention_days": 1.5}, "operations.retention_days: expected an integer, got float"),
     ],
 )
 def test_the_operations_block_is_checked(operations, message):
@@ -381,8 +388,8 @@ def test_a_running_operation_has_no_result_and_a_list_leaves_batches_out():
     assert operation_to_proto(finished(ITEMS), None).WhichOneof("result") is None
 
 
-def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
-    body = operation_json(finished(ITEMS), ITEMS)
+async def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
+    body = await operation_json(finished(ITEMS), ITEMS)
     data = json.loads(body)
     assert data["done"] is True and data["name"] == "operations/p"
     assert data["metadata"]["@type"] == "type.googleapis.com/batchgate.v1.CancelMatchingMetadata"
@@ -390,6 +397,24 @@ def test_the_webhook_body_is_the_rest_json_with_proto_field_names():
     assert data["response"]["batches"][0]["batch"]["request_counts"]["total"] == 10
     assert data["response"]["batches"][2]["error"]["error"]["message"] == "No batch found with id 'b3'."
     assert signature(body, "k") == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["response", "stopped with its batches"])
+async def test_a_large_operation_rendered_a_part_at_a_time_is_what_rendering_at_once_gives(stopped):
+    count = 2 * RENDER_PER_TURN + 7
+    assert count > 2 * JSON_PER_TURN
+    items = [
+        BatchItem(i.provider, f"{i.batch_id}_{n}", i.key_id, i.outcome, i.state, i.latency_ms, i.warning, i.error)
+        for n in range(count // len(ITEMS) + 1)
+        for i in ITEMS
+    ][:count]
+    error = Failure("cancelled", 499, "cancelled", "operation_cancelled") if stopped else None
+    op = finished(items, error=error, error_has_batches=stopped)
+    at_once = operation_to_proto(op, items)
+    in_parts = await render_operation(op, items)
+    assert in_parts.SerializeToString(deterministic=True) == at_once.SerializeToString(deterministic=True)
+    assert json.loads(await operation_json(op, items)) == json_format.MessageToDict(at_once, **JSON_OPTIONS)
+    assert (await render_operation(op, None)).SerializeToString() == operation_to_proto(op, None).SerializeToString()
 
 
 def test_the_request_is_read_as_sent():
@@ -458,8 +483,11 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
         runners[name] = IdleRunner(name)
         return runners[name]
 
-    mine = Scheduler(store, "w1", make, lambda: 15.0, clock)
-    theirs = Scheduler(store, "w2", make, lambda: 15.0, clock)
+    def on(holder: str) -> Worker:
+        return Worker(store, RUNTIMES, holder=holder, timing=Timing(clock=clock))
+
+    mine = Scheduler(on("w1"), make)
+    theirs = Scheduler(on("w2"), make)
     await store.create(operation(), [], "w1", T0 + 15)
     mine.adopt("operations/p")
     clock.now = T0 + 10
@@ -474,10 +502,42 @@ async def test_the_scheduler_renews_claims_and_lets_go(store):
     await theirs.tick(15.0)
     assert theirs.runner("operations/p") is not None and (await store.get("operations/p")).holder == "w2"
     await mine.tick(15.0)  # w1 learns it lost the lease and stops its runner at once
-    await asyncio.sleep(0)
-    assert mine.runner("operations/p") is None
+    await eventually(lambda: mine.runner("operations/p") is None)
     await theirs.shutdown(timeout=0.1)
     assert (await store.get("operations/p")).holder == ""  # released: another worker resumes at once
+
+
+async def finished_on(store, name: str, age_days: float) -> None:
+    op = operation(state=DONE, done=True)
+    op.name, op.create_time = name, T0 - age_days * 86400
+    await store.create(op, [BatchItem("openai", "b")], "w", T0 + 60)
+    await store.save("w", T0, op)
+
+
+async def test_the_scheduler_deletes_finished_operations_past_their_retention_once_an_hour(store):
+    clock = SteppedClock(T0)
+    scheduler = Scheduler(Worker(store, RUNTIMES, holder="w1", timing=Timing(clock=clock)), IdleRunner)
+    await finished_on(store, "operations/old", 31)
+    await finished_on(store, "operations/young", 29)
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old") is None and await store.get("operations/young") is not None
+    await finished_on(store, "operations/old-too", 31)
+    clock.now = T0 + 3599
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old-too") is not None  # looked for once an hour
+    clock.now = T0 + 3600
+    await scheduler.tick(15.0)
+    assert await store.get("operations/old-too") is None and await store.get("operations/young") is not None
+    assert CONFIG.operations.retention_days == 30
+
+
+async def test_a_retention_of_zero_keeps_finished_operations(store):
+    config = parse_config({"operations": {"retention_days": 0}}, env={})
+    runtimes = SimpleNamespace(current=RuntimeFactory.for_config(config).build(config, "unit"))
+    scheduler = Scheduler(Worker(store, runtimes, holder="w1", timing=Timing(clock=lambda: T0)), IdleRunner)
+    await finished_on(store, "operations/ancient", 3000)
+    await scheduler.tick(15.0)
+    assert await store.get("operations/ancient") is not None
 
 
 def test_envoys_descriptor_set_holds_every_type_an_answer_can_pack():

@@ -275,11 +275,18 @@ def _names(surface: str | None, mapper: dict) -> tuple[str, ...]:
     return body["error"]["code"], body["error"]["type"]
 
 
+def _grpc_mappers(mappers: list[dict]) -> list[dict]:
+    """The mappers for native gRPC callers (they come first: first match wins)."""
+    grpc = [m for m in mappers if "application/grpc" in json.dumps(m["filter"])]
+    assert mappers[: len(grpc)] == grpc
+    return grpc
+
+
 @pytest.mark.parametrize("surface", ["anthropic", "genai", "bedrock", None])
 def test_each_route_answers_envoys_own_replies_with_the_documented_names(surface: str | None) -> None:
     mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
     rendered = []
-    for mapper in mappers[2:]:  # after the native gRPC one and GET /openapi.json's 200
+    for mapper in mappers[len(_grpc_mappers(mappers)) + 1 :]:  # after GET /openapi.json's 200 too
         text = json.dumps(mapper["filter"])
         on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
         if on_surface:
@@ -291,11 +298,38 @@ def test_each_route_answers_envoys_own_replies_with_the_documented_names(surface
 
 
 def test_native_grpc_mapper_matches_only_what_envoy_calls_grpc() -> None:
-    grpc_mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[0]
+    grpc_mapper = _grpc_mappers(_mappers(render(http_port=8080, grpc_ports=[50051])))[-1]
     regex = re.compile(json.dumps(grpc_mapper).split('"regex": "')[1].split('"')[0].replace("\\\\", "\\"))
     assert regex.fullmatch("application/grpc") and regex.fullmatch("application/grpc+proto")
     for rest in ("application/grpc-web", "application/grpcfoo", "application/grpc-web+proto", "application/json"):
         assert not regex.fullmatch(rest)
+
+
+def test_native_grpc_local_replies_carry_the_code_that_names_them() -> None:
+    """Envoy alone would answer a gRPC caller whose request did not arrive in time UNKNOWN, one too
+    large UNKNOWN and one refused as malformed INTERNAL."""
+    grpc = _grpc_mappers(_mappers(render(http_port=8080, grpc_ports=[50051])))
+    codes = {}
+    for mapper in grpc[:-1]:
+        status = int(re.search(r'"default_value": (\d+)', json.dumps(mapper["filter"])).group(1))
+        [header] = mapper["headers_to_add"]
+        assert header["header"]["key"] == "grpc-status"
+        codes[status] = int(header["header"]["value"])
+    assert codes == {400: 3, 408: 4, 413: 8}
+    assert "headers_to_add" not in grpc[-1]  # the rest: Envoy's own mapping, Envoy's own words
+
+
+def test_the_benchmarks_edge_without_bounds_validates_and_lacks_only_them(tmp_path: Path) -> None:
+    """bench/bounds_cost.py compares the gateway with the edge of before issue 21 (`limits=None`)."""
+    bounded = render(http_port=8080, grpc_ports=[50051])
+    unbounded = render(http_port=8080, grpc_ports=[50051], limits=None)
+
+    validate(unbounded, tmp_path)
+    for part in ("overload_manager:", "envoy.filters.http.buffer", "max_concurrent_streams:", "max_requests:"):
+        assert part in bounded and part not in unbounded, part
+    for marker in ("#<bounds", "#bounds>", "#<unbounded", "#unbounded>"):
+        assert f"\n{marker}" not in bounded.replace(" ", "") and f"\n{marker}" not in unbounded.replace(" ", "")
+    assert "grpc_json_transcoder" in unbounded and "use_remote_address: true" in unbounded
 
 
 def test_each_drop_in_api_words_every_local_reply() -> None:
@@ -326,7 +360,28 @@ def test_routes_the_config_names_come_from_the_proto() -> None:
 
 def test_the_one_200_envoy_makes_itself_keeps_its_body() -> None:
     """GET /openapi.json is a direct response: a local reply, which must not be wrapped in an error body."""
-    mapper = _mappers(render(http_port=8080, grpc_ports=[50051]))[1]
+    mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
+    mapper = mappers[len(_grpc_mappers(mappers))]
     assert '"default_value": 200' in json.dumps(mapper["filter"])
     assert mapper["body_format_override"]["text_format_source"] == {"inline_string": "%LOCAL_REPLY_BODY%"}
     assert mapper["body_format_override"]["content_type"] == "application/json"
+
+
+def test_codegen_imports_before_anything_is_generated():
+    """A fresh checkout runs `python -m gateway.codegen` (make proto, the image build) before
+    service/gen exists: it may not need the generated stubs."""
+    import subprocess
+    import sys
+
+    from gateway.paths import ROOT
+
+    code = (
+        "import sys\n"
+        "class NoGeneratedCode:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'service.gen' or name.startswith('service.gen.'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoGeneratedCode())\n"
+        "import gateway.codegen\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

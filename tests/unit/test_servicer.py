@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
+from urllib.parse import quote
 
 import grpc
 import grpc_testing
@@ -115,8 +116,18 @@ def no_network():
     return UPSTREAM_CALLS
 
 
-async def call(request: pb.CancelBatchRequest, live: LiveConfig | None = None, **context_args):
+def rest_path(request: pb.CancelBatchRequest) -> str:
+    """The path a REST call of `request` came through (Envoy passes it as x-envoy-original-path)."""
+    prefix = f"/{request.surface}" if request.surface else ""
+    return f"{prefix}/v1/batches/{quote(request.batch_id, safe='')}/cancel"
+
+
+async def call(request: pb.CancelBatchRequest, live: LiveConfig | None = None, *, rest: bool = True, **context_args):
+    """Cancel through a fake context: by default a REST call through the edge (which gets the error
+    rendered for the edge in initial metadata), else a native gRPC call."""
     live = live or offline()
+    if rest:
+        context_args["metadata"] = (*context_args.get("metadata", ()), ("x-envoy-original-path", rest_path(request)))
     context = FakeContext(**context_args)
     try:
         with pytest.raises(Aborted):
@@ -184,9 +195,12 @@ CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("rest", [True, False], ids=["rest", "grpc"])
 @pytest.mark.parametrize(("request_", "expected"), CASES)
-async def test_errors_before_any_upstream_call(request_, expected, no_network):
-    status, metadata = await call(request_)
+async def test_errors_before_any_upstream_call(request_, expected, rest, no_network):
+    if rest and not request_.batch_id:
+        pytest.skip("a REST path always names a batch")
+    status, metadata = await call(request_, rest=rest)
     assert no_network == []
     assert status.code is grpc.StatusCode.INVALID_ARGUMENT
     assert status.details == expected["message"]
@@ -201,9 +215,12 @@ async def test_errors_before_any_upstream_call(request_, expected, no_network):
         },
         "extra_fields": {"provider": expected["provider"], "request_type": "batch_cancel"},
     }
-    assert json.loads(metadata[ERROR_BODY_HEADER]) == body
-    assert metadata[ERROR_STATUS_HEADER] == "400"
-    assert set(metadata) == {ERROR_BODY_HEADER, ERROR_STATUS_HEADER, "x-request-id"}  # id generated here
+    if rest:
+        assert json.loads(metadata[ERROR_BODY_HEADER]) == body
+        assert metadata[ERROR_STATUS_HEADER] == "400"
+        assert set(metadata) == {ERROR_BODY_HEADER, ERROR_STATUS_HEADER, "x-request-id"}  # id generated here
+    else:  # the edge's plumbing is for the edge only (issue 23)
+        assert set(metadata) == {"x-request-id"}
     rich, detail = unpack(status.trailing_metadata)
     assert rich.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and rich.message == expected["message"]
     assert (detail.error.code, detail.status_code, detail.is_bifrost_error) == (expected["code"], 400, True)
@@ -356,7 +373,8 @@ def _invoke(config, request, metadata=(), parts=None):
 
 
 def test_grpc_testing_drives_an_error_end_to_end(no_network):
-    rpc = _invoke(config(), pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED), parts=OFFLINE)
+    request = pb.CancelBatchRequest(batch_id="batch_1", provider=UNSUPPORTED)
+    rpc = _invoke(config(), request, (("x-envoy-original-path", rest_path(request)),), parts=OFFLINE)
     initial = dict(rpc.initial_metadata())
     response, trailing, code, details = rpc.termination()
     assert response is None
@@ -392,10 +410,13 @@ async def test_grpc_testing_drives_a_cancel_against_the_sandbox(sandbox, sim):
 # --- Health goes through the same wrapper ----------------------------------------------------------
 
 
+HEALTH_REST = (("x-envoy-original-path", "/health"),)
+
+
 async def test_health_while_draining_is_503_with_the_health_answer_as_body(no_network):
     servicer = BatchServicer(offline())
     servicer.draining = True
-    context = FakeContext()
+    context = FakeContext(HEALTH_REST)
     with pytest.raises(Aborted):
         await servicer.Health(pb.HealthRequest(), context)
     (status,) = context.statuses
@@ -416,7 +437,7 @@ async def test_health_failing_unexpectedly_is_a_sealed_internal(monkeypatch, cap
         raise RuntimeError(f"secret {SECRET}")
 
     monkeypatch.setattr(live.current.canceller, "breaker_states", boom)
-    context = FakeContext()
+    context = FakeContext(HEALTH_REST)
     with caplog.at_level(logging.ERROR, logger="service.edge.api"), pytest.raises(Aborted):
         await BatchServicer(live).Health(pb.HealthRequest(), context)
     (status,) = context.statuses

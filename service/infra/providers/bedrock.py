@@ -233,6 +233,7 @@ class BedrockAdapter(Adapter):
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> BedrockKeySettings:
+        reader.known("arn")  # Bifrost's inference-profile ARN; a job's own ARN names it for a cancel
         return BedrockKeySettings(
             access_key=reader.env_string("access_key", required=True),
             secret_key=reader.env_string("secret_key", required=True),

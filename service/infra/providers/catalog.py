@@ -72,14 +72,14 @@ UNSUPPORTED_REASONS: Mapping[str, str] = {name: reason for name, reason in CANNO
 KEY_SCHEMAS: Mapping[str, KeySchema] = {**{name: PLAIN_KEYS for name in CANNOT_CANCEL}, **ADAPTERS}
 
 
-def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+def parse_config(data: Any, env: Mapping[str, str] | None = None, **options: Any) -> Config:
     """`service.config.file.parse_config` for the providers of this catalog (`env`: os.environ if None)."""
-    return config.parse_config(data, env, KEY_SCHEMAS)
+    return config.parse_config(data, env, KEY_SCHEMAS, **options)
 
 
-def parse_config_bytes(raw: bytes, path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    return config.parse_config_bytes(raw, path, env, KEY_SCHEMAS)
+def parse_config_bytes(raw: bytes, path: str | Path, env: Mapping[str, str] | None = None, **options: Any) -> Config:
+    return config.parse_config_bytes(raw, path, env, KEY_SCHEMAS, **options)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    return config.load_config(path, env, KEY_SCHEMAS)
+def load_config(path: str | Path, env: Mapping[str, str] | None = None, **options: Any) -> Config:
+    return config.load_config(path, env, KEY_SCHEMAS, **options)

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from service.config.file import Key
 from service.config.reader import ConfigReader, http_url
 from service.domain.errors import UpstreamUnavailable
-from service.domain.model import BatchState, ListedBatch, ListQuery, RequestCounts
+from service.domain.model import BatchDetails, BatchState, ListedBatch, ListQuery, RequestCounts
 from service.infra.providers.base import (
     Adapter,
     UpstreamRequest,
@@ -97,7 +97,41 @@ class OpenAIAdapter(Adapter):
             cancelled_at=unix_seconds(data.get("cancelled_at")),
             created_at=unix_seconds(data.get("created_at")),
             expires_at=unix_seconds(data.get("expires_at")),
+            details=openai_details(data),
         )
+
+
+def openai_details(data: dict[str, Any]) -> BatchDetails:
+    """The OpenAI Batch fields of an OpenAI-shaped answer, for the OpenAI-compatible routes: strings,
+    times (Azure's previews send ISO 8601) and JSON objects as reported; anything else is left out."""
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) else None
+
+    def obj(name: str) -> dict[str, Any] | None:
+        value = data.get(name)
+        return value if isinstance(value, dict) else None
+
+    return BatchDetails(
+        endpoint=text("endpoint"),
+        input_file_id=text("input_file_id"),
+        completion_window=text("completion_window"),
+        model=text("model"),
+        output_file_id=text("output_file_id"),
+        error_file_id=text("error_file_id"),
+        in_progress_at=unix_seconds(data.get("in_progress_at")),
+        finalizing_at=unix_seconds(data.get("finalizing_at")),
+        completed_at=unix_seconds(data.get("completed_at")),
+        failed_at=unix_seconds(data.get("failed_at")),
+        expired_at=unix_seconds(data.get("expired_at")),
+        metadata=obj("metadata"),
+        errors=obj("errors"),
+        usage=obj("usage"),
+    )
+
+
+_OBJECT_FIELDS = ("metadata", "errors", "usage")
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):
@@ -110,9 +144,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> AzureKeySettings:
-        endpoint = reader.env_string("endpoint", required=True)
+        where = reader.where("endpoint")
+        endpoint = reader.env_string("endpoint", required=True, check=lambda value: http_url(value, where))
         return AzureKeySettings(
-            endpoint=http_url(endpoint, reader.where("endpoint")),
+            endpoint=http_url(endpoint, where) if endpoint else "",
             api_version=reader.env_string("api_version", required=False) or AZURE_API_VERSION,
         )
 

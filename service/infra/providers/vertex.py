@@ -106,15 +106,21 @@ class VertexAdapter(GoogleAdapter):
 
     @classmethod
     def key_settings(cls, reader: ConfigReader) -> VertexKeySettings:
-        # A JSON object, or a string holding one (literal or env.VAR).
-        creds = reader.data.get("auth_credentials")
+        # A JSON object, or a string holding one (literal, env.VAR or file./path).
+        creds = reader.get("auth_credentials", (dict, str))
         if isinstance(creds, str):
             creds = reader.env_string("auth_credentials", required=True)
-            try:
-                creds = json.loads(creds)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{reader.where('auth_credentials')}: not a service-account JSON document") from None
-        if not isinstance(creds, dict) or not {"client_email", "private_key", "token_uri"} <= creds.keys():
+            if reader.unresolved("auth_credentials"):
+                creds = None
+            else:
+                try:
+                    creds = json.loads(creds)
+                except json.JSONDecodeError:
+                    where = reader.where("auth_credentials")
+                    raise ConfigError(f"{where}: not a service-account JSON document") from None
+        if creds is None and reader.unresolved("auth_credentials"):
+            creds = {}  # named by the reading's unresolved references; checked when it can be read
+        elif not isinstance(creds, dict) or not {"client_email", "private_key", "token_uri"} <= creds.keys():
             raise ConfigError(
                 f"{reader.where('auth_credentials')}: needs a service-account JSON with client_email, private_key, "
                 "token_uri"

@@ -22,6 +22,7 @@ from service.domain.operations import (
     MAX_METADATA_PAIRS,
     MAX_METADATA_VALUE,
     CancelMatchingCommand,
+    Selector,
 )
 from service.usecases.auth import Caller
 from service.usecases.cancel import Canceller
@@ -68,6 +69,19 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
         raise InvalidRequest(f"max_batches must be at most {MAX_BATCHES_LIMIT}", param="max_batches")
     if command.deadline_seconds > MAX_DEADLINE_SECONDS:
         raise InvalidRequest(f"deadline_seconds must be at most {MAX_DEADLINE_SECONDS}", param="deadline_seconds")
+    _check_filters(selector)
+    _check_providers(selector, canceller)
+    _check_batches(selector, canceller)
+    if command.notify_url and not config.operations.notify_allowed(command.notify_url):
+        raise InvalidRequest(
+            "notify.url must start with one of the URLs in the config's operations.notify_urls",
+            code="notify_url_not_allowed",
+            param="notify.url",
+        )
+
+
+def _check_filters(selector: Selector) -> None:
+    """The creation bounds, statuses and metadata pairs of a selector."""
     if selector.created_after and selector.created_before and selector.created_after >= selector.created_before:
         raise InvalidRequest("created_after must be before created_before", param="selector.created_after")
     for index, status in enumerate(selector.statuses):
@@ -88,6 +102,10 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
             raise InvalidRequest(
                 f"selector.metadata[{name!r}] must be 1 to {MAX_METADATA_VALUE} characters", param="selector.metadata"
             )
+
+
+def _check_providers(selector: Selector, canceller: Canceller) -> None:
+    """Each provider a selector names is configured and can list its batches."""
     for index, provider in enumerate(selector.providers):
         param = f"selector.providers[{index}]"
         adapter = _provider(canceller, provider, param).adapter
@@ -98,6 +116,10 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
                 param=param,
                 provider=adapter.name,
             )
+
+
+def _check_batches(selector: Selector, canceller: Canceller) -> None:
+    """Each named batch has an id its provider's cancel takes, on a configured provider."""
     for index, (batch_id, provider) in enumerate(selector.batches):
         param = f"selector.batches[{index}]"
         if not batch_id:
@@ -109,12 +131,6 @@ def check_request(command: CancelMatchingCommand, config: Config, canceller: Can
             adapter.parse_id(batch_id)
         except InvalidRequest as err:
             raise InvalidRequest(f"{param}.id: {err.message}", param=f"{param}.id", provider=adapter.name) from None
-    if command.notify_url and not config.operations.notify_allowed(command.notify_url):
-        raise InvalidRequest(
-            "notify.url must start with one of the URLs in the config's operations.notify_urls",
-            code="notify_url_not_allowed",
-            param="notify.url",
-        )
 
 
 def _provider(canceller: Canceller, name: str, param: str) -> Provider:

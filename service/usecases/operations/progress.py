@@ -1,6 +1,7 @@
 """An operation's progress on its way to the store, written in groups rather than one write per batch.
 
-Settled batches are written together: once 100 are waiting or 100 ms after the first of them.
+Settled batches are written together: once 100 are waiting or 100 ms after the first of them
+(`OperationPolicy.flush_items`, `flush_seconds`).
 Only one thing cannot wait: a batch's `cancel_sent` mark must be stored before its cancel call goes
 out (so after a crash only a batch whose answer was lost is ever cancelled twice). Such marks are
 written at once, together with whatever else is waiting, and that write also checks that nobody
@@ -12,34 +13,22 @@ mark can be written, so no new cancel call can start. A write that finds the lea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from service.domain.operations import PENDING, BatchItem, Counts, Operation
-from service.infra.operation_store import LeaseLost, OperationStore, StopRequested
-
-FLUSH_ITEMS = 100
-FLUSH_SECONDS = 0.1
+from service.infra.operation_store import LeaseLost, SaveMode, StopRequested
+from service.usecases.operations.worker import Worker
 
 
 class Progress:
     """The running operation `operation` and its batches `items` (settled ones included), written by
-    `holder`. Counts in the operation's metadata follow every `set_outcome`."""
+    `worker` under its lease. Counts in the operation's metadata follow every `set_outcome`."""
 
-    def __init__(
-        self,
-        store: OperationStore,
-        holder: str,
-        operation: Operation,
-        items: Iterable[BatchItem],
-        clock: Callable[[], float],
-        *,
-        flush_items: int = FLUSH_ITEMS,
-        flush_seconds: float = FLUSH_SECONDS,
-    ) -> None:
-        self.store, self.holder, self.operation, self._clock = store, holder, operation, clock
+    def __init__(self, worker: Worker, operation: Operation, items: Iterable[BatchItem]) -> None:
+        self.store, self.holder, self.operation, self._clock = worker.store, worker.holder, operation, worker.now
         self.items = list(items)
         operation.counts = Counts.of(self.items, None)
-        self._flush_items, self._flush_seconds = flush_items, flush_seconds
+        self._flush_items, self._flush_seconds = worker.policy.flush_items, worker.policy.flush_seconds
         self._dirty: dict[tuple[str, str], BatchItem] = {}
         self._marks: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -113,9 +102,8 @@ class Progress:
         self._dirty, self._marks, self._op_dirty = {}, [], False
         self.operation.update_time = self._clock()
         try:
-            await self.store.save(
-                self.holder, self._clock(), self.operation, list(batch.values()), check_stop=bool(marks)
-            )
+            mode = SaveMode.UNLESS_STOPPED if marks else SaveMode.MERGE
+            await self.store.save(self.holder, self._clock(), self.operation, list(batch.values()), mode)
         except StopRequested as exc:
             # The marks' cancels must not go out; what else was written stays to be written.
             for key, item in batch.items():
@@ -152,7 +140,8 @@ class Progress:
         self._dirty, self._op_dirty = {}, False
         self.operation.update_time = self._clock()
         try:
-            await self.store.save(self.holder, self._clock(), self.operation, items, replace_items=replace_items)
+            mode = SaveMode.REPLACE if replace_items else SaveMode.MERGE
+            await self.store.save(self.holder, self._clock(), self.operation, items, mode)
         except LeaseLost as exc:
             self._failure = exc
             raise

@@ -7,6 +7,9 @@ operation at once; one asked (through the store) to cancel an operation tells it
 every process was killed, a gateway started again on the same store resumes each operation within
 a lease and a renewal period (20 s by default). On a graceful shutdown the runners leave (calls in
 flight finish, progress is written) and the leases are released, so another worker resumes at once.
+
+Finished operations are kept `operations.retention_days` (30) after their creation: about once an
+hour each worker deletes those older (done, their webhook delivered or given up), a few at a time.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from service.config.operations import OperationsConfig
 from service.infra.observability import OPERATIONS_RUNNING
-from service.infra.operation_store import OperationStore
 from service.usecases.operations.runner import Runner
+from service.usecases.operations.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +30,20 @@ log = logging.getLogger(__name__)
 CLAIM_PER_ROUND = 10
 MAX_RUNNING = 100
 WARN_EVERY_S = 60.0
+# How often finished operations past their retention are looked for, and how many go per round.
+SWEEP_EVERY_S = 3600.0
+DELETE_PER_ROUND = 20
+DAY_S = 86400.0
 
 
 class Scheduler:
-    def __init__(
-        self,
-        store: OperationStore,
-        holder: str,
-        make_runner: Callable[[str], Runner],
-        lease_seconds: Callable[[], float],
-        clock: Callable[[], float],
-        *,
-        max_running: int = MAX_RUNNING,
-    ) -> None:
-        self.store, self.holder, self._make_runner = store, holder, make_runner
-        self._lease_seconds, self._clock, self._max_running = lease_seconds, clock, max_running
+    """The operations `worker` runs (each by a runner `make_runner` makes), its leases, and the
+    retention of finished ones."""
+
+    def __init__(self, worker: Worker, make_runner: Callable[[str], Runner], *, max_running: int = MAX_RUNNING) -> None:
+        self.store, self.holder, self._worker, self._make_runner = worker.store, worker.holder, worker, make_runner
+        self._clock, self._max_running = worker.now, max_running
+        self._next_sweep = float("-inf")
         self._runners: dict[str, tuple[Runner, asyncio.Task[None]]] = {}
         self._stopping = asyncio.Event()
         self._kick = asyncio.Event()
@@ -99,9 +102,13 @@ class Scheduler:
             self._warned_at = now
             log.warning("operations: %s (%s); trying again", what, type(exc).__name__)
 
+    def _operations_config(self) -> OperationsConfig:
+        with self._worker.runtimes.current as runtime:
+            return runtime.config.operations
+
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            lease = self._lease_seconds()
+            lease = self._operations_config().lease_seconds
             try:
                 await self.tick(lease)
             except Exception as exc:  # noqa: BLE001 - a store that fails now may answer next round
@@ -111,7 +118,8 @@ class Scheduler:
                 await asyncio.wait_for(self._kick.wait(), lease / 3)
 
     async def tick(self, lease: float) -> None:
-        """One round: renew what this worker holds, then claim what nobody runs."""
+        """One round: renew what this worker holds, claim what nobody runs, and (once an hour)
+        delete finished operations past their retention."""
         now = self._clock()
         names = list(self._runners)
         if names:
@@ -131,6 +139,19 @@ class Scheduler:
             for name in await self.store.claim(self.holder, now, now + lease, min(free, CLAIM_PER_ROUND)):
                 log.info("operation %s: taken over by this worker", name)
                 self.adopt(name)
+        if now >= self._next_sweep and not self._stopping.is_set():
+            await self._sweep(now)
+
+    async def _sweep(self, now: float) -> None:
+        """Deletes finished operations created more than `operations.retention_days` ago (0: none)."""
+        days = self._operations_config().retention_days
+        if days:
+            deleted = await self.store.delete_finished(now - days * DAY_S, DELETE_PER_ROUND)
+            if deleted:
+                log.info("operations: %d finished operations older than %d days deleted", len(deleted), days)
+            if len(deleted) == DELETE_PER_ROUND:
+                return  # more may be due: the next round goes on
+        self._next_sweep = now + SWEEP_EVERY_S
 
     async def shutdown(self, timeout: float = 10.0) -> None:
         """Stops claiming; every runner leaves (calls in flight finish, progress is written) within
@@ -150,3 +171,15 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._release([name for name, _ in entries])
         self._update_gauge()
+
+    async def abandon(self) -> None:
+        """Stops at once, the way a killed process does: no round runs again and every runner is
+        cancelled where it stands; nothing is written, nothing released (its leases run out). What
+        tests of a takeover stand a dead worker on; a real crash needs no call."""
+        self._stopping.set()
+        tasks = [task for _, task in self._runners.values()]
+        if self._loop is not None:
+            tasks.append(self._loop)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import secrets
-import socket
-import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from service.domain.errors import FailedPrecondition, InvalidRequest, NotFound, Overloaded
 from service.domain.operations import LISTING, NAME_PREFIX, BatchItem, CancelMatchingCommand, Counts, Operation
 from service.infra.observability import OPERATIONS_STARTED, record_operation
-from service.infra.operation_store import MAX_PAGE_SIZE, BadPageToken, OperationStore
+from service.infra.operation_store import MAX_PAGE_SIZE, BadPageToken
 from service.usecases.auth import Caller
 from service.usecases.context import CallContext
 from service.usecases.operations.checks import check_access, check_request, normalized
-from service.usecases.operations.runner import Notifier, Runner, Runtimes, Settings
+from service.usecases.operations.runner import Runner
 from service.usecases.operations.scheduler import Scheduler
+from service.usecases.operations.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,48 +41,17 @@ class Found:
     items: list[BatchItem] | None = None
 
 
-def new_holder() -> str:
-    """This process's name as a lease holder: unique per start."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
 class Operations:
-    """Long-running operations of this worker, kept in `store` (shared with the other workers and
-    replicas), run with the config current at each step (`runtimes`)."""
+    """Long-running operations of this worker (`worker`: the store shared with the other workers and
+    replicas, the config current at each step, time and policy)."""
 
-    def __init__(
-        self,
-        store: OperationStore,
-        runtimes: Runtimes,
-        *,
-        holder: str | None = None,
-        clock: Callable[[], float] = time.time,
-        settings: Settings | None = None,
-        render: Callable[[Operation, list[BatchItem]], bytes] | None = None,
-        notifier: Notifier | None = None,
-    ) -> None:
-        self.store, self.runtimes, self.clock = store, runtimes, clock
-        self.holder = holder or new_holder()
-        self.settings = settings or Settings()
-        self.render, self.notifier = render, notifier
+    def __init__(self, worker: Worker) -> None:
+        self.worker, self.store, self.runtimes = worker, worker.store, worker.runtimes
         self._done: dict[str, asyncio.Event] = {}
-        self.scheduler = Scheduler(store, self.holder, self._runner, self._lease_seconds, clock)
-
-    def _lease_seconds(self) -> float:
-        return self.runtimes.current.config.operations.lease_seconds
+        self.scheduler = Scheduler(worker, self._runner)
 
     def _runner(self, name: str) -> Runner:
-        return Runner(
-            name,
-            self.store,
-            self.runtimes,
-            self.holder,
-            clock=self.clock,
-            settings=self.settings,
-            render=self.render,
-            notifier=self.notifier,
-            on_done=self._finished,
-        )
+        return Runner(name, self.worker, on_done=self._finished)
 
     def _finished(self, operation: Operation) -> None:
         event = self._done.pop(operation.name, None)
@@ -104,18 +70,17 @@ class Operations:
 
     # --- calls -----------------------------------------------------------------------------------
 
-    def _caller(self, headers: Mapping[str, str], context: CallContext | None = None) -> Caller:
-        caller = self.runtimes.current.canceller.auth.authenticate(headers)
-        if context is not None:
-            context.caller = caller.identity
+    def _caller(self, call: CallContext) -> Caller:
+        caller = self.runtimes.current.canceller.auth.authenticate(call.headers)
+        call.caller = caller.identity
         return caller
 
-    async def start(self, command: CancelMatchingCommand, context: CallContext) -> Operation:
+    async def start(self, command: CancelMatchingCommand, call: CallContext) -> Operation:
         """Checks and starts a CancelMatching operation; this worker runs it from now on. Raises
         400/401/403/429 before anything is listed."""
         with self.runtimes.current as runtime:
             canceller, config = runtime.canceller, runtime.config
-            caller = self._caller(context.headers, context)
+            caller = self._caller(call)
             check_request(command, config, canceller)
             command = normalized(command)
             check_access(caller, command, canceller)
@@ -129,7 +94,7 @@ class Operations:
                     headers={"retry-after": "5"},
                 )
             lease = config.operations.lease_seconds
-        now = self.clock()
+        now = self.worker.now()
         name = NAME_PREFIX + secrets.token_urlsafe(16)
         items = [BatchItem(provider, batch_id) for batch_id, provider in command.selector.batches]
         operation = Operation(
@@ -140,9 +105,9 @@ class Operations:
             update_time=now,
             state=LISTING,
             counts=Counts.of(items),
-            request_id=context.record.request_id if context.record is not None else "",
+            request_id=call.record.request_id if call.record is not None else "",
         )
-        await self.store.create(operation, items, self.holder, now + lease)
+        await self.store.create(operation, items, self.worker.holder, now + lease)
         OPERATIONS_STARTED.inc()
         record_operation(
             name,
@@ -164,8 +129,8 @@ class Operations:
             raise NotFound(f"operation not found: {name[:100]}", code="operation_not_found")
         return stored.operation
 
-    async def get(self, name: str, headers: Mapping[str, str], context: CallContext | None = None) -> Found:
-        caller = self._caller(headers, context)
+    async def get(self, name: str, call: CallContext) -> Found:
+        caller = self._caller(call)
         operation = await self._visible(name, caller)
         return await self._found(operation)
 
@@ -174,16 +139,10 @@ class Operations:
         return Found(operation, items)
 
     async def list_operations(
-        self,
-        name: str,
-        filter: str,
-        page_size: int,
-        page_token: str,
-        headers: Mapping[str, str],
-        context: CallContext | None = None,
+        self, name: str, filter: str, page_size: int, page_token: str, call: CallContext
     ) -> tuple[list[Operation], str]:
         """The caller's operations (admin: everyone's), newest first, without their batches."""
-        caller = self._caller(headers, context)
+        caller = self._caller(call)
         if name not in ("", "operations"):
             raise InvalidRequest("name must be operations (or empty)", param="name")
         if filter:
@@ -197,9 +156,9 @@ class Operations:
         except BadPageToken as err:
             raise InvalidRequest(str(err), param="page_token") from None
 
-    async def cancel(self, name: str, headers: Mapping[str, str], context: CallContext | None = None) -> None:
+    async def cancel(self, name: str, call: CallContext) -> None:
         """Stops the operation: once this returns no new cancel call starts (a done one: nothing)."""
-        caller = self._caller(headers, context)
+        caller = self._caller(call)
         operation = await self._visible(name, caller)
         if operation.done:
             return
@@ -209,8 +168,8 @@ class Operations:
             runner.request_stop()
         record_operation(name, operation.owner, "cancel requested", operation.counts.to_dict(), by=caller.identity)
 
-    async def delete(self, name: str, headers: Mapping[str, str], context: CallContext | None = None) -> None:
-        caller = self._caller(headers, context)
+    async def delete(self, name: str, call: CallContext) -> None:
+        caller = self._caller(call)
         operation = await self._visible(name, caller)
         if not operation.done:
             raise FailedPrecondition(
@@ -219,18 +178,16 @@ class Operations:
             )
         await self.store.delete(name)
 
-    async def wait(
-        self, name: str, timeout_s: float | None, headers: Mapping[str, str], context: CallContext | None = None
-    ) -> Found:
+    async def wait(self, name: str, timeout_s: float | None, call: CallContext) -> Found:
         """The operation once done, or as it stands when `timeout_s` (WaitOperation's timeout) or
-        the call's deadline (`context.deadline`) comes (a second before, so the answer still gets out)."""
-        caller = self._caller(headers, context)
+        the call's deadline (`call.deadline`) comes (a second before, so the answer still gets out)."""
+        caller = self._caller(call)
         operation = await self._visible(name, caller)
         loop = asyncio.get_running_loop()
         now = loop.time()
         ends = [now + timeout_s] if timeout_s is not None else []
-        if context is not None and context.deadline is not None:
-            ends.append(max(now, context.deadline - 1.0))
+        if call.deadline is not None:
+            ends.append(max(now, call.deadline - 1.0))
         end = min(ends) if ends else None
         poll = WAIT_POLL_S[0]
         while not operation.done:

@@ -3,7 +3,8 @@
 A batch whose cancel failed in a way that retrying can fix comes back after its backoff; a provider
 that answered 429 with Retry-After is paused for this operation until then (no batch of it is handed
 out meanwhile, so its limit is not hammered), while the other providers' batches go on. Providers
-take turns, so one slow provider does not hold up the others. The clock is injected (loop time).
+take turns, so one slow provider does not hold up the others. The time it runs on is injected (the
+operation's: tests step it, and a wait for a retry or a pause then moves their clock).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Generic, TypeVar
+
+from service.infra.timing import Timing
 
 T = TypeVar("T")
 
@@ -24,8 +27,9 @@ class WorkQueue(Generic[T]):
     to hand out and nothing handed out may come back (`done(item)` or `retry(item, delay)` is
     called for every item taken)."""
 
-    def __init__(self, items: Iterable[tuple[str, T]], clock: Callable[[], float] | None = None) -> None:
-        self._clock = clock or asyncio.get_running_loop().time
+    def __init__(self, items: Iterable[tuple[str, T]], timing: Timing) -> None:
+        self._timing = timing
+        self._clock = timing.now
         self._ready: dict[str, deque[T]] = {}
         for provider, item in items:
             self._ready.setdefault(provider, deque()).append(item)
@@ -91,12 +95,23 @@ class WorkQueue(Generic[T]):
             if self._later:
                 wake.append(self._later[0][0])
             self._changed.clear()
-            timeout = max(0.0, min(wake) - now) if wake else None
+            await self._wait(max(0.0, min(wake) - now) if wake else None)
+        return None
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until something changes, or `timeout` seconds (None: no limit) of the queue's time."""
+        if timeout is None or self._timing.sleep is None:
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
             except TimeoutError:
                 pass
-        return None
+            return
+        changed = asyncio.ensure_future(self._changed.wait())
+        slept = asyncio.ensure_future(self._timing.pause(timeout))
+        await asyncio.wait((changed, slept), return_when=asyncio.FIRST_COMPLETED)
+        for task in (changed, slept):
+            task.cancel()
+        await asyncio.gather(changed, slept, return_exceptions=True)
 
     def _pick(self, now: float) -> tuple[str, T] | None:
         for _ in range(len(self._turns)):
