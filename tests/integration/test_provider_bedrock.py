@@ -293,6 +293,12 @@ TOKEN_MESSAGES = {
 }  # fmt: skip
 
 
+REST_PATHS = {
+    "Cancel": "/v1/batches/{id}/cancel?provider=bedrock",
+    "StopModelInvocationJob": "/bedrock/model-invocation-job/{id}/stop",
+}
+
+
 @pytest.mark.parametrize("route", ["Cancel", "StopModelInvocationJob"])
 @pytest.mark.parametrize("message", list(TOKEN_MESSAGES.values()), ids=list(TOKEN_MESSAGES))
 async def test_the_session_token_is_redacted_wherever_an_aws_message_echoes_it(sandbox, sim, caplog, message, route):
@@ -304,7 +310,9 @@ async def test_the_session_token_is_redacted_wherever_an_aws_message_echoes_it(s
     sim.add_fault("bedrock", {"status": 403, "body": body, "content_type": "application/json"})
     async with running_service(config(sandbox, session_token=SESSION_TOKEN)) as (_, stub):
         request = pb.CancelBatchRequest(batch_id=job.id, provider="bedrock")
-        invocation = getattr(stub, route)(request)
+        # As Envoy passes a REST call on: the answer then carries the REST body for the edge.
+        path = REST_PATHS[route].format(id=job.id)
+        invocation = getattr(stub, route)(request, metadata=(("x-envoy-original-path", path),))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await invocation
         metadata = dict(await invocation.initial_metadata())

@@ -249,14 +249,16 @@ def test_every_local_reply_status_has_its_own_message() -> None:
 # providers document them. None: any other status (on the Bifrost routes that is the catch-all
 # body format, not a mapper).
 LOCAL_REPLY_NAMES = [
-    (404, "route_not_found", "not_found", "not_found_error", "NOT_FOUND", "UnknownOperationException"),
+    (404, "route_not_found", "invalid_request_error", "not_found_error", "NOT_FOUND", "UnknownOperationException"),
+    (405, "method_not_allowed", "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT",
+     "ValidationException"),
     (408, "request_timeout", "invalid_request_error", "invalid_request_error", "DEADLINE_EXCEEDED",
      "RequestTimeoutException"),
     (413, "request_too_large", "invalid_request_error", "request_too_large", "INVALID_ARGUMENT", "ValidationException"),
     (500, "internal_error", "internal_error", "api_error", "INTERNAL", "InternalServerException"),
     (501, "not_implemented", "invalid_request_error", "invalid_request_error", "UNIMPLEMENTED", "ValidationException"),
-    (502, "upstream_unavailable", "service_unavailable", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
-    (503, "upstream_unavailable", "service_unavailable", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (502, "upstream_unavailable", "upstream_error", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (503, "upstream_unavailable", "upstream_error", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
     (504, "upstream_timeout", "timeout_error", "timeout_error", "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
     (None, "invalid_request", "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT",
      "ValidationException"),
