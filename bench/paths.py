@@ -40,11 +40,10 @@ def targets(system: System, *, bad: bool = False) -> list[Target]:
     key = "sk-wrong-key-for-bench" if bad else OpenAISim.default_key
     provider = "nope" if bad else "openai"
     json_headers = {"content-type": "application/json"}
-    # gRPC calls carry their own request id, as batchgate-client's do. Without one the service
-    # generates an id and sends it back as initial metadata before the answer, so an error's
-    # grpc-status arrives in trailers, which h2load never prints: errors could not be counted.
-    # (Echoing a generated id costs ~0.2 ms of its own: README's experiments table.)
-    grpc_headers = {"content-type": "application/grpc", "te": "trailers", "x-request-id": "bench-grpc-call"}
+    # A caller's own request id, as a production gRPC client sends one: the service then sends no
+    # initial metadata of its own, so an error is a trailers-only answer whose grpc-status h2load
+    # prints (it prints no trailers) and grpc_errors_in_verbose can count.
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers", "x-request-id": "bench-grpc"}
     out = [
         Target(
             "baseline",

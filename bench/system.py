@@ -159,8 +159,10 @@ class System:
     def start_unbounded_gateway(self) -> None:
         """Two more gateways (same simulator, same config): one started without the bounds of issue
         21, one with them (so that two gateway processes with the same code give the noise floor)."""
-        from gateway.stack import Stack, default_envoy_concurrency, default_workers, free_port
+        from gateway.stack import Stack, free_port
+        from service.config.settings import Settings
 
+        settings = Settings.from_env()
         for name, unbounded in (("unbounded", True), ("twin", False)):
             stack = Stack(
                 config=self.workdir / "config.json",
@@ -168,8 +170,8 @@ class System:
                 grpc_port=free_port(),
                 admin_port=free_port(),
                 log_dir=self.workdir / f"logs-{name}",
-                workers=default_workers(),
-                envoy_concurrency=default_envoy_concurrency(),
+                workers=settings.workers,
+                envoy_concurrency=settings.envoy_concurrency,
                 unbounded=unbounded,
             )
             stack.start(timeout=30)

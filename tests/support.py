@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import inspect
 import ipaddress
 import time
@@ -206,3 +207,9 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+def documented_version(raw: bytes) -> str:
+    """A config file's version as the README defines it (the first 12 hex digits of the SHA-256 of
+    the file), computed here rather than by the code under test."""
+    return hashlib.sha256(raw).hexdigest()[:12]

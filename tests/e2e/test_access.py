@@ -13,8 +13,9 @@ Two extra gateways share the session sandbox (`stack.sandbox_url`):
   caller's own key.
 
 Every refused call is made for a seeded batch id, and the simulator's record shows no call for it.
-The last test stops both gateways and searches all their log files, the sandbox log and every
-answer collected here for each known secret.
+The last test stands alone: it starts two gateways of its own, runs every scenario above through
+them, stops them and searches all their log files, what the sandbox logged meanwhile and every
+answer they gave for each known secret.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def provider_secrets(config: Mapping[str, Any]) -> set[str]:
     return found
 
 
-# --- everything the gateways answered, for the final secret search ------------------------------
+# --- everything the gateways answered, for the final secret search (which clears it first) ------
 
 SEEN: list[str] = []
 
@@ -490,15 +491,16 @@ def test_openai_sdk_with_a_virtual_key(enforced: Stack, openai_http: httpx.Clien
     assert call["headers"]["Authorization"] == f"Bearer {OPENAI_KEY}"
 
 
+OPENAI_SDK_REFUSALS = {
+    "unknown": (VK_UNKNOWN, openai.AuthenticationError, 401, "virtual_key_not_found"),
+    "expired": (VK_EXPIRED, openai.AuthenticationError, 401, "virtual_key_not_found"),
+    "not a virtual key": (NON_VK_BEARER, openai.AuthenticationError, 401, "virtual_key_required"),
+    "blocked": (VK_AZURE_ONLY, openai.PermissionDeniedError, 403, "provider_blocked"),
+}
+
+
 @pytest.mark.parametrize(
-    ("api_key", "error", "status", "code"),
-    [
-        (VK_UNKNOWN, openai.AuthenticationError, 401, "virtual_key_not_found"),
-        (VK_EXPIRED, openai.AuthenticationError, 401, "virtual_key_not_found"),
-        (NON_VK_BEARER, openai.AuthenticationError, 401, "virtual_key_required"),
-        (VK_AZURE_ONLY, openai.PermissionDeniedError, 403, "provider_blocked"),
-    ],
-    ids=["unknown", "expired", "not a virtual key", "blocked"],
+    ("api_key", "error", "status", "code"), list(OPENAI_SDK_REFUSALS.values()), ids=list(OPENAI_SDK_REFUSALS)
 )
 def test_openai_sdk_refusals(
     enforced: Stack, openai_http: httpx.Client, sim: SimAdmin, api_key: str, error: type, status: int, code: str
@@ -642,19 +644,20 @@ def test_anthropic_sdk_with_a_virtual_key_as_x_api_key(enforced: Stack, sdk_http
     assert VK_ALL not in json.dumps([c["headers"] for c in calls])
 
 
+ANTHROPIC_SDK_REFUSALS = {
+    "unknown": (VK_UNKNOWN, anthropic.AuthenticationError, 401, "virtual key not found"),
+    "not a virtual key": (NON_VK_BEARER, anthropic.AuthenticationError, 401, None),
+    "blocked": (
+        VK_AZURE_ONLY,
+        anthropic.PermissionDeniedError,
+        403,
+        "Provider 'anthropic' is not allowed for this virtual key",
+    ),
+}
+
+
 @pytest.mark.parametrize(
-    ("api_key", "error", "status", "message"),
-    [
-        (VK_UNKNOWN, anthropic.AuthenticationError, 401, "virtual key not found"),
-        (NON_VK_BEARER, anthropic.AuthenticationError, 401, None),
-        (
-            VK_AZURE_ONLY,
-            anthropic.PermissionDeniedError,
-            403,
-            "Provider 'anthropic' is not allowed for this virtual key",
-        ),
-    ],
-    ids=["unknown", "not a virtual key", "blocked"],
+    ("api_key", "error", "status", "message"), list(ANTHROPIC_SDK_REFUSALS.values()), ids=list(ANTHROPIC_SDK_REFUSALS)
 )
 def test_anthropic_sdk_refusals_in_anthropics_envelope(
     enforced: Stack, sdk_http: httpx.Client, sim: SimAdmin, api_key: str, error: type, status: int, message: str | None
@@ -691,10 +694,14 @@ def test_genai_sdk_with_a_virtual_key_as_x_goog_api_key(enforced: Stack, sim: Si
     assert calls and {c["headers"]["x-goog-api-key"] for c in calls} == {GEMINI_KEY}
 
 
+GENAI_SDK_REFUSALS = {
+    "inactive": (VK_INACTIVE, 401, "UNAUTHENTICATED"),
+    "blocked": (VK_AZURE_ONLY, 403, "PERMISSION_DENIED"),
+}
+
+
 @pytest.mark.parametrize(
-    ("api_key", "status", "grpc_name"),
-    [(VK_INACTIVE, 401, "UNAUTHENTICATED"), (VK_AZURE_ONLY, 403, "PERMISSION_DENIED")],
-    ids=["inactive", "blocked"],
+    ("api_key", "status", "grpc_name"), list(GENAI_SDK_REFUSALS.values()), ids=list(GENAI_SDK_REFUSALS)
 )
 def test_genai_sdk_refusals_in_googles_envelope(
     enforced: Stack, sim: SimAdmin, api_key: str, status: int, grpc_name: str
@@ -741,9 +748,10 @@ def test_boto3_with_a_virtual_key_in_x_bf_vk(enforced: Stack, sim: SimAdmin) -> 
     assert VK_ALL not in json.dumps([c["headers"] for c in calls])
 
 
-@pytest.mark.parametrize(
-    ("vk", "status"), [(None, 401), (VK_EXPIRED, 401), (VK_AZURE_ONLY, 403)], ids=["sigv4 only", "expired", "blocked"]
-)
+BOTO3_REFUSALS = {"sigv4 only": (None, 401), "expired": (VK_EXPIRED, 401), "blocked": (VK_AZURE_ONLY, 403)}
+
+
+@pytest.mark.parametrize(("vk", "status"), list(BOTO3_REFUSALS.values()), ids=list(BOTO3_REFUSALS))
 def test_boto3_refusals_are_access_denied(enforced: Stack, sim: SimAdmin, vk: str | None, status: int) -> None:
     job = sim.seed("bedrock", uuid.uuid4().hex[:12])
 
@@ -972,16 +980,104 @@ def test_missing_env_var_for_an_access_secret_fails_at_start(tmp_path: Path, fie
     assert not port_open(int(env["HTTP_PORT"]))
 
 
-def test_no_secret_appears_in_any_log_metric_or_answer(stack: Stack, enforced: Stack, direct: Stack) -> None:
-    """Runs last: scrapes /metrics, stops both gateways (flushing their logs and spans) and searches
-    everything they wrote or answered for every known secret."""
-    metrics = requests.get(f"http://127.0.0.1:{enforced.metrics_port}/metrics", timeout=5).text
+def enforced_tour(gateway: Stack, sim: SimAdmin) -> int:
+    """Every way in to the enforced gateway, each scenario with its own assertions (the tests above,
+    run against `gateway`): credential forms, scopes, key_ids, every provider with raw answers, a
+    session token, each refusal, a rate limit, the four SDKs, native gRPC through Envoy and on the
+    service port, the caller's own credentials. Returns how many scenarios ran."""
+    scenarios = 0
+    rest = recording_session()
+    for form in ACCEPTED_FORMS:
+        test_rest_each_credential_form_is_accepted(gateway, rest, sim, form)
+    test_rest_virtual_key_scoped_to_azure_may_cancel_on_azure(gateway, rest, sim)
+    test_rest_virtual_key_limits_the_configured_keys_used(gateway, rest, sim)
+    for provider in PROVIDERS:
+        if provider not in NO_BATCH_CANCEL:
+            test_rest_all_providers_virtual_key_works_on_every_provider(gateway, rest, sim, provider)
+            scenarios += 1
+    test_rest_bedrock_key_with_a_session_token_is_signed_with_it(gateway, rest, sim)
+    for case in REFUSED:
+        test_rest_refusals_have_their_status_and_code_and_never_reach_the_provider(gateway, rest, sim, case)
+    test_rest_unknown_inactive_and_expired_keys_get_identical_answers(gateway, rest, sim)
+    test_rest_rate_limit_answers_429_with_retry_after_on_the_third_call(gateway, rest, sim)
+    scenarios += len(ACCEPTED_FORMS) + len(REFUSED) + 5
+    with recording_httpx() as client:
+        test_openai_sdk_with_a_virtual_key(gateway, client, sim)
+        for args in OPENAI_SDK_REFUSALS.values():
+            test_openai_sdk_refusals(gateway, client, sim, *args)
+        test_anthropic_sdk_with_a_virtual_key_as_x_api_key(gateway, client, sim)
+        for args in ANTHROPIC_SDK_REFUSALS.values():
+            test_anthropic_sdk_refusals_in_anthropics_envelope(gateway, client, sim, *args)
+    test_genai_sdk_with_a_virtual_key_as_x_goog_api_key(gateway, sim)
+    for args in GENAI_SDK_REFUSALS.values():
+        test_genai_sdk_refusals_in_googles_envelope(gateway, sim, *args)
+    test_boto3_with_a_virtual_key_in_x_bf_vk(gateway, sim)
+    for args in BOTO3_REFUSALS.values():
+        test_boto3_refusals_are_access_denied(gateway, sim, *args)
+    scenarios += 4 + len(OPENAI_SDK_REFUSALS) + len(ANTHROPIC_SDK_REFUSALS) + len(GENAI_SDK_REFUSALS)
+    scenarios += len(BOTO3_REFUSALS)
+    for port in (gateway.http_port, gateway.grpc_port):
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.BatchServiceStub(channel)
+            for form in ACCEPTED_FORMS:
+                test_grpc_each_credential_form_is_accepted(stub, sim, form)
+            for case in REFUSED:
+                test_grpc_refusals_have_their_status_and_detail_and_never_reach_the_provider(stub, sim, case)
+            test_grpc_unknown_and_expired_keys_get_identical_answers(stub, sim)
+            test_grpc_callers_credentials_stay_at_the_gateway(stub, sim)
+            scenarios += len(ACCEPTED_FORMS) + len(REFUSED) + 2
+    test_grpc_rate_limit_is_resource_exhausted_with_retry_after(gateway, sim)
+    for provider in GATEWAY_AUTH:
+        test_rest_callers_credentials_and_hop_by_hop_headers_stay_at_the_gateway(gateway, sim, provider)
+    return scenarios + 1 + len(GATEWAY_AUTH)
+
+
+def direct_tour(gateway: Stack, tls_files: tuple[Path, Path], sim: SimAdmin) -> int:
+    """Every way a caller's own key goes through the direct-key gateway, over TLS. Returns how many
+    scenarios ran."""
+    https = recording_session(verify=str(tls_files[0]))
+    for form in ("bearer", "x-api-key"):
+        test_direct_key_is_what_the_provider_receives(gateway, https, sim, form)
+    test_without_a_direct_key_the_configured_key_is_used(gateway, https, sim)
+    test_wrong_direct_key_gets_the_providers_401(gateway, https, sim)
+    test_anthropic_sdk_direct_key_over_https(gateway, tls_files, sim)
+    test_rest_edge_serves_https_only(gateway, tls_files)
+    for port in ("envoy", "service"):
+        test_grpc_over_tls_with_a_direct_key(gateway, tls_files, sim, port)
+    return 8
+
+
+def test_no_secret_appears_in_any_log_metric_or_answer(
+    stack: Stack, tls_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, sim: SimAdmin
+) -> None:
+    """Stands alone: starts its own two gateways, drives every scenario of this module through them
+    (each with its assertions, so one that did not happen fails here), scrapes /metrics, stops them
+    (flushing their logs and spans) and searches everything they wrote or answered, and what the
+    sandbox logged meanwhile, for every known secret."""
+    sandbox_logs = sorted(p for p in stack.log_dir.glob("sandbox*") if p.is_file())
+    sandbox_from = {p: p.stat().st_size for p in sandbox_logs}
+    SEEN.clear()
+    enforced_gateway = new_stack(
+        enforced_config(stack.sandbox_url), tmp_path_factory.mktemp("leak-enforced"), metrics_port=free_port()
+    )
+    direct_gateway = new_stack(
+        direct_config(stack.sandbox_url),
+        tmp_path_factory.mktemp("leak-direct"),
+        tls_cert=tls_files[0],
+        tls_key=tls_files[1],
+    )
+    try:
+        enforced_gateway.start()
+        direct_gateway.start()
+        scenarios = enforced_tour(enforced_gateway, sim) + direct_tour(direct_gateway, tls_files, sim)
+        metrics = requests.get(f"http://127.0.0.1:{enforced_gateway.metrics_port}/metrics", timeout=5).text
+    finally:
+        enforced_gateway.stop()
+        direct_gateway.stop()
+    assert scenarios == 90, f"{scenarios} scenarios ran: change this count with the tours"
+    assert len(SEEN) >= scenarios  # every answer was kept for the search
     assert "batchgate_requests_total" in metrics
     assert "caller=" not in metrics
-    if not SEEN:
-        pytest.skip("searches what the rest of this module did: run the whole module")
-    enforced.stop()
-    direct.stop()
 
     known = {
         *provider_secrets(enforced_config(stack.sandbox_url)),
@@ -1000,16 +1096,20 @@ def test_no_secret_appears_in_any_log_metric_or_answer(stack: Stack, enforced: S
         basic(ADMIN_USER, WRONG_ADMIN_PASSWORD).split()[1],
     }
     assert OPENAI_KEY in known and SECOND_OPENAI_KEY in known and DECOY_OPENAI_KEY in known
-    files = sorted(p for d in (enforced.log_dir, direct.log_dir) for p in d.rglob("*") if p.is_file())
-    files += sorted(p for p in stack.log_dir.glob("sandbox*") if p.is_file())
+    assert BEDROCK_SESSION_TOKEN in known
+    files = sorted(p for g in (enforced_gateway, direct_gateway) for p in g.log_dir.rglob("*") if p.is_file())
     roles = {p.name for p in files}
-    assert {"service.log", "envoy.log", "sandbox.log"} <= roles, roles
-    service_logs = "".join(p.read_text(errors="replace") for p in files if p.name == "service.log")
+    assert {"service.log", "envoy.log"} <= roles, roles
+    texts = {str(p): p.read_text(errors="replace") for p in files}
+    for path, offset in sandbox_from.items():
+        with open(path, "rb") as log:
+            log.seek(offset)
+            texts[str(path)] = log.read().decode(errors="replace")
+    service_logs = "".join(text for path, text in texts.items() if path.endswith("service.log"))
     # The logs being searched do hold the run: access lines for the callers, spans from the exporter.
     assert '"caller":"vk:all"' in service_logs and '"caller":"admin"' in service_logs
     assert '"level":"debug"' in service_logs and '"trace_id"' in service_logs  # DEBUG lines and spans
     assert '"logger":"botocore.auth"' in service_logs  # SigV4 signing happened with DEBUG on
-    texts = {str(p): p.read_text(errors="replace") for p in files}
     texts["/metrics"] = metrics
     texts.update({f"answer #{i}": text for i, text in enumerate(SEEN)})
     leaks = sorted(

@@ -37,11 +37,11 @@ from gateway.paths import ROOT
 from gateway.stack import Stack, free_port, free_ports
 from sandbox.openai import OpenAISim
 from sandbox.server import DEFAULT_KEYS, gateway_config
-from service.config.file import config_version
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import SimAdmin
 from tests.e2e.test_launcher import launcher_env, read_until_curl_line
+from tests.support import documented_version
 
 VK_LOAD = f"sk-bf-reload-load-{secrets.token_hex(8)}"
 VK_REVOKED = f"sk-bf-reload-revoked-{secrets.token_hex(8)}"
@@ -158,7 +158,7 @@ def restore(gateway: Stack, mount: Mount, sandbox: str) -> Iterator[None]:
     yield
     content = encode(config_for(sandbox))
     mount.write(content)
-    wait_for_version(gateway, config_version(content))
+    wait_for_version(gateway, documented_version(content))
 
 
 def health(stack: Stack) -> dict:
@@ -280,7 +280,7 @@ def test_ten_reloads_under_load_fail_no_call(gateway: Stack, mount: Mount, sandb
                     time.sleep(0.1)
                     content = encode(config_for(sandbox, timeout=20 + i))
                     mount.write(content)
-                    wait_for_version(gateway, config_version(content))
+                    wait_for_version(gateway, documented_version(content))
                 else:  # SIGHUP, as `make run` passes it on: the same file, read again
                     gateway.reload()
                     reloaded = [i + 1] * 2
@@ -371,7 +371,7 @@ def test_a_rotated_provider_key_is_sent_by_the_next_call(
     content = encode(config_for(sandbox, openai_key=ROTATED_KEY))
     mount.write(content)
     gateway.reload()  # and SIGHUP: whichever comes first, the other finds nothing new
-    wait_for_version(gateway, config_version(content))
+    wait_for_version(gateway, documented_version(content))
     assert all(native(gateway, session, VK_LOAD, batch_id).status_code == 200 for batch_id in after)
 
     def carried(batch_id: str) -> list[str]:
@@ -392,7 +392,7 @@ def test_a_provider_key_in_a_secret_file_rotates_without_a_config_change_or_a_si
     secret.write(f"{OPENAI_KEY}\n".encode())
     content = encode(config_for(sandbox, openai_key=f"file.{secret.path}"))
     mount.write(content)
-    wait_for_version(gateway, config_version(content))
+    wait_for_version(gateway, documented_version(content))
 
     def sent_by_both_workers(key: str) -> bool:
         batch_ids = [f"b{uuid.uuid4().hex[:12]}" for _ in range(6)]  # Envoy spreads them over both workers
@@ -443,12 +443,12 @@ def test_health_shows_every_workers_version_and_load_time(
     content = encode(config_for(sandbox, timeout=29))
     written = time.time()
     mount.write(content)
-    took = wait_for_version(gateway, config_version(content))
+    took = wait_for_version(gateway, documented_version(content))
     body = health(gateway)
     assert took < 2.0  # noticed without a signal
     assert [w["worker"] for w in body["workers"]] == [0, 1]
     for state in (body["config"], *body["workers"]):
-        assert state["version"] == config_version(content)
+        assert state["version"] == documented_version(content)
         assert int(written) <= state["loaded_at"] <= time.time() + 1
         assert state["last_reload_successful"] is True
     assert VK_LOAD not in json.dumps(body) and OPENAI_KEY not in json.dumps(body)

@@ -4,14 +4,19 @@ A refused call must never reach a provider (the simulator records every call).""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import grpc
 import pytest
 
+from sandbox.anthropic import AnthropicSim
+from sandbox.bedrock import BedrockSim
+from sandbox.google import GeminiSim
+from sandbox.openai import OpenAISim
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from tests.integration.test_cancel_grpc import cancel, cancel_error, error_detail
-from tests.support import OPENAI_KEYS, config_dict, running_service
+from tests.support import OPENAI_KEYS, config_dict, running_service, sim_config
 
 VK_TEAM = "sk-bf-team-a-0123456789abcdef"
 VK_AZURE_ONLY = "sk-bf-azure-only-0123456789"
@@ -174,3 +179,129 @@ async def test_virtual_key_wins_over_direct_key(sandbox, sim):
         batch = sim.seed("openai", new_id())
         await cancel(stub, batch.id, metadata=(("authorization", f"Bearer {VK_TEAM}"), ("x-api-key", "sk-direct-x")))
     assert sim.calls("openai")[0]["headers"]["Authorization"] == f"Bearer {OPENAI_KEYS[0]}"
+
+
+# --- scope on every route: the native one, OpenAI's and the drop-in SDK routes ----------------------
+
+VK_ONLY = {provider: f"sk-bf-only-{provider}-0123456789" for provider in ("openai", "anthropic", "gemini", "bedrock")}
+# Each cancel route: its RPC, the surface its path names, the provider it cancels on when the call
+# names none, and the REST path Envoy reports (x-envoy-original-path) for a batch id.
+ROUTES = {
+    "native": ("Cancel", "", "openai", "/v1/batches/{id}/cancel?provider=openai"),
+    "openai": ("Cancel", "openai", "openai", "/openai/v1/batches/{id}/cancel"),
+    "anthropic": ("CancelAnthropic", "anthropic", "anthropic", "/anthropic/v1/messages/batches/{id}/cancel"),
+    "genai": ("CancelGenAI", "genai", "gemini", "/genai/v1beta/batches/{id}:cancel"),
+    "bedrock": ("StopModelInvocationJob", "bedrock", "bedrock", "/bedrock/model-invocation-job/{id}/stop"),
+}
+SIMULATED = {"openai": OpenAISim, "anthropic": AnthropicSim, "gemini": GeminiSim, "bedrock": BedrockSim}
+# What a REST caller of each route reads when the key may not use its provider (written out, not
+# rendered by the code under test): the route's own error shape, as each provider's SDK parses it.
+BLOCKED_BODIES = {
+    "native": {
+        "is_bifrost_error": True,
+        "status_code": 403,
+        "error": {"type": "permission_error", "code": "provider_blocked",
+                  "message": "Provider 'openai' is not allowed for this virtual key", "param": None},
+        "extra_fields": {"provider": "openai", "request_type": "batch_cancel"},
+    },
+    "anthropic": {"type": "error", "error": {"type": "permission_error",
+                                             "message": "Provider 'anthropic' is not allowed for this virtual key"}},
+    "genai": {"error": {"code": 403, "message": "Provider 'gemini' is not allowed for this virtual key",
+                        "status": "PERMISSION_DENIED"}},
+    "bedrock": {"message": "Provider 'bedrock' is not allowed for this virtual key"},
+}  # fmt: skip
+BLOCKED_BODIES["openai"] = BLOCKED_BODIES["native"]
+
+
+def every_route_config(sandbox_url: str) -> dict:
+    """OpenAI, Anthropic, Gemini, Bedrock and Azure against the sandbox; a virtual key per provider
+    and one for Azure alone (which may use none of the routes' own providers)."""
+    config = governed(sandbox_url, enforce_auth_on_inference=True)
+    for provider, sim_cls in SIMULATED.items():
+        if provider != "openai":
+            config["providers"].update(sim_config(sim_cls, sandbox_url)["providers"])
+    config["governance"]["virtual_keys"] += [
+        {"id": f"only-{provider}", "value": value, "provider_configs": [{"provider": provider}]}
+        for provider, value in VK_ONLY.items()
+    ]
+    return config
+
+
+@pytest.fixture
+async def every_route(sandbox, sim):
+    async with running_service(every_route_config(sandbox.url)) as (_, stub):
+        yield stub
+
+
+async def call_route(stub, route: str, batch_id: str, metadata: tuple, via: str) -> tuple[grpc.aio.Call, object]:
+    """One call of `route` over gRPC, or as Envoy passes a REST call of it on (the path in
+    x-envoy-original-path); returns the call and its answer, or the error it ended with."""
+    rpc, surface, _, path = ROUTES[route]
+    if via == "rest":
+        metadata = (*metadata, ("x-envoy-original-path", path.format(id=batch_id)))
+    provider = "openai" if route == "native" else ""
+    call = getattr(stub, rpc)(pb.CancelBatchRequest(batch_id=batch_id, provider=provider, surface=surface),
+                              metadata=metadata)  # fmt: skip
+    try:
+        return call, await call
+    except grpc.aio.AioRpcError as err:
+        return call, err
+
+
+@pytest.mark.parametrize("via", ["grpc", "rest"])
+@pytest.mark.parametrize("route", list(ROUTES))
+async def test_a_key_scoped_to_other_providers_is_refused_on_every_route_before_any_upstream_call(
+    every_route, sim, route, via
+):
+    provider = ROUTES[route][2]
+    batch = sim.seed(provider, SIMULATED[provider].new_batch_id())
+
+    call, err = await call_route(every_route, route, batch.id, (("x-bf-vk", VK_AZURE_ONLY),), via)
+
+    assert isinstance(err, grpc.aio.AioRpcError), f"the {route} route cancelled for a key scoped to azure"
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    detail = error_detail(err)
+    assert (detail.status_code, detail.error.code, detail.extra_fields.provider) == (403, "provider_blocked", provider)
+    assert detail.error.message == f"Provider '{provider}' is not allowed for this virtual key"
+    metadata = dict(await call.initial_metadata())
+    if via == "rest":  # the edge gets the route's own error body (a native gRPC caller never does)
+        assert json.loads(metadata["x-bf-error-body"]) == BLOCKED_BODIES[route]
+        assert metadata["x-bf-status"] == "403"
+        if route == "bedrock":
+            assert metadata["x-amzn-errortype"] == "AccessDeniedException"
+    else:
+        assert "x-bf-error-body" not in metadata
+    assert sim.calls() == []
+    assert sim.batch(provider, batch.id).status == "in_progress"
+
+
+@pytest.mark.parametrize("via", ["grpc", "rest"])
+@pytest.mark.parametrize("route", list(ROUTES))
+async def test_a_key_scoped_to_the_routes_provider_cancels_there(every_route, sim, route, via):
+    """The other side of the refusal: the same route and batch with the key for its provider."""
+    provider = ROUTES[route][2]
+    batch = sim.seed(provider, SIMULATED[provider].new_batch_id(), cancel_delay_s=3600)
+
+    _, answer = await call_route(every_route, route, batch.id, (("x-bf-vk", VK_ONLY[provider]),), via)
+
+    assert not isinstance(answer, grpc.aio.AioRpcError), answer
+    assert sim.batch(provider, batch.id).status == "cancelling"
+
+
+@pytest.mark.parametrize("route", ["openai", "anthropic", "genai", "bedrock"])
+async def test_the_scope_is_checked_for_the_provider_called_not_the_route(every_route, sim, route):
+    """x-model-provider sends a drop-in route's call to another provider: a key scoped to the
+    route's own provider may not follow it there."""
+    own = ROUTES[route][2]
+    other = "anthropic" if own == "openai" else "openai"
+    batch = sim.seed(other, SIMULATED[other].new_batch_id())
+    metadata = (("x-bf-vk", VK_ONLY[own]), ("x-model-provider", other))
+
+    _, err = await call_route(every_route, route, batch.id, metadata, "rest")
+
+    assert isinstance(err, grpc.aio.AioRpcError), f"the {route} route cancelled on {other} for a key scoped to {own}"
+    detail = error_detail(err)
+    assert (err.code(), detail.error.code, detail.extra_fields.provider) == (
+        grpc.StatusCode.PERMISSION_DENIED, "provider_blocked", other,
+    )  # fmt: skip
+    assert sim.calls() == []

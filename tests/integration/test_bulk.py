@@ -114,8 +114,19 @@ async def test_mixed_providers_with_failing_items_each_answer_like_a_single_canc
         batch, provider = items[index]
         assert by_index[index].WhichOneof("result") == "error"
         assert by_index[index].error == await single_cancel_error(stub, batch, provider), items[index]
-    codes = {index: by_index[index].error.status_code for index in (1, 3, 4, 5, 6)}
-    assert codes == {1: 404, 3: 409, 4: 400, 5: 400, 6: 400}
+    # ... which is, written out (README, Errors): the providers' own 404 and 409 (OpenAI's without a
+    # code, Azure's "409"), batchgate's 400s for an unknown provider, an unsafe id and a provider
+    # without batch cancel. (status, is_bifrost_error, type, code, param)
+    errors = {i: by_index[i].error for i in (1, 3, 4, 5, 6)}
+    assert {
+        i: (e.status_code, e.is_bifrost_error, e.error.type, e.error.code, e.error.param) for i, e in errors.items()
+    } == {
+        1: (404, False, "invalid_request_error", "", ""),
+        3: (409, False, "invalid_request_error", "409", ""),
+        4: (400, True, "invalid_request_error", "unknown_provider", "provider"),
+        5: (400, True, "invalid_request_error", "invalid_request", "batch_id"),
+        6: (400, True, "invalid_request_error", "unsupported_operation", ""),
+    }
     # The duplicate was cancelled once; the refused items reached no provider.
     assert len([c for c in sim.calls("openai") if ok_openai in c["path"] and c["method"] == "POST"]) == 1
     assert not any("etc" in c["path"] for c in sim.calls())

@@ -146,12 +146,18 @@ async def test_outage_with_deny_refuses_limited_calls_with_503(sandbox, sim, red
     async with running_service(config) as (app, stub):
         assert await outcome(stub, sim) == "ok"
         redis_server.stop()
-        err, detail = await cancel_failure(stub, sim.seed("openai", new_id()).id, metadata=(("x-bf-vk", VK),))
+        refused = sim.seed("openai", new_id()).id
+        err, detail = await cancel_failure(stub, refused, metadata=(("x-bf-vk", VK),))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         assert (detail.status_code, detail.error.code) == (503, "rate_limit_store_unavailable")
         assert redis_server.password not in str(err) + str(detail)
+        # Refused before anything went upstream: the provider never heard of the batch.
+        assert [c for c in sim.calls() if refused in c["path"]] == []
+        assert sim.batch("openai", refused).status == "in_progress"
         # Calls without a limit never touch the store: they go on.
-        await cancel(stub, sim.seed("openai", new_id()).id)
+        unlimited = sim.seed("openai", new_id()).id
+        await cancel(stub, unlimited)
+        assert [c["method"] for c in sim.calls() if unlimited in c["path"]] == ["POST"]
         redis_server.start()
         assert await app.limiter.health() == "ok"
         assert await outcome(stub, sim) == "ok"

@@ -4,8 +4,10 @@ log line at any level."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import uuid
 
 import grpc
@@ -52,12 +54,16 @@ async def service(sandbox, sim):
         yield stub
 
 
-async def call(stub, batch_id: str, metadata=()) -> grpc.aio.UnaryUnaryCall:
+async def call(stub, batch_id: str, metadata=(), expect=grpc.StatusCode.OK) -> grpc.aio.UnaryUnaryCall:
+    """One cancel that must end with `expect`: a scenario that did not happen as written fails here,
+    not later as a log line that is missing for another reason."""
     invocation = stub.Cancel(pb.CancelBatchRequest(batch_id=batch_id, provider="openai"), metadata=metadata)
     try:
         await invocation
-    except grpc.aio.AioRpcError:
-        pass
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == expect, f"{err.code().name} ({err.details()}), expected {expect.name}"
+    else:
+        assert expect == grpc.StatusCode.OK, f"the call succeeded, expected {expect.name}"
     return invocation
 
 
@@ -71,8 +77,8 @@ async def test_counters_follow_a_scripted_mix_of_outcomes(service, sim):
         "failovers": sample("batchgate_key_failovers_total", provider="openai"),
     }
     await call(service, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))  # success
-    await call(service, new_id(), (("x-bf-vk", VK_TEAM),))  # 404 on both keys: one failover
-    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),))  # refused, no upstream call
+    await call(service, new_id(), (("x-bf-vk", VK_TEAM),), grpc.StatusCode.NOT_FOUND)  # 404 on both keys: a failover
+    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),), grpc.StatusCode.UNAUTHENTICATED)
     assert sample("batchgate_requests_total", route="grpc", provider="openai", code="OK") == before["ok"] + 1
     assert (
         sample("batchgate_requests_total", route="grpc", provider="openai", code="NOT_FOUND") == before["not_found"] + 1
@@ -98,7 +104,7 @@ async def test_one_access_line_and_one_audit_event_per_request(service, sim, cap
     caplog.set_level(logging.INFO)
     batch = sim.seed("openai", new_id())
     await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", "req-abc-1")))
-    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),))
+    await call(service, new_id(), (("x-bf-vk", "sk-bf-wrong-000000000"),), grpc.StatusCode.UNAUTHENTICATED)
     access = [r for r in caplog.records if r.name == "batchgate.access"]
     audit = [r for r in caplog.records if r.name == "batchgate.audit"]
     assert len(access) == 2 and len(audit) == 2
@@ -141,32 +147,87 @@ async def test_request_id_is_generated_returned_and_sent_upstream(service, sim):
     assert sim.calls("openai")[0]["headers"]["X-Client-Request-Id"] == rid
 
 
-async def test_unsafe_request_ids_are_replaced(service, sim):
+# The rule (README, Operating): at most 128 characters of A-Z a-z 0-9 . _ : -, else a generated id.
+ALLOWED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+KEPT_IDS = {
+    "one character": "r",
+    "128 characters": "x" * 128,
+    "128 of every allowed character": (ALLOWED * 2)[:128],
+}
+REPLACED_IDS = {
+    "129 characters": "x" * 129,
+    "129 of every allowed character": (ALLOWED * 2)[:129],
+    "empty": "",
+    "a space": "a b",
+    "a slash": "a/b",
+    "a semicolon": "a;b",
+    "a comma": "ok,other",
+    "a plus": "a+b",
+    "a quote": 'a"b',
+}
+
+
+@pytest.mark.parametrize("given", list(KEPT_IDS.values()), ids=list(KEPT_IDS))
+async def test_a_request_id_within_the_rule_is_kept_as_sent(service, sim, caplog, given):
+    caplog.set_level(logging.INFO)
     batch = sim.seed("openai", new_id())
-    await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", "a b;c" + "x" * 300)))
-    sent = sim.calls("openai")[0]["headers"]["X-Client-Request-Id"]
-    assert " " not in sent and len(sent) == 32
+    invocation = await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", given)))
+    (upstream,) = sim.calls("openai")
+    assert upstream["headers"]["X-Client-Request-Id"] == given
+    (access,) = [r.fields for r in caplog.records if r.name == "batchgate.access"]
+    assert access["request_id"] == given
+    assert "x-request-id" not in dict(await invocation.initial_metadata())  # the caller knows its own
+
+
+@pytest.mark.parametrize("given", list(REPLACED_IDS.values()), ids=list(REPLACED_IDS))
+async def test_a_request_id_outside_the_rule_is_replaced_by_a_generated_one(service, sim, caplog, given):
+    caplog.set_level(logging.INFO)
+    batch = sim.seed("openai", new_id())
+    invocation = await call(service, batch.id, (("x-bf-vk", VK_TEAM), ("x-request-id", given)))
+    generated = dict(await invocation.initial_metadata())["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated) and generated != given
+    (upstream,) = sim.calls("openai")
+    assert upstream["headers"]["X-Client-Request-Id"] == generated
+    (access,) = [r.fields for r in caplog.records if r.name == "batchgate.access"]
+    assert access["request_id"] == generated
 
 
 async def test_no_secret_in_any_log_line_at_any_level(sandbox, sim, caplog):
+    """Arranges its own calls (a success, a wrong gateway password, a direct key the provider
+    refuses, provider failures on both keys), checks each happened as written, then searches every
+    record this test produced."""
     caplog.set_level(logging.DEBUG)
     config = governed(sandbox.url, allow_direct_keys=True)
     config["auth_config"] = {"is_enabled": True, "admin_username": "admin", "admin_password": "pw-SECRET-0001"}
     secrets = [*OPENAI_KEYS, AZURE_KEY, VK_TEAM, "pw-SECRET-0001", "sk-direct-SECRET-0002"]
+    wrong_basic = "Basic " + base64.b64encode(b"admin:wrong").decode()
+    admin_basic = "Basic " + base64.b64encode(b"admin:pw-SECRET-0001").decode()
     async with running_service(config) as (_, stub):
         await call(stub, sim.seed("openai", new_id()).id, (("x-bf-vk", VK_TEAM),))
-        await call(stub, new_id(), (("authorization", "Basic YWRtaW46d3Jvbmc="),))
-        await call(
-            stub,
-            new_id(),
-            (("x-api-key", "sk-direct-SECRET-0002"), ("authorization", "Basic YWRtaW46cHctU0VDUkVULTAwMDE=")),
-        )
-        sim.add_fault("openai", {"status": 500, "count": 3})
-        await call(stub, new_id(), (("x-bf-vk", VK_TEAM),))
+        await call(stub, new_id(), (("authorization", wrong_basic),), grpc.StatusCode.UNAUTHENTICATED)
+        direct = (("x-api-key", "sk-direct-SECRET-0002"), ("authorization", admin_basic))
+        await call(stub, sim.seed("openai", new_id()).id, direct, grpc.StatusCode.UNAUTHENTICATED)
+        sim.add_fault("openai", {"status": 500, "count": 2})
+        await call(stub, new_id(), (("x-bf-vk", VK_TEAM),), grpc.StatusCode.INTERNAL)
+    # Each scenario reached the provider with the credential it was about (the wrong password none).
+    assert [c["headers"]["Authorization"] for c in sim.calls("openai")] == [
+        f"Bearer {OPENAI_KEYS[0]}",
+        "Bearer sk-direct-SECRET-0002",
+        f"Bearer {OPENAI_KEYS[0]}",
+        f"Bearer {OPENAI_KEYS[1]}",
+    ]
+    records = [r for r in caplog.records if r.name == "batchgate.access"]
+    assert [(r.fields["caller"], r.fields["outcome"]) for r in records] == [
+        ("vk:team-a", "OK"),
+        ("anonymous", "UNAUTHENTICATED"),
+        ("admin", "UNAUTHENTICATED"),
+        ("vk:team-a", "INTERNAL"),
+    ]
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)  # DEBUG lines were there to search
     text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
-    assert "batchgate.access" in text
-    for secret in secrets:
-        assert secret not in text
+    text += "\n".join(f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records)
+    assert [secret for secret in secrets if secret in text] == []
+    assert admin_basic.split()[1] not in text
 
 
 async def test_spans_for_the_rpc_and_each_attempt_continue_the_callers_trace(service, sim):

@@ -13,7 +13,6 @@ import pytest
 
 from sandbox.anthropic import AnthropicSim, anthropic_options, message_batch_counts
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
-from service.infra.providers.anthropic import API_VERSION
 from tests import support
 from tests.support import error_detail, running_service, sim_config
 
@@ -65,7 +64,7 @@ async def test_cancel_is_a_bodiless_post_with_the_configured_key_and_version(ser
         "POST", f"/anthropic/v1/messages/batches/{batch.id}/cancel", "",
     )  # fmt: skip
     assert call["headers"]["x-api-key"] == KEY
-    assert call["headers"]["anthropic-version"] == API_VERSION == "2026-10-21"
+    assert call["headers"]["anthropic-version"] == "2026-10-21"  # README: providers.anthropic.api_version's default
     assert "Authorization" not in call["headers"] and "caller" not in str(call["headers"])
 
 
@@ -213,7 +212,7 @@ async def test_the_anthropic_drop_in_passes_the_callers_version_and_the_native_r
     assert (batch.id, batch.processing_status) == (first.id, "canceling")
     await cancel(service, second.id, metadata=caller)
     sent = [call["headers"] for call in sim.calls("anthropic")]
-    assert [h["anthropic-version"] for h in sent] == ["2024-01-01", API_VERSION]
+    assert [h["anthropic-version"] for h in sent] == ["2024-01-01", "2026-10-21"]
     assert all("anthropic-beta" not in h for h in sent)  # only the version is the caller's to choose
 
 

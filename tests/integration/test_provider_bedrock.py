@@ -8,6 +8,7 @@ import base64
 import dataclasses
 import datetime
 import json
+import logging
 import secrets
 import time
 from functools import partial
@@ -34,6 +35,8 @@ from sandbox.bedrock import (
     bedrock_options,
     render_job,
 )
+from service.gen.batchgate.v1 import batchgate_pb2 as pb
+from service.infra.observability import JsonFormatter
 from tests import support
 from tests.support import running_service, sim_config
 
@@ -271,6 +274,58 @@ async def test_session_credentials_sign_the_token(sandbox, sim, options):
     assert stop["headers"]["X-Amz-Security-Token"] == temporary.session_token
     assert "SignedHeaders=host;x-amz-date;x-amz-security-token," in stop["headers"]["Authorization"]
     assert detail.error.type == "UnrecognizedClientException"
+
+
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEXAMPLE-redaction-token-0123456789abcdef"
+# AWS messages that echo the session token, each with the token somewhere the rule that drops an
+# echoed canonical request ("The Canonical String for this request should have been ...") does not
+# reach: at the start, on a line of its own, in capitals, quoted, escaped, after a space, in a URL.
+TOKEN_MESSAGES = {
+    "first": f"x-amz-security-token:{SESSION_TOKEN} is not valid for this request.",
+    "own line": f"Signed headers do not match.\nhost:bedrock\nx-amz-security-token:{SESSION_TOKEN}\n",
+    "capitals": f"The header X-Amz-Security-Token:{SESSION_TOKEN} is not valid.",
+    "quoted": f"Unexpected value 'x-amz-security-token:{SESSION_TOKEN}' in the request.",
+    "escaped": f"Headers were host:bedrock\\nx-amz-security-token:{SESSION_TOKEN}\\nx-amz-date:20260304T050607Z",
+    "after a space": f"Request header x-amz-security-token: {SESSION_TOKEN} was rejected.",
+    "as a query parameter": f"Presigned URL https://b/?X-Amz-Security-Token={SESSION_TOKEN}&X-Amz-Date=1 expired.",
+    "before the canonical request": f"x-amz-security-token:{SESSION_TOKEN}. The Canonical String for this "
+    f"request should have been\n'POST\n/model-invocation-job/x/stop\nx-amz-security-token:{SESSION_TOKEN}'",
+}  # fmt: skip
+
+
+REST_PATHS = {
+    "Cancel": "/v1/batches/{id}/cancel?provider=bedrock",
+    "StopModelInvocationJob": "/bedrock/model-invocation-job/{id}/stop",
+}
+
+
+@pytest.mark.parametrize("route", ["Cancel", "StopModelInvocationJob"])
+@pytest.mark.parametrize("message", list(TOKEN_MESSAGES.values()), ids=list(TOKEN_MESSAGES))
+async def test_the_session_token_is_redacted_wherever_an_aws_message_echoes_it(sandbox, sim, caplog, message, route):
+    """The token never reaches the caller (gRPC status, ErrorDetail, the REST body the edge gets)
+    nor a log line, wherever in AWS's message it appears; the rest of the message is kept."""
+    caplog.set_level(logging.DEBUG)
+    job = sim.seed("bedrock", new_job_id())
+    body = json.dumps({"message": message})
+    sim.add_fault("bedrock", {"status": 403, "body": body, "content_type": "application/json"})
+    async with running_service(config(sandbox, session_token=SESSION_TOKEN)) as (_, stub):
+        request = pb.CancelBatchRequest(batch_id=job.id, provider="bedrock")
+        # As Envoy passes a REST call on: the answer then carries the REST body for the edge.
+        path = REST_PATHS[route].format(id=job.id)
+        invocation = getattr(stub, route)(request, metadata=(("x-envoy-original-path", path),))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await invocation
+        metadata = dict(await invocation.initial_metadata())
+    (stop,) = sim.calls("bedrock")
+    assert stop["headers"]["X-Amz-Security-Token"] == SESSION_TOKEN  # the token was in play
+    err = info.value
+    detail = support.error_detail(err)
+    assert (err.code(), detail.status_code) == (grpc.StatusCode.PERMISSION_DENIED, 403)
+    assert "<redacted>" in detail.error.message
+    shown = [err.details(), str(detail), metadata["x-bf-error-body"], json.dumps(metadata)]
+    shown += [JsonFormatter().format(record) for record in caplog.records]
+    assert [text for text in shown if SESSION_TOKEN in text] == []
+    assert any("<redacted>" in text for text in shown[4:]), "the error reached no log line"
 
 
 async def test_rate_limited_stop_keeps_429(service, sim):

@@ -496,13 +496,13 @@ async def test_overload_full_buffer_refused_fast_with_retry_after(sandbox, sim):
         queued = asyncio.ensure_future(cancel(stub, ids[1], timeout=3))
         await eventually(lambda: admission.waiting == 1)
 
-        started = time.monotonic()
         call = stub.Cancel(pb.CancelBatchRequest(batch_id=ids[2], provider="openai"), timeout=3)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
-        elapsed = time.monotonic() - started
 
-        assert elapsed < 0.5, f"refusal took {elapsed:.3f}s"  # queued, it would have waited a second
+        # Refused at once: the running call is still held at the provider and the queued one still
+        # waits (a queued third call would have been answered after both).
+        assert not running.done() and not queued.done() and admission.waiting == 1
         err = info.value
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         detail = error_detail(err)
@@ -581,12 +581,10 @@ async def test_circuit_opens_after_threshold_and_fails_fast_without_upstream_cal
     await open_circuit(stub, sim)
     before = len(sim.calls("openai"))
     batch_id = sim.seed("openai", new_id()).id
-    started = time.monotonic()
 
     err = await cancel_error(stub, batch_id, timeout=3)
 
-    assert time.monotonic() - started < 1.0
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # failing fast is no upstream call (below)
     detail = error_detail(err)
     assert (detail.status_code, detail.error.code, detail.is_bifrost_error) == (503, "circuit_open", True)
     assert ("retry-after", str(OPEN_SECONDS)) in tuple(err.initial_metadata())  # the clock stood still

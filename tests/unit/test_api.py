@@ -181,6 +181,13 @@ def test_warning_is_carried_only_when_set():
         (503, grpc.StatusCode.UNAVAILABLE),
         (529, grpc.StatusCode.UNAVAILABLE),
         (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+        # Statuses without a row of their own: another 4xx is the caller's, 429 aside; 502 and up
+        # are unavailable; anything else (a 3xx, an unknown 5xx below 502) is internal.
+        (410, grpc.StatusCode.INVALID_ARGUMENT),
+        (451, grpc.StatusCode.INVALID_ARGUMENT),
+        (302, grpc.StatusCode.INTERNAL),
+        (505, grpc.StatusCode.UNAVAILABLE),
+        (599, grpc.StatusCode.UNAVAILABLE),
     ],
 )
 def test_http_status_maps_to_grpc_code(status, code):

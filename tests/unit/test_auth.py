@@ -10,7 +10,7 @@ import pytest
 from service.domain.errors import Overloaded, PermissionDenied, Unauthenticated
 from service.edge import envelope
 from service.infra.providers.catalog import parse_config
-from service.usecases.auth import Authenticator
+from service.usecases.auth import Authenticator, exposure_problem
 from tests.support import OPENAI_KEYS, config_dict
 
 VK_TEAM = "sk-bf-team-a-0123456789abcdef"
@@ -144,3 +144,43 @@ async def test_authorize_counts_a_limited_key(auth):
     with pytest.raises(Overloaded) as info:
         await auth.authorize(limited, "openai")
     assert info.value.status_code == 429
+
+
+# An open gateway (no virtual key or gateway credentials required) listens on loopback only
+# (README, Access control). Hosts written out: loopback in every spelling, and what is not.
+LOOPBACK_HOSTS = ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost"]
+PUBLIC_HOSTS = ["0.0.0.0", "10.1.2.3", "192.168.0.7", "::", "[::]", "2001:db8::1", "example.internal", ""]
+OPEN_REFUSAL = (
+    "refusing to listen on {host}: the gateway is open (no virtual key or gateway credentials are required). "
+    "Set client.enforce_auth_on_inference or auth_config, or set client.allow_unauthenticated_public to "
+    "expose it anyway."
+)
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_an_open_gateway_may_listen_on_loopback(host):
+    assert exposure_problem(config(admin=False), host) is None
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOSTS)
+def test_an_open_gateway_refuses_any_other_address(host):
+    assert exposure_problem(config(admin=False), host) == OPEN_REFUSAL.format(host=host)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"admin": True}, {"admin": False, "enforce_auth_on_inference": True}, {"admin": False,
+     "allow_unauthenticated_public": True}],
+    ids=["gateway credentials", "virtual keys enforced", "explicitly public"],
+)  # fmt: skip
+@pytest.mark.parametrize("host", PUBLIC_HOSTS[:2])
+def test_a_gateway_that_requires_credentials_or_is_declared_public_may_listen_anywhere(settings, host):
+    assert exposure_problem(config(**settings), host) is None
+
+
+@pytest.mark.parametrize("value", ["sk-bf-\udcff-lone-surrogate", "\ud800"])
+def test_a_key_no_text_encoding_can_hold_is_unknown_not_a_crash(auth, value):
+    """Header values decoded with surrogate escapes reach the digest: one answer, as for any unknown key."""
+    with pytest.raises(Unauthenticated) as info:
+        auth.authenticate({"x-bf-vk": value})
+    assert info.value.code == "virtual_key_not_found"

@@ -342,3 +342,24 @@ def test_the_lua_names_no_request_id_constant_itself() -> None:
     hand_written = LUA_FILE.read_text()
     for literal in ('"x-request-id"', "128", "%._:"):
         assert literal not in hand_written
+
+
+def test_the_lua_filter_gets_the_envelope_constants_written_out():
+    """The constants gateway/errors.lua runs with, as they must read (not as the generator says)."""
+    source = lua_source()
+    for line in (
+        'local ERROR_BODY_HEADER = "x-bf-error-body"',
+        'local ERROR_STATUS_HEADER = "x-bf-status"',
+        'local STREAM_HEADER = "x-bf-stream"',
+        'local ITEM_ERROR = "\\"error\\":{\\"is_bifrost_error\\":"',
+        'local ERROR_KEYS = {"type", "code", "message", "param"}',
+        'local NULLABLE_ERROR_KEYS = {"code", "param"}',
+    ):
+        assert f"\n{line}\n" in source, line
+
+
+def test_envoys_own_replies_on_the_bifrost_routes_say_batchgate_decided():
+    """Envoy's local replies are the gateway's errors, never a provider's: is_bifrost_error true."""
+    for reply in LOCAL_REPLIES:
+        body, headers = local_reply_body(None, reply)
+        assert (body["is_bifrost_error"], body["extra_fields"]["provider"], headers) == (True, "", {})

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.config.file import config_version
 from service.config.governance import RateLimit
 from service.config.reader import ConfigError
 from service.domain.errors import Overloaded, Unauthenticated
@@ -21,7 +20,7 @@ from service.infra.limits import EmbeddedStore, RateLimiter
 from service.infra.providers.catalog import parse_config
 from service.runtime.build import Collaborators, RuntimeFactory
 from service.runtime.live import ConfigSource, FileWatcher, LiveConfig, RunDir, describe_changes
-from tests.support import OPENAI_KEYS, config_dict
+from tests.support import OPENAI_KEYS, config_dict, documented_version
 
 SIM = "http://127.0.0.1:9"  # nothing is sent: executors open their pools on first use
 VK = "sk-bf-unit-live-team-a"
@@ -271,15 +270,13 @@ def test_success_metrics_version_and_log_line(caplog) -> None:
     before = sample("batchgate_config_reloads_total", result="success")
     new = raw(document(client={}))
     assert live.apply(new, "SIGHUP")
-    assert live.current.version == config_version(new) and len(live.current.version) == 12
+    assert live.current.version == documented_version(new) and len(live.current.version) == 12
     assert sample("batchgate_config_reloads_total", result="success") == before + 1
     assert sample("batchgate_config_last_reload_success_timestamp_seconds") == 2000.0
     assert sample("batchgate_config_info", version=live.current.version) == 1
     (line,) = [r.getMessage() for r in caplog.records]
-    assert (
-        line == f"config reloaded (SIGHUP): version {config_version(new)} (was {config_version(raw(document()))}),"
-        " changed: client"
-    )
+    was = documented_version(raw(document()))
+    assert line == f"config reloaded (SIGHUP): version {documented_version(new)} (was {was}), changed: client"
     assert VK not in line
 
 
@@ -422,7 +419,7 @@ def test_a_kubernetes_style_symlink_swap_is_picked_up(tmp_path: Path) -> None:
     os.replace(mount / "..data_tmp", mount / "..data")
     watcher.poll()
     assert not live.current.config.auth_required
-    assert live.current.version == config_version(raw(document(client={})))
+    assert live.current.version == documented_version(raw(document(client={})))
 
 
 def test_a_half_written_file_is_not_reported_if_the_write_completes(config_file: Path, caplog) -> None:

@@ -243,6 +243,40 @@ def test_every_local_reply_status_has_its_own_message() -> None:
     assert all("%LOCAL_REPLY_BODY%" not in messages[s] for s in (500, 502, 503, 504))
 
 
+# Every reply Envoy makes itself, written out (README, Errors), in the order the mappers are tried:
+# per status, the Bifrost error code and type, then what each drop-in route calls it: Anthropic's
+# error type, Google's canonical status name, AWS's exception name (x-amzn-ErrorType), as those
+# providers document them. None: any other status (on the Bifrost routes that is the catch-all
+# body format, not a mapper).
+LOCAL_REPLY_NAMES = [
+    (404, "route_not_found", "invalid_request_error", "not_found_error", "NOT_FOUND", "UnknownOperationException"),
+    (405, "method_not_allowed", "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT",
+     "ValidationException"),
+    (408, "request_timeout", "invalid_request_error", "invalid_request_error", "DEADLINE_EXCEEDED",
+     "RequestTimeoutException"),
+    (413, "request_too_large", "invalid_request_error", "request_too_large", "INVALID_ARGUMENT", "ValidationException"),
+    (500, "internal_error", "internal_error", "api_error", "INTERNAL", "InternalServerException"),
+    (501, "not_implemented", "invalid_request_error", "invalid_request_error", "UNIMPLEMENTED", "ValidationException"),
+    (502, "upstream_unavailable", "upstream_error", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (503, "upstream_unavailable", "upstream_error", "api_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (504, "upstream_timeout", "timeout_error", "timeout_error", "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
+    (None, "invalid_request", "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT",
+     "ValidationException"),
+]  # fmt: skip
+
+
+def _names(surface: str | None, mapper: dict) -> tuple[str, ...]:
+    """What a local reply mapper calls its error on `surface` (None: the Bifrost routes)."""
+    body = mapper["body_format_override"]["json_format"]
+    if surface == "anthropic":
+        return (body["error"]["type"],)
+    if surface == "genai":
+        return (body["error"]["status"],)
+    if surface == "bedrock":
+        return tuple(h["header"]["value"] for h in mapper["headers_to_add"] if h["header"]["key"] == "x-amzn-errortype")
+    return body["error"]["code"], body["error"]["type"]
+
+
 def _grpc_mappers(mappers: list[dict]) -> list[dict]:
     """The mappers for native gRPC callers (they come first: first match wins)."""
     grpc = [m for m in mappers if "application/grpc" in json.dumps(m["filter"])]
@@ -251,7 +285,7 @@ def _grpc_mappers(mappers: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("surface", ["anthropic", "genai", "bedrock", None])
-def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
+def test_each_route_answers_envoys_own_replies_with_the_documented_names(surface: str | None) -> None:
     mappers = _mappers(render(http_port=8080, grpc_ports=[50051]))
     rendered = []
     for mapper in mappers[len(_grpc_mappers(mappers)) + 1 :]:  # after GET /openapi.json's 200 too
@@ -259,8 +293,9 @@ def test_each_route_has_a_mapper_per_status(surface: str | None) -> None:
         on_surface = f'"prefix": "/{surface}/"' in text if surface else '"prefix": "/' not in text
         if on_surface:
             status = re.search(r'"default_value": (\d+)', text)
-            rendered.append(int(status.group(1)) if status else None)
-    expected = [r.status for r in LOCAL_REPLIES]
+            rendered.append((int(status.group(1)) if status else None, *_names(surface, mapper)))
+    columns = {None: slice(1, 3), "anthropic": slice(3, 4), "genai": slice(4, 5), "bedrock": slice(5, 6)}[surface]
+    expected = [(row[0], *row[columns]) for row in LOCAL_REPLY_NAMES]
     assert rendered == (expected if surface else expected[:-1])  # Bifrost's catch-all is body_format
 
 

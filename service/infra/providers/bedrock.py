@@ -99,7 +99,8 @@ _REGION = re.compile(r"^[a-z]{2}(?:-[a-z0-9]+){2,3}$")
 # The part of an InvalidSignatureException message that echoes the canonical request (signed
 # headers, including X-Amz-Security-Token).
 _SIGNATURE_DETAILS = re.compile(r"\s*The Canonical String for this request should have been.*", re.S)
-_SECURITY_TOKEN_LINE = re.compile(r"(x-amz-security-token:)[^\s'\\]*", re.I)
+# The session token as a header (`name:value`, maybe spaced) or a query parameter (`name=value`).
+_SECURITY_TOKEN_LINE = re.compile(r"(x-amz-security-token[:=][ \t]*)[^\s'\"\\&]*", re.I)
 CONFLICT = "ConflictException"
 # ModelInvocationJobStatus as Bedrock spells it, by its lowercased form (the adapter's table keys).
 BEDROCK_STATUS_NAMES = {

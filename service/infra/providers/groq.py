@@ -17,4 +17,7 @@ class GroqAdapter(OpenAIAdapter):
     name = "groq"
     default_base_url = "https://api.groq.com"
     path_prefix = "/openai/v1"
+    # Groq documents no header for a caller's own request id (OpenAI's X-Client-Request-Id is not
+    # part of its API): the call's id is not sent there.
+    request_id_header = None
     lists_newest_first = False

@@ -13,7 +13,7 @@ No server-side filters; each batch carries its `metadata` (string pairs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from service.config.file import Key
@@ -46,7 +46,7 @@ class OpenAIAdapter(Adapter):
     # Accept both spellings; emit OpenAI's `cancelled`.
     statuses = {"canceled": "cancelled", "canceling": "cancelling"}
     path_prefix = "/v1"
-    request_id_header = "X-Client-Request-Id"
+    request_id_header: ClassVar[str | None] = "X-Client-Request-Id"
     accepts_direct_keys = True
     lists_newest_first = True
     keeps_metadata = True
