@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-only", action="store_true", help="no measured runs: a warm-up, then the profile")
     parser.add_argument("--profile-requests", type=int, default=10_000)
     parser.add_argument(
-        "--profile-path", default="rest_envoy", help="the path profiled: rest_envoy (default) or grpc_direct"
+        "--profile-path",
+        default="rest_envoy",
+        help="the path profiled: rest_envoy (default), grpc_direct, or a reference servicer's path "
+        "(rest_floor_upstream, grpc_floor_upstream)",
     )
     parser.add_argument("--c1-requests", type=int)
     parser.add_argument("--c64-requests", type=int)
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             system.start()
             measuring = not (args.rss_soak or args.profile_only)
-            if not args.no_floor and measuring and not args.limits_only:
+            profiling_a_reference = args.profile_only and "floor" in args.profile_path
+            if (not args.no_floor and measuring and not args.limits_only) or profiling_a_reference:
                 system.start_floor()
             if measuring:
                 system.start_redis_gateway()
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile_only:
                 path = next(t for t in targets(system) if t.name == args.profile_path)
                 client.run(path, args.concurrency, args.c64_warmup)
-                profile(args, client, system.groups(), path)
+                profile(args, client, system.groups_for(path), path)
                 return 0
             return run_benchmark(args, client, system)
         except HarnessError as err:
