@@ -103,8 +103,9 @@ typecheck-client: proto
 	$(VENV)/bin/mypy --config-file client/examples/mypy.ini client/examples
 	$(VENV)/bin/pyright --pythonpath $(abspath $(PY)) -p client/examples
 
+# The ten slowest tests close the output: where the suite's time goes, in every CI log.
 test: lint redis-server promtool
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 unit: proto promtool
 	$(PY) -m pytest -q tests/unit
