@@ -540,6 +540,37 @@ async def test_a_retention_of_zero_keeps_finished_operations(store):
     assert await store.get("operations/ancient") is not None
 
 
+class ClaimHeld:
+    """Delegates to a store; its `claim` waits until `go` is set (a store slow to answer)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.claiming, self.go = store, asyncio.Event(), asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    async def claim(self, *args):
+        self.claiming.set()
+        await self.go.wait()
+        return await self.store.claim(*args)
+
+
+async def test_a_shutdown_during_a_round_is_not_lost_in_the_wait_for_the_next_one(store):
+    """The stop arrives while a round waits on the store: the loop must see it once the round ends,
+    not sleep a third of the lease first (it did: every worker's stop took up to 5 s more, 100 s
+    with this lease). The 30 s guard only keeps a regression from hanging the suite."""
+    config = parse_config({"operations": {"lease_seconds": 300}}, env={})
+    runtimes = SimpleNamespace(current=RuntimeFactory.for_config(config).build(config, "unit"))
+    held = ClaimHeld(store)
+    scheduler = Scheduler(Worker(held, runtimes, holder="w1", timing=Timing(clock=lambda: T0)), IdleRunner)
+    scheduler.start()
+    await held.claiming.wait()
+    stopping = asyncio.ensure_future(scheduler.shutdown(timeout=1.0))
+    await asyncio.sleep(0)  # the stop is asked for while the round still waits
+    held.go.set()
+    await asyncio.wait_for(stopping, timeout=30)
+
+
 def test_envoys_descriptor_set_holds_every_type_an_answer_can_pack():
     """A type missing from the set turns the whole REST answer into a 502 (issue 27's traps)."""
     from google.protobuf import descriptor_pb2

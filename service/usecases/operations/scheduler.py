@@ -108,12 +108,14 @@ class Scheduler:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the round, not after it: a kick (a shutdown) that comes while the
+            # round waits on the store must end the wait below at once, not a third of a lease later.
+            self._kick.clear()
             lease = self._operations_config().lease_seconds
             try:
                 await self.tick(lease)
             except Exception as exc:  # noqa: BLE001 - a store that fails now may answer next round
                 self._warn("the operation store failed", exc)
-            self._kick.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), lease / 3)
 
