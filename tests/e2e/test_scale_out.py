@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from gateway.stack import Stack, free_port
+from service.config.settings import DEFAULTS
 
 CONCURRENCY = 8
 BEFORE = 100  # answers received before the signal, so it lands mid-load
@@ -72,6 +73,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         admin_port=free_port(),
         workers=2,
         log_dir=tmp_path / "logs",
+        # The default drain delay: a worker stopped gracefully keeps serving until Envoy routes away.
+        env={"DRAIN_DELAY_SECONDS": str(DEFAULTS.drain_delay_seconds)},
     )
     gateway.start()
     try:

@@ -57,6 +57,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         log_dir=logs,
         # One caller (this test, anonymous on loopback) sends bursts of 128 calls to one worker.
         sandbox_config={"client": {"limits": {"calls_per_caller": 512}}},
+        env={"DRAIN_DELAY_SECONDS": str(DEFAULTS.drain_delay_seconds)},  # the default, drained
     )
     stack.start()
     try:
