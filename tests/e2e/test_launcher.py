@@ -122,16 +122,7 @@ def test_sandbox_mode_prints_a_working_curl_line_and_stops_cleanly(tmp_path: Pat
     env = launcher_env()
     ports = [int(env["HTTP_PORT"]), int(env["GRPC_PORT"]), int(env["ADMIN_PORT"])]
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.run"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            bufsize=0,
-            start_new_session=True,
-        )
+    proc = spawn_launcher(env, stderr_path)
     try:
         command, printed = read_until_curl_line(proc)
         assert f"http://127.0.0.1:{env['HTTP_PORT']}/" in command
@@ -256,9 +247,11 @@ def limited_config(path: Path) -> Path:
     return path
 
 
-def start_launcher(env: dict[str, str], stderr: Path) -> subprocess.Popen:
-    with open(stderr, "a") as err:
-        proc = subprocess.Popen(
+def spawn_launcher(env: dict[str, str], stderr: Path, mode: str = "w") -> subprocess.Popen:
+    """`make run`'s launcher (`python -m gateway.run`) in a session of its own, its stdout piped
+    unbuffered (the curl line is read from it), its stderr to the file `stderr` (opened with `mode`)."""
+    with open(stderr, mode) as err:
+        return subprocess.Popen(
             [sys.executable, "-m", "gateway.run"],
             cwd=ROOT,
             env=env,
@@ -267,6 +260,10 @@ def start_launcher(env: dict[str, str], stderr: Path) -> subprocess.Popen:
             bufsize=0,
             start_new_session=True,
         )
+
+
+def start_launcher(env: dict[str, str], stderr: Path) -> subprocess.Popen:
+    proc = spawn_launcher(env, stderr, "a")
     read_until_curl_line(proc)
     return proc
 

@@ -40,7 +40,7 @@ from sandbox.server import DEFAULT_KEYS, gateway_config
 from service.gen.batchgate.v1 import batchgate_pb2 as pb
 from service.gen.batchgate.v1 import batchgate_pb2_grpc as pb_grpc
 from tests.e2e.conftest import SimAdmin
-from tests.e2e.test_launcher import launcher_env, read_until_curl_line
+from tests.e2e.test_launcher import launcher_env, read_until_curl_line, spawn_launcher
 from tests.support import documented_version
 
 VK_LOAD = f"sk-bf-reload-load-{secrets.token_hex(8)}"
@@ -464,16 +464,7 @@ def test_sighup_to_the_launcher_reloads_every_worker(tmp_path: Path, sandbox: st
     metrics = free_ports(2)
     env = launcher_env(CONFIG=str(path), METRICS_PORT=str(metrics), DRAIN_DELAY_SECONDS="0")
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.run"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            bufsize=0,
-            start_new_session=True,
-        )
+    proc = spawn_launcher(env, stderr_path)
     try:
         try:
             read_until_curl_line(proc)
@@ -501,16 +492,7 @@ def test_the_launcher_follows_a_kubernetes_style_swap_of_a_symlinked_config(tmp_
     mount.write(encode(config_for(sandbox)))
     env = launcher_env(CONFIG=str(mount.path), WORKERS="1", DRAIN_DELAY_SECONDS="0")
     stderr_path = tmp_path / "stderr.log"
-    with open(stderr_path, "w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.run"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            bufsize=0,
-            start_new_session=True,
-        )
+    proc = spawn_launcher(env, stderr_path)
     try:
         try:
             _, lines = read_until_curl_line(proc)
