@@ -30,6 +30,10 @@ TARGET_REST_C64_P99_MS = 60.0
 TARGET_RSS_GROWTH = 0.10
 # Issue 11: what a rate-limit check may add over the same call by a key without a limit.
 TARGET_LIMIT_C1_P50_MS = 0.3
+# Issue 25: the gateway against the reference servicer that makes the same aiohttp call (same run).
+TARGET_FLOOR_CPU_RATIO = 1.25
+TARGET_FLOOR_OWN_SHARE = 0.15
+TARGET_FLOOR_RPS_RATIO = 0.85
 # Rows that do not go through the gateway: the baseline itself and the reference servicers; of
 # those, the REST ones have an overhead column (the least any REST path could add here).
 NOT_GATEWAY = ("baseline", "grpc_floor", "grpc_floor_upstream", "rest_floor", "rest_floor_upstream")
@@ -251,6 +255,50 @@ def _envoy_version(binary: str) -> str:
     text = tool_version([binary, "--version"])
     match = re.search(r"/(\d+\.\d+\.\d+)/", text)
     return match.group(1) if match else text
+
+
+def floor_ratio_lines(runs: list[Run], high_c: int) -> list[str]:
+    """Issue 25's targets, ratios of one run: the service's CPU per call at `high_c` over the reference
+    servicer's with one aiohttp call (REST via Envoy, and gRPC direct), batchgate's own share of the REST
+    c=1 p50 overhead, and REST req/s at `high_c` over the reference Envoy + servicer + aiohttp row."""
+    by = {(r.target, r.c): r for r in runs}
+    lines = []
+
+    def line(ok: bool, text: str) -> None:
+        lines.append(f"{'PASS' if ok else 'MISS'}  {text}")
+
+    for ours, floor, what in (
+        ("rest_envoy", "rest_floor_upstream", "REST via Envoy"),
+        ("grpc_direct", "grpc_floor_upstream", "gRPC direct"),
+    ):
+        if (ours, high_c) in by and (floor, high_c) in by:
+            mine, theirs = by[(ours, high_c)].cpu_us_per_req("service"), by[(floor, high_c)].cpu_us_per_req("service")
+            if theirs > 0:
+                ratio = mine / theirs
+                line(
+                    ratio <= TARGET_FLOOR_CPU_RATIO,
+                    f"service CPU per call, {what} c={high_c}, over the reference servicer with one aiohttp call: "
+                    f"{mine:.0f} / {theirs:.0f} us = {ratio:.2f}x (target <= {TARGET_FLOOR_CPU_RATIO}x)",
+                )
+    if all((name, 1) in by for name in ("baseline", "rest_floor_upstream", "rest_envoy")):
+        base, call, full = (by[(name, 1)].pct(50) for name in ("baseline", "rest_floor_upstream", "rest_envoy"))
+        if full > base:
+            share = (full - call) / (full - base)
+            line(
+                share <= TARGET_FLOOR_OWN_SHARE,
+                f"batchgate's own share of the REST via Envoy c=1 p50 overhead: {share * 100:.0f}% "
+                f"(target <= {TARGET_FLOOR_OWN_SHARE * 100:.0f}%)",
+            )
+    if ("rest_envoy", high_c) in by and ("rest_floor_upstream", high_c) in by:
+        mine_rps, floor_rps = by[("rest_envoy", high_c)].rps, by[("rest_floor_upstream", high_c)].rps
+        if floor_rps > 0:
+            ratio = mine_rps / floor_rps
+            line(
+                ratio >= TARGET_FLOOR_RPS_RATIO,
+                f"REST via Envoy c={high_c} req/s over the reference Envoy + servicer + aiohttp row: "
+                f"{mine_rps:.0f} / {floor_rps:.0f} = {ratio:.2f}x (target >= {TARGET_FLOOR_RPS_RATIO}x)",
+            )
+    return lines
 
 
 def breakdown_lines(runs: list[Run], high_c: int) -> list[str]:

@@ -47,6 +47,7 @@ from bench.report import (
     breakdown_lines,
     cpu_lines,
     evaluate_targets,
+    floor_ratio_lines,
     machine_info,
     results_table,
     rss_line,
@@ -78,7 +79,8 @@ def run_benchmark(args: argparse.Namespace, client: LoadClient, system: System) 
     limit_lines = limit_check_cost(client, system, *((4, 100) if smoke else (12, 300)))
     bounds_lines = bounds_cost(client, system, *((2, 100, 400) if smoke else (6, 300, 4000)))
     table = results_table(runs, labels)
-    verdicts = evaluate_targets(runs, args.concurrency, None) + limit_lines + bounds_lines
+    verdicts = evaluate_targets(runs, args.concurrency, None) + floor_ratio_lines(runs, args.concurrency)
+    verdicts += limit_lines + bounds_lines
     summary = [
         rss_line(rss_before, rss_after, total_requests, envoy_rss_before, envoy_rss_after),
         *cpu_lines(runs, labels, args.concurrency),

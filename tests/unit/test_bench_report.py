@@ -1,7 +1,7 @@
 """bench/report.py: the overhead split that says how much of the gateway's cost is its own code."""
 
 from bench.load import LoadResult, Run
-from bench.report import breakdown_lines
+from bench.report import breakdown_lines, floor_ratio_lines
 
 
 def run(target: str, c: int, p50_ms: float, service_s: float = 0.0, envoy_s: float = 0.0) -> Run:
@@ -39,3 +39,26 @@ def test_the_high_concurrency_line_gives_throughput_and_cpu_per_call() -> None:
 
 def test_no_line_without_the_reference_rows() -> None:
     assert breakdown_lines([run("baseline", 1, 0.1), run("rest_envoy", 1, 2.0)], 64) == []
+
+
+def test_issue_25s_ratios_are_reported_against_their_targets() -> None:
+    runs = [
+        run("baseline", 1, 0.1),
+        run("rest_floor_upstream", 1, 1.6),
+        run("rest_envoy", 1, 1.8),
+        run("rest_floor_upstream", 64, 5.0, service_s=0.004),
+        run("rest_envoy", 64, 5.0, service_s=0.006),
+        run("grpc_floor_upstream", 64, 5.0, service_s=0.004),
+        run("grpc_direct", 64, 5.0, service_s=0.0048),
+    ]
+    runs[3].n, runs[4].n = 100, 90  # in the same 10 ms: 10,000 and 9,000 req/s
+    assert floor_ratio_lines(runs, 64) == [
+        "MISS  service CPU per call, REST via Envoy c=64, over the reference servicer with one aiohttp call: "
+        "67 / 40 us = 1.67x (target <= 1.25x)",
+        "PASS  service CPU per call, gRPC direct c=64, over the reference servicer with one aiohttp call: "
+        "480 / 400 us = 1.20x (target <= 1.25x)",
+        "PASS  batchgate's own share of the REST via Envoy c=1 p50 overhead: 12% (target <= 15%)",
+        "PASS  REST via Envoy c=64 req/s over the reference Envoy + servicer + aiohttp row: 9000 / 10000 = 0.90x "
+        "(target >= 0.85x)",
+    ]
+    assert floor_ratio_lines([run("rest_envoy", 64, 5.0, service_s=0.006)], 64) == []
